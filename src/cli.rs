@@ -1,0 +1,250 @@
+//! The command line: every command, its help, and its exit codes.
+//!
+//! Exit codes: 0 success (push accepted, policies valid, delivery landed); 1 refused by
+//! policy or failed (push rejected, delivery failed); 2 usage, config or internal error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::git::{self, Git};
+use crate::hook;
+use crate::policy::PolicySet;
+use crate::push::{self, NewCommits, PushContext};
+
+/// Exit code for usage, config and internal errors.
+pub const USAGE_OR_CONFIG: i32 = 2;
+
+/// lockstep: a git-native merge bot and policy engine.
+///
+/// Server-side hooks accept or reject every `git push` by policies written in TOML + CEL; the
+/// bot delivers a task across every repository of an ecosystem in lockstep, all or nothing.
+///
+/// Start with `lockstep demo`. Exit codes: 0 ok, 1 refused by policy or failed, 2 usage or
+/// config error.
+#[derive(Debug, Parser)]
+#[command(name = "lockstep", version, max_term_width = 100)]
+pub struct Cli {
+    /// The meta-project's config [default: $LOCKSTEP_CONFIG, else ./lockstep.toml; in hooks,
+    /// the repository's `lockstep.config`]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// More logging (-v info, -vv debug); `LOCKSTEP_LOG` takes a full filter
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a narrated tour in a sandbox: real repositories, real hooks, real pushes
+    Demo {
+        /// Build the sandbox in DIR and keep it (default: a temporary folder, removed after)
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
+    /// Entry points for git's server-side hooks (called by the shims `install-hooks` writes)
+    #[command(subcommand)]
+    Hook(HookCommand),
+    /// Put lockstep in front of bare repositories: write the hook shims, record the config
+    InstallHooks(InstallArgs),
+    /// Check or try out the policies
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Decide a whole push; reads `<old> <new> <ref>` lines on stdin (exit 0 accept, 1 reject)
+    PreReceive,
+    /// Decide one ref: `update <ref> <old> <new>` (exit 0 accept, 1 reject)
+    Update {
+        #[arg(value_name = "REF")]
+        refname: String,
+        old: String,
+        new: String,
+    },
+    /// Act on an accepted push (`git push -o deliver` queues the task's delivery)
+    PostReceive,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Replace hooks that lockstep did not write
+    #[arg(long)]
+    pub force: bool,
+    /// Decide ref by ref with the `update` hook instead of the whole push in `pre-receive`
+    #[arg(long)]
+    pub per_ref: bool,
+    /// Bare repositories to guard
+    #[arg(required = true, value_name = "REPO.git")]
+    pub repos: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load and compile every policy; report every error (exit 0 valid, 1 not)
+    Check,
+    /// Dry-run a push and explain every rule (exit 0 would be accepted, 1 rejected)
+    Test(PolicyTestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyTestArgs {
+    /// The repository the push goes to
+    #[arg(long, value_name = "PATH")]
+    pub repo: PathBuf,
+    /// The full ref name, e.g. `refs/heads/feature/TASK-1`
+    #[arg(long = "ref", value_name = "REF")]
+    pub refname: String,
+    /// The ref's current commit (all zeros, or omitted, for a new ref)
+    #[arg(long, value_name = "SHA")]
+    pub old: Option<String>,
+    /// The commit pushed (all zeros for a deletion); a branch name or `HEAD` works too
+    #[arg(long, value_name = "SHA")]
+    pub new: String,
+    /// Who pushes (default: from the `[identity] env` variables, else unknown)
+    #[arg(long, value_name = "USER")]
+    pub pusher: Option<String>,
+    /// A push option, as with `git push -o` (repeatable)
+    #[arg(short = 'o', long = "push-option", value_name = "OPT")]
+    pub options: Vec<String>,
+}
+
+/// Sets up `tracing` on stderr.
+pub fn init_tracing(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_env("LOCKSTEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
+
+/// The config for commands run by a person: `--config`, `LOCKSTEP_CONFIG`, `./lockstep.toml`.
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("lockstep.toml"))
+}
+
+/// Runs a command; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = cli.config.as_deref();
+    match cli.command {
+        Command::Demo { keep } => crate::demo::run(keep.as_deref()),
+        Command::Hook(HookCommand::PreReceive) => Ok(hook::pre_receive(config)),
+        Command::Hook(HookCommand::Update { refname, old, new }) => Ok(hook::update(config, &refname, &old, &new)),
+        Command::Hook(HookCommand::PostReceive) => Ok(hook::post_receive(config)),
+        Command::InstallHooks(args) => install_hooks(config, args),
+        Command::Policy(PolicyCommand::Check) => policy_check(config),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),
+    }
+}
+
+fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32> {
+    let path = config_path(config);
+    // Refuse to point hooks at a config that does not load: every push would be rejected.
+    hook::load(&path).with_context(|| format!("the hooks would read `{}`", path.display()))?;
+    let opts = crate::install::Install {
+        config: std::path::absolute(&path)?,
+        binary: std::env::current_exe().context("cannot find the lockstep executable")?,
+        force: args.force,
+        per_ref: args.per_ref,
+    };
+    for repo in &args.repos {
+        println!("{}", crate::install::install(repo, &opts)?);
+    }
+    Ok(0)
+}
+
+fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
+    let path = config_path(config);
+    let config = Config::load(&path)?;
+    let dirs: Vec<PathBuf> = config.policies.dirs.iter().map(|d| config.resolve(d)).collect();
+    match PolicySet::load_dirs(&dirs) {
+        Ok(set) => {
+            for stage in [crate::policy::Stage::Push, crate::policy::Stage::Deliver, crate::policy::Stage::Merge] {
+                let names: Vec<&str> = set.rules_for(stage).map(|r| r.name.as_str()).collect();
+                if !names.is_empty() {
+                    println!("{stage}: {}", names.join(", "));
+                }
+            }
+            println!("ok: {} rules in {} folder(s)", set.rules.len(), dirs.len());
+            Ok(0)
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("lockstep: {e}");
+            }
+            eprintln!("lockstep: {} error(s)", errors.0.len());
+            Ok(1)
+        }
+    }
+}
+
+fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {
+    let path = config_path(config);
+    let (config, policies) = hook::load(&path)?;
+    let git = Git::new(&args.repo);
+    let zero = "0".repeat(40);
+    let resolve = |rev: &str| -> anyhow::Result<String> {
+        if git::is_zero(rev) || git::is_oid(rev) {
+            return Ok(rev.to_string());
+        }
+        git.resolve(rev)?.with_context(|| format!("`{rev}` names no commit in `{}`", args.repo.display()))
+    };
+    let old = match &args.old {
+        Some(o) => resolve(o)?,
+        None => zero,
+    };
+    let new = resolve(&args.new)?;
+    let update = push::update_from_parts(1, &old, &new, &args.refname)?;
+    let ctx = PushContext {
+        repo: push::repo_name(&config, &args.repo),
+        pusher: args.pusher.unwrap_or_else(|| push::pusher_from_env(&config)),
+        options: args.options,
+    };
+    let tracker = crate::tracker::open(&config)?;
+    let updates = vec![update];
+    let keys = push::task_keys(&config, &policies, &updates);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let tasks = rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys));
+    let decisions =
+        push::decide(&config, &policies, &git, &ctx, &updates, tracker.name(), &tasks, NewCommits::AsIfPushedNow)?;
+    print!("{}", push::explain(&decisions, &ctx));
+    Ok(if decisions.iter().all(|d| d.decision.accepted()) { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,273 @@
+//! The one place that runs `git`.
+//!
+//! Every command gets a clean environment: variables that steer git (`GIT_DIR`,
+//! `GIT_INDEX_FILE`, …) are removed so that a hook's environment cannot leak into the bot's
+//! own operations, except for the quarantine variables a hook must keep to see the objects
+//! being pushed ([`Git::for_hook`]). Arguments are always passed as argv, never through a
+//! shell, and refs taken from a push are separated from options by `--end-of-options` where
+//! git accepts it.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// Variables a hook inherits from `git receive-pack` that must reach the git commands it
+/// runs, so that they see the quarantined objects of the push.
+const HOOK_ENV: &[&str] = &[
+    "GIT_DIR",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_QUARANTINE_PATH",
+];
+
+/// A handle on one repository (bare or not).
+#[derive(Debug, Clone)]
+pub struct Git {
+    dir: PathBuf,
+    keep_env: Vec<(String, OsString)>,
+    extra_env: Vec<(String, String)>,
+}
+
+/// Whether an object id is git's all-zero id (a created or deleted ref).
+pub fn is_zero(oid: &str) -> bool {
+    !oid.is_empty() && oid.bytes().all(|b| b == b'0')
+}
+
+/// Whether a string looks like a full object id (SHA-1 or SHA-256, lowercase hex).
+pub fn is_oid(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Git {
+    /// Runs git in `dir` with nothing inherited that steers git.
+    pub fn new(dir: impl Into<PathBuf>) -> Git {
+        Git { dir: dir.into(), keep_env: Vec::new(), extra_env: Vec::new() }
+    }
+
+    /// Runs git in the repository a hook was started in, keeping the quarantine variables.
+    pub fn for_hook() -> anyhow::Result<Git> {
+        let dir = std::env::current_dir().context("cannot read the hook's working folder")?;
+        let keep_env = HOOK_ENV
+            .iter()
+            .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
+            .collect();
+        Ok(Git { dir, keep_env, extra_env: Vec::new() })
+    }
+
+    /// Adds a variable to every command (e.g. the bot's author identity).
+    pub fn with_env(mut self, key: &str, value: &str) -> Git {
+        self.extra_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(&self.dir).args(args).stdin(Stdio::null());
+        for (k, _) in std::env::vars_os() {
+            if let Some(k) = k.to_str() {
+                if k.starts_with("GIT_") && k != "GIT_EXEC_PATH" {
+                    cmd.env_remove(k);
+                }
+            }
+        }
+        for (k, v) in &self.keep_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        // Never wait for a password prompt: the bot has no terminal.
+        cmd.env("GIT_TERMINAL_PROMPT", "0");
+        cmd
+    }
+
+    fn output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        self.command(args)
+            .output()
+            .with_context(|| format!("cannot run `git {}`; is git installed?", args.join(" ")))
+    }
+
+    /// Runs git and returns its stdout; a non-zero exit is an error carrying stderr.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.output(args)?;
+        if !out.status.success() {
+            bail!(
+                "`git {}` failed in `{}`: {}",
+                args.join(" "),
+                self.dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        String::from_utf8(out.stdout).context("git printed something that is not UTF-8")
+    }
+
+    /// Runs git and reports only whether it exited 0.
+    pub fn succeeds(&self, args: &[&str]) -> anyhow::Result<bool> {
+        Ok(self.output(args)?.status.success())
+    }
+
+    /// Runs git and returns its exit status and both outputs, whatever the status.
+    pub fn try_run(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = self.output(args)?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `git config --get KEY`, or None when unset.
+    pub fn config_get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let (ok, out, _) = self.try_run(&["config", "--get", key])?;
+        Ok(ok.then(|| out.trim_end().to_string()))
+    }
+
+    /// Whether `ancestor` is reachable from `descendant`.
+    pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> anyhow::Result<bool> {
+        let out = self.output(&["merge-base", "--is-ancestor", ancestor, descendant])?;
+        match out.status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => bail!(
+                "cannot tell whether {ancestor} precedes {descendant}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
+    /// The commits reachable from `new` and from none of `hide` (revisions or `--all`-style
+    /// options), newest first, read in one pass of `git rev-list --header`.
+    pub fn commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<Vec<CommitInfo>> {
+        if !is_oid(new) {
+            bail!("`{new}` is not an object id");
+        }
+        let mut args = vec!["rev-list", "--header", new, "--not"];
+        args.extend_from_slice(hide);
+        let out = self.output(&args)?;
+        if !out.status.success() {
+            bail!("cannot list the commits of {new}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(parse_rev_list_header(&out.stdout))
+    }
+
+    /// The object id a ref points to, or None if it does not exist.
+    pub fn resolve(&self, rev: &str) -> anyhow::Result<Option<String>> {
+        let spec = format!("{rev}^{{commit}}");
+        let (ok, out, _) = self.try_run(&["rev-parse", "--verify", "--quiet", "--end-of-options", &spec])?;
+        Ok(ok.then(|| out.trim().to_string()))
+    }
+}
+
+/// A commit as policies see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitInfo {
+    pub id: String,
+    pub parents: Vec<String>,
+    pub author_name: String,
+    pub author_email: String,
+    pub committer_email: String,
+    pub message: String,
+    /// Whether the commit carries a signature (not whether it verifies).
+    pub signed: bool,
+}
+
+impl CommitInfo {
+    /// The first line of the message.
+    pub fn summary(&self) -> &str {
+        self.message.lines().next().unwrap_or("")
+    }
+}
+
+/// Parses the NUL-separated records of `git rev-list --header`: the id, the raw headers,
+/// a blank line, and the message indented by four spaces. Bytes that are not UTF-8 are
+/// replaced, never trusted.
+pub fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|r| !r.iter().all(u8::is_ascii_whitespace))
+        .map(|record| parse_record(&String::from_utf8_lossy(record)))
+        .collect()
+}
+
+fn parse_record(text: &str) -> CommitInfo {
+    let text = text.trim_start_matches('\n');
+    let mut c = CommitInfo::default();
+    let mut lines = text.split('\n');
+    c.id = lines.next().unwrap_or_default().trim().to_string();
+    let mut message = Vec::new();
+    let mut in_message = false;
+    for line in lines {
+        if in_message {
+            message.push(line.strip_prefix("    ").unwrap_or(line));
+            continue;
+        }
+        if line.is_empty() {
+            in_message = true;
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("parent ") {
+            c.parents.push(p.to_string());
+        } else if let Some(a) = line.strip_prefix("author ") {
+            let (name, email) = split_ident(a);
+            c.author_name = name;
+            c.author_email = email;
+        } else if let Some(a) = line.strip_prefix("committer ") {
+            c.committer_email = split_ident(a).1;
+        } else if line.starts_with("gpgsig ") || line.starts_with("gpgsig-sha256 ") {
+            c.signed = true;
+        }
+    }
+    while message.last().is_some_and(|l| l.is_empty()) {
+        message.pop();
+    }
+    c.message = message.join("\n");
+    c
+}
+
+/// `Name <email> 1700000000 +0000` → (`Name`, `email`).
+fn split_ident(s: &str) -> (String, String) {
+    match (s.find('<'), s.rfind('>')) {
+        (Some(a), Some(b)) if a < b => (s[..a].trim().to_string(), s[a + 1..b].to_string()),
+        _ => (s.trim().to_string(), String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rev_list_header() {
+        let raw = b"739d79046b22d9c9218776cab6d5a72bc584bb35\ntree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nparent aaaa\nauthor A B <a@x> 1795753389 +0000\ncommitter C <c@x> 1795753389 +0000\ngpgsig -----BEGIN PGP SIGNATURE-----\n \n xyz\n -----END PGP SIGNATURE-----\n\n    TASK-1 first line\n    \n    body here\n\0";
+        let c = &parse_rev_list_header(raw)[0];
+        assert_eq!(c.id, "739d79046b22d9c9218776cab6d5a72bc584bb35");
+        assert_eq!(c.parents, ["aaaa"]);
+        assert_eq!((c.author_name.as_str(), c.author_email.as_str()), ("A B", "a@x"));
+        assert_eq!(c.committer_email, "c@x");
+        assert!(c.signed);
+        assert_eq!(c.message, "TASK-1 first line\n\nbody here");
+        assert_eq!(c.summary(), "TASK-1 first line");
+    }
+
+    #[test]
+    fn odd_records_do_not_panic() {
+        for raw in [&b""[..], b"\0\0", b"abc", b"abc\nauthor \n\n", b"\xff\xfe\0x\nauthor >< 1\n"] {
+            let _ = parse_rev_list_header(raw);
+        }
+    }
+
+    #[test]
+    fn oids() {
+        assert!(is_zero("0000000000000000000000000000000000000000"));
+        assert!(!is_zero(""));
+        assert!(is_oid("739d79046b22d9c9218776cab6d5a72bc584bb35"));
+        assert!(!is_oid("739d79046b22d9c9218776cab6d5a72bc584bb3"));
+        assert!(!is_oid("--all"));
+    }
+}

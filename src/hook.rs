@@ -1,0 +1,218 @@
+//! The server-side hooks: `pre-receive`, `update` and `post-receive`.
+//!
+//! `pre-receive` decides the whole push (one bad ref rejects all); `update` decides one ref
+//! (for servers that want per-ref decisions); `post-receive` acts on an accepted push (the
+//! `deliver` push option). Hooks never write refs: during `pre-receive` the pushed objects are
+//! in git's quarantine, where a ref update would be refused or, worse, point at objects that
+//! are about to vanish.
+//!
+//! Exit codes: 0 accepted, 1 rejected by policy, 2 rejected because lockstep could not decide
+//! (bad config, unreadable object, tracker down): it always fails closed.
+
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::git::Git;
+use crate::policy::PolicySet;
+use crate::push::{self, NewCommits, PushContext, RefDecision, RefUpdate, Report};
+use crate::tracker;
+
+/// Exit code: the push was accepted.
+pub const ACCEPTED: i32 = 0;
+/// Exit code: a policy rejected the push.
+pub const REJECTED: i32 = 1;
+/// Exit code: lockstep could not decide, so the push was rejected.
+pub const BROKEN: i32 = 2;
+
+/// Finds the config: `--config`, else `LOCKSTEP_CONFIG`, else the repository's git config
+/// `lockstep.config`.
+pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    match git.config_get("lockstep.config")? {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => anyhow::bail!(
+            "no config found; pass `--config PATH`, set `LOCKSTEP_CONFIG`, or run \
+             `lockstep install-hooks --config PATH` on this repository"
+        ),
+    }
+}
+
+/// Loads the config and compiles the policies it names.
+pub fn load(config_path: &Path) -> anyhow::Result<(Config, PolicySet)> {
+    let config = Config::load(config_path)?;
+    let dirs: Vec<PathBuf> = config.policies.dirs.iter().map(|d| config.resolve(d)).collect();
+    let policies = PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((config, policies))
+}
+
+/// Decides a push in a hook's environment, under the policy deadline.
+fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Vec<RefDecision>> {
+    let git = Git::for_hook()?;
+    let path = find_config(config_path, &git)?;
+    let (config, policies) = load(&path)?;
+    let ctx = PushContext {
+        repo: push::repo_name(&config, git.dir()),
+        pusher: push::pusher_from_env(&config),
+        options: push::push_options_from_env(),
+    };
+    let tracker = tracker::open(&config)?;
+    let keys = push::task_keys(&config, &policies, &updates);
+    let tasks = if keys.is_empty() {
+        Default::default()
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys))
+    };
+    let deadline = config.policies.timeout;
+    let (tx, rx) = mpsc::channel();
+    let tracker_name = tracker.name();
+    // CEL has no cost limit: evaluate on a worker and give up at the deadline. The process
+    // exits right after, taking an overrunning worker with it.
+    std::thread::spawn(move || {
+        let r = push::decide(
+            &config,
+            &policies,
+            &git,
+            &ctx,
+            &updates,
+            tracker_name,
+            &tasks,
+            NewCommits::NotOnAnyRef,
+        );
+        let _ = tx.send(r);
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!(
+            "policies did not finish in {}; simplify them or raise `policies.timeout`",
+            tracker::humanize(deadline)
+        ),
+    }
+}
+
+fn finish(result: anyhow::Result<Vec<RefDecision>>) -> i32 {
+    let gitlab = std::env::var_os("GL_ID").is_some();
+    let mut err = std::io::stderr().lock();
+    match result {
+        Ok(decisions) => {
+            let _ = write!(err, "{}", Report { decisions: &decisions, gitlab });
+            if decisions.iter().all(|d| d.decision.accepted()) { ACCEPTED } else { REJECTED }
+        }
+        Err(e) => {
+            let prefix = if gitlab { "GL-HOOK-ERR: " } else { "" };
+            let _ = writeln!(err, "{prefix}lockstep: push rejected: {e:#}");
+            BROKEN
+        }
+    }
+}
+
+/// `lockstep hook pre-receive`: reads `<old> <new> <ref>` lines from stdin.
+pub fn pre_receive(config: Option<&Path>) -> i32 {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        return finish(Err(anyhow::anyhow!("cannot read the ref updates: {e}")));
+    }
+    let result = push::parse_updates(&input)
+        .map_err(|e| anyhow::anyhow!("git sent a ref update lockstep cannot read: {e}"))
+        .and_then(|updates| decide_in_hook(config, updates));
+    finish(result)
+}
+
+/// `lockstep hook update <ref> <old> <new>`: decides one ref.
+pub fn update(config: Option<&Path>, refname: &str, old: &str, new: &str) -> i32 {
+    let result = push::update_from_parts(1, old, new, refname)
+        .map_err(|e| anyhow::anyhow!("git sent a ref update lockstep cannot read: {e}"))
+        .and_then(|u| decide_in_hook(config, vec![u]));
+    finish(result)
+}
+
+/// What `post-receive` was asked to do, parsed from the push options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PostReceiveRequest {
+    /// `-o deliver` or `-o deliver=PRIORITY`.
+    pub deliver: Option<i64>,
+}
+
+/// Parses the push options `post-receive` acts on.
+pub fn parse_post_receive_options(options: &[String]) -> Result<PostReceiveRequest, String> {
+    let mut req = PostReceiveRequest::default();
+    for o in options {
+        if o == "deliver" {
+            req.deliver = Some(0);
+        } else if let Some(p) = o.strip_prefix("deliver=") {
+            let n = p
+                .strip_prefix("priority=")
+                .unwrap_or(p)
+                .parse()
+                .map_err(|_| format!("push option `{o}`: priority must be a whole number, e.g. `deliver=10`"))?;
+            req.deliver = Some(n);
+        }
+    }
+    Ok(req)
+}
+
+/// `lockstep hook post-receive`: after an accepted push; enqueues deliveries when asked with
+/// `git push -o deliver`. It cannot undo the push, so it only reports problems.
+pub fn post_receive(config_path: Option<&Path>) -> i32 {
+    let mut input = Vec::new();
+    if std::io::stdin().read_to_end(&mut input).is_err() {
+        return 0;
+    }
+    let result = (|| -> anyhow::Result<()> {
+        let updates = push::parse_updates(&input)?;
+        let req = parse_post_receive_options(&push::push_options_from_env()).map_err(anyhow::Error::msg)?;
+        let Some(priority) = req.deliver else { return Ok(()) };
+        let git = Git::for_hook()?;
+        let path = find_config(config_path, &git)?;
+        let config = Config::load(&path)?;
+        let mut keys: Vec<&str> = updates
+            .iter()
+            .filter(|u| !u.deleted())
+            .filter_map(|u| config.tasks.task_of(u.branch()))
+            .collect();
+        keys.dedup();
+        if keys.is_empty() {
+            eprintln!("lockstep: `-o deliver` ignored: no pushed branch names a task");
+            return Ok(());
+        }
+        for key in keys {
+            let requester = push::pusher_from_env(&config);
+            match crate::delivery::enqueue_from_hook(&config, key, priority, &requester) {
+                Ok(msg) => eprintln!("lockstep: {msg}"),
+                Err(e) => eprintln!("lockstep: could not queue the delivery of `{key}`: {e:#}"),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!("lockstep: post-receive: {e:#}");
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliver_options() {
+        let o = |v: &[&str]| parse_post_receive_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(o(&[]).unwrap().deliver, None);
+        assert_eq!(o(&["deliver"]).unwrap().deliver, Some(0));
+        assert_eq!(o(&["ci.skip", "deliver=5"]).unwrap().deliver, Some(5));
+        assert_eq!(o(&["deliver=priority=7"]).unwrap().deliver, Some(7));
+        assert!(o(&["deliver=soon"]).is_err());
+    }
+}

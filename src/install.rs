@@ -1,0 +1,121 @@
+//! `lockstep install-hooks`: puts lockstep in front of bare repositories.
+//!
+//! Writes the shims of the project's `hooks/` folder (embedded in the binary) with the path of
+//! this executable, records the config in the repository's git config, and turns on push
+//! options. Idempotent; a hook lockstep did not write is never overwritten without `--force`.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+use crate::git::Git;
+
+/// Marks a hook as written by lockstep (and so safe to rewrite).
+pub const MARKER: &str = "lockstep-managed hook";
+
+/// The shims, as shipped in `hooks/`.
+pub const SHIMS: &[(&str, &str)] = &[
+    ("pre-receive", include_str!("../hooks/pre-receive")),
+    ("update", include_str!("../hooks/update")),
+    ("post-receive", include_str!("../hooks/post-receive")),
+];
+
+/// Options of one installation.
+#[derive(Debug, Clone)]
+pub struct Install {
+    /// The config the hooks will read (made absolute).
+    pub config: PathBuf,
+    /// The `lockstep` executable the shims run.
+    pub binary: PathBuf,
+    /// Overwrite hooks lockstep did not write.
+    pub force: bool,
+    /// Decide ref by ref in `update` instead of the whole push in `pre-receive`.
+    pub per_ref: bool,
+}
+
+/// Quotes a path for `sh` (single quotes; an embedded `'` becomes `'\''`).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The text of a shim for this binary.
+pub fn shim_text(template: &str, binary: &Path) -> String {
+    let quoted = sh_quote(&binary.to_string_lossy());
+    template.replace("'@LOCKSTEP_BIN@'", &quoted)
+}
+
+/// Installs the hooks in one repository; returns what it did, for the user.
+pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
+    let git = Git::new(repo);
+    let (ok, _, err) = git.try_run(&["rev-parse", "--git-dir"])?;
+    if !ok {
+        bail!("`{}` is not a git repository: {}", repo.display(), err.trim());
+    }
+    let hooks_dir = PathBuf::from(git.run(&["rev-parse", "--git-path", "hooks"])?.trim());
+    let hooks_dir = if hooks_dir.is_absolute() { hooks_dir } else { repo.join(hooks_dir) };
+    std::fs::create_dir_all(&hooks_dir)
+        .with_context(|| format!("cannot create `{}`", hooks_dir.display()))?;
+    let wanted: Vec<&str> = if opts.per_ref { vec!["update", "post-receive"] } else { vec!["pre-receive", "post-receive"] };
+    // Check every hook first, so that a refusal leaves the repository untouched.
+    for (name, _) in SHIMS {
+        let path = hooks_dir.join(name);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            if !existing.contains(MARKER) && !opts.force && wanted.contains(name) {
+                bail!(
+                    "`{}` exists and was not written by lockstep; move it aside, or pass --force to replace it",
+                    path.display()
+                );
+            }
+        } else if path.exists() && !opts.force && wanted.contains(name) {
+            bail!("`{}` exists and cannot be read; move it aside, or pass --force", path.display());
+        }
+    }
+    let mut done = Vec::new();
+    for (name, template) in SHIMS {
+        let path = hooks_dir.join(name);
+        if wanted.contains(name) {
+            let text = shim_text(template, &opts.binary);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                let tmp = hooks_dir.join(format!(".{name}.lockstep-tmp"));
+                std::fs::write(&tmp, &text).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write `{}`", path.display()))?;
+                done.push(format!("wrote {name}"));
+            }
+        } else if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(MARKER)) {
+            // Switching between whole-push and per-ref: remove our other shim.
+            std::fs::remove_file(&path)?;
+            done.push(format!("removed {name}"));
+        }
+    }
+    let config = opts.config.to_string_lossy();
+    if git.config_get("lockstep.config")?.as_deref() != Some(&config) {
+        git.run(&["config", "lockstep.config", &config])?;
+        done.push("recorded lockstep.config".into());
+    }
+    if git.config_get("receive.advertisePushOptions")?.as_deref() != Some("true") {
+        git.run(&["config", "receive.advertisePushOptions", "true"])?;
+        done.push("enabled push options".into());
+    }
+    Ok(if done.is_empty() {
+        format!("{}: up to date", repo.display())
+    } else {
+        format!("{}: {}", repo.display(), done.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shims_are_marked_and_quote_the_binary() {
+        for (name, t) in SHIMS {
+            assert!(t.contains(MARKER), "{name}");
+            let s = shim_text(t, Path::new("/opt/it's here/lockstep"));
+            assert!(s.contains(r"exec '/opt/it'\''s here/lockstep' hook"), "{s}");
+            assert!(s.ends_with(&format!("hook {name} \"$@\"\n")), "{s}");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! lockstep: a git-native merge bot and policy engine.
+//!
+//! Installed as server-side hooks, lockstep accepts or rejects every `git push` by policies
+//! written in TOML and CEL. As a bot, it delivers a task across every repository of an
+//! ecosystem in lockstep — rebase, build, test, deploy, verify, merge — all or nothing.
+//!
+//! # Layout
+//! - [`cli`]: the command line, its exit codes and its help.
+//! - [`config`]: `lockstep.toml`, the meta-project's config.
+//! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
+//! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
+//! - [`hook`]: the `pre-receive`, `update` and `post-receive` entry points.
+//! - [`install`]: `install-hooks`, the shims of `hooks/`.
+//! - [`git`]: the one place that runs `git`.
+//! - [`tracker`]: task trackers (file, Redmine, Jira, GitHub Issues).
+//! - [`delivery`]: the delivery line and its queue.
+//! - [`demo`]: the narrated sandbox of `lockstep demo`.
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod demo;
+pub mod git;
+pub mod hook;
+pub mod install;
+pub mod policy;
+pub mod push;
+pub mod tracker;

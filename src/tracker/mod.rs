@@ -1,0 +1,90 @@
+//! Task trackers: where a task's status lives and how it moves.
+//!
+//! A tracker is both a gate (pushes only while a task is In Progress, delivery only when it is
+//! For Delivery) and a trigger (For Delivery queues the merge; the outcome moves the task on).
+//! Every kind implements [`Tracker`]; [`open`] builds the one the config names.
+
+pub mod file;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::config::{Config, TrackerKind};
+
+/// A task as lockstep sees it, whatever the tracker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Task {
+    pub key: String,
+    pub status: String,
+    pub title: String,
+    pub assignee: String,
+    pub url: String,
+}
+
+/// Why a tracker could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error("tracker `{tracker}` did not answer in {}", humanize(*.after))]
+    Timeout { tracker: &'static str, after: Duration },
+    #[error("tracker `{tracker}` refused the credentials in `{var}`; check that variable")]
+    Auth { tracker: &'static str, var: String },
+    #[error("task `{key}` does not exist in {tracker}")]
+    NotFound { tracker: &'static str, key: String },
+    #[error("tracker `{tracker}` has no status `{status}`{hint}")]
+    NoSuchStatus { tracker: &'static str, status: String, hint: String },
+    #[error("tracker `{tracker}` did not move task `{key}` to `{status}`: {why}")]
+    Refused { tracker: &'static str, key: String, status: String, why: String },
+    #[error("tracker `{tracker}`: {message}")]
+    Other { tracker: &'static str, message: String },
+}
+
+/// `2s`, `1.5s`, `250ms`.
+pub fn humanize(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// What every tracker does.
+#[async_trait]
+pub trait Tracker: Send + Sync {
+    /// The tracker's kind, for messages.
+    fn name(&self) -> &'static str;
+
+    /// Reads a task; `Ok(None)` when no such task exists.
+    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError>;
+
+    /// Moves a task to a status (by name), leaving a note that says why.
+    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError>;
+
+    /// The tasks currently in any of these statuses.
+    async fn in_statuses(&self, statuses: &[String]) -> Result<Vec<Task>, TrackerError>;
+}
+
+/// Builds the tracker the config names.
+pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
+    match config.tracker.kind {
+        TrackerKind::File => Ok(Box::new(file::FileTracker::new(config.resolve(&config.tracker.path)))),
+        other => anyhow::bail!(
+            "tracker kind `{}` is not available in this build; use `kind = \"file\"`",
+            other.name()
+        ),
+    }
+}
+
+/// Reads a task under a deadline, so that a slow tracker cannot hold a push.
+pub async fn task_with_timeout(
+    tracker: &dyn Tracker,
+    key: &str,
+    timeout: Duration,
+) -> Result<Option<Task>, TrackerError> {
+    match tokio::time::timeout(timeout, tracker.task(key)).await {
+        Ok(r) => r,
+        Err(_) => Err(TrackerError::Timeout { tracker: tracker.name(), after: timeout }),
+    }
+}
