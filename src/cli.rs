@@ -134,8 +134,11 @@ pub fn init_tracing(cli: &Cli) {
         1 => "info",
         _ => "debug",
     };
-    let filter = EnvFilter::try_from_env("LOCKSTEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("LOCKSTEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
@@ -146,7 +149,11 @@ pub fn init_tracing(cli: &Cli) {
 pub fn config_path(explicit: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| {
+            std::env::var_os("LOCKSTEP_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
         .unwrap_or_else(|| PathBuf::from("lockstep.toml"))
 }
 
@@ -156,7 +163,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Demo { keep } => crate::demo::run(keep.as_deref()),
         Command::Hook(HookCommand::PreReceive) => Ok(hook::pre_receive(config)),
-        Command::Hook(HookCommand::Update { refname, old, new }) => Ok(hook::update(config, &refname, &old, &new)),
+        Command::Hook(HookCommand::Update { refname, old, new }) => {
+            Ok(hook::update(config, &refname, &old, &new))
+        }
         Command::Hook(HookCommand::PostReceive) => Ok(hook::post_receive(config)),
         Command::InstallHooks(args) => install_hooks(config, args),
         Command::Policy(PolicyCommand::Check) => policy_check(config),
@@ -183,10 +192,19 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32
 fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
     let path = config_path(config);
     let config = Config::load(&path)?;
-    let dirs: Vec<PathBuf> = config.policies.dirs.iter().map(|d| config.resolve(d)).collect();
+    let dirs: Vec<PathBuf> = config
+        .policies
+        .dirs
+        .iter()
+        .map(|d| config.resolve(d))
+        .collect();
     match PolicySet::load_dirs(&dirs) {
         Ok(set) => {
-            for stage in [crate::policy::Stage::Push, crate::policy::Stage::Deliver, crate::policy::Stage::Merge] {
+            for stage in [
+                crate::policy::Stage::Push,
+                crate::policy::Stage::Deliver,
+                crate::policy::Stage::Merge,
+            ] {
                 let names: Vec<&str> = set.rules_for(stage).map(|r| r.name.as_str()).collect();
                 if !names.is_empty() {
                     println!("{stage}: {}", names.join(", "));
@@ -214,7 +232,8 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
         if git::is_zero(rev) || git::is_oid(rev) {
             return Ok(rev.to_string());
         }
-        git.resolve(rev)?.with_context(|| format!("`{rev}` names no commit in `{}`", args.repo.display()))
+        git.resolve(rev)?
+            .with_context(|| format!("`{rev}` names no commit in `{}`", args.repo.display()))
     };
     let old = match &args.old {
         Some(o) => resolve(o)?,
@@ -224,18 +243,34 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
     let update = push::update_from_parts(1, &old, &new, &args.refname)?;
     let ctx = PushContext {
         repo: push::repo_name(&config, &args.repo),
-        pusher: args.pusher.unwrap_or_else(|| push::pusher_from_env(&config)),
+        pusher: args
+            .pusher
+            .unwrap_or_else(|| push::pusher_from_env(&config)),
         options: args.options,
     };
     let tracker = crate::tracker::open(&config)?;
     let updates = vec![update];
     let keys = push::task_keys(&config, &policies, &updates);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let tasks = rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys));
-    let decisions =
-        push::decide(&config, &policies, &git, &ctx, &updates, tracker.name(), &tasks, NewCommits::AsIfPushedNow)?;
+    let decisions = push::decide(
+        &config,
+        &policies,
+        &git,
+        &ctx,
+        &updates,
+        tracker.name(),
+        &tasks,
+        NewCommits::AsIfPushedNow,
+    )?;
     print!("{}", push::explain(&decisions, &ctx));
-    Ok(if decisions.iter().all(|d| d.decision.accepted()) { 0 } else { 1 })
+    Ok(if decisions.iter().all(|d| d.decision.accepted()) {
+        0
+    } else {
+        1
+    })
 }
 
 #[cfg(test)]

@@ -63,7 +63,11 @@ pub struct Bot {
 
 impl Default for Bot {
     fn default() -> Self {
-        Bot { user: default_bot_user(), maintainers: Vec::new(), state_dir: default_state_dir() }
+        Bot {
+            user: default_bot_user(),
+            maintainers: Vec::new(),
+            state_dir: default_state_dir(),
+        }
     }
 }
 
@@ -86,15 +90,23 @@ pub struct Identity {
 
 impl Default for Identity {
     fn default() -> Self {
-        Identity { env: default_identity_env() }
+        Identity {
+            env: default_identity_env(),
+        }
     }
 }
 
 fn default_identity_env() -> Vec<String> {
-    ["GL_USER", "GL_USERNAME", "GITHUB_USER_LOGIN", "GITEA_PUSHER_NAME", "REMOTE_USER"]
-        .into_iter()
-        .map(String::from)
-        .collect()
+    [
+        "GL_USER",
+        "GL_USERNAME",
+        "GITHUB_USER_LOGIN",
+        "GITEA_PUSHER_NAME",
+        "REMOTE_USER",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +161,10 @@ fn default_returned() -> String {
 impl Tasks {
     /// The task named by a branch, if any.
     pub fn task_of<'a>(&self, branch: &'a str) -> Option<&'a str> {
-        self.pattern.captures(branch)?.name("task").map(|m| m.as_str())
+        self.pattern
+            .captures(branch)?
+            .name("task")
+            .map(|m| m.as_str())
     }
 }
 
@@ -425,7 +440,9 @@ mod duration_str {
 /// Parses `250ms`, `2s`, `30m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -436,7 +453,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         other => {
-            return Err(format!("bad duration unit `{other}` in `{text}`; use ms, s, m or h"));
+            return Err(format!(
+                "bad duration unit `{other}` in `{text}`; use ms, s, m or h"
+            ));
         }
     };
     if !secs.is_finite() || secs < 0.0 {
@@ -450,8 +469,8 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config `{}`", path.display()))?;
-        let mut config = Config::parse_str(&text)
-            .with_context(|| format!("bad config `{}`", path.display()))?;
+        let mut config =
+            Config::parse_str(&text).with_context(|| format!("bad config `{}`", path.display()))?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         config.base_dir = abs.parent().map(Path::to_path_buf).unwrap_or_default();
         config.path = abs;
@@ -460,7 +479,8 @@ impl Config {
 
     /// Parses and checks config text; relative paths stay relative to the current folder.
     pub fn parse_str(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         config.check()?;
         Ok(config)
     }
@@ -469,7 +489,10 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         for repo in &self.repos {
             if repo.name.is_empty()
-                || !repo.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                || !repo
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
                 bail!(
                     "repo name `{}` must be letters, digits, `-`, `_` or `.`",
@@ -488,7 +511,11 @@ impl Config {
 
     /// A path from the config, resolved against the config's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -552,7 +579,10 @@ mod tests {
         .unwrap();
         let steps = &c.repos[0].steps;
         assert_eq!(steps.build.as_ref().unwrap().argv(), ["make", "image"]);
-        assert_eq!(steps.test.as_ref().unwrap().argv(), ["sh", "-c", "make test"]);
+        assert_eq!(
+            steps.test.as_ref().unwrap().argv(),
+            ["sh", "-c", "make test"]
+        );
         assert_eq!(c.repos[0].upstream, "master");
     }
 

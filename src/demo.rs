@@ -12,11 +12,26 @@ use crate::git::Git;
 
 /// The shipped policies, embedded so that the demo runs from an installed binary.
 pub const POLICIES: &[(&str, &str)] = &[
-    ("10-branch-names.toml", include_str!("../policies/10-branch-names.toml")),
-    ("20-task-status.toml", include_str!("../policies/20-task-status.toml")),
-    ("30-protected.toml", include_str!("../policies/30-protected.toml")),
-    ("40-commit-messages.toml", include_str!("../policies/40-commit-messages.toml")),
-    ("50-delivery.toml", include_str!("../policies/50-delivery.toml")),
+    (
+        "10-branch-names.toml",
+        include_str!("../policies/10-branch-names.toml"),
+    ),
+    (
+        "20-task-status.toml",
+        include_str!("../policies/20-task-status.toml"),
+    ),
+    (
+        "30-protected.toml",
+        include_str!("../policies/30-protected.toml"),
+    ),
+    (
+        "40-commit-messages.toml",
+        include_str!("../policies/40-commit-messages.toml"),
+    ),
+    (
+        "50-delivery.toml",
+        include_str!("../policies/50-delivery.toml"),
+    ),
 ];
 
 const TASKS: &str = r#"[TASK-1]
@@ -69,14 +84,24 @@ impl Sandbox {
         for name in repo_names {
             let bare = root.join("git").join(format!("{name}.git"));
             std::fs::create_dir_all(&bare)?;
-            sandbox_git(&bare, "admin").run(&["init", "--quiet", "--bare", "--initial-branch=master"])?;
+            sandbox_git(&bare, "admin").run(&[
+                "init",
+                "--quiet",
+                "--bare",
+                "--initial-branch=master",
+            ])?;
             config.push_str(&format!(
                 "\n[[repo]]\nname = \"{name}\"\nurl = \"../git/{name}.git\"\nupstream = \"master\"\n"
             ));
             repos.push((name.to_string(), bare));
         }
         std::fs::write(meta.join("lockstep.toml"), &config)?;
-        let sandbox = Sandbox { root: root.to_path_buf(), meta, repos, binary: binary.to_path_buf() };
+        let sandbox = Sandbox {
+            root: root.to_path_buf(),
+            meta,
+            repos,
+            binary: binary.to_path_buf(),
+        };
         for (name, bare) in &sandbox.repos {
             // Seed master before the hooks are in place, as an existing project would be.
             let seed = root.join("seed").join(name);
@@ -103,10 +128,19 @@ impl Sandbox {
 
     /// Clones a repository for a user.
     pub fn clone_for(&self, repo: &str, user: &str) -> anyhow::Result<PathBuf> {
-        let (_, bare) = self.repos.iter().find(|(n, _)| n == repo).context("no such demo repo")?;
+        let (_, bare) = self
+            .repos
+            .iter()
+            .find(|(n, _)| n == repo)
+            .context("no such demo repo")?;
         let dir = self.root.join("work").join(user).join(repo);
         std::fs::create_dir_all(dir.parent().unwrap_or(&self.root))?;
-        sandbox_git(&self.root, user).run(&["clone", "--quiet", &bare.to_string_lossy(), &dir.to_string_lossy()])?;
+        sandbox_git(&self.root, user).run(&[
+            "clone",
+            "--quiet",
+            &bare.to_string_lossy(),
+            &dir.to_string_lossy(),
+        ])?;
         Ok(dir)
     }
 }
@@ -137,7 +171,10 @@ pub fn push(dir: &Path, user: &str, args: &[&str]) -> anyhow::Result<Pushed> {
         .map(|l| l.trim_end().to_string())
         .filter(|l| !l.is_empty())
         .collect();
-    Ok(Pushed { accepted: ok, remote })
+    Ok(Pushed {
+        accepted: ok,
+        remote,
+    })
 }
 
 struct Narrator {
@@ -151,7 +188,11 @@ impl Narrator {
         for line in &pushed.remote {
             println!("   remote: {line}");
         }
-        let verdict = if pushed.accepted { "accepted" } else { "rejected" };
+        let verdict = if pushed.accepted {
+            "accepted"
+        } else {
+            "rejected"
+        };
         if pushed.accepted == expect_accept {
             println!("   → {verdict}, as it should be");
         } else {
@@ -168,13 +209,18 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     let root = match keep {
         Some(dir) => {
             if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                anyhow::bail!("`{}` is not empty; name a new folder for `--keep`", dir.display());
+                anyhow::bail!(
+                    "`{}` is not empty; name a new folder for `--keep`",
+                    dir.display()
+                );
             }
             std::fs::create_dir_all(dir)?;
             std::path::absolute(dir)?
         }
         None => {
-            temp = tempfile::Builder::new().prefix("lockstep-demo-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("lockstep-demo-")
+                .tempdir()?;
             temp.path().to_path_buf()
         }
     };
@@ -182,10 +228,19 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     println!("lockstep demo: two services, one task tracker, policies in force on every push");
     println!("  repositories  api.git, web.git (hooks installed by `lockstep install-hooks`)");
     println!("  tracker       tasks.toml: TASK-1 In Progress, TASK-2 To Do");
-    println!("  policies      {}", POLICIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "));
+    println!(
+        "  policies      {}",
+        POLICIES
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  pushing as    alice (a developer); lockstep-bot (the bot account)");
 
-    let mut n = Narrator { failures: Vec::new() };
+    let mut n = Narrator {
+        failures: Vec::new(),
+    };
     let api = sb.clone_for("api", "alice")?;
     let web = sb.clone_for("web", "alice")?;
 
@@ -193,48 +248,115 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     git.run(&["switch", "--quiet", "-c", "fix-login"])?;
     commit(&api, "alice", "login.txt", "sso\n", "fix login")?;
     let p = push(&api, "alice", &["fix-login"])?;
-    n.act(1, "alice pushes a branch that names no task", "git push origin fix-login", &p, false);
+    n.act(
+        1,
+        "alice pushes a branch that names no task",
+        "git push origin fix-login",
+        &p,
+        false,
+    );
 
     git.run(&["switch", "--quiet", "-c", "feature/TASK-2-search", "master"])?;
-    commit(&api, "alice", "search.txt", "search\n", "TASK-2 search endpoint")?;
+    commit(
+        &api,
+        "alice",
+        "search.txt",
+        "search\n",
+        "TASK-2 search endpoint",
+    )?;
     let p = push(&api, "alice", &["feature/TASK-2-search"])?;
-    n.act(2, "alice pushes TASK-2's branch, but TASK-2 is still To Do", "git push origin feature/TASK-2-search", &p, false);
+    n.act(
+        2,
+        "alice pushes TASK-2's branch, but TASK-2 is still To Do",
+        "git push origin feature/TASK-2-search",
+        &p,
+        false,
+    );
 
     git.run(&["switch", "--quiet", "-c", "feature/TASK-1-login", "master"])?;
-    commit(&api, "alice", "login.txt", "sso\n", "TASK-1 log in with SSO")?;
+    commit(
+        &api,
+        "alice",
+        "login.txt",
+        "sso\n",
+        "TASK-1 log in with SSO",
+    )?;
     let p = push(&api, "alice", &["feature/TASK-1-login"])?;
-    n.act(3, "alice pushes TASK-1's branch to api; TASK-1 is In Progress", "git push origin feature/TASK-1-login", &p, true);
+    n.act(
+        3,
+        "alice pushes TASK-1's branch to api; TASK-1 is In Progress",
+        "git push origin feature/TASK-1-login",
+        &p,
+        true,
+    );
     let wgit = sandbox_git(&web, "alice");
     wgit.run(&["switch", "--quiet", "-c", "feature/TASK-1-login"])?;
     commit(&web, "alice", "login.html", "<form>\n", "login form")?;
     let p = push(&web, "alice", &["feature/TASK-1-login"])?;
-    n.act(4, "alice pushes TASK-1's branch to web (a commit that forgets the task: a warning)", "git push origin feature/TASK-1-login", &p, true);
+    n.act(
+        4,
+        "alice pushes TASK-1's branch to web (a commit that forgets the task: a warning)",
+        "git push origin feature/TASK-1-login",
+        &p,
+        true,
+    );
 
     git.run(&["switch", "--quiet", "master"])?;
     commit(&api, "alice", "hotfix.txt", "quick\n", "quick fix")?;
     let p = push(&api, "alice", &["master"])?;
-    n.act(5, "alice pushes straight to master", "git push origin master", &p, false);
+    n.act(
+        5,
+        "alice pushes straight to master",
+        "git push origin master",
+        &p,
+        false,
+    );
 
     let bot = sb.clone_for("api", "lockstep-bot")?;
-    commit(&bot, "lockstep-bot", "CHANGELOG", "TASK-1\n", "TASK-1 changelog")?;
+    commit(
+        &bot,
+        "lockstep-bot",
+        "CHANGELOG",
+        "TASK-1\n",
+        "TASK-1 changelog",
+    )?;
     let p = push(&bot, "lockstep-bot", &["master"])?;
-    n.act(6, "lockstep-bot pushes master", "git push origin master", &p, true);
+    n.act(
+        6,
+        "lockstep-bot pushes master",
+        "git push origin master",
+        &p,
+        true,
+    );
 
     let bgit = sandbox_git(&bot, "lockstep-bot");
     bgit.run(&["reset", "--quiet", "--hard", "HEAD~1"])?;
     let p = push(&bot, "lockstep-bot", &["--force", "master"])?;
-    n.act(7, "even the bot cannot force-push master", "git push --force origin master", &p, false);
+    n.act(
+        7,
+        "even the bot cannot force-push master",
+        "git push --force origin master",
+        &p,
+        false,
+    );
 
     println!();
     if keep.is_some() {
         println!("the sandbox stays in {}", root.display());
-        println!("try: lockstep --config {} policy check", sb.meta.join("lockstep.toml").display());
+        println!(
+            "try: lockstep --config {} policy check",
+            sb.meta.join("lockstep.toml").display()
+        );
     }
     if n.failures.is_empty() {
         println!("all {} acts went as the policies say", 7);
         Ok(0)
     } else {
-        println!("{} act(s) did not go as told: {}", n.failures.len(), n.failures.join("; "));
+        println!(
+            "{} act(s) did not go as told: {}",
+            n.failures.len(),
+            n.failures.join("; ")
+        );
         Ok(1)
     }
 }

@@ -37,13 +37,19 @@ pub fn is_zero(oid: &str) -> bool {
 
 /// Whether a string looks like a full object id (SHA-1 or SHA-256, lowercase hex).
 pub fn is_oid(s: &str) -> bool {
-    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    (s.len() == 40 || s.len() == 64)
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Git {
     /// Runs git in `dir` with nothing inherited that steers git.
     pub fn new(dir: impl Into<PathBuf>) -> Git {
-        Git { dir: dir.into(), keep_env: Vec::new(), extra_env: Vec::new() }
+        Git {
+            dir: dir.into(),
+            keep_env: Vec::new(),
+            extra_env: Vec::new(),
+        }
     }
 
     /// Runs git in the repository a hook was started in, keeping the quarantine variables.
@@ -53,7 +59,11 @@ impl Git {
             .iter()
             .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
             .collect();
-        Ok(Git { dir, keep_env, extra_env: Vec::new() })
+        Ok(Git {
+            dir,
+            keep_env,
+            extra_env: Vec::new(),
+        })
     }
 
     /// Adds a variable to every command (e.g. the bot's author identity).
@@ -70,10 +80,11 @@ impl Git {
         let mut cmd = Command::new("git");
         cmd.current_dir(&self.dir).args(args).stdin(Stdio::null());
         for (k, _) in std::env::vars_os() {
-            if let Some(k) = k.to_str() {
-                if k.starts_with("GIT_") && k != "GIT_EXEC_PATH" {
-                    cmd.env_remove(k);
-                }
+            if let Some(k) = k.to_str()
+                && k.starts_with("GIT_")
+                && k != "GIT_EXEC_PATH"
+            {
+                cmd.env_remove(k);
             }
         }
         for (k, v) in &self.keep_env {
@@ -151,7 +162,10 @@ impl Git {
         args.extend_from_slice(hide);
         let out = self.output(&args)?;
         if !out.status.success() {
-            bail!("cannot list the commits of {new}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "cannot list the commits of {new}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(parse_rev_list_header(&out.stdout))
     }
@@ -159,7 +173,13 @@ impl Git {
     /// The object id a ref points to, or None if it does not exist.
     pub fn resolve(&self, rev: &str) -> anyhow::Result<Option<String>> {
         let spec = format!("{rev}^{{commit}}");
-        let (ok, out, _) = self.try_run(&["rev-parse", "--verify", "--quiet", "--end-of-options", &spec])?;
+        let (ok, out, _) = self.try_run(&[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ])?;
         Ok(ok.then(|| out.trim().to_string()))
     }
 }
@@ -248,7 +268,10 @@ mod tests {
         let c = &parse_rev_list_header(raw)[0];
         assert_eq!(c.id, "739d79046b22d9c9218776cab6d5a72bc584bb35");
         assert_eq!(c.parents, ["aaaa"]);
-        assert_eq!((c.author_name.as_str(), c.author_email.as_str()), ("A B", "a@x"));
+        assert_eq!(
+            (c.author_name.as_str(), c.author_email.as_str()),
+            ("A B", "a@x")
+        );
         assert_eq!(c.committer_email, "c@x");
         assert!(c.signed);
         assert_eq!(c.message, "TASK-1 first line\n\nbody here");
@@ -257,7 +280,13 @@ mod tests {
 
     #[test]
     fn odd_records_do_not_panic() {
-        for raw in [&b""[..], b"\0\0", b"abc", b"abc\nauthor \n\n", b"\xff\xfe\0x\nauthor >< 1\n"] {
+        for raw in [
+            &b""[..],
+            b"\0\0",
+            b"abc",
+            b"abc\nauthor \n\n",
+            b"\xff\xfe\0x\nauthor >< 1\n",
+        ] {
             let _ = parse_rev_list_header(raw);
         }
     }

@@ -49,13 +49,21 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<PathBuf
 /// Loads the config and compiles the policies it names.
 pub fn load(config_path: &Path) -> anyhow::Result<(Config, PolicySet)> {
     let config = Config::load(config_path)?;
-    let dirs: Vec<PathBuf> = config.policies.dirs.iter().map(|d| config.resolve(d)).collect();
+    let dirs: Vec<PathBuf> = config
+        .policies
+        .dirs
+        .iter()
+        .map(|d| config.resolve(d))
+        .collect();
     let policies = PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((config, policies))
 }
 
 /// Decides a push in a hook's environment, under the policy deadline.
-fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Vec<RefDecision>> {
+fn decide_in_hook(
+    config_path: Option<&Path>,
+    updates: Vec<RefUpdate>,
+) -> anyhow::Result<Vec<RefDecision>> {
     let git = Git::for_hook()?;
     let path = find_config(config_path, &git)?;
     let (config, policies) = load(&path)?;
@@ -107,8 +115,19 @@ fn finish(result: anyhow::Result<Vec<RefDecision>>) -> i32 {
     let mut err = std::io::stderr().lock();
     match result {
         Ok(decisions) => {
-            let _ = write!(err, "{}", Report { decisions: &decisions, gitlab });
-            if decisions.iter().all(|d| d.decision.accepted()) { ACCEPTED } else { REJECTED }
+            let _ = write!(
+                err,
+                "{}",
+                Report {
+                    decisions: &decisions,
+                    gitlab
+                }
+            );
+            if decisions.iter().all(|d| d.decision.accepted()) {
+                ACCEPTED
+            } else {
+                REJECTED
+            }
         }
         Err(e) => {
             let prefix = if gitlab { "GL-HOOK-ERR: " } else { "" };
@@ -156,7 +175,9 @@ pub fn parse_post_receive_options(options: &[String]) -> Result<PostReceiveReque
                 .strip_prefix("priority=")
                 .unwrap_or(p)
                 .parse()
-                .map_err(|_| format!("push option `{o}`: priority must be a whole number, e.g. `deliver=10`"))?;
+                .map_err(|_| {
+                    format!("push option `{o}`: priority must be a whole number, e.g. `deliver=10`")
+                })?;
             req.deliver = Some(n);
         }
     }
@@ -172,8 +193,11 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
     }
     let result = (|| -> anyhow::Result<()> {
         let updates = push::parse_updates(&input)?;
-        let req = parse_post_receive_options(&push::push_options_from_env()).map_err(anyhow::Error::msg)?;
-        let Some(priority) = req.deliver else { return Ok(()) };
+        let req = parse_post_receive_options(&push::push_options_from_env())
+            .map_err(anyhow::Error::msg)?;
+        let Some(priority) = req.deliver else {
+            return Ok(());
+        };
         let git = Git::for_hook()?;
         let path = find_config(config_path, &git)?;
         let config = Config::load(&path)?;
@@ -208,7 +232,9 @@ mod tests {
 
     #[test]
     fn deliver_options() {
-        let o = |v: &[&str]| parse_post_receive_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let o = |v: &[&str]| {
+            parse_post_receive_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        };
         assert_eq!(o(&[]).unwrap().deliver, None);
         assert_eq!(o(&["deliver"]).unwrap().deliver, Some(0));
         assert_eq!(o(&["ci.skip", "deliver=5"]).unwrap().deliver, Some(5));

@@ -50,13 +50,25 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
     let git = Git::new(repo);
     let (ok, _, err) = git.try_run(&["rev-parse", "--git-dir"])?;
     if !ok {
-        bail!("`{}` is not a git repository: {}", repo.display(), err.trim());
+        bail!(
+            "`{}` is not a git repository: {}",
+            repo.display(),
+            err.trim()
+        );
     }
     let hooks_dir = PathBuf::from(git.run(&["rev-parse", "--git-path", "hooks"])?.trim());
-    let hooks_dir = if hooks_dir.is_absolute() { hooks_dir } else { repo.join(hooks_dir) };
+    let hooks_dir = if hooks_dir.is_absolute() {
+        hooks_dir
+    } else {
+        repo.join(hooks_dir)
+    };
     std::fs::create_dir_all(&hooks_dir)
         .with_context(|| format!("cannot create `{}`", hooks_dir.display()))?;
-    let wanted: Vec<&str> = if opts.per_ref { vec!["update", "post-receive"] } else { vec!["pre-receive", "post-receive"] };
+    let wanted: Vec<&str> = if opts.per_ref {
+        vec!["update", "post-receive"]
+    } else {
+        vec!["pre-receive", "post-receive"]
+    };
     // Check every hook first, so that a refusal leaves the repository untouched.
     for (name, _) in SHIMS {
         let path = hooks_dir.join(name);
@@ -68,7 +80,10 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
                 );
             }
         } else if path.exists() && !opts.force && wanted.contains(name) {
-            bail!("`{}` exists and cannot be read; move it aside, or pass --force", path.display());
+            bail!(
+                "`{}` exists and cannot be read; move it aside, or pass --force",
+                path.display()
+            );
         }
     }
     let mut done = Vec::new();
@@ -78,9 +93,11 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
             let text = shim_text(template, &opts.binary);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 let tmp = hooks_dir.join(format!(".{name}.lockstep-tmp"));
-                std::fs::write(&tmp, &text).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+                std::fs::write(&tmp, &text)
+                    .with_context(|| format!("cannot write `{}`", tmp.display()))?;
                 std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-                std::fs::rename(&tmp, &path).with_context(|| format!("cannot write `{}`", path.display()))?;
+                std::fs::rename(&tmp, &path)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?;
                 done.push(format!("wrote {name}"));
             }
         } else if std::fs::read_to_string(&path).is_ok_and(|t| t.contains(MARKER)) {

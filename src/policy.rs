@@ -131,7 +131,10 @@ pub struct Rule {
 
 impl Rule {
     fn exprs(&self) -> impl Iterator<Item = &Expr> {
-        self.when.iter().chain([&self.require]).chain(self.message_expression.iter())
+        self.when
+            .iter()
+            .chain([&self.require])
+            .chain(self.message_expression.iter())
     }
 
     /// Whether any of the rule's expressions or its message names this variable.
@@ -168,16 +171,42 @@ pub struct PolicySet {
 
 impl fmt::Debug for PolicySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PolicySet").field("rules", &self.rules).finish()
+        f.debug_struct("PolicySet")
+            .field("rules", &self.rules)
+            .finish()
     }
 }
 
 /// The facts known at every stage, for checking that rules name only known ones.
 pub const FACTS: &[&str] = &[
-    "repo", "ref", "branch", "tag", "old", "new", "created", "deleted", "fast_forward", "rewind",
-    "pusher", "bot", "maintainers", "protected", "task", "commits", "push_options", "now",
-    "tracker", "in_progress", "for_delivery", "commit", "requester", "approvals", "reviews",
-    "pr", "repos", "delivery",
+    "repo",
+    "ref",
+    "branch",
+    "tag",
+    "old",
+    "new",
+    "created",
+    "deleted",
+    "fast_forward",
+    "rewind",
+    "pusher",
+    "bot",
+    "maintainers",
+    "protected",
+    "task",
+    "commits",
+    "push_options",
+    "now",
+    "tracker",
+    "in_progress",
+    "for_delivery",
+    "commit",
+    "requester",
+    "approvals",
+    "reviews",
+    "pr",
+    "repos",
+    "delivery",
 ];
 
 impl PolicySet {
@@ -205,10 +234,13 @@ impl PolicySet {
         for file in files {
             match std::fs::read_to_string(&file) {
                 Ok(text) => sources.push((file, text)),
-                Err(e) => errors.0.push(format!("cannot read `{}`: {e}", file.display())),
+                Err(e) => errors
+                    .0
+                    .push(format!("cannot read `{}`: {e}", file.display())),
             }
         }
-        let parsed = PolicySet::parse_sources(sources.iter().map(|(p, t)| (p.as_path(), t.as_str())));
+        let parsed =
+            PolicySet::parse_sources(sources.iter().map(|(p, t)| (p.as_path(), t.as_str())));
         match parsed {
             Ok(set) if errors.0.is_empty() => Ok(set),
             Ok(_) => Err(errors),
@@ -230,7 +262,9 @@ impl PolicySet {
             let file: PolicyFile = match toml::from_str(text) {
                 Ok(f) => f,
                 Err(e) => {
-                    errors.0.push(format!("{}: {}", path.display(), e.to_string().trim_end()));
+                    errors
+                        .0
+                        .push(format!("{}: {}", path.display(), e.to_string().trim_end()));
                     continue;
                 }
             };
@@ -252,7 +286,11 @@ impl PolicySet {
                 }
             }
         }
-        if errors.0.is_empty() { Ok(PolicySet { env, rules }) } else { Err(errors) }
+        if errors.0.is_empty() {
+            Ok(PolicySet { env, rules })
+        } else {
+            Err(errors)
+        }
     }
 
     /// The rules that apply at a stage.
@@ -300,7 +338,10 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
         errors.push(format!("{}: a rule has an empty `name`", path.display()));
     }
     if spec.on.is_empty() {
-        errors.push(format!("{} is empty; name a stage: push, deliver or merge", at("on")));
+        errors.push(format!(
+            "{} is empty; name a stage: push, deliver or merge",
+            at("on")
+        ));
     }
     let mut compile = |field: &str, source: &str| -> Option<Expr> {
         if source.len() > MAX_EXPRESSION_LEN {
@@ -312,7 +353,10 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
             return None;
         }
         match env.compile(source) {
-            Ok(program) => Some(Expr { source: source.to_string(), program }),
+            Ok(program) => Some(Expr {
+                source: source.to_string(),
+                program,
+            }),
             Err(e) => {
                 let detail = e
                     .errors
@@ -320,14 +364,20 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
                     .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1 + 1, pe.msg))
                     .collect::<Vec<_>>()
                     .join("; ");
-                errors.push(format!("{}: syntax error at {detail}\n  | {source}", at(field)));
+                errors.push(format!(
+                    "{}: syntax error at {detail}\n  | {source}",
+                    at(field)
+                ));
                 None
             }
         }
     };
     let when = spec.when.as_deref().map(|s| compile("when", s));
     let require = compile("require", &spec.require);
-    let message_expression = spec.message_expression.as_deref().map(|s| compile("message_expression", s));
+    let message_expression = spec
+        .message_expression
+        .as_deref()
+        .map(|s| compile("message_expression", s));
     for p in placeholders(&spec.message) {
         let root = p.split('.').next().unwrap_or_default();
         if !FACTS.contains(&root) {
@@ -339,11 +389,16 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
         }
     }
     if spec.each.is_some() && spec.on.iter().any(|s| *s != Stage::Push) {
-        errors.push(format!("{}: `each = \"commit\"` applies only to `on = [\"push\"]`", at("each")));
+        errors.push(format!(
+            "{}: `each = \"commit\"` applies only to `on = [\"push\"]`",
+            at("each")
+        ));
     }
-    let (Some(require), Some(when), Some(message_expression)) =
-        (require, when.map_or(Some(None), |w| w.map(Some)), message_expression.map_or(Some(None), |m| m.map(Some)))
-    else {
+    let (Some(require), Some(when), Some(message_expression)) = (
+        require,
+        when.map_or(Some(None), |w| w.map(Some)),
+        message_expression.map_or(Some(None), |m| m.map(Some)),
+    ) else {
         return Err(errors);
     };
     let rule = Rule {
@@ -377,7 +432,11 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
             ));
         }
     }
-    if errors.is_empty() { Ok(rule) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(rule)
+    } else {
+        Err(errors)
+    }
 }
 
 fn unknown_variable(env: &Arc<Env>, expr: &Expr) -> Option<String> {
@@ -445,23 +504,51 @@ impl Facts {
     /// Facts of every kind with plausible values, used to probe expressions at load.
     fn sample() -> Facts {
         let mut f = Facts::default();
-        for s in ["repo", "ref", "branch", "tag", "old", "new", "pusher", "bot", "tracker", "requester"] {
+        for s in [
+            "repo",
+            "ref",
+            "branch",
+            "tag",
+            "old",
+            "new",
+            "pusher",
+            "bot",
+            "tracker",
+            "requester",
+        ] {
             f.set(s, "x");
         }
         for b in ["created", "deleted", "fast_forward", "rewind"] {
             f.set(b, false);
         }
-        for l in ["maintainers", "protected", "push_options", "in_progress", "for_delivery", "repos"] {
+        for l in [
+            "maintainers",
+            "protected",
+            "push_options",
+            "in_progress",
+            "for_delivery",
+            "repos",
+        ] {
             f.set(l, vec!["x".to_string()]);
         }
         f.set("task", task_value("X-1", true, "x", "x", "x", "x"));
         f.set("commits", vec![Facts::sample_commit()]);
         f.set("approvals", 0i64);
-        f.set("reviews", Value::List(Arc::new(vec![map([
-            ("user", "x".into()),
-            ("state", "APPROVED".into()),
-        ])])));
-        f.set("pr", map([("number", 1i64.into()), ("author", "x".into()), ("head", "x".into())]));
+        f.set(
+            "reviews",
+            Value::List(Arc::new(vec![map([
+                ("user", "x".into()),
+                ("state", "APPROVED".into()),
+            ])])),
+        );
+        f.set(
+            "pr",
+            map([
+                ("number", 1i64.into()),
+                ("author", "x".into()),
+                ("head", "x".into()),
+            ]),
+        );
         f.set("delivery", map([("id", 1i64.into())]));
         f.set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
         f
@@ -474,12 +561,22 @@ impl Facts {
 
 /// Builds a CEL map from string keys.
 pub fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    let m: HashMap<String, Value> = entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let m: HashMap<String, Value> = entries
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     Value::from(m)
 }
 
 /// The `task` fact.
-pub fn task_value(key: &str, exists: bool, status: &str, title: &str, assignee: &str, url: &str) -> Value {
+pub fn task_value(
+    key: &str,
+    exists: bool,
+    status: &str,
+    title: &str,
+    assignee: &str,
+    url: &str,
+) -> Value {
     map([
         ("key", key.into()),
         ("exists", exists.into()),
@@ -527,12 +624,14 @@ pub struct Verdict {
 impl Verdict {
     /// Whether this verdict refuses the push or delivery.
     pub fn denies(&self) -> bool {
-        self.enforcement == Enforcement::Deny && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
+        self.enforcement == Enforcement::Deny
+            && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
     }
 
     /// Whether this verdict is a warning only.
     pub fn warns(&self) -> bool {
-        self.enforcement == Enforcement::Warn && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
+        self.enforcement == Enforcement::Warn
+            && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
     }
 
     /// The lines to show for a failing verdict.
@@ -566,7 +665,11 @@ impl Decision {
 fn eval_bool(expr: &Expr, ctx: &Context) -> Result<bool, String> {
     match expr.program.execute(ctx) {
         Ok(Value::Bool(b)) => Ok(b),
-        Ok(other) => Err(format!("`{}` gave {}, not true or false", expr.source, show(&other))),
+        Ok(other) => Err(format!(
+            "`{}` gave {}, not true or false",
+            expr.source,
+            show(&other)
+        )),
         Err(e) => Err(format!("`{}` failed: {}", expr.source, explain(&e))),
     }
 }
@@ -619,25 +722,36 @@ fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts) -> Outcome {
             if count > failing.len() {
                 failing.push(format!("… and {} more commits", count - failing.len()));
             }
-            if failing.is_empty() { Outcome::Pass } else { Outcome::Fail(failing) }
+            if failing.is_empty() {
+                Outcome::Pass
+            } else {
+                Outcome::Fail(failing)
+            }
         }
     }
 }
 
 fn render_message(rule: &Rule, ctx: &Context, facts: &Facts, commit: Option<&Value>) -> String {
-    if let Some(expr) = &rule.message_expression {
-        if let Ok(Value::String(s)) = expr.program.execute(ctx) {
-            return s.to_string();
-        }
-        // Like Kubernetes' messageExpression: fall back to the static message.
+    // Like Kubernetes' messageExpression: when it fails, fall back to the static message.
+    if let Some(expr) = &rule.message_expression
+        && let Ok(Value::String(s)) = expr.program.execute(ctx)
+    {
+        return s.to_string();
     }
     fill(&rule.message, |path| {
         let mut parts = path.split('.');
         let root = parts.next()?;
-        let mut value = if root == "commit" { commit?.clone() } else { facts.get(root)?.clone() };
+        let mut value = if root == "commit" {
+            commit?.clone()
+        } else {
+            facts.get(root)?.clone()
+        };
         for part in parts {
             value = match value {
-                Value::Map(m) => m.map.get(&cel::objects::Key::from(part.to_string()))?.clone(),
+                Value::Map(m) => m
+                    .map
+                    .get(&cel::objects::Key::from(part.to_string()))?
+                    .clone(),
                 _ => return None,
             };
         }
@@ -650,8 +764,11 @@ fn placeholders(message: &str) -> impl Iterator<Item = &str> {
     message.split('{').skip(1).filter_map(|rest| {
         let end = rest.find('}')?;
         let name = &rest[..end];
-        (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
-            .then_some(name)
+        (!name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .then_some(name)
     })
 }
 
@@ -705,7 +822,8 @@ mod tests {
 
     fn facts(branch: &str) -> Facts {
         let mut f = Facts::default();
-        f.set("branch", branch).set("protected", vec!["master".to_string()]);
+        f.set("branch", branch)
+            .set("protected", vec!["master".to_string()]);
         f.set("task", Value::Null);
         f
     }
@@ -724,20 +842,30 @@ message = "branch `{branch}` names no task"
         let p = set(NAMING).unwrap();
         let d = p.evaluate(Stage::Push, &facts("fix-login"));
         assert!(!d.accepted());
-        assert_eq!(d.verdicts[0].outcome, Outcome::Fail(vec!["branch `fix-login` names no task".into()]));
+        assert_eq!(
+            d.verdicts[0].outcome,
+            Outcome::Fail(vec!["branch `fix-login` names no task".into()])
+        );
         let d = p.evaluate(Stage::Push, &facts("master"));
         assert_eq!(d.verdicts[0].outcome, Outcome::NotApplicable);
         let mut f = facts("feature/T-1");
         f.set("task", task_value("T-1", true, "In Progress", "", "", ""));
-        assert_eq!(p.evaluate(Stage::Push, &f).verdicts[0].outcome, Outcome::Pass);
+        assert_eq!(
+            p.evaluate(Stage::Push, &f).verdicts[0].outcome,
+            Outcome::Pass
+        );
         assert!(p.evaluate(Stage::Deliver, &f).verdicts.is_empty());
     }
 
     #[test]
     fn syntax_error_names_file_rule_field_and_position() {
-        let err = set("[[rule]]\nname='r'\non=['push']\nrequire='branch =='\nmessage='m'\n").unwrap_err();
+        let err =
+            set("[[rule]]\nname='r'\non=['push']\nrequire='branch =='\nmessage='m'\n").unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("policies/test.toml: rule `r`, `require`: syntax error at line 1"), "{text}");
+        assert!(
+            text.starts_with("policies/test.toml: rule `r`, `require`: syntax error at line 1"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -750,31 +878,51 @@ message = "branch `{branch}` names no task"
 
     #[test]
     fn unknown_variable_is_caught_at_load_with_a_hint() {
-        let err = set("[[rule]]\nname='r'\non=['push']\nrequire='brnch == \"x\"'\nmessage='m'\n").unwrap_err();
-        assert!(err.to_string().contains("unknown variable `brnch` (did you mean `branch`?)"), "{err}");
+        let err = set("[[rule]]\nname='r'\non=['push']\nrequire='brnch == \"x\"'\nmessage='m'\n")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variable `brnch` (did you mean `branch`?)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_key_and_placeholder_are_errors() {
-        let err = set("[[rule]]\nname='r'\non=['push']\nrequires='true'\nrequire='true'\nmessage='m'\n").unwrap_err();
-        assert!(err.to_string().contains("unknown field `requires`"), "{err}");
-        let err = set("[[rule]]\nname='r'\non=['push']\nrequire='true'\nmessage='{brnch}'\n").unwrap_err();
-        assert!(err.to_string().contains("(did you mean `branch`?)"), "{err}");
+        let err =
+            set("[[rule]]\nname='r'\non=['push']\nrequires='true'\nrequire='true'\nmessage='m'\n")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `requires`"),
+            "{err}"
+        );
+        let err = set("[[rule]]\nname='r'\non=['push']\nrequire='true'\nmessage='{brnch}'\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("(did you mean `branch`?)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn evaluation_error_fails_closed_unless_told() {
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\n").unwrap();
+        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\n")
+            .unwrap();
         let d = p.evaluate(Stage::Push, &facts("b"));
         assert!(!d.accepted());
-        assert!(matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.starts_with("policy error:")));
+        assert!(
+            matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.starts_with("policy error:"))
+        );
         let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\non_error='pass'\n").unwrap();
         assert!(p.evaluate(Stage::Push, &facts("b")).accepted());
     }
 
     #[test]
     fn warn_does_not_deny() {
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='m'\nenforcement='warn'\n").unwrap();
+        let p = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='m'\nenforcement='warn'\n",
+        )
+        .unwrap();
         let d = p.evaluate(Stage::Push, &facts("b"));
         assert!(d.accepted());
         assert_eq!(d.warnings().count(), 1);
@@ -783,9 +931,15 @@ message = "branch `{branch}` names no task"
     #[test]
     fn message_expression_wins_and_falls_back() {
         let p = set("[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='static'\nmessage_expression='\"dyn \" + branch'\n").unwrap();
-        assert_eq!(p.evaluate(Stage::Push, &facts("b")).verdicts[0].messages(), ["dyn b"]);
+        assert_eq!(
+            p.evaluate(Stage::Push, &facts("b")).verdicts[0].messages(),
+            ["dyn b"]
+        );
         let p = set("[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='static'\nmessage_expression='task.key'\n").unwrap();
-        assert_eq!(p.evaluate(Stage::Push, &facts("b")).verdicts[0].messages(), ["static"]);
+        assert_eq!(
+            p.evaluate(Stage::Push, &facts("b")).verdicts[0].messages(),
+            ["static"]
+        );
     }
 
     #[test]
@@ -793,23 +947,34 @@ message = "branch `{branch}` names no task"
         let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\nrequire='commit.message.contains(\"T-1\")'\nmessage='commit {commit.id} lacks it'\n").unwrap();
         let mut f = facts("b");
         let mk = |id: &str, msg: &str| {
-            commit_value(&crate::git::CommitInfo { id: id.into(), message: msg.into(), ..Default::default() })
+            commit_value(&crate::git::CommitInfo {
+                id: id.into(),
+                message: msg.into(),
+                ..Default::default()
+            })
         };
         f.set("commits", vec![mk("a1", "T-1 ok"), mk("b2", "nope")]);
-        assert_eq!(p.evaluate(Stage::Push, &f).verdicts[0].messages(), ["commit b2 lacks it"]);
+        assert_eq!(
+            p.evaluate(Stage::Push, &f).verdicts[0].messages(),
+            ["commit b2 lacks it"]
+        );
         assert!(p.needs(Stage::Push, "commits"));
     }
 
     #[test]
     fn duplicate_rule_names_are_refused() {
         let one = "[[rule]]\nname='r'\non=['push']\nrequire='true'\nmessage='m'\n";
-        let err = PolicySet::parse_sources([(Path::new("a.toml"), one), (Path::new("b.toml"), one)]).unwrap_err();
+        let err =
+            PolicySet::parse_sources([(Path::new("a.toml"), one), (Path::new("b.toml"), one)])
+                .unwrap_err();
         assert!(err.to_string().contains("already defined in `a.toml`"));
     }
 
     #[test]
     fn fill_leaves_unknown_and_odd_braces() {
-        let s = fill("a {x} {y} {not a name} {", |n| (n == "x").then(|| "1".to_string()));
+        let s = fill("a {x} {y} {not a name} {", |n| {
+            (n == "x").then(|| "1".to_string())
+        });
         assert_eq!(s, "a 1 {y} {not a name} {");
     }
 }

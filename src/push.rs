@@ -66,22 +66,40 @@ fn parse_update(line: usize, bytes: &[u8]) -> Result<RefUpdate, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ParseError::NotUtf8 { line })?;
     let fields: Vec<&str> = text.trim_end_matches('\r').split(' ').collect();
     let [old, new, name] = fields[..] else {
-        return Err(ParseError::FieldCount { line, got: fields.len() });
+        return Err(ParseError::FieldCount {
+            line,
+            got: fields.len(),
+        });
     };
     update_from_parts(line, old, new, name)
 }
 
 /// Checks the three parts of a ref update (also used for `update`'s arguments).
-pub fn update_from_parts(line: usize, old: &str, new: &str, name: &str) -> Result<RefUpdate, ParseError> {
+pub fn update_from_parts(
+    line: usize,
+    old: &str,
+    new: &str,
+    name: &str,
+) -> Result<RefUpdate, ParseError> {
     for oid in [old, new] {
         if !git::is_oid(oid) {
-            return Err(ParseError::BadOid { line, value: oid.chars().take(80).collect() });
+            return Err(ParseError::BadOid {
+                line,
+                value: oid.chars().take(80).collect(),
+            });
         }
     }
     if !name.starts_with("refs/") || name.len() <= 5 {
-        return Err(ParseError::BadRef { line, name: name.chars().take(200).collect() });
+        return Err(ParseError::BadRef {
+            line,
+            name: name.chars().take(200).collect(),
+        });
     }
-    Ok(RefUpdate { old: old.into(), new: new.into(), name: name.into() })
+    Ok(RefUpdate {
+        old: old.into(),
+        new: new.into(),
+        name: name.into(),
+    })
 }
 
 /// Who pushes, to which repository, with which options.
@@ -104,16 +122,30 @@ pub fn pusher_from_env(config: &Config) -> String {
 
 /// `GIT_PUSH_OPTION_0..N`, as git hands them to hooks.
 pub fn push_options_from_env() -> Vec<String> {
-    let count: usize = std::env::var("GIT_PUSH_OPTION_COUNT").ok().and_then(|c| c.parse().ok()).unwrap_or(0);
-    (0..count.min(1000)).filter_map(|i| std::env::var(format!("GIT_PUSH_OPTION_{i}")).ok()).collect()
+    let count: usize = std::env::var("GIT_PUSH_OPTION_COUNT")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (0..count.min(1000))
+        .filter_map(|i| std::env::var(format!("GIT_PUSH_OPTION_{i}")).ok())
+        .collect()
 }
 
 /// The ecosystem name of the repository a hook runs in: from the git server's variables,
 /// else by matching its path with a `[[repo]] url`, else its folder name without `.git`.
 pub fn repo_name(config: &Config, git_dir: &std::path::Path) -> String {
-    for var in ["GL_REPO", "GL_PROJECT_PATH", "GITHUB_REPO_NAME", "GITEA_REPO_NAME"] {
+    for var in [
+        "GL_REPO",
+        "GL_PROJECT_PATH",
+        "GITHUB_REPO_NAME",
+        "GITEA_REPO_NAME",
+    ] {
         if let Some(v) = std::env::var(var).ok().filter(|v| !v.is_empty()) {
-            if let Some(r) = config.repos.iter().find(|r| r.name == v || r.github.as_deref() == Some(&v)) {
+            if let Some(r) = config
+                .repos
+                .iter()
+                .find(|r| r.name == v || r.github.as_deref() == Some(&v))
+            {
                 return r.name.clone();
             }
             let last = v.rsplit('/').next().unwrap_or(&v).trim_end_matches(".git");
@@ -127,16 +159,26 @@ pub fn repo_name(config: &Config, git_dir: &std::path::Path) -> String {
     if let Some(here) = &here {
         for r in &config.repos {
             let url = r.url.strip_prefix("file://").unwrap_or(&r.url);
-            if std::fs::canonicalize(config.resolve(std::path::Path::new(url))).ok().as_ref() == Some(here) {
+            if std::fs::canonicalize(config.resolve(std::path::Path::new(url)))
+                .ok()
+                .as_ref()
+                == Some(here)
+            {
                 return r.name.clone();
             }
         }
     }
     let path = here.unwrap_or_else(|| git_dir.to_path_buf());
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = name.strip_suffix(".git").unwrap_or(&name).to_string();
     if name == ".git" || name.is_empty() {
-        path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     } else {
         name
     }
@@ -166,8 +208,10 @@ pub fn task_keys(config: &Config, policies: &PolicySet, updates: &[RefUpdate]) -
     if !policies.needs(Stage::Push, "task") {
         return Vec::new();
     }
-    let mut keys: Vec<String> =
-        updates.iter().filter_map(|u| config.tasks.task_of(u.branch()).map(String::from)).collect();
+    let mut keys: Vec<String> = updates
+        .iter()
+        .filter_map(|u| config.tasks.task_of(u.branch()).map(String::from))
+        .collect();
     keys.sort();
     keys.dedup();
     keys
@@ -177,10 +221,15 @@ pub fn task_keys(config: &Config, policies: &PolicySet, updates: &[RefUpdate]) -
 pub async fn fetch_tasks(config: &Config, tracker: &dyn Tracker, keys: &[String]) -> TaskAnswers {
     let timeout = config.tracker.timeout;
     let answers = keys.iter().map(|k| async move {
-        let r = tracker::task_with_timeout(tracker, k, timeout).await.map_err(|e| e.to_string());
+        let r = tracker::task_with_timeout(tracker, k, timeout)
+            .await
+            .map_err(|e| e.to_string());
         (k.clone(), r)
     });
-    futures::future::join_all(answers).await.into_iter().collect()
+    futures::future::join_all(answers)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// Evaluates the push rules for every ref.
@@ -215,7 +264,14 @@ pub fn decide(
             .set("maintainers", config.bot.maintainers.clone())
             .set("protected", config.policies.protected.clone())
             .set("push_options", ctx.options.clone())
-            .set("tracker", if tracker_name == "file" { "the tasks file" } else { tracker_name })
+            .set(
+                "tracker",
+                if tracker_name == "file" {
+                    "the tasks file"
+                } else {
+                    tracker_name
+                },
+            )
             .set("in_progress", config.tasks.in_progress.clone())
             .set("for_delivery", config.tasks.for_delivery.clone())
             .set("now", now.clone());
@@ -225,7 +281,11 @@ pub fn decide(
             !u.deleted()
         };
         facts.set("fast_forward", ff);
-        let rewind = need_rewind && !ff && !u.created() && !u.deleted() && git.is_ancestor(&u.new, &u.old)?;
+        let rewind = need_rewind
+            && !ff
+            && !u.created()
+            && !u.deleted()
+            && git.is_ancestor(&u.new, &u.old)?;
         facts.set("rewind", rewind);
         let commits = if need_commits && !u.deleted() {
             let excluded;
@@ -244,12 +304,19 @@ pub fn decide(
         } else {
             Vec::new()
         };
-        facts.set("commits", Value::List(std::sync::Arc::new(commits.iter().map(policy::commit_value).collect())));
+        facts.set(
+            "commits",
+            Value::List(std::sync::Arc::new(
+                commits.iter().map(policy::commit_value).collect(),
+            )),
+        );
         let mut unavailable = None;
         let task = match config.tasks.task_of(u.branch()) {
             None => Value::Null,
             Some(key) => match tasks.get(key) {
-                Some(Ok(Some(t))) => policy::task_value(&t.key, true, &t.status, &t.title, &t.assignee, &t.url),
+                Some(Ok(Some(t))) => {
+                    policy::task_value(&t.key, true, &t.status, &t.title, &t.assignee, &t.url)
+                }
                 Some(Ok(None)) | None => policy::task_value(key, false, "", "", "", ""),
                 Some(Err(e)) => {
                     unavailable = Some(e.clone());
@@ -262,16 +329,27 @@ pub fn decide(
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
         }
-        out.push(RefDecision { update: u.clone(), decision });
+        out.push(RefDecision {
+            update: u.clone(),
+            decision,
+        });
     }
     Ok(out)
 }
 
 /// Rules that read `task` cannot be trusted when the tracker did not answer: they become
 /// errors (or warnings with `on_error = "allow"`) that say so.
-fn mark_unavailable(policies: &PolicySet, decision: &mut Decision, reason: &str, on_error: OnError) {
+fn mark_unavailable(
+    policies: &PolicySet,
+    decision: &mut Decision,
+    reason: &str,
+    on_error: OnError,
+) {
     for v in &mut decision.verdicts {
-        let uses_task = policies.rules.iter().any(|r| r.name == v.rule && r.uses("task"));
+        let uses_task = policies
+            .rules
+            .iter()
+            .any(|r| r.name == v.rule && r.uses("task"));
         if !uses_task || v.outcome == policy::Outcome::NotApplicable {
             continue;
         }
@@ -329,9 +407,26 @@ pub fn explain(decisions: &[RefDecision], ctx: &PushContext) -> String {
     let mut s = String::new();
     for d in decisions {
         let u = &d.update;
-        let pusher = if ctx.pusher.is_empty() { "an unknown pusher" } else { &ctx.pusher };
-        let _ = writeln!(s, "{} {} → {} by {pusher} in `{}`", u.name, short(&u.old), short(&u.new), ctx.repo);
-        let width = d.decision.verdicts.iter().map(|v| v.rule.len()).max().unwrap_or(0);
+        let pusher = if ctx.pusher.is_empty() {
+            "an unknown pusher"
+        } else {
+            &ctx.pusher
+        };
+        let _ = writeln!(
+            s,
+            "{} {} → {} by {pusher} in `{}`",
+            u.name,
+            short(&u.old),
+            short(&u.new),
+            ctx.repo
+        );
+        let width = d
+            .decision
+            .verdicts
+            .iter()
+            .map(|v| v.rule.len())
+            .max()
+            .unwrap_or(0);
         for v in &d.decision.verdicts {
             let (label, msgs) = match &v.outcome {
                 policy::Outcome::NotApplicable => ("n/a ", Vec::new()),
@@ -351,7 +446,15 @@ pub fn explain(decisions: &[RefDecision], ctx: &PushContext) -> String {
         }
     }
     let accepted = decisions.iter().all(|d| d.decision.accepted());
-    let _ = writeln!(s, "{}", if accepted { "result: accepted" } else { "result: rejected" });
+    let _ = writeln!(
+        s,
+        "{}",
+        if accepted {
+            "result: accepted"
+        } else {
+            "result: rejected"
+        }
+    );
     s
 }
 
@@ -376,10 +479,23 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"garbage".to_vec(), "got 1 field"),
             (format!("{Z} {A}").into_bytes(), "got 2 field"),
-            (format!("{Z} nothex refs/heads/x").into_bytes(), "`nothex` is not an object id"),
+            (
+                format!("{Z} nothex refs/heads/x").into_bytes(),
+                "`nothex` is not an object id",
+            ),
             (format!("{Z} {A} HEAD").into_bytes(), "not under `refs/`"),
-            ([format!("{Z} {A} refs/heads/").into_bytes(), vec![0xff, 0xfe]].concat(), "not UTF-8"),
-            (format!("{Z} {A} refs/heads/a b").into_bytes(), "got 4 field"),
+            (
+                [
+                    format!("{Z} {A} refs/heads/").into_bytes(),
+                    vec![0xff, 0xfe],
+                ]
+                .concat(),
+                "not UTF-8",
+            ),
+            (
+                format!("{Z} {A} refs/heads/a b").into_bytes(),
+                "got 4 field",
+            ),
         ];
         for (input, want) in cases {
             let e = parse_updates(&input).unwrap_err().to_string();

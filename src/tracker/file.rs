@@ -40,7 +40,10 @@ pub struct FileTracker {
 }
 
 fn err(message: String) -> TrackerError {
-    TrackerError::Other { tracker: NAME, message }
+    TrackerError::Other {
+        tracker: NAME,
+        message,
+    }
 }
 
 impl FileTracker {
@@ -61,7 +64,11 @@ impl FileTracker {
             ))
         })?;
         toml::from_str(&text).map_err(|e| {
-            err(format!("bad tasks file `{}`: {}", self.path.display(), e.to_string().trim_end()))
+            err(format!(
+                "bad tasks file `{}`: {}",
+                self.path.display(),
+                e.to_string().trim_end()
+            ))
         })
     }
 
@@ -87,7 +94,8 @@ impl FileTracker {
             .write(true)
             .open(&lock_path)
             .map_err(|e| err(format!("cannot open lock `{}`: {e}", lock_path.display())))?;
-        lock.lock().map_err(|e| err(format!("cannot lock `{}`: {e}", lock_path.display())))?;
+        lock.lock()
+            .map_err(|e| err(format!("cannot lock `{}`: {e}", lock_path.display())))?;
         let mut tasks = self.read_all()?;
         let result = change(&mut tasks)?;
         let text = toml::to_string(&tasks).map_err(|e| err(format!("cannot write tasks: {e}")))?;
@@ -116,9 +124,10 @@ impl Tracker for FileTracker {
 
     async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError> {
         self.update(|tasks| {
-            let task = tasks
-                .get_mut(key)
-                .ok_or_else(|| TrackerError::NotFound { tracker: NAME, key: key.to_string() })?;
+            let task = tasks.get_mut(key).ok_or_else(|| TrackerError::NotFound {
+                tracker: NAME,
+                key: key.to_string(),
+            })?;
             task.status = status.to_string();
             if !note.is_empty() {
                 task.notes.push(note.to_string());
@@ -145,16 +154,30 @@ mod tests {
     async fn read_move_and_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tasks.toml");
-        std::fs::write(&path, "[TASK-1]\nstatus = \"In Progress\"\ntitle = \"t\"\n\n[34]\nstatus = \"New\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[TASK-1]\nstatus = \"In Progress\"\ntitle = \"t\"\n\n[34]\nstatus = \"New\"\n",
+        )
+        .unwrap();
         let t = FileTracker::new(path.clone());
-        assert_eq!(t.task("TASK-1").await.unwrap().unwrap().status, "In Progress");
+        assert_eq!(
+            t.task("TASK-1").await.unwrap().unwrap().status,
+            "In Progress"
+        );
         assert_eq!(t.task("34").await.unwrap().unwrap().status, "New");
         assert!(t.task("TASK-9").await.unwrap().is_none());
         t.move_to("TASK-1", "For Delivery", "ready").await.unwrap();
         let ready = t.in_statuses(&["For Delivery".into()]).await.unwrap();
         assert_eq!(ready.len(), 1);
-        assert!(std::fs::read_to_string(&path).unwrap().contains("notes = [\"ready\"]"));
-        assert!(matches!(t.move_to("NOPE-1", "x", "").await, Err(TrackerError::NotFound { .. })));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("notes = [\"ready\"]")
+        );
+        assert!(matches!(
+            t.move_to("NOPE-1", "x", "").await,
+            Err(TrackerError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -162,7 +185,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = FileTracker::new(dir.path().join("tasks.toml"));
         let e = t.task("X-1").await.unwrap_err().to_string();
-        assert!(e.contains("cannot read tasks file") && e.contains("tracker.path"), "{e}");
+        assert!(
+            e.contains("cannot read tasks file") && e.contains("tracker.path"),
+            "{e}"
+        );
         std::fs::write(dir.path().join("tasks.toml"), "[X-1]\nstatuz = 1\n").unwrap();
         let e = t.task("X-1").await.unwrap_err().to_string();
         assert!(e.contains("unknown field `statuz`"), "{e}");

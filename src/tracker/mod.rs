@@ -26,22 +26,37 @@ pub struct Task {
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
     #[error("tracker `{tracker}` did not answer in {}", humanize(*.after))]
-    Timeout { tracker: &'static str, after: Duration },
+    Timeout {
+        tracker: &'static str,
+        after: Duration,
+    },
     #[error("tracker `{tracker}` refused the credentials in `{var}`; check that variable")]
     Auth { tracker: &'static str, var: String },
     #[error("task `{key}` does not exist in {tracker}")]
     NotFound { tracker: &'static str, key: String },
     #[error("tracker `{tracker}` has no status `{status}`{hint}")]
-    NoSuchStatus { tracker: &'static str, status: String, hint: String },
+    NoSuchStatus {
+        tracker: &'static str,
+        status: String,
+        hint: String,
+    },
     #[error("tracker `{tracker}` did not move task `{key}` to `{status}`: {why}")]
-    Refused { tracker: &'static str, key: String, status: String, why: String },
+    Refused {
+        tracker: &'static str,
+        key: String,
+        status: String,
+        why: String,
+    },
     #[error("tracker `{tracker}`: {message}")]
-    Other { tracker: &'static str, message: String },
+    Other {
+        tracker: &'static str,
+        message: String,
+    },
 }
 
 /// `2s`, `1.5s`, `250ms`.
 pub fn humanize(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
@@ -69,7 +84,9 @@ pub trait Tracker: Send + Sync {
 /// Builds the tracker the config names.
 pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
     match config.tracker.kind {
-        TrackerKind::File => Ok(Box::new(file::FileTracker::new(config.resolve(&config.tracker.path)))),
+        TrackerKind::File => Ok(Box::new(file::FileTracker::new(
+            config.resolve(&config.tracker.path),
+        ))),
         other => anyhow::bail!(
             "tracker kind `{}` is not available in this build; use `kind = \"file\"`",
             other.name()
@@ -85,6 +102,9 @@ pub async fn task_with_timeout(
 ) -> Result<Option<Task>, TrackerError> {
     match tokio::time::timeout(timeout, tracker.task(key)).await {
         Ok(r) => r,
-        Err(_) => Err(TrackerError::Timeout { tracker: tracker.name(), after: timeout }),
+        Err(_) => Err(TrackerError::Timeout {
+            tracker: tracker.name(),
+            after: timeout,
+        }),
     }
 }
