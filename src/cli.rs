@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::commands;
 use crate::config::Config;
 use crate::git::{self, Git};
 use crate::hook;
@@ -66,6 +67,55 @@ pub enum Command {
     /// Check or try out the policies
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Deliver a task: queue it, then rebase, build, test, deploy, verify and merge it in every
+    /// repository that has a branch for it, all or nothing (exit 0 delivered, 1 failed)
+    Deliver {
+        /// The task, e.g. `TASK-7` (or `34` with Redmine-style numbers)
+        task: String,
+        /// Higher runs sooner; equal priorities run first come, first served
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        /// Queue it and return at once (a background worker runs it)
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the queue: the delivery in flight, those waiting, the recent ones
+    Queue {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one delivery: its repositories, shas and journal
+    Show {
+        id: i64,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the logs of a delivery's steps
+    Logs {
+        id: i64,
+        /// Only this repository
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this step (build, test, deploy, verify, rollback)
+        #[arg(long)]
+        step: Option<String>,
+    },
+    /// Cancel a queued delivery, or stop a running one at its next step (rolling back)
+    Cancel { id: i64 },
+    /// Run the rollback steps of a finished delivery and move its task back
+    Rollback {
+        id: i64,
+        /// Also push revert commits of what the delivery merged
+        #[arg(long)]
+        revert: bool,
+    },
+    /// Finish or undo what a killed worker left behind (every queue command does this first)
+    Recover,
+    /// Run queued deliveries until the queue is empty (started in the background by
+    /// `git push -o deliver`)
+    Work,
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +220,20 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::InstallHooks(args) => install_hooks(config, args),
         Command::Policy(PolicyCommand::Check) => policy_check(config),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),
+        Command::Deliver {
+            task,
+            priority,
+            no_wait,
+        } => commands::deliver(&config_path(config), &task, priority, no_wait),
+        Command::Queue { json } => commands::queue(&config_path(config), json),
+        Command::Show { id, json } => commands::show(&config_path(config), id, json),
+        Command::Logs { id, repo, step } => {
+            commands::logs(&config_path(config), id, repo.as_deref(), step.as_deref())
+        }
+        Command::Cancel { id } => commands::cancel(&config_path(config), id),
+        Command::Rollback { id, revert } => commands::rollback(&config_path(config), id, revert),
+        Command::Recover => commands::recover(&config_path(config)),
+        Command::Work => commands::work(&config_path(config)),
     }
 }
 

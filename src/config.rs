@@ -346,6 +346,10 @@ pub struct Delivery {
     /// How many repositories build and test at once. Default 4.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// Variables of lockstep's own environment handed to steps (besides PATH, HOME, LANG and
+    /// the like). Default none: secrets of the bot do not reach steps unless named here.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }
 
 impl Default for Delivery {
@@ -356,6 +360,7 @@ impl Default for Delivery {
             merge: MergeMode::FastForward,
             delete_branches: false,
             parallel: default_parallel(),
+            pass_env: Vec::new(),
         }
     }
 }

@@ -34,6 +34,32 @@ pub const POLICIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The demo's delivery steps: real processes that build, test and deploy by writing files
+/// under `$SANDBOX`. A file named `FAIL-TEST`, `FAIL-DEPLOY` or `FAIL-VERIFY` in a repository
+/// makes that step fail; `SLOW-TEST` holds seconds for the test to sleep.
+const STEPS: &[(&str, &str)] = &[
+    (
+        "build.sh",
+        "#!/bin/sh\nset -e\nmkdir -p \"$SANDBOX/out\"\necho \"building $LOCKSTEP_REPO at $LOCKSTEP_SHA\"\necho \"$LOCKSTEP_SHA\" > \"$SANDBOX/out/$LOCKSTEP_REPO.build\"\n",
+    ),
+    (
+        "test.sh",
+        "#!/bin/sh\necho \"testing $LOCKSTEP_REPO\"\nif [ -f SLOW-TEST ]; then sleep \"$(cat SLOW-TEST)\"; fi\nif [ -f FAIL-TEST ]; then echo \"assertion failed: $(cat FAIL-TEST)\"; exit 1; fi\necho ok\n",
+    ),
+    (
+        "deploy.sh",
+        "#!/bin/sh\nset -e\nmkdir -p \"$SANDBOX/deployed\"\nd=\"$SANDBOX/deployed/$LOCKSTEP_REPO\"\nif [ -f \"$d\" ]; then cp \"$d\" \"$d.prev\"; else : > \"$d.prev\"; fi\nif [ -f FAIL-DEPLOY ]; then echo \"deploy failed\"; exit 1; fi\necho \"$LOCKSTEP_SHA\" > \"$d\"\necho \"deployed $LOCKSTEP_REPO $LOCKSTEP_SHA to $LOCKSTEP_ENV\"\n",
+    ),
+    (
+        "verify.sh",
+        "#!/bin/sh\necho \"smoke-testing $LOCKSTEP_REPO\"\nif [ -f FAIL-VERIFY ]; then echo \"smoke test failed: $(cat FAIL-VERIFY)\"; exit 1; fi\necho ok\n",
+    ),
+    (
+        "rollback.sh",
+        "#!/bin/sh\nset -e\nd=\"$SANDBOX/deployed/$LOCKSTEP_REPO\"\nif [ -s \"$d.prev\" ]; then cp \"$d.prev\" \"$d\"; else rm -f \"$d\"; fi\necho \"$LOCKSTEP_REPO $LOCKSTEP_DELIVERY\" >> \"$SANDBOX/rollbacks.log\"\necho \"rolled back $LOCKSTEP_REPO\"\n",
+    ),
+];
+
 const TASKS: &str = r#"[TASK-1]
 status = "In Progress"
 title = "Log in with single sign-on"
@@ -42,6 +68,11 @@ assignee = "alice"
 [TASK-2]
 status = "To Do"
 title = "Search the catalogue"
+assignee = "alice"
+
+[TASK-3]
+status = "In Progress"
+title = "Dark mode"
 assignee = "alice"
 "#;
 
@@ -77,8 +108,17 @@ impl Sandbox {
             std::fs::write(meta.join("policies").join(name), text)?;
         }
         std::fs::write(meta.join("tasks.toml"), TASKS)?;
-        let mut config = String::from(
-            "[bot]\nuser = \"lockstep-bot\"\nmaintainers = [\"release-lead\"]\n\n[tracker]\nkind = \"file\"\npath = \"tasks.toml\"\n",
+        std::fs::create_dir_all(meta.join("steps"))?;
+        for (name, text) in STEPS {
+            let path = meta.join("steps").join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        let root_abs = std::path::absolute(root)?;
+        let mut config = format!(
+            "[bot]\nuser = \"lockstep-bot\"\nmaintainers = [\"release-lead\"]\n\n[tracker]\nkind = \"file\"\npath = \"tasks.toml\"\n\n\
+             [delivery]\nstep_timeout = \"60s\"\n\n[environments.production]\nvars = {{ SANDBOX = {} }}\n",
+            toml_str(&root_abs.to_string_lossy())
         );
         let mut repos = Vec::new();
         for name in repo_names {
@@ -91,8 +131,18 @@ impl Sandbox {
                 "--initial-branch=master",
             ])?;
             config.push_str(&format!(
-                "\n[[repo]]\nname = \"{name}\"\nurl = \"../git/{name}.git\"\nupstream = \"master\"\n"
+                "\n[[repo]]\nname = \"{name}\"\nurl = \"../git/{name}.git\"\nupstream = \"master\"\n[repo.steps]\n"
             ));
+            for step in ["build", "test", "deploy", "verify", "rollback"] {
+                let script = root_abs
+                    .join("meta")
+                    .join("steps")
+                    .join(format!("{step}.sh"));
+                config.push_str(&format!(
+                    "{step} = [{}]\n",
+                    toml_str(&script.to_string_lossy())
+                ));
+            }
             repos.push((name.to_string(), bare));
         }
         std::fs::write(meta.join("lockstep.toml"), &config)?;
@@ -143,6 +193,11 @@ impl Sandbox {
         ])?;
         Ok(dir)
     }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// Commits a file in a clone.

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line, its exit codes and its help.
+//! - [`commands`]: the delivery commands (`deliver`, `queue`, `show`, `logs`, …).
 //! - [`config`]: `lockstep.toml`, the meta-project's config.
 //! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
 //! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
@@ -13,10 +14,12 @@
 //! - [`install`]: `install-hooks`, the shims of `hooks/`.
 //! - [`git`]: the one place that runs `git`.
 //! - [`tracker`]: task trackers (file, Redmine, Jira, GitHub Issues).
-//! - [`delivery`]: the delivery line and its queue.
+//! - [`delivery`]: the delivery line, its steps, and the worker that runs the queue.
+//! - [`store`]: the durable queue and journal (SQLite).
 //! - [`demo`]: the narrated sandbox of `lockstep demo`.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod demo;
@@ -25,4 +28,5 @@ pub mod hook;
 pub mod install;
 pub mod policy;
 pub mod push;
+pub mod store;
 pub mod tracker;

@@ -1,0 +1,254 @@
+//! Deliveries: one task, several repositories, all or nothing.
+//!
+//! - [`request`] checks a delivery request against the `on = "deliver"` rules and queues it.
+//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue
+//!   one delivery at a time.
+//! - [`line`] is the delivery line itself; [`steps`] runs one step as a process.
+
+pub mod line;
+pub mod steps;
+pub mod worker;
+
+use std::sync::Arc;
+
+use cel::Value;
+
+use crate::config::Config;
+use crate::policy::{self, Decision, Facts, PolicySet, Stage};
+use crate::store::{Enqueued, NewDelivery, Store};
+use crate::tracker::{Task, Tracker};
+
+/// What a pull request adds to the facts of a delivery request.
+#[derive(Debug, Clone, Default)]
+pub struct PrFacts {
+    pub number: u64,
+    pub author: String,
+    pub head: String,
+    /// The latest review state per reviewer (`APPROVED`, `CHANGES_REQUESTED`, …).
+    pub reviews: Vec<(String, String)>,
+}
+
+impl PrFacts {
+    /// Approvals by people other than the author, counting each reviewer's latest review.
+    pub fn approvals(&self) -> i64 {
+        self.reviews
+            .iter()
+            .filter(|(user, state)| state == "APPROVED" && *user != self.author)
+            .count() as i64
+    }
+}
+
+/// The facts of a delivery request (and of the merge check).
+pub fn deliver_facts(
+    config: &Config,
+    tracker_name: &str,
+    key: &str,
+    task: Option<&Task>,
+    requester: &str,
+    pr: Option<&PrFacts>,
+    repos: Vec<String>,
+    delivery: Option<i64>,
+) -> Facts {
+    let mut f = Facts::default();
+    let task = match task {
+        Some(t) => policy::task_value(&t.key, true, &t.status, &t.title, &t.assignee, &t.url),
+        None => policy::task_value(key, false, "", "", "", ""),
+    };
+    f.set("task", task)
+        .set("requester", requester)
+        .set("bot", config.bot.user.as_str())
+        .set("maintainers", config.bot.maintainers.clone())
+        .set("protected", config.policies.protected.clone())
+        .set(
+            "tracker",
+            if tracker_name == "file" {
+                "the tasks file"
+            } else {
+                tracker_name
+            },
+        )
+        .set("in_progress", config.tasks.in_progress.clone())
+        .set("for_delivery", config.tasks.for_delivery.clone())
+        .set("repos", repos)
+        .set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
+    match pr {
+        Some(pr) => {
+            let reviews: Vec<Value> = pr
+                .reviews
+                .iter()
+                .map(|(u, s)| {
+                    policy::map([("user", u.as_str().into()), ("state", s.as_str().into())])
+                })
+                .collect();
+            f.set(
+                "pr",
+                policy::map([
+                    ("number", (pr.number as i64).into()),
+                    ("author", pr.author.as_str().into()),
+                    ("head", pr.head.as_str().into()),
+                ]),
+            )
+            .set("approvals", pr.approvals())
+            .set("reviews", Value::List(Arc::new(reviews)));
+        }
+        None => {
+            f.set("pr", Value::Null)
+                .set("approvals", 0i64)
+                .set("reviews", Value::List(Arc::new(Vec::new())));
+        }
+    }
+    f.set(
+        "delivery",
+        delivery.map_or(Value::Null, |id| policy::map([("id", id.into())])),
+    );
+    f
+}
+
+/// A delivery request from any source.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub task: String,
+    pub priority: i64,
+    /// `cli`, `push`, `tracker`, `github`.
+    pub source: String,
+    pub requester: String,
+    /// Where it came from, for links back (e.g. `owner/repo#12`).
+    pub origin: String,
+    pub pr: Option<PrFacts>,
+}
+
+/// What became of a request.
+#[derive(Debug)]
+pub enum Requested {
+    Queued { id: i64, position: usize },
+    AlreadyQueued { id: i64 },
+    Refused(Decision),
+}
+
+/// Checks a request against the `on = "deliver"` rules and queues it.
+pub async fn request(
+    config: &Config,
+    policies: &PolicySet,
+    tracker: &dyn Tracker,
+    store: &Store,
+    req: &Request,
+) -> anyhow::Result<Requested> {
+    let task = crate::tracker::task_with_timeout(tracker, &req.task, config.tracker.timeout)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; the delivery of `{}` was not queued", req.task))?;
+    let repos = config.repos.iter().map(|r| r.name.clone()).collect();
+    let facts = deliver_facts(
+        config,
+        tracker.name(),
+        &req.task,
+        task.as_ref(),
+        &req.requester,
+        req.pr.as_ref(),
+        repos,
+        None,
+    );
+    let decision = policies.evaluate(Stage::Deliver, &facts);
+    if !decision.accepted() {
+        return Ok(Requested::Refused(decision));
+    }
+    let new = NewDelivery {
+        task: req.task.clone(),
+        priority: req.priority,
+        source: req.source.clone(),
+        requester: req.requester.clone(),
+        origin: req.origin.clone(),
+    };
+    Ok(match store.enqueue(&new).await? {
+        Enqueued::New(id) => {
+            let position = store
+                .queued()
+                .await?
+                .iter()
+                .position(|d| d.id == id)
+                .map_or(0, |p| p + 1);
+            Requested::Queued { id, position }
+        }
+        Enqueued::Existing(id) => Requested::AlreadyQueued { id },
+    })
+}
+
+/// Lines explaining a refusal, one per failed rule.
+pub fn refusal_lines(decision: &Decision) -> Vec<String> {
+    decision
+        .violations()
+        .flat_map(|v| {
+            v.messages()
+                .into_iter()
+                .map(move |m| format!("[{}] {m}", v.rule))
+        })
+        .collect()
+}
+
+/// Queues the delivery of a task from the `post-receive` hook (`git push -o deliver`): the
+/// push declares the task ready, so it is moved to For Delivery first; then a detached worker
+/// is started so the push does not wait for the delivery.
+pub fn enqueue_from_hook(
+    config: &Config,
+    key: &str,
+    priority: i64,
+    requester: &str,
+) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let policies = crate::hook::load(&config.path)?.1;
+    rt.block_on(async {
+        let tracker = crate::tracker::open(config)?;
+        let ready = config.tasks.for_delivery.first().cloned().unwrap_or_else(|| "For Delivery".into());
+        let current = crate::tracker::task_with_timeout(tracker.as_ref(), key, config.tracker.timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(t) = &current
+            && !config.tasks.for_delivery.contains(&t.status)
+        {
+            let who = if requester.is_empty() { "a push" } else { requester };
+            tracker
+                .move_to(key, &ready, &format!("ready for delivery: {who} pushed with `-o deliver`"))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let store = Store::open(&config.state_dir()).await?;
+        let req = Request {
+            task: key.to_string(),
+            priority,
+            source: "push".into(),
+            requester: requester.to_string(),
+            ..Default::default()
+        };
+        let msg = match request(config, &policies, tracker.as_ref(), &store, &req).await? {
+            Requested::Queued { id, position } => {
+                worker::spawn_detached(config)?;
+                format!("delivery #{id} of `{key}` queued (position {position}); follow it with `lockstep show {id}`")
+            }
+            Requested::AlreadyQueued { id } => format!("`{key}` is already queued as delivery #{id}"),
+            Requested::Refused(d) => format!("delivery of `{key}` refused: {}", refusal_lines(&d).join("; ")),
+        };
+        Ok(msg)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvals_count_others_only() {
+        let pr = PrFacts {
+            number: 1,
+            author: "alice".into(),
+            head: "feature/T-1".into(),
+            reviews: vec![
+                ("alice".into(), "APPROVED".into()),
+                ("bob".into(), "APPROVED".into()),
+                ("carol".into(), "CHANGES_REQUESTED".into()),
+                ("dave".into(), "DISMISSED".into()),
+            ],
+        };
+        assert_eq!(pr.approvals(), 1);
+    }
+}

@@ -1,0 +1,201 @@
+//! Running one step (build, test, deploy, verify, rollback) as a real process.
+//!
+//! Each step runs in its own process group with a clean environment: a few basic variables,
+//! those named in `[delivery] pass_env`, the delivery environment's `vars`, and the
+//! `LOCKSTEP_*` variables that carry the untrusted values (branch names, task keys). Nothing
+//! untrusted is ever spliced into a command line. A step that outlives its timeout is killed
+//! with its whole process group.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// Variables every step gets from lockstep's own environment.
+const BASIC_ENV: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL", "TZ",
+];
+
+/// How a step is to run.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub argv: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub pass_env: Vec<String>,
+    pub timeout: Duration,
+    pub log: PathBuf,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    Passed,
+    /// Exit code, or None when killed by a signal.
+    Failed(Option<i32>),
+    TimedOut(Duration),
+    /// It could not be started at all.
+    NotStarted(String),
+}
+
+impl StepOutcome {
+    pub fn passed(&self) -> bool {
+        *self == StepOutcome::Passed
+    }
+    pub fn label(&self) -> &'static str {
+        match self {
+            StepOutcome::Passed => "passed",
+            StepOutcome::Failed(_) => "failed",
+            StepOutcome::TimedOut(_) => "timed out",
+            StepOutcome::NotStarted(_) => "not started",
+        }
+    }
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            StepOutcome::Passed => Some(0),
+            StepOutcome::Failed(c) => *c,
+            _ => None,
+        }
+    }
+    /// A sentence for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            StepOutcome::Passed => "passed".into(),
+            StepOutcome::Failed(Some(c)) => format!("exited with {c}"),
+            StepOutcome::Failed(None) => "was killed by a signal".into(),
+            StepOutcome::TimedOut(d) => {
+                format!("ran past {} and was killed", crate::tracker::humanize(*d))
+            }
+            StepOutcome::NotStarted(e) => format!("could not start: {e}"),
+        }
+    }
+}
+
+/// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
+pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
+    if let Some(dir) = spec.log.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create `{}`", dir.display()))?;
+    }
+    let log = std::fs::File::create(&spec.log)
+        .with_context(|| format!("cannot create `{}`", spec.log.display()))?;
+    let Some((program, args)) = spec.argv.split_first() else {
+        return Ok(StepOutcome::NotStarted(
+            "the step's command is empty".into(),
+        ));
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .kill_on_drop(true);
+    for k in BASIC_ENV
+        .iter()
+        .copied()
+        .chain(spec.pass_env.iter().map(String::as_str))
+    {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("`{program}`: {e}");
+            let _ = std::fs::write(&spec.log, format!("lockstep: could not start {why}\n"));
+            return Ok(StepOutcome::NotStarted(why));
+        }
+    };
+    let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    match tokio::time::timeout(spec.timeout, child.wait()).await {
+        Ok(status) => {
+            let status = status.context("cannot wait for the step")?;
+            // The step is over; anything it left running in its group goes with it.
+            if let Some(pgid) = pgid {
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            Ok(if status.success() {
+                StepOutcome::Passed
+            } else {
+                StepOutcome::Failed(status.code())
+            })
+        }
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            Ok(StepOutcome::TimedOut(spec.timeout))
+        }
+    }
+}
+
+/// The last `lines` lines of a log, for reports.
+pub fn tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read(log)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dir: &Path, argv: &[&str], timeout: Duration) -> StepSpec {
+        StepSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            cwd: dir.to_path_buf(),
+            env: vec![("LOCKSTEP_BRANCH".into(), "feature/x; rm -rf /".into())],
+            pass_env: vec![],
+            timeout,
+            log: dir.join("logs/step.log"),
+        }
+    }
+
+    #[tokio::test]
+    async fn passes_fails_and_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(
+            dir.path(),
+            &["sh", "-c", "echo \"branch=$LOCKSTEP_BRANCH\"; exit 3"],
+            Duration::from_secs(10),
+        );
+        assert_eq!(run(&s).await.unwrap(), StepOutcome::Failed(Some(3)));
+        assert_eq!(tail(&s.log, 5), "branch=feature/x; rm -rf /");
+        let s = spec(dir.path(), &["true"], Duration::from_secs(10));
+        assert!(run(&s).await.unwrap().passed());
+        let s = spec(dir.path(), &["/no/such/program"], Duration::from_secs(10));
+        assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
+        let s = spec(dir.path(), &[], Duration::from_secs(10));
+        assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        // A grandchild that would write the marker after the timeout if it were not killed.
+        let script = format!("(sleep 0.6; touch '{}') & sleep 30", marker.display());
+        let s = spec(
+            dir.path(),
+            &["sh", "-c", &script],
+            Duration::from_millis(300),
+        );
+        assert_eq!(
+            run(&s).await.unwrap(),
+            StepOutcome::TimedOut(Duration::from_millis(300))
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(!marker.exists(), "a process of the timed-out step survived");
+    }
+}

@@ -1,0 +1,738 @@
+//! The durable record: the delivery queue, each delivery's repositories, and the journal.
+//!
+//! SQLite under `state_dir` by default (WAL mode, so readers never block the worker). The SQL
+//! is kept to what PostgreSQL also speaks (`$n` parameters, no SQLite-only functions) so that a
+//! Postgres backend is a matter of the pool, not of the queries.
+//!
+//! Every phase transition is written here *before* the worker acts on it: a worker killed at
+//! any moment leaves enough behind for `recover` to finish or undo its work.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::{AssertSqlSafe, Row as _};
+
+/// The schema, applied in order; the index of a statement batch is its version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE deliveries (
+    id          INTEGER PRIMARY KEY,
+    task        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    phase       TEXT NOT NULL DEFAULT '',
+    priority    BIGINT NOT NULL DEFAULT 0,
+    source      TEXT NOT NULL DEFAULT 'cli',
+    requester   TEXT NOT NULL DEFAULT '',
+    created_at  BIGINT NOT NULL,
+    started_at  BIGINT,
+    finished_at BIGINT,
+    error       TEXT NOT NULL DEFAULT '',
+    cancel      BIGINT NOT NULL DEFAULT 0,
+    origin      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX deliveries_state ON deliveries (state, priority, id);
+CREATE TABLE delivery_repos (
+    delivery_id  BIGINT NOT NULL REFERENCES deliveries (id),
+    position     BIGINT NOT NULL,
+    repo         TEXT NOT NULL,
+    branch       TEXT NOT NULL,
+    branch_sha   TEXT NOT NULL,
+    base_sha     TEXT NOT NULL,
+    rebased_sha  TEXT NOT NULL DEFAULT '',
+    deployed     BIGINT NOT NULL DEFAULT 0,
+    merged       BIGINT NOT NULL DEFAULT 0,
+    rolled_back  BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (delivery_id, repo)
+);
+CREATE TABLE journal (
+    id          INTEGER PRIMARY KEY,
+    delivery_id BIGINT NOT NULL,
+    at          BIGINT NOT NULL,
+    phase       TEXT NOT NULL,
+    repo        TEXT NOT NULL DEFAULT '',
+    event       TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX journal_delivery ON journal (delivery_id, id);
+CREATE TABLE steps (
+    id          INTEGER PRIMARY KEY,
+    delivery_id BIGINT NOT NULL,
+    repo        TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    started_at  BIGINT NOT NULL,
+    finished_at BIGINT,
+    exit_code   BIGINT,
+    outcome     TEXT NOT NULL DEFAULT 'running',
+    log_path    TEXT NOT NULL
+);
+CREATE INDEX steps_delivery ON steps (delivery_id, id);
+CREATE TABLE hook_decisions (
+    rule     TEXT NOT NULL,
+    outcome  TEXT NOT NULL,
+    count    BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (rule, outcome)
+);
+"#];
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Running,
+    Delivered,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Delivered | State::Failed | State::Cancelled)
+    }
+}
+
+impl FromStr for State {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<State> {
+        Ok(match s {
+            "queued" => State::Queued,
+            "running" => State::Running,
+            "delivered" => State::Delivered,
+            "failed" => State::Failed,
+            "cancelled" => State::Cancelled,
+            other => anyhow::bail!("unknown delivery state `{other}` in the store"),
+        })
+    }
+}
+
+/// One delivery, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub task: String,
+    pub state: State,
+    pub phase: String,
+    pub priority: i64,
+    pub source: String,
+    pub requester: String,
+    /// Where the request came from in the requester's world (e.g. `owner/repo#12`).
+    pub origin: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: String,
+    pub cancel: bool,
+}
+
+/// One repository of a delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoRow {
+    pub repo: String,
+    pub position: i64,
+    pub branch: String,
+    pub branch_sha: String,
+    pub base_sha: String,
+    pub rebased_sha: String,
+    pub deployed: bool,
+    pub merged: bool,
+    pub rolled_back: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalRow {
+    pub at: i64,
+    pub phase: String,
+    pub repo: String,
+    pub event: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub id: i64,
+    pub repo: String,
+    pub step: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub outcome: String,
+    pub log_path: String,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A new delivery request.
+#[derive(Debug, Clone, Default)]
+pub struct NewDelivery {
+    pub task: String,
+    pub priority: i64,
+    pub source: String,
+    pub requester: String,
+    pub origin: String,
+}
+
+/// Whether `enqueue` added a delivery or found one for the task already waiting or running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    New(i64),
+    Existing(i64),
+}
+
+impl Enqueued {
+    pub fn id(&self) -> i64 {
+        match self {
+            Enqueued::New(id) | Enqueued::Existing(id) => *id,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn delivery_from(row: &SqliteRow) -> anyhow::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        id: row.try_get("id")?,
+        task: row.try_get("task")?,
+        state: row.try_get::<String, _>("state")?.parse()?,
+        phase: row.try_get("phase")?,
+        priority: row.try_get("priority")?,
+        source: row.try_get("source")?,
+        requester: row.try_get("requester")?,
+        origin: row.try_get("origin")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+        cancel: row.try_get::<i64, _>("cancel")? != 0,
+    })
+}
+
+fn repo_from(row: &SqliteRow) -> anyhow::Result<RepoRow> {
+    Ok(RepoRow {
+        repo: row.try_get("repo")?,
+        position: row.try_get("position")?,
+        branch: row.try_get("branch")?,
+        branch_sha: row.try_get("branch_sha")?,
+        base_sha: row.try_get("base_sha")?,
+        rebased_sha: row.try_get("rebased_sha")?,
+        deployed: row.try_get::<i64, _>("deployed")? != 0,
+        merged: row.try_get::<i64, _>("merged")? != 0,
+        rolled_back: row.try_get::<i64, _>("rolled_back")? != 0,
+    })
+}
+
+const DELIVERY_COLUMNS: &str = "id, task, state, phase, priority, source, requester, origin, created_at, \
+     started_at, finished_at, error, cancel";
+
+impl Store {
+    /// Opens (creating if needed) the store in `state_dir` and brings its schema up to date.
+    pub async fn open(state_dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create the state folder `{}`", state_dir.display()))?;
+        let path = state_dir.join("lockstep.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open the state database `{}`", path.display()))?;
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .execute(&mut *tx)
+            .await?;
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        let version = version.unwrap_or(0) as usize;
+        if version > MIGRATIONS.len() {
+            anyhow::bail!(
+                "the state database is from a newer lockstep (schema {version}); upgrade lockstep"
+            );
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            sqlx::raw_sql(*sql)
+                .execute(&mut *tx)
+                .await
+                .context("cannot migrate the state database")?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind((i + 1) as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queues a delivery, unless one for the same task is already queued or running.
+    pub async fn enqueue(&self, d: &NewDelivery) -> anyhow::Result<Enqueued> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
+        )
+        .bind(&d.task)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = existing {
+            return Ok(Enqueued::Existing(id));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO deliveries (task, state, priority, source, requester, origin, created_at) \
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&d.task)
+        .bind(d.priority)
+        .bind(&d.source)
+        .bind(&d.requester)
+        .bind(&d.origin)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'queue', 'queued', $3)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(format!("by {} via {}", if d.requester.is_empty() { "unknown" } else { &d.requester }, d.source))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Enqueued::New(id))
+    }
+
+    pub async fn delivery(&self, id: i64) -> anyhow::Result<Option<DeliveryRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(delivery_from).transpose()
+    }
+
+    /// Queued deliveries in the order they will run: priority first, then age.
+    pub async fn queued(&self) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from).collect()
+    }
+
+    pub async fn running(&self) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'running' ORDER BY id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from).collect()
+    }
+
+    /// The most recent finished deliveries, newest first.
+    pub async fn history(&self, limit: i64) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state IN ('delivered', 'failed', 'cancelled') \
+             ORDER BY finished_at DESC, id DESC LIMIT $1"
+        )))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(delivery_from).collect()
+    }
+
+    /// Counts of deliveries by state.
+    pub async fn counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Takes the next queued delivery and marks it running, atomically.
+    pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
+        let mut tx = self.pool.begin().await?;
+        let next: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = next else { return Ok(None) };
+        // A delivery requeued after a crash keeps the phase it resumes at.
+        sqlx::query(
+            "UPDATE deliveries SET state = 'running', started_at = $2, \
+             phase = CASE WHEN phase = '' THEN 'rebase' ELSE phase END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO journal (delivery_id, at, phase, event) VALUES ($1, $2, 'queue', 'started')")
+            .bind(id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.delivery(id).await
+    }
+
+    /// Records a phase transition (before the phase acts).
+    pub async fn set_phase(&self, id: i64, phase: &str) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
+            .bind(id)
+            .bind(phase)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event) VALUES ($1, $2, $3, 'phase')",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(phase)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Appends to a delivery's journal.
+    pub async fn journal(
+        &self,
+        id: i64,
+        phase: &str,
+        repo: &str,
+        event: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO journal (delivery_id, at, phase, repo, event, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(now_ms())
+            .bind(phase)
+            .bind(repo)
+            .bind(event)
+            .bind(detail)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn journal_of(&self, id: i64) -> anyhow::Result<Vec<JournalRow>> {
+        let rows = sqlx::query(
+            "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JournalRow {
+                    at: r.try_get("at")?,
+                    phase: r.try_get("phase")?,
+                    repo: r.try_get("repo")?,
+                    event: r.try_get("event")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends a delivery.
+    pub async fn finish(&self, id: i64, state: State, error: &str) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
+            .bind(id)
+            .bind(state.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'done', $3, $4)")
+            .bind(id)
+            .bind(now_ms())
+            .bind(state.as_str())
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts a running delivery back in the queue, keeping its place (after a crash);
+    /// `resume` is the phase to resume at ("" to start over).
+    pub async fn requeue(&self, id: i64, resume: &str, why: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE deliveries SET state = 'queued', phase = $2 WHERE id = $1")
+            .bind(id)
+            .bind(resume)
+            .execute(&self.pool)
+            .await?;
+        self.journal(id, "queue", "", "requeued", why).await
+    }
+
+    /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
+    /// next checkpoint. Returns the state it was in.
+    pub async fn cancel(&self, id: i64) -> anyhow::Result<Option<State>> {
+        let Some(d) = self.delivery(id).await? else {
+            return Ok(None);
+        };
+        match d.state {
+            State::Queued => {
+                self.finish(id, State::Cancelled, "cancelled before it started")
+                    .await?
+            }
+            State::Running => {
+                sqlx::query("UPDATE deliveries SET cancel = 1 WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                self.journal(id, &d.phase, "", "cancel requested", "")
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(Some(d.state))
+    }
+
+    pub async fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
+        let c: i64 = sqlx::query_scalar("SELECT cancel FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(c != 0)
+    }
+
+    /// Replaces the repositories of a delivery (the rebase phase finds them).
+    pub async fn set_repos(&self, id: i64, repos: &[RepoRow]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for r in repos {
+            sqlx::query(
+                "INSERT INTO delivery_repos (delivery_id, position, repo, branch, branch_sha, base_sha, rebased_sha) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(r.position)
+            .bind(&r.repo)
+            .bind(&r.branch)
+            .bind(&r.branch_sha)
+            .bind(&r.base_sha)
+            .bind(&r.rebased_sha)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn repos(&self, id: i64) -> anyhow::Result<Vec<RepoRow>> {
+        let rows = sqlx::query(
+            "SELECT repo, position, branch, branch_sha, base_sha, rebased_sha, deployed, merged, rolled_back \
+             FROM delivery_repos WHERE delivery_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(repo_from).collect()
+    }
+
+    /// Sets one flag (`deployed`, `merged`, `rolled_back`) of a delivery's repository.
+    pub async fn set_repo_flag(
+        &self,
+        id: i64,
+        repo: &str,
+        flag: RepoFlag,
+        value: bool,
+    ) -> anyhow::Result<()> {
+        let column = match flag {
+            RepoFlag::Deployed => "deployed",
+            RepoFlag::Merged => "merged",
+            RepoFlag::RolledBack => "rolled_back",
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE delivery_repos SET {column} = $3 WHERE delivery_id = $1 AND repo = $2"
+        )))
+        .bind(id)
+        .bind(repo)
+        .bind(i64::from(value))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Starts a step record; returns its id.
+    pub async fn step_started(
+        &self,
+        id: i64,
+        repo: &str,
+        step: &str,
+        log_path: &str,
+    ) -> anyhow::Result<i64> {
+        let step_id = sqlx::query_scalar(
+            "INSERT INTO steps (delivery_id, repo, step, started_at, log_path) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(step)
+        .bind(now_ms())
+        .bind(log_path)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(step_id)
+    }
+
+    pub async fn step_finished(
+        &self,
+        step_id: i64,
+        exit_code: Option<i32>,
+        outcome: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE steps SET finished_at = $2, exit_code = $3, outcome = $4 WHERE id = $1",
+        )
+        .bind(step_id)
+        .bind(now_ms())
+        .bind(exit_code.map(i64::from))
+        .bind(outcome)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn steps(&self, id: i64) -> anyhow::Result<Vec<StepRow>> {
+        let rows = sqlx::query(
+            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path FROM steps \
+             WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRow {
+                    id: r.try_get("id")?,
+                    repo: r.try_get("repo")?,
+                    step: r.try_get("step")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    exit_code: r.try_get("exit_code")?,
+                    outcome: r.try_get("outcome")?,
+                    log_path: r.try_get("log_path")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts a hook decision (for metrics).
+    pub async fn count_hook_decision(&self, rule: &str, outcome: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO hook_decisions (rule, outcome, count) VALUES ($1, $2, 1) \
+             ON CONFLICT (rule, outcome) DO UPDATE SET count = hook_decisions.count + 1",
+        )
+        .bind(rule)
+        .bind(outcome)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn hook_decisions(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let rows =
+            sqlx::query("SELECT rule, outcome, count FROM hook_decisions ORDER BY rule, outcome")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("rule")?,
+                    r.try_get("outcome")?,
+                    r.try_get("count")?,
+                ))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum RepoFlag {
+    Deployed,
+    Merged,
+    RolledBack,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queue_order_dedup_and_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let new = |task: &str, priority| NewDelivery {
+            task: task.into(),
+            priority,
+            ..Default::default()
+        };
+        let a = s.enqueue(&new("T-1", 0)).await.unwrap();
+        let b = s.enqueue(&new("T-2", 5)).await.unwrap();
+        assert_eq!(
+            s.enqueue(&new("T-1", 9)).await.unwrap(),
+            Enqueued::Existing(a.id())
+        );
+        let order: Vec<String> = s
+            .queued()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.task)
+            .collect();
+        assert_eq!(order, ["T-2", "T-1"]);
+        let first = s.claim_next().await.unwrap().unwrap();
+        assert_eq!((first.id, first.state), (b.id(), State::Running));
+        s.finish(first.id, State::Delivered, "").await.unwrap();
+        // Re-opening keeps everything (and does not re-run the migration).
+        let s = Store::open(dir.path()).await.unwrap();
+        assert_eq!(
+            s.delivery(b.id()).await.unwrap().unwrap().state,
+            State::Delivered
+        );
+        assert_eq!(s.queued().await.unwrap().len(), 1);
+        assert_eq!(s.cancel(a.id()).await.unwrap(), Some(State::Queued));
+        assert!(s.claim_next().await.unwrap().is_none());
+    }
+}
