@@ -8,7 +8,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::delivery::{self, Request, Requested, worker};
 use crate::git::Git;
+use crate::store::State;
+use crate::tracker::file::FileTracker;
 
 /// The shipped policies, embedded so that the demo runs from an installed binary.
 pub const POLICIES: &[(&str, &str)] = &[
@@ -237,6 +243,15 @@ struct Narrator {
 }
 
 impl Narrator {
+    fn check(&mut self, ok: bool, good: &str, bad: &str) {
+        if ok {
+            println!("   → {good}");
+        } else {
+            println!("   → NOT as told: {bad}");
+            self.failures.push(bad.to_string());
+        }
+    }
+
     fn act(&mut self, n: usize, title: &str, command: &str, pushed: &Pushed, expect_accept: bool) {
         println!("\n{n}. {title}");
         println!("   $ {command}");
@@ -255,6 +270,60 @@ impl Narrator {
             self.failures.push(format!("act {n}: {title}"));
         }
     }
+}
+
+/// Moves a task in the sandbox's file tracker.
+fn set_status(sb: &Sandbox, key: &str, status: &str) -> anyhow::Result<()> {
+    let tracker = FileTracker::new(sb.meta.join("tasks.toml"));
+    tracker.update(|tasks| {
+        if let Some(t) = tasks.get_mut(key) {
+            t.status = status.to_string();
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Delivers a task in this process, narrating each step; returns how it ended and why.
+fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
+    let config = Config::load(&sb.meta.join("lockstep.toml"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let engine = worker::engine(config, Arc::new(|line: &str| println!("   {line}"))).await?;
+        let req = Request {
+            task: task.into(),
+            source: "cli".into(),
+            requester: "alice".into(),
+            ..Default::default()
+        };
+        let id = match delivery::request(
+            &engine.config,
+            &engine.policies,
+            engine.tracker.as_ref(),
+            &engine.store,
+            &req,
+        )
+        .await?
+        {
+            Requested::Queued { id, .. } | Requested::AlreadyQueued { id } => id,
+            Requested::Refused(d) => anyhow::bail!(
+                "the demo's delivery was refused: {}",
+                delivery::refusal_lines(&d).join("; ")
+            ),
+        };
+        let _lock = worker::WorkerLock::try_acquire(&engine.config.state_dir())?
+            .context("the demo's queue is busy")?;
+        worker::work(&engine, |done, _| done == id).await?;
+        let d = engine
+            .store
+            .delivery(id)
+            .await?
+            .context("the delivery vanished")?;
+        Ok((d.state, d.error))
+    })
 }
 
 /// Runs the tour; returns the exit code (0 when every act went as told).
@@ -395,16 +464,90 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
         false,
     );
 
+    println!("\n— second act: delivery, all or nothing —");
+    set_status(&sb, "TASK-1", "For Delivery")?;
+    println!("\n8. TASK-1 is moved to For Delivery; the bot delivers it across api and web");
+    println!("   $ lockstep deliver TASK-1");
+    let (state, _) = deliver(&sb, "TASK-1")?;
+    let api_master = sandbox_git(&sb.repos[0].1, "admin")
+        .resolve("refs/heads/master")?
+        .unwrap_or_default();
+    let api_has =
+        sandbox_git(&sb.repos[0].1, "admin").run(&["log", "--format=%s", "-1", &api_master])?;
+    n.check(
+        state == State::Delivered,
+        "delivered: both masters advanced, TASK-1 is Closed",
+        "act 8: TASK-1 was not delivered",
+    );
+    println!("   api master is now: {}", api_has.trim());
+
+    for (dir, file) in [(&api, "theme.txt"), (&web, "theme.css")] {
+        let g = sandbox_git(dir, "alice");
+        g.run(&["fetch", "--quiet", "origin"])?;
+        g.run(&[
+            "switch",
+            "--quiet",
+            "-c",
+            "feature/TASK-3-dark-mode",
+            "origin/master",
+        ])?;
+        commit(dir, "alice", file, "dark\n", "TASK-3 dark mode")?;
+    }
+    // web's change breaks its smoke test once deployed.
+    commit(
+        &web,
+        "alice",
+        "FAIL-VERIFY",
+        "the login page renders blank\n",
+        "TASK-3 new layout",
+    )?;
+    for dir in [&api, &web] {
+        let p = push(dir, "alice", &["feature/TASK-3-dark-mode"])?;
+        if !p.accepted {
+            anyhow::bail!(
+                "the demo could not push TASK-3's branch: {}",
+                p.remote.join(" / ")
+            );
+        }
+    }
+    set_status(&sb, "TASK-3", "For Delivery")?;
+    let before: Vec<Option<String>> = sb
+        .repos
+        .iter()
+        .map(|(_, bare)| sandbox_git(bare, "admin").resolve("refs/heads/master"))
+        .collect::<anyhow::Result<_>>()?;
+    println!("\n9. TASK-3 changes api and web; web's smoke test fails once deployed");
+    println!("   $ lockstep deliver TASK-3");
+    let (state, error) = deliver(&sb, "TASK-3")?;
+    let after: Vec<Option<String>> = sb
+        .repos
+        .iter()
+        .map(|(_, bare)| sandbox_git(bare, "admin").resolve("refs/heads/master"))
+        .collect::<anyhow::Result<_>>()?;
+    let rollbacks = std::fs::read_to_string(root.join("rollbacks.log")).unwrap_or_default();
+    let task3 = FileTracker::new(sb.meta.join("tasks.toml"))
+        .read_all()?
+        .get("TASK-3")
+        .map(|t| t.status.clone());
+    n.check(
+        state == State::Failed
+            && before == after
+            && rollbacks.lines().count() == 2
+            && task3.as_deref() == Some("In Progress"),
+        "failed: nothing merged anywhere, both deploys rolled back, TASK-3 back In Progress",
+        "act 9: the failed delivery did not leave everything as it was",
+    );
+    println!("   why: {error}");
+
     println!();
     if keep.is_some() {
         println!("the sandbox stays in {}", root.display());
-        println!(
-            "try: lockstep --config {} policy check",
-            sb.meta.join("lockstep.toml").display()
-        );
+        let config = sb.meta.join("lockstep.toml");
+        println!("try: lockstep --config {} queue", config.display());
+        println!("     lockstep --config {} show 2", config.display());
     }
     if n.failures.is_empty() {
-        println!("all {} acts went as the policies say", 7);
+        println!("all 9 acts went as told");
         Ok(0)
     } else {
         println!(

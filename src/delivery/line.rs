@@ -538,7 +538,7 @@ impl Engine {
                 )
                 .await?;
             self.say(&format!(
-                "#{} {}: rebase {:<12} {} → {}",
+                "#{} {}: rebase   {:<12} {} → {}",
                 d.id,
                 d.task,
                 c.row.repo,
@@ -665,7 +665,7 @@ impl Engine {
             .journal(d.id, step, &c.row.repo, "step finished", outcome.label())
             .await?;
         self.say(&format!(
-            "#{} {}: {step:<6} {:<12} {} ({:.1}s)",
+            "#{} {}: {step:<8} {:<12} {} ({:.1}s)",
             d.id,
             d.task,
             c.row.repo,
@@ -675,10 +675,12 @@ impl Engine {
         if outcome == StepOutcome::Passed {
             return Ok(Ok(()));
         }
-        Ok(Err((
-            format!("`{step}` {}", outcome.describe()),
-            steps::tail(&log, 20),
-        )))
+        let tail = steps::tail(&log, 20);
+        let mut why = format!("`{step}` {}", outcome.describe());
+        if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
+            why.push_str(&format!(": {}", last.trim()));
+        }
+        Ok(Err((why, tail)))
     }
 
     /// Build or test: every repository at once (bounded by `delivery.parallel`); the first
@@ -789,7 +791,7 @@ impl Engine {
                         .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
                         .await?;
                     self.say(&format!(
-                        "#{} {}: merge  {:<12} {} → {}",
+                        "#{} {}: merge    {:<12} {} → {}",
                         d.id,
                         d.task,
                         c.row.repo,
