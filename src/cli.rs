@@ -111,7 +111,7 @@ pub enum Command {
         #[arg(long)]
         revert: bool,
     },
-    /// Finish or undo what a killed worker left behind (every queue command does this first)
+    /// Finish or undo what a killed worker left behind (`deliver`, `work` and `serve` do this first)
     Recover,
     /// Run queued deliveries until the queue is empty (started in the background by
     /// `git push -o deliver`)

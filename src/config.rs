@@ -617,7 +617,10 @@ mod example {
     fn example_config_parses() {
         let c = Config::parse_str(include_str!("../examples/lockstep.toml")).unwrap();
         assert_eq!(c.repos.len(), 2);
-        assert_eq!(c.environment_vars().get("KUBE_CONTEXT").map(String::as_str), Some("prod"));
+        assert_eq!(
+            c.environment_vars().get("KUBE_CONTEXT").map(String::as_str),
+            Some("prod")
+        );
         assert_eq!(c.delivery.step_timeout, Duration::from_secs(1800));
     }
 }
