@@ -213,25 +213,43 @@ puts "REDMINE_PROJECT=#{project.identifier}"
 puts "REDMINE_PROJECT_ID=#{project.id}"
 RUBY
 chmod 644 "$SETUP_RB"
-log "applying the fixtures (rails runner)"
-FIXTURES=$(as_redmine bundle exec rails runner "$SETUP_RB")
-{ echo "REDMINE_URL=$URL"; echo "$FIXTURES"; } > "$ENVFILE.tmp"
-chmod 600 "$ENVFILE.tmp"
-mv "$ENVFILE.tmp" "$ENVFILE"
-# shellcheck disable=SC1090
-. "$ENVFILE"
+SETUP_SHA=$(sha256sum < "$SETUP_RB" | cut -d' ' -f1)
 
-# 7. Wait until the API answers the non-admin key (proves server + REST API + key).
-log "waiting for $URL"
-code=000
-for _ in $(seq 1 1200); do
-  pid=$(server_pid) || { echo "the server died; its log:" >&2; tail -50 "$LOG" >&2; exit 1; }
-  code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Redmine-API-Key: $REDMINE_API_KEY" \
-           "$URL/projects/$REDMINE_PROJECT.json" || true)
-  [ "$code" = 200 ] && break
-  sleep 0.1
-done
+# Waits until the server answers (any HTTP status) and prints the status of a request for
+# the project with the non-admin key.
+api_status() {
+  local code=000
+  for _ in $(seq 1 1200); do
+    server_pid >/dev/null || { echo "the server died; its log:" >&2; tail -50 "$LOG" >&2; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Redmine-API-Key: $REDMINE_API_KEY" \
+             "$URL/projects/$REDMINE_PROJECT.json" || true)
+    case "$code" in 000|502|503) sleep 0.1 ;; *) break ;; esac
+  done
+  echo "$code"
+}
+
+code=none
+if [ -f "$ENVFILE" ] && [ "$(cat "$STATE/fixtures.sha" 2>/dev/null)" = "$SETUP_SHA" ]; then
+  # shellcheck disable=SC1090
+  . "$ENVFILE"
+  log "fixtures already applied; waiting for $URL"
+  code=$(api_status)
+fi
+if [ "$code" != 200 ]; then
+  log "applying the fixtures (rails runner)"
+  FIXTURES=$(as_redmine bundle exec rails runner "$SETUP_RB")
+  { echo "REDMINE_URL=$URL"; echo "$FIXTURES"; } > "$ENVFILE.tmp"
+  chmod 600 "$ENVFILE.tmp"
+  mv "$ENVFILE.tmp" "$ENVFILE"
+  echo "$SETUP_SHA" > "$STATE/fixtures.sha"
+  # shellcheck disable=SC1090
+  . "$ENVFILE"
+  # 7. Wait until the API answers the non-admin key (proves server + REST API + key).
+  log "waiting for $URL"
+  code=$(api_status)
+fi
 [ "$code" = 200 ] || { echo "the API is not ready (last HTTP $code); log: $LOG" >&2; exit 1; }
+pid=$(server_pid)
 
 log "ready in $(( ($(date +%s%N) - T0) / 1000000 )) ms; server pid $pid; env file $ENVFILE"
 cat "$ENVFILE"
