@@ -2,15 +2,24 @@
 //!
 //! A tracker is both a gate (pushes only while a task is In Progress, delivery only when it is
 //! For Delivery) and a trigger (For Delivery queues the merge; the outcome moves the task on).
-//! Every kind implements [`Tracker`]; [`open`] builds the one the config names.
+//! Every kind implements [`Tracker`]; [`open`] builds the one the config names, and
+//! [`Cached`] keeps answers for a few seconds in the long-running server.
+//!
+//! # Layout
+//! - [`file`]: the embedded tracker, a TOML file of tasks.
+//! - [`cached`]: a short-lived cache in front of any tracker.
 
+pub mod cached;
 pub mod file;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use secrecy::SecretString;
 
 use crate::config::{Config, TrackerKind};
+
+pub use cached::Cached;
 
 /// A task as lockstep sees it, whatever the tracker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -91,6 +100,40 @@ pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
             "tracker kind `{}` is not available in this build; use `kind = \"file\"`",
             other.name()
         ),
+    }
+}
+
+/// A secret and the variable it came from: the variable is named in errors, the secret
+/// never (its `Debug` prints `[REDACTED]` and it has no `Display`).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub var: String,
+    pub secret: SecretString,
+}
+
+impl Credential {
+    pub fn new(var: impl Into<String>, secret: impl Into<String>) -> Credential {
+        Credential {
+            var: var.into(),
+            secret: SecretString::from(secret.into()),
+        }
+    }
+
+    /// Reads the secret from the environment variable `var`.
+    pub fn from_env(tracker: &str, var: &str, what: &str) -> anyhow::Result<Credential> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Credential::new(var, v)),
+            Ok(_) => anyhow::bail!(
+                "tracker `{tracker}`: variable `{var}` is empty; put the {what} in it"
+            ),
+            Err(std::env::VarError::NotPresent) => anyhow::bail!(
+                "tracker `{tracker}`: variable `{var}` is not set; export the {what} in it \
+                 where the hooks and the server run"
+            ),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("tracker `{tracker}`: variable `{var}` is not UTF-8")
+            }
+        }
     }
 }
 
