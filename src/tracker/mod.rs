@@ -7,10 +7,14 @@
 //!
 //! # Layout
 //! - [`file`]: the embedded tracker, a TOML file of tasks.
+//! - [`redmine`]: Redmine's REST API.
 //! - [`cached`]: a short-lived cache in front of any tracker.
+//! - `http`: what the HTTP trackers share: requests under the timeout, errors, secrets.
 
 pub mod cached;
 pub mod file;
+mod http;
+pub mod redmine;
 
 use std::time::Duration;
 
@@ -90,17 +94,33 @@ pub trait Tracker: Send + Sync {
     async fn in_statuses(&self, statuses: &[String]) -> Result<Vec<Task>, TrackerError>;
 }
 
-/// Builds the tracker the config names.
+/// Builds the tracker the config names. Secrets are read from the variables the config
+/// names; a missing one is an error naming the variable.
 pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
-    match config.tracker.kind {
-        TrackerKind::File => Ok(Box::new(file::FileTracker::new(
-            config.resolve(&config.tracker.path),
-        ))),
+    let t = &config.tracker;
+    Ok(match t.kind {
+        TrackerKind::File => Box::new(file::FileTracker::new(config.resolve(&t.path))),
+        TrackerKind::Redmine => {
+            let var = t.api_key_env.as_deref().unwrap_or(redmine::KEY_ENV);
+            Box::new(redmine::Redmine::new(
+                required(t.url.as_deref(), "url", "redmine")?,
+                Credential::from_env(redmine::NAME, var, "API key")?,
+                t.project.clone(),
+                t.timeout,
+            )?)
+        }
         other => anyhow::bail!(
-            "tracker kind `{}` is not available in this build; use `kind = \"file\"`",
+            "tracker kind `{}` is not available in this build; use `kind = \"file\"` or \
+             `kind = \"redmine\"`",
             other.name()
         ),
-    }
+    })
+}
+
+fn required<'a>(value: Option<&'a str>, key: &str, kind: &str) -> anyhow::Result<&'a str> {
+    value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("`tracker.{key}` is required with kind = \"{kind}\"; add it to `[tracker]`")
+    })
 }
 
 /// A secret and the variable it came from: the variable is named in errors, the secret

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub use lockstep::demo::{Sandbox, commit, push, sandbox_git};
+pub use lockstep::demo::{Pushed, Sandbox, commit, push, sandbox_git};
 
 /// The lockstep executable under test.
 pub fn bin() -> PathBuf {
@@ -47,6 +47,20 @@ impl Env {
         std::fs::write(self.sb.meta.join("tasks.toml"), toml).unwrap();
     }
 
+    /// Replaces the config's `[tracker]` section (and whatever follows it up to the first
+    /// `[[repo]]`) with `tracker`, a TOML text such as `"[tracker]\nkind = \"jira\"\n…"`,
+    /// optionally followed by a `[tasks]` section.
+    pub fn use_tracker(&self, tracker: &str) {
+        let path = self.config();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text
+            .find("[tracker]\n")
+            .expect("the sandbox config has a tracker");
+        let end = text.find("\n[[repo]]").unwrap_or(text.len());
+        let text = format!("{}{}\n{}", &text[..start], tracker.trim(), &text[end..]);
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// Runs `lockstep` with the sandbox's config.
     pub fn lockstep(&self, args: &[&str]) -> Output {
         Command::new(bin())
@@ -76,4 +90,23 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Pushes as `user` through the real hooks, with extra variables in the environment of
+/// `git push` (and so of the hooks it runs).
+pub fn push_env(dir: &Path, user: &str, env: &[(&str, &str)], args: &[&str]) -> Pushed {
+    let mut git = sandbox_git(dir, user);
+    for (k, v) in env {
+        git = git.with_env(k, v);
+    }
+    let mut argv = vec!["push", "--porcelain", "origin"];
+    argv.extend_from_slice(args);
+    let (accepted, _, stderr) = git.try_run(&argv).unwrap();
+    let remote = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote: "))
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    Pushed { accepted, remote }
 }

@@ -1,0 +1,30 @@
+//! The real trackers: Redmine against a real Redmine (`scripts/redmine.sh`).
+//! Each tracker is tested through its client, then end to end through the hooks.
+
+mod redmine;
+
+use crate::util::*;
+
+/// A sandbox with one repository, `api`, whose hooks ask the tracker `tracker_toml` (a
+/// `[tracker]` section, optionally with `[tasks]`).
+fn sandbox_with(tracker_toml: &str) -> (Env, std::path::PathBuf) {
+    let env = Env::new(&["api"]);
+    env.use_tracker(tracker_toml);
+    let clone = env.sb.clone_for("api", "alice").unwrap();
+    (env, clone)
+}
+
+/// Commits on a new branch of `clone` and pushes it as alice, with `vars` in the hooks'
+/// environment.
+fn push_branch(clone: &std::path::Path, branch: &str, vars: &[(&str, &str)]) -> Pushed {
+    let git = git(clone, "alice");
+    git.run(&["switch", "-q", "-c", branch, "master"]).unwrap();
+    let file = format!("{}.txt", branch.replace('/', "_"));
+    commit(clone, "alice", &file, "work\n", &format!("{branch}: work")).unwrap();
+    push_env(clone, "alice", vars, &[branch])
+}
+
+/// The server's rejection lines, for messages in assertions.
+fn said(p: &Pushed) -> String {
+    p.remote.join("\n")
+}
