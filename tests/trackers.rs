@@ -1,6 +1,8 @@
-//! The real trackers: Redmine against a real Redmine (`scripts/redmine.sh`).
+//! The real trackers: Redmine against a real Redmine (`scripts/redmine.sh`), Jira against
+//! a stateful fake on 127.0.0.1 (`util::fake_jira`).
 //! Each tracker is tested through its client, then end to end through the hooks.
 
+mod jira;
 mod redmine;
 
 use crate::util::*;

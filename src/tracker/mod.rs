@@ -8,12 +8,14 @@
 //! # Layout
 //! - [`file`]: the embedded tracker, a TOML file of tasks.
 //! - [`redmine`]: Redmine's REST API.
+//! - [`jira`]: Jira's REST API v2 (Cloud and Server/Data Center).
 //! - [`cached`]: a short-lived cache in front of any tracker.
 //! - `http`: what the HTTP trackers share: requests under the timeout, errors, secrets.
 
 pub mod cached;
 pub mod file;
 mod http;
+pub mod jira;
 pub mod redmine;
 
 use std::time::Duration;
@@ -109,9 +111,19 @@ pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
                 t.timeout,
             )?)
         }
+        TrackerKind::Jira => {
+            let var = t.token_env.as_deref().unwrap_or(jira::TOKEN_ENV);
+            Box::new(jira::Jira::new(
+                required(t.url.as_deref(), "url", "jira")?,
+                t.user.clone(),
+                Credential::from_env(jira::NAME, var, "API token")?,
+                t.project.clone(),
+                t.timeout,
+            )?)
+        }
         other => anyhow::bail!(
-            "tracker kind `{}` is not available in this build; use `kind = \"file\"` or \
-             `kind = \"redmine\"`",
+            "tracker kind `{}` is not available in this build; use `kind = \"file\"`, \
+             `kind = \"redmine\"` or `kind = \"jira\"`",
             other.name()
         ),
     })

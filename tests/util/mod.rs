@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_jira;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -109,4 +111,50 @@ pub fn push_env(dir: &Path, user: &str, env: &[(&str, &str)], args: &[&str]) -> 
         .filter(|l| !l.is_empty())
         .collect();
     Pushed { accepted, remote }
+}
+
+/// An HTTP server on 127.0.0.1 (a random port) running `router` on its own thread and
+/// runtime, so that sync tests and the `lockstep` processes they start can reach it.
+/// Dropping it stops the server, abandoning requests in flight (a deliberately slow answer).
+pub struct Served {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub fn serve(router: axum::Router) -> Served {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            tokio::select! {
+                r = axum::serve(listener, router) => r.unwrap(),
+                _ = stopped => {}
+            }
+        });
+        rt.shutdown_background();
+    });
+    Served {
+        url,
+        stop: Some(stop),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
