@@ -1,7 +1,8 @@
-//! The real trackers: Redmine against a real Redmine (`scripts/redmine.sh`), Jira against
-//! a stateful fake on 127.0.0.1 (`util::fake_jira`).
+//! The real trackers: Redmine against a real Redmine (`scripts/redmine.sh`), Jira and GitHub
+//! Issues against stateful fakes on 127.0.0.1 (`util::fake_jira`, `util::fake_github`).
 //! Each tracker is tested through its client, then end to end through the hooks.
 
+mod github;
 mod jira;
 mod redmine;
 

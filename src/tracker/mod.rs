@@ -9,11 +9,13 @@
 //! - [`file`]: the embedded tracker, a TOML file of tasks.
 //! - [`redmine`]: Redmine's REST API.
 //! - [`jira`]: Jira's REST API v2 (Cloud and Server/Data Center).
+//! - [`github`]: GitHub Issues, the status carried by a label.
 //! - [`cached`]: a short-lived cache in front of any tracker.
 //! - `http`: what the HTTP trackers share: requests under the timeout, errors, secrets.
 
 pub mod cached;
 pub mod file;
+pub mod github;
 mod http;
 pub mod jira;
 pub mod redmine;
@@ -121,11 +123,16 @@ pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
                 t.timeout,
             )?)
         }
-        other => anyhow::bail!(
-            "tracker kind `{}` is not available in this build; use `kind = \"file\"`, \
-             `kind = \"redmine\"` or `kind = \"jira\"`",
-            other.name()
-        ),
+        TrackerKind::Github => {
+            let var = t.token_env.as_deref().unwrap_or(github::TOKEN_ENV);
+            Box::new(github::GitHub::new(
+                t.api_url.as_deref().unwrap_or(github::API_URL),
+                required(t.repo.as_deref(), "repo", "github")?,
+                Credential::from_env(github::NAME, var, "token")?,
+                t.label_prefix.as_deref().unwrap_or(github::LABEL_PREFIX),
+                t.timeout,
+            )?)
+        }
     })
 }
 
