@@ -31,3 +31,20 @@ fn push_branch(clone: &std::path::Path, branch: &str, vars: &[(&str, &str)]) -> 
 fn said(p: &Pushed) -> String {
     p.remote.join("\n")
 }
+
+/// Every TOML example of `docs/trackers.md` is a valid config.
+#[test]
+fn the_documented_configs_parse() {
+    let doc = include_str!("../docs/trackers.md");
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 4, "one shared block and one per tracker");
+    for block in blocks {
+        if let Err(e) = lockstep::config::Config::parse_str(block) {
+            panic!("{e:#}\nin:\n{block}");
+        }
+    }
+}
