@@ -6,7 +6,7 @@
 //! [`Cached`] keeps answers for a few seconds in the long-running server.
 //!
 //! # Layout
-//! - [`file`]: the embedded tracker, a TOML file of tasks.
+//! - [`file`](mod@file): the embedded tracker, a TOML file of tasks.
 //! - [`redmine`]: Redmine's REST API.
 //! - [`jira`]: Jira's REST API v2 (Cloud and Server/Data Center).
 //! - [`github`]: GitHub Issues, the status carried by a label.
