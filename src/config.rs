@@ -227,17 +227,24 @@ pub struct TrackerConfig {
     /// File tracker: the tasks file, relative to the config. Default `tasks.toml`.
     #[serde(default = "default_tasks_path")]
     pub path: PathBuf,
-    /// Redmine / Jira: the server's base URL. No default.
+    /// Redmine / Jira: the server's base URL (`https://redmine.example.com`,
+    /// `https://acme.atlassian.net`). Required for those kinds; no default.
     pub url: Option<String>,
     /// Redmine: the variable holding the API key. Default `REDMINE_API_KEY`.
     pub api_key_env: Option<String>,
-    /// Jira: the account the token belongs to (Cloud: an email). No default.
+    /// Jira: the account the token belongs to (Cloud: an email); without it the token is sent
+    /// as a bearer token (a Data Center personal access token). Default none.
     pub user: Option<String>,
     /// Jira / GitHub: the variable holding the token. Default `JIRA_TOKEN` / `GITHUB_TOKEN`.
     pub token_env: Option<String>,
-    /// GitHub Issues: `owner/name` of the repository holding the issues.
+    /// Redmine / Jira: the project (Redmine identifier, Jira key) the tasks ready for delivery
+    /// are listed from. Default none: every project the account can see.
+    pub project: Option<String>,
+    /// GitHub Issues: `owner/name` of the repository holding the issues. Required for that
+    /// kind; no default.
     pub repo: Option<String>,
-    /// GitHub Issues: the API base URL. Default `https://api.github.com`.
+    /// GitHub Issues: the API base URL. Default `https://api.github.com`
+    /// (GitHub Enterprise Server: `https://HOST/api/v3`).
     pub api_url: Option<String>,
     /// GitHub Issues: the label prefix that carries the status. Default `status: `.
     pub label_prefix: Option<String>,
@@ -261,6 +268,7 @@ impl Default for TrackerConfig {
             api_key_env: None,
             user: None,
             token_env: None,
+            project: None,
             repo: None,
             api_url: None,
             label_prefix: None,
@@ -268,6 +276,35 @@ impl Default for TrackerConfig {
             on_error: OnError::Reject,
             poll: default_poll(),
         }
+    }
+}
+
+impl TrackerConfig {
+    /// A key set for another kind of tracker is as likely a mistake as a typo: say so.
+    fn check(&self) -> anyhow::Result<()> {
+        use TrackerKind::*;
+        let keys: [(&str, bool, &[TrackerKind]); 8] = [
+            ("url", self.url.is_some(), &[Redmine, Jira]),
+            ("api_key_env", self.api_key_env.is_some(), &[Redmine]),
+            ("user", self.user.is_some(), &[Jira]),
+            ("token_env", self.token_env.is_some(), &[Jira, Github]),
+            ("project", self.project.is_some(), &[Redmine, Jira]),
+            ("repo", self.repo.is_some(), &[Github]),
+            ("api_url", self.api_url.is_some(), &[Github]),
+            ("label_prefix", self.label_prefix.is_some(), &[Github]),
+        ];
+        for (key, set, kinds) in keys {
+            if set && !kinds.contains(&self.kind) {
+                let names: Vec<String> =
+                    kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
+                bail!(
+                    "`tracker.{key}` is for kind = {}, not \"{}\"; remove it or change `tracker.kind`",
+                    names.join(" or "),
+                    self.kind.name()
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -511,6 +548,7 @@ impl Config {
         if self.delivery.parallel == 0 {
             bail!("`delivery.parallel` must be at least 1");
         }
+        self.tracker.check()?;
         Ok(())
     }
 
@@ -598,6 +636,20 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn tracker_keys_of_another_kind_are_refused() {
+        let err = Config::parse_str("[tracker]\nkind = 'redmine'\nrepo = 'o/r'\n").unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "`tracker.repo` is for kind = \"github\", not \"redmine\"; remove it or change `tracker.kind`"
+        );
+        let c = Config::parse_str(
+            "[tracker]\nkind = 'jira'\nurl = 'https://j.example'\nuser = 'u'\nproject = 'P'\n",
+        )
+        .unwrap();
+        assert_eq!(c.tracker.project.as_deref(), Some("P"));
     }
 
     #[test]

@@ -2,15 +2,32 @@
 //!
 //! A tracker is both a gate (pushes only while a task is In Progress, delivery only when it is
 //! For Delivery) and a trigger (For Delivery queues the merge; the outcome moves the task on).
-//! Every kind implements [`Tracker`]; [`open`] builds the one the config names.
+//! Every kind implements [`Tracker`]; [`open`] builds the one the config names, and
+//! [`Cached`] keeps answers for a few seconds in the long-running server.
+//!
+//! # Layout
+//! - [`file`](mod@file): the embedded tracker, a TOML file of tasks.
+//! - [`redmine`]: Redmine's REST API.
+//! - [`jira`]: Jira's REST API v2 (Cloud and Server/Data Center).
+//! - [`github`]: GitHub Issues, the status carried by a label.
+//! - [`cached`]: a short-lived cache in front of any tracker.
+//! - `http`: what the HTTP trackers share: requests under the timeout, errors, secrets.
 
+pub mod cached;
 pub mod file;
+pub mod github;
+mod http;
+pub mod jira;
+pub mod redmine;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use secrecy::SecretString;
 
 use crate::config::{Config, TrackerKind};
+
+pub use cached::Cached;
 
 /// A task as lockstep sees it, whatever the tracker.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -81,16 +98,81 @@ pub trait Tracker: Send + Sync {
     async fn in_statuses(&self, statuses: &[String]) -> Result<Vec<Task>, TrackerError>;
 }
 
-/// Builds the tracker the config names.
+/// Builds the tracker the config names. Secrets are read from the variables the config
+/// names; a missing one is an error naming the variable.
 pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
-    match config.tracker.kind {
-        TrackerKind::File => Ok(Box::new(file::FileTracker::new(
-            config.resolve(&config.tracker.path),
-        ))),
-        other => anyhow::bail!(
-            "tracker kind `{}` is not available in this build; use `kind = \"file\"`",
-            other.name()
-        ),
+    let t = &config.tracker;
+    Ok(match t.kind {
+        TrackerKind::File => Box::new(file::FileTracker::new(config.resolve(&t.path))),
+        TrackerKind::Redmine => {
+            let var = t.api_key_env.as_deref().unwrap_or(redmine::KEY_ENV);
+            Box::new(redmine::Redmine::new(
+                required(t.url.as_deref(), "url", "redmine")?,
+                Credential::from_env(redmine::NAME, var, "API key")?,
+                t.project.clone(),
+                t.timeout,
+            )?)
+        }
+        TrackerKind::Jira => {
+            let var = t.token_env.as_deref().unwrap_or(jira::TOKEN_ENV);
+            Box::new(jira::Jira::new(
+                required(t.url.as_deref(), "url", "jira")?,
+                t.user.clone(),
+                Credential::from_env(jira::NAME, var, "API token")?,
+                t.project.clone(),
+                t.timeout,
+            )?)
+        }
+        TrackerKind::Github => {
+            let var = t.token_env.as_deref().unwrap_or(github::TOKEN_ENV);
+            Box::new(github::GitHub::new(
+                t.api_url.as_deref().unwrap_or(github::API_URL),
+                required(t.repo.as_deref(), "repo", "github")?,
+                Credential::from_env(github::NAME, var, "token")?,
+                t.label_prefix.as_deref().unwrap_or(github::LABEL_PREFIX),
+                t.timeout,
+            )?)
+        }
+    })
+}
+
+fn required<'a>(value: Option<&'a str>, key: &str, kind: &str) -> anyhow::Result<&'a str> {
+    value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        anyhow::anyhow!("`tracker.{key}` is required with kind = \"{kind}\"; add it to `[tracker]`")
+    })
+}
+
+/// A secret and the variable it came from: the variable is named in errors, the secret
+/// never (its `Debug` prints `[REDACTED]` and it has no `Display`).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub var: String,
+    pub secret: SecretString,
+}
+
+impl Credential {
+    pub fn new(var: impl Into<String>, secret: impl Into<String>) -> Credential {
+        Credential {
+            var: var.into(),
+            secret: SecretString::from(secret.into()),
+        }
+    }
+
+    /// Reads the secret from the environment variable `var`.
+    pub fn from_env(tracker: &str, var: &str, what: &str) -> anyhow::Result<Credential> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Credential::new(var, v)),
+            Ok(_) => anyhow::bail!(
+                "tracker `{tracker}`: variable `{var}` is empty; put the {what} in it"
+            ),
+            Err(std::env::VarError::NotPresent) => anyhow::bail!(
+                "tracker `{tracker}`: variable `{var}` is not set; export the {what} in it \
+                 where the hooks and the server run"
+            ),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("tracker `{tracker}`: variable `{var}` is not UTF-8")
+            }
+        }
     }
 }
 
