@@ -122,8 +122,9 @@ impl Sandbox {
         }
         let root_abs = std::path::absolute(root)?;
         let mut config = format!(
-            "[bot]\nuser = \"lockstep-bot\"\nmaintainers = [\"release-lead\"]\n\n[tracker]\nkind = \"file\"\npath = \"tasks.toml\"\n\n\
-             [delivery]\nstep_timeout = \"60s\"\n\n[environments.production]\nvars = {{ SANDBOX = {} }}\n",
+            "[bot]\nuser = \"lockstep-bot\"\nmaintainers = [\"release-lead\"]\n\n\
+             [delivery]\nstep_timeout = \"60s\"\n\n[environments.production]\nvars = {{ SANDBOX = {} }}\n\n\
+             [tracker]\nkind = \"file\"\npath = \"tasks.toml\"\n",
             toml_str(&root_abs.to_string_lossy())
         );
         let mut repos = Vec::new();

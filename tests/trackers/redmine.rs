@@ -400,3 +400,87 @@ fn pushes_follow_the_redmine_status() {
         said(&p)
     );
 }
+
+/// Runs `lockstep deliver` in the sandbox with the Redmine key in its environment.
+fn deliver(env: &crate::util::Env, key: &str, task: &str) -> std::process::Output {
+    std::process::Command::new(crate::util::bin())
+        .arg("--config")
+        .arg(env.config())
+        .args(["deliver", task])
+        .env("REDMINE_API_KEY", key)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn deliveries_move_the_redmine_issue_on() {
+    let Some(rm) = redmine("deliveries_move_the_redmine_issue_on") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let good = rt.block_on(rm.create("a delivery that lands", "In Progress"));
+    let bad = rt.block_on(rm.create("a delivery whose test fails", "In Progress"));
+    let config = format!(
+        "[tracker]\nkind = \"redmine\"\nurl = \"{}\"\n\n[tasks]\npattern = 'feature-(?P<task>[0-9]+)'\n\
+         delivered = \"Closed\"\nreturned = \"In Progress\"\n",
+        rm.url
+    );
+    let (env, clone) = sandbox_with(&config);
+    let vars = [("REDMINE_API_KEY", rm.key.as_str())];
+    let before = env.rev("api", "refs/heads/master");
+
+    let p = push_branch(&clone, &format!("feature-{good}"), &vars);
+    assert!(p.accepted, "{}", said(&p));
+    rt.block_on(
+        rm.tracker()
+            .move_to(&good.to_string(), "For Delivery", "ready"),
+    )
+    .unwrap();
+    let out = deliver(&env, &rm.key, &good.to_string());
+    assert!(
+        out.status.success(),
+        "{}{}",
+        crate::util::stdout(&out),
+        crate::util::stderr(&out)
+    );
+    assert_eq!(rt.block_on(rm.status_of(good)), "Closed");
+    let notes = rt.block_on(rm.notes(good));
+    let last = notes.last().unwrap();
+    assert!(last.starts_with("delivered by lockstep"), "{last}");
+    assert!(last.contains("api ") && last.contains("→ master"), "{last}");
+    let landed = env.rev("api", "refs/heads/master");
+    assert_ne!(landed, before);
+
+    let branch = format!("feature-{bad}");
+    let p = push_branch(&clone, &branch, &vars);
+    assert!(p.accepted, "{}", said(&p));
+    crate::util::commit(
+        &clone,
+        "alice",
+        "FAIL-TEST",
+        "expected 2, got 3\n",
+        "break it",
+    )
+    .unwrap();
+    let p = crate::util::push_env(&clone, "alice", &vars, &[&branch]);
+    assert!(p.accepted, "{}", said(&p));
+    rt.block_on(
+        rm.tracker()
+            .move_to(&bad.to_string(), "For Delivery", "ready"),
+    )
+    .unwrap();
+    let out = deliver(&env, &rm.key, &bad.to_string());
+    assert_eq!(out.status.code(), Some(1), "{}", crate::util::stderr(&out));
+    assert_eq!(rt.block_on(rm.status_of(bad)), "In Progress");
+    let notes = rt.block_on(rm.notes(bad));
+    let last = notes.last().unwrap();
+    assert!(
+        last.starts_with("delivery failed in test (api): `test` exited with 1: assertion failed: expected 2, got 3"),
+        "{last}"
+    );
+    assert_eq!(
+        env.rev("api", "refs/heads/master"),
+        landed,
+        "nothing merged"
+    );
+}
