@@ -676,3 +676,20 @@ mod example {
         assert_eq!(c.delivery.step_timeout, Duration::from_secs(1800));
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// Every TOML block of the README is a valid config, so the copy-paste examples work.
+    #[test]
+    fn readme_configs_parse() {
+        let readme = include_str!("../README.md");
+        let blocks: Vec<&str> =
+            readme.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+        assert!(blocks.len() >= 4);
+        for block in blocks {
+            if let Err(e) = super::Config::parse_str(block) {
+                panic!("{e:#}\nin:\n{block}");
+            }
+        }
+    }
+}
