@@ -130,8 +130,8 @@ fn finish(result: anyhow::Result<Vec<RefDecision>>) -> i32 {
             }
         }
         Err(e) => {
-            let prefix = if gitlab { "GL-HOOK-ERR: " } else { "" };
-            let _ = writeln!(err, "{prefix}lockstep: push rejected: {e:#}");
+            let text = format!("lockstep: push rejected: {e:#}");
+            let _ = write!(err, "{}", push::gitlab_lines(&text, gitlab));
             BROKEN
         }
     }

@@ -387,18 +387,33 @@ impl fmt::Display for Report<'_> {
             }
         }
         if rejected {
-            let prefix = if self.gitlab { "GL-HOOK-ERR: " } else { "" };
-            writeln!(f, "{prefix}lockstep: push rejected")?;
+            let mut text = String::from("lockstep: push rejected\n");
             for d in self.decisions {
                 for v in d.decision.violations() {
                     for m in v.messages() {
-                        writeln!(f, "  {}: [{}] {m}", d.update.name, v.rule)?;
+                        text.push_str(&format!("  {}: [{}] {m}\n", d.update.name, v.rule));
                     }
                 }
             }
+            write!(f, "{}", gitlab_lines(&text, self.gitlab))?;
         }
         Ok(())
     }
+}
+
+/// GitLab shows a hook's output in its web UI only line by line, for lines that start with
+/// `GL-HOOK-ERR:`; with `gitlab`, every line of `text` gets the prefix.
+pub fn gitlab_lines(text: &str, gitlab: bool) -> String {
+    if !gitlab {
+        let mut out = text.to_string();
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        return out;
+    }
+    text.lines()
+        .map(|l| format!("GL-HOOK-ERR: {l}\n"))
+        .collect()
 }
 
 /// A per-rule explanation, for `lockstep policy test`.
@@ -464,6 +479,51 @@ mod tests {
 
     const A: &str = "1111111111111111111111111111111111111111";
     const Z: &str = "0000000000000000000000000000000000000000";
+
+    fn decision(rule: &str, outcome: policy::Outcome) -> RefDecision {
+        RefDecision {
+            update: parse_updates(format!("{Z} {A} refs/heads/fix").as_bytes()).unwrap()[0].clone(),
+            decision: Decision {
+                verdicts: vec![policy::Verdict {
+                    rule: rule.into(),
+                    enforcement: policy::Enforcement::Deny,
+                    outcome,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn gitlab_sees_every_line_of_a_rejection() {
+        let d = [decision(
+            "r",
+            policy::Outcome::Fail(vec!["first\nsecond".into()]),
+        )];
+        let plain = Report {
+            decisions: &d,
+            gitlab: false,
+        }
+        .to_string();
+        assert_eq!(
+            plain,
+            "lockstep: push rejected\n  refs/heads/fix: [r] first\nsecond\n"
+        );
+        let gitlab = Report {
+            decisions: &d,
+            gitlab: true,
+        }
+        .to_string();
+        assert_eq!(
+            gitlab,
+            "GL-HOOK-ERR: lockstep: push rejected\nGL-HOOK-ERR:   refs/heads/fix: [r] first\n\
+             GL-HOOK-ERR: second\n"
+        );
+        assert_eq!(
+            gitlab_lines("a: b\n  | c", true),
+            "GL-HOOK-ERR: a: b\nGL-HOOK-ERR:   | c\n"
+        );
+        assert_eq!(gitlab_lines("a", false), "a\n");
+    }
 
     #[test]
     fn parses_lines() {
