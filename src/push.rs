@@ -353,14 +353,15 @@ fn mark_unavailable(
         if !uses_task || v.outcome == policy::Outcome::NotApplicable {
             continue;
         }
-        let verb = match on_error {
-            OnError::Reject => "push rejected",
-            OnError::Allow => "push accepted without this check",
-        };
-        v.outcome = policy::Outcome::Error(format!("{reason}; {verb} (rule {})", v.rule));
         if on_error == OnError::Allow {
             v.enforcement = policy::Enforcement::Warn;
         }
+        // A rule that only warns never rejects, whatever `on_error` says.
+        let verb = match v.enforcement {
+            policy::Enforcement::Deny => "push rejected",
+            policy::Enforcement::Warn => "push accepted without this check",
+        };
+        v.outcome = policy::Outcome::Error(format!("{reason}; {verb} (rule {})", v.rule));
     }
 }
 
@@ -523,6 +524,46 @@ mod tests {
             "GL-HOOK-ERR: a: b\nGL-HOOK-ERR:   | c\n"
         );
         assert_eq!(gitlab_lines("a", false), "a\n");
+    }
+
+    #[test]
+    fn tracker_down_never_makes_a_warning_claim_a_rejection() {
+        let policies = PolicySet::parse_sources([(
+            std::path::Path::new("p.toml"),
+            "[[rule]]\nname='deny'\non=['push']\nrequire='task.exists'\nmessage='m'\n\
+             [[rule]]\nname='warn'\non=['push']\nrequire='task.key != \"\"'\nmessage='m'\n\
+             enforcement='warn'\n",
+        )])
+        .unwrap();
+        let verdict = |rule: &str, enforcement| policy::Verdict {
+            rule: rule.into(),
+            enforcement,
+            outcome: policy::Outcome::Pass,
+        };
+        let fresh = || Decision {
+            verdicts: vec![
+                verdict("deny", policy::Enforcement::Deny),
+                verdict("warn", policy::Enforcement::Warn),
+            ],
+        };
+        let mut d = fresh();
+        mark_unavailable(&policies, &mut d, "down", OnError::Reject);
+        assert!(!d.accepted());
+        assert_eq!(
+            d.verdicts[0].messages(),
+            ["down; push rejected (rule deny)"]
+        );
+        assert_eq!(
+            d.verdicts[1].messages(),
+            ["down; push accepted without this check (rule warn)"]
+        );
+        let mut d = fresh();
+        mark_unavailable(&policies, &mut d, "down", OnError::Allow);
+        assert!(d.accepted());
+        assert_eq!(
+            d.verdicts[0].messages(),
+            ["down; push accepted without this check (rule deny)"]
+        );
     }
 
     #[test]
