@@ -292,8 +292,10 @@ pub fn decide(
             let hide: Vec<&str> = match mode {
                 NewCommits::NotOnAnyRef => vec!["--all"],
                 NewCommits::AsIfPushedNow => {
+                    // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone
+                    // often is this very branch and would hide every new commit.
                     excluded = format!("--exclude={}", u.name);
-                    let mut h = vec![excluded.as_str(), "--all"];
+                    let mut h = vec![excluded.as_str(), "--glob=refs/*"];
                     if !u.created() {
                         h.push(u.old.as_str());
                     }
