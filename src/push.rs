@@ -452,7 +452,11 @@ pub fn explain(decisions: &[RefDecision], ctx: &PushContext) -> String {
                 _ if v.warns() => ("warn", v.messages()),
                 _ => ("FAIL", v.messages()),
             };
-            let _ = write!(s, "  {label}  {:width$}", v.rule);
+            if msgs.is_empty() {
+                let _ = write!(s, "  {label}  {}", v.rule);
+            } else {
+                let _ = write!(s, "  {label}  {:width$}", v.rule);
+            }
             for (i, m) in msgs.iter().enumerate() {
                 if i == 0 {
                     let _ = write!(s, "  {m}");
