@@ -15,7 +15,7 @@ use std::sync::mpsc;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, NewCommits, PushContext, RefDecision, RefUpdate, Report};
@@ -30,15 +30,15 @@ pub const BROKEN: i32 = 2;
 
 /// Finds the config: `--config`, else `LOCKSTEP_CONFIG`, else the repository's git config
 /// `lockstep.config`.
-pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<PathBuf> {
+pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBuf, ConfigSource)> {
     if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+        return Ok((p.to_path_buf(), ConfigSource::Flag));
     }
     if let Some(p) = std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
+        return Ok((PathBuf::from(p), ConfigSource::Env));
     }
     match git.config_get("lockstep.config")? {
-        Some(p) => Ok(PathBuf::from(p)),
+        Some(p) => Ok((PathBuf::from(p), ConfigSource::Repository)),
         None => anyhow::bail!(
             "no config found; pass `--config PATH`, set `LOCKSTEP_CONFIG`, or run \
              `lockstep install-hooks --config PATH` on this repository"
@@ -47,8 +47,8 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<PathBuf
 }
 
 /// Loads the config and compiles the policies it names.
-pub fn load(config_path: &Path) -> anyhow::Result<(Config, PolicySet)> {
-    let config = Config::load(config_path)?;
+pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config, PolicySet)> {
+    let config = Config::load_from(config_path, source)?;
     let dirs: Vec<PathBuf> = config
         .policies
         .dirs
@@ -65,8 +65,8 @@ fn decide_in_hook(
     updates: Vec<RefUpdate>,
 ) -> anyhow::Result<Vec<RefDecision>> {
     let git = Git::for_hook()?;
-    let path = find_config(config_path, &git)?;
-    let (config, policies) = load(&path)?;
+    let (path, source) = find_config(config_path, &git)?;
+    let (config, policies) = load(&path, source)?;
     let ctx = PushContext {
         repo: push::repo_name(&config, git.dir()),
         pusher: push::pusher_from_env(&config),
@@ -199,8 +199,8 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
             return Ok(());
         };
         let git = Git::for_hook()?;
-        let path = find_config(config_path, &git)?;
-        let config = Config::load(&path)?;
+        let (path, source) = find_config(config_path, &git)?;
+        let config = Config::load_from(&path, source)?;
         let mut keys: Vec<&str> = updates
             .iter()
             .filter(|u| !u.deleted())
