@@ -3,6 +3,7 @@
 //! Exit codes: 0 success (push accepted, policies valid, delivery landed); 1 refused by
 //! policy or failed (push rejected, delivery failed); 2 usage, config or internal error.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -74,10 +75,13 @@ pub enum HookCommand {
     PreReceive,
     /// Decide one ref: `update <ref> <old> <new>` (exit 0 accept, 1 reject)
     Update {
+        /// The ref being updated, e.g. `refs/heads/master`
         #[arg(value_name = "REF")]
-        refname: String,
-        old: String,
-        new: String,
+        refname: OsString,
+        /// Its current commit (all zeros when it is created)
+        old: OsString,
+        /// The commit pushed (all zeros when it is deleted)
+        new: OsString,
     },
     /// Act on an accepted push (`git push -o deliver` queues the task's delivery)
     PostReceive,

@@ -9,6 +9,7 @@
 //! Exit codes: 0 accepted, 1 rejected by policy, 2 rejected because lockstep could not decide
 //! (bad config, unreadable object, tracker down): it always fails closed.
 
+use std::ffi::OsStr;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -149,9 +150,14 @@ pub fn pre_receive(config: Option<&Path>) -> i32 {
     finish(result)
 }
 
-/// `lockstep hook update <ref> <old> <new>`: decides one ref.
-pub fn update(config: Option<&Path>, refname: &str, old: &str, new: &str) -> i32 {
-    let result = push::update_from_parts(1, old, new, refname)
+/// `lockstep hook update <ref> <old> <new>`: decides one ref. The arguments are taken as git
+/// passes them, so that a ref name that is not UTF-8 gets lockstep's answer, not a usage error.
+pub fn update(config: Option<&Path>, refname: &OsStr, old: &OsStr, new: &OsStr) -> i32 {
+    let parts = match (refname.to_str(), old.to_str(), new.to_str()) {
+        (Some(refname), Some(old), Some(new)) => push::update_from_parts(1, old, new, refname),
+        _ => Err(push::ParseError::NotUtf8 { line: 1 }),
+    };
+    let result = parts
         .map_err(|e| anyhow::anyhow!("git sent a ref update lockstep cannot read: {e}"))
         .and_then(|u| decide_in_hook(config, vec![u]));
     finish(result)
