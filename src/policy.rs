@@ -104,12 +104,29 @@ struct PolicyFile {
 pub struct Expr {
     pub source: String,
     program: Program,
+    /// The variables the expression names, read once at compile time.
+    vars: Vec<String>,
 }
 
 impl Expr {
+    fn new(source: &str, program: Program) -> Expr {
+        let mut vars: Vec<String> = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        vars.sort();
+        Expr {
+            source: source.to_string(),
+            program,
+            vars,
+        }
+    }
+
     /// Whether the expression names this variable (before any evaluation).
     pub fn uses(&self, var: &str) -> bool {
-        self.program.references().has_variable(var)
+        self.vars.iter().any(|v| v == var)
     }
 }
 
@@ -307,8 +324,16 @@ impl PolicySet {
     /// Evaluates every rule of the stage against the facts.
     pub fn evaluate(&self, stage: Stage, facts: &Facts) -> Decision {
         let mut ctx = Context::with_env(self.env.clone());
+        // Binding a value converts all of it for CEL: bind only what some expression of the
+        // stage names. `commits` of a large push is read by `each = "commit"` rules one
+        // commit at a time, so it is bound only if an expression names it.
         for (name, value) in &facts.vars {
-            ctx.add_variable_from_value(name.clone(), value.clone());
+            if self
+                .rules_for(stage)
+                .any(|r| r.exprs().any(|e| e.uses(name)))
+            {
+                ctx.add_variable_from_value(name.clone(), value.clone());
+            }
         }
         let verdicts = self
             .rules_for(stage)
@@ -353,10 +378,7 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
             return None;
         }
         match env.compile(source) {
-            Ok(program) => Some(Expr {
-                source: source.to_string(),
-                program,
-            }),
+            Ok(program) => Some(Expr::new(source, program)),
             Err(e) => {
                 let detail = e
                     .errors
