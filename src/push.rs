@@ -306,12 +306,7 @@ pub fn decide(
         } else {
             Vec::new()
         };
-        facts.set(
-            "commits",
-            Value::List(std::sync::Arc::new(
-                commits.iter().map(policy::commit_value).collect(),
-            )),
-        );
+        facts.set_commits(commits);
         let mut unavailable = None;
         let task = match config.tasks.task_of(u.branch()) {
             None => Value::Null,
