@@ -274,6 +274,7 @@ impl PolicySet {
         sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<PolicySet, LoadErrors> {
         let env = Arc::new(policy_env());
+        let probe = probe_context(&env);
         let mut rules: Vec<Rule> = Vec::new();
         let mut errors = LoadErrors::default();
         for (path, text) in sources {
@@ -287,7 +288,7 @@ impl PolicySet {
                 }
             };
             for spec in file.rule {
-                match compile_rule(&env, path, spec) {
+                match compile_rule(&env, &probe, path, spec) {
                     Ok(rule) => {
                         if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
                             errors.0.push(format!(
@@ -357,7 +358,12 @@ fn policy_env() -> Env {
     env
 }
 
-fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<String>> {
+fn compile_rule(
+    env: &Arc<Env>,
+    probe: &Context,
+    path: &Path,
+    spec: RuleSpec,
+) -> Result<Rule, Vec<String>> {
     let mut errors = Vec::new();
     let rule_name = spec.name.clone();
     let at = |field: &str| format!("{}: rule `{}`, `{field}`", path.display(), rule_name);
@@ -441,7 +447,7 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
     // CEL has no type checker: probe each expression against sample facts so that a
     // misspelt variable is reported now rather than at the first push.
     for expr in rule.exprs() {
-        if let Some(unknown) = unknown_variable(env, expr) {
+        if let Some(unknown) = unknown_variable(probe, expr) {
             let field = if rule.when.as_ref().is_some_and(|w| std::ptr::eq(w, expr)) {
                 "when"
             } else if std::ptr::eq(&rule.require, expr) {
@@ -463,14 +469,18 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
     }
 }
 
-fn unknown_variable(env: &Arc<Env>, expr: &Expr) -> Option<String> {
-    let samples = Facts::sample();
+/// A context holding every fact with a plausible value, to probe expressions at load.
+fn probe_context(env: &Arc<Env>) -> Context<'static, 'static> {
     let mut ctx = Context::with_env(env.clone());
-    for (name, value) in samples.vars {
+    for (name, value) in Facts::sample().vars {
         ctx.add_variable_from_value(name, value);
     }
     ctx.add_variable_from_value("commit", Facts::sample_commit());
-    match expr.program.execute(&ctx) {
+    ctx
+}
+
+fn unknown_variable(probe: &Context, expr: &Expr) -> Option<String> {
+    match expr.program.execute(probe) {
         Err(ExecutionError::UndeclaredReference(name)) => Some(name.to_string()),
         _ => None,
     }
