@@ -139,6 +139,26 @@ impl Git {
         Ok(ok.then(|| out.trim_end().to_string()))
     }
 
+    /// `git config --get KEY` without starting git when the repository's own config file
+    /// answers for sure (a hook's hot path: every push pays for each process started). git
+    /// reads that file last, so a value there wins over the user's and the system's; anything
+    /// the simple reading cannot be sure of (includes, quoting, escapes, a key only set
+    /// elsewhere) is asked of git.
+    pub fn config_get_local_first(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let git_dir = self
+            .keep_env
+            .iter()
+            .find(|(k, _)| k == "GIT_DIR")
+            .map(|(_, v)| self.dir.join(v));
+        if let Some(dir) = git_dir
+            && let Ok(text) = std::fs::read_to_string(dir.join("config"))
+            && let Some(value) = plain_config_value(&text, key)
+        {
+            return Ok(Some(value));
+        }
+        self.config_get(key)
+    }
+
     /// Whether `ancestor` is reachable from `descendant`.
     pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> anyhow::Result<bool> {
         let out = self.output(&["merge-base", "--is-ancestor", ancestor, descendant])?;
@@ -182,6 +202,59 @@ impl Git {
         ])?;
         Ok(ok.then(|| out.trim().to_string()))
     }
+}
+
+/// The value of `section.name` in the text of a git config file, when it is set there in the
+/// plain form `git config` writes (`[section]` then `name = value`, the value free of quotes,
+/// escapes, comments and blanks). None when it is not set there, or when the file has
+/// anything that could change the answer: an include, a continued line, a quoted or escaped
+/// value.
+pub fn plain_config_value(text: &str, key: &str) -> Option<String> {
+    let (section, name) = key.split_once('.')?;
+    if name.contains('.') {
+        return None;
+    }
+    let mut in_section = false;
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.ends_with('\\') {
+            return None;
+        }
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let (header, after) = rest.split_once(']')?;
+            if !after.trim().is_empty() {
+                return None;
+            }
+            let header = header.trim().to_ascii_lowercase();
+            if header.starts_with("include") {
+                return None;
+            }
+            in_section = header == section.to_ascii_lowercase();
+            continue;
+        }
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (line, ""),
+        };
+        if k.eq_ignore_ascii_case("worktreeConfig") {
+            return None;
+        }
+        if !in_section || !k.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        if v.is_empty()
+            || v.chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '\\' | '#' | ';'))
+        {
+            return None;
+        }
+        found = Some(v.to_string());
+    }
+    found
 }
 
 /// A commit as policies see it.
@@ -289,6 +362,49 @@ mod tests {
         ] {
             let _ = parse_rev_list_header(raw);
         }
+    }
+
+    #[test]
+    fn plain_config_values_are_read_and_doubtful_ones_left_to_git() {
+        let written = "[core]\n\trepositoryformatversion = 0\n\tbare = true\n[lockstep]\n\tconfig = /srv/meta/lockstep.toml\n[receive]\n\tadvertisePushOptions = true\n";
+        assert_eq!(
+            plain_config_value(written, "lockstep.config").as_deref(),
+            Some("/srv/meta/lockstep.toml")
+        );
+        assert_eq!(
+            plain_config_value(written, "receive.advertisepushoptions").as_deref(),
+            Some("true")
+        );
+        // Sections and names are case-insensitive; the last value wins, as with `--get`.
+        assert_eq!(
+            plain_config_value(
+                "[LockStep]\nCONFIG=/a\n# c\n[lockstep]\n  config = /b\r\n",
+                "lockstep.config"
+            )
+            .as_deref(),
+            Some("/b")
+        );
+        for doubtful in [
+            "[lockstep]\n\tconfig = \"/with space/lockstep.toml\"\n",
+            "[lockstep]\n\tconfig = /a # comment\n",
+            "[lockstep]\n\tconfig = /a\\\n/b\n",
+            "[lockstep]\n\tconfig\n",
+            "[lockstep] config = /a\n",
+            "[include]\n\tpath = other\n[lockstep]\n\tconfig = /a\n",
+            "[includeIf \"gitdir:/x/\"]\n\tpath = other\n[lockstep]\n\tconfig = /a\n",
+            "[extensions]\n\tworktreeConfig = true\n[lockstep]\n\tconfig = /a\n",
+            "[lockstep \"sub\"]\n\tconfig = /a\n",
+            "[core]\n\tbare = true\n",
+            "[lockstep\n",
+        ] {
+            assert_eq!(
+                plain_config_value(doubtful, "lockstep.config"),
+                None,
+                "{doubtful:?}"
+            );
+        }
+        assert_eq!(plain_config_value(written, "lockstep.config.x"), None);
+        assert_eq!(plain_config_value(written, "lockstep"), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBu
     if let Some(p) = std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
         return Ok((PathBuf::from(p), ConfigSource::Env));
     }
-    match git.config_get("lockstep.config")? {
+    match git.config_get_local_first("lockstep.config")? {
         Some(p) => Ok((PathBuf::from(p), ConfigSource::Repository)),
         None => anyhow::bail!(
             "no config found; pass `--config PATH`, set `LOCKSTEP_CONFIG`, or run \
