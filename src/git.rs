@@ -174,20 +174,57 @@ impl Git {
 
     /// The commits reachable from `new` and from none of `hide` (revisions or `--all`-style
     /// options), newest first, read in one pass of `git rev-list --header`.
+    ///
+    /// The records are parsed as git writes them: on a push of many commits, walking them
+    /// and parsing them take about as long, and so run side by side.
     pub fn commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<Vec<CommitInfo>> {
+        use std::io::{BufRead as _, Read as _};
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
         }
         let mut args = vec!["rev-list", "--header", new, "--not"];
         args.extend_from_slice(hide);
-        let out = self.output(&args)?;
-        if !out.status.success() {
-            bail!(
-                "cannot list the commits of {new}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let mut child = Reaped(
+            self.command(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot run `git rev-list`; is git installed?")?,
+        );
+        let stdout = child
+            .0
+            .stdout
+            .take()
+            .context("no output from `git rev-list`")?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
+        let mut commits = Vec::new();
+        let mut record = Vec::new();
+        loop {
+            record.clear();
+            let n = reader
+                .read_until(0, &mut record)
+                .context("cannot read the output of `git rev-list`")?;
+            if n == 0 {
+                break;
+            }
+            if record.last() == Some(&0) {
+                record.pop();
+            }
+            if !record.iter().all(u8::is_ascii_whitespace) {
+                commits.push(parse_record(&String::from_utf8_lossy(&record)));
+            }
         }
-        Ok(parse_rev_list_header(&out.stdout))
+        // git writes little on stderr, and only as it fails: reading it after stdout is over
+        // cannot leave both sides waiting on a full pipe.
+        let mut stderr = String::new();
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let status = child.0.wait().context("cannot wait for `git rev-list`")?;
+        if !status.success() {
+            bail!("cannot list the commits of {new}: {}", stderr.trim());
+        }
+        Ok(commits)
     }
 
     /// The object id a ref points to, or None if it does not exist.
@@ -255,6 +292,19 @@ pub fn plain_config_value(text: &str, key: &str) -> Option<String> {
         found = Some(v.to_string());
     }
     found
+}
+
+/// A running git that is killed and reaped if it is dropped before it ends (on an error
+/// half-way through its output).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A commit as policies see it.
