@@ -4,4 +4,8 @@
 
 mod util;
 
+mod bad_input;
+mod help;
 mod hooks;
+mod install;
+mod policy_test;
