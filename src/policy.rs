@@ -519,7 +519,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub vars: BTreeMap<String, Value>,
-    commits: Arc<Vec<crate::git::CommitInfo>>,
+    commits: Option<Arc<Vec<crate::git::CommitInfo>>>,
     commits_value: std::sync::OnceLock<Value>,
 }
 
@@ -529,18 +529,21 @@ impl Facts {
         self
     }
 
-    /// Sets the new commits (the `commits` fact, and what `each = "commit"` rules iterate).
+    /// Sets the new commits: the `commits` fact, and what `each = "commit"` rules iterate
+    /// (which a `commits` set with [`Facts::set`] is not).
     pub fn set_commits(&mut self, commits: Vec<crate::git::CommitInfo>) -> &mut Self {
-        self.commits = Arc::new(commits);
+        self.commits = Some(Arc::new(commits));
         self.commits_value = std::sync::OnceLock::new();
         self.vars.remove("commits");
         self
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        if name == "commits" && !self.vars.contains_key(name) {
+        if name == "commits"
+            && let Some(commits) = &self.commits
+        {
             return Some(self.commits_value.get_or_init(|| {
-                Value::List(Arc::new(self.commits.iter().map(commit_value).collect()))
+                Value::List(Arc::new(commits.iter().map(commit_value).collect()))
             }));
         }
         self.vars.get(name)
@@ -551,12 +554,12 @@ impl Facts {
         self.vars
             .keys()
             .map(String::as_str)
-            .chain((!self.vars.contains_key("commits")).then_some("commits"))
+            .chain(self.commits.is_some().then_some("commits"))
     }
 
     /// The new commits, if gathered.
     pub fn commits(&self) -> &[crate::git::CommitInfo] {
-        &self.commits
+        self.commits.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Facts of every kind with plausible values, used to probe expressions at load.
@@ -1091,6 +1094,18 @@ message = "branch `{branch}` names no task"
         let p = set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 1 && commits[0].id == \"c1\"'\nmessage='{commits}'\n").unwrap();
         assert!(p.evaluate(Stage::Push, &f).accepted());
         assert!(matches!(f.get("commits"), Some(Value::List(l)) if l.len() == 1));
+    }
+
+    #[test]
+    fn commits_never_gathered_are_no_fact() {
+        let p =
+            set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 0'\nmessage='m'\n")
+                .unwrap();
+        let d = p.evaluate(Stage::Push, &facts("b"));
+        assert!(
+            matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.contains("unknown variable `commits`")),
+            "{d:?}"
+        );
     }
 
     #[test]
