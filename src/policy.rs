@@ -391,7 +391,7 @@ fn compile_rule(
                 let detail = e
                     .errors
                     .iter()
-                    .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1 + 1, pe.msg))
+                    .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1, pe.msg))
                     .collect::<Vec<_>>()
                     .join("; ");
                 errors.push(format!(
@@ -950,8 +950,16 @@ message = "branch `{branch}` names no task"
             set("[[rule]]\nname='r'\non=['push']\nrequire='branch =='\nmessage='m'\n").unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with("policies/test.toml: rule `r`, `require`: syntax error at line 1"),
+            text.starts_with(
+                "policies/test.toml: rule `r`, `require`: syntax error at line 1 column 10:"
+            ),
             "{text}"
+        );
+        // Columns count from 1, as cel reports them: `)` is the first character.
+        let err = set("[[rule]]\nname='r'\non=['push']\nrequire=')'\nmessage='m'\n").unwrap_err();
+        assert!(
+            err.to_string().contains("syntax error at line 1 column 1:"),
+            "{err}"
         );
     }
 

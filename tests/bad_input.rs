@@ -185,7 +185,7 @@ fn policy_syntax_error_rejects_every_push_with_exit_2() {
         p.stderr
     );
     for want in [
-        "60-broken.toml: rule `broken`, `require`: syntax error at line 1 column ",
+        "60-broken.toml: rule `broken`, `require`: syntax error at line 1 column 10:",
         "  | branch ==",
     ] {
         assert!(text.contains(want), "{want:?} missing from:\n{text}");
