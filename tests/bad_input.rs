@@ -309,7 +309,7 @@ fn unknown_config_key_names_the_file_and_the_key() {
 }
 
 #[test]
-fn tracker_kind_missing_from_this_build_is_refused_by_install_and_hooks() {
+fn tracker_kind_missing_from_this_build_is_refused_by_the_hook() {
     let env = Env::new(&["api"]);
     let config = std::fs::read_to_string(env.config()).unwrap();
     env.set_config(&config.replace("kind = \"file\"", "kind = \"jira\""));
