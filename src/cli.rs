@@ -3,13 +3,14 @@
 //! Exit codes: 0 success (push accepted, policies valid, delivery landed); 1 refused by
 //! policy or failed (push rejected, delivery failed); 2 usage, config or internal error.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::git::{self, Git};
 use crate::hook;
 use crate::policy::PolicySet;
@@ -124,10 +125,13 @@ pub enum HookCommand {
     PreReceive,
     /// Decide one ref: `update <ref> <old> <new>` (exit 0 accept, 1 reject)
     Update {
+        /// The ref being updated, e.g. `refs/heads/master`
         #[arg(value_name = "REF")]
-        refname: String,
-        old: String,
-        new: String,
+        refname: OsString,
+        /// Its current commit (all zeros when it is created)
+        old: OsString,
+        /// The commit pushed (all zeros when it is deleted)
+        new: OsString,
     },
     /// Act on an accepted push (`git push -o deliver` queues the task's delivery)
     PostReceive,
@@ -196,15 +200,14 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 /// The config for commands run by a person: `--config`, `LOCKSTEP_CONFIG`, `./lockstep.toml`.
-pub fn config_path(explicit: Option<&Path>) -> PathBuf {
-    explicit
-        .map(Path::to_path_buf)
-        .or_else(|| {
-            std::env::var_os("LOCKSTEP_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from("lockstep.toml"))
+pub fn config_path(explicit: Option<&Path>) -> (PathBuf, ConfigSource) {
+    if let Some(p) = explicit {
+        return (p.to_path_buf(), ConfigSource::Flag);
+    }
+    match std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
+        Some(p) => (PathBuf::from(p), ConfigSource::Env),
+        None => (PathBuf::from("lockstep.toml"), ConfigSource::Default),
+    }
 }
 
 /// Runs a command; returns the exit code.
@@ -238,9 +241,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32> {
-    let path = config_path(config);
+    let (path, source) = config_path(config);
     // Refuse to point hooks at a config that does not load: every push would be rejected.
-    hook::load(&path).with_context(|| format!("the hooks would read `{}`", path.display()))?;
+    hook::load(&path, source)
+        .with_context(|| format!("the hooks would read `{}`", path.display()))?;
     let opts = crate::install::Install {
         config: std::path::absolute(&path)?,
         binary: std::env::current_exe().context("cannot find the lockstep executable")?,
@@ -254,8 +258,8 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32
 }
 
 fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
-    let path = config_path(config);
-    let config = Config::load(&path)?;
+    let (path, source) = config_path(config);
+    let config = Config::load_from(&path, source)?;
     let dirs: Vec<PathBuf> = config
         .policies
         .dirs
@@ -288,8 +292,8 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
 }
 
 fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {
-    let path = config_path(config);
-    let (config, policies) = hook::load(&path)?;
+    let (path, source) = config_path(config);
+    let (config, policies) = hook::load(&path, source)?;
     let git = Git::new(&args.repo);
     let zero = "0".repeat(40);
     let resolve = |rev: &str| -> anyhow::Result<String> {

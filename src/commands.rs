@@ -1,13 +1,13 @@
 //! The delivery commands: `deliver`, `work`, `recover`, `queue`, `show`, `logs`, `cancel`,
 //! `rollback`.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
 use crate::store::{DeliveryRow, State, Store};
@@ -29,9 +29,11 @@ fn printer() -> Progress {
     Arc::new(|line: &str| println!("{line}"))
 }
 
-fn load(path: &Path) -> anyhow::Result<Config> {
-    Config::load(path)
-        .with_context(|| "lockstep needs its config; pass `--config PATH` or set `LOCKSTEP_CONFIG`")
+/// A config path and where it came from (for messages when it is missing).
+pub type ConfigAt = (PathBuf, ConfigSource);
+
+fn load(at: &ConfigAt) -> anyhow::Result<Config> {
+    Config::load_from(&at.0, at.1)
 }
 
 /// The person asking, for the journal.
@@ -42,8 +44,8 @@ fn whoami() -> String {
 }
 
 /// `lockstep deliver TASK`.
-pub fn deliver(path: &Path, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
-    let config = load(path)?;
+pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
+    let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         let req = Request { task: task.to_string(), priority, source: "cli".into(), requester: whoami(), ..Default::default() };
@@ -129,8 +131,8 @@ fn report(d: &DeliveryRow, state: State) -> i32 {
 }
 
 /// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
-pub fn work(path: &Path) -> anyhow::Result<i32> {
-    let config = load(path)?;
+pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
+    let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
@@ -144,8 +146,8 @@ pub fn work(path: &Path) -> anyhow::Result<i32> {
 }
 
 /// `lockstep recover`.
-pub fn recover(path: &Path) -> anyhow::Result<i32> {
-    let config = load(path)?;
+pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
+    let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
@@ -161,8 +163,8 @@ pub fn recover(path: &Path) -> anyhow::Result<i32> {
     })
 }
 
-async fn store_of(path: &Path) -> anyhow::Result<(Config, Store)> {
-    let config = load(path)?;
+async fn store_of(at: &ConfigAt) -> anyhow::Result<(Config, Store)> {
+    let config = load(at)?;
     let store = Store::open(&config.state_dir()).await?;
     Ok((config, store))
 }
@@ -177,9 +179,9 @@ fn ago(ms: Option<i64>) -> String {
 }
 
 /// `lockstep queue`.
-pub fn queue(path: &Path, json: bool) -> anyhow::Result<i32> {
+pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(path).await?;
+        let (_, store) = store_of(at).await?;
         let running = store.running().await?;
         let queued = store.queued().await?;
         let history = store.history(10).await?;
@@ -228,9 +230,9 @@ pub fn queue(path: &Path, json: bool) -> anyhow::Result<i32> {
 }
 
 /// `lockstep show ID`.
-pub fn show(path: &Path, id: i64, json: bool) -> anyhow::Result<i32> {
+pub fn show(at: &ConfigAt, id: i64, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(path).await?;
+        let (_, store) = store_of(at).await?;
         let d = store.delivery(id).await?.with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
         let repos = store.repos(id).await?;
         let journal = store.journal_of(id).await?;
@@ -275,9 +277,9 @@ pub fn show(path: &Path, id: i64, json: bool) -> anyhow::Result<i32> {
 }
 
 /// `lockstep logs ID`.
-pub fn logs(path: &Path, id: i64, repo: Option<&str>, step: Option<&str>) -> anyhow::Result<i32> {
+pub fn logs(at: &ConfigAt, id: i64, repo: Option<&str>, step: Option<&str>) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(path).await?;
+        let (_, store) = store_of(at).await?;
         store
             .delivery(id)
             .await?
@@ -310,9 +312,9 @@ pub fn logs(path: &Path, id: i64, repo: Option<&str>, step: Option<&str>) -> any
 }
 
 /// `lockstep cancel ID`.
-pub fn cancel(path: &Path, id: i64) -> anyhow::Result<i32> {
+pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(path).await?;
+        let (_, store) = store_of(at).await?;
         match store.cancel(id).await? {
             None => anyhow::bail!("no delivery #{id}; see `lockstep queue`"),
             Some(State::Queued) => println!("#{id}: cancelled"),
@@ -329,8 +331,8 @@ pub fn cancel(path: &Path, id: i64) -> anyhow::Result<i32> {
 }
 
 /// `lockstep rollback ID [--revert]`.
-pub fn rollback(path: &Path, id: i64, revert: bool) -> anyhow::Result<i32> {
-    let config = load(path)?;
+pub fn rollback(at: &ConfigAt, id: i64, revert: bool) -> anyhow::Result<i32> {
+    let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {

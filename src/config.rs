@@ -506,11 +506,66 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Where the path of the config came from, so that a missing file can be explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// `--config PATH`.
+    Flag,
+    /// The `LOCKSTEP_CONFIG` variable.
+    Env,
+    /// The repository's git config `lockstep.config`, recorded by `install-hooks`.
+    Repository,
+    /// `./lockstep.toml`, when nothing else names one.
+    Default,
+}
+
+impl ConfigSource {
+    /// Says where the path came from, after the path in a message.
+    fn origin(self) -> &'static str {
+        match self {
+            ConfigSource::Repository => " (this repository's `lockstep.config`)",
+            ConfigSource::Env => " (from `LOCKSTEP_CONFIG`)",
+            ConfigSource::Flag | ConfigSource::Default => "",
+        }
+    }
+
+    /// How to fix a config file that does not exist.
+    fn fix(self) -> &'static str {
+        match self {
+            ConfigSource::Flag => "check the path given to `--config`",
+            ConfigSource::Env => "check `LOCKSTEP_CONFIG`",
+            ConfigSource::Repository => {
+                "restore it, or run `lockstep install-hooks --config PATH` on this repository"
+            }
+            ConfigSource::Default => {
+                "pass `--config PATH`, set `LOCKSTEP_CONFIG`, or run from the folder that holds \
+                 `lockstep.toml`"
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config `{}`", path.display()))?;
+        Config::load_from(path, ConfigSource::Flag)
+    }
+
+    /// Reads and checks a config file; when it does not exist, the message says how to fix
+    /// that for the place its path came from.
+    pub fn load_from(path: &Path, source: ConfigSource) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let fix = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("; {}", source.fix())
+            } else {
+                String::new()
+            };
+            anyhow::anyhow!(
+                "cannot read config `{}`{}: {e}{fix}",
+                path.display(),
+                source.origin()
+            )
+        })?;
         let mut config =
             Config::parse_str(&text).with_context(|| format!("bad config `{}`", path.display()))?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -653,6 +708,30 @@ mod tests {
     }
 
     #[test]
+    fn missing_config_says_how_to_fix_it_for_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.toml");
+        let msg = |source| format!("{:#}", Config::load_from(&path, source).unwrap_err());
+        assert!(
+            msg(ConfigSource::Repository).ends_with(
+                "; restore it, or run `lockstep install-hooks --config PATH` on this repository"
+            ),
+            "{}",
+            msg(ConfigSource::Repository)
+        );
+        assert!(msg(ConfigSource::Repository).contains("(this repository's `lockstep.config`)"));
+        assert!(msg(ConfigSource::Default).contains("pass `--config PATH`"));
+        assert!(msg(ConfigSource::Env).ends_with("; check `LOCKSTEP_CONFIG`"));
+        assert!(msg(ConfigSource::Flag).ends_with("; check the path given to `--config`"));
+        // A folder is no config, but it exists: the error says so and no more.
+        let text = format!(
+            "{:#}",
+            Config::load_from(dir.path(), ConfigSource::Default).unwrap_err()
+        );
+        assert!(!text.contains("--config"), "{text}");
+    }
+
+    #[test]
     fn duplicate_repo_is_refused() {
         let err = Config::parse_str("[[repo]]\nname='a'\nurl='x'\n[[repo]]\nname='a'\nurl='y'\n")
             .unwrap_err();
@@ -683,8 +762,11 @@ mod readme {
     #[test]
     fn readme_configs_parse() {
         let readme = include_str!("../README.md");
-        let blocks: Vec<&str> =
-            readme.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()).collect();
+        let blocks: Vec<&str> = readme
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
         assert!(blocks.len() >= 4);
         for block in blocks {
             if let Err(e) = super::Config::parse_str(block) {

@@ -179,7 +179,9 @@ impl Sandbox {
                 },
             )?;
         }
-        std::fs::remove_dir_all(root.join("seed"))?;
+        if !sandbox.repos.is_empty() {
+            std::fs::remove_dir_all(root.join("seed"))?;
+        }
         Ok(sandbox)
     }
 

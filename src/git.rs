@@ -139,6 +139,26 @@ impl Git {
         Ok(ok.then(|| out.trim_end().to_string()))
     }
 
+    /// `git config --get KEY` without starting git when the repository's own config file
+    /// answers for sure (a hook's hot path: every push pays for each process started). git
+    /// reads that file last, so a value there wins over the user's and the system's; anything
+    /// the simple reading cannot be sure of (includes, quoting, escapes, a key only set
+    /// elsewhere) is asked of git.
+    pub fn config_get_local_first(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let git_dir = self
+            .keep_env
+            .iter()
+            .find(|(k, _)| k == "GIT_DIR")
+            .map(|(_, v)| self.dir.join(v));
+        if let Some(dir) = git_dir
+            && let Ok(text) = std::fs::read_to_string(dir.join("config"))
+            && let Some(value) = plain_config_value(&text, key)
+        {
+            return Ok(Some(value));
+        }
+        self.config_get(key)
+    }
+
     /// Whether `ancestor` is reachable from `descendant`.
     pub fn is_ancestor(&self, ancestor: &str, descendant: &str) -> anyhow::Result<bool> {
         let out = self.output(&["merge-base", "--is-ancestor", ancestor, descendant])?;
@@ -154,20 +174,57 @@ impl Git {
 
     /// The commits reachable from `new` and from none of `hide` (revisions or `--all`-style
     /// options), newest first, read in one pass of `git rev-list --header`.
+    ///
+    /// The records are parsed as git writes them: on a push of many commits, walking them
+    /// and parsing them take about as long, and so run side by side.
     pub fn commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<Vec<CommitInfo>> {
+        use std::io::{BufRead as _, Read as _};
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
         }
         let mut args = vec!["rev-list", "--header", new, "--not"];
         args.extend_from_slice(hide);
-        let out = self.output(&args)?;
-        if !out.status.success() {
-            bail!(
-                "cannot list the commits of {new}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let mut child = Reaped(
+            self.command(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot run `git rev-list`; is git installed?")?,
+        );
+        let stdout = child
+            .0
+            .stdout
+            .take()
+            .context("no output from `git rev-list`")?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
+        let mut commits = Vec::new();
+        let mut record = Vec::new();
+        loop {
+            record.clear();
+            let n = reader
+                .read_until(0, &mut record)
+                .context("cannot read the output of `git rev-list`")?;
+            if n == 0 {
+                break;
+            }
+            if record.last() == Some(&0) {
+                record.pop();
+            }
+            if !record.iter().all(u8::is_ascii_whitespace) {
+                commits.push(parse_record(&String::from_utf8_lossy(&record)));
+            }
         }
-        Ok(parse_rev_list_header(&out.stdout))
+        // git writes little on stderr, and only as it fails: reading it after stdout is over
+        // cannot leave both sides waiting on a full pipe.
+        let mut stderr = String::new();
+        if let Some(mut e) = child.0.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let status = child.0.wait().context("cannot wait for `git rev-list`")?;
+        if !status.success() {
+            bail!("cannot list the commits of {new}: {}", stderr.trim());
+        }
+        Ok(commits)
     }
 
     /// The object id a ref points to, or None if it does not exist.
@@ -181,6 +238,72 @@ impl Git {
             &spec,
         ])?;
         Ok(ok.then(|| out.trim().to_string()))
+    }
+}
+
+/// The value of `section.name` in the text of a git config file, when it is set there in the
+/// plain form `git config` writes (`[section]` then `name = value`, the value free of quotes,
+/// escapes, comments and blanks). None when it is not set there, or when the file has
+/// anything that could change the answer: an include, a continued line, a quoted or escaped
+/// value.
+pub fn plain_config_value(text: &str, key: &str) -> Option<String> {
+    let (section, name) = key.split_once('.')?;
+    if name.contains('.') {
+        return None;
+    }
+    let mut in_section = false;
+    let mut found = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.ends_with('\\') {
+            return None;
+        }
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix('[') {
+            let (header, after) = rest.split_once(']')?;
+            if !after.trim().is_empty() {
+                return None;
+            }
+            let header = header.trim().to_ascii_lowercase();
+            if header.starts_with("include") {
+                return None;
+            }
+            in_section = header == section.to_ascii_lowercase();
+            continue;
+        }
+        let (k, v) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (line, ""),
+        };
+        if k.eq_ignore_ascii_case("worktreeConfig") {
+            return None;
+        }
+        if !in_section || !k.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        if v.is_empty()
+            || v.chars()
+                .any(|c| c.is_whitespace() || matches!(c, '"' | '\\' | '#' | ';'))
+        {
+            return None;
+        }
+        found = Some(v.to_string());
+    }
+    found
+}
+
+/// A running git that is killed and reaped if it is dropped before it ends (on an error
+/// half-way through its output).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
@@ -289,6 +412,49 @@ mod tests {
         ] {
             let _ = parse_rev_list_header(raw);
         }
+    }
+
+    #[test]
+    fn plain_config_values_are_read_and_doubtful_ones_left_to_git() {
+        let written = "[core]\n\trepositoryformatversion = 0\n\tbare = true\n[lockstep]\n\tconfig = /srv/meta/lockstep.toml\n[receive]\n\tadvertisePushOptions = true\n";
+        assert_eq!(
+            plain_config_value(written, "lockstep.config").as_deref(),
+            Some("/srv/meta/lockstep.toml")
+        );
+        assert_eq!(
+            plain_config_value(written, "receive.advertisepushoptions").as_deref(),
+            Some("true")
+        );
+        // Sections and names are case-insensitive; the last value wins, as with `--get`.
+        assert_eq!(
+            plain_config_value(
+                "[LockStep]\nCONFIG=/a\n# c\n[lockstep]\n  config = /b\r\n",
+                "lockstep.config"
+            )
+            .as_deref(),
+            Some("/b")
+        );
+        for doubtful in [
+            "[lockstep]\n\tconfig = \"/with space/lockstep.toml\"\n",
+            "[lockstep]\n\tconfig = /a # comment\n",
+            "[lockstep]\n\tconfig = /a\\\n/b\n",
+            "[lockstep]\n\tconfig\n",
+            "[lockstep] config = /a\n",
+            "[include]\n\tpath = other\n[lockstep]\n\tconfig = /a\n",
+            "[includeIf \"gitdir:/x/\"]\n\tpath = other\n[lockstep]\n\tconfig = /a\n",
+            "[extensions]\n\tworktreeConfig = true\n[lockstep]\n\tconfig = /a\n",
+            "[lockstep \"sub\"]\n\tconfig = /a\n",
+            "[core]\n\tbare = true\n",
+            "[lockstep\n",
+        ] {
+            assert_eq!(
+                plain_config_value(doubtful, "lockstep.config"),
+                None,
+                "{doubtful:?}"
+            );
+        }
+        assert_eq!(plain_config_value(written, "lockstep.config.x"), None);
+        assert_eq!(plain_config_value(written, "lockstep"), None);
     }
 
     #[test]

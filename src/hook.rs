@@ -9,13 +9,14 @@
 //! Exit codes: 0 accepted, 1 rejected by policy, 2 rejected because lockstep could not decide
 //! (bad config, unreadable object, tracker down): it always fails closed.
 
+use std::ffi::OsStr;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, NewCommits, PushContext, RefDecision, RefUpdate, Report};
@@ -30,15 +31,15 @@ pub const BROKEN: i32 = 2;
 
 /// Finds the config: `--config`, else `LOCKSTEP_CONFIG`, else the repository's git config
 /// `lockstep.config`.
-pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<PathBuf> {
+pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBuf, ConfigSource)> {
     if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+        return Ok((p.to_path_buf(), ConfigSource::Flag));
     }
     if let Some(p) = std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
+        return Ok((PathBuf::from(p), ConfigSource::Env));
     }
-    match git.config_get("lockstep.config")? {
-        Some(p) => Ok(PathBuf::from(p)),
+    match git.config_get_local_first("lockstep.config")? {
+        Some(p) => Ok((PathBuf::from(p), ConfigSource::Repository)),
         None => anyhow::bail!(
             "no config found; pass `--config PATH`, set `LOCKSTEP_CONFIG`, or run \
              `lockstep install-hooks --config PATH` on this repository"
@@ -47,16 +48,21 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<PathBuf
 }
 
 /// Loads the config and compiles the policies it names.
-pub fn load(config_path: &Path) -> anyhow::Result<(Config, PolicySet)> {
-    let config = Config::load(config_path)?;
+pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config, PolicySet)> {
+    let config = Config::load_from(config_path, source)?;
+    let policies = policies_of(&config)?;
+    Ok((config, policies))
+}
+
+/// Compiles the policies a loaded config names.
+pub fn policies_of(config: &Config) -> anyhow::Result<PolicySet> {
     let dirs: Vec<PathBuf> = config
         .policies
         .dirs
         .iter()
         .map(|d| config.resolve(d))
         .collect();
-    let policies = PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((config, policies))
+    PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Decides a push in a hook's environment, under the policy deadline.
@@ -65,8 +71,8 @@ fn decide_in_hook(
     updates: Vec<RefUpdate>,
 ) -> anyhow::Result<Vec<RefDecision>> {
     let git = Git::for_hook()?;
-    let path = find_config(config_path, &git)?;
-    let (config, policies) = load(&path)?;
+    let (path, source) = find_config(config_path, &git)?;
+    let (config, policies) = load(&path, source)?;
     let ctx = PushContext {
         repo: push::repo_name(&config, git.dir()),
         pusher: push::pusher_from_env(&config),
@@ -130,8 +136,8 @@ fn finish(result: anyhow::Result<Vec<RefDecision>>) -> i32 {
             }
         }
         Err(e) => {
-            let prefix = if gitlab { "GL-HOOK-ERR: " } else { "" };
-            let _ = writeln!(err, "{prefix}lockstep: push rejected: {e:#}");
+            let text = format!("lockstep: push rejected: {e:#}");
+            let _ = write!(err, "{}", push::gitlab_lines(&text, gitlab));
             BROKEN
         }
     }
@@ -149,9 +155,14 @@ pub fn pre_receive(config: Option<&Path>) -> i32 {
     finish(result)
 }
 
-/// `lockstep hook update <ref> <old> <new>`: decides one ref.
-pub fn update(config: Option<&Path>, refname: &str, old: &str, new: &str) -> i32 {
-    let result = push::update_from_parts(1, old, new, refname)
+/// `lockstep hook update <ref> <old> <new>`: decides one ref. The arguments are taken as git
+/// passes them, so that a ref name that is not UTF-8 gets lockstep's answer, not a usage error.
+pub fn update(config: Option<&Path>, refname: &OsStr, old: &OsStr, new: &OsStr) -> i32 {
+    let parts = match (refname.to_str(), old.to_str(), new.to_str()) {
+        (Some(refname), Some(old), Some(new)) => push::update_from_parts(1, old, new, refname),
+        _ => Err(push::ParseError::NotUtf8 { line: 1 }),
+    };
+    let result = parts
         .map_err(|e| anyhow::anyhow!("git sent a ref update lockstep cannot read: {e}"))
         .and_then(|u| decide_in_hook(config, vec![u]));
     finish(result)
@@ -199,8 +210,8 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
             return Ok(());
         };
         let git = Git::for_hook()?;
-        let path = find_config(config_path, &git)?;
-        let config = Config::load(&path)?;
+        let (path, source) = find_config(config_path, &git)?;
+        let config = Config::load_from(&path, source)?;
         let mut keys: Vec<&str> = updates
             .iter()
             .filter(|u| !u.deleted())

@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cel::common::value::Val;
 use cel::{Context, Env, ExecutionError, Program, Value};
 use serde::Deserialize;
 
@@ -104,12 +105,29 @@ struct PolicyFile {
 pub struct Expr {
     pub source: String,
     program: Program,
+    /// The variables the expression names, read once at compile time.
+    vars: Vec<String>,
 }
 
 impl Expr {
+    fn new(source: &str, program: Program) -> Expr {
+        let mut vars: Vec<String> = program
+            .references()
+            .variables()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        vars.sort();
+        Expr {
+            source: source.to_string(),
+            program,
+            vars,
+        }
+    }
+
     /// Whether the expression names this variable (before any evaluation).
     pub fn uses(&self, var: &str) -> bool {
-        self.program.references().has_variable(var)
+        self.vars.iter().any(|v| v == var)
     }
 }
 
@@ -256,6 +274,7 @@ impl PolicySet {
         sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<PolicySet, LoadErrors> {
         let env = Arc::new(policy_env());
+        let probe = probe_context(&env);
         let mut rules: Vec<Rule> = Vec::new();
         let mut errors = LoadErrors::default();
         for (path, text) in sources {
@@ -269,7 +288,7 @@ impl PolicySet {
                 }
             };
             for spec in file.rule {
-                match compile_rule(&env, path, spec) {
+                match compile_rule(&env, &probe, path, spec) {
                     Ok(rule) => {
                         if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
                             errors.0.push(format!(
@@ -307,8 +326,17 @@ impl PolicySet {
     /// Evaluates every rule of the stage against the facts.
     pub fn evaluate(&self, stage: Stage, facts: &Facts) -> Decision {
         let mut ctx = Context::with_env(self.env.clone());
-        for (name, value) in &facts.vars {
-            ctx.add_variable_from_value(name.clone(), value.clone());
+        // Binding a value converts all of it for CEL: bind only what some expression of the
+        // stage names. `commits` of a large push is read by `each = "commit"` rules one
+        // commit at a time, so it is bound only if an expression names it.
+        for name in facts.names() {
+            if self
+                .rules_for(stage)
+                .any(|r| r.exprs().any(|e| e.uses(name)))
+                && let Some(value) = facts.get(name)
+            {
+                ctx.add_variable_from_value(name, value.clone());
+            }
         }
         let verdicts = self
             .rules_for(stage)
@@ -330,7 +358,12 @@ fn policy_env() -> Env {
     env
 }
 
-fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<String>> {
+fn compile_rule(
+    env: &Arc<Env>,
+    probe: &Context,
+    path: &Path,
+    spec: RuleSpec,
+) -> Result<Rule, Vec<String>> {
     let mut errors = Vec::new();
     let rule_name = spec.name.clone();
     let at = |field: &str| format!("{}: rule `{}`, `{field}`", path.display(), rule_name);
@@ -353,15 +386,12 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
             return None;
         }
         match env.compile(source) {
-            Ok(program) => Some(Expr {
-                source: source.to_string(),
-                program,
-            }),
+            Ok(program) => Some(Expr::new(source, program)),
             Err(e) => {
                 let detail = e
                     .errors
                     .iter()
-                    .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1 + 1, pe.msg))
+                    .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1, pe.msg))
                     .collect::<Vec<_>>()
                     .join("; ");
                 errors.push(format!(
@@ -417,7 +447,7 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
     // CEL has no type checker: probe each expression against sample facts so that a
     // misspelt variable is reported now rather than at the first push.
     for expr in rule.exprs() {
-        if let Some(unknown) = unknown_variable(env, expr) {
+        if let Some(unknown) = unknown_variable(probe, expr) {
             let field = if rule.when.as_ref().is_some_and(|w| std::ptr::eq(w, expr)) {
                 "when"
             } else if std::ptr::eq(&rule.require, expr) {
@@ -439,14 +469,18 @@ fn compile_rule(env: &Arc<Env>, path: &Path, spec: RuleSpec) -> Result<Rule, Vec
     }
 }
 
-fn unknown_variable(env: &Arc<Env>, expr: &Expr) -> Option<String> {
-    let samples = Facts::sample();
+/// A context holding every fact with a plausible value, to probe expressions at load.
+fn probe_context(env: &Arc<Env>) -> Context<'static, 'static> {
     let mut ctx = Context::with_env(env.clone());
-    for (name, value) in samples.vars {
+    for (name, value) in Facts::sample().vars {
         ctx.add_variable_from_value(name, value);
     }
     ctx.add_variable_from_value("commit", Facts::sample_commit());
-    match expr.program.execute(&ctx) {
+    ctx
+}
+
+fn unknown_variable(probe: &Context, expr: &Expr) -> Option<String> {
+    match expr.program.execute(probe) {
         Err(ExecutionError::UndeclaredReference(name)) => Some(name.to_string()),
         _ => None,
     }
@@ -478,9 +512,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The named values a rule is evaluated against.
+///
+/// The new commits are kept as plain data: a push can bring a hundred thousand of them, and
+/// an `each = "commit"` rule sees them one at a time, borrowed ([`commit_val`]). The CEL list
+/// `commits` is built only if something reads it.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
     pub vars: BTreeMap<String, Value>,
+    commits: Option<Arc<Vec<crate::git::CommitInfo>>>,
+    commits_value: std::sync::OnceLock<Value>,
 }
 
 impl Facts {
@@ -489,16 +529,37 @@ impl Facts {
         self
     }
 
+    /// Sets the new commits: the `commits` fact, and what `each = "commit"` rules iterate
+    /// (which a `commits` set with [`Facts::set`] is not).
+    pub fn set_commits(&mut self, commits: Vec<crate::git::CommitInfo>) -> &mut Self {
+        self.commits = Some(Arc::new(commits));
+        self.commits_value = std::sync::OnceLock::new();
+        self.vars.remove("commits");
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&Value> {
+        if name == "commits"
+            && let Some(commits) = &self.commits
+        {
+            return Some(self.commits_value.get_or_init(|| {
+                Value::List(Arc::new(commits.iter().map(commit_value).collect()))
+            }));
+        }
         self.vars.get(name)
     }
 
+    /// The names of the facts set.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars
+            .keys()
+            .map(String::as_str)
+            .chain(self.commits.is_some().then_some("commits"))
+    }
+
     /// The new commits, if gathered.
-    fn commits(&self) -> &[Value] {
-        match self.vars.get("commits") {
-            Some(Value::List(list)) => list,
-            _ => &[],
-        }
+    pub fn commits(&self) -> &[crate::git::CommitInfo] {
+        self.commits.as_deref().map_or(&[], Vec::as_slice)
     }
 
     /// Facts of every kind with plausible values, used to probe expressions at load.
@@ -600,6 +661,31 @@ pub fn commit_value(c: &crate::git::CommitInfo) -> Value {
         ("parents", Value::from(c.parents.clone())),
         ("signed", c.signed.into()),
     ])
+}
+
+/// One element of the `commits` fact, bound straight to CEL for an `each = "commit"` rule:
+/// the same map as [`commit_value`], its strings borrowed rather than copied twice over.
+pub fn commit_val(c: &crate::git::CommitInfo) -> Box<dyn Val + '_> {
+    use cel::common::types::{CelBool, CelList, CelMap, CelMapKey, CelString};
+    fn s(v: &str) -> Box<dyn Val + '_> {
+        Box::new(CelString::from(v))
+    }
+    let parents: Vec<Box<dyn Val + '_>> = c.parents.iter().map(|p| s(p)).collect();
+    let entries: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = [
+        ("id", s(&c.id)),
+        ("short_id", s(c.id.get(..10).unwrap_or(&c.id))),
+        ("summary", s(c.summary())),
+        ("message", s(&c.message)),
+        ("author_name", s(&c.author_name)),
+        ("author_email", s(&c.author_email)),
+        ("committer_email", s(&c.committer_email)),
+        ("parents", Box::new(CelList::from(parents))),
+        ("signed", Box::new(CelBool::from(c.signed))),
+    ]
+    .into_iter()
+    .map(|(k, v)| (CelMapKey::from(k), v))
+    .collect();
+    Box::new(CelMap::from(entries))
 }
 
 /// What became of one rule.
@@ -707,13 +793,14 @@ fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts) -> Outcome {
             let mut count = 0usize;
             for commit in facts.commits() {
                 let mut scope = ctx.new_inner_scope();
-                scope.add_variable_from_value("commit", commit.clone());
+                scope.add_variable_as_val("commit", commit_val(commit));
                 match eval_bool(&rule.require, &scope) {
                     Ok(true) => {}
                     Ok(false) => {
                         count += 1;
                         if failing.len() < MAX_REPORTED_SUBJECTS {
-                            failing.push(render_message(rule, &scope, facts, Some(commit)));
+                            let value = commit_value(commit);
+                            failing.push(render_message(rule, &scope, facts, Some(&value)));
                         }
                     }
                     Err(e) => return on_error(e),
@@ -863,8 +950,16 @@ message = "branch `{branch}` names no task"
             set("[[rule]]\nname='r'\non=['push']\nrequire='branch =='\nmessage='m'\n").unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with("policies/test.toml: rule `r`, `require`: syntax error at line 1"),
+            text.starts_with(
+                "policies/test.toml: rule `r`, `require`: syntax error at line 1 column 10:"
+            ),
             "{text}"
+        );
+        // Columns count from 1, as cel reports them: `)` is the first character.
+        let err = set("[[rule]]\nname='r'\non=['push']\nrequire=')'\nmessage='m'\n").unwrap_err();
+        assert!(
+            err.to_string().contains("syntax error at line 1 column 1:"),
+            "{err}"
         );
     }
 
@@ -946,19 +1041,79 @@ message = "branch `{branch}` names no task"
     fn each_commit_reports_failing_commits() {
         let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\nrequire='commit.message.contains(\"T-1\")'\nmessage='commit {commit.id} lacks it'\n").unwrap();
         let mut f = facts("b");
-        let mk = |id: &str, msg: &str| {
-            commit_value(&crate::git::CommitInfo {
-                id: id.into(),
-                message: msg.into(),
-                ..Default::default()
-            })
+        let mk = |id: &str, msg: &str| crate::git::CommitInfo {
+            id: id.into(),
+            message: msg.into(),
+            ..Default::default()
         };
-        f.set("commits", vec![mk("a1", "T-1 ok"), mk("b2", "nope")]);
+        f.set_commits(vec![mk("a1", "T-1 ok"), mk("b2", "nope")]);
         assert_eq!(
             p.evaluate(Stage::Push, &f).verdicts[0].messages(),
             ["commit b2 lacks it"]
         );
         assert!(p.needs(Stage::Push, "commits"));
+    }
+
+    #[test]
+    fn borrowed_commit_reads_like_the_commit_map() {
+        let c = crate::git::CommitInfo {
+            id: "739d79046b22d9c9218776cab6d5a72bc584bb35".into(),
+            parents: vec!["a".into(), "b".into()],
+            author_name: "A B".into(),
+            author_email: "a@x".into(),
+            committer_email: "c@x".into(),
+            message: "T-1 first line\n\nbody".into(),
+            signed: true,
+        };
+        let env = Arc::new(policy_env());
+        for src in [
+            "commit.message.contains('T-1')",
+            "commit.summary",
+            "commit.short_id",
+            "commit.parents.size() > 1",
+            "commit.parents[1]",
+            "commit.signed",
+            "has(commit.id) && !has(commit.nope)",
+            "'author_email' in commit",
+            "size(commit)",
+            "commit.all(k, k != '')",
+            "commit.author_email.endsWith('@x') && commit.committer_email == 'c@x'",
+            "commit.author_name + ' <' + commit.author_email + '>'",
+            "commit.nope",
+        ] {
+            let program = env.compile(src).unwrap();
+            let mut a = Context::with_env(env.clone());
+            a.add_variable_from_value("commit", commit_value(&c));
+            let mut b = Context::with_env(env.clone());
+            b.add_variable_as_val("commit", commit_val(&c));
+            let (a, b) = (program.execute(&a), program.execute(&b));
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{src}");
+        }
+    }
+
+    #[test]
+    fn commits_fact_is_built_only_when_read() {
+        let mut f = facts("b");
+        f.set_commits(vec![crate::git::CommitInfo {
+            id: "c1".into(),
+            ..Default::default()
+        }]);
+        assert!(!f.vars.contains_key("commits"));
+        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 1 && commits[0].id == \"c1\"'\nmessage='{commits}'\n").unwrap();
+        assert!(p.evaluate(Stage::Push, &f).accepted());
+        assert!(matches!(f.get("commits"), Some(Value::List(l)) if l.len() == 1));
+    }
+
+    #[test]
+    fn commits_never_gathered_are_no_fact() {
+        let p =
+            set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 0'\nmessage='m'\n")
+                .unwrap();
+        let d = p.evaluate(Stage::Push, &facts("b"));
+        assert!(
+            matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.contains("unknown variable `commits`")),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -292,8 +292,10 @@ pub fn decide(
             let hide: Vec<&str> = match mode {
                 NewCommits::NotOnAnyRef => vec!["--all"],
                 NewCommits::AsIfPushedNow => {
+                    // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone
+                    // often is this very branch and would hide every new commit.
                     excluded = format!("--exclude={}", u.name);
-                    let mut h = vec![excluded.as_str(), "--all"];
+                    let mut h = vec![excluded.as_str(), "--glob=refs/*"];
                     if !u.created() {
                         h.push(u.old.as_str());
                     }
@@ -304,12 +306,7 @@ pub fn decide(
         } else {
             Vec::new()
         };
-        facts.set(
-            "commits",
-            Value::List(std::sync::Arc::new(
-                commits.iter().map(policy::commit_value).collect(),
-            )),
-        );
+        facts.set_commits(commits);
         let mut unavailable = None;
         let task = match config.tasks.task_of(u.branch()) {
             None => Value::Null,
@@ -353,14 +350,15 @@ fn mark_unavailable(
         if !uses_task || v.outcome == policy::Outcome::NotApplicable {
             continue;
         }
-        let verb = match on_error {
-            OnError::Reject => "push rejected",
-            OnError::Allow => "push accepted without this check",
-        };
-        v.outcome = policy::Outcome::Error(format!("{reason}; {verb} (rule {})", v.rule));
         if on_error == OnError::Allow {
             v.enforcement = policy::Enforcement::Warn;
         }
+        // A rule that only warns never rejects, whatever `on_error` says.
+        let verb = match v.enforcement {
+            policy::Enforcement::Deny => "push rejected",
+            policy::Enforcement::Warn => "push accepted without this check",
+        };
+        v.outcome = policy::Outcome::Error(format!("{reason}; {verb} (rule {})", v.rule));
     }
 }
 
@@ -387,18 +385,33 @@ impl fmt::Display for Report<'_> {
             }
         }
         if rejected {
-            let prefix = if self.gitlab { "GL-HOOK-ERR: " } else { "" };
-            writeln!(f, "{prefix}lockstep: push rejected")?;
+            let mut text = String::from("lockstep: push rejected\n");
             for d in self.decisions {
                 for v in d.decision.violations() {
                     for m in v.messages() {
-                        writeln!(f, "  {}: [{}] {m}", d.update.name, v.rule)?;
+                        text.push_str(&format!("  {}: [{}] {m}\n", d.update.name, v.rule));
                     }
                 }
             }
+            write!(f, "{}", gitlab_lines(&text, self.gitlab))?;
         }
         Ok(())
     }
+}
+
+/// GitLab shows a hook's output in its web UI only line by line, for lines that start with
+/// `GL-HOOK-ERR:`; with `gitlab`, every line of `text` gets the prefix.
+pub fn gitlab_lines(text: &str, gitlab: bool) -> String {
+    if !gitlab {
+        let mut out = text.to_string();
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        return out;
+    }
+    text.lines()
+        .map(|l| format!("GL-HOOK-ERR: {l}\n"))
+        .collect()
 }
 
 /// A per-rule explanation, for `lockstep policy test`.
@@ -434,7 +447,11 @@ pub fn explain(decisions: &[RefDecision], ctx: &PushContext) -> String {
                 _ if v.warns() => ("warn", v.messages()),
                 _ => ("FAIL", v.messages()),
             };
-            let _ = write!(s, "  {label}  {:width$}", v.rule);
+            if msgs.is_empty() {
+                let _ = write!(s, "  {label}  {}", v.rule);
+            } else {
+                let _ = write!(s, "  {label}  {:width$}", v.rule);
+            }
             for (i, m) in msgs.iter().enumerate() {
                 if i == 0 {
                     let _ = write!(s, "  {m}");
@@ -464,6 +481,91 @@ mod tests {
 
     const A: &str = "1111111111111111111111111111111111111111";
     const Z: &str = "0000000000000000000000000000000000000000";
+
+    fn decision(rule: &str, outcome: policy::Outcome) -> RefDecision {
+        RefDecision {
+            update: parse_updates(format!("{Z} {A} refs/heads/fix").as_bytes()).unwrap()[0].clone(),
+            decision: Decision {
+                verdicts: vec![policy::Verdict {
+                    rule: rule.into(),
+                    enforcement: policy::Enforcement::Deny,
+                    outcome,
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn gitlab_sees_every_line_of_a_rejection() {
+        let d = [decision(
+            "r",
+            policy::Outcome::Fail(vec!["first\nsecond".into()]),
+        )];
+        let plain = Report {
+            decisions: &d,
+            gitlab: false,
+        }
+        .to_string();
+        assert_eq!(
+            plain,
+            "lockstep: push rejected\n  refs/heads/fix: [r] first\nsecond\n"
+        );
+        let gitlab = Report {
+            decisions: &d,
+            gitlab: true,
+        }
+        .to_string();
+        assert_eq!(
+            gitlab,
+            "GL-HOOK-ERR: lockstep: push rejected\nGL-HOOK-ERR:   refs/heads/fix: [r] first\n\
+             GL-HOOK-ERR: second\n"
+        );
+        assert_eq!(
+            gitlab_lines("a: b\n  | c", true),
+            "GL-HOOK-ERR: a: b\nGL-HOOK-ERR:   | c\n"
+        );
+        assert_eq!(gitlab_lines("a", false), "a\n");
+    }
+
+    #[test]
+    fn tracker_down_never_makes_a_warning_claim_a_rejection() {
+        let policies = PolicySet::parse_sources([(
+            std::path::Path::new("p.toml"),
+            "[[rule]]\nname='deny'\non=['push']\nrequire='task.exists'\nmessage='m'\n\
+             [[rule]]\nname='warn'\non=['push']\nrequire='task.key != \"\"'\nmessage='m'\n\
+             enforcement='warn'\n",
+        )])
+        .unwrap();
+        let verdict = |rule: &str, enforcement| policy::Verdict {
+            rule: rule.into(),
+            enforcement,
+            outcome: policy::Outcome::Pass,
+        };
+        let fresh = || Decision {
+            verdicts: vec![
+                verdict("deny", policy::Enforcement::Deny),
+                verdict("warn", policy::Enforcement::Warn),
+            ],
+        };
+        let mut d = fresh();
+        mark_unavailable(&policies, &mut d, "down", OnError::Reject);
+        assert!(!d.accepted());
+        assert_eq!(
+            d.verdicts[0].messages(),
+            ["down; push rejected (rule deny)"]
+        );
+        assert_eq!(
+            d.verdicts[1].messages(),
+            ["down; push accepted without this check (rule warn)"]
+        );
+        let mut d = fresh();
+        mark_unavailable(&policies, &mut d, "down", OnError::Allow);
+        assert!(d.accepted());
+        assert_eq!(
+            d.verdicts[0].messages(),
+            ["down; push accepted without this check (rule deny)"]
+        );
+    }
 
     #[test]
     fn parses_lines() {

@@ -4,5 +4,9 @@
 
 mod util;
 
+mod bad_input;
+mod help;
 mod hooks;
+mod install;
+mod policy_test;
 mod trackers;

@@ -24,12 +24,19 @@ fn push_branch(clone: &std::path::Path, branch: &str, vars: &[(&str, &str)]) -> 
     git.run(&["switch", "-q", "-c", branch, "master"]).unwrap();
     let file = format!("{}.txt", branch.replace('/', "_"));
     commit(clone, "alice", &file, "work\n", &format!("{branch}: work")).unwrap();
-    push_env(clone, "alice", vars, &[branch])
+    alice_push(clone, vars, &[branch])
 }
 
 /// The server's rejection lines, for messages in assertions.
 fn said(p: &Pushed) -> String {
-    p.remote.join("\n")
+    p.remote_text()
+}
+
+/// Pushes as alice with `vars` added to the hooks' environment.
+fn alice_push(clone: &std::path::Path, vars: &[(&str, &str)], args: &[&str]) -> Pushed {
+    let mut all = vec![("GL_USER", "alice")];
+    all.extend_from_slice(vars);
+    push_env(clone, &all, args)
 }
 
 /// Every TOML example of `docs/trackers.md` is a valid config.

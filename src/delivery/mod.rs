@@ -196,7 +196,7 @@ pub fn enqueue_from_hook(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let policies = crate::hook::load(&config.path)?.1;
+    let policies = crate::hook::policies_of(config)?;
     rt.block_on(async {
         let tracker = crate::tracker::open(config)?;
         let ready = config.tasks.for_delivery.first().cloned().unwrap_or_else(|| "For Delivery".into());

@@ -48,14 +48,7 @@ impl WorkerLock {
 
 /// Builds the engine from a config: store, policies, tracker.
 pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine> {
-    let dirs: Vec<_> = config
-        .policies
-        .dirs
-        .iter()
-        .map(|d| config.resolve(d))
-        .collect();
-    let policies =
-        crate::policy::PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policies = crate::hook::policies_of(&config)?;
     let store = Store::open(&config.state_dir()).await?;
     let tracker: Arc<dyn crate::tracker::Tracker> = Arc::from(crate::tracker::open(&config)?);
     Ok(Engine {

@@ -193,7 +193,7 @@ fn pushes_follow_the_github_label() {
 
     fake.update(12, |i| i.labels = vec!["status: For Delivery".into()]);
     crate::util::commit(&clone, "alice", "more.txt", "more\n", "gh-12: more").unwrap();
-    let p = crate::util::push_env(&clone, "alice", &vars, &["gh-12"]);
+    let p = super::alice_push(&clone, &vars, &["gh-12"]);
     assert!(!p.accepted);
     assert!(
         said(&p).contains(

@@ -362,7 +362,7 @@ fn a_slow_jira_rejects_the_push_or_lets_it_through_with_a_warning() {
     assert_eq!(env.rev("api", "refs/heads/feature/SHOP-3-cart"), None);
 
     env.use_tracker(&jira_config(fake.url(), "on_error = \"allow\"\n"));
-    let p = push_env(&clone, "alice", &vars, &["feature/SHOP-3-cart"]);
+    let p = super::alice_push(&clone, &vars, &["feature/SHOP-3-cart"]);
     assert!(p.accepted, "{}", said(&p));
     assert!(
         said(&p).contains(
@@ -437,7 +437,7 @@ fn a_push_of_100_refs_naming_3_tasks_reads_each_task_once() {
         .map(|i| format!("HEAD:refs/heads/feature/SHOP-{}-part{i}", i % 3 + 1))
         .collect();
     let args: Vec<&str> = refspecs.iter().map(String::as_str).collect();
-    let p = push_env(&clone, "alice", &[("JIRA_TOKEN", TOKEN)], &args);
+    let p = super::alice_push(&clone, &[("JIRA_TOKEN", TOKEN)], &args);
     assert!(p.accepted, "{}", said(&p));
     assert!(env.rev("api", "refs/heads/feature/SHOP-2-part97").is_some());
     assert_eq!(fake.count("GET /rest/api/2/issue/"), 3);

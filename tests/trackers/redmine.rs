@@ -381,7 +381,7 @@ fn pushes_follow_the_redmine_status() {
     )
     .unwrap();
     crate::util::commit(&clone, "alice", "late.txt", "late\n", "late change").unwrap();
-    let p = crate::util::push_env(&clone, "alice", &vars, &[&branch]);
+    let p = super::alice_push(&clone, &vars, &[&branch]);
     assert!(!p.accepted);
     assert!(
         said(&p).contains(&format!(
@@ -462,7 +462,7 @@ fn deliveries_move_the_redmine_issue_on() {
         "break it",
     )
     .unwrap();
-    let p = crate::util::push_env(&clone, "alice", &vars, &[&branch]);
+    let p = super::alice_push(&clone, &vars, &[&branch]);
     assert!(p.accepted, "{}", said(&p));
     rt.block_on(
         rm.tracker()
