@@ -16,6 +16,7 @@
 //! - [`tracker`]: task trackers (file, Redmine, Jira, GitHub Issues).
 //! - [`delivery`]: the delivery line, its steps, and the worker that runs the queue.
 //! - [`store`]: the durable queue and journal (SQLite).
+//! - [`github`]: the GitHub API client and GitHub's rules (signatures, approvals).
 //! - [`demo`]: the narrated sandbox of `lockstep demo`.
 
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod git;
+pub mod github;
 pub mod hook;
 pub mod install;
 pub mod policy;
