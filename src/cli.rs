@@ -116,6 +116,14 @@ pub enum Command {
     /// Run queued deliveries until the queue is empty (started in the background by
     /// `git push -o deliver`)
     Work,
+    /// Run the bot: the queue worker, GitHub commands (`/deliver` …), tracker-driven
+    /// deliveries, the queue page and metrics, until SIGTERM or ctrl-c
+    Serve {
+        /// Listen on this address instead of `[server] listen` (port 0 picks a free one; the
+        /// address is printed on stdout)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +242,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rollback { id, revert } => commands::rollback(&config_path(config), id, revert),
         Command::Recover => commands::recover(&config_path(config)),
         Command::Work => commands::work(&config_path(config)),
+        Command::Serve { listen } => {
+            crate::server::run_cli(&config_path(config), listen.as_deref())
+        }
     }
 }
 
