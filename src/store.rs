@@ -279,6 +279,14 @@ impl Store {
         Ok(store)
     }
 
+    /// A transaction that reads before it writes. It takes SQLite's write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred one would try to upgrade its read lock at the first
+    /// write, and under concurrent writers SQLite refuses that upgrade at once with "database
+    /// is locked" instead of waiting (busy_timeout does not apply), losing the request.
+    async fn write_tx(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
@@ -309,7 +317,7 @@ impl Store {
 
     /// Queues a delivery, unless one for the same task is already queued or running.
     pub async fn enqueue(&self, d: &NewDelivery) -> anyhow::Result<Enqueued> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
         )
@@ -398,7 +406,7 @@ impl Store {
 
     /// Takes the next queued delivery and marks it running, atomically.
     pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
         )
@@ -853,6 +861,33 @@ mod tests {
             s.latest_of_task("T-1").await.unwrap().unwrap().state,
             State::Cancelled
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_enqueues_and_claims_are_never_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.remember_webhook(&format!("d-{i}")).await?;
+                let new = NewDelivery {
+                    task: format!("T-{i}"),
+                    ..Default::default()
+                };
+                s.enqueue(&new).await?;
+                if i % 4 == 0 {
+                    s.claim_next().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let counts = s.counts().await.unwrap();
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 200);
     }
 
     #[tokio::test]
