@@ -187,9 +187,11 @@ pub struct PolicyTestArgs {
 /// Sets up `tracing` on stderr.
 pub fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = match cli.verbose {
-        0 => "warn",
-        1 => "info",
+    // A server's log is its only voice: `serve` says what it does by default.
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let default = match (cli.verbose, serving) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter =

@@ -90,6 +90,21 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let prepared = prepare(config, &listener).await?;
+    run(prepared, listener, shutdown).await
+}
+
+/// The bot, ready to run: its secrets read, its store open.
+pub struct Prepared {
+    app: Arc<App>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+}
+
+/// Reads the secrets and opens the store; fails before anything runs if one is missing.
+pub async fn prepare(
+    config: Config,
+    listener: &tokio::net::TcpListener,
+) -> anyhow::Result<Prepared> {
     let github = match &config.github {
         Some(gh) => Some(GitHub::from_config(&config, gh)?),
         None => None,
@@ -105,9 +120,6 @@ pub async fn serve(
         Some(_) => config.server.public_url(),
         None => format!("http://{}", listener.local_addr()?),
     };
-    let body_limit = config.server.body_limit;
-    let grace = config.server.shutdown_grace;
-    let poll_every = config.tracker.poll;
     let progress: crate::delivery::line::Progress =
         Arc::new(|line: &str| tracing::info!(target: "lockstep::delivery", "{line}"));
     let engine = worker::engine(config, progress).await?;
@@ -122,9 +134,24 @@ pub async fn serve(
         jobs,
         public_url,
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    Ok(Prepared { app, jobs: jobs_rx })
+}
 
-    let worker = tokio::spawn(worker_loop(app.clone(), jobs_rx, stop_rx.clone(), grace));
+/// Runs a prepared bot until `shutdown` completes.
+pub async fn run(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Prepared { app, jobs } = prepared;
+    let config = app.config();
+    let (body_limit, grace, poll_every) = (
+        config.server.body_limit,
+        config.server.shutdown_grace,
+        config.tracker.poll,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = tokio::spawn(worker_loop(app.clone(), jobs, stop_rx.clone(), grace));
     let poller = tokio::spawn(poller::run(app.clone(), poll_every, stop_rx.clone()));
     let pruner = tokio::spawn(prune_loop(app.clone(), stop_rx.clone()));
 
@@ -534,11 +561,13 @@ pub fn run_cli(config_path: &std::path::Path, listen: Option<&str>) -> anyhow::R
             .with_context(|| {
                 format!("cannot listen on `{address}`; set `server.listen` or `--listen`")
             })?;
-        // The bound address, for whoever started us with port 0.
+        let prepared = prepare(config, &listener).await?;
+        // The bound address, for whoever started us with port 0, once startup can no longer
+        // fail for want of a secret or a store.
         println!("lockstep: serving on http://{}", listener.local_addr()?);
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        serve(config, listener, shutdown_signal()).await?;
+        run(prepared, listener, shutdown_signal()).await?;
         anyhow::Ok(0)
     })
 }
