@@ -1,10 +1,10 @@
 //! The webhook endpoints: `POST /webhooks/github` and `POST /webhooks/tracker`.
 //!
 //! GitHub's requests are checked before anything is read from them: the signature first
-//! (`X-Hub-Signature-256`, constant time; missing or wrong → 401), then the delivery id
-//! (`X-GitHub-Delivery`, remembered in the store: a replay is answered and ignored), then the
-//! JSON (malformed → 400 with the reason). Only `issue_comment`, `pull_request` and
-//! `pull_request_review` are acted on; every other event is answered 202 and ignored.
+//! (`X-Hub-Signature-256`, constant time; missing or wrong → 401), then the JSON (malformed →
+//! 400 with the reason). Only `issue_comment`, `pull_request` and `pull_request_review` are
+//! acted on; every other event is answered 202 and ignored. For those three, the delivery id
+//! (`X-GitHub-Delivery`) is remembered in the store: a replay is answered and ignored.
 
 use std::sync::Arc;
 
@@ -93,6 +93,34 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     };
     let delivery = delivery.to_string();
     let event = event.to_string();
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return reply(
+            &app,
+            "github",
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            format!("lockstep: the body is not JSON: {e}"),
+        );
+    }
+    if event == "ping" {
+        return reply(
+            &app,
+            "github",
+            "ignored",
+            StatusCode::OK,
+            "lockstep: pong".into(),
+        );
+    }
+    // Nothing is done for other events, so there is nothing to replay either.
+    if !HANDLED.contains(&event.as_str()) {
+        return reply(
+            &app,
+            "github",
+            "ignored",
+            StatusCode::ACCEPTED,
+            format!("lockstep: `{event}` events are ignored"),
+        );
+    }
     match app.engine.store.remember_webhook(&delivery).await {
         Ok(true) => {}
         Ok(false) => {
@@ -119,34 +147,6 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     let forget = || async {
         let _ = app.engine.store.forget_webhook(&delivery).await;
     };
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        forget().await;
-        return reply(
-            &app,
-            "github",
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            format!("lockstep: the body is not JSON: {e}"),
-        );
-    }
-    if event == "ping" {
-        return reply(
-            &app,
-            "github",
-            "ignored",
-            StatusCode::OK,
-            "lockstep: pong".into(),
-        );
-    }
-    if !HANDLED.contains(&event.as_str()) {
-        return reply(
-            &app,
-            "github",
-            "ignored",
-            StatusCode::ACCEPTED,
-            format!("lockstep: `{event}` events are ignored"),
-        );
-    }
     let parsed = match WebhookEvent::try_from_header_and_body(&event, &body) {
         Ok(p) => p,
         Err(e) => {
