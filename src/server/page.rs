@@ -38,6 +38,8 @@ pub enum Cell {
     Failed,
     /// The repository has no step for this phase.
     Skipped,
+    /// The delivery ended before this phase.
+    NotRun,
 }
 
 impl Cell {
@@ -48,6 +50,7 @@ impl Cell {
             Cell::Passed => "passed",
             Cell::Failed => "failed",
             Cell::Skipped => "no step",
+            Cell::NotRun => "not run",
         }
     }
     fn class(self) -> &'static str {
@@ -56,7 +59,7 @@ impl Cell {
             Cell::Running => "running",
             Cell::Passed => "passed",
             Cell::Failed => "failed",
-            Cell::Skipped => "skipped",
+            Cell::Skipped | Cell::NotRun => "skipped",
         }
     }
 }
@@ -161,6 +164,9 @@ pub fn grid(
             if d.state.is_final() && cell == Cell::Running {
                 cell = Cell::Failed;
             }
+            if d.state.is_final() && cell == Cell::Pending {
+                cell = Cell::NotRun;
+            }
             cells.push((phase.as_str().to_string(), cell));
         }
         rows.push(GridRow {
@@ -208,6 +214,12 @@ pub fn duration(ms: i64) -> String {
 fn clock(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn time_of_day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%H:%M:%S").to_string())
         .unwrap_or_default()
 }
 
@@ -264,7 +276,7 @@ font-weight:600;text-align:center}
 .now{margin-top:14px;padding:10px 12px;background:var(--run-bg);border-radius:8px;color:#1e3a8a}
 .why{color:var(--bad);font-size:13px;max-width:520px;overflow-wrap:anywhere}
 a{color:#1c64f2;text-decoration:none}a:hover{text-decoration:underline}
-.num{color:var(--muted);font-variant-numeric:tabular-nums}
+.num{color:var(--muted);font-variant-numeric:tabular-nums;white-space:nowrap}
 pre.log{background:#0f172a;color:#e2e8f0;padding:12px 14px;border-radius:8px;overflow:auto;
 max-height:420px;font:12px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;margin:8px 0 0;
 white-space:pre-wrap;overflow-wrap:anywhere}
@@ -590,8 +602,9 @@ pub fn delivery_page(v: &DeliveryView) -> String {
     for j in &v.journal {
         let _ = write!(
             s,
-            "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td class=\"num\" title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&clock(j.at)),
+            esc(&time_of_day(j.at)),
             esc(&j.phase),
             esc(&j.repo),
             esc(&j.event),
@@ -709,7 +722,7 @@ mod tests {
         let g = grid(&c, &d, &[repo("api")], &steps, &journal);
         assert_eq!(
             states(&g[0]),
-            [Passed, Passed, Failed, Skipped, Skipped, Pending]
+            [Passed, Passed, Failed, Skipped, Skipped, NotRun]
         );
         let g = grid(
             &c,
