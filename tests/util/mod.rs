@@ -77,3 +77,8 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+pub mod fake_github;
+pub mod http;
+pub mod serve;
+pub mod webhooks;
