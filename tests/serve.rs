@@ -482,7 +482,7 @@ fn queue_page_shows_the_delivery_in_flight() {
         &env,
         "feature/TASK-1-<b>login</b>",
         &["api", "web"],
-        &[("SLOW-TEST", "3\n")],
+        &[("SLOW-TEST", "6\n")],
     );
     env.set_tasks(TASKS_READY);
     configure(&env, "0s", "[server]\nrefresh = \"2s\"\n");
