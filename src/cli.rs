@@ -117,6 +117,14 @@ pub enum Command {
     /// Run queued deliveries until the queue is empty (started in the background by
     /// `git push -o deliver`)
     Work,
+    /// Run the bot: the queue worker, GitHub commands (`/deliver` …), tracker-driven
+    /// deliveries, the queue page and metrics, until SIGTERM or ctrl-c
+    Serve {
+        /// Listen on this address instead of `[server] listen` (port 0 picks a free one; the
+        /// address is printed on stdout)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,9 +191,11 @@ pub struct PolicyTestArgs {
 /// Sets up `tracing` on stderr.
 pub fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let default = match cli.verbose {
-        0 => "warn",
-        1 => "info",
+    // A server's log is its only voice: `serve` says what it does by default.
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let default = match (cli.verbose, serving) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter =
@@ -237,6 +247,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rollback { id, revert } => commands::rollback(&config_path(config), id, revert),
         Command::Recover => commands::recover(&config_path(config)),
         Command::Work => commands::work(&config_path(config)),
+        Command::Serve { listen } => {
+            crate::server::run_cli(&config_path(config), listen.as_deref())
+        }
     }
 }
 

@@ -90,6 +90,7 @@ fn decide_in_hook(
         rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys))
     };
     let deadline = config.policies.timeout;
+    let state_dir = config.state_dir();
     let (tx, rx) = mpsc::channel();
     let tracker_name = tracker.name();
     // CEL has no cost limit: evaluate on a worker and give up at the deadline. The process
@@ -107,12 +108,62 @@ fn decide_in_hook(
         );
         let _ = tx.send(r);
     });
-    match rx.recv_timeout(deadline) {
+    let result = match rx.recv_timeout(deadline) {
         Ok(r) => r,
         Err(_) => anyhow::bail!(
             "policies did not finish in {}; simplify them or raise `policies.timeout`",
             tracker::humanize(deadline)
         ),
+    };
+    if let Ok(decisions) = &result {
+        count_decisions(&state_dir, decisions);
+    }
+    result
+}
+
+/// The metric label of a verdict: `pass`, `skip` (its `when` was false), `deny`, `warn` or
+/// `error`.
+pub fn outcome_label(v: &crate::policy::Verdict) -> &'static str {
+    use crate::policy::{Enforcement, Outcome};
+    match (&v.outcome, v.enforcement) {
+        (Outcome::NotApplicable, _) => "skip",
+        (Outcome::Pass, _) => "pass",
+        (Outcome::Fail(_), Enforcement::Deny) => "deny",
+        (Outcome::Fail(_), Enforcement::Warn) => "warn",
+        (Outcome::Error(_), _) => "error",
+    }
+}
+
+/// Counts the verdicts of a push in the store, for `lockstep serve`'s metrics. Only when
+/// the state folder exists (a hook never creates it), within a short deadline, and never
+/// with any effect on the push: a failure here is logged at debug level and forgotten.
+fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
+    if !state_dir.is_dir() {
+        return;
+    }
+    let pairs: Vec<(String, String)> = decisions
+        .iter()
+        .flat_map(|d| d.decision.verdicts.iter())
+        .map(|v| (v.rule.clone(), outcome_label(v).to_string()))
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let counted = (|| -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(500), async {
+                let store = crate::store::Store::open(state_dir).await?;
+                store.count_hook_decisions(&pairs).await
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("the store did not answer in 500ms"))?
+        })
+    })();
+    if let Err(e) = counted {
+        tracing::debug!("hook decisions not counted: {e:#}");
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`tracker`]: task trackers (file, Redmine, Jira, GitHub Issues).
 //! - [`delivery`]: the delivery line, its steps, and the worker that runs the queue.
 //! - [`store`]: the durable queue and journal (SQLite).
+//! - [`server`]: `lockstep serve`, the bot in person: webhooks, the queue page, metrics.
+//! - [`github`]: the GitHub API client and GitHub's rules (signatures, approvals).
 //! - [`demo`]: the narrated sandbox of `lockstep demo`.
 
 pub mod cli;
@@ -24,9 +26,11 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod git;
+pub mod github;
 pub mod hook;
 pub mod install;
 pub mod policy;
 pub mod push;
+pub mod server;
 pub mod store;
 pub mod tracker;

@@ -19,7 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row as _};
 
 /// The schema, applied in order; the index of a statement batch is its version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE deliveries (
     id          INTEGER PRIMARY KEY,
     task        TEXT NOT NULL,
@@ -77,7 +78,20 @@ CREATE TABLE hook_decisions (
     count    BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (rule, outcome)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE webhook_deliveries (
+    id          TEXT PRIMARY KEY,
+    received_at BIGINT NOT NULL
+);
+CREATE INDEX webhook_deliveries_at ON webhook_deliveries (received_at);
+CREATE TABLE tracker_seen (
+    task     TEXT PRIMARY KEY,
+    status   TEXT NOT NULL,
+    seen_at  BIGINT NOT NULL
+);
+"#,
+];
 
 /// Where a delivery is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -265,6 +279,14 @@ impl Store {
         Ok(store)
     }
 
+    /// A transaction that reads before it writes. It takes SQLite's write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred one would try to upgrade its read lock at the first
+    /// write, and under concurrent writers SQLite refuses that upgrade at once with "database
+    /// is locked" instead of waiting (busy_timeout does not apply), losing the request.
+    async fn write_tx(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
@@ -295,7 +317,7 @@ impl Store {
 
     /// Queues a delivery, unless one for the same task is already queued or running.
     pub async fn enqueue(&self, d: &NewDelivery) -> anyhow::Result<Enqueued> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
         )
@@ -384,7 +406,7 @@ impl Store {
 
     /// Takes the next queued delivery and marks it running, atomically.
     pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
         )
@@ -671,6 +693,107 @@ impl Store {
         Ok(())
     }
 
+    /// Counts the decisions of one push at once (one transaction, for the hooks).
+    pub async fn count_hook_decisions(&self, decisions: &[(String, String)]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (rule, outcome) in decisions {
+            sqlx::query(
+                "INSERT INTO hook_decisions (rule, outcome, count) VALUES ($1, $2, 1) \
+                 ON CONFLICT (rule, outcome) DO UPDATE SET count = hook_decisions.count + 1",
+            )
+            .bind(rule)
+            .bind(outcome)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a webhook delivery id; false when it was already recorded (a replay).
+    pub async fn remember_webhook(&self, id: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets a webhook delivery id (its handling failed, so a redelivery may retry it).
+    pub async fn forget_webhook(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops webhook delivery ids received before `before_ms`.
+    pub async fn prune_webhooks(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let done = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The tasks the tracker poller has seen in a for-delivery status, with that status.
+    pub async fn tracker_seen(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT task, status FROM tracker_seen ORDER BY task")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("task")?, r.try_get("status")?)))
+            .collect()
+    }
+
+    pub async fn set_tracker_seen(&self, task: &str, status: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO tracker_seen (task, status, seen_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (task) DO UPDATE SET status = $2, seen_at = $3",
+        )
+        .bind(task)
+        .bind(status)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn forget_tracker_seen(&self, task: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM tracker_seen WHERE task = $1")
+            .bind(task)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest delivery of a task, whatever its state.
+    pub async fn latest_of_task(&self, task: &str) -> anyhow::Result<Option<DeliveryRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE task = $1 ORDER BY id DESC LIMIT 1"
+        )))
+        .bind(task)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(delivery_from).transpose()
+    }
+
+    /// Counts of deliveries by source (for the benchmark and metrics).
+    pub async fn count_by_source(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT source, COUNT(*) AS n FROM deliveries GROUP BY source ORDER BY source",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("source")?, r.try_get("n")?)))
+            .collect()
+    }
+
     pub async fn hook_decisions(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
         let rows =
             sqlx::query("SELECT rule, outcome, count FROM hook_decisions ORDER BY rule, outcome")
@@ -734,5 +857,76 @@ mod tests {
         assert_eq!(s.queued().await.unwrap().len(), 1);
         assert_eq!(s.cancel(a.id()).await.unwrap(), Some(State::Queued));
         assert!(s.claim_next().await.unwrap().is_none());
+        assert_eq!(
+            s.latest_of_task("T-1").await.unwrap().unwrap().state,
+            State::Cancelled
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_enqueues_and_claims_are_never_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.remember_webhook(&format!("d-{i}")).await?;
+                let new = NewDelivery {
+                    task: format!("T-{i}"),
+                    ..Default::default()
+                };
+                s.enqueue(&new).await?;
+                if i % 4 == 0 {
+                    s.claim_next().await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let counts = s.counts().await.unwrap();
+        assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 200);
+    }
+
+    #[tokio::test]
+    async fn replayed_webhooks_are_recognised_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        assert!(s.remember_webhook("d-1").await.unwrap());
+        assert!(!s.remember_webhook("d-1").await.unwrap());
+        let s = Store::open(dir.path()).await.unwrap();
+        assert!(!s.remember_webhook("d-1").await.unwrap());
+        s.forget_webhook("d-1").await.unwrap();
+        assert!(s.remember_webhook("d-1").await.unwrap());
+        assert_eq!(s.prune_webhooks(now_ms() + 1).await.unwrap(), 1);
+        assert!(s.remember_webhook("d-1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn tracker_seen_and_hook_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        s.set_tracker_seen("T-1", "For Delivery").await.unwrap();
+        s.set_tracker_seen("T-1", "Ready").await.unwrap();
+        assert_eq!(
+            s.tracker_seen().await.unwrap(),
+            [("T-1".to_string(), "Ready".to_string())]
+        );
+        s.forget_tracker_seen("T-1").await.unwrap();
+        assert!(s.tracker_seen().await.unwrap().is_empty());
+        let d = |r: &str, o: &str| (r.to_string(), o.to_string());
+        s.count_hook_decisions(&[d("a", "pass"), d("b", "deny")])
+            .await
+            .unwrap();
+        s.count_hook_decisions(&[d("a", "pass")]).await.unwrap();
+        assert_eq!(
+            s.hook_decisions().await.unwrap(),
+            [
+                ("a".to_string(), "pass".to_string(), 2),
+                ("b".into(), "deny".into(), 1)
+            ]
+        );
     }
 }

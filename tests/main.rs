@@ -9,4 +9,5 @@ mod help;
 mod hooks;
 mod install;
 mod policy_test;
+mod serve;
 mod trackers;

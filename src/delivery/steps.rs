@@ -115,7 +115,12 @@ pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
         }
     };
     let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-    match tokio::time::timeout(spec.timeout, child.wait()).await {
+    // If this future is dropped (a server shutting down), the whole group goes, not just
+    // the direct child that `kill_on_drop` reaches.
+    let mut guard = GroupGuard(pgid);
+    let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
+    guard.0 = None;
+    match waited {
         Ok(status) => {
             let status = status.context("cannot wait for the step")?;
             // The step is over; anything it left running in its group goes with it.
@@ -134,6 +139,17 @@ pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
             }
             let _ = child.wait().await;
             Ok(StepOutcome::TimedOut(spec.timeout))
+        }
+    }
+}
+
+/// Kills a step's process group when dropped while armed.
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -197,5 +213,17 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(1200));
         assert!(!marker.exists(), "a process of the timed-out step survived");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_step_takes_its_group_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 0.6; touch '{}') & sleep 30", marker.display());
+        let s = spec(dir.path(), &["sh", "-c", &script], Duration::from_secs(60));
+        let cut_short = tokio::time::timeout(Duration::from_millis(300), run(&s)).await;
+        assert!(cut_short.is_err());
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!marker.exists(), "a process of the dropped step survived");
     }
 }

@@ -3,7 +3,11 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod fake_github_pulls;
 pub mod fake_jira;
+pub mod http;
+pub mod serve;
+pub mod webhooks;
 
 use std::ffi::OsStr;
 use std::io::Write as _;

@@ -1,0 +1,549 @@
+//! What the bot does with a pull request's commands and events, and how it words its replies.
+//!
+//! Every command needs a commenter with write access to the repository (admin, maintain or
+//! write on GitHub) or one of `[bot] maintainers`; anyone else gets a reply saying so, and
+//! nothing happens. The pull request names its task by its head branch (`[tasks] pattern`).
+
+use anyhow::Context as _;
+
+use super::command::{self, BotCommand, ParseError};
+use super::webhook::Handled;
+use super::{App, Job, report};
+use crate::delivery::{self, PrFacts, Request, Requested};
+use crate::github::{self, GitHub, Pull, RepoName};
+use crate::policy::Stage;
+use crate::store::{DeliveryRow, State};
+
+/// `repo#number`, the origin recorded with a delivery requested from a pull request.
+pub fn origin(repo: &RepoName, number: u64) -> String {
+    format!("{repo}#{number}")
+}
+
+/// The pull request a delivery was requested from, if any.
+pub fn parse_origin(origin: &str) -> Option<(RepoName, u64)> {
+    let (repo, number) = origin.rsplit_once('#')?;
+    Some((RepoName::parse(repo)?, number.parse().ok()?))
+}
+
+/// Text in backticks, whatever backticks it contains.
+pub fn code(s: &str) -> String {
+    let longest = longest_run(s, '`');
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
+fn longest_run(s: &str, ch: char) -> usize {
+    let mut best = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        if c == ch {
+            run += 1;
+            best = best.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    best
+}
+
+/// A fenced block that no line of `text` can close early.
+pub fn fenced(text: &str) -> String {
+    let fence = "`".repeat(longest_run(text, '`').max(2) + 1);
+    format!("{fence}text\n{}\n{fence}", text.trim_end())
+}
+
+fn link(app: &App, id: i64) -> String {
+    format!("[#{id}]({})", app.delivery_url(id))
+}
+
+/// The PR facts the `on = "deliver"` rules read: author, head, latest review per reviewer.
+async fn pr_facts(gh: &GitHub, repo: &RepoName, pull: &Pull) -> anyhow::Result<PrFacts> {
+    let reviews = gh.reviews(repo, pull.number).await?;
+    Ok(PrFacts {
+        number: pull.number,
+        author: pull.author.clone(),
+        head: pull.head_ref.clone(),
+        reviews: github::latest_reviews(&reviews),
+    })
+}
+
+/// Whether `user` may command the bot on `repo`.
+async fn may_command(app: &App, gh: &GitHub, repo: &RepoName, user: &str) -> anyhow::Result<bool> {
+    if app
+        .config()
+        .bot
+        .maintainers
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(user))
+    {
+        return Ok(true);
+    }
+    Ok(gh.permission(repo, user).await?.can_write())
+}
+
+/// A new comment on a pull request.
+pub async fn on_comment(
+    app: &App,
+    gh: &GitHub,
+    repo: &RepoName,
+    number: u64,
+    user: &str,
+    body: &str,
+) -> anyhow::Result<Handled> {
+    let commands = command::parse(body);
+    if commands.is_empty() {
+        return Ok(Handled::Ignored("no command in the comment".into()));
+    }
+    if !may_command(app, gh, repo, user).await? {
+        let text = format!(
+            "@{user} only people with write access to `{repo}` (or the maintainers named in \
+             lockstep.toml) can command lockstep; nothing was done."
+        );
+        gh.comment(repo, number, &text).await?;
+        return Ok(Handled::Acted(format!(
+            "`{user}` may not command the bot on {repo}; told so"
+        )));
+    }
+    let pull = gh.pull(repo, number).await?;
+    let task = app.config().tasks.task_of(&pull.head_ref).map(String::from);
+    let mut sections = Vec::new();
+    let mut done = Vec::new();
+    for c in &commands {
+        let section = match c {
+            Err(e) => unknown(e),
+            Ok(cmd) => {
+                done.push(cmd.to_string());
+                run(app, gh, repo, &pull, task.as_deref(), user, *cmd).await?
+            }
+        };
+        sections.push(section);
+    }
+    let text = format!("@{user} {}", sections.join("\n\n---\n\n"));
+    gh.comment(repo, number, &text).await?;
+    Ok(Handled::Acted(if done.is_empty() {
+        format!("replied to {repo}#{number} with the help")
+    } else {
+        format!("ran {} on {repo}#{number}", done.join(", "))
+    }))
+}
+
+fn unknown(e: &ParseError) -> String {
+    format!("{e}.\n\n{}", command::help())
+}
+
+fn no_task(pull: &Pull, app: &App) -> String {
+    format!(
+        "branch {} names no task (`[tasks] pattern` is {}); lockstep delivers tasks, so \
+         name the branch like `feature/TASK-123-short-name`.",
+        code(&pull.head_ref),
+        code(app.config().tasks.pattern.as_str())
+    )
+}
+
+/// Runs one command; returns its part of the reply.
+async fn run(
+    app: &App,
+    gh: &GitHub,
+    repo: &RepoName,
+    pull: &Pull,
+    task: Option<&str>,
+    user: &str,
+    cmd: BotCommand,
+) -> anyhow::Result<String> {
+    if cmd == BotCommand::Help {
+        return Ok(command::help());
+    }
+    let Some(task) = task else {
+        return Ok(no_task(pull, app));
+    };
+    let store = &app.engine.store;
+    match cmd {
+        BotCommand::Help => unreachable!("answered above"),
+        BotCommand::Deliver { priority } => {
+            deliver(app, gh, repo, pull, task, user, priority).await
+        }
+        BotCommand::Retry => {
+            let last = store.latest_of_task(task).await?;
+            match last {
+                Some(d) if matches!(d.state, State::Failed | State::Cancelled) => {
+                    let ready = app
+                        .config()
+                        .tasks
+                        .for_delivery
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| "For Delivery".into());
+                    let current = crate::tracker::task_with_timeout(
+                        app.engine.tracker.as_ref(),
+                        task,
+                        app.config().tracker.timeout,
+                    )
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    if let Some(t) = current
+                        && !app.config().tasks.for_delivery.contains(&t.status)
+                    {
+                        let note = format!(
+                            "ready for delivery again: {user} asked for a retry on {}",
+                            origin(repo, pull.number)
+                        );
+                        app.engine
+                            .tracker
+                            .move_to(task, &ready, &note)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    let mut text = deliver(app, gh, repo, pull, task, user, d.priority).await?;
+                    text.insert_str(
+                        0,
+                        &format!(
+                            "retrying after {} ({}): ",
+                            link(app, d.id),
+                            d.state.as_str()
+                        ),
+                    );
+                    Ok(text)
+                }
+                Some(d) if !d.state.is_final() => Ok(format!(
+                    "`{task}` is already {} as {}; nothing to retry.",
+                    d.state.as_str(),
+                    link(app, d.id)
+                )),
+                Some(d) => Ok(format!(
+                    "the last delivery of `{task}` ({}) landed; nothing to retry. \
+                     Use `/rollback` to undo it.",
+                    link(app, d.id)
+                )),
+                None => Ok(format!("`{task}` was never delivered; use `/deliver`.")),
+            }
+        }
+        BotCommand::Cancel => {
+            let last = store.latest_of_task(task).await?;
+            match last {
+                Some(d) if !d.state.is_final() => {
+                    let was = store.cancel(d.id).await?;
+                    match was {
+                        Some(State::Queued) => {
+                            report::cancelled_while_queued(app, &d, pull, repo, user).await;
+                            Ok(format!(
+                                "cancelled {} of `{task}` before it started.",
+                                link(app, d.id)
+                            ))
+                        }
+                        _ => Ok(format!(
+                            "{} of `{task}` stops at its next step; what it deployed is rolled \
+                             back and nothing is merged. I'll post the outcome here.",
+                            link(app, d.id)
+                        )),
+                    }
+                }
+                _ => Ok(format!(
+                    "`{task}` has no queued or running delivery; nothing to cancel."
+                )),
+            }
+        }
+        BotCommand::Rollback => {
+            let last = store.latest_of_task(task).await?;
+            match last {
+                Some(d) if d.state.is_final() => {
+                    app.jobs
+                        .send(Job::Rollback {
+                            id: d.id,
+                            requester: user.to_string(),
+                            repo: repo.clone(),
+                            number: pull.number,
+                        })
+                        .context("the worker is gone")?;
+                    app.wake.notify_one();
+                    Ok(format!(
+                        "rolling back {} of `{task}` ({}): its rollback steps run next in the \
+                         queue. I'll post the outcome here.",
+                        link(app, d.id),
+                        d.state.as_str()
+                    ))
+                }
+                Some(d) => Ok(format!(
+                    "{} of `{task}` is {}; `/cancel` it instead (what it deployed is rolled back).",
+                    link(app, d.id),
+                    d.state.as_str()
+                )),
+                None => Ok(format!(
+                    "`{task}` was never delivered; nothing to roll back."
+                )),
+            }
+        }
+        BotCommand::Status => status(app, task).await,
+    }
+}
+
+/// `/deliver`: the delivery rules with this PR's facts, then the queue.
+async fn deliver(
+    app: &App,
+    gh: &GitHub,
+    repo: &RepoName,
+    pull: &Pull,
+    task: &str,
+    user: &str,
+    priority: i64,
+) -> anyhow::Result<String> {
+    if pull.state != "open" {
+        return Ok(format!(
+            "{repo}#{} is {}; only an open pull request is delivered.",
+            pull.number, pull.state
+        ));
+    }
+    let facts = pr_facts(gh, repo, pull).await?;
+    let req = Request {
+        task: task.to_string(),
+        priority,
+        source: "github".into(),
+        requester: user.to_string(),
+        origin: origin(repo, pull.number),
+        pr: Some(facts),
+    };
+    let e = &app.engine;
+    let requested =
+        delivery::request(&e.config, &e.policies, e.tracker.as_ref(), &e.store, &req).await?;
+    Ok(match requested {
+        Requested::Queued { id, position } => {
+            app.wake.notify_one();
+            report::queued(app, repo, pull, id, position).await;
+            let ahead = if position <= 1 {
+                "it starts as soon as the worker is free".to_string()
+            } else {
+                format!("{} deliveries ahead of it", position - 1)
+            };
+            format!(
+                "queued the delivery of `{task}` as {} (position {position}; {ahead}). \
+                 Follow it on [the queue page]({}); I'll post the outcome here.",
+                link(app, id),
+                app.public_url
+            )
+        }
+        Requested::AlreadyQueued { id } => format!(
+            "`{task}` is already queued or running as {}; I'll post its outcome.",
+            link(app, id)
+        ),
+        Requested::Refused(d) => refusal(task, &delivery::refusal_lines(&d)),
+    })
+}
+
+/// The reply to a refused delivery: one line per failed rule.
+pub fn refusal(task: &str, lines: &[String]) -> String {
+    let mut s = format!("the delivery of `{task}` was refused:\n");
+    for l in lines {
+        s.push_str(&format!("\n- {l}"));
+    }
+    s.push_str("\n\nFix these, then comment `/deliver` again.");
+    s
+}
+
+/// `/status`: where the task's delivery is.
+async fn status(app: &App, task: &str) -> anyhow::Result<String> {
+    let store = &app.engine.store;
+    let tracker_status = match crate::tracker::task_with_timeout(
+        app.engine.tracker.as_ref(),
+        task,
+        app.config().tracker.timeout,
+    )
+    .await
+    {
+        Ok(Some(t)) => format!("`{task}` is {} in the tracker", code(&t.status)),
+        Ok(None) => format!("`{task}` does not exist in the tracker"),
+        Err(e) => format!("the tracker did not answer about `{task}` ({e})"),
+    };
+    let delivery = match store.latest_of_task(task).await? {
+        None => "it has never been delivered".to_string(),
+        Some(d) => match d.state {
+            State::Queued => {
+                let position = store
+                    .queued()
+                    .await?
+                    .iter()
+                    .position(|q| q.id == d.id)
+                    .map_or(0, |p| p + 1);
+                format!("{} is queued at position {position}", link(app, d.id))
+            }
+            State::Running => format!(
+                "{} is running, in the **{}** phase",
+                link(app, d.id),
+                if d.phase.is_empty() {
+                    "rebase"
+                } else {
+                    &d.phase
+                }
+            ),
+            State::Delivered => format!("{} delivered it", link(app, d.id)),
+            State::Failed | State::Cancelled => {
+                format!("{} {}: {}", link(app, d.id), d.state.as_str(), d.error)
+            }
+        },
+    };
+    Ok(format!("{tracker_status}; {delivery}."))
+}
+
+/// The delivery of a task that was requested from this pull request and still waits.
+async fn queued_from(app: &App, task: &str, origin: &str) -> anyhow::Result<Option<DeliveryRow>> {
+    Ok(app
+        .engine
+        .store
+        .queued()
+        .await?
+        .into_iter()
+        .find(|d| d.task == task && d.origin == origin))
+}
+
+/// A pull request was closed: its queued delivery no longer has a reason to run.
+pub async fn on_closed(
+    app: &App,
+    gh: &GitHub,
+    repo: &RepoName,
+    pull: &Pull,
+) -> anyhow::Result<Handled> {
+    let number = pull.number;
+    let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
+        return Ok(Handled::Ignored("the branch names no task".into()));
+    };
+    let Some(d) = queued_from(app, task, &origin(repo, number)).await? else {
+        return Ok(Handled::Ignored(
+            "no delivery of this pull request waits".into(),
+        ));
+    };
+    if app.engine.store.cancel(d.id).await? == Some(State::Queued) {
+        let text = format!(
+            "this pull request was closed, so its queued delivery {} of `{task}` was cancelled.",
+            link(app, d.id)
+        );
+        gh.comment(repo, number, &text).await?;
+        return Ok(Handled::Acted(format!(
+            "cancelled #{} ({repo}#{number} closed)",
+            d.id
+        )));
+    }
+    Ok(Handled::Ignored("the delivery had already started".into()))
+}
+
+/// A review was submitted or dismissed: a queued delivery of this pull request is checked
+/// against the delivery rules again, and cancelled if they no longer hold.
+pub async fn on_review(
+    app: &App,
+    gh: &GitHub,
+    repo: &RepoName,
+    pull: &Pull,
+) -> anyhow::Result<Handled> {
+    let number = pull.number;
+    let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
+        return Ok(Handled::Ignored("the branch names no task".into()));
+    };
+    let Some(d) = queued_from(app, task, &origin(repo, number)).await? else {
+        return Ok(Handled::Ignored(
+            "no delivery of this pull request waits".into(),
+        ));
+    };
+    let facts = pr_facts(gh, repo, pull).await?;
+    let e = &app.engine;
+    let current =
+        crate::tracker::task_with_timeout(e.tracker.as_ref(), task, e.config.tracker.timeout)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let facts = delivery::deliver_facts(
+        &e.config,
+        e.tracker.name(),
+        task,
+        current.as_ref(),
+        &d.requester,
+        Some(&facts),
+        e.config.repos.iter().map(|r| r.name.clone()).collect(),
+        Some(d.id),
+    );
+    let decision = e.policies.evaluate(Stage::Deliver, &facts);
+    if decision.accepted() {
+        return Ok(Handled::Ignored("the delivery rules still hold".into()));
+    }
+    if e.store.cancel(d.id).await? != Some(State::Queued) {
+        return Ok(Handled::Ignored("the delivery had already started".into()));
+    }
+    let lines = delivery::refusal_lines(&decision);
+    let mut text = format!(
+        "the reviews changed and the delivery rules no longer hold, so the queued delivery {} \
+         of `{task}` was cancelled:\n",
+        link(app, d.id)
+    );
+    for l in &lines {
+        text.push_str(&format!("\n- {l}"));
+    }
+    text.push_str("\n\nComment `/deliver` once they hold again.");
+    gh.comment(repo, number, &text).await?;
+    report::cancelled_while_queued(app, &d, pull, repo, "a review").await;
+    Ok(Handled::Acted(format!(
+        "cancelled #{}: the rules no longer hold after a review",
+        d.id
+    )))
+}
+
+/// The comment after a `/rollback`.
+pub fn rollback_outcome(
+    app: &App,
+    id: i64,
+    requester: &str,
+    result: &anyhow::Result<DeliveryRow>,
+) -> String {
+    match result {
+        Ok(d) => format!(
+            "@{requester} rolled back {} of `{}`: its rollback steps ran and the task was moved \
+             back to {}. The upstream branches were not reverted; see the journal on the \
+             delivery page.",
+            link(app, id),
+            d.task,
+            code(&app.config().tasks.returned)
+        ),
+        Err(e) => format!(
+            "@{requester} the rollback of {} failed: {}",
+            link(app, id),
+            code(&format!("{e:#}"))
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_round_trip() {
+        let r = RepoName::parse("acme/api").unwrap();
+        assert_eq!(origin(&r, 12), "acme/api#12");
+        assert_eq!(parse_origin("acme/api#12"), Some((r, 12)));
+        assert_eq!(parse_origin("tracker"), None);
+        assert_eq!(parse_origin("acme/api#x"), None);
+        assert_eq!(parse_origin(""), None);
+    }
+
+    #[test]
+    fn code_spans_and_fences_hold_any_text() {
+        assert_eq!(code("feature/x"), "`feature/x`");
+        assert_eq!(code("a`b"), "``a`b``");
+        assert_eq!(code("`x"), "`` `x ``");
+        let f = fenced("ok\n```\nrm -rf\n");
+        assert!(f.starts_with("````text\n"), "{f}");
+        assert!(f.ends_with("\n````"), "{f}");
+    }
+
+    #[test]
+    fn refusal_text() {
+        insta::assert_snapshot!(refusal(
+            "TASK-1",
+            &[
+                "[task-for-delivery] task `TASK-1` is In Progress; move it to For Delivery first"
+                    .to_string(),
+                "[two-approvals] pull request #3 has 1 approval(s) by people other than its author; it needs 2"
+                    .to_string(),
+            ]
+        ));
+    }
+}

@@ -1,0 +1,249 @@
+//! `GET /metrics`: the Prometheus text format, written by hand (a handful of series).
+//!
+//! Counts that must survive a restart (deliveries by outcome, hook decisions) are read from
+//! the store at scrape time; the rest (webhook requests, phase durations) live in memory and
+//! start from zero with the process, as Prometheus counters do.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use crate::store::JournalRow;
+
+/// Upper bounds of the phase-duration buckets, in seconds.
+const BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+}
+
+/// The in-memory series.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    webhooks: Mutex<BTreeMap<(String, String), u64>>,
+    phases: Mutex<BTreeMap<String, Histogram>>,
+}
+
+/// What the store contributes to a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct StoreCounts {
+    /// Deliveries by state (`queued`, `running`, `delivered`, …).
+    pub by_state: Vec<(String, i64)>,
+    /// Hook decisions by rule and outcome.
+    pub hook_decisions: Vec<(String, String, i64)>,
+}
+
+/// Escapes a label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// How long each phase of a delivery took, from its journal (a phase ends where the next
+/// begins, the last one when the delivery is done).
+pub fn phase_durations(journal: &[JournalRow]) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    let mut open: Option<(&str, i64)> = None;
+    for j in journal {
+        let ends = j.event == "phase" || j.phase == "done" || j.event == "requeued";
+        if ends && let Some((phase, at)) = open.take() {
+            out.push((phase.to_string(), (j.at - at).max(0) as f64 / 1000.0));
+        }
+        if j.event == "phase" {
+            open = Some((j.phase.as_str(), j.at));
+        }
+    }
+    out
+}
+
+impl Metrics {
+    /// Counts one webhook request: `source` is `github` or `tracker`; `result` says what
+    /// became of it (`accepted`, `ignored`, `replayed`, `unauthorized`, `bad_request`, …).
+    pub fn webhook(&self, source: &str, result: &str) {
+        let mut m = self.webhooks.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((source.to_string(), result.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Records the phase durations of a finished delivery.
+    pub fn delivery_finished(&self, journal: &[JournalRow]) {
+        let mut m = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+        for (phase, secs) in phase_durations(journal) {
+            m.entry(phase).or_default().observe(secs);
+        }
+    }
+
+    /// The whole exposition.
+    pub fn render(&self, store: &StoreCounts) -> String {
+        let mut s = String::new();
+        let state = |name: &str| {
+            store
+                .by_state
+                .iter()
+                .find(|(s, _)| s == name)
+                .map_or(0, |(_, n)| *n)
+        };
+        s.push_str("# HELP lockstep_deliveries_total Deliveries that ended, by outcome.\n");
+        s.push_str("# TYPE lockstep_deliveries_total counter\n");
+        for outcome in ["delivered", "failed", "cancelled"] {
+            let _ = writeln!(
+                s,
+                "lockstep_deliveries_total{{outcome=\"{outcome}\"}} {}",
+                state(outcome)
+            );
+        }
+        s.push_str("# HELP lockstep_queue_depth Deliveries waiting in the queue.\n");
+        s.push_str("# TYPE lockstep_queue_depth gauge\n");
+        let _ = writeln!(s, "lockstep_queue_depth {}", state("queued"));
+        s.push_str("# HELP lockstep_deliveries_running Deliveries running now.\n");
+        s.push_str("# TYPE lockstep_deliveries_running gauge\n");
+        let _ = writeln!(s, "lockstep_deliveries_running {}", state("running"));
+
+        s.push_str(
+            "# HELP lockstep_phase_duration_seconds How long each phase of a delivery took.\n",
+        );
+        s.push_str("# TYPE lockstep_phase_duration_seconds histogram\n");
+        {
+            let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+            for (phase, h) in phases.iter() {
+                let p = label(phase);
+                for (i, bound) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        s,
+                        "lockstep_phase_duration_seconds_bucket{{phase=\"{p}\",le=\"{bound}\"}} {}",
+                        h.counts.get(i).copied().unwrap_or(0)
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "lockstep_phase_duration_seconds_bucket{{phase=\"{p}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(
+                    s,
+                    "lockstep_phase_duration_seconds_sum{{phase=\"{p}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    s,
+                    "lockstep_phase_duration_seconds_count{{phase=\"{p}\"}} {}",
+                    h.count
+                );
+            }
+        }
+
+        s.push_str(
+            "# HELP lockstep_webhook_requests_total Webhook requests, by source and result.\n",
+        );
+        s.push_str("# TYPE lockstep_webhook_requests_total counter\n");
+        {
+            let hooks = self.webhooks.lock().unwrap_or_else(|e| e.into_inner());
+            for ((source, result), n) in hooks.iter() {
+                let _ = writeln!(
+                    s,
+                    "lockstep_webhook_requests_total{{source=\"{}\",result=\"{}\"}} {n}",
+                    label(source),
+                    label(result)
+                );
+            }
+        }
+
+        s.push_str(
+            "# HELP lockstep_hook_decisions_total Policy verdicts of the git hooks, by rule and outcome.\n",
+        );
+        s.push_str("# TYPE lockstep_hook_decisions_total counter\n");
+        for (rule, outcome, n) in &store.hook_decisions {
+            let _ = writeln!(
+                s,
+                "lockstep_hook_decisions_total{{rule=\"{}\",outcome=\"{}\"}} {n}",
+                label(rule),
+                label(outcome)
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn j(at: i64, phase: &str, event: &str) -> JournalRow {
+        JournalRow {
+            at,
+            phase: phase.into(),
+            repo: String::new(),
+            event: event.into(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn phases_from_the_journal() {
+        let journal = [
+            j(0, "queue", "queued"),
+            j(10, "queue", "started"),
+            j(1_000, "rebase", "phase"),
+            j(1_500, "rebase", "rebased"),
+            j(3_000, "build", "phase"),
+            j(9_000, "test", "phase"),
+            j(9_500, "test", "failed"),
+            j(10_000, "done", "failed"),
+        ];
+        assert_eq!(
+            phase_durations(&journal),
+            [
+                ("rebase".to_string(), 2.0),
+                ("build".into(), 6.0),
+                ("test".into(), 1.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn exposition() {
+        let m = Metrics::default();
+        m.webhook("github", "accepted");
+        m.webhook("github", "accepted");
+        m.webhook("github", "unauthorized");
+        m.delivery_finished(&[j(0, "build", "phase"), j(2_000, "done", "delivered")]);
+        let text = m.render(&StoreCounts {
+            by_state: vec![("delivered".into(), 3), ("queued".into(), 2)],
+            hook_decisions: vec![("branch \"names\"".into(), "deny".into(), 4)],
+        });
+        for line in [
+            "lockstep_deliveries_total{outcome=\"delivered\"} 3",
+            "lockstep_deliveries_total{outcome=\"failed\"} 0",
+            "lockstep_queue_depth 2",
+            "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"1\"} 0",
+            "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"5\"} 1",
+            "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"+Inf\"} 1",
+            "lockstep_phase_duration_seconds_sum{phase=\"build\"} 2",
+            "lockstep_webhook_requests_total{source=\"github\",result=\"accepted\"} 2",
+            "lockstep_hook_decisions_total{rule=\"branch \\\"names\\\"\",outcome=\"deny\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Telling GitHub how a delivery goes: the `lockstep` commit status (pending while queued and
+//! running, then success or failure, linking to the delivery's page) and, for a delivery
+//! requested from a pull request, a final comment with the outcome.
+//!
+//! Reports are best effort: GitHub being down never changes a delivery; it is logged.
+
+use super::App;
+use super::bot::{code, fenced, parse_origin};
+use crate::delivery::steps;
+use crate::github::{GitHub, Pull, RepoName, StatusState};
+use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};
+
+async fn set_status(
+    gh: &GitHub,
+    repo: &RepoName,
+    sha: &str,
+    state: StatusState,
+    description: &str,
+    url: &str,
+) {
+    if let Err(e) = gh.status(repo, sha, state, description, url).await {
+        tracing::warn!("{e:#}");
+    }
+}
+
+/// A delivery was queued from a pull request.
+pub async fn queued(app: &App, repo: &RepoName, pull: &Pull, id: i64, position: usize) {
+    let Some(gh) = &app.github else { return };
+    let what = format!("queued as #{id} (position {position})");
+    set_status(
+        gh,
+        repo,
+        &pull.head_sha,
+        StatusState::Pending,
+        &what,
+        &app.delivery_url(id),
+    )
+    .await;
+}
+
+/// A delivery queued from a pull request was cancelled before it started.
+pub async fn cancelled_while_queued(
+    app: &App,
+    d: &DeliveryRow,
+    pull: &Pull,
+    repo: &RepoName,
+    by: &str,
+) {
+    let Some(gh) = &app.github else { return };
+    set_status(
+        gh,
+        repo,
+        &pull.head_sha,
+        StatusState::Error,
+        &format!("#{} cancelled by {by} before it started", d.id),
+        &app.delivery_url(d.id),
+    )
+    .await;
+}
+
+/// The worker took a delivery.
+pub async fn started(app: &App, d: &DeliveryRow) {
+    let Some(gh) = &app.github else { return };
+    let Some((repo, number)) = parse_origin(&d.origin) else {
+        return;
+    };
+    match gh.pull(&repo, number).await {
+        Ok(pull) => {
+            set_status(
+                gh,
+                &repo,
+                &pull.head_sha,
+                StatusState::Pending,
+                &format!(
+                    "delivering #{}: rebase, build, test, deploy, verify, merge",
+                    d.id
+                ),
+                &app.delivery_url(d.id),
+            )
+            .await
+        }
+        Err(e) => tracing::warn!("{e:#}"),
+    }
+}
+
+/// Why a delivery failed, from its journal and steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureFacts {
+    pub phase: String,
+    pub repo: String,
+    pub message: String,
+    pub log_tail: String,
+}
+
+/// The last failure the journal recorded, with the log tail of the step that failed.
+pub fn failure_facts(journal: &[JournalRow], steps: &[StepRow]) -> FailureFacts {
+    let Some(f) = journal
+        .iter()
+        .rev()
+        .find(|j| j.event == "failed" && j.phase != "done")
+    else {
+        return FailureFacts::default();
+    };
+    let log_tail = steps
+        .iter()
+        .rev()
+        .find(|s| s.step == f.phase && s.repo == f.repo && s.outcome != "passed")
+        .map(|s| steps::tail(std::path::Path::new(&s.log_path), 20))
+        .unwrap_or_default();
+    FailureFacts {
+        phase: f.phase.clone(),
+        repo: f.repo.clone(),
+        message: f.detail.clone(),
+        log_tail,
+    }
+}
+
+/// The final comment on the pull request a delivery was requested from.
+pub fn outcome_comment(
+    url: &str,
+    d: &DeliveryRow,
+    state: State,
+    repos: &[RepoRow],
+    upstream_of: &dyn Fn(&str) -> String,
+    failure: &FailureFacts,
+) -> String {
+    let took = match (d.started_at, d.finished_at) {
+        (Some(a), Some(b)) => format!(" in {}", super::page::duration(b - a)),
+        _ => String::new(),
+    };
+    let who = if d.requester.is_empty() {
+        String::new()
+    } else {
+        format!("@{} ", d.requester)
+    };
+    match state {
+        State::Delivered => {
+            let mut s = format!(
+                "{who}✅ delivered {} ([#{}]({url})){took}: every repository advanced together.\n\n\
+                 | repository | branch | landed |\n|---|---|---|\n",
+                code(&d.task),
+                d.id
+            );
+            for r in repos {
+                s.push_str(&format!(
+                    "| {} | {} | {} on {} |\n",
+                    code(&r.repo),
+                    code(&r.branch),
+                    code(crate::push::short(&r.rebased_sha)),
+                    code(&upstream_of(&r.repo))
+                ));
+            }
+            s
+        }
+        _ => {
+            let (icon, verb) = if state == State::Cancelled {
+                ("⏹️", "was cancelled")
+            } else {
+                ("❌", "failed")
+            };
+            let mut s = format!(
+                "{who}{icon} the delivery of {} ([#{}]({url})) {verb}",
+                code(&d.task),
+                d.id
+            );
+            if !failure.phase.is_empty() {
+                s.push_str(&format!(" in the **{}** phase", failure.phase));
+                if !failure.repo.is_empty() {
+                    s.push_str(&format!(" of {}", code(&failure.repo)));
+                }
+            }
+            if let (Some(a), Some(b)) = (d.started_at, d.finished_at) {
+                s.push_str(&format!(" after {}", super::page::duration(b - a)));
+            }
+            s.push_str(".\n\n");
+            let why = if failure.message.is_empty() {
+                &d.error
+            } else {
+                &failure.message
+            };
+            if !why.is_empty() {
+                s.push_str(&format!("> {}\n\n", why.replace('\n', " ")));
+            }
+            s.push_str(
+                "Nothing was merged, and what was deployed was rolled back; the task went back \
+                 to its owner.",
+            );
+            if !failure.log_tail.trim().is_empty() {
+                s.push_str(&format!(
+                    "\n\nThe last lines of the log:\n\n{}",
+                    fenced(&failure.log_tail)
+                ));
+            }
+            s.push_str("\n\nFix it, then comment `/retry`.");
+            s
+        }
+    }
+}
+
+/// A delivery ended: statuses on every delivered branch, the outcome on the PR.
+pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
+    let store = &app.engine.store;
+    let journal = store.journal_of(d.id).await.unwrap_or_default();
+    app.metrics.delivery_finished(&journal);
+    let Some(gh) = &app.github else { return };
+    let d = store
+        .delivery(d.id)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| d.clone());
+    let repos = store.repos(d.id).await.unwrap_or_default();
+    let steps = store.steps(d.id).await.unwrap_or_default();
+    let failure = failure_facts(&journal, &steps);
+    let url = app.delivery_url(d.id);
+    let (status, description) = match state {
+        State::Delivered => (StatusState::Success, format!("delivered by #{}", d.id)),
+        State::Cancelled => (StatusState::Error, format!("#{} was cancelled", d.id)),
+        _ if !failure.phase.is_empty() => (
+            StatusState::Failure,
+            format!("#{} failed in {}", d.id, failure.phase),
+        ),
+        _ => (StatusState::Failure, format!("#{} failed", d.id)),
+    };
+    let origin = parse_origin(&d.origin);
+    let mut origin_covered = false;
+    for r in &repos {
+        let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
+            continue;
+        };
+        let Some(gh_repo) = RepoName::parse(&full) else {
+            continue;
+        };
+        if origin.as_ref().is_some_and(|(o, _)| o == &gh_repo) {
+            origin_covered = true;
+        }
+        set_status(gh, &gh_repo, &r.branch_sha, status, &description, &url).await;
+    }
+    let Some((repo, number)) = origin else {
+        return;
+    };
+    if !origin_covered {
+        match gh.pull(&repo, number).await {
+            Ok(pull) => set_status(gh, &repo, &pull.head_sha, status, &description, &url).await,
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    let config = app.config();
+    let upstream_of = |name: &str| {
+        config
+            .repo(name)
+            .map_or_else(|| "?".to_string(), |r| r.upstream.clone())
+    };
+    let body = outcome_comment(&url, &d, state, &repos, &upstream_of, &failure);
+    if let Err(e) = gh.comment(&repo, number, &body).await {
+        tracing::warn!("cannot post the outcome of #{}: {e:#}", d.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(state: State) -> DeliveryRow {
+        DeliveryRow {
+            id: 4,
+            task: "TASK-1".into(),
+            state,
+            phase: "test".into(),
+            priority: 0,
+            source: "github".into(),
+            requester: "alice".into(),
+            origin: "acme/api#3".into(),
+            created_at: 0,
+            started_at: Some(1_000),
+            finished_at: Some(73_000),
+            error: "delivery failed in test (api): `test` exited with 1".into(),
+            cancel: false,
+        }
+    }
+
+    #[test]
+    fn failure_comment() {
+        let journal = [JournalRow {
+            at: 0,
+            phase: "test".into(),
+            repo: "api".into(),
+            event: "failed".into(),
+            detail: "`test` exited with 1".into(),
+        }];
+        let mut f = failure_facts(&journal, &[]);
+        assert_eq!((f.phase.as_str(), f.repo.as_str()), ("test", "api"));
+        f.log_tail = "testing api\nassertion failed: login ``` works".into();
+        let text = outcome_comment(
+            "http://q/deliveries/4",
+            &d(State::Failed),
+            State::Failed,
+            &[],
+            &|_| "master".into(),
+            &f,
+        );
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn success_comment() {
+        let repos = [RepoRow {
+            repo: "api".into(),
+            position: 0,
+            branch: "feature/TASK-1-login".into(),
+            branch_sha: "a".repeat(40),
+            base_sha: "b".repeat(40),
+            rebased_sha: "c".repeat(40),
+            deployed: true,
+            merged: true,
+            rolled_back: false,
+        }];
+        let text = outcome_comment(
+            "http://q/deliveries/4",
+            &d(State::Delivered),
+            State::Delivered,
+            &repos,
+            &|_| "master".into(),
+            &FailureFacts::default(),
+        );
+        insta::assert_snapshot!(text);
+    }
+}

@@ -1,0 +1,340 @@
+//! The webhook endpoints: `POST /webhooks/github` and `POST /webhooks/tracker`.
+//!
+//! GitHub's requests are checked before anything is read from them: the signature first
+//! (`X-Hub-Signature-256`, constant time; missing or wrong → 401), then the JSON (malformed →
+//! 400 with the reason). Only `issue_comment`, `pull_request` and `pull_request_review` are
+//! acted on; every other event is answered 202 and ignored. For those three, the delivery id
+//! (`X-GitHub-Delivery`) is remembered in the store: a replay is answered and ignored.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use octocrab::models::webhook_events::payload::{
+    IssueCommentWebhookEventAction, PullRequestReviewWebhookEventAction,
+    PullRequestWebhookEventAction,
+};
+use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
+use secrecy::ExposeSecret as _;
+use subtle::ConstantTimeEq as _;
+
+use super::{App, bot};
+use crate::github::{self, RepoName};
+
+/// The events lockstep acts on.
+const HANDLED: &[&str] = &["issue_comment", "pull_request", "pull_request_review"];
+
+/// What became of a webhook, for the answer and the metrics.
+#[derive(Debug)]
+pub enum Handled {
+    /// Something was done (a reply posted, a delivery queued, …).
+    Acted(String),
+    /// Nothing to do for lockstep.
+    Ignored(String),
+}
+
+fn reply(app: &App, source: &str, result: &str, status: StatusCode, text: String) -> Response {
+    app.metrics.webhook(source, result);
+    (status, format!("{text}\n")).into_response()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /webhooks/github`.
+pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(gh) = &app.github else {
+        return reply(
+            &app,
+            "github",
+            "not_configured",
+            StatusCode::NOT_FOUND,
+            "lockstep: GitHub is not configured; add a `[github]` section to lockstep.toml".into(),
+        );
+    };
+    if let Err(e) = github::check_signature(
+        &gh.webhook_secret,
+        header(&headers, "x-hub-signature-256"),
+        &body,
+    ) {
+        tracing::warn!("webhook refused: {e}");
+        return reply(
+            &app,
+            "github",
+            "unauthorized",
+            StatusCode::UNAUTHORIZED,
+            format!("lockstep: {e}"),
+        );
+    }
+    let Some(delivery) = header(&headers, "x-github-delivery")
+        .filter(|d| !d.is_empty() && d.len() <= 100 && d.bytes().all(|b| b.is_ascii_graphic()))
+    else {
+        return reply(
+            &app,
+            "github",
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            "lockstep: no usable `X-GitHub-Delivery` header".into(),
+        );
+    };
+    let Some(event) = header(&headers, "x-github-event").filter(|e| {
+        !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    }) else {
+        return reply(
+            &app,
+            "github",
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            "lockstep: no usable `X-GitHub-Event` header".into(),
+        );
+    };
+    let delivery = delivery.to_string();
+    let event = event.to_string();
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return reply(
+            &app,
+            "github",
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            format!("lockstep: the body is not JSON: {e}"),
+        );
+    }
+    if event == "ping" {
+        return reply(
+            &app,
+            "github",
+            "ignored",
+            StatusCode::OK,
+            "lockstep: pong".into(),
+        );
+    }
+    // Nothing is done for other events, so there is nothing to replay either.
+    if !HANDLED.contains(&event.as_str()) {
+        return reply(
+            &app,
+            "github",
+            "ignored",
+            StatusCode::ACCEPTED,
+            format!("lockstep: `{event}` events are ignored"),
+        );
+    }
+    match app.engine.store.remember_webhook(&delivery).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(delivery = %delivery, event = %event, "replayed webhook ignored");
+            return reply(
+                &app,
+                "github",
+                "replayed",
+                StatusCode::OK,
+                format!("lockstep: delivery `{delivery}` was already handled; ignored"),
+            );
+        }
+        Err(e) => {
+            tracing::error!("cannot record webhook `{delivery}`: {e:#}");
+            return reply(
+                &app,
+                "github",
+                "error",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "lockstep: the store does not answer; redeliver later".into(),
+            );
+        }
+    }
+    let forget = || async {
+        let _ = app.engine.store.forget_webhook(&delivery).await;
+    };
+    let parsed = match WebhookEvent::try_from_header_and_body(&event, &body) {
+        Ok(p) => p,
+        Err(e) => {
+            forget().await;
+            return reply(
+                &app,
+                "github",
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                format!("lockstep: malformed `{event}` payload: {e}"),
+            );
+        }
+    };
+    match dispatch(&app, gh, parsed).await {
+        Ok(Handled::Acted(what)) => {
+            tracing::info!(delivery = %delivery, event = %event, "{what}");
+            reply(
+                &app,
+                "github",
+                "accepted",
+                StatusCode::OK,
+                format!("lockstep: {what}"),
+            )
+        }
+        Ok(Handled::Ignored(why)) => {
+            tracing::debug!(delivery = %delivery, event = %event, "ignored: {why}");
+            reply(
+                &app,
+                "github",
+                "ignored",
+                StatusCode::ACCEPTED,
+                format!("lockstep: ignored: {why}"),
+            )
+        }
+        Err(e) => {
+            // Let GitHub's redelivery try again.
+            forget().await;
+            tracing::error!(delivery = %delivery, event = %event, "webhook failed: {e:#}");
+            reply(
+                &app,
+                "github",
+                "error",
+                StatusCode::BAD_GATEWAY,
+                format!("lockstep: {e:#}"),
+            )
+        }
+    }
+}
+
+/// The repository of an event, if it is one of the ecosystem's.
+fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<RepoName, String> {
+    let full = event
+        .repository
+        .as_ref()
+        .and_then(|r| {
+            r.full_name
+                .clone()
+                .or_else(|| r.owner.as_ref().map(|o| format!("{}/{}", o.login, r.name)))
+        })
+        .ok_or("the event names no repository")?;
+    if app.config().repo_by_github(&full).is_none() {
+        return Err(format!(
+            "`{full}` is not a repository of lockstep.toml (`[[repo]] github`)"
+        ));
+    }
+    RepoName::parse(&full).ok_or_else(|| format!("`{full}` is not `owner/name`"))
+}
+
+async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow::Result<Handled> {
+    let repo = match ecosystem_repo(app, &event) {
+        Ok(r) => r,
+        Err(why) => return Ok(Handled::Ignored(why)),
+    };
+    if let Some(inst) = &event.installation {
+        gh.remember_installation(&repo, inst.id().0);
+    }
+    let sender = event.sender.as_ref().map(|s| s.login.clone());
+    match event.specific {
+        WebhookEventPayload::IssueComment(c) => {
+            if c.action != IssueCommentWebhookEventAction::Created {
+                return Ok(Handled::Ignored("only new comments are read".into()));
+            }
+            if c.issue.pull_request.is_none() {
+                return Ok(Handled::Ignored(
+                    "a comment on an issue, not a pull request".into(),
+                ));
+            }
+            let user = &c.comment.user;
+            if user.r#type == "Bot" || user.login.eq_ignore_ascii_case(&app.config().bot.user) {
+                return Ok(Handled::Ignored("a comment by a bot".into()));
+            }
+            let body = c.comment.body.clone().unwrap_or_default();
+            bot::on_comment(app, gh, &repo, c.issue.number, &user.login, &body).await
+        }
+        WebhookEventPayload::PullRequest(p) => match p.action {
+            PullRequestWebhookEventAction::Closed => {
+                bot::on_closed(app, gh, &repo, &pull_of(&p.pull_request)).await
+            }
+            _ => Ok(Handled::Ignored(
+                "nothing to do for this pull request action".into(),
+            )),
+        },
+        WebhookEventPayload::PullRequestReview(r) => match r.action {
+            PullRequestReviewWebhookEventAction::Dismissed
+            | PullRequestReviewWebhookEventAction::Submitted => {
+                let _ = sender;
+                bot::on_review(app, gh, &repo, &pull_of(&r.pull_request)).await
+            }
+            _ => Ok(Handled::Ignored(
+                "nothing to do for this review action".into(),
+            )),
+        },
+        _ => Ok(Handled::Ignored("not an event lockstep acts on".into())),
+    }
+}
+
+/// The parts of a webhook's pull request lockstep reads.
+fn pull_of(p: &octocrab::models::pulls::PullRequest) -> github::Pull {
+    github::Pull {
+        number: p.number,
+        author: p.user.as_ref().map(|u| u.login.clone()).unwrap_or_default(),
+        head_ref: p.head.ref_field.clone(),
+        head_sha: p.head.sha.clone(),
+        state: match p.state {
+            Some(octocrab::models::IssueState::Closed) => "closed".into(),
+            _ => "open".into(),
+        },
+    }
+}
+
+/// Compares a presented token with the secret in constant time (both are hashed first, so
+/// their lengths do not show either).
+pub fn token_matches(secret: &str, presented: &str) -> bool {
+    use sha2::Digest as _;
+    let a = sha2::Sha256::digest(secret.as_bytes());
+    let b = sha2::Sha256::digest(presented.as_bytes());
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
+}
+
+/// `POST /webhooks/tracker`: the tracker says something changed; poll it now.
+pub async fn tracker(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let Some(secret) = &app.tracker_secret else {
+        return reply(
+            &app,
+            "tracker",
+            "not_configured",
+            StatusCode::NOT_FOUND,
+            "lockstep: the tracker webhook is off; set `server.tracker_secret_env`".into(),
+        );
+    };
+    let presented = header(&headers, "x-lockstep-token").unwrap_or_default();
+    if presented.is_empty() || !token_matches(secret.expose_secret(), presented) {
+        return reply(
+            &app,
+            "tracker",
+            "unauthorized",
+            StatusCode::UNAUTHORIZED,
+            "lockstep: missing or wrong `X-Lockstep-Token`".into(),
+        );
+    }
+    match super::poller::poll_once(&app).await {
+        Ok(lines) => {
+            let text = if lines.is_empty() {
+                "lockstep: polled; nothing new for delivery".to_string()
+            } else {
+                format!("lockstep: polled\n{}", lines.join("\n"))
+            };
+            reply(&app, "tracker", "accepted", StatusCode::OK, text)
+        }
+        Err(e) => reply(
+            &app,
+            "tracker",
+            "error",
+            StatusCode::BAD_GATEWAY,
+            format!("lockstep: cannot poll the tracker: {e:#}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(!token_matches("s3cret", "s3cre"));
+        assert!(!token_matches("s3cret", "s3cret "));
+        assert!(!token_matches("s3cret", ""));
+    }
+}

@@ -1,0 +1,197 @@
+//! `lockstep serve` as a separate process against a sandbox, and what tests need around it.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::http::{self, Resp};
+use super::{Env, bin, commit, git};
+use lockstep::demo::push;
+
+/// The variables the tests' configs name for secrets.
+pub const SECRET_VAR: &str = "LOCKSTEP_TEST_WEBHOOK_SECRET";
+pub const TOKEN_VAR: &str = "LOCKSTEP_TEST_GITHUB_TOKEN";
+pub const TOKEN: &str = "test-github-token";
+pub const TRACKER_VAR: &str = "LOCKSTEP_TEST_TRACKER_SECRET";
+pub const TRACKER_SECRET: &str = "test-tracker-secret";
+
+/// Rewrites the sandbox's config.
+pub fn edit_config(env: &Env, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(env.config()).unwrap();
+    std::fs::write(env.config(), edit(text)).unwrap();
+}
+
+/// Ties each repository to `acme/<name>` on GitHub, sets the tracker's poll interval and
+/// appends `extra` (e.g. `[server]` and `[github]` sections).
+pub fn configure(env: &Env, poll: &str, extra: &str) {
+    edit_config(env, |mut text| {
+        for (name, _) in &env.sb.repos {
+            text = text.replace(
+                &format!("name = \"{name}\"\n"),
+                &format!("name = \"{name}\"\ngithub = \"acme/{name}\"\n"),
+            );
+        }
+        text = text.replace(
+            "path = \"tasks.toml\"\n",
+            &format!("path = \"tasks.toml\"\npoll = \"{poll}\"\n"),
+        );
+        text.push('\n');
+        text.push_str(extra);
+        text
+    });
+}
+
+/// The `[github]` section pointing at a fake.
+pub fn github_section(api_url: &str) -> String {
+    format!(
+        "[github]\napi_url = \"{api_url}\"\nwebhook_secret_env = \"{SECRET_VAR}\"\ntoken_env = \"{TOKEN_VAR}\"\n"
+    )
+}
+
+/// Pushes a task branch with one commit to each repository, as alice; returns the heads.
+pub fn push_task_branch(
+    env: &Env,
+    branch: &str,
+    repos: &[&str],
+    extra_files: &[(&str, &str)],
+) -> Vec<String> {
+    let mut heads = Vec::new();
+    for repo in repos {
+        let dir = env.sb.clone_for(repo, "alice").unwrap();
+        git(&dir, "alice")
+            .run(&["switch", "-q", "-c", branch])
+            .unwrap();
+        for (file, text) in extra_files {
+            std::fs::write(dir.join(file), text).unwrap();
+            git(&dir, "alice").run(&["add", file]).unwrap();
+        }
+        let task = branch.split('/').nth(1).unwrap_or(branch);
+        let key: String = task.split('-').take(2).collect::<Vec<_>>().join("-");
+        commit(
+            &dir,
+            "alice",
+            &format!("{repo}.txt"),
+            "work\n",
+            &format!("{key} work in {repo}"),
+        )
+        .unwrap();
+        let p = push(&dir, "alice", &[branch]).unwrap();
+        assert!(
+            p.accepted,
+            "push of {branch} to {repo} refused: {:?}",
+            p.remote
+        );
+        heads.push(git(&dir, "alice").resolve("HEAD").unwrap().unwrap());
+    }
+    heads
+}
+
+/// Polls `f` until it holds, or panics after `timeout` with `what` and the server's log.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    log: Option<&PathBuf>,
+    mut f: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = log
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .unwrap_or_default();
+    panic!("timed out after {timeout:?} waiting for {what}\n--- serve log ---\n{log}");
+}
+
+/// A running `lockstep serve`.
+pub struct ServeProc {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl ServeProc {
+    /// Starts `lockstep serve --listen 127.0.0.1:0` with the test secrets in its environment.
+    pub fn start(env: &Env) -> ServeProc {
+        let log = env
+            .dir
+            .path()
+            .join(format!("serve-{}.log", std::process::id()));
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(env.config())
+            .args(["-v", "serve", "--listen", "127.0.0.1:0"])
+            .env(SECRET_VAR, super::webhooks::SECRET)
+            .env(TOKEN_VAR, TOKEN)
+            .env(TRACKER_VAR, TRACKER_SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let Some(url) = line.trim().strip_prefix("lockstep: serving on ") else {
+            let _ = child.wait();
+            panic!(
+                "serve did not start: {line:?}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let url = url.to_string();
+        ServeProc {
+            child,
+            _stdout: out,
+            url,
+            log,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        http::get(&self.url, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit (at most `timeout`).
+    pub fn stop(mut self, timeout: Duration) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "serve did not stop within {timeout:?} of SIGTERM\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServeProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
