@@ -4,4 +4,5 @@
 
 mod util;
 
+mod delivery;
 mod hooks;
