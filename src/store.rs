@@ -79,6 +79,9 @@ CREATE TABLE hook_decisions (
 );
 "#];
 
+/// The error recorded for a delivery cancelled while it was queued.
+pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
+
 /// Where a delivery is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -245,9 +248,28 @@ const DELIVERY_COLUMNS: &str = "id, task, state, phase, priority, source, reques
 
 impl Store {
     /// Opens (creating if needed) the store in `state_dir` and brings its schema up to date.
+    ///
+    /// Several lockstep processes may open the store at once (two `lockstep deliver`, a hook
+    /// and a worker). Switching a new database to WAL and migrating it take locks SQLite does
+    /// not wait for, so opening is serialized by a lock file next to the database.
     pub async fn open(state_dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create the state folder `{}`", state_dir.display()))?;
+        let lock_path = state_dir.join("lockstep.db.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open `{}`", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock `{}`", lock_path.display()))?;
+        let store = Store::connect(state_dir).await;
+        drop(lock);
+        store
+    }
+
+    async fn connect(state_dir: &Path) -> anyhow::Result<Store> {
         let path = state_dir.join("lockstep.db");
         let options = SqliteConnectOptions::new()
             .filename(&path)
@@ -265,8 +287,15 @@ impl Store {
         Ok(store)
     }
 
+    /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`, SQLite's only
+    /// dialect in this file). A deferred one that reads first cannot upgrade to writing while
+    /// another process writes: SQLite fails it with `database is locked` instead of waiting.
+    async fn write_tx(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await?;
@@ -295,7 +324,7 @@ impl Store {
 
     /// Queues a delivery, unless one for the same task is already queued or running.
     pub async fn enqueue(&self, d: &NewDelivery) -> anyhow::Result<Enqueued> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existing: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
         )
@@ -384,7 +413,7 @@ impl Store {
 
     /// Takes the next queued delivery and marks it running, atomically.
     pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let next: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
         )
@@ -411,7 +440,7 @@ impl Store {
 
     /// Records a phase transition (before the phase acts).
     pub async fn set_phase(&self, id: i64, phase: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
             .bind(id)
             .bind(phase)
@@ -472,7 +501,7 @@ impl Store {
 
     /// Ends a delivery.
     pub async fn finish(&self, id: i64, state: State, error: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
             .bind(id)
             .bind(state.as_str())
@@ -505,25 +534,52 @@ impl Store {
     /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
     /// next checkpoint. Returns the state it was in.
     pub async fn cancel(&self, id: i64) -> anyhow::Result<Option<State>> {
-        let Some(d) = self.delivery(id).await? else {
+        // One transaction: a worker claiming the delivery meanwhile must not run a delivery
+        // that was just marked cancelled.
+        let mut tx = self.write_tx().await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT state, phase FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((state, phase)) = row else {
             return Ok(None);
         };
-        match d.state {
+        let state: State = state.parse()?;
+        let (journal_phase, event, detail) = match state {
             State::Queued => {
-                self.finish(id, State::Cancelled, "cancelled before it started")
-                    .await?
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'cancelled', error = $2, finished_at = $3 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(CANCELLED_BEFORE_START)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+                ("done", "cancelled", CANCELLED_BEFORE_START)
             }
             State::Running => {
                 sqlx::query("UPDATE deliveries SET cancel = 1 WHERE id = $1")
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
-                self.journal(id, &d.phase, "", "cancel requested", "")
-                    .await?;
+                (phase.as_str(), "cancel requested", "")
             }
-            _ => {}
-        }
-        Ok(Some(d.state))
+            _ => return Ok(Some(state)),
+        };
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(journal_phase)
+        .bind(event)
+        .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(state))
     }
 
     pub async fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
@@ -536,7 +592,7 @@ impl Store {
 
     /// Replaces the repositories of a delivery (the rebase phase finds them).
     pub async fn set_repos(&self, id: i64, repos: &[RepoRow]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -219,6 +219,37 @@ fn rebase_conflict_names_the_conflicting_files() {
 }
 
 #[test]
+fn two_deliveries_started_at_once_land_one_after_the_other() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    ready(&env, "TASK-3", &REPOS, &[]);
+
+    let mut a = env.spawn("a", &["deliver", "TASK-1"]);
+    let mut b = env.spawn("b", &["deliver", "TASK-3"]);
+    let (sa, sb) = (a.wait().unwrap(), b.wait().unwrap());
+    assert!(sa.success(), "{:?}", env.spawned_output("a"));
+    assert!(sb.success(), "{:?}", env.spawned_output("b"));
+
+    for repo in REPOS {
+        assert!(on_master(&env, repo, "TASK-1.txt"), "{repo}");
+        assert!(on_master(&env, repo, "TASK-3.txt"), "{repo}");
+    }
+    let (one, two) = (env.show(1), env.show(2));
+    assert_eq!(one["delivery"]["state"], "delivered");
+    assert_eq!(two["delivery"]["state"], "delivered");
+    // One after the other: the second started once the first had finished.
+    let finished = one["delivery"]["finished_at"].as_i64().unwrap();
+    let started = two["delivery"]["started_at"].as_i64().unwrap();
+    assert!(
+        started >= finished,
+        "#2 started at {started}, #1 finished at {finished}"
+    );
+    assert_eq!(env.task("TASK-1").0, "Closed");
+    assert_eq!(env.task("TASK-3").0, "Closed");
+}
+
+
+#[test]
 fn step_timeout_kills_the_process_group_and_fails() {
     let env = Env::new(&REPOS);
     env.set_delivery("step_timeout", "\"1s\"");
