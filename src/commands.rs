@@ -312,10 +312,46 @@ pub fn logs(path: &Path, id: i64, repo: Option<&str>, step: Option<&str>) -> any
 /// `lockstep cancel ID`.
 pub fn cancel(path: &Path, id: i64) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(path).await?;
+        let (config, store) = store_of(path).await?;
         match store.cancel(id).await? {
             None => anyhow::bail!("no delivery #{id}; see `lockstep queue`"),
-            Some(State::Queued) => println!("#{id}: cancelled"),
+            Some(State::Queued) => {
+                println!("#{id}: cancelled");
+                // Back to the team, as when a running delivery is stopped: left For Delivery,
+                // the tracker would ask for it again.
+                let d = store
+                    .delivery(id)
+                    .await?
+                    .context("the delivery vanished from the store")?;
+                let who = whoami();
+                let by = if who.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by `{who}`")
+                };
+                let note = format!("delivery cancelled{by} before it started (lockstep #{id})");
+                let returned = &config.tasks.returned;
+                match crate::tracker::open(&config)?
+                    .move_to(&d.task, returned, &note)
+                    .await
+                {
+                    Ok(()) => {
+                        store
+                            .journal(id, "report", "", "task moved", returned)
+                            .await?;
+                        println!("#{id} {}: moved back to {returned}", d.task);
+                    }
+                    Err(e) => {
+                        store
+                            .journal(id, "report", "", "task not moved", &e.to_string())
+                            .await?;
+                        eprintln!(
+                            "lockstep: #{id}: could not move `{}` back to {returned}: {e}",
+                            d.task
+                        );
+                    }
+                }
+            }
             Some(State::Running) => {
                 println!("#{id}: stops at its next step; what it deployed is rolled back")
             }

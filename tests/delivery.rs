@@ -248,7 +248,6 @@ fn two_deliveries_started_at_once_land_one_after_the_other() {
     assert_eq!(env.task("TASK-3").0, "Closed");
 }
 
-
 #[test]
 fn step_timeout_kills_the_process_group_and_fails() {
     let env = Env::new(&REPOS);
@@ -521,6 +520,59 @@ fn master_moving_before_the_merge_puts_back_what_was_pushed() {
     assert_eq!(env.masters(), [before[0].clone(), lead, before[2].clone()]);
     assert_eq!(env.rollbacks(), ["db 1", "web 1", "api 1"]);
     assert_eq!(env.task("TASK-1").0, "In Progress");
+}
+
+#[test]
+fn cancel_of_a_queued_delivery() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    ready(&env, "TASK-3", &REPOS, &[]);
+    env.hold("api", "build");
+    let mut first = env.spawn("first", &["deliver", "TASK-1"]);
+    env.wait_at_gate("api", "build");
+
+    let o = env.lockstep(&["deliver", "TASK-3", "--no-wait"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("#2 TASK-3: queued (position 1)"),
+        "{}",
+        stdout(&o)
+    );
+    let q = env.queue();
+    assert_eq!(q["running"][0]["id"], 1, "{q}");
+    assert_eq!(q["queued"][0]["id"], 2, "{q}");
+
+    let o = env.lockstep(&["cancel", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("#2: cancelled"), "{}", stdout(&o));
+    let o = env.lockstep(&["cancel", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("#2: already cancelled; nothing to cancel"));
+
+    env.open_gate("api", "build");
+    assert!(
+        first.wait().unwrap().success(),
+        "{:?}",
+        env.spawned_output("first")
+    );
+    assert_eq!(env.state(1), "delivered");
+    assert_eq!(env.state(2), "cancelled");
+    for repo in REPOS {
+        assert!(on_master(&env, repo, "TASK-1.txt"));
+        assert!(
+            !on_master(&env, repo, "TASK-3.txt"),
+            "{repo}: cancelled, yet merged"
+        );
+    }
+    let q = env.queue();
+    assert!(q["queued"].as_array().unwrap().is_empty(), "{q}");
+    // The cancelled task goes back to the team, like a delivery stopped on its way.
+    let (status, notes) = env.task("TASK-3");
+    assert_eq!(status, "In Progress");
+    assert_eq!(
+        notes.last().unwrap(),
+        "delivery cancelled by `release-lead` before it started (lockstep #2)"
+    );
 }
 
 #[test]
