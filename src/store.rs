@@ -19,7 +19,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row as _};
 
 /// The schema, applied in order; the index of a statement batch is its version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE deliveries (
     id          INTEGER PRIMARY KEY,
     task        TEXT NOT NULL,
@@ -77,7 +78,11 @@ CREATE TABLE hook_decisions (
     count    BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (rule, outcome)
 );
-"#];
+"#,
+    r#"
+ALTER TABLE steps ADD COLUMN pid BIGINT;
+"#,
+];
 
 /// The error recorded for a delivery cancelled while it was queued.
 pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
@@ -174,6 +179,8 @@ pub struct StepRow {
     pub exit_code: Option<i64>,
     pub outcome: String,
     pub log_path: String,
+    /// The step's process (and process group) id while it runs.
+    pub pid: Option<i64>,
 }
 
 /// Milliseconds since the epoch.
@@ -672,6 +679,17 @@ impl Store {
         Ok(step_id)
     }
 
+    /// Records the process of a running step, so that a worker taking over after a crash can
+    /// stop what the dead one left running.
+    pub async fn step_pid(&self, step_id: i64, pid: i32) -> anyhow::Result<()> {
+        sqlx::query("UPDATE steps SET pid = $2 WHERE id = $1")
+            .bind(step_id)
+            .bind(i64::from(pid))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn step_finished(
         &self,
         step_id: i64,
@@ -692,8 +710,8 @@ impl Store {
 
     pub async fn steps(&self, id: i64) -> anyhow::Result<Vec<StepRow>> {
         let rows = sqlx::query(
-            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path FROM steps \
-             WHERE delivery_id = $1 ORDER BY id",
+            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
+             FROM steps WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -709,6 +727,7 @@ impl Store {
                     exit_code: r.try_get("exit_code")?,
                     outcome: r.try_get("outcome")?,
                     log_path: r.try_get("log_path")?,
+                    pid: r.try_get("pid")?,
                 })
             })
             .collect()

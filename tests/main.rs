@@ -4,5 +4,6 @@
 
 mod util;
 
+mod crash;
 mod delivery;
 mod hooks;

@@ -234,6 +234,38 @@ impl Engine {
         }
     }
 
+    /// Stops the steps a killed worker left running for a delivery (they run in process
+    /// groups of their own, which outlive the worker), so that nothing deploys behind the back
+    /// of the recovery. Returns how many were stopped.
+    pub async fn stop_leftover_steps(&self, id: i64) -> anyhow::Result<usize> {
+        let mut stopped = 0;
+        for step in self.store.steps(id).await? {
+            if step.outcome != "running" {
+                continue;
+            }
+            let marker = format!("LOCKSTEP_DELIVERY={id}");
+            let killed = match step.pid.and_then(|p| i32::try_from(p).ok()) {
+                Some(pid) => {
+                    steps::kill_leftover(pid, &marker, std::time::Duration::from_secs(5)).await
+                }
+                None => false,
+            };
+            self.store
+                .step_finished(step.id, None, "interrupted")
+                .await?;
+            let detail = if killed {
+                "the worker stopped; what it left running was killed"
+            } else {
+                "the worker stopped"
+            };
+            self.store
+                .journal(id, &step.step, &step.repo, "step interrupted", detail)
+                .await?;
+            stopped += usize::from(killed);
+        }
+        Ok(stopped)
+    }
+
     async fn current_phase(&self, id: i64) -> String {
         self.store
             .delivery(id)
@@ -657,7 +689,15 @@ impl Engine {
             .step_started(d.id, &c.row.repo, step, &log.to_string_lossy())
             .await?;
         let started = std::time::Instant::now();
-        let outcome = steps::run(&spec).await?;
+        let outcome = match steps::start(&spec)? {
+            Ok(running) => {
+                if let Some(pid) = running.pid() {
+                    self.store.step_pid(step_id, pid).await?;
+                }
+                running.wait().await?
+            }
+            Err(outcome) => outcome,
+        };
         self.store
             .step_finished(step_id, outcome.exit_code(), outcome.label())
             .await?;

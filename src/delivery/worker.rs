@@ -69,6 +69,8 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 
 /// Finishes or undoes what a killed worker left running. Call it only while holding the lock.
 ///
+/// First the steps the dead worker left running are killed (they run in process groups of
+/// their own, which outlive it). Then, by the phase the delivery was in:
 /// - caught in rebase: queued again, from the start;
 /// - caught in build or test: queued again at the head, resuming that phase;
 /// - caught in deploy or verify: what was deployed is rolled back and the delivery fails;
@@ -76,6 +78,15 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
     let mut said = Vec::new();
     for d in engine.store.running().await? {
+        let stopped = engine.stop_leftover_steps(d.id).await?;
+        if stopped > 0 {
+            let line = format!(
+                "#{} {}: stopped {stopped} step(s) the previous worker left running",
+                d.id, d.task
+            );
+            (engine.progress)(&line);
+            said.push(line);
+        }
         let phase = Phase::parse(&d.phase);
         let line = match phase {
             None | Some(Phase::Rebase) => {

@@ -1,0 +1,191 @@
+//! Crash tests: the worker (`lockstep deliver`) is killed with SIGKILL at the worst moments,
+//! then `lockstep recover` or another `lockstep deliver` takes over. Whatever happens, every
+//! upstream has advanced or none has, what was deployed is rolled back, and no delivery is
+//! lost or run twice.
+
+use std::os::unix::process::ExitStatusExt as _;
+
+use crate::util::*;
+
+const REPOS: [&str; 3] = ["api", "web", "db"];
+
+/// Puts `task` In Progress, pushes a branch for it in every repository, and moves it to For
+/// Delivery.
+fn ready(env: &Env, task: &str) {
+    env.set_status(&[(task, "In Progress")]);
+    for repo in REPOS {
+        env.task_branch(
+            repo,
+            &format!("feature/{task}-work"),
+            &format!("{task}.txt"),
+            &format!("{task} in {repo}\n"),
+        );
+    }
+    env.set_status(&[(task, "For Delivery")]);
+}
+
+fn has_file(env: &Env, repo: &str, file: &str) -> bool {
+    git(&env.bare(repo), "admin")
+        .succeeds(&["cat-file", "-e", &format!("refs/heads/master:{file}")])
+        .unwrap()
+}
+
+/// All or nothing: every upstream has `task`, or none has.
+fn assert_all_or_nothing(env: &Env, task: &str) -> bool {
+    let file = format!("{task}.txt");
+    let landed: Vec<bool> = REPOS.iter().map(|r| has_file(env, r, &file)).collect();
+    assert!(
+        landed.iter().all(|l| *l) || landed.iter().all(|l| !*l),
+        "{task} landed in some upstreams only: {:?}",
+        REPOS.iter().zip(&landed).collect::<Vec<_>>()
+    );
+    landed[0]
+}
+
+/// How many times each step ran for a delivery, e.g. `[("api", "build"), …]` counted.
+fn step_runs(env: &Env, id: i64, repo: &str, step: &str) -> usize {
+    env.show(id)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["repo"] == repo && s["step"] == step)
+        .count()
+}
+
+/// The ids of the deliveries of a task, across the whole queue.
+fn deliveries_of(env: &Env, task: &str) -> Vec<i64> {
+    let q = env.queue();
+    let mut ids: Vec<i64> = ["running", "queued", "recent"]
+        .iter()
+        .flat_map(|k| q[*k].as_array().unwrap().clone())
+        .filter(|d| d["task"] == task)
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Kills a spawned `lockstep` with SIGKILL and reaps it.
+fn kill(child: &mut std::process::Child) {
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+}
+
+fn assert_no_step_survives(env: &Env) {
+    wait_for("the killed worker's steps to be stopped", || {
+        env.step_processes().is_empty().then_some(())
+    });
+}
+
+#[test]
+fn crash_during_test_resumes_and_delivers_once() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1");
+    ready(&env, "TASK-3");
+    let before = env.masters();
+    env.hold("api", "test");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    env.wait_at_gate("api", "test");
+    // Another delivery waits behind the one in flight.
+    let o = env.lockstep(&["deliver", "TASK-3", "--no-wait"]);
+    assert!(stdout(&o).contains("#2 TASK-3: queued"), "{}", stdout(&o));
+
+    kill(&mut worker);
+    assert_eq!(env.state(1), "running");
+    env.unhold("api", "test");
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: was interrupted in test; queued again to resume it"),
+        "{}",
+        stdout(&o)
+    );
+    // The step the dead worker left running does not run on beside the resumed one.
+    assert_no_step_survives(&env);
+    assert_eq!(env.masters(), before, "recovery alone merges nothing");
+    let q = env.queue();
+    let queued: Vec<i64> = q["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        queued,
+        [1, 2],
+        "the interrupted delivery keeps its place: {q}"
+    );
+
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("#1 TASK-1: already queued; following it"));
+    assert!(assert_all_or_nothing(&env, "TASK-1"));
+    // Resumed at test: the builds were not run again, the tests were.
+    assert_eq!(step_runs(&env, 1, "api", "build"), 1);
+    assert_eq!(step_runs(&env, 1, "api", "test"), 2);
+    assert!(
+        env.show(1)["journal"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["event"] == "resumed")
+    );
+    // The one queued behind is run by the worker `deliver` leaves behind.
+    let state = wait_for("#2 to finish", || {
+        let s = env.state(2);
+        (s != "queued" && s != "running").then_some(s)
+    });
+    assert_eq!(state, "delivered");
+    assert!(assert_all_or_nothing(&env, "TASK-3"));
+    assert_eq!(deliveries_of(&env, "TASK-1"), [1]);
+    assert_eq!(deliveries_of(&env, "TASK-3"), [2]);
+    assert_eq!(step_runs(&env, 1, "api", "deploy"), 1, "deployed once");
+    assert!(env.rollbacks().is_empty());
+    assert_eq!(env.task("TASK-1").0, "Closed");
+}
+
+#[test]
+fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1");
+    ready(&env, "TASK-3");
+    let before = env.masters();
+    env.hold("web", "deploy");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    env.wait_at_gate("web", "deploy");
+    assert!(env.deployed("api").is_some(), "api is deployed first");
+    let o = env.lockstep(&["deliver", "TASK-3", "--no-wait"]);
+    assert!(stdout(&o).contains("#2 TASK-3: queued"), "{}", stdout(&o));
+
+    kill(&mut worker);
+    env.unhold("web", "deploy");
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: delivery failed in deploy"),
+        "{}",
+        stdout(&o)
+    );
+    // The deploy cut short is rolled back too (it may have done half its work), last first,
+    // and it is stopped before its rollback runs.
+    assert_no_step_survives(&env);
+    assert_eq!(env.rollbacks(), ["web 1", "api 1"]);
+    assert_eq!(env.deployed("api"), None);
+    assert_eq!(env.deployed("web"), None);
+    assert_eq!(env.deployed("db"), None);
+    assert_eq!(env.masters(), before);
+    assert_eq!(env.state(1), "failed");
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    assert!(notes.last().unwrap().contains("nothing was merged"));
+    // The queue is intact: #2 waits, and runs next.
+    assert_eq!(env.queue()["queued"][0]["id"], 2);
+    let o = env.lockstep(&["deliver", "TASK-3"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(assert_all_or_nothing(&env, "TASK-3"));
+    assert!(!assert_all_or_nothing(&env, "TASK-1"));
+    assert_eq!(deliveries_of(&env, "TASK-1"), [1]);
+    assert_eq!(deliveries_of(&env, "TASK-3"), [2]);
+    assert_eq!(env.rollbacks().len(), 2, "#2 rolled nothing back");
+}
