@@ -465,6 +465,27 @@ impl Store {
         Ok(())
     }
 
+    /// Records why a delivery failed and that it is rolling back (it stays running until the
+    /// rollback is done).
+    pub async fn mark_failing(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE deliveries SET phase = 'rollback', error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'rollback', 'phase', $3)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Appends to a delivery's journal.
     pub async fn journal(
         &self,

@@ -189,3 +189,113 @@ fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
     assert_eq!(deliveries_of(&env, "TASK-3"), [2]);
     assert_eq!(env.rollbacks().len(), 2, "#2 rolled nothing back");
 }
+
+#[test]
+fn crash_while_rolling_back_a_refused_merge_does_not_merge_it() {
+    let env = Env::new(&REPOS);
+    env.add_policy(
+        "90-freeze.toml",
+        r#"
+[[rule]]
+name = "release-freeze"
+on = ["merge"]
+require = 'false'
+message = "merges are frozen until the release is out"
+"#,
+    );
+    ready(&env, "TASK-1");
+    let before = env.masters();
+    env.hold("db", "rollback");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    env.wait_at_gate("db", "rollback");
+    kill(&mut worker);
+    env.unhold("db", "rollback");
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_no_step_survives(&env);
+    assert_eq!(
+        env.masters(),
+        before,
+        "a merge the policies refused was pushed"
+    );
+    assert_eq!(env.state(1), "failed");
+    let show = env.show(1);
+    assert!(
+        show["delivery"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("[release-freeze] merges are frozen"),
+        "{show}"
+    );
+    assert_eq!(env.rollbacks(), ["db 1", "web 1", "api 1"]);
+    assert_eq!(env.task("TASK-1").0, "In Progress");
+}
+
+/// The updates of `master` of a bare repository since reflogs were turned on, newest first.
+fn master_moves(env: &Env, repo: &str) -> Vec<String> {
+    env.git_in(repo, &["reflog", "--format=%H", "refs/heads/master"])
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn crash_while_rolling_back_a_refused_push_does_not_push_again() {
+    let env = Env::new(&REPOS);
+    env.add_policy(
+        "90-freeze.toml",
+        r#"
+[[rule]]
+name = "db-frozen"
+on = ["push"]
+when = 'repo == "db" && branch == "master"'
+require = 'false'
+message = "`db` is frozen for the release"
+"#,
+    );
+    ready(&env, "TASK-1");
+    let before = env.masters();
+    for repo in REPOS {
+        env.git_in(repo, &["config", "core.logAllRefUpdates", "always"]);
+    }
+    // api and web are merged, db refuses, api and web are put back; then the rollbacks run,
+    // db's first, and the worker dies during api's.
+    env.hold("api", "rollback");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    env.wait_at_gate("api", "rollback");
+    kill(&mut worker);
+    env.unhold("api", "rollback");
+    let moves: Vec<Vec<String>> = REPOS.iter().map(|r| master_moves(&env, r)).collect();
+    assert_eq!(
+        moves[0].len(),
+        2,
+        "api: pushed, then put back: {:?}",
+        moves[0]
+    );
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: was interrupted while rolling back"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(env.masters(), before);
+    for (i, repo) in REPOS.iter().enumerate() {
+        assert_eq!(
+            master_moves(&env, repo),
+            moves[i],
+            "{repo}: recovery pushed a delivery that had failed"
+        );
+    }
+    assert_eq!(env.rollbacks(), ["db 1", "web 1", "api 1"]);
+    assert_eq!(env.state(1), "failed");
+    assert!(
+        env.show(1)["delivery"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("[db-frozen]")
+    );
+    assert_eq!(env.task("TASK-1").0, "In Progress");
+}

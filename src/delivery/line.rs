@@ -26,16 +26,19 @@ pub enum Phase {
     Deploy,
     Verify,
     Merge,
+    /// The delivery failed and what it deployed is being rolled back.
+    Rollback,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Rebase,
         Phase::Build,
         Phase::Test,
         Phase::Deploy,
         Phase::Verify,
         Phase::Merge,
+        Phase::Rollback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Phase {
             Phase::Deploy => "deploy",
             Phase::Verify => "verify",
             Phase::Merge => "merge",
+            Phase::Rollback => "rollback",
         }
     }
 
@@ -59,7 +63,7 @@ impl Phase {
             Phase::Test => repo.steps.test.as_ref(),
             Phase::Deploy => repo.steps.deploy.as_ref(),
             Phase::Verify => repo.steps.verify.as_ref(),
-            Phase::Rebase | Phase::Merge => None,
+            Phase::Rebase | Phase::Merge | Phase::Rollback => None,
         }
     }
 }
@@ -180,25 +184,7 @@ impl Engine {
         };
         match result {
             Ok(checkouts) => {
-                self.store.finish(d.id, State::Delivered, "").await?;
-                let landed: Vec<String> = checkouts
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{} {} → {}",
-                            c.row.repo,
-                            crate::push::short(&c.row.rebased_sha),
-                            c.repo.upstream
-                        )
-                    })
-                    .collect();
-                let note = format!("delivered by lockstep (#{}): {}", d.id, landed.join(", "));
-                self.say(&format!("#{} {}: {note}", d.id, d.task));
-                self.move_task(d, &self.config.tasks.delivered, &note).await;
-                if self.config.delivery.delete_branches {
-                    self.delete_branches(d.id, &checkouts).await;
-                }
-                let _ = std::fs::remove_dir_all(self.work_dir(d.id));
+                self.land(d, &checkouts, false).await?;
                 Ok(State::Delivered)
             }
             Err(failure) => {
@@ -212,26 +198,86 @@ impl Engine {
                     )
                     .await?;
                 self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
-                self.rollback_deployed(d.id, &d.task).await;
-                let cancelled = self.store.cancel_requested(d.id).await.unwrap_or(false);
-                let state = if cancelled {
-                    State::Cancelled
-                } else {
-                    State::Failed
-                };
-                self.store.finish(d.id, state, &failure.summary()).await?;
-                let mut note = format!(
-                    "{} (lockstep #{}); nothing was merged",
-                    failure.summary(),
-                    d.id
-                );
-                if !failure.log_tail.is_empty() {
-                    note.push_str(&format!("\n\nlast lines of the log:\n{}", failure.log_tail));
-                }
-                self.move_task(d, &self.config.tasks.returned, &note).await;
-                Ok(state)
+                self.fail(d, &failure.summary(), &failure.log_tail).await
             }
         }
+    }
+
+    /// Records a delivery whose every upstream advanced, and moves its task on.
+    async fn land(
+        &self,
+        d: &DeliveryRow,
+        checkouts: &[Checkout],
+        after_restart: bool,
+    ) -> anyhow::Result<()> {
+        self.store.finish(d.id, State::Delivered, "").await?;
+        let landed: Vec<String> = checkouts
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} → {}",
+                    c.row.repo,
+                    crate::push::short(&c.row.rebased_sha),
+                    c.repo.upstream
+                )
+            })
+            .collect();
+        let mut note = format!("delivered by lockstep (#{}): {}", d.id, landed.join(", "));
+        if after_restart {
+            note.push_str(" (completed after a restart)");
+        }
+        self.say(&format!("#{} {}: {note}", d.id, d.task));
+        self.move_task(d, &self.config.tasks.delivered, &note).await;
+        if self.config.delivery.delete_branches {
+            self.delete_branches(d.id, checkouts).await;
+        }
+        let _ = std::fs::remove_dir_all(self.work_dir(d.id));
+        Ok(())
+    }
+
+    /// Ends a delivery that cannot land: rolls back what it deployed, records it failed (or
+    /// cancelled) and moves its task back.
+    ///
+    /// The delivery enters the `rollback` phase first, so a worker killed while rolling back
+    /// leaves a delivery that recovery finishes rolling back: never one it would merge.
+    pub async fn fail(
+        &self,
+        d: &DeliveryRow,
+        summary: &str,
+        log_tail: &str,
+    ) -> anyhow::Result<State> {
+        self.store.mark_failing(d.id, summary).await?;
+        self.rollback_deployed(d.id, &d.task).await;
+        let cancelled = self.store.cancel_requested(d.id).await.unwrap_or(false);
+        let state = if cancelled {
+            State::Cancelled
+        } else {
+            State::Failed
+        };
+        self.store.finish(d.id, state, summary).await?;
+        let left: Vec<String> = self
+            .store
+            .repos(d.id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.merged)
+            .map(|r| format!("`{}`", r.repo))
+            .collect();
+        let mut note = if left.is_empty() {
+            format!("{summary} (lockstep #{}); nothing was merged", d.id)
+        } else {
+            format!(
+                "{summary} (lockstep #{}); {} still merged: put it back by hand",
+                d.id,
+                left.join(", ")
+            )
+        };
+        if !log_tail.is_empty() {
+            note.push_str(&format!("\n\nlast lines of the log:\n{log_tail}"));
+        }
+        self.move_task(d, &self.config.tasks.returned, &note).await;
+        Ok(state)
     }
 
     /// Stops the steps a killed worker left running for a delivery (they run in process
@@ -362,10 +408,12 @@ impl Engine {
         if let Err(f) = self.checkpoint(d.id, Phase::Merge).await {
             return Ok(Err(f));
         }
-        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
+        // Checked before the merge phase is recorded: recovery finishes a merge forward, and
+        // must never do so for one the policies refused.
         if let Err(f) = self.merge_policies(d).await? {
             return Ok(Err(f));
         }
+        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
         match self.merge(d, &checkouts).await? {
             Ok(()) => Ok(Ok(checkouts)),
             Err(f) => Ok(Err(f)),

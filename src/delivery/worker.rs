@@ -71,10 +71,11 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 ///
 /// First the steps the dead worker left running are killed (they run in process groups of
 /// their own, which outlive it). Then, by the phase the delivery was in:
-/// - caught in rebase: queued again, from the start;
-/// - caught in build or test: queued again at the head, resuming that phase;
-/// - caught in deploy or verify: what was deployed is rolled back and the delivery fails;
-/// - caught in merge: the upstreams are read and made all-merged or none-merged.
+/// - rebase: queued again, from the start;
+/// - build or test: queued again at the head, resuming that phase;
+/// - deploy or verify: what was deployed is rolled back and the delivery fails;
+/// - merge: the upstreams are read and made all-merged or none-merged;
+/// - rollback (it had failed already): the rollback is finished.
 pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
     let mut said = Vec::new();
     for d in engine.store.running().await? {
@@ -118,17 +119,8 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                     .store
                     .journal(d.id, p.as_str(), "", "recovered", &why)
                     .await?;
-                engine.rollback_deployed(d.id, &d.task).await;
                 let summary = format!("delivery failed in {}: {why}", p.as_str());
-                engine.store.finish(d.id, State::Failed, &summary).await?;
-                let note = format!("{summary} (lockstep #{}); nothing was merged", d.id);
-                if let Err(e) = engine
-                    .tracker
-                    .move_to(&d.task, &engine.config.tasks.returned, &note)
-                    .await
-                {
-                    tracing::warn!("cannot move `{}` back: {e}", d.task);
-                }
+                engine.fail(&d, &summary, "").await?;
                 format!("#{} {}: {summary}", d.id, d.task)
             }
             Some(Phase::Merge) => match engine.reconcile_merge(&d).await {
@@ -148,13 +140,8 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                     )
                 }
                 Ok(false) => {
-                    engine.rollback_deployed(d.id, &d.task).await;
                     let summary = "delivery failed in merge: interrupted, and the remaining pushes were refused; every upstream was put back";
-                    engine.store.finish(d.id, State::Failed, summary).await?;
-                    let _ = engine
-                        .tracker
-                        .move_to(&d.task, &engine.config.tasks.returned, summary)
-                        .await;
+                    engine.fail(&d, summary, "").await?;
                     format!("#{} {}: {summary}", d.id, d.task)
                 }
                 Err(e) => {
@@ -165,6 +152,17 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                     format!("#{} {}: {summary}", d.id, d.task)
                 }
             },
+            Some(Phase::Rollback) => {
+                engine
+                    .store
+                    .journal(d.id, "rollback", "", "recovered", "finishing the rollback")
+                    .await?;
+                engine.fail(&d, &d.error, "").await?;
+                format!(
+                    "#{} {}: was interrupted while rolling back; rolled back: {}",
+                    d.id, d.task, d.error
+                )
+            }
         };
         (engine.progress)(&line);
         said.push(line);
