@@ -190,6 +190,100 @@ fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
     assert_eq!(env.rollbacks().len(), 2, "#2 rolled nothing back");
 }
 
+/// Replaces `post-receive` of a bare repository with one that kills the worker (its pid is in
+/// the worker lock) the first time `master` is pushed, then does what lockstep's hook does.
+fn kill_worker_after_push_to_master(env: &Env, repo: &str) {
+    let hook = env.bare(repo).join("hooks").join("post-receive");
+    let marker = env.dir.path().join(format!("killed-in-{repo}"));
+    let quote = |p: &std::path::Path| format!("'{}'", p.display());
+    let script = format!(
+        "#!/bin/sh\n\
+         input=$(cat)\n\
+         case \"$input\" in *' refs/heads/master'*)\n\
+         \x20 if [ ! -e {marker} ]; then : > {marker}; kill -9 \"$(cat {lock})\"; fi ;;\n\
+         esac\n\
+         printf '%s\\n' \"$input\" | exec {bin} hook post-receive\n",
+        marker = quote(&marker),
+        lock = quote(&env.worker_lock()),
+        bin = quote(&bin()),
+    );
+    std::fs::write(&hook, script).unwrap();
+}
+
+#[test]
+fn crash_between_merge_pushes_completes_every_upstream() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1");
+    let before = env.masters();
+    kill_worker_after_push_to_master(&env, "api");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    let status = worker.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{:?}",
+        env.spawned_output("worker")
+    );
+    // The moment of the crash: api advanced, web and db not yet.
+    let now = env.masters();
+    assert_ne!(now[0], before[0]);
+    assert_eq!(now[1..], before[1..]);
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("every upstream now has it: delivered"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(assert_all_or_nothing(&env, "TASK-1"));
+    assert_eq!(env.masters()[0], now[0], "api was not pushed twice");
+    assert_eq!(env.state(1), "delivered");
+    assert!(env.rollbacks().is_empty());
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "Closed");
+    let note = notes.last().unwrap();
+    let after = env.masters();
+    for (i, repo) in REPOS.iter().enumerate() {
+        assert!(
+            note.contains(&format!("{repo} {}", &after[i][..10])),
+            "{note}"
+        );
+    }
+    assert_eq!(deliveries_of(&env, "TASK-1"), [1]);
+}
+
+#[test]
+fn crash_between_merge_pushes_then_a_moved_upstream_puts_every_upstream_back() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1");
+    let before = env.masters();
+    kill_worker_after_push_to_master(&env, "api");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    let status = worker.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{:?}",
+        env.spawned_output("worker")
+    );
+    // While the bot is down, a maintainer moves web's master: the delivery cannot finish.
+    let lead = env.advance_master("web", "urgent.txt", "urgent\n");
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: delivery failed in merge"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!assert_all_or_nothing(&env, "TASK-1"));
+    assert_eq!(env.masters(), [before[0].clone(), lead, before[2].clone()]);
+    assert_eq!(env.state(1), "failed");
+    assert_eq!(env.rollbacks(), ["db 1", "web 1", "api 1"]);
+    assert_eq!(env.task("TASK-1").0, "In Progress");
+}
+
 #[test]
 fn crash_while_rolling_back_a_refused_merge_does_not_merge_it() {
     let env = Env::new(&REPOS);

@@ -1234,33 +1234,68 @@ impl Engine {
     }
 
     /// After a crash in the merge phase: reads every upstream and makes them all-merged or
-    /// none-merged. Returns true when the delivery is complete.
-    pub async fn reconcile_merge(&self, d: &DeliveryRow) -> anyhow::Result<bool> {
+    /// none-merged, then records the delivery as landed or failed. Returns what happened, for
+    /// the operator.
+    pub async fn recover_merge(&self, d: &DeliveryRow) -> anyhow::Result<String> {
+        match self.reconcile_merge(d).await {
+            Ok(Ok(checkouts)) => {
+                self.land(d, &checkouts, true).await?;
+                Ok(format!(
+                    "#{} {}: was interrupted in merge; every upstream now has it: delivered",
+                    d.id, d.task
+                ))
+            }
+            Ok(Err(why)) => {
+                let summary = format!(
+                    "delivery failed in merge: interrupted, then {why}; every upstream was put back"
+                );
+                self.fail(d, &summary, "").await?;
+                Ok(format!("#{} {}: {summary}", d.id, d.task))
+            }
+            Err(e) => {
+                let summary = format!(
+                    "delivery failed in merge: cannot reconcile the upstreams after a restart: {e:#}"
+                );
+                self.fail(d, &summary, "").await?;
+                Ok(format!("#{} {}: {summary}", d.id, d.task))
+            }
+        }
+    }
+
+    /// Reads every upstream of a delivery interrupted in merge. When some have it and the
+    /// others are where the delivery found them, the merge is finished forward (every check
+    /// passed before it began); when that cannot be done, those that have it are put back.
+    /// `Ok(Err(why))` means none has it any more.
+    async fn reconcile_merge(
+        &self,
+        d: &DeliveryRow,
+    ) -> anyhow::Result<Result<Vec<Checkout>, String>> {
         let checkouts = self.checkouts_of(d.id).await?;
         let mut merged = Vec::new();
         let mut unmerged = Vec::new();
+        let mut moved = Vec::new();
         for c in &checkouts {
             self.ensure_checkout(c).await?;
             let git = self.bot_git(&c.dir);
-            let refname = format!("refs/heads/{}", c.repo.upstream);
-            let out = blocking(move || git.run(&["ls-remote", "origin", &refname])).await?;
-            let remote = out
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if remote == c.row.rebased_sha {
-                merged.push(c);
-            } else if remote == c.row.base_sha {
-                unmerged.push(c);
-            } else {
-                anyhow::bail!(
-                    "`{}` of `{}` moved to {remote} since the delivery started; neither {} nor {}",
+            let (upstream, rebased) = (c.repo.upstream.clone(), c.row.rebased_sha.clone());
+            let remote = blocking(move || -> anyhow::Result<(String, bool)> {
+                git.run(&["fetch", "--quiet", "origin", &upstream])?;
+                let remote = git.resolve("FETCH_HEAD")?.unwrap_or_default();
+                // Someone may already have built on top of what the delivery pushed.
+                let contains =
+                    remote == rebased || git.is_ancestor(&rebased, &remote).unwrap_or(false);
+                Ok((remote, contains))
+            })
+            .await?;
+            match remote {
+                (_, true) => merged.push(c),
+                (sha, false) if sha == c.row.base_sha => unmerged.push(c),
+                (sha, false) => moved.push(format!(
+                    "`{}` of `{}` moved to {} meanwhile",
                     c.repo.upstream,
                     c.row.repo,
-                    c.row.base_sha,
-                    c.row.rebased_sha
-                );
+                    crate::push::short(&sha)
+                )),
             }
         }
         for c in &merged {
@@ -1274,14 +1309,18 @@ impl Engine {
                 "merge",
                 "",
                 "reconcile",
-                &format!("{} merged, {} not", merged.len(), unmerged.len()),
+                &format!(
+                    "{} merged, {} not, {} moved",
+                    merged.len(),
+                    unmerged.len(),
+                    moved.len()
+                ),
             )
             .await?;
-        if unmerged.is_empty() {
-            return Ok(true);
+        if !moved.is_empty() {
+            self.undo_merges(d.id, &merged).await?;
+            return Ok(Err(moved.join(", ")));
         }
-        // Every check passed before the merge began: finish the merge forward; if that fails,
-        // put everything back.
         let mut done = merged.clone();
         for c in &unmerged {
             match self
@@ -1308,11 +1347,14 @@ impl Engine {
                         .journal(d.id, "merge", &c.row.repo, "push failed", &why)
                         .await?;
                     self.undo_merges(d.id, &done).await?;
-                    return Ok(false);
+                    return Ok(Err(format!(
+                        "the bot could not push `{}` of `{}`: {why}",
+                        c.repo.upstream, c.row.repo
+                    )));
                 }
             }
         }
-        Ok(true)
+        Ok(Ok(checkouts))
     }
 }
 

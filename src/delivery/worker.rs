@@ -123,35 +123,7 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                 engine.fail(&d, &summary, "").await?;
                 format!("#{} {}: {summary}", d.id, d.task)
             }
-            Some(Phase::Merge) => match engine.reconcile_merge(&d).await {
-                Ok(true) => {
-                    engine.store.finish(d.id, State::Delivered, "").await?;
-                    let note = format!(
-                        "delivered by lockstep (#{}), completed after a restart",
-                        d.id
-                    );
-                    let _ = engine
-                        .tracker
-                        .move_to(&d.task, &engine.config.tasks.delivered, &note)
-                        .await;
-                    format!(
-                        "#{} {}: was interrupted in merge; every upstream now has it: delivered",
-                        d.id, d.task
-                    )
-                }
-                Ok(false) => {
-                    let summary = "delivery failed in merge: interrupted, and the remaining pushes were refused; every upstream was put back";
-                    engine.fail(&d, summary, "").await?;
-                    format!("#{} {}: {summary}", d.id, d.task)
-                }
-                Err(e) => {
-                    let summary = format!(
-                        "delivery failed in merge: cannot reconcile after a restart: {e:#}"
-                    );
-                    engine.store.finish(d.id, State::Failed, &summary).await?;
-                    format!("#{} {}: {summary}", d.id, d.task)
-                }
-            },
+            Some(Phase::Merge) => engine.recover_merge(&d).await?,
             Some(Phase::Rollback) => {
                 engine
                     .store
