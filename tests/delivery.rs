@@ -285,6 +285,7 @@ fn step_timeout_kills_the_process_group_and_fails() {
 #[test]
 fn task_in_two_of_three_repos_leaves_the_third_alone() {
     let env = Env::new(&REPOS);
+    env.set_delivery("delete_branches", "true");
     ready(&env, "TASK-1", &["api", "db"], &[]);
     let before = env.masters();
 
@@ -296,6 +297,9 @@ fn task_in_two_of_three_repos_leaves_the_third_alone() {
     assert_ne!(after[2], before[2]);
     assert_eq!(env.deployed("web"), None);
     assert!(env.deployed("api").is_some() && env.deployed("db").is_some());
+    // `delete_branches`: the delivered branches are gone (through the hooks, as the bot).
+    assert_eq!(env.rev("api", "refs/heads/feature/TASK-1-work"), None);
+    assert_eq!(env.rev("db", "refs/heads/feature/TASK-1-work"), None);
     let show = env.show(1);
     let repos: Vec<&str> = show["repos"]
         .as_array()
