@@ -580,6 +580,40 @@ fn cancel_of_a_queued_delivery() {
 }
 
 #[test]
+fn cancel_of_a_running_delivery_stops_before_the_next_deploy() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    let before = env.masters();
+    env.hold("web", "deploy");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    env.wait_at_gate("web", "deploy");
+
+    let o = env.lockstep(&["cancel", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("#1: stops"), "{}", stdout(&o));
+    env.open_gate("web", "deploy");
+    let status = worker.wait().unwrap();
+    let (out, err) = env.spawned_output("worker");
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("#1 TASK-1: cancelled"), "{err}");
+    assert_eq!(env.state(1), "cancelled");
+    // The deploy under way finishes; no other starts; both are rolled back.
+    assert_eq!(env.rollbacks(), ["web 1", "api 1"]);
+    assert_eq!(env.deployed("db"), None);
+    let steps = env.show(1)["steps"].clone();
+    assert!(
+        !steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["repo"] == "db" && s["step"] == "deploy"),
+        "db was deployed after the cancel: {steps}"
+    );
+    assert_eq!(env.masters(), before);
+    assert_eq!(env.task("TASK-1").0, "In Progress");
+}
+
+#[test]
 fn rollback_runs_the_rollback_steps_and_moves_the_task_back() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1", &REPOS, &[]);

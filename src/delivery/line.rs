@@ -393,7 +393,13 @@ impl Engine {
                 return Ok(Err(f));
             }
             self.store.set_phase(d.id, phase.as_str()).await?;
-            for c in &checkouts {
+            for (i, c) in checkouts.iter().enumerate() {
+                // Deploys run one repository at a time: a cancel stops the next one too.
+                if i > 0
+                    && let Err(f) = self.checkpoint(d.id, phase).await
+                {
+                    return Ok(Err(f));
+                }
                 if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
                     // Recorded before the step runs: a deploy cut short is still rolled back.
                     self.store
