@@ -678,6 +678,35 @@ fn rollback_with_revert_pushes_a_revert_commit_on_every_upstream() {
 }
 
 #[test]
+fn rollback_then_revert_runs_each_rollback_once() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    let before = env.masters();
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = env.lockstep(&["rollback", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // Then the release manager decides the code goes too.
+    let o = env.lockstep(&["rollback", "1", "--revert"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(
+        env.rollbacks(),
+        ["db 1", "web 1", "api 1"],
+        "a rollback step ran twice"
+    );
+    let reverted = env.masters();
+    for (i, repo) in REPOS.iter().enumerate() {
+        assert_eq!(tree(&env, repo, &reverted[i]), tree(&env, repo, &before[i]));
+    }
+    // Once more changes nothing.
+    let o = env.lockstep(&["rollback", "1", "--revert"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("already"), "{}", stdout(&o));
+    assert_eq!(env.masters(), reverted);
+    assert_eq!(env.rollbacks().len(), 3);
+}
+
+#[test]
 fn merge_commit_mode_lands_a_merge_commit_and_reverts_it() {
     let env = Env::new(&REPOS);
     env.set_delivery("merge", "\"merge-commit\"");

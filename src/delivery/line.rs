@@ -1068,20 +1068,33 @@ impl Engine {
     /// `lockstep rollback`: runs the rollback steps of a finished delivery, moves its task
     /// back and, with `revert`, pushes revert commits of what it merged.
     pub async fn rollback_finished(&self, d: &DeliveryRow, revert: bool) -> anyhow::Result<()> {
-        for row in self.store.repos(d.id).await? {
-            // A delivery that landed deployed every repository that has a deploy step.
-            let has_deploy = self
-                .config
-                .repo(&row.repo)
-                .is_some_and(|r| r.steps.deploy.is_some());
-            if d.state == State::Delivered && has_deploy {
-                self.store
-                    .set_repo_flag(d.id, &row.repo, RepoFlag::Deployed, true)
-                    .await?;
-                self.store
-                    .set_repo_flag(d.id, &row.repo, RepoFlag::RolledBack, false)
-                    .await?;
-            }
+        // Each repository is rolled back, and reverted, once: `rollback` then `rollback
+        // --revert` must not run a rollback step twice (a second one may well go back one
+        // version too many).
+        let reverted_before: std::collections::BTreeSet<String> = self
+            .store
+            .journal_of(d.id)
+            .await?
+            .into_iter()
+            .filter(|j| j.phase == "rollback" && j.event == "reverted")
+            .map(|j| j.repo)
+            .collect();
+        let rows = self.store.repos(d.id).await?;
+        let to_roll_back = rows.iter().filter(|r| r.deployed && !r.rolled_back).count();
+        let to_revert = rows
+            .iter()
+            .filter(|r| r.merged && !reverted_before.contains(&r.repo))
+            .count();
+        if to_roll_back == 0 && (!revert || to_revert == 0) {
+            let what = if revert && !reverted_before.is_empty() {
+                "already rolled back and reverted"
+            } else if revert {
+                "already rolled back, and nothing was merged to revert"
+            } else {
+                "already rolled back"
+            };
+            self.say(&format!("#{} {}: {what}; nothing to do", d.id, d.task));
+            return Ok(());
         }
         self.store
             .journal(
@@ -1099,7 +1112,7 @@ impl Engine {
                 .checkouts_of(d.id)
                 .await?
                 .iter()
-                .filter(|c| c.row.merged)
+                .filter(|c| c.row.merged && !reverted_before.contains(&c.row.repo))
             {
                 self.ensure_checkout(c).await?;
                 let git = self.bot_git(&c.dir);
