@@ -146,6 +146,37 @@ fn crash_during_test_resumes_and_delivers_once() {
 }
 
 #[test]
+fn crash_during_test_with_the_checkouts_gone_starts_over() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1");
+    env.hold("db", "test");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    env.wait_at_gate("db", "test");
+    kill(&mut worker);
+    env.unhold("db", "test");
+    // The machine restarted and its scratch space was wiped: nothing to resume from.
+    std::fs::remove_dir_all(env.state_dir().join("work")).unwrap();
+    // Upstream moved meanwhile: what gets deployed is not what was built before the crash.
+    env.advance_master("web", "urgent.txt", "urgent\n");
+
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(assert_all_or_nothing(&env, "TASK-1"));
+    assert!(has_file(&env, "web", "urgent.txt"));
+    // Rebased again, so built again: nothing is deployed that was not built and tested.
+    for repo in REPOS {
+        assert_eq!(step_runs(&env, 1, repo, "build"), 2, "{repo}");
+        let built =
+            std::fs::read_to_string(env.root().join("out").join(format!("{repo}.build"))).unwrap();
+        assert_eq!(
+            built.trim(),
+            env.master(repo),
+            "{repo}: deployed what was not built"
+        );
+    }
+}
+
+#[test]
 fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1");

@@ -357,25 +357,38 @@ impl Engine {
         d: &DeliveryRow,
         resume: Option<Phase>,
     ) -> anyhow::Result<Result<Vec<Checkout>, Failure>> {
-        let checkouts = match resume {
+        // Resume only with the checkouts as they were built; otherwise rebase again, which
+        // may give other commits, and so build them again too.
+        let resumed = match resume {
             Some(phase) => match self.resume_checkouts(d).await? {
                 Some(c) => {
                     self.store
                         .journal(d.id, phase.as_str(), "", "resumed", "checkouts intact")
                         .await?;
-                    c
+                    Some((phase, c))
                 }
-                None => match self.rebase(d).await? {
-                    Ok(c) => c,
-                    Err(f) => return Ok(Err(f)),
-                },
+                None => {
+                    self.store
+                        .journal(
+                            d.id,
+                            phase.as_str(),
+                            "",
+                            "not resumed",
+                            "the checkouts are gone or changed; starting over",
+                        )
+                        .await?;
+                    None
+                }
             },
+            None => None,
+        };
+        let (start, checkouts) = match resumed {
+            Some(r) => r,
             None => match self.rebase(d).await? {
-                Ok(c) => c,
+                Ok(c) => (Phase::Build, c),
                 Err(f) => return Ok(Err(f)),
             },
         };
-        let start = resume.unwrap_or(Phase::Build);
         for phase in [Phase::Build, Phase::Test] {
             if phase < start {
                 continue;
