@@ -383,7 +383,10 @@ pub fn rollback(path: &Path, id: i64, revert: bool) -> anyhow::Result<i32> {
                 d.state.as_str()
             );
         }
-        engine.rollback_finished(&d, revert).await?;
+        if let Err(e) = engine.rollback_finished(&d, revert).await {
+            eprintln!("lockstep: #{id} {}: {e:#}", d.task);
+            return Ok(FAILED);
+        }
         Ok(0)
     })
 }

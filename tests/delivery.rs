@@ -187,6 +187,45 @@ fn failing_verify_rolls_back_what_was_deployed_in_reverse_order() {
 }
 
 #[test]
+fn a_failed_rollback_is_reported_and_can_be_run_again() {
+    let env = Env::new(&REPOS);
+    ready(
+        &env,
+        "TASK-1",
+        &REPOS,
+        &[("web", "FAIL-VERIFY", "500 on /login")],
+    );
+    env.fail_step("api", "rollback", true);
+
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the rollback of `api` failed: it is still deployed"),
+        "{err}"
+    );
+    assert_eq!(env.rollbacks(), ["db 1", "web 1"]);
+    assert!(env.deployed("api").is_some());
+    let note = env.task("TASK-1").1.pop().unwrap();
+    assert!(note.contains("the rollback of `api` failed"), "{note}");
+
+    // Still failing: `lockstep rollback` says so.
+    let o = env.lockstep(&["rollback", "1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("the rollback of `api` failed"),
+        "{}",
+        stderr(&o)
+    );
+    // Fixed: only what is left is rolled back.
+    env.fail_step("api", "rollback", false);
+    let o = env.lockstep(&["rollback", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(env.rollbacks(), ["db 1", "web 1", "api 1"]);
+    assert_eq!(env.deployed("api"), None);
+}
+
+#[test]
 fn rebase_conflict_names_the_conflicting_files() {
     let env = Env::new(&REPOS);
     ready(

@@ -247,7 +247,13 @@ impl Engine {
         log_tail: &str,
     ) -> anyhow::Result<State> {
         self.store.mark_failing(d.id, summary).await?;
-        self.rollback_deployed(d.id, &d.task).await;
+        let failed = self.rollback_deployed(d.id, &d.task).await;
+        let summary = if failed.is_empty() {
+            summary.to_string()
+        } else {
+            format!("{summary}; {}", Self::rollback_failure(d.id, &failed))
+        };
+        let summary = summary.as_str();
         let cancelled = self.store.cancel_requested(d.id).await.unwrap_or(false);
         let state = if cancelled {
             State::Cancelled
@@ -1009,7 +1015,9 @@ impl Engine {
     }
 
     /// Rolls back every deployed repository of a delivery, last deployed first.
-    pub async fn rollback_deployed(&self, id: i64, task: &str) {
+    ///
+    /// Returns the repositories whose rollback failed (they are still deployed).
+    pub async fn rollback_deployed(&self, id: i64, task: &str) -> Vec<String> {
         let rows = match self.store.repos(id).await {
             Ok(r) => r,
             Err(e) => {
@@ -1017,12 +1025,13 @@ impl Engine {
                     delivery = id,
                     "cannot read the delivery's repositories: {e:#}"
                 );
-                return;
+                return vec!["(unknown)".into()];
             }
         };
         let Ok(Some(d)) = self.store.delivery(id).await else {
-            return;
+            return vec!["(unknown)".into()];
         };
+        let mut failed = Vec::new();
         for row in rows.iter().rev().filter(|r| r.deployed && !r.rolled_back) {
             let Some(repo) = self.config.repo(&row.repo) else {
                 continue;
@@ -1061,6 +1070,7 @@ impl Engine {
                         .store
                         .journal(id, "rollback", &row.repo, "rollback failed", &why)
                         .await;
+                    failed.push(row.repo.clone());
                 }
                 Err(e) => {
                     let _ = self
@@ -1073,9 +1083,25 @@ impl Engine {
                             &format!("{e:#}"),
                         )
                         .await;
+                    failed.push(row.repo.clone());
                 }
             }
         }
+        failed
+    }
+
+    /// A sentence naming the repositories whose rollback failed, and where to look.
+    fn rollback_failure(id: i64, failed: &[String]) -> String {
+        let names: Vec<String> = failed.iter().map(|r| format!("`{r}`")).collect();
+        let (verb, pronoun) = if failed.len() == 1 {
+            ("is", "it")
+        } else {
+            ("are", "they")
+        };
+        format!(
+            "the rollback of {} failed: {pronoun} {verb} still deployed; see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
+            names.join(", ")
+        )
     }
 
     /// `lockstep rollback`: runs the rollback steps of a finished delivery, moves its task
@@ -1118,7 +1144,7 @@ impl Engine {
                 if revert { "with revert" } else { "" },
             )
             .await?;
-        self.rollback_deployed(d.id, &d.task).await;
+        let failed = self.rollback_deployed(d.id, &d.task).await;
         let mut reverted = Vec::new();
         if revert {
             for c in self
@@ -1186,8 +1212,14 @@ impl Engine {
         if !reverted.is_empty() {
             note.push_str(&format!("; reverted: {}", reverted.join(", ")));
         }
+        if !failed.is_empty() {
+            note.push_str(&format!("; {}", Self::rollback_failure(d.id, &failed)));
+        }
         self.say(&format!("#{} {}: {note}", d.id, d.task));
         self.move_task(d, &self.config.tasks.returned, &note).await;
+        if !failed.is_empty() {
+            anyhow::bail!("{}", Self::rollback_failure(d.id, &failed));
+        }
         Ok(())
     }
 

@@ -13,13 +13,15 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lockstep"))
 }
 
-/// Wraps a step so that a test can hold it: when `$SANDBOX/gates/<repo>.<step>.hold` exists,
+/// Wraps a step so that a test can make it fail (`$SANDBOX/gates/<repo>.<step>.fail`) or hold
+/// it: when `$SANDBOX/gates/<repo>.<step>.hold` exists,
 /// the step announces itself in `<repo>.<step>.waiting` (its pid) and waits for
 /// `<repo>.<step>.open` before running the real step. It gives up when the sandbox is gone, so
 /// a step orphaned by a killed worker cannot outlive its test.
 const GATE: &str = r#"#!/bin/sh
 g="$SANDBOX/gates/$LOCKSTEP_REPO.$1"
 shift
+if [ -e "$g.fail" ]; then echo "failing on purpose"; exit 1; fi
 if [ -e "$g.hold" ]; then
   echo $$ > "$g.waiting.tmp" && mv "$g.waiting.tmp" "$g.waiting"
   while [ ! -e "$g.open" ]; do
@@ -324,6 +326,16 @@ impl Env {
             .root
             .join("gates")
             .join(format!("{repo}.{step}.{what}"))
+    }
+
+    /// Makes `step` of `repo` fail, or succeed again.
+    pub fn fail_step(&self, repo: &str, step: &str, fail: bool) {
+        let path = self.gate(repo, step, "fail");
+        if fail {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Makes `step` of `repo` wait until `open_gate`.
