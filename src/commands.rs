@@ -133,13 +133,20 @@ pub fn work(path: &Path) -> anyhow::Result<i32> {
     let config = load(path)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
-            println!("another worker holds the queue; nothing to do");
-            return Ok(0);
-        };
-        worker::recover(&engine).await?;
-        worker::work(&engine, |_, _| false).await?;
-        Ok(0)
+        loop {
+            let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+                println!("another worker holds the queue; nothing to do");
+                return Ok(0);
+            };
+            worker::recover(&engine).await?;
+            worker::work(&engine, |_, _| false).await?;
+            drop(lock);
+            // A delivery queued after the queue was found empty, but before the lock was let
+            // go, has a worker started for it that found the lock taken: look once more.
+            if engine.store.queued().await?.is_empty() {
+                return Ok(0);
+            }
+        }
     })
 }
 
