@@ -135,13 +135,20 @@ pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
-            println!("another worker holds the queue; nothing to do");
-            return Ok(0);
-        };
-        worker::recover(&engine).await?;
-        worker::work(&engine, |_, _| false).await?;
-        Ok(0)
+        loop {
+            let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+                println!("another worker holds the queue; nothing to do");
+                return Ok(0);
+            };
+            worker::recover(&engine).await?;
+            worker::work(&engine, |_, _| false).await?;
+            drop(lock);
+            // A delivery queued after the queue was found empty, but before the lock was let
+            // go, has a worker started for it that found the lock taken: look once more.
+            if engine.store.queued().await?.is_empty() {
+                return Ok(0);
+            }
+        }
     })
 }
 
@@ -314,10 +321,46 @@ pub fn logs(at: &ConfigAt, id: i64, repo: Option<&str>, step: Option<&str>) -> a
 /// `lockstep cancel ID`.
 pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(at).await?;
+        let (config, store) = store_of(at).await?;
         match store.cancel(id).await? {
             None => anyhow::bail!("no delivery #{id}; see `lockstep queue`"),
-            Some(State::Queued) => println!("#{id}: cancelled"),
+            Some(State::Queued) => {
+                println!("#{id}: cancelled");
+                // Back to the team, as when a running delivery is stopped: left For Delivery,
+                // the tracker would ask for it again.
+                let d = store
+                    .delivery(id)
+                    .await?
+                    .context("the delivery vanished from the store")?;
+                let who = whoami();
+                let by = if who.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by `{who}`")
+                };
+                let note = format!("delivery cancelled{by} before it started (lockstep #{id})");
+                let returned = &config.tasks.returned;
+                match crate::tracker::open(&config)?
+                    .move_to(&d.task, returned, &note)
+                    .await
+                {
+                    Ok(()) => {
+                        store
+                            .journal(id, "report", "", "task moved", returned)
+                            .await?;
+                        println!("#{id} {}: moved back to {returned}", d.task);
+                    }
+                    Err(e) => {
+                        store
+                            .journal(id, "report", "", "task not moved", &e.to_string())
+                            .await?;
+                        eprintln!(
+                            "lockstep: #{id}: could not move `{}` back to {returned}: {e}",
+                            d.task
+                        );
+                    }
+                }
+            }
             Some(State::Running) => {
                 println!("#{id}: stops at its next step; what it deployed is rolled back")
             }
@@ -349,7 +392,10 @@ pub fn rollback(at: &ConfigAt, id: i64, revert: bool) -> anyhow::Result<i32> {
                 d.state.as_str()
             );
         }
-        engine.rollback_finished(&d, revert).await?;
+        if let Err(e) = engine.rollback_finished(&d, revert).await {
+            eprintln!("lockstep: #{id} {}: {e:#}", d.task);
+            return Ok(FAILED);
+        }
         Ok(0)
     })
 }

@@ -91,7 +91,13 @@ CREATE TABLE tracker_seen (
     seen_at  BIGINT NOT NULL
 );
 "#,
+    r#"
+ALTER TABLE steps ADD COLUMN pid BIGINT;
+"#,
 ];
+
+/// The error recorded for a delivery cancelled while it was queued.
+pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 
 /// Where a delivery is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -185,6 +191,8 @@ pub struct StepRow {
     pub exit_code: Option<i64>,
     pub outcome: String,
     pub log_path: String,
+    /// The step's process (and process group) id while it runs.
+    pub pid: Option<i64>,
 }
 
 /// Milliseconds since the epoch.
@@ -259,9 +267,28 @@ const DELIVERY_COLUMNS: &str = "id, task, state, phase, priority, source, reques
 
 impl Store {
     /// Opens (creating if needed) the store in `state_dir` and brings its schema up to date.
+    ///
+    /// Several lockstep processes may open the store at once (two `lockstep deliver`, a hook
+    /// and a worker). Switching a new database to WAL and migrating it take locks SQLite does
+    /// not wait for, so opening is serialized by a lock file next to the database.
     pub async fn open(state_dir: &Path) -> anyhow::Result<Store> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create the state folder `{}`", state_dir.display()))?;
+        let lock_path = state_dir.join("lockstep.db.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open `{}`", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock `{}`", lock_path.display()))?;
+        let store = Store::connect(state_dir).await;
+        drop(lock);
+        store
+    }
+
+    async fn connect(state_dir: &Path) -> anyhow::Result<Store> {
         let path = state_dir.join("lockstep.db");
         let options = SqliteConnectOptions::new()
             .filename(&path)
@@ -288,7 +315,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             .execute(&mut *tx)
             .await?;
@@ -433,7 +460,7 @@ impl Store {
 
     /// Records a phase transition (before the phase acts).
     pub async fn set_phase(&self, id: i64, phase: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
             .bind(id)
             .bind(phase)
@@ -445,6 +472,27 @@ impl Store {
         .bind(id)
         .bind(now_ms())
         .bind(phase)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records why a delivery failed and that it is rolling back (it stays running until the
+    /// rollback is done).
+    pub async fn mark_failing(&self, id: i64, error: &str) -> anyhow::Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE deliveries SET phase = 'rollback', error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(error)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'rollback', 'phase', $3)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(error)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -494,7 +542,7 @@ impl Store {
 
     /// Ends a delivery.
     pub async fn finish(&self, id: i64, state: State, error: &str) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
             .bind(id)
             .bind(state.as_str())
@@ -527,25 +575,52 @@ impl Store {
     /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
     /// next checkpoint. Returns the state it was in.
     pub async fn cancel(&self, id: i64) -> anyhow::Result<Option<State>> {
-        let Some(d) = self.delivery(id).await? else {
+        // One transaction: a worker claiming the delivery meanwhile must not run a delivery
+        // that was just marked cancelled.
+        let mut tx = self.write_tx().await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT state, phase FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((state, phase)) = row else {
             return Ok(None);
         };
-        match d.state {
+        let state: State = state.parse()?;
+        let (journal_phase, event, detail) = match state {
             State::Queued => {
-                self.finish(id, State::Cancelled, "cancelled before it started")
-                    .await?
+                sqlx::query(
+                    "UPDATE deliveries SET state = 'cancelled', error = $2, finished_at = $3 \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(CANCELLED_BEFORE_START)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+                ("done", "cancelled", CANCELLED_BEFORE_START)
             }
             State::Running => {
                 sqlx::query("UPDATE deliveries SET cancel = 1 WHERE id = $1")
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
-                self.journal(id, &d.phase, "", "cancel requested", "")
-                    .await?;
+                (phase.as_str(), "cancel requested", "")
             }
-            _ => {}
-        }
-        Ok(Some(d.state))
+            _ => return Ok(Some(state)),
+        };
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(journal_phase)
+        .bind(event)
+        .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(state))
     }
 
     pub async fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
@@ -558,7 +633,7 @@ impl Store {
 
     /// Replaces the repositories of a delivery (the rebase phase finds them).
     pub async fn set_repos(&self, id: i64, repos: &[RepoRow]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -638,6 +713,17 @@ impl Store {
         Ok(step_id)
     }
 
+    /// Records the process of a running step, so that a worker taking over after a crash can
+    /// stop what the dead one left running.
+    pub async fn step_pid(&self, step_id: i64, pid: i32) -> anyhow::Result<()> {
+        sqlx::query("UPDATE steps SET pid = $2 WHERE id = $1")
+            .bind(step_id)
+            .bind(i64::from(pid))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn step_finished(
         &self,
         step_id: i64,
@@ -658,8 +744,8 @@ impl Store {
 
     pub async fn steps(&self, id: i64) -> anyhow::Result<Vec<StepRow>> {
         let rows = sqlx::query(
-            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path FROM steps \
-             WHERE delivery_id = $1 ORDER BY id",
+            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
+             FROM steps WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -675,6 +761,7 @@ impl Store {
                     exit_code: r.try_get("exit_code")?,
                     outcome: r.try_get("outcome")?,
                     log_path: r.try_get("log_path")?,
+                    pid: r.try_get("pid")?,
                 })
             })
             .collect()

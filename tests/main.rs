@@ -5,6 +5,8 @@
 mod util;
 
 mod bad_input;
+mod crash;
+mod delivery;
 mod help;
 mod hooks;
 mod install;

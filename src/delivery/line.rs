@@ -26,16 +26,19 @@ pub enum Phase {
     Deploy,
     Verify,
     Merge,
+    /// The delivery failed and what it deployed is being rolled back.
+    Rollback,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Rebase,
         Phase::Build,
         Phase::Test,
         Phase::Deploy,
         Phase::Verify,
         Phase::Merge,
+        Phase::Rollback,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Phase {
             Phase::Deploy => "deploy",
             Phase::Verify => "verify",
             Phase::Merge => "merge",
+            Phase::Rollback => "rollback",
         }
     }
 
@@ -59,7 +63,7 @@ impl Phase {
             Phase::Test => repo.steps.test.as_ref(),
             Phase::Deploy => repo.steps.deploy.as_ref(),
             Phase::Verify => repo.steps.verify.as_ref(),
-            Phase::Rebase | Phase::Merge => None,
+            Phase::Rebase | Phase::Merge | Phase::Rollback => None,
         }
     }
 }
@@ -180,25 +184,7 @@ impl Engine {
         };
         match result {
             Ok(checkouts) => {
-                self.store.finish(d.id, State::Delivered, "").await?;
-                let landed: Vec<String> = checkouts
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{} {} → {}",
-                            c.row.repo,
-                            crate::push::short(&c.row.rebased_sha),
-                            c.repo.upstream
-                        )
-                    })
-                    .collect();
-                let note = format!("delivered by lockstep (#{}): {}", d.id, landed.join(", "));
-                self.say(&format!("#{} {}: {note}", d.id, d.task));
-                self.move_task(d, &self.config.tasks.delivered, &note).await;
-                if self.config.delivery.delete_branches {
-                    self.delete_branches(d.id, &checkouts).await;
-                }
-                let _ = std::fs::remove_dir_all(self.work_dir(d.id));
+                self.land(d, &checkouts, false).await?;
                 Ok(State::Delivered)
             }
             Err(failure) => {
@@ -212,26 +198,124 @@ impl Engine {
                     )
                     .await?;
                 self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
-                self.rollback_deployed(d.id, &d.task).await;
-                let cancelled = self.store.cancel_requested(d.id).await.unwrap_or(false);
-                let state = if cancelled {
-                    State::Cancelled
-                } else {
-                    State::Failed
-                };
-                self.store.finish(d.id, state, &failure.summary()).await?;
-                let mut note = format!(
-                    "{} (lockstep #{}); nothing was merged",
-                    failure.summary(),
-                    d.id
-                );
-                if !failure.log_tail.is_empty() {
-                    note.push_str(&format!("\n\nlast lines of the log:\n{}", failure.log_tail));
-                }
-                self.move_task(d, &self.config.tasks.returned, &note).await;
-                Ok(state)
+                self.fail(d, &failure.summary(), &failure.log_tail).await
             }
         }
+    }
+
+    /// Records a delivery whose every upstream advanced, and moves its task on.
+    async fn land(
+        &self,
+        d: &DeliveryRow,
+        checkouts: &[Checkout],
+        after_restart: bool,
+    ) -> anyhow::Result<()> {
+        self.store.finish(d.id, State::Delivered, "").await?;
+        let landed: Vec<String> = checkouts
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} → {}",
+                    c.row.repo,
+                    crate::push::short(&c.row.rebased_sha),
+                    c.repo.upstream
+                )
+            })
+            .collect();
+        let mut note = format!("delivered by lockstep (#{}): {}", d.id, landed.join(", "));
+        if after_restart {
+            note.push_str(" (completed after a restart)");
+        }
+        self.say(&format!("#{} {}: {note}", d.id, d.task));
+        self.move_task(d, &self.config.tasks.delivered, &note).await;
+        if self.config.delivery.delete_branches {
+            self.delete_branches(d.id, checkouts).await;
+        }
+        let _ = std::fs::remove_dir_all(self.work_dir(d.id));
+        Ok(())
+    }
+
+    /// Ends a delivery that cannot land: rolls back what it deployed, records it failed (or
+    /// cancelled) and moves its task back.
+    ///
+    /// The delivery enters the `rollback` phase first, so a worker killed while rolling back
+    /// leaves a delivery that recovery finishes rolling back: never one it would merge.
+    pub async fn fail(
+        &self,
+        d: &DeliveryRow,
+        summary: &str,
+        log_tail: &str,
+    ) -> anyhow::Result<State> {
+        self.store.mark_failing(d.id, summary).await?;
+        let failed = self.rollback_deployed(d.id, &d.task).await;
+        let summary = if failed.is_empty() {
+            summary.to_string()
+        } else {
+            format!("{summary}; {}", Self::rollback_failure(d.id, &failed))
+        };
+        let summary = summary.as_str();
+        let cancelled = self.store.cancel_requested(d.id).await.unwrap_or(false);
+        let state = if cancelled {
+            State::Cancelled
+        } else {
+            State::Failed
+        };
+        self.store.finish(d.id, state, summary).await?;
+        let left: Vec<String> = self
+            .store
+            .repos(d.id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.merged)
+            .map(|r| format!("`{}`", r.repo))
+            .collect();
+        let mut note = if left.is_empty() {
+            format!("{summary} (lockstep #{}); nothing was merged", d.id)
+        } else {
+            format!(
+                "{summary} (lockstep #{}); {} still merged: put it back by hand",
+                d.id,
+                left.join(", ")
+            )
+        };
+        if !log_tail.is_empty() {
+            note.push_str(&format!("\n\nlast lines of the log:\n{log_tail}"));
+        }
+        self.move_task(d, &self.config.tasks.returned, &note).await;
+        Ok(state)
+    }
+
+    /// Stops the steps a killed worker left running for a delivery (they run in process
+    /// groups of their own, which outlive the worker), so that nothing deploys behind the back
+    /// of the recovery. Returns how many were stopped.
+    pub async fn stop_leftover_steps(&self, id: i64) -> anyhow::Result<usize> {
+        let mut stopped = 0;
+        for step in self.store.steps(id).await? {
+            if step.outcome != "running" {
+                continue;
+            }
+            let marker = format!("LOCKSTEP_DELIVERY={id}");
+            let killed = match step.pid.and_then(|p| i32::try_from(p).ok()) {
+                Some(pid) => {
+                    steps::kill_leftover(pid, &marker, std::time::Duration::from_secs(5)).await
+                }
+                None => false,
+            };
+            self.store
+                .step_finished(step.id, None, "interrupted")
+                .await?;
+            let detail = if killed {
+                "the worker stopped; what it left running was killed"
+            } else {
+                "the worker stopped"
+            };
+            self.store
+                .journal(id, &step.step, &step.repo, "step interrupted", detail)
+                .await?;
+            stopped += usize::from(killed);
+        }
+        Ok(stopped)
     }
 
     async fn current_phase(&self, id: i64) -> String {
@@ -279,25 +363,38 @@ impl Engine {
         d: &DeliveryRow,
         resume: Option<Phase>,
     ) -> anyhow::Result<Result<Vec<Checkout>, Failure>> {
-        let checkouts = match resume {
+        // Resume only with the checkouts as they were built; otherwise rebase again, which
+        // may give other commits, and so build them again too.
+        let resumed = match resume {
             Some(phase) => match self.resume_checkouts(d).await? {
                 Some(c) => {
                     self.store
                         .journal(d.id, phase.as_str(), "", "resumed", "checkouts intact")
                         .await?;
-                    c
+                    Some((phase, c))
                 }
-                None => match self.rebase(d).await? {
-                    Ok(c) => c,
-                    Err(f) => return Ok(Err(f)),
-                },
+                None => {
+                    self.store
+                        .journal(
+                            d.id,
+                            phase.as_str(),
+                            "",
+                            "not resumed",
+                            "the checkouts are gone or changed; starting over",
+                        )
+                        .await?;
+                    None
+                }
             },
+            None => None,
+        };
+        let (start, checkouts) = match resumed {
+            Some(r) => r,
             None => match self.rebase(d).await? {
-                Ok(c) => c,
+                Ok(c) => (Phase::Build, c),
                 Err(f) => return Ok(Err(f)),
             },
         };
-        let start = resume.unwrap_or(Phase::Build);
         for phase in [Phase::Build, Phase::Test] {
             if phase < start {
                 continue;
@@ -315,7 +412,13 @@ impl Engine {
                 return Ok(Err(f));
             }
             self.store.set_phase(d.id, phase.as_str()).await?;
-            for c in &checkouts {
+            for (i, c) in checkouts.iter().enumerate() {
+                // Deploys run one repository at a time: a cancel stops the next one too.
+                if i > 0
+                    && let Err(f) = self.checkpoint(d.id, phase).await
+                {
+                    return Ok(Err(f));
+                }
                 if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
                     // Recorded before the step runs: a deploy cut short is still rolled back.
                     self.store
@@ -330,10 +433,12 @@ impl Engine {
         if let Err(f) = self.checkpoint(d.id, Phase::Merge).await {
             return Ok(Err(f));
         }
-        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
+        // Checked before the merge phase is recorded: recovery finishes a merge forward, and
+        // must never do so for one the policies refused.
         if let Err(f) = self.merge_policies(d).await? {
             return Ok(Err(f));
         }
+        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
         match self.merge(d, &checkouts).await? {
             Ok(()) => Ok(Ok(checkouts)),
             Err(f) => Ok(Err(f)),
@@ -657,7 +762,15 @@ impl Engine {
             .step_started(d.id, &c.row.repo, step, &log.to_string_lossy())
             .await?;
         let started = std::time::Instant::now();
-        let outcome = steps::run(&spec).await?;
+        let outcome = match steps::start(&spec)? {
+            Ok(running) => {
+                if let Some(pid) = running.pid() {
+                    self.store.step_pid(step_id, pid).await?;
+                }
+                running.wait().await?
+            }
+            Err(outcome) => outcome,
+        };
         self.store
             .step_finished(step_id, outcome.exit_code(), outcome.label())
             .await?;
@@ -904,7 +1017,9 @@ impl Engine {
     }
 
     /// Rolls back every deployed repository of a delivery, last deployed first.
-    pub async fn rollback_deployed(&self, id: i64, task: &str) {
+    ///
+    /// Returns the repositories whose rollback failed (they are still deployed).
+    pub async fn rollback_deployed(&self, id: i64, task: &str) -> Vec<String> {
         let rows = match self.store.repos(id).await {
             Ok(r) => r,
             Err(e) => {
@@ -912,12 +1027,13 @@ impl Engine {
                     delivery = id,
                     "cannot read the delivery's repositories: {e:#}"
                 );
-                return;
+                return vec!["(unknown)".into()];
             }
         };
         let Ok(Some(d)) = self.store.delivery(id).await else {
-            return;
+            return vec!["(unknown)".into()];
         };
+        let mut failed = Vec::new();
         for row in rows.iter().rev().filter(|r| r.deployed && !r.rolled_back) {
             let Some(repo) = self.config.repo(&row.repo) else {
                 continue;
@@ -956,6 +1072,7 @@ impl Engine {
                         .store
                         .journal(id, "rollback", &row.repo, "rollback failed", &why)
                         .await;
+                    failed.push(row.repo.clone());
                 }
                 Err(e) => {
                     let _ = self
@@ -968,28 +1085,57 @@ impl Engine {
                             &format!("{e:#}"),
                         )
                         .await;
+                    failed.push(row.repo.clone());
                 }
             }
         }
+        failed
+    }
+
+    /// A sentence naming the repositories whose rollback failed, and where to look.
+    fn rollback_failure(id: i64, failed: &[String]) -> String {
+        let names: Vec<String> = failed.iter().map(|r| format!("`{r}`")).collect();
+        let (verb, pronoun) = if failed.len() == 1 {
+            ("is", "it")
+        } else {
+            ("are", "they")
+        };
+        format!(
+            "the rollback of {} failed: {pronoun} {verb} still deployed; see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
+            names.join(", ")
+        )
     }
 
     /// `lockstep rollback`: runs the rollback steps of a finished delivery, moves its task
     /// back and, with `revert`, pushes revert commits of what it merged.
     pub async fn rollback_finished(&self, d: &DeliveryRow, revert: bool) -> anyhow::Result<()> {
-        for row in self.store.repos(d.id).await? {
-            // A delivery that landed deployed every repository that has a deploy step.
-            let has_deploy = self
-                .config
-                .repo(&row.repo)
-                .is_some_and(|r| r.steps.deploy.is_some());
-            if d.state == State::Delivered && has_deploy {
-                self.store
-                    .set_repo_flag(d.id, &row.repo, RepoFlag::Deployed, true)
-                    .await?;
-                self.store
-                    .set_repo_flag(d.id, &row.repo, RepoFlag::RolledBack, false)
-                    .await?;
-            }
+        // Each repository is rolled back, and reverted, once: `rollback` then `rollback
+        // --revert` must not run a rollback step twice (a second one may well go back one
+        // version too many).
+        let reverted_before: std::collections::BTreeSet<String> = self
+            .store
+            .journal_of(d.id)
+            .await?
+            .into_iter()
+            .filter(|j| j.phase == "rollback" && j.event == "reverted")
+            .map(|j| j.repo)
+            .collect();
+        let rows = self.store.repos(d.id).await?;
+        let to_roll_back = rows.iter().filter(|r| r.deployed && !r.rolled_back).count();
+        let to_revert = rows
+            .iter()
+            .filter(|r| r.merged && !reverted_before.contains(&r.repo))
+            .count();
+        if to_roll_back == 0 && (!revert || to_revert == 0) {
+            let what = if revert && !reverted_before.is_empty() {
+                "already rolled back and reverted"
+            } else if revert {
+                "already rolled back, and nothing was merged to revert"
+            } else {
+                "already rolled back"
+            };
+            self.say(&format!("#{} {}: {what}; nothing to do", d.id, d.task));
+            return Ok(());
         }
         self.store
             .journal(
@@ -1000,14 +1146,14 @@ impl Engine {
                 if revert { "with revert" } else { "" },
             )
             .await?;
-        self.rollback_deployed(d.id, &d.task).await;
+        let failed = self.rollback_deployed(d.id, &d.task).await;
         let mut reverted = Vec::new();
         if revert {
             for c in self
                 .checkouts_of(d.id)
                 .await?
                 .iter()
-                .filter(|c| c.row.merged)
+                .filter(|c| c.row.merged && !reverted_before.contains(&c.row.repo))
             {
                 self.ensure_checkout(c).await?;
                 let git = self.bot_git(&c.dir);
@@ -1068,8 +1214,14 @@ impl Engine {
         if !reverted.is_empty() {
             note.push_str(&format!("; reverted: {}", reverted.join(", ")));
         }
+        if !failed.is_empty() {
+            note.push_str(&format!("; {}", Self::rollback_failure(d.id, &failed)));
+        }
         self.say(&format!("#{} {}: {note}", d.id, d.task));
         self.move_task(d, &self.config.tasks.returned, &note).await;
+        if !failed.is_empty() {
+            anyhow::bail!("{}", Self::rollback_failure(d.id, &failed));
+        }
         Ok(())
     }
 
@@ -1148,33 +1300,68 @@ impl Engine {
     }
 
     /// After a crash in the merge phase: reads every upstream and makes them all-merged or
-    /// none-merged. Returns true when the delivery is complete.
-    pub async fn reconcile_merge(&self, d: &DeliveryRow) -> anyhow::Result<bool> {
+    /// none-merged, then records the delivery as landed or failed. Returns what happened, for
+    /// the operator.
+    pub async fn recover_merge(&self, d: &DeliveryRow) -> anyhow::Result<String> {
+        match self.reconcile_merge(d).await {
+            Ok(Ok(checkouts)) => {
+                self.land(d, &checkouts, true).await?;
+                Ok(format!(
+                    "#{} {}: was interrupted in merge; every upstream now has it: delivered",
+                    d.id, d.task
+                ))
+            }
+            Ok(Err(why)) => {
+                let summary = format!(
+                    "delivery failed in merge: interrupted, then {why}; every upstream was put back"
+                );
+                self.fail(d, &summary, "").await?;
+                Ok(format!("#{} {}: {summary}", d.id, d.task))
+            }
+            Err(e) => {
+                let summary = format!(
+                    "delivery failed in merge: cannot reconcile the upstreams after a restart: {e:#}"
+                );
+                self.fail(d, &summary, "").await?;
+                Ok(format!("#{} {}: {summary}", d.id, d.task))
+            }
+        }
+    }
+
+    /// Reads every upstream of a delivery interrupted in merge. When some have it and the
+    /// others are where the delivery found them, the merge is finished forward (every check
+    /// passed before it began); when that cannot be done, those that have it are put back.
+    /// `Ok(Err(why))` means none has it any more.
+    async fn reconcile_merge(
+        &self,
+        d: &DeliveryRow,
+    ) -> anyhow::Result<Result<Vec<Checkout>, String>> {
         let checkouts = self.checkouts_of(d.id).await?;
         let mut merged = Vec::new();
         let mut unmerged = Vec::new();
+        let mut moved = Vec::new();
         for c in &checkouts {
             self.ensure_checkout(c).await?;
             let git = self.bot_git(&c.dir);
-            let refname = format!("refs/heads/{}", c.repo.upstream);
-            let out = blocking(move || git.run(&["ls-remote", "origin", &refname])).await?;
-            let remote = out
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if remote == c.row.rebased_sha {
-                merged.push(c);
-            } else if remote == c.row.base_sha {
-                unmerged.push(c);
-            } else {
-                anyhow::bail!(
-                    "`{}` of `{}` moved to {remote} since the delivery started; neither {} nor {}",
+            let (upstream, rebased) = (c.repo.upstream.clone(), c.row.rebased_sha.clone());
+            let remote = blocking(move || -> anyhow::Result<(String, bool)> {
+                git.run(&["fetch", "--quiet", "origin", &upstream])?;
+                let remote = git.resolve("FETCH_HEAD")?.unwrap_or_default();
+                // Someone may already have built on top of what the delivery pushed.
+                let contains =
+                    remote == rebased || git.is_ancestor(&rebased, &remote).unwrap_or(false);
+                Ok((remote, contains))
+            })
+            .await?;
+            match remote {
+                (_, true) => merged.push(c),
+                (sha, false) if sha == c.row.base_sha => unmerged.push(c),
+                (sha, false) => moved.push(format!(
+                    "`{}` of `{}` moved to {} meanwhile",
                     c.repo.upstream,
                     c.row.repo,
-                    c.row.base_sha,
-                    c.row.rebased_sha
-                );
+                    crate::push::short(&sha)
+                )),
             }
         }
         for c in &merged {
@@ -1188,14 +1375,18 @@ impl Engine {
                 "merge",
                 "",
                 "reconcile",
-                &format!("{} merged, {} not", merged.len(), unmerged.len()),
+                &format!(
+                    "{} merged, {} not, {} moved",
+                    merged.len(),
+                    unmerged.len(),
+                    moved.len()
+                ),
             )
             .await?;
-        if unmerged.is_empty() {
-            return Ok(true);
+        if !moved.is_empty() {
+            self.undo_merges(d.id, &merged).await?;
+            return Ok(Err(moved.join(", ")));
         }
-        // Every check passed before the merge began: finish the merge forward; if that fails,
-        // put everything back.
         let mut done = merged.clone();
         for c in &unmerged {
             match self
@@ -1222,11 +1413,14 @@ impl Engine {
                         .journal(d.id, "merge", &c.row.repo, "push failed", &why)
                         .await?;
                     self.undo_merges(d.id, &done).await?;
-                    return Ok(false);
+                    return Ok(Err(format!(
+                        "the bot could not push `{}` of `{}`: {why}",
+                        c.repo.upstream, c.row.repo
+                    )));
                 }
             }
         }
-        Ok(true)
+        Ok(Ok(checkouts))
     }
 }
 

@@ -3,7 +3,7 @@
 //! - [`request`] checks a delivery request against the `on = "deliver"` rules and queues it.
 //! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue
 //!   one delivery at a time.
-//! - [`line`] is the delivery line itself; [`steps`] runs one step as a process.
+//! - [`line`](mod@line) is the delivery line itself; [`steps`] runs one step as a process.
 
 pub mod line;
 pub mod steps;

@@ -11,6 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 
 /// Variables every step gets from lockstep's own environment.
 const BASIC_ENV: &[&str] = &[
@@ -72,8 +74,24 @@ impl StepOutcome {
     }
 }
 
+/// A step started and not yet waited for.
+pub struct Running {
+    child: tokio::process::Child,
+    pgid: Option<Pid>,
+    timeout: Duration,
+}
+
 /// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
 pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
+    match start(spec)? {
+        Ok(running) => running.wait().await,
+        Err(outcome) => Ok(outcome),
+    }
+}
+
+/// Starts a step in a process group of its own; `Err` with the outcome when it could not be
+/// started at all.
+pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
     if let Some(dir) = spec.log.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create `{}`", dir.display()))?;
@@ -81,9 +99,9 @@ pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
     let log = std::fs::File::create(&spec.log)
         .with_context(|| format!("cannot create `{}`", spec.log.display()))?;
     let Some((program, args)) = spec.argv.split_first() else {
-        return Ok(StepOutcome::NotStarted(
+        return Ok(Err(StepOutcome::NotStarted(
             "the step's command is empty".into(),
-        ));
+        )));
     };
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -106,52 +124,92 @@ pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
     for (k, v) in &spec.env {
         cmd.env(k, v);
     }
-    let mut child = match cmd.spawn() {
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             let why = format!("`{program}`: {e}");
             let _ = std::fs::write(&spec.log, format!("lockstep: could not start {why}\n"));
-            return Ok(StepOutcome::NotStarted(why));
+            return Ok(Err(StepOutcome::NotStarted(why)));
         }
     };
-    let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-    // If this future is dropped (a server shutting down), the whole group goes, not just
-    // the direct child that `kill_on_drop` reaches.
-    let mut guard = GroupGuard(pgid);
-    let waited = tokio::time::timeout(spec.timeout, child.wait()).await;
-    guard.0 = None;
-    match waited {
-        Ok(status) => {
-            let status = status.context("cannot wait for the step")?;
-            // The step is over; anything it left running in its group goes with it.
-            if let Some(pgid) = pgid {
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    Ok(Ok(Running {
+        child,
+        pgid,
+        timeout: spec.timeout,
+    }))
+}
+
+impl Running {
+    /// The step's process id, which is also its process group's id.
+    pub fn pid(&self) -> Option<i32> {
+        self.pgid.map(Pid::as_raw)
+    }
+
+    /// Waits for the step to end, killing its whole group at the timeout.
+    pub async fn wait(mut self) -> anyhow::Result<StepOutcome> {
+        // If this future is dropped (a server shutting down), the whole group goes, not just
+        // the direct child that `kill_on_drop` reaches.
+        let mut guard = GroupGuard(self.pgid);
+        let waited = tokio::time::timeout(self.timeout, self.child.wait()).await;
+        guard.0 = None;
+        match waited {
+            Ok(status) => {
+                let status = status.context("cannot wait for the step")?;
+                // The step is over; anything it left running in its group goes with it.
+                if let Some(pgid) = self.pgid {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                Ok(if status.success() {
+                    StepOutcome::Passed
+                } else {
+                    StepOutcome::Failed(status.code())
+                })
             }
-            Ok(if status.success() {
-                StepOutcome::Passed
-            } else {
-                StepOutcome::Failed(status.code())
-            })
-        }
-        Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            Err(_) => {
+                if let Some(pgid) = self.pgid {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                let _ = self.child.wait().await;
+                Ok(StepOutcome::TimedOut(self.timeout))
             }
-            let _ = child.wait().await;
-            Ok(StepOutcome::TimedOut(spec.timeout))
         }
     }
 }
 
 /// Kills a step's process group when dropped while armed.
-struct GroupGuard(Option<nix::unistd::Pid>);
+struct GroupGuard(Option<Pid>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0 {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
+}
+
+/// Kills what is left of a step started by a worker that died (a step's process group
+/// outlives a worker killed with SIGKILL). `marker` is a `NAME=value` variable the step was
+/// given: if the group's leader is alive and lacks it, the id was reused by another process,
+/// which is left alone. Returns once the group is gone, or after `grace`.
+pub async fn kill_leftover(pgid: i32, marker: &str, grace: Duration) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    if let Ok(environ) = std::fs::read(format!("/proc/{pgid}/environ"))
+        && !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes())
+    {
+        return false;
+    }
+    let pgid = Pid::from_raw(pgid);
+    if killpg(pgid, Signal::SIGKILL).is_err() {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while killpg(pgid, None).is_ok() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// The last `lines` lines of a log, for reports.
@@ -194,6 +252,32 @@ mod tests {
         assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
         let s = spec(dir.path(), &[], Duration::from_secs(10));
         assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
+    }
+
+    #[tokio::test]
+    async fn leftovers_are_killed_only_when_they_are_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(
+            dir.path(),
+            &["sh", "-c", "sleep 30 & sleep 30"],
+            Duration::from_secs(60),
+        );
+        s.env.push(("LOCKSTEP_DELIVERY".into(), "7".into()));
+        let running = start(&s).unwrap().unwrap();
+        let pid = running.pid().unwrap();
+        // Wait for the shell to have exec'd with its environment in place.
+        let marker = "LOCKSTEP_DELIVERY=7";
+        for _ in 0..200 {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let grace = Duration::from_millis(300);
+        assert!(!kill_leftover(pid, "LOCKSTEP_DELIVERY=8", grace).await);
+        assert!(kill_leftover(pid, marker, grace).await);
+        assert_eq!(running.wait().await.unwrap(), StepOutcome::Failed(None));
     }
 
     #[tokio::test]

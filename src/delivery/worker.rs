@@ -62,13 +62,25 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 
 /// Finishes or undoes what a killed worker left running. Call it only while holding the lock.
 ///
-/// - caught in rebase: queued again, from the start;
-/// - caught in build or test: queued again at the head, resuming that phase;
-/// - caught in deploy or verify: what was deployed is rolled back and the delivery fails;
-/// - caught in merge: the upstreams are read and made all-merged or none-merged.
+/// First the steps the dead worker left running are killed (they run in process groups of
+/// their own, which outlive it). Then, by the phase the delivery was in:
+/// - rebase: queued again, from the start;
+/// - build or test: queued again at the head, resuming that phase;
+/// - deploy or verify: what was deployed is rolled back and the delivery fails;
+/// - merge: the upstreams are read and made all-merged or none-merged;
+/// - rollback (it had failed already): the rollback is finished.
 pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
     let mut said = Vec::new();
     for d in engine.store.running().await? {
+        let stopped = engine.stop_leftover_steps(d.id).await?;
+        if stopped > 0 {
+            let line = format!(
+                "#{} {}: stopped {stopped} step(s) the previous worker left running",
+                d.id, d.task
+            );
+            (engine.progress)(&line);
+            said.push(line);
+        }
         let phase = Phase::parse(&d.phase);
         let line = match phase {
             None | Some(Phase::Rebase) => {
@@ -100,53 +112,22 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                     .store
                     .journal(d.id, p.as_str(), "", "recovered", &why)
                     .await?;
-                engine.rollback_deployed(d.id, &d.task).await;
                 let summary = format!("delivery failed in {}: {why}", p.as_str());
-                engine.store.finish(d.id, State::Failed, &summary).await?;
-                let note = format!("{summary} (lockstep #{}); nothing was merged", d.id);
-                if let Err(e) = engine
-                    .tracker
-                    .move_to(&d.task, &engine.config.tasks.returned, &note)
-                    .await
-                {
-                    tracing::warn!("cannot move `{}` back: {e}", d.task);
-                }
+                engine.fail(&d, &summary, "").await?;
                 format!("#{} {}: {summary}", d.id, d.task)
             }
-            Some(Phase::Merge) => match engine.reconcile_merge(&d).await {
-                Ok(true) => {
-                    engine.store.finish(d.id, State::Delivered, "").await?;
-                    let note = format!(
-                        "delivered by lockstep (#{}), completed after a restart",
-                        d.id
-                    );
-                    let _ = engine
-                        .tracker
-                        .move_to(&d.task, &engine.config.tasks.delivered, &note)
-                        .await;
-                    format!(
-                        "#{} {}: was interrupted in merge; every upstream now has it: delivered",
-                        d.id, d.task
-                    )
-                }
-                Ok(false) => {
-                    engine.rollback_deployed(d.id, &d.task).await;
-                    let summary = "delivery failed in merge: interrupted, and the remaining pushes were refused; every upstream was put back";
-                    engine.store.finish(d.id, State::Failed, summary).await?;
-                    let _ = engine
-                        .tracker
-                        .move_to(&d.task, &engine.config.tasks.returned, summary)
-                        .await;
-                    format!("#{} {}: {summary}", d.id, d.task)
-                }
-                Err(e) => {
-                    let summary = format!(
-                        "delivery failed in merge: cannot reconcile after a restart: {e:#}"
-                    );
-                    engine.store.finish(d.id, State::Failed, &summary).await?;
-                    format!("#{} {}: {summary}", d.id, d.task)
-                }
-            },
+            Some(Phase::Merge) => engine.recover_merge(&d).await?,
+            Some(Phase::Rollback) => {
+                engine
+                    .store
+                    .journal(d.id, "rollback", "", "recovered", "finishing the rollback")
+                    .await?;
+                engine.fail(&d, &d.error, "").await?;
+                format!(
+                    "#{} {}: was interrupted while rolling back; rolled back: {}",
+                    d.id, d.task, d.error
+                )
+            }
         };
         (engine.progress)(&line);
         said.push(line);

@@ -72,6 +72,16 @@ pub struct GridRow {
     pub cells: Vec<(String, Cell)>,
 }
 
+/// The phases of the grid: the line itself (a rollback shows in the repository's flags).
+const LINE: [Phase; 6] = [
+    Phase::Rebase,
+    Phase::Build,
+    Phase::Test,
+    Phase::Deploy,
+    Phase::Verify,
+    Phase::Merge,
+];
+
 fn has_step(config: &Config, repo: &str, phase: Phase) -> bool {
     let Some(r) = config.repo(repo) else {
         return true;
@@ -81,6 +91,7 @@ fn has_step(config: &Config, repo: &str, phase: Phase) -> bool {
         Phase::Test => r.steps.test.is_some(),
         Phase::Deploy => r.steps.deploy.is_some(),
         Phase::Verify => r.steps.verify.is_some(),
+        Phase::Rollback => r.steps.rollback.is_some(),
         Phase::Rebase | Phase::Merge => true,
     }
 }
@@ -121,7 +132,7 @@ pub fn grid(
     for (repo, branch) in names {
         let row = repos.iter().find(|r| r.repo == repo);
         let mut cells = Vec::new();
-        for phase in Phase::ALL {
+        for phase in LINE {
             let here = current == Some(phase) && running;
             let past = current.is_some_and(|c| c > phase) || d.state == State::Delivered;
             let step = steps
@@ -327,7 +338,7 @@ fn requested(d: &DeliveryRow) -> String {
 
 fn grid_table(grid: &[GridRow]) -> String {
     let mut s = String::from("<table class=\"grid\"><thead><tr><th>repository</th>");
-    for p in Phase::ALL {
+    for p in LINE {
         let _ = write!(s, "<th style=\"text-align:center\">{}</th>", p.as_str());
     }
     s.push_str("</tr></thead><tbody>");
@@ -661,6 +672,7 @@ mod tests {
             exit_code: None,
             outcome: outcome.into(),
             log_path: String::new(),
+            pid: None,
         }
     }
 

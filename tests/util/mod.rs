@@ -12,9 +12,10 @@ pub mod webhooks;
 use std::ffi::OsStr;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-pub use lockstep::demo::{Sandbox, commit, sandbox_git};
+pub use lockstep::demo::{Sandbox, commit, push, sandbox_git};
 
 /// The all-zero object id: a created ref's old id, a deleted ref's new id.
 pub const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -41,6 +42,25 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_lockstep"))
 }
 
+/// Wraps a step so that a test can make it fail (`$SANDBOX/gates/<repo>.<step>.fail`) or hold
+/// it: when `$SANDBOX/gates/<repo>.<step>.hold` exists,
+/// the step announces itself in `<repo>.<step>.waiting` (its pid) and waits for
+/// `<repo>.<step>.open` before running the real step. It gives up when the sandbox is gone, so
+/// a step orphaned by a killed worker cannot outlive its test.
+const GATE: &str = r#"#!/bin/sh
+g="$SANDBOX/gates/$LOCKSTEP_REPO.$1"
+shift
+if [ -e "$g.fail" ]; then echo "failing on purpose"; exit 1; fi
+if [ -e "$g.hold" ]; then
+  echo $$ > "$g.waiting.tmp" && mv "$g.waiting.tmp" "$g.waiting"
+  while [ ! -e "$g.open" ]; do
+    [ -d "$SANDBOX/gates" ] || exit 99
+    sleep 0.05
+  done
+fi
+exec "$@"
+"#;
+
 /// A temporary folder with a sandbox of the given repositories, hooks installed.
 pub struct Env {
     pub dir: tempfile::TempDir,
@@ -54,11 +74,85 @@ impl Env {
             .tempdir()
             .unwrap();
         let sb = Sandbox::create(&dir.path().join("sb"), &bin(), repos).unwrap();
-        Env { dir, sb }
+        std::fs::create_dir_all(dir.path().join("home")).unwrap();
+        std::fs::create_dir_all(sb.root.join("gates")).unwrap();
+        let env = Env { dir, sb };
+        // Every step goes through the gate wrapper (a no-op unless a test holds the step).
+        let gate = env.sb.meta.join("steps").join("gate.sh");
+        std::fs::write(&gate, GATE).unwrap();
+        std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let steps = env.sb.meta.join("steps");
+        env.edit_config(|text| {
+            let mut out = String::new();
+            for line in text.lines() {
+                let step = ["build", "test", "deploy", "verify", "rollback"]
+                    .into_iter()
+                    .find(|s| line.starts_with(&format!("{s} = [")));
+                match step {
+                    Some(s) => out.push_str(&format!(
+                        "{s} = [{}, \"{s}\", {}]\n",
+                        toml_str(&gate),
+                        toml_str(&steps.join(format!("{s}.sh")))
+                    )),
+                    None => {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+            out
+        });
+        env
+    }
+
+    /// The sandbox's root: `$SANDBOX` of the steps.
+    pub fn root(&self) -> PathBuf {
+        std::path::absolute(&self.sb.root).unwrap()
     }
 
     pub fn config(&self) -> PathBuf {
         self.sb.meta.join("lockstep.toml")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.sb.meta.join(".lockstep")
+    }
+
+    /// Rewrites `lockstep.toml`.
+    pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
+        let text = std::fs::read_to_string(self.config()).unwrap();
+        std::fs::write(self.config(), f(&text)).unwrap();
+    }
+
+    /// Sets a key of the `[delivery]` table, e.g. `("merge", "\"merge-commit\"")`.
+    pub fn set_delivery(&self, key: &str, value: &str) {
+        self.edit_config(|t| {
+            let kept: Vec<&str> = t
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{key} =")))
+                .collect();
+            kept.join("\n")
+                .replacen("[delivery]\n", &format!("[delivery]\n{key} = {value}\n"), 1)
+                + "\n"
+        });
+    }
+
+    /// Replaces the sandbox's paths in a text by stable placeholders (for snapshots).
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for dir in [
+            self.dir.path().to_path_buf(),
+            std::fs::canonicalize(self.dir.path()).unwrap(),
+        ] {
+            out = out.replace(&dir.display().to_string(), "[tmp]");
+        }
+        redact_ids(&out)
+    }
+
+    /// Adds a policy file next to the shipped ones.
+    pub fn add_policy(&self, name: &str, text: &str) {
+        std::fs::write(self.sb.meta.join("policies").join(name), text).unwrap();
     }
 
     pub fn bare(&self, repo: &str) -> PathBuf {
@@ -74,11 +168,6 @@ impl Env {
     /// Overwrites the file tracker's tasks.
     pub fn set_tasks(&self, toml: &str) {
         std::fs::write(self.sb.meta.join("tasks.toml"), toml).unwrap();
-    }
-
-    /// Writes (or replaces) a policy file in the sandbox's policy folder.
-    pub fn add_policy(&self, name: &str, toml: &str) {
-        std::fs::write(self.sb.meta.join("policies").join(name), toml).unwrap();
     }
 
     /// Replaces the config's `[tracker]` section (and whatever follows it up to the first
@@ -100,11 +189,58 @@ impl Env {
         std::fs::write(self.config(), toml).unwrap();
     }
 
+    /// Sets the status of tasks (creating them), keeping their notes.
+    pub fn set_status(&self, tasks: &[(&str, &str)]) {
+        let tracker = self.tracker();
+        tracker
+            .update(|all| {
+                for (key, status) in tasks {
+                    all.entry(key.to_string()).or_default().status = status.to_string();
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    fn tracker(&self) -> lockstep::tracker::file::FileTracker {
+        lockstep::tracker::file::FileTracker::new(self.sb.meta.join("tasks.toml"))
+    }
+
+    /// A task's status and notes, as the tracker holds them.
+    pub fn task(&self, key: &str) -> (String, Vec<String>) {
+        let t = self.tracker().read_all().unwrap().remove(key).unwrap();
+        (t.status, t.notes)
+    }
+
+    /// A `lockstep` command with the sandbox's config and an isolated home.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let home = self.dir.path().join("home");
+        let mut cmd = lockstep_cmd();
+        cmd.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", &home)
+            .env("USER", "release-lead")
+            .env_remove("LOCKSTEP_CONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// Runs `lockstep` with the sandbox's config.
     pub fn lockstep(&self, args: &[&str]) -> Output {
-        let mut cmd = lockstep_cmd();
-        cmd.arg("--config").arg(self.config()).args(args);
-        run(cmd)
+        self.command(args).output().unwrap()
+    }
+
+    /// Starts `lockstep` in the background; its output goes to `<name>.out` / `<name>.err`.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Child {
+        let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
+        let err = std::fs::File::create(self.dir.path().join(format!("{name}.err"))).unwrap();
+        self.command(args)
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap()
     }
 
     /// Clones a repository for a user and puts them on a new branch with one commit.
@@ -117,6 +253,37 @@ impl Env {
         dir
     }
 
+    /// What a spawned command printed: (stdout, stderr).
+    pub fn spawned_output(&self, name: &str) -> (String, String) {
+        let read = |ext: &str| {
+            std::fs::read_to_string(self.dir.path().join(format!("{name}.{ext}")))
+                .unwrap_or_default()
+        };
+        (read("out"), read("err"))
+    }
+
+    /// `lockstep show ID --json`.
+    pub fn show(&self, id: i64) -> serde_json::Value {
+        let o = self.lockstep(&["show", &id.to_string(), "--json"]);
+        assert!(o.status.success(), "show {id}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// `lockstep queue --json`.
+    pub fn queue(&self) -> serde_json::Value {
+        let o = self.lockstep(&["queue", "--json"]);
+        assert!(o.status.success(), "queue: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The state of a delivery (`queued`, `running`, `delivered`, …).
+    pub fn state(&self, id: i64) -> String {
+        self.show(id)["delivery"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The commit a ref of a bare repository points to, if any.
     pub fn rev(&self, repo: &str, rev: &str) -> Option<String> {
         lockstep::git::Git::new(self.bare(repo))
@@ -124,17 +291,192 @@ impl Env {
             .unwrap()
     }
 
-    /// Replaces the sandbox's paths in a text by stable placeholders (for snapshots).
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for dir in [
-            self.dir.path().to_path_buf(),
-            std::fs::canonicalize(self.dir.path()).unwrap(),
-        ] {
-            out = out.replace(&dir.display().to_string(), "[tmp]");
-        }
-        redact_ids(&out)
+    /// Where `master` of a bare repository is.
+    pub fn master(&self, repo: &str) -> String {
+        self.rev(repo, "refs/heads/master").unwrap()
     }
+
+    /// Every repository's `master`, in order.
+    pub fn masters(&self) -> Vec<String> {
+        self.sb.repos.iter().map(|(n, _)| self.master(n)).collect()
+    }
+
+    /// Runs git in a bare repository.
+    pub fn git_in(&self, repo: &str, args: &[&str]) -> String {
+        git(&self.bare(repo), "admin").run(args).unwrap()
+    }
+
+    /// A user's clone of a repository, fetched up to date.
+    pub fn clone_of(&self, repo: &str, user: &str) -> PathBuf {
+        let dir = self.sb.root.join("work").join(user).join(repo);
+        if dir.exists() {
+            git(&dir, user)
+                .run(&["fetch", "--quiet", "origin"])
+                .unwrap();
+        } else {
+            self.sb.clone_for(repo, user).unwrap();
+        }
+        dir
+    }
+
+    /// alice pushes a task branch (the task must be In Progress) with one commit writing
+    /// `file`; returns the branch's head.
+    pub fn task_branch(&self, repo: &str, branch: &str, file: &str, text: &str) -> String {
+        self.task_branch_with(repo, branch, &[(file, text)], &[])
+    }
+
+    /// Like `task_branch`, with several files and extra `git push` arguments (`-o deliver`).
+    pub fn task_branch_with(
+        &self,
+        repo: &str,
+        branch: &str,
+        files: &[(&str, &str)],
+        push_args: &[&str],
+    ) -> String {
+        let dir = self.clone_of(repo, "alice");
+        let g = git(&dir, "alice");
+        g.run(&["switch", "--quiet", "-C", branch, "origin/master"])
+            .unwrap();
+        let task = lockstep::config::Tasks::default()
+            .task_of(branch)
+            .unwrap_or_default()
+            .to_string();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+            g.run(&["add", file]).unwrap();
+        }
+        g.run(&[
+            "commit",
+            "--quiet",
+            "-m",
+            &format!("{task} {branch} in {repo}"),
+        ])
+        .unwrap();
+        let mut args: Vec<&str> = push_args.to_vec();
+        args.extend(["--set-upstream", branch]);
+        let p = push(&dir, "alice", &args).unwrap();
+        assert!(
+            p.accepted,
+            "alice's push of {branch} to {repo}: {:?}",
+            p.remote
+        );
+        g.resolve("HEAD").unwrap().unwrap()
+    }
+
+    /// A maintainer (`release-lead`) moves `master` forward by a commit writing `file`.
+    pub fn advance_master(&self, repo: &str, file: &str, text: &str) -> String {
+        let dir = self.clone_of(repo, "release-lead");
+        let g = git(&dir, "release-lead");
+        g.run(&["switch", "--quiet", "-C", "master", "origin/master"])
+            .unwrap();
+        commit(&dir, "release-lead", file, text, &format!("{repo}: {file}")).unwrap();
+        let p = push(&dir, "release-lead", &["master"]).unwrap();
+        assert!(p.accepted, "release-lead's push to {repo}: {:?}", p.remote);
+        g.resolve("HEAD").unwrap().unwrap()
+    }
+
+    /// What the deploy step wrote for a repository, if anything.
+    pub fn deployed(&self, repo: &str) -> Option<String> {
+        std::fs::read_to_string(self.sb.root.join("deployed").join(repo))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// The lines of `rollbacks.log` (`<repo> <delivery>` per rollback run).
+    pub fn rollbacks(&self) -> Vec<String> {
+        std::fs::read_to_string(self.sb.root.join("rollbacks.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn gate(&self, repo: &str, step: &str, what: &str) -> PathBuf {
+        self.sb
+            .root
+            .join("gates")
+            .join(format!("{repo}.{step}.{what}"))
+    }
+
+    /// Makes `step` of `repo` fail, or succeed again.
+    pub fn fail_step(&self, repo: &str, step: &str, fail: bool) {
+        let path = self.gate(repo, step, "fail");
+        if fail {
+            std::fs::write(path, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Makes `step` of `repo` wait until `open_gate`.
+    pub fn hold(&self, repo: &str, step: &str) {
+        std::fs::write(self.gate(repo, step, "hold"), "").unwrap();
+    }
+
+    /// Stops holding `step` of `repo` for the runs to come.
+    pub fn unhold(&self, repo: &str, step: &str) {
+        let _ = std::fs::remove_file(self.gate(repo, step, "hold"));
+    }
+
+    /// Lets a held step run.
+    pub fn open_gate(&self, repo: &str, step: &str) {
+        std::fs::write(self.gate(repo, step, "open"), "").unwrap();
+    }
+
+    /// Waits until a held step is waiting at its gate; returns the step's pid.
+    pub fn wait_at_gate(&self, repo: &str, step: &str) -> i32 {
+        let path = self.gate(repo, step, "waiting");
+        wait_for(&format!("{repo} {step} at its gate"), || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        })
+    }
+
+    /// Step processes of this sandbox still alive (found by their `SANDBOX` variable).
+    pub fn step_processes(&self) -> Vec<i32> {
+        let needle = format!("SANDBOX={}", self.root().display());
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) && !is_zombie(pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// The pid of the worker holding the queue, as recorded in its lock file.
+    pub fn worker_lock(&self) -> PathBuf {
+        self.state_dir().join("worker.lock")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Let any step still held go (and end), whatever the test did.
+        let gates = self.sb.root.join("gates");
+        if let Ok(entries) = std::fs::read_dir(&gates) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(base) = name.strip_suffix(".hold") {
+                    let _ = std::fs::write(gates.join(format!("{base}.open")), "");
+                }
+            }
+        }
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(true)
 }
 
 /// Replaces object ids (full and the 10-digit short form lockstep prints) by `[sha]`.
@@ -148,6 +490,23 @@ pub fn redact_ids(text: &str) -> String {
         }
     })
     .into_owned()
+}
+
+/// Polls `f` until it gives a value, for at most 60 seconds (a loaded CI machine is slow).
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A TOML basic string.
+pub fn toml_str(p: &Path) -> String {
+    toml::Value::String(p.to_string_lossy().into_owned()).to_string()
 }
 
 /// A clone's git, as `user`.
