@@ -1,0 +1,289 @@
+//! Undoing: rollback steps of what was deployed (last deployed first), `lockstep rollback`
+//! with optional revert commits, and the checkouts both need.
+
+use super::*;
+
+impl Engine {
+    /// Rolls back every deployed repository of a delivery, last deployed first.
+    ///
+    /// Returns the repositories whose rollback failed (they are still deployed).
+    pub async fn rollback_deployed(&self, id: i64, task: &str) -> Vec<String> {
+        let rows = match self.store.repos(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(
+                    delivery = id,
+                    "cannot read the delivery's repositories: {e:#}"
+                );
+                return vec!["(unknown)".into()];
+            }
+        };
+        let Ok(Some(d)) = self.store.delivery(id).await else {
+            return vec!["(unknown)".into()];
+        };
+        let mut failed = Vec::new();
+        for row in rows.iter().rev().filter(|r| r.deployed && !r.rolled_back) {
+            let Some(repo) = self.config.repo(&row.repo) else {
+                continue;
+            };
+            let c = Checkout {
+                repo: repo.clone(),
+                row: row.clone(),
+                dir: self.work_dir(id).join(&row.repo),
+            };
+            let Some(command) = repo.steps.rollback.clone() else {
+                let _ = self
+                    .store
+                    .journal(id, "rollback", &row.repo, "no rollback step", "")
+                    .await;
+                self.say(&format!(
+                    "#{id} {task}: rollback {:<12} has no rollback step; nothing run",
+                    row.repo
+                ));
+                continue;
+            };
+            if let Err(e) = self.ensure_checkout(&c).await {
+                let _ = self
+                    .store
+                    .journal(id, "rollback", &row.repo, "no checkout", &format!("{e:#}"))
+                    .await;
+            }
+            match self.exec(&d, "rollback", &command, &c).await {
+                Ok(Ok(())) => {
+                    let _ = self
+                        .store
+                        .set_repo_flag(id, &row.repo, RepoFlag::RolledBack, true)
+                        .await;
+                }
+                Ok(Err((why, _))) => {
+                    let _ = self
+                        .store
+                        .journal(id, "rollback", &row.repo, "rollback failed", &why)
+                        .await;
+                    failed.push(row.repo.clone());
+                }
+                Err(e) => {
+                    let _ = self
+                        .store
+                        .journal(
+                            id,
+                            "rollback",
+                            &row.repo,
+                            "rollback failed",
+                            &format!("{e:#}"),
+                        )
+                        .await;
+                    failed.push(row.repo.clone());
+                }
+            }
+        }
+        failed
+    }
+
+    /// A sentence naming the repositories whose rollback failed, and where to look.
+    pub(super) fn rollback_failure(id: i64, failed: &[String]) -> String {
+        let names: Vec<String> = failed.iter().map(|r| format!("`{r}`")).collect();
+        let (verb, pronoun) = if failed.len() == 1 {
+            ("is", "it")
+        } else {
+            ("are", "they")
+        };
+        format!(
+            "the rollback of {} failed: {pronoun} {verb} still deployed; see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
+            names.join(", ")
+        )
+    }
+
+    /// `lockstep rollback`: runs the rollback steps of a finished delivery, moves its task
+    /// back and, with `revert`, pushes revert commits of what it merged.
+    pub async fn rollback_finished(&self, d: &DeliveryRow, revert: bool) -> anyhow::Result<()> {
+        // Each repository is rolled back, and reverted, once: `rollback` then `rollback
+        // --revert` must not run a rollback step twice (a second one may well go back one
+        // version too many).
+        let reverted_before: std::collections::BTreeSet<String> = self
+            .store
+            .journal_of(d.id)
+            .await?
+            .into_iter()
+            .filter(|j| j.phase == "rollback" && j.event == "reverted")
+            .map(|j| j.repo)
+            .collect();
+        let rows = self.store.repos(d.id).await?;
+        let to_roll_back = rows.iter().filter(|r| r.deployed && !r.rolled_back).count();
+        let to_revert = rows
+            .iter()
+            .filter(|r| r.merged && !reverted_before.contains(&r.repo))
+            .count();
+        if to_roll_back == 0 && (!revert || to_revert == 0) {
+            let what = if revert && !reverted_before.is_empty() {
+                "already rolled back and reverted"
+            } else if revert {
+                "already rolled back, and nothing was merged to revert"
+            } else {
+                "already rolled back"
+            };
+            self.say(&format!("#{} {}: {what}; nothing to do", d.id, d.task));
+            return Ok(());
+        }
+        self.store
+            .journal(
+                d.id,
+                "rollback",
+                "",
+                "requested",
+                if revert { "with revert" } else { "" },
+            )
+            .await?;
+        let failed = self.rollback_deployed(d.id, &d.task).await;
+        let mut reverted = Vec::new();
+        if revert {
+            for c in self
+                .checkouts_of(d.id)
+                .await?
+                .iter()
+                .filter(|c| c.row.merged && !reverted_before.contains(&c.row.repo))
+            {
+                self.ensure_checkout(c).await?;
+                let git = self.bot_git(&c.dir);
+                let (up, base, head) = (
+                    c.repo.upstream.clone(),
+                    c.row.base_sha.clone(),
+                    c.row.rebased_sha.clone(),
+                );
+                let merge_commit = self.config.delivery.merge == MergeMode::MergeCommit;
+                let task = d.task.clone();
+                let id = d.id;
+                let pushed = blocking(move || -> anyhow::Result<String> {
+                    git.run(&["fetch", "--quiet", "origin"])?;
+                    let remote = format!("refs/remotes/origin/{up}");
+                    let tip = git.resolve(&remote)?.context("upstream vanished")?;
+                    git.run(&["checkout", "--quiet", "-B", "lockstep-revert", &tip])?;
+                    if merge_commit {
+                        git.run(&["revert", "--no-commit", "-m", "1", &head])?;
+                    } else {
+                        git.run(&["revert", "--no-commit", &format!("{base}..{head}")])?;
+                    }
+                    let msg = format!("Revert the delivery of {task} (lockstep #{id})");
+                    git.run(&["commit", "--quiet", "-m", &msg])?;
+                    let lease = format!("--force-with-lease=refs/heads/{up}:{tip}");
+                    git.run(&[
+                        "push",
+                        "--quiet",
+                        &lease,
+                        "origin",
+                        &format!("HEAD:refs/heads/{up}"),
+                    ])?;
+                    git.resolve("HEAD").map(|h| h.unwrap_or_default())
+                })
+                .await;
+                match pushed {
+                    Ok(sha) => {
+                        self.store
+                            .journal(d.id, "rollback", &c.row.repo, "reverted", &sha)
+                            .await?;
+                        reverted.push(format!("{} {}", c.row.repo, crate::push::short(&sha)));
+                    }
+                    Err(e) => {
+                        self.store
+                            .journal(
+                                d.id,
+                                "rollback",
+                                &c.row.repo,
+                                "revert failed",
+                                &format!("{e:#}"),
+                            )
+                            .await?;
+                        anyhow::bail!("cannot revert `{}` in `{}`: {e:#}", d.task, c.row.repo);
+                    }
+                }
+            }
+        }
+        let mut note = format!("rolled back by lockstep (#{})", d.id);
+        if !reverted.is_empty() {
+            note.push_str(&format!("; reverted: {}", reverted.join(", ")));
+        }
+        if !failed.is_empty() {
+            note.push_str(&format!("; {}", Self::rollback_failure(d.id, &failed)));
+        }
+        self.say(&format!("#{} {}: {note}", d.id, d.task));
+        self.move_task(d, &self.config.tasks.returned, &note).await;
+        if !failed.is_empty() {
+            anyhow::bail!("{}", Self::rollback_failure(d.id, &failed));
+        }
+        Ok(())
+    }
+
+    /// Makes sure the checkout exists (after a crash, or for `lockstep rollback` later).
+    pub(super) async fn ensure_checkout(&self, c: &Checkout) -> anyhow::Result<()> {
+        if c.dir.join(".git").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(c.dir.parent().unwrap_or(Path::new(".")))?;
+        let url = repo_url(&self.config, &c.repo);
+        let git = self.bot_git(c.dir.parent().unwrap_or(Path::new(".")));
+        let dir = c.dir.to_string_lossy().into_owned();
+        let sha = c.row.rebased_sha.clone();
+        let inner = self.bot_git(&c.dir);
+        blocking(move || -> anyhow::Result<()> {
+            git.run(&[
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--end-of-options",
+                &url,
+                &dir,
+            ])?;
+            if !sha.is_empty() && inner.try_run(&["checkout", "--quiet", "--detach", &sha])?.0 {
+                return Ok(());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn delete_branches(&self, id: i64, checkouts: &[Checkout]) {
+        for c in checkouts {
+            let git = self.bot_git(&c.dir);
+            let lease = format!(
+                "--force-with-lease=refs/heads/{}:{}",
+                c.row.branch, c.row.branch_sha
+            );
+            let target = format!(":refs/heads/{}", c.row.branch);
+            let r = blocking(move || git.try_run(&["push", "--quiet", &lease, "origin", &target]))
+                .await;
+            let detail = match r {
+                Ok((true, _, _)) => "deleted".to_string(),
+                Ok((false, out, err)) => push_error(&out, &err),
+                Err(e) => format!("{e:#}"),
+            };
+            let _ = self
+                .store
+                .journal(
+                    id,
+                    "report",
+                    &c.row.repo,
+                    "branch",
+                    &format!("{}: {detail}", c.row.branch),
+                )
+                .await;
+        }
+    }
+
+    /// Rebuilds the checkouts of a finished delivery from the store (for recovery).
+    pub(super) async fn checkouts_of(&self, id: i64) -> anyhow::Result<Vec<Checkout>> {
+        let mut out = Vec::new();
+        for row in self.store.repos(id).await? {
+            let repo = self
+                .config
+                .repo(&row.repo)
+                .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
+            let dir = self.work_dir(id).join(&row.repo);
+            out.push(Checkout {
+                repo: repo.clone(),
+                row,
+                dir,
+            });
+        }
+        Ok(out)
+    }
+}
