@@ -192,7 +192,7 @@ impl Sandbox {
             .iter()
             .find(|(n, _)| n == repo)
             .context("no such demo repo")?;
-        let dir = self.root.join("work").join(user).join(repo);
+        let dir = self.root.join("clones").join(user).join(repo);
         std::fs::create_dir_all(dir.parent().unwrap_or(&self.root))?;
         sandbox_git(&self.root, user).run(&[
             "clone",

@@ -199,7 +199,7 @@ fn bad_arguments_say_what_is_wrong() {
     assert_eq!(code(&out), 2);
     assert_eq!(
         env.redact(&stderr(&out)),
-        "lockstep: error: `no-such-branch` names no commit in `[tmp]/sb/work/alice/api`\n"
+        "lockstep: error: `no-such-branch` names no commit in `[tmp]/sb/clones/alice/api`\n"
     );
 
     let out = dry_run(&env, &api, &["--ref", "feature/TASK-1-x", "--new", "HEAD"]);

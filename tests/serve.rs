@@ -742,7 +742,7 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
     );
 
     // alice fixes the test and asks again: the task goes back to For Delivery, delivered.
-    let dir = env.sb.root.join("work/alice/api");
+    let dir = env.sb.root.join("clones/alice/api");
     git(&dir, "alice").run(&["rm", "-q", "FAIL-TEST"]).unwrap();
     git(&dir, "alice")
         .run(&["commit", "-qm", "TASK-2 fix the search test"])

@@ -308,7 +308,7 @@ impl Env {
 
     /// A user's clone of a repository, fetched up to date.
     pub fn clone_of(&self, repo: &str, user: &str) -> PathBuf {
-        let dir = self.sb.root.join("work").join(user).join(repo);
+        let dir = self.sb.root.join("clones").join(user).join(repo);
         if dir.exists() {
             git(&dir, user)
                 .run(&["fetch", "--quiet", "origin"])
