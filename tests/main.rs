@@ -7,6 +7,7 @@ mod util;
 mod bad_input;
 mod crash;
 mod delivery;
+mod demo;
 mod help;
 mod hooks;
 mod install;
