@@ -66,10 +66,10 @@ pub fn policies_of(config: &Config) -> anyhow::Result<PolicySet> {
 }
 
 /// Decides a push in a hook's environment, under the policy deadline.
-fn decide_in_hook(
-    config_path: Option<&Path>,
-    updates: Vec<RefUpdate>,
-) -> anyhow::Result<Vec<RefDecision>> {
+/// The decisions on a push, and the state folder its verdicts are counted in.
+type Decided = (Vec<RefDecision>, PathBuf);
+
+fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Decided> {
     let git = Git::for_hook()?;
     let (path, source) = find_config(config_path, &git)?;
     let (config, policies) = load(&path, source)?;
@@ -115,10 +115,7 @@ fn decide_in_hook(
             tracker::humanize(deadline)
         ),
     };
-    if let Ok(decisions) = &result {
-        count_decisions(&state_dir, decisions);
-    }
-    result
+    result.map(|decisions| (decisions, state_dir))
 }
 
 /// The metric label of a verdict: `pass`, `skip` (its `when` was false), `deny`, `warn` or
@@ -167,11 +164,13 @@ fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
     }
 }
 
-fn finish(result: anyhow::Result<Vec<RefDecision>>) -> i32 {
+/// Prints the verdict, then counts it for the metrics: the pusher reads why before the
+/// hook touches the store.
+fn finish(result: anyhow::Result<Decided>) -> i32 {
     let gitlab = std::env::var_os("GL_ID").is_some();
     let mut err = std::io::stderr().lock();
     match result {
-        Ok(decisions) => {
+        Ok((decisions, state_dir)) => {
             let _ = write!(
                 err,
                 "{}",
@@ -180,6 +179,9 @@ fn finish(result: anyhow::Result<Vec<RefDecision>>) -> i32 {
                     gitlab
                 }
             );
+            let _ = err.flush();
+            drop(err);
+            count_decisions(&state_dir, &decisions);
             if decisions.iter().all(|d| d.decision.accepted()) {
                 ACCEPTED
             } else {
