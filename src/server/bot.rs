@@ -387,15 +387,30 @@ async fn status(app: &App, task: &str) -> anyhow::Result<String> {
     Ok(format!("{tracker_status}; {delivery}."))
 }
 
-/// The delivery of a task that was requested from this pull request and still waits.
-async fn queued_from(app: &App, task: &str, origin: &str) -> anyhow::Result<Option<DeliveryRow>> {
-    Ok(app
+/// The task of a pull request and its delivery requested from that pull request that still
+/// waits; or why there is nothing to act on.
+async fn waiting_delivery<'p>(
+    app: &App,
+    repo: &RepoName,
+    pull: &'p Pull,
+) -> anyhow::Result<Result<(&'p str, DeliveryRow), Handled>> {
+    let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
+        return Ok(Err(Handled::Ignored("the branch names no task".into())));
+    };
+    let origin = origin(repo, pull.number);
+    let waiting = app
         .engine
         .store
         .queued()
         .await?
         .into_iter()
-        .find(|d| d.task == task && d.origin == origin))
+        .find(|d| d.task == task && d.origin == origin);
+    Ok(match waiting {
+        Some(d) => Ok((task, d)),
+        None => Err(Handled::Ignored(
+            "no delivery of this pull request waits".into(),
+        )),
+    })
 }
 
 /// A pull request was closed: its queued delivery no longer has a reason to run.
@@ -406,13 +421,9 @@ pub async fn on_closed(
     pull: &Pull,
 ) -> anyhow::Result<Handled> {
     let number = pull.number;
-    let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
-        return Ok(Handled::Ignored("the branch names no task".into()));
-    };
-    let Some(d) = queued_from(app, task, &origin(repo, number)).await? else {
-        return Ok(Handled::Ignored(
-            "no delivery of this pull request waits".into(),
-        ));
+    let (task, d) = match waiting_delivery(app, repo, pull).await? {
+        Ok(found) => found,
+        Err(ignored) => return Ok(ignored),
     };
     if app.engine.store.cancel(d.id).await? == Some(State::Queued) {
         let text = format!(
@@ -437,13 +448,9 @@ pub async fn on_review(
     pull: &Pull,
 ) -> anyhow::Result<Handled> {
     let number = pull.number;
-    let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
-        return Ok(Handled::Ignored("the branch names no task".into()));
-    };
-    let Some(d) = queued_from(app, task, &origin(repo, number)).await? else {
-        return Ok(Handled::Ignored(
-            "no delivery of this pull request waits".into(),
-        ));
+    let (task, d) = match waiting_delivery(app, repo, pull).await? {
+        Ok(found) => found,
+        Err(ignored) => return Ok(ignored),
     };
     let facts = pr_facts(gh, repo, pull).await?;
     let e = &app.engine;
