@@ -131,7 +131,7 @@ pub fn outcome_label(v: &crate::policy::Verdict) -> &'static str {
     }
 }
 
-/// Counts the verdicts of a push in the store, for `lockstep serve`'s metrics. Only when
+/// Counts the verdicts of a push for `lockstep serve`'s metrics ([`crate::verdict_counts`]). Only when
 /// the state folder exists (a hook never creates it), within a short deadline, and never
 /// with any effect on the push: a failure here is logged at debug level and forgotten.
 fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
@@ -146,20 +146,8 @@ fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
     if pairs.is_empty() {
         return;
     }
-    let counted = (|| -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_millis(500), async {
-                let store = crate::store::Store::open(state_dir).await?;
-                store.count_hook_decisions(&pairs).await
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the store did not answer in 500ms"))?
-        })
-    })();
-    if let Err(e) = counted {
+    let wait = std::time::Duration::from_millis(50);
+    if let Err(e) = crate::verdict_counts::add(state_dir, &pairs, wait) {
         tracing::debug!("hook decisions not counted: {e:#}");
     }
 }

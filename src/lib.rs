@@ -16,6 +16,7 @@
 //! - [`tracker`]: task trackers (file, Redmine, Jira, GitHub Issues).
 //! - [`delivery`]: the delivery line, its steps, and the worker that runs the queue.
 //! - [`store`]: the durable queue and journal (SQLite).
+//! - [`verdict_counts`]: the hooks' verdict counts, for the metrics.
 //! - [`server`]: `lockstep serve`, the bot in person: webhooks, the queue page, metrics.
 //! - [`github`]: the GitHub API client and GitHub's rules (signatures, approvals).
 //! - [`demo`]: the narrated sandbox of `lockstep demo`.
@@ -34,3 +35,4 @@ pub mod push;
 pub mod server;
 pub mod store;
 pub mod tracker;
+pub mod verdict_counts;

@@ -94,6 +94,11 @@ CREATE TABLE tracker_seen (
     r#"
 ALTER TABLE steps ADD COLUMN pid BIGINT;
 "#,
+    // The hooks count their verdicts in a file now (`verdict_counts`): opening the database
+    // cost a push more than deciding it.
+    r#"
+DROP TABLE hook_decisions;
+"#,
 ];
 
 /// The error recorded for a delivery cancelled while it was queued.
@@ -767,36 +772,6 @@ impl Store {
             .collect()
     }
 
-    /// Counts a hook decision (for metrics).
-    pub async fn count_hook_decision(&self, rule: &str, outcome: &str) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO hook_decisions (rule, outcome, count) VALUES ($1, $2, 1) \
-             ON CONFLICT (rule, outcome) DO UPDATE SET count = hook_decisions.count + 1",
-        )
-        .bind(rule)
-        .bind(outcome)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Counts the decisions of one push at once (one transaction, for the hooks).
-    pub async fn count_hook_decisions(&self, decisions: &[(String, String)]) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for (rule, outcome) in decisions {
-            sqlx::query(
-                "INSERT INTO hook_decisions (rule, outcome, count) VALUES ($1, $2, 1) \
-                 ON CONFLICT (rule, outcome) DO UPDATE SET count = hook_decisions.count + 1",
-            )
-            .bind(rule)
-            .bind(outcome)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Records a webhook delivery id; false when it was already recorded (a replay).
     pub async fn remember_webhook(&self, id: &str) -> anyhow::Result<bool> {
         let done = sqlx::query(
@@ -878,22 +853,6 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("source")?, r.try_get("n")?)))
-            .collect()
-    }
-
-    pub async fn hook_decisions(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
-        let rows =
-            sqlx::query("SELECT rule, outcome, count FROM hook_decisions ORDER BY rule, outcome")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("rule")?,
-                    r.try_get("outcome")?,
-                    r.try_get("count")?,
-                ))
-            })
             .collect()
     }
 }
@@ -992,7 +951,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tracker_seen_and_hook_counts() {
+    async fn tracker_seen_is_remembered_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).await.unwrap();
         s.set_tracker_seen("T-1", "For Delivery").await.unwrap();
@@ -1003,17 +962,5 @@ mod tests {
         );
         s.forget_tracker_seen("T-1").await.unwrap();
         assert!(s.tracker_seen().await.unwrap().is_empty());
-        let d = |r: &str, o: &str| (r.to_string(), o.to_string());
-        s.count_hook_decisions(&[d("a", "pass"), d("b", "deny")])
-            .await
-            .unwrap();
-        s.count_hook_decisions(&[d("a", "pass")]).await.unwrap();
-        assert_eq!(
-            s.hook_decisions().await.unwrap(),
-            [
-                ("a".to_string(), "pass".to_string(), 2),
-                ("b".into(), "deny".into(), 1)
-            ]
-        );
     }
 }

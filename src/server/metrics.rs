@@ -50,7 +50,7 @@ pub struct StoreCounts {
     /// Deliveries by state (`queued`, `running`, `delivered`, …).
     pub by_state: Vec<(String, i64)>,
     /// Hook decisions by rule and outcome.
-    pub hook_decisions: Vec<(String, String, i64)>,
+    pub hook_decisions: Vec<(String, String, u64)>,
 }
 
 /// Escapes a label value.

@@ -518,7 +518,7 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let counts = async {
         anyhow::Ok(metrics::StoreCounts {
             by_state: store.counts().await?,
-            hook_decisions: store.hook_decisions().await?,
+            hook_decisions: crate::verdict_counts::read(&app.config().state_dir())?,
         })
     };
     match counts.await {
