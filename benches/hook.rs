@@ -1,8 +1,8 @@
 //! `cargo bench --bench hook`: the `pre-receive` hook as a whole process, exactly as git runs
 //! it, against a hand-written shell hook doing the same checks.
 //!
-//! Each run starts the installed shim `hooks/pre-receive` (`sh`, which `exec`s the release
-//! `lockstep`) or the shell hook `benches/shell/pre-receive` (bash + git + grep), with:
+//! Each run starts the installed hook `hooks/pre-receive` (`#!/path/to/lockstep hook`: the
+//! kernel starts the release `lockstep` itself) or the shell hook `benches/shell/pre-receive` (bash + git + grep), with:
 //! the bare repository as working folder, `GIT_DIR=.`, the pushed objects in a quarantine
 //! folder named by `GIT_OBJECT_DIRECTORY` / `GIT_QUARANTINE_PATH` with the repository's own
 //! objects as `GIT_ALTERNATE_OBJECT_DIRECTORIES` (what `git receive-pack` sets), the pusher in
@@ -311,9 +311,7 @@ fn main() {
     let big_stats = measure(&hooks, &bare, &tasks, &big, BIG_RUNS);
 
     println!();
-    println!(
-        "pre-receive, run as git runs it (release build; `hooks/pre-receive` shim → lockstep,"
-    );
+    println!("pre-receive, run as git runs it (release build; `hooks/pre-receive` → lockstep,");
     println!(
         "vs. bash + git + grep); {BIG_COMMITS} commits made by git fast-import in {}",
         ms(import)

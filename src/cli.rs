@@ -60,8 +60,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
-    /// Entry points for git's server-side hooks (called by the shims `install-hooks` writes)
-    #[command(subcommand)]
+    /// Entry points for git's server-side hooks (called by the hooks `install-hooks` writes)
+    #[command(
+        subcommand,
+        after_help = "`lockstep hook FILE [ARGS]...` runs the hook FILE is named after (or, in a \
+                      `<hook>.d` folder, the hook of the folder): that is how the kernel runs a \
+                      hook file whose first line is `#!/path/to/lockstep hook`."
+    )]
     Hook(HookCommand),
     /// Put lockstep in front of bare repositories: write the hook shims, record the config
     InstallHooks(InstallArgs),
@@ -143,6 +148,11 @@ pub enum HookCommand {
     },
     /// Act on an accepted push (`git push -o deliver` queues the task's delivery)
     PostReceive,
+    /// `hook PATH [ARGS]...`: run the hook a hook file is named after. This is how the kernel
+    /// runs a hook file whose first line is `#!/path/to/lockstep hook`; `PATH` is
+    /// `pre-receive`, `update` or `post-receive`, or a file in a `<hook>.d` folder.
+    #[command(external_subcommand)]
+    File(Vec<OsString>),
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +240,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(hook::update(config, &refname, &old, &new))
         }
         Command::Hook(HookCommand::PostReceive) => Ok(hook::post_receive(config)),
+        Command::Hook(HookCommand::File(argv)) => Ok(hook::from_file(config, &argv)),
         Command::InstallHooks(args) => install_hooks(config, args),
         Command::Policy(PolicyCommand::Check) => policy_check(config),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),

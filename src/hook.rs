@@ -184,6 +184,44 @@ fn finish(result: anyhow::Result<Decided>) -> i32 {
     }
 }
 
+/// The hook a hook file stands for: its name (`hooks/update`), or the name of its folder
+/// (`custom_hooks/pre-receive.d/lockstep`, as GitLab and Gitea run several).
+pub fn kind_of_file(path: &Path) -> Option<&'static str> {
+    const HOOKS: [&str; 3] = ["pre-receive", "update", "post-receive"];
+    let named = |name: Option<&OsStr>| {
+        let name = name?.to_str()?;
+        HOOKS.into_iter().find(|h| *h == name)
+    };
+    named(path.file_name()).or_else(|| {
+        let folder = path.parent()?.file_name()?.to_str()?.strip_suffix(".d")?;
+        named(Some(OsStr::new(folder)))
+    })
+}
+
+/// `lockstep hook FILE [ARGS]...`: what the kernel runs for a hook file whose first line is
+/// `#!/path/to/lockstep hook`. Runs the hook the file stands for with git's arguments.
+pub fn from_file(config: Option<&Path>, argv: &[std::ffi::OsString]) -> i32 {
+    let Some((file, args)) = argv.split_first() else {
+        return finish(Err(anyhow::anyhow!("no hook named")));
+    };
+    match (kind_of_file(Path::new(file)), args) {
+        (Some("pre-receive"), []) => pre_receive(config),
+        (Some("post-receive"), []) => post_receive(config),
+        (Some("update"), [refname, old, new]) => update(config, refname, old, new),
+        (Some(kind), _) => finish(Err(anyhow::anyhow!(
+            "`{}` is the {kind} hook, but git passed {} argument(s); git runs update with \
+             <ref> <old> <new> and the others with none",
+            file.to_string_lossy(),
+            args.len()
+        ))),
+        (None, _) => finish(Err(anyhow::anyhow!(
+            "`lockstep hook {}`: no such hook; name one of pre-receive, update, post-receive, \
+             or run it from a hook file named after one (or in a `<hook>.d` folder)",
+            file.to_string_lossy()
+        ))),
+    }
+}
+
 /// `lockstep hook pre-receive`: reads `<old> <new> <ref>` lines from stdin.
 pub fn pre_receive(config: Option<&Path>) -> i32 {
     let mut input = Vec::new();

@@ -3,6 +3,10 @@
 //! Writes the shims of the project's `hooks/` folder (embedded in the binary) with the path of
 //! this executable, records the config in the repository's git config, and turns on push
 //! options. Idempotent; a hook lockstep did not write is never overwritten without `--force`.
+//!
+//! A hook is `hooks/direct` when the executable's path can stand on a `#!` line: the kernel
+//! then starts lockstep itself, half a millisecond sooner than through `sh`, on every push.
+//! Otherwise (a path with spaces, or too long for every kernel) it is the `sh` shim of its name.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,12 @@ pub const SHIMS: &[(&str, &str)] = &[
     ("update", include_str!("../hooks/update")),
     ("post-receive", include_str!("../hooks/post-receive")),
 ];
+
+/// The hook that names lockstep on its `#!` line, for every hook.
+pub const DIRECT: &str = include_str!("../hooks/direct");
+
+/// The longest `#!` line every kernel reads whole: Linux before 5.1 kept 127 bytes of it.
+const SHEBANG_MAX: usize = 127;
 
 /// Options of one installation.
 #[derive(Debug, Clone)]
@@ -43,6 +53,24 @@ fn sh_quote(s: &str) -> String {
 pub fn shim_text(template: &str, binary: &Path) -> String {
     let quoted = sh_quote(&binary.to_string_lossy());
     template.replace("'@LOCKSTEP_BIN@'", &quoted)
+}
+
+/// The text of a hook for this binary: [`DIRECT`] when the binary can be named on a `#!`
+/// line (an absolute UTF-8 path with no blanks or control characters, short enough), else
+/// the `sh` shim.
+pub fn hook_text(template: &str, binary: &Path) -> String {
+    match binary.to_str() {
+        Some(path)
+            if binary.is_absolute()
+                && !path.chars().any(|c| c.is_whitespace() || c.is_control())
+                && DIRECT.lines().next().map_or(0, str::len) - "@LOCKSTEP_BIN@".len()
+                    + path.len()
+                    <= SHEBANG_MAX =>
+        {
+            DIRECT.replace("@LOCKSTEP_BIN@", path)
+        }
+        _ => shim_text(template, binary),
+    }
 }
 
 /// Installs the hooks in one repository; returns what it did, for the user.
@@ -90,7 +118,7 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
     for (name, template) in SHIMS {
         let path = hooks_dir.join(name);
         if wanted.contains(name) {
-            let text = shim_text(template, &opts.binary);
+            let text = hook_text(template, &opts.binary);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 let tmp = hooks_dir.join(format!(".{name}.lockstep-tmp"));
                 std::fs::write(&tmp, &text)
@@ -125,6 +153,25 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hooks_name_lockstep_on_their_first_line_when_they_can() {
+        let direct = hook_text(SHIMS[0].1, Path::new("/usr/local/bin/lockstep"));
+        assert!(
+            direct.starts_with("#!/usr/local/bin/lockstep hook\n"),
+            "{direct}"
+        );
+        assert!(direct.contains(MARKER), "{direct}");
+        assert!(!direct.contains("@LOCKSTEP_BIN@"), "{direct}");
+        let long = format!("/{}/lockstep", "d".repeat(120));
+        for odd in ["/opt/my tools/lockstep", "relative/lockstep", &long] {
+            let text = hook_text(SHIMS[0].1, Path::new(odd));
+            assert!(text.starts_with("#!/bin/sh\n"), "{odd}: {text}");
+            assert!(text.contains("hook pre-receive"), "{odd}: {text}");
+        }
+        let fits = format!("/{}/lockstep", "d".repeat(100));
+        assert!(hook_text(SHIMS[0].1, Path::new(&fits)).starts_with("#!/d"));
+    }
 
     #[test]
     fn shims_are_marked_and_quote_the_binary() {

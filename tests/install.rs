@@ -80,12 +80,13 @@ fn install_writes_shims_records_the_config_and_is_idempotent() {
     for name in ["pre-receive", "post-receive"] {
         let path = f.bare.join("hooks").join(name);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("#!/bin/sh\n"), "{text}");
-        assert!(text.contains("lockstep-managed hook"), "{text}");
+        // The test binary's path has no blanks and fits a `#!` line: the kernel starts
+        // lockstep itself (the `sh` fallback is tested below).
         assert!(
-            text.contains(&format!("exec '{}' hook {name} \"$@\"", bin().display())),
+            text.starts_with(&format!("#!{} hook\n", bin().display())),
             "{text}"
         );
+        assert!(text.contains("lockstep-managed hook"), "{text}");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o111, 0o111, "{name} is not executable: {mode:o}");
     }
@@ -190,7 +191,7 @@ fn install_per_ref_uses_update_and_decides_ref_by_ref() {
     assert!(
         hook(&f.bare, "update")
             .unwrap()
-            .contains("hook update \"$@\"")
+            .starts_with(&format!("#!{} hook\n", bin().display()))
     );
     assert!(hook(&f.bare, "post-receive").is_some());
 
@@ -261,4 +262,93 @@ fn install_refuses_what_is_not_a_repository() {
     let out = f.env.lockstep(&["install-hooks"]);
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("<REPO.git>"), "{}", stderr(&out));
+}
+
+/// Runs `install-hooks` with a copy of lockstep at `binary`, in the sandbox's environment.
+fn install_as(binary: &Path, env: &Env, repo: &str) -> std::process::Output {
+    let like = env.command(&["install-hooks", repo]);
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(like.get_args()).stdin(std::process::Stdio::null());
+    for (k, v) in like.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_binary_path_with_a_space_gets_sh_shims_that_work() {
+    let f = fresh();
+    let dir = f.env.dir.path().join("my tools");
+    std::fs::create_dir(&dir).unwrap();
+    let binary = dir.join("lockstep");
+    if std::fs::hard_link(bin(), &binary).is_err() {
+        std::fs::copy(bin(), &binary).unwrap();
+    }
+    let repo = f.bare.to_string_lossy().into_owned();
+    let out = install_as(&binary, &f.env, &repo);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for name in ["pre-receive", "post-receive"] {
+        let text = hook(&f.bare, name).unwrap();
+        assert!(text.starts_with("#!/bin/sh\n"), "{text}");
+        assert!(
+            text.contains(&format!("exec '{}' hook {name} \"$@\"", binary.display())),
+            "{text}"
+        );
+    }
+    let g = sandbox_git(&f.clone, "alice");
+    g.run(&["switch", "-q", "-c", "fix-login"]).unwrap();
+    let p = push_as(&f.clone, "alice", &["fix-login"]);
+    assert!(!p.accepted, "{}", p.stderr);
+    assert!(
+        p.remote_text().contains("[branch-names-a-task]"),
+        "{}",
+        p.stderr
+    );
+    g.run(&["switch", "-q", "-c", "feature/TASK-1-x"]).unwrap();
+    let p = push_as(&f.clone, "alice", &["feature/TASK-1-x"]);
+    assert!(p.accepted, "{}", p.stderr);
+}
+
+#[test]
+fn hook_files_in_a_dot_d_folder_run_as_their_folder_says() {
+    // GitLab and Gitea run every file of `hooks/pre-receive.d/`; a direct hook file there is
+    // named after lockstep, not after the hook.
+    let f = fresh();
+    let repo = f.bare.to_string_lossy().into_owned();
+    assert_eq!(code(&install(&f.env, &[&repo])), 0);
+    let hooks = f.bare.join("hooks");
+    let folder = hooks.join("pre-receive.d");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::rename(hooks.join("pre-receive"), folder.join("lockstep")).unwrap();
+    std::fs::write(
+        hooks.join("pre-receive"),
+        "#!/bin/sh\nset -e\ninput=$(cat)\nfor h in \"$(dirname \"$0\")\"/pre-receive.d/*; do\n  printf '%s\\n' \"$input\" | \"$h\"\ndone\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        hooks.join("pre-receive"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let g = sandbox_git(&f.clone, "alice");
+    g.run(&["switch", "-q", "-c", "fix-login"]).unwrap();
+    let p = push_as(&f.clone, "alice", &["fix-login"]);
+    assert!(!p.accepted, "{}", p.stderr);
+    assert!(
+        p.remote_text().contains("[branch-names-a-task]"),
+        "{}",
+        p.stderr
+    );
+
+    // A hook file named after no hook is refused with the reason, never run as something else.
+    std::fs::rename(folder.join("lockstep"), hooks.join("lockstep")).unwrap();
+    let out = std::process::Command::new(hooks.join("lockstep"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("no such hook"), "{}", stderr(&out));
 }
