@@ -481,6 +481,53 @@ fn push_with_deliver_option_queues_and_a_background_worker_delivers() {
     assert_eq!(env.show(1)["delivery"]["requester"], "alice");
 }
 
+#[test]
+fn a_refused_deliver_option_leaves_the_task_where_the_push_found_it() {
+    let env = Env::new(&REPOS);
+    env.add_policy(
+        "90-release-lead-delivers.toml",
+        r#"
+[[rule]]
+name = "release-lead-delivers"
+on = ["deliver"]
+require = 'requester == "release-lead"'
+message = "only the release lead asks for deliveries this week"
+"#,
+    );
+    env.set_status(&[("TASK-1", "In Progress")]);
+    let dir = env.clone_on_branch("api", "alice", "feature/TASK-1-work", "TASK-1 work");
+    let before = env.masters();
+    let p = push(&dir, "alice", &["-o", "deliver", "feature/TASK-1-work"]).unwrap();
+    // The push itself is in: post-receive cannot undo it, only decline to deliver.
+    assert!(p.accepted, "{:?}", p.remote);
+    assert!(
+        p.remote.iter().any(|l| l.contains(
+            "delivery of `TASK-1` refused: [release-lead-delivers] only the release lead asks \
+             for deliveries this week (task moved back to In Progress)"
+        )),
+        "{:?}",
+        p.remote
+    );
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ready for delivery: alice pushed with `-o deliver`")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("not delivered: [release-lead-delivers]")
+                && n.ends_with("back to In Progress")),
+        "{notes:?}"
+    );
+    let q = env.queue();
+    assert!(q["queued"].as_array().unwrap().is_empty(), "{q}");
+    assert_eq!(env.masters(), before);
+}
+
 /// A push that `alice` makes to `master` of a repository; returns what the server said.
 fn alice_pushes_master(env: &Env, repo: &str) -> lockstep::demo::Pushed {
     let dir = env.clone_of(repo, "alice");

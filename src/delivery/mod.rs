@@ -203,6 +203,8 @@ pub fn enqueue_from_hook(
         let current = crate::tracker::task_with_timeout(tracker.as_ref(), key, config.tracker.timeout)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The push declares the task ready: its deliver rules are judged with it so.
+        let mut moved_from = None;
         if let Some(t) = &current
             && !config.tasks.for_delivery.contains(&t.status)
         {
@@ -211,8 +213,8 @@ pub fn enqueue_from_hook(
                 .move_to(key, &ready, &format!("ready for delivery: {who} pushed with `-o deliver`"))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            moved_from = Some(t.status.clone());
         }
-        let store = Store::open(&config.state_dir()).await?;
         let req = Request {
             task: key.to_string(),
             priority,
@@ -220,13 +222,32 @@ pub fn enqueue_from_hook(
             requester: requester.to_string(),
             ..Default::default()
         };
-        let msg = match request(config, &policies, tracker.as_ref(), &store, &req).await? {
+        let requested = async {
+            let store = Store::open(&config.state_dir()).await?;
+            request(config, &policies, tracker.as_ref(), &store, &req).await
+        }
+        .await;
+        // A request that goes nowhere leaves the task where the push found it.
+        let why = match &requested {
+            Ok(Requested::Refused(d)) => Some(refusal_lines(d).join("; ")),
+            Err(e) => Some(format!("{e:#}")),
+            Ok(_) => None,
+        };
+        let mut put_back = String::new();
+        if let (Some(why), Some(previous)) = (why, &moved_from) {
+            let note = format!("not delivered: {why}; back to {previous}");
+            put_back = match tracker.move_to(key, previous, &note).await {
+                Ok(()) => format!(" (task moved back to {previous})"),
+                Err(e) => format!(" (and it could not be moved back to {previous}: {e})"),
+            };
+        }
+        let msg = match requested.map_err(|e| anyhow::anyhow!("{e:#}{put_back}"))? {
             Requested::Queued { id, position } => {
                 worker::spawn_detached(config)?;
                 format!("delivery #{id} of `{key}` queued (position {position}); follow it with `lockstep show {id}`")
             }
             Requested::AlreadyQueued { id } => format!("`{key}` is already queued as delivery #{id}"),
-            Requested::Refused(d) => format!("delivery of `{key}` refused: {}", refusal_lines(&d).join("; ")),
+            Requested::Refused(d) => format!("delivery of `{key}` refused: {}{put_back}", refusal_lines(&d).join("; ")),
         };
         Ok(msg)
     })
