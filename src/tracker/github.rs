@@ -157,16 +157,23 @@ impl GitHub {
         }
     }
 
-    /// A failed call as a tracker error: 401/403 name the token's variable (unless GitHub
-    /// says it is rate limiting), timeouts deep in the client count as timeouts.
+    /// A failed call as a tracker error: 401 and 403 name the token's variable (a 403 unless
+    /// GitHub says it is rate limiting), timeouts deep in the client count as timeouts.
     fn failure(&self, what: &str, e: octocrab::Error) -> TrackerError {
         if let octocrab::Error::GitHub { source, .. } = &e {
             let code = source.status_code.as_u16();
             let rate_limited = source.message.to_ascii_lowercase().contains("rate limit");
-            if (code == 401 || code == 403) && !rate_limited {
+            if code == 401 {
                 return TrackerError::Auth {
                     tracker: NAME,
                     var: self.token_var.clone(),
+                };
+            }
+            if code == 403 && !rate_limited {
+                return TrackerError::Forbidden {
+                    tracker: NAME,
+                    var: self.token_var.clone(),
+                    what: what.to_string(),
                 };
             }
             return other(format!(

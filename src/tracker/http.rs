@@ -94,14 +94,21 @@ impl Http {
         })
     }
 
-    /// The error an unsuccessful answer stands for: `Auth` for 401 and 403, else `Other`
-    /// with the tracker's own words.
+    /// The error an unsuccessful answer stands for: `Auth` for 401 (who are you?),
+    /// `Forbidden` for 403 (not you), else `Other` with the tracker's own words.
     pub async fn failure(&self, resp: Response, what: &str) -> TrackerError {
         let status = resp.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        if status == StatusCode::UNAUTHORIZED {
             return TrackerError::Auth {
                 tracker: self.tracker,
                 var: self.credential_var.clone(),
+            };
+        }
+        if status == StatusCode::FORBIDDEN {
+            return TrackerError::Forbidden {
+                tracker: self.tracker,
+                var: self.credential_var.clone(),
+                what: what.to_string(),
             };
         }
         let body = resp.text().await.unwrap_or_default();

@@ -49,6 +49,15 @@ pub enum TrackerError {
     },
     #[error("tracker `{tracker}` refused the credentials in `{var}`; check that variable")]
     Auth { tracker: &'static str, var: String },
+    #[error(
+        "tracker `{tracker}` took the credentials in `{var}` but does not allow them {what}; \
+         give that account the permission"
+    )]
+    Forbidden {
+        tracker: &'static str,
+        var: String,
+        what: String,
+    },
     #[error("task `{key}` does not exist in {tracker}")]
     NotFound { tracker: &'static str, key: String },
     #[error("tracker `{tracker}` has no status `{status}`{hint}")]

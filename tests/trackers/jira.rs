@@ -445,3 +445,28 @@ fn a_push_of_100_refs_naming_3_tasks_reads_each_task_once() {
         assert_eq!(fake.count(&format!("GET /rest/api/2/issue/SHOP-{n}?")), 1);
     }
 }
+
+#[tokio::test]
+async fn credentials_that_may_only_read_are_told_apart_from_bad_ones() {
+    let fake = fake(Flavor::Cloud);
+    fake.add("SHOP-1", "In Progress", "Log in", None);
+    fake.state.lock().unwrap().read_only = true;
+    let jira = client(&fake, TOKEN);
+    assert_eq!(
+        jira.task("SHOP-1").await.unwrap().unwrap().status,
+        "In Progress"
+    );
+    let e = jira
+        .move_to("SHOP-1", "For Delivery", "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, TrackerError::Forbidden { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("tracker `jira` took the credentials in `JIRA_TOKEN` but does not allow them POST /rest/api/2/issue/SHOP-1/"),
+        "{text}"
+    );
+    assert!(text.ends_with("give that account the permission"), "{text}");
+    assert!(!format!("{e:?}").contains(TOKEN), "{e:?}");
+    assert_eq!(fake.issue("SHOP-1").status, "In Progress");
+}

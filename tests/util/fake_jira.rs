@@ -28,6 +28,7 @@ const SEARCH_JQL: &str = include_str!("../data/jira_search_jql.json");
 const COMMENT: &str = include_str!("../data/jira_comment.json");
 const ERROR_404: &str = include_str!("../data/jira_error_404.json");
 const ERROR_401: &str = include_str!("../data/jira_error_401.json");
+const ERROR_403: &str = include_str!("../data/jira_error_403.json");
 const ERROR_410: &str = include_str!("../data/jira_error_410.json");
 
 /// The fake's workflow: which transition (by id, as in `jira_transitions.json`) is offered
@@ -68,6 +69,8 @@ pub struct JiraState {
     pub page_cap: usize,
     /// The JQL of each search, as received.
     pub searches: Vec<String>,
+    /// The credentials may read but not write: every other request is answered 403.
+    pub read_only: bool,
 }
 
 pub struct FakeJira {
@@ -163,16 +166,21 @@ async fn guard(State((state, _)): State<Shared>, req: Request, next: Next) -> Re
         req.method(),
         req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
     );
-    let allowed = {
+    let (allowed, read_only) = {
         let mut s = state.lock().unwrap();
         s.log.push(line);
-        req.headers()
+        let allowed = req
+            .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            == Some(s.authorization.as_str())
+            == Some(s.authorization.as_str());
+        (allowed, s.read_only)
     };
     if !allowed {
         return json_answer(StatusCode::UNAUTHORIZED, ERROR_401);
+    }
+    if read_only && req.method() != axum::http::Method::GET {
+        return json_answer(StatusCode::FORBIDDEN, ERROR_403);
     }
     next.run(req).await
 }
