@@ -288,6 +288,55 @@ fn two_deliveries_started_at_once_land_one_after_the_other() {
 }
 
 #[test]
+fn a_failing_test_stops_the_other_repositories_tests() {
+    let env = Env::new(&REPOS);
+    env.set_delivery("parallel", "3");
+    ready(
+        &env,
+        "TASK-1",
+        &REPOS,
+        &[
+            ("db", "FAIL-TEST", "rows mismatch"),
+            ("web", "SLOW-TEST", "600"),
+        ],
+    );
+    let before = env.masters();
+
+    // Without the stop, the line would wait for web's ten-minute test until the sandbox's
+    // 60 s step timeout killed it, and report web's timeout.
+    let started = std::time::Instant::now();
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the line waited for web's slow test"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "delivery failed in test (db): `test` exited with 1: assertion failed: rows mismatch"
+        ),
+        "{err}"
+    );
+    wait_for("the stopped step's processes to end", || {
+        env.step_processes().is_empty().then_some(())
+    });
+    let steps = env.show(1)["steps"].clone();
+    let web_test = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["repo"] == "web" && s["step"] == "test")
+        .unwrap();
+    assert_eq!(web_test["outcome"], "stopped", "{web_test}");
+    assert_eq!(env.masters(), before);
+    for repo in REPOS {
+        assert_eq!(env.deployed(repo), None, "{repo} was deployed");
+    }
+    assert_eq!(env.task("TASK-1").0, "In Progress");
+}
+
+#[test]
 fn step_timeout_kills_the_process_group_and_fails() {
     let env = Env::new(&REPOS);
     env.set_delivery("step_timeout", "\"1s\"");

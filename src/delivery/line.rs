@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use super::steps::{self, StepOutcome, StepSpec};
 use crate::config::{Command, Config, MergeMode, Repo};
@@ -428,7 +428,7 @@ impl Engine {
                         .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
                         .await?;
                 }
-                if let Err(f) = self.run_step(d, phase, c).await? {
+                if let Err(f) = self.run_step(d, phase, c, None).await? {
                     return Ok(Err(f));
                 }
             }
@@ -720,24 +720,28 @@ impl Engine {
         env
     }
 
-    /// Runs one repository's step of a phase (a phase with no step for it passes).
+    /// Runs one repository's step of a phase (a phase with no step for it passes); a step
+    /// given `stop` is killed when it turns true.
     async fn run_step(
         &self,
         d: &DeliveryRow,
         phase: Phase,
         c: &Checkout,
+        stop: Option<watch::Receiver<bool>>,
     ) -> anyhow::Result<Result<(), Failure>> {
         let Some(command) = phase.step(&c.repo) else {
             return Ok(Ok(()));
         };
-        self.exec(d, phase.as_str(), command, c).await.map(|r| {
-            r.map_err(|(msg, tail)| Failure {
-                phase: phase.as_str().into(),
-                repo: c.row.repo.clone(),
-                message: msg,
-                log_tail: tail,
+        self.exec(d, phase.as_str(), command, c, stop)
+            .await
+            .map(|r| {
+                r.map_err(|(msg, tail)| Failure {
+                    phase: phase.as_str().into(),
+                    repo: c.row.repo.clone(),
+                    message: msg,
+                    log_tail: tail,
+                })
             })
-        })
     }
 
     /// Runs a command for a checkout, journaled, with its log; Err((why, log tail)) on failure.
@@ -747,6 +751,7 @@ impl Engine {
         step: &str,
         command: &Command,
         c: &Checkout,
+        stop: Option<watch::Receiver<bool>>,
     ) -> anyhow::Result<Result<(), (String, String)>> {
         let log = self.log_path(d.id, &c.row.repo, step);
         let spec = StepSpec {
@@ -770,7 +775,10 @@ impl Engine {
                 if let Some(pid) = running.pid() {
                     self.store.step_pid(step_id, pid).await?;
                 }
-                running.wait().await?
+                match stop {
+                    Some(mut stop) => running.wait_or_stop(&mut stop).await?,
+                    None => running.wait().await?,
+                }
             }
             Err(outcome) => outcome,
         };
@@ -799,8 +807,9 @@ impl Engine {
         Ok(Err((why, tail)))
     }
 
-    /// Build or test: every repository at once (bounded by `delivery.parallel`); the first
-    /// failure in declaration order is the one reported.
+    /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
+    /// failure stops the line: the other repositories' steps are killed (`stopped` in their
+    /// logs), steps still waiting for their turn never start, and that failure is reported.
     async fn parallel_phase(
         &self,
         d: &DeliveryRow,
@@ -808,19 +817,24 @@ impl Engine {
         checkouts: &[Checkout],
     ) -> anyhow::Result<Result<(), Failure>> {
         let limit = Arc::new(Semaphore::new(self.config.delivery.parallel));
-        let mut handles = Vec::new();
+        let (stop, stopping) = watch::channel(false);
+        let mut steps = tokio::task::JoinSet::new();
         for c in checkouts {
             let (engine, d, c, limit) = (self.clone(), d.clone(), c.clone(), limit.clone());
-            handles.push(tokio::spawn(async move {
+            let stopping = stopping.clone();
+            steps.spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                engine.run_step(&d, phase, &c).await
-            }));
+                if *stopping.borrow() {
+                    return Ok(Ok(()));
+                }
+                engine.run_step(&d, phase, &c, Some(stopping)).await
+            });
         }
         let mut first = None;
-        for h in handles {
-            let r = h.await.context("a step task panicked")??;
-            if let (Err(f), None) = (r, &first) {
+        while let Some(r) = steps.join_next().await {
+            if let (Err(f), None) = (r.context("a step task panicked")??, &first) {
                 first = Some(f);
+                let _ = stop.send(true);
             }
         }
         Ok(first.map_or(Ok(()), Err))

@@ -39,6 +39,8 @@ pub enum StepOutcome {
     TimedOut(Duration),
     /// It could not be started at all.
     NotStarted(String),
+    /// Killed because another repository's step of the same phase failed: the line stops.
+    Stopped,
 }
 
 impl StepOutcome {
@@ -51,6 +53,7 @@ impl StepOutcome {
             StepOutcome::Failed(_) => "failed",
             StepOutcome::TimedOut(_) => "timed out",
             StepOutcome::NotStarted(_) => "not started",
+            StepOutcome::Stopped => "stopped",
         }
     }
     pub fn exit_code(&self) -> Option<i32> {
@@ -70,6 +73,7 @@ impl StepOutcome {
                 format!("ran past {} and was killed", crate::tracker::humanize(*d))
             }
             StepOutcome::NotStarted(e) => format!("could not start: {e}"),
+            StepOutcome::Stopped => "was stopped: another step of the phase failed".into(),
         }
     }
 }
@@ -173,6 +177,20 @@ impl Running {
                 let _ = self.child.wait().await;
                 Ok(StepOutcome::TimedOut(self.timeout))
             }
+        }
+    }
+}
+
+impl Running {
+    /// Like [`Running::wait`], but gives up as soon as `stop` turns true, killing the step's
+    /// whole group (dropping the wait does it).
+    pub async fn wait_or_stop(
+        self,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<StepOutcome> {
+        tokio::select! {
+            outcome = self.wait() => outcome,
+            Ok(_) = stop.wait_for(|stopped| *stopped) => Ok(StepOutcome::Stopped),
         }
     }
 }

@@ -48,7 +48,7 @@ impl Engine {
                     .journal(id, "rollback", &row.repo, "no checkout", &format!("{e:#}"))
                     .await;
             }
-            match self.exec(&d, "rollback", &command, &c).await {
+            match self.exec(&d, "rollback", &command, &c, None).await {
                 Ok(Ok(())) => {
                     let _ = self
                         .store
