@@ -49,7 +49,7 @@ pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyho
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         let req = Request { task: task.to_string(), priority, source: "cli".into(), requester: whoami(), ..Default::default() };
-        let id = match delivery::request(&engine.config, &engine.policies, engine.tracker.as_ref(), &engine.store, &req).await? {
+        let id = match delivery::request(&engine.config, &engine.policies, engine.tracker.as_ref(), None, &engine.store, &req).await? {
             Requested::Refused(d) => {
                 eprintln!("lockstep: delivery of `{task}` refused");
                 for line in delivery::refusal_lines(&d) {

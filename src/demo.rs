@@ -306,6 +306,7 @@ fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
             &engine.config,
             &engine.policies,
             engine.tracker.as_ref(),
+            None,
             &engine.store,
             &req,
         )

@@ -58,6 +58,8 @@ pub struct Pull {
     pub author: String,
     pub head_ref: String,
     pub head_sha: String,
+    /// The repository the head branch is in (`owner/name`; a fork's differs), "" if unknown.
+    pub head_repo: String,
     /// `open` or `closed`.
     pub state: String,
 }
@@ -201,11 +203,11 @@ enum Auth {
     },
 }
 
-/// The GitHub API client of `lockstep serve`.
+/// The GitHub API client of `lockstep serve`, and of the commands that read pull requests.
 pub struct GitHub {
     auth: Auth,
-    /// The webhook secret.
-    pub webhook_secret: SecretString,
+    /// The webhook secret (only `serve` reads webhooks).
+    pub webhook_secret: Option<SecretString>,
     pub api_url: String,
 }
 
@@ -235,6 +237,26 @@ struct HeadJson {
     #[serde(rename = "ref")]
     ref_: String,
     sha: String,
+    /// Null when the fork it came from was deleted.
+    repo: Option<HeadRepoJson>,
+}
+
+#[derive(Deserialize)]
+struct HeadRepoJson {
+    full_name: String,
+}
+
+impl From<PullJson> for Pull {
+    fn from(p: PullJson) -> Pull {
+        Pull {
+            number: p.number,
+            author: p.user.map(|u| u.login).unwrap_or_default(),
+            head_ref: p.head.ref_,
+            head_sha: p.head.sha,
+            head_repo: p.head.repo.map(|r| r.full_name).unwrap_or_default(),
+            state: p.state,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -305,6 +327,14 @@ impl GitHub {
     pub fn from_config(config: &Config, gh: &config::GitHub) -> anyhow::Result<GitHub> {
         let webhook_secret = secret_from_env(&gh.webhook_secret_env)
             .context("the GitHub webhook secret is missing (`github.webhook_secret_env`)")?;
+        let mut client = GitHub::api_only(config, gh)?;
+        client.webhook_secret = Some(webhook_secret);
+        Ok(client)
+    }
+
+    /// Builds a client for the API alone (no webhooks), e.g. for `lockstep deliver` to read
+    /// pull requests: it needs the token or App key of `[github]`, not the webhook secret.
+    pub fn api_only(config: &Config, gh: &config::GitHub) -> anyhow::Result<GitHub> {
         let builder = || -> anyhow::Result<octocrab::OctocrabBuilder<_, _, _, _>> {
             Ok(Octocrab::builder()
                 .base_uri(gh.api_url.as_str())
@@ -343,7 +373,7 @@ impl GitHub {
         };
         Ok(GitHub {
             auth,
-            webhook_secret,
+            webhook_secret: None,
             api_url: gh.api_url.clone(),
         })
     }
@@ -397,13 +427,29 @@ impl GitHub {
             .get(route, None::<&()>)
             .await
             .map_err(|e| anyhow::anyhow!("cannot read {repo}#{number}: {}", describe(&e)))?;
-        Ok(Pull {
-            number: p.number,
-            author: p.user.map(|u| u.login).unwrap_or_default(),
-            head_ref: p.head.ref_,
-            head_sha: p.head.sha,
-            state: p.state,
-        })
+        Ok(Pull::from(p))
+    }
+
+    /// The open pull requests of a repository (`GET /repos/{o}/{r}/pulls?state=open`, every
+    /// page up to 3,000).
+    pub async fn open_pulls(&self, repo: &RepoName) -> anyhow::Result<Vec<Pull>> {
+        let crab = self.client(repo).await?;
+        let mut out = Vec::new();
+        for page in 1..=30u32 {
+            let route = format!(
+                "/repos/{}/{}/pulls?state=open&per_page=100&page={page}",
+                repo.owner, repo.name
+            );
+            let batch: Vec<PullJson> = crab.get(route, None::<&()>).await.map_err(|e| {
+                anyhow::anyhow!("cannot list the pull requests of {repo}: {}", describe(&e))
+            })?;
+            let n = batch.len();
+            out.extend(batch.into_iter().map(Pull::from));
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Every review of a pull request, oldest first (all pages).

@@ -229,6 +229,7 @@ pub const FACTS: &[&str] = &[
     "reviews",
     "pr",
     "repos",
+    "branches",
     "delivery",
 ];
 
@@ -620,6 +621,22 @@ impl Facts {
                 ("author", "x".into()),
                 ("head", "x".into()),
             ]),
+        );
+        f.set(
+            "branches",
+            Value::List(Arc::new(vec![map([
+                ("repo", "x".into()),
+                ("github", "x/x".into()),
+                ("branch", "x".into()),
+                (
+                    "pr",
+                    map([
+                        ("number", 1i64.into()),
+                        ("author", "x".into()),
+                        ("approvals", 0i64.into()),
+                    ]),
+                ),
+            ])])),
         );
         f.set("delivery", map([("id", 1i64.into())]));
         f.set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));

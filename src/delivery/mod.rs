@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use cel::Value;
 
+use anyhow::Context as _;
+
 use crate::config::Config;
+use crate::github::{self, GitHub, RepoName};
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::store::{Enqueued, NewDelivery, Store};
 use crate::tracker::{Task, Tracker};
@@ -21,6 +24,8 @@ use crate::tracker::{Task, Tracker};
 /// What a pull request adds to the facts of a delivery request.
 #[derive(Debug, Clone, Default)]
 pub struct PrFacts {
+    /// `owner/name` on GitHub.
+    pub repo: String,
     pub number: u64,
     pub author: String,
     pub head: String,
@@ -38,7 +43,125 @@ impl PrFacts {
     }
 }
 
-/// The facts of a delivery request (and of the merge check).
+/// A branch of the task in a repository on GitHub, and its open pull request.
+#[derive(Debug, Clone)]
+pub struct BranchFacts {
+    /// The repository's name in `lockstep.toml`.
+    pub repo: String,
+    /// `owner/name` on GitHub.
+    pub github: String,
+    pub branch: String,
+    /// The open pull request whose head is this branch of this repository (not a fork's).
+    pub pr: Option<PrFacts>,
+}
+
+impl BranchFacts {
+    fn value(&self) -> Value {
+        let pr = self.pr.as_ref().map_or(Value::Null, |pr| {
+            policy::map([
+                ("number", (pr.number as i64).into()),
+                ("author", pr.author.as_str().into()),
+                ("approvals", pr.approvals().into()),
+            ])
+        });
+        policy::map([
+            ("repo", self.repo.as_str().into()),
+            ("github", self.github.as_str().into()),
+            ("branch", self.branch.as_str().into()),
+            ("pr", pr),
+        ])
+    }
+}
+
+/// The task's branches in the repositories on GitHub (`github = "owner/name"`, with a
+/// `[github]` section: without one, lockstep does not talk to GitHub and there are none), each
+/// with its open pull request and that pull request's reviews. Without a client at hand (the
+/// command line, a hook), one is built from `[github]`.
+pub async fn task_branches_on_github(
+    config: &Config,
+    client: Option<&GitHub>,
+    key: &str,
+) -> anyhow::Result<Vec<BranchFacts>> {
+    let Some(gh_config) = &config.github else {
+        return Ok(Vec::new());
+    };
+    let on_github: Vec<(&crate::config::Repo, RepoName)> = config
+        .repos
+        .iter()
+        .filter_map(|r| Some((r, RepoName::parse(r.github.as_deref()?)?)))
+        .collect();
+    if on_github.is_empty() {
+        return Ok(Vec::new());
+    }
+    let built;
+    let gh = match client {
+        Some(gh) => gh,
+        None => {
+            built = GitHub::api_only(config, gh_config)?;
+            &built
+        }
+    };
+    let mut out = Vec::new();
+    for (repo, name) in on_github {
+        let branches = task_branches(config, repo, key).await?;
+        if branches.is_empty() {
+            continue;
+        }
+        let pulls = gh.open_pulls(&name).await?;
+        let full = name.to_string();
+        for branch in branches {
+            let pull = pulls
+                .iter()
+                .find(|p| p.head_ref == branch && p.head_repo.eq_ignore_ascii_case(&full));
+            let pr = match pull {
+                Some(p) => Some(PrFacts {
+                    repo: full.clone(),
+                    number: p.number,
+                    author: p.author.clone(),
+                    head: p.head_ref.clone(),
+                    reviews: github::latest_reviews(&gh.reviews(&name, p.number).await?),
+                }),
+                None => None,
+            };
+            out.push(BranchFacts {
+                repo: repo.name.clone(),
+                github: full.clone(),
+                branch,
+                pr,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The branches of a repository that name the task (`git ls-remote --heads`).
+async fn task_branches(
+    config: &Config,
+    repo: &crate::config::Repo,
+    key: &str,
+) -> anyhow::Result<Vec<String>> {
+    let url = line::repo_url(config, repo);
+    let git = crate::git::Git::new(config.resolve(std::path::Path::new(".")));
+    let listed = {
+        let url = url.clone();
+        line::blocking(move || git.try_run(&["ls-remote", "--heads", "--end-of-options", &url]))
+            .await?
+    };
+    let (ok, out, err) = listed;
+    if !ok {
+        anyhow::bail!("cannot list the branches of `{url}`: {}", err.trim());
+    }
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t')?.1.strip_prefix("refs/heads/"))
+        .filter(|b| config.tasks.task_of(b) == Some(key))
+        .map(String::from)
+        .collect())
+}
+
+/// The facts of a delivery request (and of the merge check). `branches` is what
+/// [`task_branches_on_github`] found, when a rule reads it.
+#[allow(clippy::too_many_arguments)]
 pub fn deliver_facts(
     config: &Config,
     tracker_name: &str,
@@ -46,6 +169,7 @@ pub fn deliver_facts(
     task: Option<&Task>,
     requester: &str,
     pr: Option<&PrFacts>,
+    branches: &[BranchFacts],
     repos: Vec<String>,
     delivery: Option<i64>,
 ) -> Facts {
@@ -70,6 +194,10 @@ pub fn deliver_facts(
         .set("in_progress", config.tasks.in_progress.clone())
         .set("for_delivery", config.tasks.for_delivery.clone())
         .set("repos", repos)
+        .set(
+            "branches",
+            Value::List(Arc::new(branches.iter().map(BranchFacts::value).collect())),
+        )
         .set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
     match pr {
         Some(pr) => {
@@ -125,17 +253,55 @@ pub enum Requested {
     Refused(Decision),
 }
 
-/// Checks a request against the `on = "deliver"` rules and queues it.
+/// Checks a request against the `on = "deliver"` rules and queues it. `github` is the
+/// client to read pull requests with, if the caller has one.
 pub async fn request(
     config: &Config,
     policies: &PolicySet,
     tracker: &dyn Tracker,
+    github: Option<&GitHub>,
     store: &Store,
     req: &Request,
 ) -> anyhow::Result<Requested> {
     let task = crate::tracker::task_with_timeout(tracker, &req.task, config.tracker.timeout)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; the delivery of `{}` was not queued", req.task))?;
+    let mut branches = if policies.needs(Stage::Deliver, "branches") {
+        task_branches_on_github(config, github, &req.task)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read the pull requests of `{}`, which the delivery rules need; \
+                     the delivery was not queued",
+                    req.task
+                )
+            })?
+    } else {
+        Vec::new()
+    };
+    // The pull request the request came from is judged even if its branch was not found
+    // (a fork's, or one deleted since): asking from it must not skip its reviews.
+    if let Some(pr) = &req.pr
+        && !branches
+            .iter()
+            .any(|b| b.github.eq_ignore_ascii_case(&pr.repo) && b.branch == pr.head)
+    {
+        let repo = config
+            .repos
+            .iter()
+            .find(|r| {
+                r.github
+                    .as_deref()
+                    .is_some_and(|g| g.eq_ignore_ascii_case(&pr.repo))
+            })
+            .map_or_else(|| pr.repo.clone(), |r| r.name.clone());
+        branches.push(BranchFacts {
+            repo,
+            github: pr.repo.clone(),
+            branch: pr.head.clone(),
+            pr: Some(pr.clone()),
+        });
+    }
     let repos = config.repos.iter().map(|r| r.name.clone()).collect();
     let facts = deliver_facts(
         config,
@@ -144,6 +310,7 @@ pub async fn request(
         task.as_ref(),
         &req.requester,
         req.pr.as_ref(),
+        &branches,
         repos,
         None,
     );
@@ -224,7 +391,7 @@ pub fn enqueue_from_hook(
         };
         let requested = async {
             let store = Store::open(&config.state_dir()).await?;
-            request(config, &policies, tracker.as_ref(), &store, &req).await
+            request(config, &policies, tracker.as_ref(), None, &store, &req).await
         }
         .await;
         // A request that goes nowhere leaves the task where the push found it.
@@ -260,6 +427,7 @@ mod tests {
     #[test]
     fn approvals_count_others_only() {
         let pr = PrFacts {
+            repo: "acme/api".into(),
             number: 1,
             author: "alice".into(),
             head: "feature/T-1".into(),

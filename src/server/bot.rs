@@ -65,6 +65,7 @@ fn link(app: &App, id: i64) -> String {
 async fn pr_facts(gh: &GitHub, repo: &RepoName, pull: &Pull) -> anyhow::Result<PrFacts> {
     let reviews = gh.reviews(repo, pull.number).await?;
     Ok(PrFacts {
+        repo: repo.to_string(),
         number: pull.number,
         author: pull.author.clone(),
         head: pull.head_ref.clone(),
@@ -307,8 +308,15 @@ async fn deliver(
         pr: Some(facts),
     };
     let e = &app.engine;
-    let requested =
-        delivery::request(&e.config, &e.policies, e.tracker.as_ref(), &e.store, &req).await?;
+    let requested = delivery::request(
+        &e.config,
+        &e.policies,
+        e.tracker.as_ref(),
+        Some(gh),
+        &e.store,
+        &req,
+    )
+    .await?;
     Ok(match requested {
         Requested::Queued { id, position } => {
             app.wake.notify_one();
@@ -458,6 +466,11 @@ pub async fn on_review(
         crate::tracker::task_with_timeout(e.tracker.as_ref(), task, e.config.tracker.timeout)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
+    let branches = if e.policies.needs(Stage::Deliver, "branches") {
+        delivery::task_branches_on_github(&e.config, Some(gh), task).await?
+    } else {
+        Vec::new()
+    };
     let facts = delivery::deliver_facts(
         &e.config,
         e.tracker.name(),
@@ -465,6 +478,7 @@ pub async fn on_review(
         current.as_ref(),
         &d.requester,
         Some(&facts),
+        &branches,
         e.config.repos.iter().map(|r| r.name.clone()).collect(),
         Some(d.id),
     );

@@ -64,8 +64,15 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
             origin: String::new(),
             pr: None,
         };
-        let line = match delivery::request(config, &e.policies, e.tracker.as_ref(), &e.store, &req)
-            .await
+        let line = match delivery::request(
+            config,
+            &e.policies,
+            e.tracker.as_ref(),
+            app.github.as_ref(),
+            &e.store,
+            &req,
+        )
+        .await
         {
             Ok(Requested::Queued { id, position }) => {
                 app.wake.notify_one();

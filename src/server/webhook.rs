@@ -55,11 +55,17 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
             "lockstep: GitHub is not configured; add a `[github]` section to lockstep.toml".into(),
         );
     };
-    if let Err(e) = github::check_signature(
-        &gh.webhook_secret,
-        header(&headers, "x-hub-signature-256"),
-        &body,
-    ) {
+    let Some(secret) = &gh.webhook_secret else {
+        return reply(
+            &app,
+            "github",
+            "not_configured",
+            StatusCode::NOT_FOUND,
+            "lockstep: no GitHub webhook secret; set `github.webhook_secret_env`".into(),
+        );
+    };
+    if let Err(e) = github::check_signature(secret, header(&headers, "x-hub-signature-256"), &body)
+    {
         tracing::warn!("webhook refused: {e}");
         return reply(
             &app,
@@ -270,6 +276,12 @@ fn pull_of(p: &octocrab::models::pulls::PullRequest) -> github::Pull {
         author: p.user.as_ref().map(|u| u.login.clone()).unwrap_or_default(),
         head_ref: p.head.ref_field.clone(),
         head_sha: p.head.sha.clone(),
+        head_repo: p
+            .head
+            .repo
+            .as_ref()
+            .and_then(|r| r.full_name.clone())
+            .unwrap_or_default(),
         state: match p.state {
             Some(octocrab::models::IssueState::Closed) => "closed".into(),
             _ => "open".into(),

@@ -20,6 +20,8 @@ pub struct FakePull {
     pub head_ref: String,
     pub head_sha: String,
     pub state: String,
+    /// The fork the head branch is in (`owner/name`); None: the repository itself.
+    pub head_repo: Option<String>,
 }
 
 /// A comment the bot posted.
@@ -100,6 +102,35 @@ fn record(state: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) {
     );
 }
 
+/// A repository object as GitHub embeds it in a pull request's `head` and `base`.
+fn repository(full: &str) -> Value {
+    let (owner, name) = full.split_once('/').unwrap();
+    json!({
+        "id": 500 + full.len(), "node_id": "R_fake", "name": name, "full_name": full,
+        "private": false, "owner": user(owner),
+        "html_url": format!("https://github.com/{full}"),
+        "url": format!("https://api.github.com/repos/{full}"),
+        "default_branch": "master"
+    })
+}
+
+/// A pull request as `GET /repos/{o}/{r}/pulls/{n}` and the list show it.
+fn pull_json(full: &str, number: u64, p: &FakePull) -> Value {
+    let owner = full.split('/').next().unwrap();
+    let head_repo = p.head_repo.as_deref().unwrap_or(full);
+    let head_owner = head_repo.split('/').next().unwrap();
+    json!({
+        "url": format!("https://api.github.com/repos/{full}/pulls/{number}"),
+        "id": number * 1000, "node_id": "PR_fake", "number": number,
+        "html_url": format!("https://github.com/{full}/pull/{number}"),
+        "state": p.state, "locked": false, "title": format!("{} work", p.head_ref),
+        "user": user(&p.author), "body": null, "draft": false,
+        "head": { "label": format!("{head_owner}:{}", p.head_ref), "ref": p.head_ref, "sha": p.head_sha, "user": user(head_owner), "repo": repository(head_repo) },
+        "base": { "label": format!("{owner}:master"), "ref": "master", "sha": "0".repeat(40), "user": user(owner), "repo": repository(full) },
+        "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z"
+    })
+}
+
 async fn pull(
     State(state): State<Shared>,
     method: Method,
@@ -113,17 +144,36 @@ async fn pull(
     let Some(p) = s.pulls.get(&(full.clone(), number)) else {
         return not_found();
     };
-    Json(json!({
-        "url": format!("https://api.github.com/repos/{full}/pulls/{number}"),
-        "id": number * 1000, "node_id": "PR_fake", "number": number,
-        "html_url": format!("https://github.com/{full}/pull/{number}"),
-        "state": p.state, "locked": false, "title": format!("{} work", p.head_ref),
-        "user": user(&p.author), "body": null, "draft": false, "merged": false,
-        "head": { "label": format!("{owner}:{}", p.head_ref), "ref": p.head_ref, "sha": p.head_sha, "user": user(&owner) },
-        "base": { "label": format!("{owner}:master"), "ref": "master", "sha": "0".repeat(40), "user": user(&owner) },
-        "created_at": "2024-05-01T10:00:00Z", "updated_at": "2024-05-01T10:00:00Z"
-    }))
-    .into_response()
+    let mut v = pull_json(&full, number, p);
+    v["merged"] = json!(false);
+    Json(v).into_response()
+}
+
+/// `GET /repos/{o}/{r}/pulls?state=open&per_page=&page=`: newest first, as GitHub lists.
+async fn pulls(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path((owner, repo)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    record(&state, &method, &uri, &headers);
+    let full = format!("{owner}/{repo}");
+    let wanted = q.get("state").map_or("open", String::as_str);
+    let per_page: usize = q.get("per_page").and_then(|n| n.parse().ok()).unwrap_or(30);
+    let page: usize = q.get("page").and_then(|n| n.parse().ok()).unwrap_or(1);
+    let s = state.lock().unwrap();
+    let list: Vec<Value> = s
+        .pulls
+        .iter()
+        .rev()
+        .filter(|((r, _), p)| *r == full && (wanted == "all" || p.state == wanted))
+        .map(|((_, n), p)| pull_json(&full, *n, p))
+        .skip(per_page * (page.max(1) - 1))
+        .take(per_page)
+        .collect();
+    Json(list).into_response()
 }
 
 async fn reviews(
@@ -303,6 +353,7 @@ impl FakeGitHub {
             .unwrap();
         let state: Shared = Arc::default();
         let app = Router::new()
+            .route("/repos/{owner}/{repo}/pulls", get(pulls))
             .route("/repos/{owner}/{repo}/pulls/{number}", get(pull))
             .route("/repos/{owner}/{repo}/pulls/{number}/reviews", get(reviews))
             .route(
@@ -340,6 +391,7 @@ impl FakeGitHub {
                 head_ref: head_ref.into(),
                 head_sha: head_sha.into(),
                 state: "open".into(),
+                head_repo: None,
             },
         );
     }

@@ -31,6 +31,7 @@ impl Engine {
             task.as_ref(),
             &d.requester,
             None,
+            &[],
             repos,
             Some(d.id),
         );
