@@ -47,7 +47,7 @@ fn whoami() -> String {
 pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
-        let engine = worker::engine(config, printer()).await?;
+        let engine = worker::engine(config, crate::board::for_stdout()).await?;
         let req = Request { task: task.to_string(), priority, source: "cli".into(), requester: whoami(), ..Default::default() };
         let id = match delivery::request(&engine.config, &engine.policies, engine.tracker.as_ref(), None, &engine.store, &req).await? {
             Requested::Refused(d) => {

@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`cli`]: the command line, its exit codes and its help.
 //! - [`commands`]: the delivery commands (`deliver`, `queue`, `show`, `logs`, …).
+//! - [`board`]: the repository × phase board `deliver` draws on a terminal.
 //! - [`config`]: `lockstep.toml`, the meta-project's config.
 //! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
 //! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
@@ -21,6 +22,7 @@
 //! - [`github`]: the GitHub API client and GitHub's rules (signatures, approvals).
 //! - [`demo`]: the narrated sandbox of `lockstep demo`.
 
+pub mod board;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -882,3 +882,68 @@ fn merge_commit_mode_lands_a_merge_commit_and_reverts_it() {
         );
     }
 }
+
+/// Quotes a word for `sh` (the test's own paths and arguments).
+fn sh_word(s: &std::ffi::OsStr) -> String {
+    format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+}
+
+#[test]
+fn deliver_draws_a_board_on_a_terminal_and_prints_lines_into_a_pipe() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    ready(&env, "TASK-2", &["api", "db"], &[]);
+
+    // Into a pipe: the story, one line at a time, nothing for a terminal.
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(!stdout(&o).contains('\x1b'), "{:?}", stdout(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: build    api"),
+        "{}",
+        stdout(&o)
+    );
+
+    // On a terminal (`script` gives lockstep a pseudo-terminal): the board under the story.
+    let like = env.command(&["deliver", "TASK-2"]);
+    let line: Vec<String> = std::iter::once(like.get_program())
+        .chain(like.get_args())
+        .map(sh_word)
+        .collect();
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in like.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let o = cmd
+        .output()
+        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
+    let text = stdout(&o).replace('\r', "");
+    assert_eq!(o.status.code(), Some(0), "{text}{}", stderr(&o));
+    assert!(
+        text.contains("\x1b[J"),
+        "the board was never redrawn: {text:?}"
+    );
+    // The last board drawn: every phase done for both repositories, web not in it.
+    let last = text.rsplit("\x1b[J").next().unwrap();
+    assert!(
+        last.contains("rebase   build    test     deploy   verify   merge\n"),
+        "{last}"
+    );
+    for repo in ["api", "db"] {
+        assert!(
+            last.contains(&format!(
+                "  {repo:<12}  ok       ok       ok       ok       ok       ok\n"
+            )),
+            "{last}"
+        );
+    }
+    assert!(!last.contains("  web "), "{last}");
+    assert!(last.contains("#2 TASK-2: delivered"), "{last}");
+}

@@ -103,8 +103,25 @@ impl Failure {
     }
 }
 
+/// Whoever watches a delivery: the terminal, the server's log.
+pub trait Watcher: Send + Sync {
+    /// One line of the delivery's story: started, a step's result, failed, delivered.
+    fn say(&self, line: &str);
+    /// Where one repository stands in one phase (`rebase`, `build`, …, `merge`, `rollback`):
+    /// `running`, then `passed`, `failed`, `timed out`, `stopped` or `not started`. The lines
+    /// say the same; a watcher that draws a board of repositories × phases uses this.
+    fn step(&self, _delivery: i64, _repo: &str, _phase: &str, _state: &str) {}
+}
+
+/// A function of the line is a watcher that tells only the story.
+impl<F: Fn(&str) + Send + Sync> Watcher for F {
+    fn say(&self, line: &str) {
+        self(line)
+    }
+}
+
 /// Something to tell whoever watches (the terminal, the server's log).
-pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
+pub type Progress = Arc<dyn Watcher>;
 
 /// Everything a delivery needs, shared by the CLI worker and the server.
 #[derive(Clone)]
@@ -142,7 +159,7 @@ pub fn repo_url(config: &Config, repo: &Repo) -> String {
 
 impl Engine {
     fn say(&self, line: &str) {
-        (self.progress)(line);
+        self.progress.say(line);
     }
 
     fn work_dir(&self, id: i64) -> PathBuf {
@@ -200,6 +217,10 @@ impl Engine {
                         &failure.message,
                     )
                     .await?;
+                if !failure.repo.is_empty() {
+                    self.progress
+                        .step(d.id, &failure.repo, &failure.phase, "failed");
+                }
                 self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
                 self.fail(d, &failure.summary(), &failure.log_tail).await
             }
@@ -645,6 +666,7 @@ impl Engine {
                     ),
                 )
                 .await?;
+            self.progress.step(d.id, &c.row.repo, "rebase", "passed");
             self.say(&format!(
                 "#{} {}: rebase   {:<12} {} → {}",
                 d.id,
@@ -765,6 +787,7 @@ impl Engine {
         self.store
             .journal(d.id, step, &c.row.repo, "step started", "")
             .await?;
+        self.progress.step(d.id, &c.row.repo, step, "running");
         let step_id = self
             .store
             .step_started(d.id, &c.row.repo, step, &log.to_string_lossy())
@@ -788,6 +811,7 @@ impl Engine {
         self.store
             .journal(d.id, step, &c.row.repo, "step finished", outcome.label())
             .await?;
+        self.progress.step(d.id, &c.row.repo, step, outcome.label());
         self.say(&format!(
             "#{} {}: {step:<8} {:<12} {} ({:.1}s)",
             d.id,

@@ -78,7 +78,7 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                 "#{} {}: stopped {stopped} step(s) the previous worker left running",
                 d.id, d.task
             );
-            (engine.progress)(&line);
+            engine.progress.say(&line);
             said.push(line);
         }
         let phase = Phase::parse(&d.phase);
@@ -129,7 +129,7 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                 )
             }
         };
-        (engine.progress)(&line);
+        engine.progress.say(&line);
         said.push(line);
     }
     Ok(said)

@@ -88,6 +88,7 @@ impl Engine {
                     self.store
                         .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
                         .await?;
+                    self.progress.step(d.id, &c.row.repo, "merge", "passed");
                     self.say(&format!(
                         "#{} {}: merge    {:<12} {} → {}",
                         d.id,
