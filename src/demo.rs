@@ -30,6 +30,7 @@ pub const POLICIES: &[(&str, &str)] = &[
         "30-protected.toml",
         include_str!("../policies/30-protected.toml"),
     ),
+    ("35-tags.toml", include_str!("../policies/35-tags.toml")),
     (
         "40-commit-messages.toml",
         include_str!("../policies/40-commit-messages.toml"),

@@ -83,9 +83,17 @@ fn empty_stdin_and_crlf_lines_are_fine() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 
-    // A tag deletion needs no object, so an unknown id is fine here; CRLF is tolerated.
+    // A maintainer's tag deletion needs no object, so an unknown id is fine here; CRLF is
+    // tolerated.
     let line = format!("{A} {ZERO} refs/tags/old\r\n");
-    let out = run_hook(&bare, Some(&cfg), &["pre-receive"], &[], line.as_bytes());
+    let maintainer = [("GL_USER", "release-lead")];
+    let out = run_hook(
+        &bare,
+        Some(&cfg),
+        &["pre-receive"],
+        &maintainer,
+        line.as_bytes(),
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 
@@ -274,9 +282,9 @@ fn policy_check_passes_the_shipped_policies() {
     assert_eq!(
         stdout(&out),
         "push: branch-names-a-task, task-in-progress, protected-branch-writers, \
-         protected-branch-history, commit-mentions-task\n\
+         protected-branch-history, tags-stay-put, commit-mentions-task\n\
          deliver: task-for-delivery, two-approvals\n\
-         ok: 7 rules in 1 folder(s)\n"
+         ok: 8 rules in 1 folder(s)\n"
     );
 }
 
@@ -413,6 +421,7 @@ fn missing_config_says_how_to_fix_it() {
         cmd.args(["hook", "pre-receive"])
             .current_dir(env.bare("api"))
             .env("GIT_DIR", ".")
+            .env("GL_USER", "release-lead")
             .env("LOCKSTEP_CONFIG", &moved);
         run_with_stdin(cmd, format!("{A} {ZERO} refs/tags/x\n").as_bytes())
     };

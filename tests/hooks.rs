@@ -292,8 +292,7 @@ fn several_bad_refs_are_all_reported() {
 }
 
 #[test]
-fn tags_are_created_and_deleted_by_anyone() {
-    // The shipped policies guard branches only: a tag names no branch, so no rule applies.
+fn tags_are_created_by_anyone_never_moved_and_deleted_by_maintainers() {
     let env = Env::new(&["api"]);
     let api = env.sb.clone_for("api", "alice").unwrap();
     let g = git(&api, "alice");
@@ -310,7 +309,33 @@ fn tags_are_created_and_deleted_by_anyone() {
         "peeled to the commit"
     );
 
-    let p = push_as(&api, "alice", &[":refs/tags/v1.0", ":refs/tags/v1.1"]);
+    // Moving a tag, even by force, is refused; so is deleting one, except by a maintainer.
+    commit(&api, "alice", "later.txt", "later\n", "later").unwrap();
+    g.run(&["tag", "-f", "v1.0"]).unwrap();
+    let p = push_as(&api, "alice", &["--force", "v1.0"]);
+    assert!(!p.accepted);
+    assert_eq!(
+        p.remote(),
+        [
+            "lockstep: push rejected",
+            "  refs/tags/v1.0: [tags-stay-put] tag `v1.0` already exists and tags do not move; \
+             push a new tag instead",
+        ]
+    );
+    assert_eq!(env.rev("api", "refs/tags/v1.0"), master);
+    let p = push_as(&api, "alice", &[":refs/tags/v1.0"]);
+    assert!(!p.accepted);
+    assert!(
+        p.remote_text()
+            .contains("[tags-stay-put] only the maintainers delete tag `v1.0`; ask one of them"),
+        "{}",
+        p.stderr
+    );
+    let p = push_as(
+        &api,
+        "release-lead",
+        &[":refs/tags/v1.0", ":refs/tags/v1.1"],
+    );
     assert!(p.accepted, "{}", p.stderr);
     assert_eq!(env.rev("api", "refs/tags/v1.0"), None);
     assert_eq!(env.rev("api", "refs/tags/v1.1"), None);
