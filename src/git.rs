@@ -178,53 +178,28 @@ impl Git {
     /// The records are parsed as git writes them: on a push of many commits, walking them
     /// and parsing them take about as long, and so run side by side.
     pub fn commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<Vec<CommitInfo>> {
-        use std::io::{BufRead as _, Read as _};
+        self.start_commits(new, hide)?.wait()
+    }
+
+    /// Starts listing the commits of [`Git::commits`] and reads them on a thread of their own,
+    /// so that the caller can do other work meanwhile; [`PendingCommits::wait`] gives them.
+    pub fn start_commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<PendingCommits> {
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
         }
         let mut args = vec!["rev-list", "--header", new, "--not"];
         args.extend_from_slice(hide);
-        let mut child = Reaped(
+        let child = Reaped(
             self.command(&args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .context("cannot run `git rev-list`; is git installed?")?,
         );
-        let stdout = child
-            .0
-            .stdout
-            .take()
-            .context("no output from `git rev-list`")?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
-        let mut commits = Vec::new();
-        let mut record = Vec::new();
-        loop {
-            record.clear();
-            let n = reader
-                .read_until(0, &mut record)
-                .context("cannot read the output of `git rev-list`")?;
-            if n == 0 {
-                break;
-            }
-            if record.last() == Some(&0) {
-                record.pop();
-            }
-            if !record.iter().all(u8::is_ascii_whitespace) {
-                commits.push(parse_record(&String::from_utf8_lossy(&record)));
-            }
-        }
-        // git writes little on stderr, and only as it fails: reading it after stdout is over
-        // cannot leave both sides waiting on a full pipe.
-        let mut stderr = String::new();
-        if let Some(mut e) = child.0.stderr.take() {
-            let _ = e.read_to_string(&mut stderr);
-        }
-        let status = child.0.wait().context("cannot wait for `git rev-list`")?;
-        if !status.success() {
-            bail!("cannot list the commits of {new}: {}", stderr.trim());
-        }
-        Ok(commits)
+        let new = new.to_string();
+        Ok(PendingCommits(std::thread::spawn(move || {
+            read_commits(child, &new)
+        })))
     }
 
     /// The object id a ref points to, or None if it does not exist.
@@ -292,6 +267,59 @@ pub fn plain_config_value(text: &str, key: &str) -> Option<String> {
         found = Some(v.to_string());
     }
     found
+}
+
+/// A `git rev-list` under way (see [`Git::start_commits`]). Dropping it without waiting
+/// leaves the reading thread to finish on its own.
+#[derive(Debug)]
+pub struct PendingCommits(std::thread::JoinHandle<anyhow::Result<Vec<CommitInfo>>>);
+
+impl PendingCommits {
+    /// The commits, once git has listed them all.
+    pub fn wait(self) -> anyhow::Result<Vec<CommitInfo>> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("reading `git rev-list` failed")))
+    }
+}
+
+/// Reads the records of `git rev-list --header` as git writes them, then its exit.
+fn read_commits(mut child: Reaped, new: &str) -> anyhow::Result<Vec<CommitInfo>> {
+    use std::io::{BufRead as _, Read as _};
+    let stdout = child
+        .0
+        .stdout
+        .take()
+        .context("no output from `git rev-list`")?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, stdout);
+    let mut commits = Vec::new();
+    let mut record = Vec::new();
+    loop {
+        record.clear();
+        let n = reader
+            .read_until(0, &mut record)
+            .context("cannot read the output of `git rev-list`")?;
+        if n == 0 {
+            break;
+        }
+        if record.last() == Some(&0) {
+            record.pop();
+        }
+        if !record.iter().all(u8::is_ascii_whitespace) {
+            commits.push(parse_record(&String::from_utf8_lossy(&record)));
+        }
+    }
+    // git writes little on stderr, and only as it fails: reading it after stdout is over
+    // cannot leave both sides waiting on a full pipe.
+    let mut stderr = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.0.wait().context("cannot wait for `git rev-list`")?;
+    if !status.success() {
+        bail!("cannot list the commits of {new}: {}", stderr.trim());
+    }
+    Ok(commits)
 }
 
 /// A running git that is killed and reaped if it is dropped before it ends (on an error

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use crate::config::{Config, ConfigSource};
 use crate::git::Git;
 use crate::policy::PolicySet;
-use crate::push::{self, NewCommits, PushContext, RefDecision, RefUpdate, Report};
+use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
 use crate::tracker;
 
 /// Exit code: the push was accepted.
@@ -71,6 +71,8 @@ type Decided = (Vec<RefDecision>, PathBuf);
 
 fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Decided> {
     let git = Git::for_hook()?;
+    // git walks the new commits while the config, the policies and the tracker load.
+    let early = Early::start(&git, &updates);
     let (path, source) = find_config(config_path, &git)?;
     let (config, policies) = load(&path, source)?;
     let ctx = PushContext {
@@ -104,7 +106,7 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
             &updates,
             tracker_name,
             &tasks,
-            NewCommits::NotOnAnyRef,
+            NewCommits::NotOnAnyRef(&early),
         );
         let _ = tx.send(r);
     });

@@ -10,7 +10,7 @@ use std::fmt;
 use cel::Value;
 
 use crate::config::{Config, OnError};
-use crate::git::{self, Git};
+use crate::git::{self, Git, PendingCommits};
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::tracker::{self, Task, Tracker};
 
@@ -186,11 +186,45 @@ pub fn repo_name(config: &Config, git_dir: &std::path::Path) -> String {
 
 /// How the new commits of a ref are told apart from what the repository already has.
 #[derive(Debug, Clone, Copy)]
-pub enum NewCommits {
-    /// In a hook: everything not reachable from any existing ref.
-    NotOnAnyRef,
+pub enum NewCommits<'a> {
+    /// In a hook: everything not reachable from any existing ref; the listings started
+    /// early are taken from `Early`.
+    NotOnAnyRef(&'a Early),
     /// In a dry run: everything not reachable from `old` or from refs other than this one.
     AsIfPushedNow,
+}
+
+/// The new commits of a push, listed ahead of the decision: a hook starts `git rev-list` for
+/// each pushed tip first thing, so that git walks while lockstep loads its config, compiles
+/// the policies and asks the tracker (none of which changes what is new). When no rule turns
+/// out to read `commits`, the listings are dropped unread.
+#[derive(Debug, Default)]
+pub struct Early(std::sync::Mutex<HashMap<String, PendingCommits>>);
+
+impl Early {
+    /// At most this many tips are listed early; the rest are listed when decided.
+    const MAX: usize = 8;
+
+    /// Starts listing the new commits of the pushed tips (not of deletions). A listing that
+    /// cannot start is left to the decision, which reports the error itself.
+    pub fn start(git: &Git, updates: &[RefUpdate]) -> Early {
+        let mut started = HashMap::new();
+        for u in updates.iter().filter(|u| !u.deleted()) {
+            if started.len() == Early::MAX {
+                break;
+            }
+            if !started.contains_key(&u.new)
+                && let Ok(pending) = git.start_commits(&u.new, &["--all"])
+            {
+                started.insert(u.new.clone(), pending);
+            }
+        }
+        Early(std::sync::Mutex::new(started))
+    }
+
+    fn take(&self, new: &str) -> Option<PendingCommits> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(new)
+    }
 }
 
 /// The verdicts on one ref.
@@ -241,7 +275,7 @@ pub fn decide(
     updates: &[RefUpdate],
     tracker_name: &str,
     tasks: &TaskAnswers,
-    mode: NewCommits,
+    mode: NewCommits<'_>,
 ) -> anyhow::Result<Vec<RefDecision>> {
     let need_commits = policies.needs(Stage::Push, "commits");
     let need_ff = policies.needs(Stage::Push, "fast_forward");
@@ -287,10 +321,16 @@ pub fn decide(
             && !u.deleted()
             && git.is_ancestor(&u.new, &u.old)?;
         facts.set("rewind", rewind);
-        let commits = if need_commits && !u.deleted() {
+        let early = match mode {
+            NewCommits::NotOnAnyRef(early) if need_commits && !u.deleted() => early.take(&u.new),
+            _ => None,
+        };
+        let commits = if let Some(pending) = early {
+            pending.wait()?
+        } else if need_commits && !u.deleted() {
             let excluded;
             let hide: Vec<&str> = match mode {
-                NewCommits::NotOnAnyRef => vec!["--all"],
+                NewCommits::NotOnAnyRef(_) => vec!["--all"],
                 NewCommits::AsIfPushedNow => {
                     // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone
                     // often is this very branch and would hide every new commit.
