@@ -433,45 +433,52 @@ impl GitHub {
     /// The open pull requests of a repository (`GET /repos/{o}/{r}/pulls?state=open`, every
     /// page up to 3,000).
     pub async fn open_pulls(&self, repo: &RepoName) -> anyhow::Result<Vec<Pull>> {
-        let crab = self.client(repo).await?;
-        let mut out = Vec::new();
-        for page in 1..=30u32 {
-            let route = format!(
-                "/repos/{}/{}/pulls?state=open&per_page=100&page={page}",
-                repo.owner, repo.name
-            );
-            let batch: Vec<PullJson> = crab.get(route, None::<&()>).await.map_err(|e| {
-                anyhow::anyhow!("cannot list the pull requests of {repo}: {}", describe(&e))
-            })?;
-            let n = batch.len();
-            out.extend(batch.into_iter().map(Pull::from));
-            if n < 100 {
-                break;
-            }
-        }
-        Ok(out)
+        let route = format!("/repos/{}/{}/pulls?state=open", repo.owner, repo.name);
+        let pulls: Vec<PullJson> = self
+            .all_pages(repo, &route, || {
+                format!("cannot list the pull requests of {repo}")
+            })
+            .await?;
+        Ok(pulls.into_iter().map(Pull::from).collect())
     }
 
     /// Every review of a pull request, oldest first (all pages).
     pub async fn reviews(&self, repo: &RepoName, number: u64) -> anyhow::Result<Vec<ReviewEntry>> {
-        let crab = self.client(repo).await?;
-        let mut out = Vec::new();
-        for page in 1..=30u32 {
-            let route = format!(
-                "/repos/{}/{}/pulls/{number}/reviews?per_page=100&page={page}",
-                repo.owner, repo.name
-            );
-            let batch: Vec<ReviewJson> = crab.get(route, None::<&()>).await.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read the reviews of {repo}#{number}: {}",
-                    describe(&e)
-                )
-            })?;
-            let n = batch.len();
-            out.extend(batch.into_iter().map(|r| ReviewEntry {
+        let route = format!("/repos/{}/{}/pulls/{number}/reviews", repo.owner, repo.name);
+        let reviews: Vec<ReviewJson> = self
+            .all_pages(repo, &route, || {
+                format!("cannot read the reviews of {repo}#{number}")
+            })
+            .await?;
+        Ok(reviews
+            .into_iter()
+            .map(|r| ReviewEntry {
                 user: r.user.map(|u| u.login).unwrap_or_default(),
                 state: r.state,
-            }));
+            })
+            .collect())
+    }
+
+    /// Every item of a listing, 100 a page, up to 30 pages (3,000 items).
+    async fn all_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        repo: &RepoName,
+        route: &str,
+        what: impl Fn() -> String,
+    ) -> anyhow::Result<Vec<T>> {
+        let crab = self.client(repo).await?;
+        let join = if route.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        for page in 1..=30u32 {
+            let batch: Vec<T> = crab
+                .get(
+                    format!("{route}{join}per_page=100&page={page}"),
+                    None::<&()>,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {}", what(), describe(&e)))?;
+            let n = batch.len();
+            out.extend(batch);
             if n < 100 {
                 break;
             }

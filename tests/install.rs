@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::util::*;
+use lockstep::git::Git;
 
 /// A sandbox meta-project (config, policies, tasks) and a fresh bare repository with a
 /// `master`, no hooks yet, and a clone of it for alice.
@@ -52,6 +53,21 @@ fn git_config(bare: &Path, key: &str) -> Option<String> {
     sandbox_git(bare, "admin").config_get(key).unwrap()
 }
 
+/// Pushes a branch that names no task from alice's clone and checks the hooks refuse it;
+/// returns alice's git, left on that branch.
+fn refuses_a_branch_without_a_task(f: &Fresh) -> Git {
+    let g = sandbox_git(&f.clone, "alice");
+    g.run(&["switch", "-q", "-c", "fix-login"]).unwrap();
+    let p = push_as(&f.clone, "alice", &["fix-login"]);
+    assert!(!p.accepted, "{}", p.stderr);
+    assert!(
+        p.remote_text().contains("[branch-names-a-task]"),
+        "{}",
+        p.stderr
+    );
+    g
+}
+
 fn hook(bare: &Path, name: &str) -> Option<String> {
     std::fs::read_to_string(bare.join("hooks").join(name)).ok()
 }
@@ -97,15 +113,7 @@ fn install_writes_shims_records_the_config_and_is_idempotent() {
     assert_eq!(stdout(&out), format!("{repo}: up to date\n"));
 
     // And the hooks are live: a branch that names no task does not get in.
-    let g = sandbox_git(&f.clone, "alice");
-    g.run(&["switch", "-q", "-c", "fix-login"]).unwrap();
-    let p = push_as(&f.clone, "alice", &["fix-login"]);
-    assert!(!p.accepted);
-    assert!(
-        p.remote_text().contains("[branch-names-a-task]"),
-        "{}",
-        p.stderr
-    );
+    let g = refuses_a_branch_without_a_task(&f);
     // Push options are advertised, so `-o` works through these hooks.
     g.run(&["switch", "-q", "-c", "feature/TASK-1-x"]).unwrap();
     let p = push_as(&f.clone, "alice", &["-o", "ci.skip", "feature/TASK-1-x"]);
@@ -298,15 +306,7 @@ fn a_binary_path_with_a_space_gets_sh_shims_that_work() {
             "{text}"
         );
     }
-    let g = sandbox_git(&f.clone, "alice");
-    g.run(&["switch", "-q", "-c", "fix-login"]).unwrap();
-    let p = push_as(&f.clone, "alice", &["fix-login"]);
-    assert!(!p.accepted, "{}", p.stderr);
-    assert!(
-        p.remote_text().contains("[branch-names-a-task]"),
-        "{}",
-        p.stderr
-    );
+    let g = refuses_a_branch_without_a_task(&f);
     g.run(&["switch", "-q", "-c", "feature/TASK-1-x"]).unwrap();
     let p = push_as(&f.clone, "alice", &["feature/TASK-1-x"]);
     assert!(p.accepted, "{}", p.stderr);
@@ -333,15 +333,7 @@ fn hook_files_in_a_dot_d_folder_run_as_their_folder_says() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let g = sandbox_git(&f.clone, "alice");
-    g.run(&["switch", "-q", "-c", "fix-login"]).unwrap();
-    let p = push_as(&f.clone, "alice", &["fix-login"]);
-    assert!(!p.accepted, "{}", p.stderr);
-    assert!(
-        p.remote_text().contains("[branch-names-a-task]"),
-        "{}",
-        p.stderr
-    );
+    refuses_a_branch_without_a_task(&f);
 
     // A hook file named after no hook is refused with the reason, never run as something else.
     std::fs::rename(folder.join("lockstep"), hooks.join("lockstep")).unwrap();
