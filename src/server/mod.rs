@@ -518,7 +518,11 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let counts = async {
         anyhow::Ok(metrics::StoreCounts {
             by_state: store.counts().await?,
-            hook_decisions: crate::verdict_counts::read(&app.config().state_dir())?,
+            hook_decisions: {
+                // A hook may hold the counts' lock for a moment: wait off the async threads.
+                let dir = app.config().state_dir();
+                tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
+            },
         })
     };
     match counts.await {
