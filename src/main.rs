@@ -2,10 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 fn main() -> ExitCode {
-    let cli = lockstep::cli::Cli::parse();
+    let cli = lockstep::cli::Cli::from_args();
     lockstep::cli::init_tracing(&cli);
     let code = match lockstep::cli::run(cli) {
         Ok(code) => code,
