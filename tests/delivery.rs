@@ -915,12 +915,7 @@ fn deliver_draws_a_board_on_a_terminal_and_prints_lines_into_a_pipe() {
         .env("TERM", "xterm-256color")
         .env("NO_COLOR", "1")
         .stdin(std::process::Stdio::null());
-    for (k, v) in like.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
+    copy_env(&like, &mut cmd);
     let o = cmd
         .output()
         .expect("`script` (util-linux) runs the command on a pseudo-terminal");

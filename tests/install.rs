@@ -277,12 +277,7 @@ fn install_as(binary: &Path, env: &Env, repo: &str) -> std::process::Output {
     let like = env.command(&["install-hooks", repo]);
     let mut cmd = std::process::Command::new(binary);
     cmd.args(like.get_args()).stdin(std::process::Stdio::null());
-    for (k, v) in like.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
+    copy_env(&like, &mut cmd);
     cmd.output().unwrap()
 }
 

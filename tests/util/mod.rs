@@ -708,3 +708,14 @@ impl Drop for Served {
         }
     }
 }
+
+/// Gives `cmd` the environment changes of `like` (what it sets and what it removes), for a
+/// test that runs the same command through another program or binary.
+pub fn copy_env(like: &Command, cmd: &mut Command) {
+    for (k, v) in like.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+}
