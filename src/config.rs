@@ -708,7 +708,7 @@ impl Config {
         self.tracker.check()?;
         for repo in &self.repos {
             if let Some(gh) = &repo.github
-                && crate::github::RepoName::parse(gh).is_none()
+                && crate::domain::RepoName::parse(gh).is_none()
             {
                 bail!(
                     "repo `{}`: `github = \"{gh}\"` must be `owner/name`",

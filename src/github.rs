@@ -18,38 +18,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use crate::config::{self, Config};
-
-/// `owner/name` of a GitHub repository.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RepoName {
-    pub owner: String,
-    pub name: String,
-}
-
-impl RepoName {
-    /// Parses `owner/name`; `None` unless both parts are GitHub-style names.
-    pub fn parse(full: &str) -> Option<RepoName> {
-        let (owner, name) = full.split_once('/')?;
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && s != "."
-                && s != ".."
-        };
-        (ok(owner) && ok(name)).then(|| RepoName {
-            owner: owner.to_string(),
-            name: name.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for RepoName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.owner, self.name)
-    }
-}
+pub use crate::domain::RepoName;
 
 /// A pull request, as lockstep reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -636,19 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn repo_names_and_permissions() {
-        assert_eq!(RepoName::parse("acme/api").unwrap().to_string(), "acme/api");
-        for bad in [
-            "acme",
-            "acme/",
-            "/api",
-            "a/b/c",
-            "acme/a pi",
-            "../x",
-            "a/..",
-        ] {
-            assert!(RepoName::parse(bad).is_none(), "{bad}");
-        }
+    fn permissions() {
         assert!(Permission::from_api("write", "maintain").can_write());
         assert!(Permission::from_api("admin", "").can_write());
         assert!(!Permission::from_api("read", "triage").can_write());
