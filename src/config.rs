@@ -44,7 +44,7 @@ pub struct Config {
     pub server: Server,
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
-    pub github: Option<GitHub>,
+    pub github: Option<GitHubConfig>,
     /// The folder this file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -541,7 +541,7 @@ fn default_shutdown_grace() -> Duration {
 /// or as a GitHub App (`app_id` + `private_key_path`), not both.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GitHub {
+pub struct GitHubConfig {
     /// The REST API's base URL. Default `https://api.github.com` (GitHub Enterprise:
     /// `https://HOST/api/v3`).
     #[serde(default = "default_github_api")]

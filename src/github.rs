@@ -17,7 +17,7 @@ use octocrab::Octocrab;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
-use crate::config::{self, Config};
+use crate::config::{Config, GitHubConfig};
 pub use crate::domain::RepoName;
 
 /// A pull request, as lockstep reads it.
@@ -293,7 +293,7 @@ fn segment(s: &str) -> String {
 
 impl GitHub {
     /// Builds the client from `[github]`, reading the secrets it names.
-    pub fn from_config(config: &Config, gh: &config::GitHub) -> anyhow::Result<GitHub> {
+    pub fn from_config(config: &Config, gh: &GitHubConfig) -> anyhow::Result<GitHub> {
         let webhook_secret = secret_from_env(&gh.webhook_secret_env)
             .context("the GitHub webhook secret is missing (`github.webhook_secret_env`)")?;
         let mut client = GitHub::api_only(config, gh)?;
@@ -303,7 +303,7 @@ impl GitHub {
 
     /// Builds a client for the API alone (no webhooks), e.g. for `lockstep deliver` to read
     /// pull requests: it needs the token or App key of `[github]`, not the webhook secret.
-    pub fn api_only(config: &Config, gh: &config::GitHub) -> anyhow::Result<GitHub> {
+    pub fn api_only(config: &Config, gh: &GitHubConfig) -> anyhow::Result<GitHub> {
         let builder = || -> anyhow::Result<octocrab::OctocrabBuilder<_, _, _, _>> {
             Ok(Octocrab::builder()
                 .base_uri(gh.api_url.as_str())

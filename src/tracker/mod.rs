@@ -134,7 +134,7 @@ pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
         }
         TrackerKind::Github => {
             let var = t.token_env.as_deref().unwrap_or(github::TOKEN_ENV);
-            Box::new(github::GitHub::new(
+            Box::new(github::GitHubIssues::new(
                 t.api_url.as_deref().unwrap_or(github::API_URL),
                 required(t.repo.as_deref(), "repo", "github")?,
                 Credential::from_env(github::NAME, var, "token")?,
