@@ -1,12 +1,5 @@
-//! GitHub: the API client `lockstep serve` talks through, and the pure parts of GitHub's
-//! semantics (webhook signatures, who approved a pull request).
-//!
-//! One concrete client (octocrab) with a configurable base URL; tests point it at a fake
-//! GitHub over HTTP. Responses are read into the few fields lockstep uses, so a field GitHub
-//! adds or drops elsewhere in a payload cannot break a delivery.
-//!
-//! Secrets (the token, the App's key, the webhook secret) live in [`SecretString`]s: they are
-//! redacted in `Debug` and never logged.
+//! The GitHub API client: reads pull requests, reviews and permissions, writes comments and
+//! commit statuses, as a token or as a GitHub App installation.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,145 +7,11 @@ use std::sync::Mutex;
 
 use anyhow::Context as _;
 use octocrab::Octocrab;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::{Permission, Pull, RepoName, ReviewEntry, STATUS_CONTEXT, StatusState};
 use crate::config::{Config, GitHubConfig};
-pub use crate::domain::RepoName;
-
-/// A pull request, as lockstep reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pull {
-    pub number: u64,
-    pub author: String,
-    pub head_ref: String,
-    pub head_sha: String,
-    /// The repository the head branch is in (`owner/name`; a fork's differs), "" if unknown.
-    pub head_repo: String,
-    /// `open` or `closed`.
-    pub state: String,
-}
-
-/// One review as GitHub lists it (oldest first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReviewEntry {
-    pub user: String,
-    /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED`, `PENDING`.
-    pub state: String,
-}
-
-/// The latest review that counts per reviewer, in the order reviewers first appear.
-///
-/// As on GitHub's own page: a `COMMENTED` (or `PENDING`) review neither grants nor revokes
-/// an approval, so it is skipped; a dismissed review stays `DISMISSED` and does not count.
-pub fn latest_reviews(reviews: &[ReviewEntry]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for r in reviews {
-        if !matches!(
-            r.state.as_str(),
-            "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED"
-        ) {
-            continue;
-        }
-        match out
-            .iter_mut()
-            .find(|(u, _)| u.eq_ignore_ascii_case(&r.user))
-        {
-            Some(slot) => slot.1 = r.state.clone(),
-            None => out.push((r.user.clone(), r.state.clone())),
-        }
-    }
-    out
-}
-
-/// What a user may do on a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    Admin,
-    Maintain,
-    Write,
-    Triage,
-    Read,
-    None,
-}
-
-impl Permission {
-    /// From GitHub's `permission` and `role_name` fields (`role_name` is the finer one).
-    pub fn from_api(permission: &str, role_name: &str) -> Permission {
-        let p = |s: &str| match s {
-            "admin" => Some(Permission::Admin),
-            "maintain" => Some(Permission::Maintain),
-            "write" | "push" => Some(Permission::Write),
-            "triage" => Some(Permission::Triage),
-            "read" | "pull" => Some(Permission::Read),
-            _ => None,
-        };
-        p(role_name)
-            .or_else(|| p(permission))
-            .unwrap_or(Permission::None)
-    }
-
-    /// Whether this lets someone command the bot (admin, maintain or write).
-    pub fn can_write(self) -> bool {
-        matches!(
-            self,
-            Permission::Admin | Permission::Maintain | Permission::Write
-        )
-    }
-}
-
-/// A commit status state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusState {
-    Pending,
-    Success,
-    Failure,
-    Error,
-}
-
-impl StatusState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            StatusState::Failure => "failure",
-            StatusState::Error => "error",
-        }
-    }
-}
-
-/// Why a webhook's signature was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("no `X-Hub-Signature-256` header")]
-    Missing,
-    #[error("`X-Hub-Signature-256` does not match the body: {0}")]
-    Invalid(String),
-}
-
-/// Checks `X-Hub-Signature-256` (`sha256=<hex HMAC-SHA256 of the body>`) in constant time.
-pub fn check_signature(
-    secret: &SecretString,
-    header: Option<&str>,
-    body: &[u8],
-) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    octocrab::models::webhook_events::verify_signature(
-        header,
-        secret.expose_secret().as_bytes(),
-        body,
-    )
-    .map_err(|e| SignatureError::Invalid(e.to_string()))
-}
-
-/// Signs a body the way GitHub does (for tests and the benchmark).
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{KeyInit as _, Mac as _};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 /// Reads a secret from the environment variable `var`.
 pub fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
@@ -519,84 +378,9 @@ impl GitHub {
     }
 }
 
-/// The context of lockstep's commit status.
-pub const STATUS_CONTEXT: &str = "lockstep";
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn r(user: &str, state: &str) -> ReviewEntry {
-        ReviewEntry {
-            user: user.into(),
-            state: state.into(),
-        }
-    }
-
-    #[test]
-    fn latest_review_per_person_counts() {
-        let reviews = [
-            r("bob", "APPROVED"),
-            r("carol", "CHANGES_REQUESTED"),
-            r("bob", "COMMENTED"),
-            r("carol", "APPROVED"),
-            r("dave", "APPROVED"),
-            r("dave", "DISMISSED"),
-            r("erin", "COMMENTED"),
-            r("Bob", "PENDING"),
-        ];
-        assert_eq!(
-            latest_reviews(&reviews),
-            [
-                ("bob".to_string(), "APPROVED".to_string()),
-                ("carol".into(), "APPROVED".into()),
-                ("dave".into(), "DISMISSED".into()),
-            ]
-        );
-        let pr = crate::delivery::PrFacts {
-            author: "carol".into(),
-            reviews: latest_reviews(&reviews),
-            ..Default::default()
-        };
-        // carol approving her own pull request does not count; dave's was dismissed.
-        assert_eq!(pr.approvals(), 1);
-        let later = [r("bob", "APPROVED"), r("bob", "CHANGES_REQUESTED")];
-        assert_eq!(
-            latest_reviews(&later),
-            [("bob".to_string(), "CHANGES_REQUESTED".to_string())]
-        );
-    }
-
-    #[test]
-    fn signatures() {
-        let secret = SecretString::from("It's a Secret to Everybody".to_string());
-        let body = b"Hello, World!";
-        // GitHub's documented example.
-        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert_eq!(sign("It's a Secret to Everybody", body), good);
-        assert_eq!(check_signature(&secret, Some(good), body), Ok(()));
-        assert_eq!(
-            check_signature(&secret, None, body),
-            Err(SignatureError::Missing)
-        );
-        for bad in [
-            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e18",
-            "sha1=2a6f81a7cf73cfb841e25eecb23e75e927595c55",
-            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
-            "sha256=zz",
-            "sha256=",
-            "",
-        ] {
-            assert!(
-                matches!(
-                    check_signature(&secret, Some(bad), body),
-                    Err(SignatureError::Invalid(_))
-                ),
-                "{bad}"
-            );
-        }
-        assert!(check_signature(&secret, Some(good), b"Hello, World?").is_err());
-    }
 
     #[test]
     fn secrets_stay_out_of_debug() {
@@ -605,11 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn permissions() {
-        assert!(Permission::from_api("write", "maintain").can_write());
-        assert!(Permission::from_api("admin", "").can_write());
-        assert!(!Permission::from_api("read", "triage").can_write());
-        assert!(!Permission::from_api("none", "").can_write());
+    fn logins_are_escaped_in_paths() {
         assert_eq!(segment("bot[bot]"), "bot%5Bbot%5D");
     }
 }
