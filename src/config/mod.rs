@@ -363,6 +363,31 @@ mod tests {
         assert!(!text.contains("--config"), "{text}");
     }
 
+    /// The config names where secrets are (variables, a key file), never holds them: its
+    /// `Debug` shows the names and the path, and nothing of the key file's content.
+    #[test]
+    fn the_config_debug_names_secrets_without_holding_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("app.pem"),
+            "-----BEGIN KEY-----\nc2VjcmV0LWtleQ==\n",
+        )
+        .unwrap();
+        let path = dir.path().join("lockstep.toml");
+        std::fs::write(
+            &path,
+            "[tracker]\nkind = 'jira'\nurl = 'https://j.example'\ntoken_env = 'SHOP_JIRA_TOKEN'\n\
+             [server]\ntracker_secret_env = 'SHOP_HOOK_SECRET'\n\
+             [github]\napp_id = 7\nprivate_key_path = 'app.pem'\nwebhook_secret_env = 'SHOP_WH'\n",
+        )
+        .unwrap();
+        let debug = format!("{:?}", Config::load(&path).unwrap());
+        for name in ["SHOP_JIRA_TOKEN", "SHOP_HOOK_SECRET", "SHOP_WH", "app.pem"] {
+            assert!(debug.contains(name), "{name} in {debug}");
+        }
+        assert!(!debug.contains("c2VjcmV0LWtleQ"), "{debug}");
+    }
+
     #[test]
     fn duplicate_repo_is_refused() {
         let err = Config::parse_str("[[repo]]\nname='a'\nurl='x'\n[[repo]]\nname='a'\nurl='y'\n")

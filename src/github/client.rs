@@ -382,10 +382,30 @@ impl GitHub {
 mod tests {
     use super::*;
 
-    #[test]
-    fn secrets_stay_out_of_debug() {
-        let secret = SecretString::from("hunter2".to_string());
-        assert!(!format!("{secret:?}").contains("hunter2"));
+    /// The test App key of the integration tests: a real RSA key, known to no GitHub.
+    fn app_key() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/github-app-test-key.pem")
+    }
+
+    /// The client's `Debug` (what a `{:?}` in a log would print) says how it authenticates,
+    /// never with what: no line of the App's key, no webhook secret.
+    #[tokio::test]
+    async fn the_client_debug_shows_no_secret() {
+        let config = Config::parse_str(&format!(
+            "[github]\napp_id = 77\nprivate_key_path = {}\n",
+            toml::Value::from(app_key().to_string_lossy().as_ref())
+        ))
+        .unwrap();
+        let mut client = GitHub::api_only(&config, config.github.as_ref().unwrap()).unwrap();
+        client.webhook_secret = Some(SecretString::from("whsec-hunter2".to_string()));
+        let debug = format!("{client:?}");
+        assert!(debug.contains(r#"auth: "app""#), "{debug}");
+        assert!(debug.contains("https://api.github.com"), "{debug}");
+        assert!(!debug.contains("whsec-hunter2"), "{debug}");
+        let pem = std::fs::read_to_string(app_key()).unwrap();
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!debug.contains(line), "{debug}");
+        }
     }
 
     #[test]

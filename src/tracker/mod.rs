@@ -199,3 +199,26 @@ pub async fn task_with_timeout(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential, and the errors that name it, say which variable holds the secret and
+    /// never the secret itself.
+    #[test]
+    fn credentials_name_their_variable_not_their_secret() {
+        let cred = Credential::new("JIRA_TOKEN", "tok-hunter2");
+        let debug = format!("{cred:?}");
+        assert!(debug.contains("JIRA_TOKEN"), "{debug}");
+        assert!(!debug.contains("tok-hunter2"), "{debug}");
+        let e = TrackerError::Auth {
+            tracker: "jira",
+            var: cred.var.clone(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "tracker `jira` refused the credentials in `JIRA_TOKEN`; check that variable"
+        );
+    }
+}
