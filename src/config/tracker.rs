@@ -158,6 +158,11 @@ pub struct TrackerConfig {
     /// How often `serve` polls for tasks ready for delivery. Default `30s`.
     #[serde(default = "default_poll", with = "duration")]
     pub poll: Duration,
+    /// How long `serve` keeps what the tracker answered about a task, so that a burst of
+    /// checks asks once; a move by lockstep forgets it at once. Default `5s`; `0s` asks every
+    /// time. (Hooks ask once per push and keep nothing.)
+    #[serde(default = "default_cache", with = "duration")]
+    pub cache: Duration,
 }
 
 impl Default for TrackerConfig {
@@ -176,6 +181,7 @@ impl Default for TrackerConfig {
             timeout: default_tracker_timeout(),
             on_error: OnError::Reject,
             poll: default_poll(),
+            cache: default_cache(),
         }
     }
 }
@@ -218,9 +224,14 @@ fn default_tracker_timeout() -> Duration {
 fn default_poll() -> Duration {
     Duration::from_secs(30)
 }
+fn default_cache() -> Duration {
+    Duration::from_secs(5)
+}
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::Config;
 
     #[test]
@@ -248,5 +259,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.tracker.project.as_deref(), Some("P"));
+    }
+
+    #[test]
+    fn the_cache_lasts_a_few_seconds_unless_set() {
+        let c = Config::parse_str("").unwrap();
+        assert_eq!(c.tracker.cache, Duration::from_secs(5));
+        let c = Config::parse_str("[tracker]\ncache = '0s'\n").unwrap();
+        assert_eq!(c.tracker.cache, Duration::ZERO);
+        let err = Config::parse_str("[tracker]\ncache = 'soon'\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("bad duration `soon`"),
+            "{err:#}"
+        );
     }
 }
