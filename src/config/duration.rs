@@ -1,5 +1,6 @@
 //! Durations as the config writes them: `250ms`, `2s`, `30m`, `1h`, or a bare number of
-//! seconds. Fields read them with `#[serde(with = "duration")]`.
+//! seconds. Fields read them with `#[serde(with = "duration")]`; messages print them back in
+//! the same words with [`humanize`].
 
 use std::time::Duration;
 
@@ -38,6 +39,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `2s`, `1.5s`, `250ms`: a duration for a message, in words [`parse_duration`] reads back.
+pub fn humanize(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +61,14 @@ mod tests {
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn humanized_durations_read_back() {
+        for (ms, text) in [(2000, "2s"), (1500, "1.5s"), (250, "250ms"), (0, "0s")] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(humanize(d), text);
+            assert_eq!(parse_duration(text).unwrap(), d, "{text}");
+        }
     }
 }

@@ -24,7 +24,7 @@ mod server;
 mod tracker;
 
 pub use delivery::{Command, Delivery, Environment, MergeMode, Repo, Steps};
-pub use duration::parse_duration;
+pub use duration::{humanize, parse_duration};
 pub use server::{GitHubConfig, Server};
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 

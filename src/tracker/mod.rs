@@ -27,6 +27,9 @@ use secrecy::SecretString;
 
 use crate::config::{Config, TrackerKind};
 
+/// Durations in messages are printed by the config's duration module, next to their parser;
+/// re-exported here for the modules that print them through `tracker::humanize`.
+pub use crate::config::humanize;
 pub use cached::Cached;
 
 /// A task as lockstep sees it, whatever the tracker.
@@ -78,17 +81,6 @@ pub enum TrackerError {
         tracker: &'static str,
         message: String,
     },
-}
-
-/// `2s`, `1.5s`, `250ms`.
-pub fn humanize(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
 }
 
 /// What every tracker does.
