@@ -9,6 +9,7 @@
 //! - [`commands`]: the delivery commands (`deliver`, `queue`, `show`, `logs`, …).
 //! - [`board`]: the repository × phase board `deliver` draws on a terminal.
 //! - [`config`]: `lockstep.toml`, the meta-project's config.
+//! - [`domain`]: the domain's vocabulary, value types every layer names (`RepoName`).
 //! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
 //! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
 //! - [`hook`]: the `pre-receive`, `update` and `post-receive` entry points.
@@ -28,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod demo;
+pub mod domain;
 pub mod git;
 pub mod github;
 pub mod hook;

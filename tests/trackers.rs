@@ -2,6 +2,7 @@
 //! Issues against stateful fakes on 127.0.0.1 (`util::fake_jira`, `util::fake_github`).
 //! Each tracker is tested through its client, then end to end through the hooks.
 
+mod cache;
 mod github;
 mod jira;
 mod redmine;

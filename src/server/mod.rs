@@ -122,7 +122,8 @@ pub async fn prepare(
     };
     let progress: crate::delivery::line::Progress =
         Arc::new(|line: &str| tracing::info!(target: "lockstep::delivery", "{line}"));
-    let engine = worker::engine(config, progress).await?;
+    let mut engine = worker::engine(config, progress).await?;
+    engine.tracker = crate::tracker::Cached::wrap(engine.tracker, engine.config.tracker.cache);
     let (jobs, jobs_rx) = mpsc::unbounded_channel();
     let app = Arc::new(App {
         engine,

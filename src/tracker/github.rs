@@ -43,7 +43,7 @@ pub const CLOSED: &str = "Closed";
 /// The status of an open issue without a status label.
 pub const OPEN: &str = "Open";
 
-pub struct GitHub {
+pub struct GitHubIssues {
     /// Built at the first request: octocrab starts a task on the runtime it is built in, and
     /// the hooks open the tracker before they start theirs.
     crab: OnceLock<Octocrab>,
@@ -84,7 +84,7 @@ fn http_status(e: &octocrab::Error) -> Option<u16> {
     }
 }
 
-impl GitHub {
+impl GitHubIssues {
     /// A client for the issues of `repo` (`owner/name`) at the API `api_url`.
     pub fn new(
         api_url: &str,
@@ -92,7 +92,7 @@ impl GitHub {
         token: Credential,
         label_prefix: &str,
         timeout: Duration,
-    ) -> anyhow::Result<GitHub> {
+    ) -> anyhow::Result<GitHubIssues> {
         let base = parse_base_url("api_url", api_url)?;
         let (owner, name) = repo
             .split_once('/')
@@ -110,7 +110,7 @@ impl GitHub {
         if let Err(e) = Octocrab::builder().base_uri(base.as_str()) {
             anyhow::bail!("`tracker.api_url` is not usable: {e}");
         }
-        Ok(GitHub {
+        Ok(GitHubIssues {
             crab: OnceLock::new(),
             base: base.to_string(),
             token: token.secret.clone(),
@@ -357,7 +357,7 @@ impl GitHub {
 }
 
 #[async_trait]
-impl Tracker for GitHub {
+impl Tracker for GitHubIssues {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -502,7 +502,7 @@ mod tests {
     fn repo_names_are_checked() {
         let cred = || Credential::new("GITHUB_TOKEN", "t");
         let d = Duration::from_secs(1);
-        assert!(GitHub::new(API_URL, "acme/shop", cred(), LABEL_PREFIX, d).is_ok());
+        assert!(GitHubIssues::new(API_URL, "acme/shop", cred(), LABEL_PREFIX, d).is_ok());
         for bad in [
             "acme",
             "acme/",
@@ -511,7 +511,7 @@ mod tests {
             "acme/..",
             "ac me/shop",
         ] {
-            let e = GitHub::new(API_URL, bad, cred(), LABEL_PREFIX, d)
+            let e = GitHubIssues::new(API_URL, bad, cred(), LABEL_PREFIX, d)
                 .err()
                 .unwrap_or_else(|| panic!("{bad} accepted"))
                 .to_string();

@@ -27,6 +27,9 @@ use secrecy::SecretString;
 
 use crate::config::{Config, TrackerKind};
 
+/// Durations in messages are printed by the config's duration module, next to their parser;
+/// re-exported here for the modules that print them through `tracker::humanize`.
+pub use crate::config::humanize;
 pub use cached::Cached;
 
 /// A task as lockstep sees it, whatever the tracker.
@@ -80,17 +83,6 @@ pub enum TrackerError {
     },
 }
 
-/// `2s`, `1.5s`, `250ms`.
-pub fn humanize(d: Duration) -> String {
-    if d.as_millis().is_multiple_of(1000) {
-        format!("{}s", d.as_secs())
-    } else if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
-}
-
 /// What every tracker does.
 #[async_trait]
 pub trait Tracker: Send + Sync {
@@ -134,7 +126,7 @@ pub fn open(config: &Config) -> anyhow::Result<Box<dyn Tracker>> {
         }
         TrackerKind::Github => {
             let var = t.token_env.as_deref().unwrap_or(github::TOKEN_ENV);
-            Box::new(github::GitHub::new(
+            Box::new(github::GitHubIssues::new(
                 t.api_url.as_deref().unwrap_or(github::API_URL),
                 required(t.repo.as_deref(), "repo", "github")?,
                 Credential::from_env(github::NAME, var, "token")?,
@@ -197,5 +189,28 @@ pub async fn task_with_timeout(
             tracker: tracker.name(),
             after: timeout,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential, and the errors that name it, say which variable holds the secret and
+    /// never the secret itself.
+    #[test]
+    fn credentials_name_their_variable_not_their_secret() {
+        let cred = Credential::new("JIRA_TOKEN", "tok-hunter2");
+        let debug = format!("{cred:?}");
+        assert!(debug.contains("JIRA_TOKEN"), "{debug}");
+        assert!(!debug.contains("tok-hunter2"), "{debug}");
+        let e = TrackerError::Auth {
+            tracker: "jira",
+            var: cred.var.clone(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "tracker `jira` refused the credentials in `JIRA_TOKEN`; check that variable"
+        );
     }
 }

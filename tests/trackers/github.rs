@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep::tracker::github::{GitHub, LABEL_PREFIX};
+use lockstep::tracker::github::{GitHubIssues, LABEL_PREFIX};
 use lockstep::tracker::{Credential, Tracker, TrackerError, task_with_timeout};
 
 use super::{push_branch, said, sandbox_with};
@@ -15,8 +15,8 @@ fn fake() -> FakeGitHub {
     FakeGitHub::start("acme/shop", TOKEN)
 }
 
-fn client_with(fake: &FakeGitHub, token: &str, timeout: Duration) -> GitHub {
-    GitHub::new(
+fn client_with(fake: &FakeGitHub, token: &str, timeout: Duration) -> GitHubIssues {
+    GitHubIssues::new(
         fake.url(),
         "acme/shop",
         Credential::new("GITHUB_TOKEN", token),
@@ -26,7 +26,7 @@ fn client_with(fake: &FakeGitHub, token: &str, timeout: Duration) -> GitHub {
     .unwrap()
 }
 
-fn client(fake: &FakeGitHub) -> GitHub {
+fn client(fake: &FakeGitHub) -> GitHubIssues {
     client_with(fake, TOKEN, Duration::from_secs(2))
 }
 

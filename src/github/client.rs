@@ -1,12 +1,5 @@
-//! GitHub: the API client `lockstep serve` talks through, and the pure parts of GitHub's
-//! semantics (webhook signatures, who approved a pull request).
-//!
-//! One concrete client (octocrab) with a configurable base URL; tests point it at a fake
-//! GitHub over HTTP. Responses are read into the few fields lockstep uses, so a field GitHub
-//! adds or drops elsewhere in a payload cannot break a delivery.
-//!
-//! Secrets (the token, the App's key, the webhook secret) live in [`SecretString`]s: they are
-//! redacted in `Debug` and never logged.
+//! The GitHub API client: reads pull requests, reviews and permissions, writes comments and
+//! commit statuses, as a token or as a GitHub App installation.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,176 +7,11 @@ use std::sync::Mutex;
 
 use anyhow::Context as _;
 use octocrab::Octocrab;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::config::{self, Config};
-
-/// `owner/name` of a GitHub repository.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RepoName {
-    pub owner: String,
-    pub name: String,
-}
-
-impl RepoName {
-    /// Parses `owner/name`; `None` unless both parts are GitHub-style names.
-    pub fn parse(full: &str) -> Option<RepoName> {
-        let (owner, name) = full.split_once('/')?;
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && s != "."
-                && s != ".."
-        };
-        (ok(owner) && ok(name)).then(|| RepoName {
-            owner: owner.to_string(),
-            name: name.to_string(),
-        })
-    }
-}
-
-impl fmt::Display for RepoName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.owner, self.name)
-    }
-}
-
-/// A pull request, as lockstep reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pull {
-    pub number: u64,
-    pub author: String,
-    pub head_ref: String,
-    pub head_sha: String,
-    /// The repository the head branch is in (`owner/name`; a fork's differs), "" if unknown.
-    pub head_repo: String,
-    /// `open` or `closed`.
-    pub state: String,
-}
-
-/// One review as GitHub lists it (oldest first).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReviewEntry {
-    pub user: String,
-    /// `APPROVED`, `CHANGES_REQUESTED`, `COMMENTED`, `DISMISSED`, `PENDING`.
-    pub state: String,
-}
-
-/// The latest review that counts per reviewer, in the order reviewers first appear.
-///
-/// As on GitHub's own page: a `COMMENTED` (or `PENDING`) review neither grants nor revokes
-/// an approval, so it is skipped; a dismissed review stays `DISMISSED` and does not count.
-pub fn latest_reviews(reviews: &[ReviewEntry]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for r in reviews {
-        if !matches!(
-            r.state.as_str(),
-            "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED"
-        ) {
-            continue;
-        }
-        match out
-            .iter_mut()
-            .find(|(u, _)| u.eq_ignore_ascii_case(&r.user))
-        {
-            Some(slot) => slot.1 = r.state.clone(),
-            None => out.push((r.user.clone(), r.state.clone())),
-        }
-    }
-    out
-}
-
-/// What a user may do on a repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    Admin,
-    Maintain,
-    Write,
-    Triage,
-    Read,
-    None,
-}
-
-impl Permission {
-    /// From GitHub's `permission` and `role_name` fields (`role_name` is the finer one).
-    pub fn from_api(permission: &str, role_name: &str) -> Permission {
-        let p = |s: &str| match s {
-            "admin" => Some(Permission::Admin),
-            "maintain" => Some(Permission::Maintain),
-            "write" | "push" => Some(Permission::Write),
-            "triage" => Some(Permission::Triage),
-            "read" | "pull" => Some(Permission::Read),
-            _ => None,
-        };
-        p(role_name)
-            .or_else(|| p(permission))
-            .unwrap_or(Permission::None)
-    }
-
-    /// Whether this lets someone command the bot (admin, maintain or write).
-    pub fn can_write(self) -> bool {
-        matches!(
-            self,
-            Permission::Admin | Permission::Maintain | Permission::Write
-        )
-    }
-}
-
-/// A commit status state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusState {
-    Pending,
-    Success,
-    Failure,
-    Error,
-}
-
-impl StatusState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatusState::Pending => "pending",
-            StatusState::Success => "success",
-            StatusState::Failure => "failure",
-            StatusState::Error => "error",
-        }
-    }
-}
-
-/// Why a webhook's signature was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("no `X-Hub-Signature-256` header")]
-    Missing,
-    #[error("`X-Hub-Signature-256` does not match the body: {0}")]
-    Invalid(String),
-}
-
-/// Checks `X-Hub-Signature-256` (`sha256=<hex HMAC-SHA256 of the body>`) in constant time.
-pub fn check_signature(
-    secret: &SecretString,
-    header: Option<&str>,
-    body: &[u8],
-) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    octocrab::models::webhook_events::verify_signature(
-        header,
-        secret.expose_secret().as_bytes(),
-        body,
-    )
-    .map_err(|e| SignatureError::Invalid(e.to_string()))
-}
-
-/// Signs a body the way GitHub does (for tests and the benchmark).
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    use hmac::{KeyInit as _, Mac as _};
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+use super::{Permission, Pull, RepoName, ReviewEntry, STATUS_CONTEXT, StatusState};
+use crate::config::{Config, GitHubConfig};
 
 /// Reads a secret from the environment variable `var`.
 pub fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
@@ -324,7 +152,7 @@ fn segment(s: &str) -> String {
 
 impl GitHub {
     /// Builds the client from `[github]`, reading the secrets it names.
-    pub fn from_config(config: &Config, gh: &config::GitHub) -> anyhow::Result<GitHub> {
+    pub fn from_config(config: &Config, gh: &GitHubConfig) -> anyhow::Result<GitHub> {
         let webhook_secret = secret_from_env(&gh.webhook_secret_env)
             .context("the GitHub webhook secret is missing (`github.webhook_secret_env`)")?;
         let mut client = GitHub::api_only(config, gh)?;
@@ -334,7 +162,7 @@ impl GitHub {
 
     /// Builds a client for the API alone (no webhooks), e.g. for `lockstep deliver` to read
     /// pull requests: it needs the token or App key of `[github]`, not the webhook secret.
-    pub fn api_only(config: &Config, gh: &config::GitHub) -> anyhow::Result<GitHub> {
+    pub fn api_only(config: &Config, gh: &GitHubConfig) -> anyhow::Result<GitHub> {
         let builder = || -> anyhow::Result<octocrab::OctocrabBuilder<_, _, _, _>> {
             Ok(Octocrab::builder()
                 .base_uri(gh.api_url.as_str())
@@ -550,109 +378,38 @@ impl GitHub {
     }
 }
 
-/// The context of lockstep's commit status.
-pub const STATUS_CONTEXT: &str = "lockstep";
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn r(user: &str, state: &str) -> ReviewEntry {
-        ReviewEntry {
-            user: user.into(),
-            state: state.into(),
+    /// The test App key of the integration tests: a real RSA key, known to no GitHub.
+    fn app_key() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/github-app-test-key.pem")
+    }
+
+    /// The client's `Debug` (what a `{:?}` in a log would print) says how it authenticates,
+    /// never with what: no line of the App's key, no webhook secret.
+    #[tokio::test]
+    async fn the_client_debug_shows_no_secret() {
+        let config = Config::parse_str(&format!(
+            "[github]\napp_id = 77\nprivate_key_path = {}\n",
+            toml::Value::from(app_key().to_string_lossy().as_ref())
+        ))
+        .unwrap();
+        let mut client = GitHub::api_only(&config, config.github.as_ref().unwrap()).unwrap();
+        client.webhook_secret = Some(SecretString::from("whsec-hunter2".to_string()));
+        let debug = format!("{client:?}");
+        assert!(debug.contains(r#"auth: "app""#), "{debug}");
+        assert!(debug.contains("https://api.github.com"), "{debug}");
+        assert!(!debug.contains("whsec-hunter2"), "{debug}");
+        let pem = std::fs::read_to_string(app_key()).unwrap();
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!debug.contains(line), "{debug}");
         }
     }
 
     #[test]
-    fn latest_review_per_person_counts() {
-        let reviews = [
-            r("bob", "APPROVED"),
-            r("carol", "CHANGES_REQUESTED"),
-            r("bob", "COMMENTED"),
-            r("carol", "APPROVED"),
-            r("dave", "APPROVED"),
-            r("dave", "DISMISSED"),
-            r("erin", "COMMENTED"),
-            r("Bob", "PENDING"),
-        ];
-        assert_eq!(
-            latest_reviews(&reviews),
-            [
-                ("bob".to_string(), "APPROVED".to_string()),
-                ("carol".into(), "APPROVED".into()),
-                ("dave".into(), "DISMISSED".into()),
-            ]
-        );
-        let pr = crate::delivery::PrFacts {
-            author: "carol".into(),
-            reviews: latest_reviews(&reviews),
-            ..Default::default()
-        };
-        // carol approving her own pull request does not count; dave's was dismissed.
-        assert_eq!(pr.approvals(), 1);
-        let later = [r("bob", "APPROVED"), r("bob", "CHANGES_REQUESTED")];
-        assert_eq!(
-            latest_reviews(&later),
-            [("bob".to_string(), "CHANGES_REQUESTED".to_string())]
-        );
-    }
-
-    #[test]
-    fn signatures() {
-        let secret = SecretString::from("It's a Secret to Everybody".to_string());
-        let body = b"Hello, World!";
-        // GitHub's documented example.
-        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert_eq!(sign("It's a Secret to Everybody", body), good);
-        assert_eq!(check_signature(&secret, Some(good), body), Ok(()));
-        assert_eq!(
-            check_signature(&secret, None, body),
-            Err(SignatureError::Missing)
-        );
-        for bad in [
-            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e18",
-            "sha1=2a6f81a7cf73cfb841e25eecb23e75e927595c55",
-            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
-            "sha256=zz",
-            "sha256=",
-            "",
-        ] {
-            assert!(
-                matches!(
-                    check_signature(&secret, Some(bad), body),
-                    Err(SignatureError::Invalid(_))
-                ),
-                "{bad}"
-            );
-        }
-        assert!(check_signature(&secret, Some(good), b"Hello, World?").is_err());
-    }
-
-    #[test]
-    fn secrets_stay_out_of_debug() {
-        let secret = SecretString::from("hunter2".to_string());
-        assert!(!format!("{secret:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn repo_names_and_permissions() {
-        assert_eq!(RepoName::parse("acme/api").unwrap().to_string(), "acme/api");
-        for bad in [
-            "acme",
-            "acme/",
-            "/api",
-            "a/b/c",
-            "acme/a pi",
-            "../x",
-            "a/..",
-        ] {
-            assert!(RepoName::parse(bad).is_none(), "{bad}");
-        }
-        assert!(Permission::from_api("write", "maintain").can_write());
-        assert!(Permission::from_api("admin", "").can_write());
-        assert!(!Permission::from_api("read", "triage").can_write());
-        assert!(!Permission::from_api("none", "").can_write());
+    fn logins_are_escaped_in_paths() {
         assert_eq!(segment("bot[bot]"), "bot%5Bbot%5D");
     }
 }

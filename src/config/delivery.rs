@@ -1,0 +1,145 @@
+//! `[delivery]`, `[environments.*]` and `[[repo]]`: the repositories a delivery spans, their
+//! steps, and how a delivery runs and lands.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::duration;
+
+/// How a delivery lands on upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeMode {
+    /// The rebased branch becomes upstream. The default.
+    #[default]
+    FastForward,
+    /// A merge commit of the rebased branch onto upstream.
+    MergeCommit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// A step running longer is killed (its whole process group). Default `30m`.
+    #[serde(default = "default_step_timeout", with = "duration")]
+    pub step_timeout: Duration,
+    /// `LOCKSTEP_ENV` for the steps, and which `[environments.*]` applies.
+    /// Default `production`.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// `fast-forward` (default) or `merge-commit`.
+    #[serde(default)]
+    pub merge: MergeMode,
+    /// Delete the task branches after a delivery lands. Default false.
+    #[serde(default)]
+    pub delete_branches: bool,
+    /// How many repositories build and test at once. Default 4.
+    #[serde(default = "default_parallel")]
+    pub parallel: usize,
+    /// Variables of lockstep's own environment handed to steps (besides PATH, HOME, LANG and
+    /// the like). Default none: secrets of the bot do not reach steps unless named here.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            step_timeout: default_step_timeout(),
+            environment: default_environment(),
+            merge: MergeMode::FastForward,
+            delete_branches: false,
+            parallel: default_parallel(),
+            pass_env: Vec::new(),
+        }
+    }
+}
+
+fn default_step_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_environment() -> String {
+    "production".into()
+}
+fn default_parallel() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Variables handed to every step. Default none.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repo {
+    /// The repository's name in the ecosystem (and in messages).
+    pub name: String,
+    /// Any URL or path the bot can fetch from and push to.
+    pub url: String,
+    /// The branch deliveries land on. Default `master`.
+    #[serde(default = "default_upstream")]
+    pub upstream: String,
+    /// `owner/name` of the GitHub counterpart, if any.
+    pub github: Option<String>,
+    /// The delivery steps. Default: none (a phase with no step passes).
+    #[serde(default)]
+    pub steps: Steps,
+}
+
+fn default_upstream() -> String {
+    "master".into()
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steps {
+    pub build: Option<Command>,
+    pub test: Option<Command>,
+    pub deploy: Option<Command>,
+    pub verify: Option<Command>,
+    pub rollback: Option<Command>,
+}
+
+/// A step's command: an argv list, or a string run by `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl Command {
+    /// The program and its arguments, as handed to the operating system.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+            Command::Argv(v) => v.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn steps_take_argv_or_shell() {
+        let c = Config::parse_str(
+            "[[repo]]\nname='api'\nurl='/x'\n[repo.steps]\nbuild=['make','image']\ntest='make test'\n",
+        )
+        .unwrap();
+        let steps = &c.repos[0].steps;
+        assert_eq!(steps.build.as_ref().unwrap().argv(), ["make", "image"]);
+        assert_eq!(
+            steps.test.as_ref().unwrap().argv(),
+            ["sh", "-c", "make test"]
+        );
+        assert_eq!(c.repos[0].upstream, "master");
+    }
+}
