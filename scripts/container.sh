@@ -36,8 +36,9 @@ ENVFILE="$STATE/env"
 CONF="$STATE/containers.conf"
 VENV="$STATE/venv"
 SUITE=bookworm
-# The base's packages, also its label: a base made with another list is made again.
+# The base's packages; with the trimming below, its label: a base made otherwise is remade.
 BASE_PACKAGES=git,ca-certificates,tini
+BASE_LABEL="$BASE_PACKAGES;slim"
 BASE_IMAGE=localhost/lockstep-base:$SUITE
 TOOLS=(kubernetes-validate==1.37.0 yamllint==1.38.0 podman-compose==1.6.0)
 
@@ -110,7 +111,7 @@ fi
 
 # 4. The base image: debootstrap from the host's own Debian mirror, then `podman import`.
 base_label() { podman image inspect --format '{{index .Labels "lockstep.base.packages"}}' "$BASE_IMAGE" 2>/dev/null; }
-if [ "$(base_label)" = "$BASE_PACKAGES" ]; then
+if [ "$(base_label)" = "$BASE_LABEL" ]; then
   log "base image $BASE_IMAGE already made"
 else
   mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
@@ -120,11 +121,14 @@ else
   log "debootstrap $SUITE ($BASE_PACKAGES) from $mirror"
   debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" "$mirror" >"$STATE/debootstrap.log" 2>&1 \
     || { tail -20 "$STATE/debootstrap.log" >&2; exit 1; }
-  # What a slim image leaves out: the package lists and caches.
-  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+  # What Debian's slim images leave out: package lists and caches, documentation, manuals
+  # and translations. The image then weighs about what users' images FROM them weigh.
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* \
+    "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
   log "importing it as $BASE_IMAGE"
   tar -C "$rootfs" -c . | podman import \
-    --change 'CMD ["/bin/bash"]' --change "LABEL lockstep.base.packages=$BASE_PACKAGES" \
+    --change 'CMD ["/bin/bash"]' --change "LABEL lockstep.base.packages=$BASE_LABEL" \
     - "$BASE_IMAGE" >/dev/null
   rm -rf "$rootfs"
   trap - EXIT
