@@ -6,7 +6,7 @@
 #   - podman with runc (Debian's default runtime, crun, refuses hybrid cgroups) and a private
 #     containers.conf (podman's default ulimits are above what root may set on such hosts);
 #   - a Debian bookworm base image made with debootstrap and `podman import`, holding what the
-#     runtime stage needs (git, CA certificates, tini), tagged $BASE_IMAGE;
+#     runtime stage needs (git, ssh, CA certificates, tini), tagged $BASE_IMAGE;
 #   - a Python venv with the offline manifest checkers (kubernetes-validate, yamllint) and
 #     podman-compose, pinned.
 # Idempotent: re-running it skips the work already done (under a second once installed).
@@ -37,7 +37,7 @@ CONF="$STATE/containers.conf"
 VENV="$STATE/venv"
 SUITE=bookworm
 # The base's packages; with the trimming below, its label: a base made otherwise is remade.
-BASE_PACKAGES=git,ca-certificates,tini
+BASE_PACKAGES=git,openssh-client,ca-certificates,tini
 BASE_LABEL="$BASE_PACKAGES;slim"
 BASE_IMAGE=localhost/lockstep-base:$SUITE
 TOOLS=(kubernetes-validate==1.37.0 yamllint==1.38.0 podman-compose==1.6.0)
