@@ -43,6 +43,13 @@ fn resource<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} `{name}` in deploy/kubernetes"))
 }
 
+/// An entry of the ConfigMap `lockstep-config` (`lockstep.toml`, `gitconfig`).
+fn config_entry(tools: &Path, key: &str) -> String {
+    let docs = yaml_documents(tools, &manifests());
+    let entry = &resource(&docs, "ConfigMap", "lockstep-config")["data"][key];
+    entry.as_str().unwrap().to_string()
+}
+
 fn duration(text: &str) -> Duration {
     lockstep::config::parse_duration(text).unwrap()
 }
@@ -154,10 +161,8 @@ fn the_deployment_is_restricted_probed_and_keeps_secrets_in_the_secret() {
     );
 
     // The config names those variables, and the pod outlives the drain of a delivery.
-    let config = resource(&docs, "ConfigMap", "lockstep-config")["data"]["lockstep.toml"]
-        .as_str()
-        .unwrap();
-    let parsed = lockstep::config::Config::parse_str(config).unwrap();
+    let config = config_entry(&tools, "lockstep.toml");
+    let parsed = lockstep::config::Config::parse_str(&config).unwrap();
     let github = parsed.github.as_ref().unwrap();
     assert_eq!(github.webhook_secret_env, "LOCKSTEP_WEBHOOK_SECRET");
     assert_eq!(github.token_env.as_deref(), Some("GITHUB_TOKEN"));
@@ -220,12 +225,9 @@ fn every_shipped_config_loads_with_the_shipped_policies() {
     let Some(tools) = checkers("every_shipped_config_loads_with_the_shipped_policies") else {
         return;
     };
-    let docs = yaml_documents(&tools, &manifests());
-    let config = resource(&docs, "ConfigMap", "lockstep-config")["data"]["lockstep.toml"]
-        .as_str()
-        .unwrap();
-    assert!(policy_check(config).contains("ok: "));
+    assert!(policy_check(&config_entry(&tools, "lockstep.toml")).contains("ok: "));
     // The policies ConfigMap holds the shipped policies, as they are.
+    let docs = yaml_documents(&tools, &manifests());
     let policies = resource(&docs, "ConfigMap", "lockstep-policies")["data"]
         .as_object()
         .unwrap();
@@ -251,13 +253,9 @@ fn the_pods_gitconfig_answers_github_with_the_token() {
     let Some(tools) = checkers("the_pods_gitconfig_answers_github_with_the_token") else {
         return;
     };
-    let docs = yaml_documents(&tools, &manifests());
-    let gitconfig = resource(&docs, "ConfigMap", "lockstep-config")["data"]["gitconfig"]
-        .as_str()
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gitconfig");
-    std::fs::write(&file, gitconfig).unwrap();
+    std::fs::write(&file, config_entry(&tools, "gitconfig")).unwrap();
     let fill = |host: &str| {
         let mut child = Command::new("git")
             .args(["credential", "fill"])
