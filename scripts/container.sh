@@ -157,8 +157,15 @@ cp -r "$ROOT/policies" "$context/policies"
 # Symbols and debug info are for debugging on the host, not for the image.
 strip -o "$context/lockstep" "$binary" 2>/dev/null || cp "$binary" "$context/lockstep"
 log "building $tag from $BASE_IMAGE"
+previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 # --format docker keeps HEALTHCHECK, which the OCI image format has no field for.
 podman build --pull=never --format docker --target prebuilt \
   --build-arg "BASE=$BASE_IMAGE" -f "$ROOT/Containerfile" -t "$tag" "$context" >&2
+# The image this tag named before would stay behind, nameless, at every test run (unless
+# another tag still names it).
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$tag")" ] \
+   && [ "$(podman image inspect --format '{{len .RepoTags}}' "$previous")" = 0 ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 log "ready in $(( ($(date +%s%N) - T0) / 1000000 )) ms"
 echo "$tag"
