@@ -5,9 +5,11 @@
 mod util;
 
 mod bad_input;
+mod container;
 mod crash;
 mod delivery;
 mod demo;
+mod deploy;
 mod help;
 mod hooks;
 mod install;

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod container;
 pub mod fake_github;
 pub mod fake_github_pulls;
 pub mod fake_jira;
