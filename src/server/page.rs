@@ -793,6 +793,122 @@ mod tests {
         assert!(html.contains("&lt;/pre&gt;&lt;script&gt;x&lt;/script&gt;"));
     }
 
+    /// One tag a line, so that a snapshot's diff shows which element changed.
+    fn tags_per_line(html: &str) -> String {
+        html.replace("><", ">\n<")
+    }
+
+    /// A queue with a delivery in flight, two waiting (one from the tracker) and two done.
+    fn busy_queue() -> QueueView {
+        let c = config();
+        let running = delivery(State::Running, "test");
+        let repos = [repo("api"), repo("web")];
+        let steps = [
+            step(1, "api", "build", "passed"),
+            step(2, "web", "build", "passed"),
+            step(3, "api", "test", "running"),
+            step(4, "web", "test", "passed"),
+        ];
+        let mut from_tracker = delivery(State::Queued, "");
+        (from_tracker.id, from_tracker.task, from_tracker.source) =
+            (9, "TASK-3".into(), "tracker".into());
+        (from_tracker.requester, from_tracker.origin) = (String::new(), String::new());
+        (from_tracker.started_at, from_tracker.created_at) = (None, 30_000);
+        let mut urgent = delivery(State::Queued, "");
+        (urgent.id, urgent.task, urgent.priority) = (8, "TASK-2".into(), 5);
+        (urgent.started_at, urgent.created_at) = (None, 20_000);
+        let mut delivered = delivery(State::Delivered, "merge");
+        (delivered.id, delivered.task) = (6, "TASK-4".into());
+        delivered.finished_at = Some(65_000);
+        let mut failed = delivery(State::Failed, "deploy");
+        (failed.id, failed.task) = (5, "TASK-5".into());
+        failed.finished_at = Some(4_000_000);
+        failed.error = "delivery failed in deploy (web): `deploy` exited with 2".into();
+        QueueView {
+            repos: vec!["api".into(), "web".into()],
+            running: vec![InFlight {
+                grid: grid(&c, &running, &repos, &steps, &[]),
+                delivery: running,
+                current: vec![step(3, "api", "test", "running")],
+            }],
+            queued: vec![urgent, from_tracker],
+            recent: vec![delivered, failed],
+            now_ms: 7_500_000,
+            refresh_secs: 3,
+        }
+    }
+
+    #[test]
+    fn queue_page_layout() {
+        insta::assert_snapshot!(tags_per_line(&queue_page(&busy_queue())));
+    }
+
+    #[test]
+    fn empty_queue_page_layout() {
+        let v = QueueView {
+            repos: vec!["api".into()],
+            running: vec![],
+            queued: vec![],
+            recent: vec![],
+            now_ms: 0,
+            refresh_secs: 0,
+        };
+        insta::assert_snapshot!(tags_per_line(&queue_page(&v)));
+    }
+
+    #[test]
+    fn delivery_page_layout() {
+        let c = config();
+        let mut d = delivery(State::Failed, "deploy");
+        d.finished_at = Some(95_000);
+        d.error = "delivery failed in deploy (web): `deploy` exited with 2".into();
+        let mut api = repo("api");
+        (api.deployed, api.rolled_back) = (true, true);
+        let web = repo("web");
+        let mut build = step(1, "api", "build", "passed");
+        (build.finished_at, build.exit_code) = (Some(12_000), Some(0));
+        let mut deploy = step(2, "web", "deploy", "failed");
+        (deploy.finished_at, deploy.exit_code) = (Some(93_000), Some(2));
+        let journal = [
+            JournalRow {
+                at: 1_000,
+                phase: "rebase".into(),
+                repo: String::new(),
+                event: "phase".into(),
+                detail: String::new(),
+            },
+            JournalRow {
+                at: 93_000,
+                phase: "deploy".into(),
+                repo: "web".into(),
+                event: "failed".into(),
+                detail: "`deploy` exited with 2".into(),
+            },
+        ];
+        let steps = [build.clone(), deploy.clone()];
+        let repos = [api, web];
+        let v = DeliveryView {
+            repos_all: vec!["api".into(), "web".into()],
+            grid: grid(&c, &d, &repos, &steps, &journal),
+            delivery: d,
+            repos: repos.to_vec(),
+            steps: vec![
+                StepLog {
+                    step: build,
+                    log: "building api\nok\n".into(),
+                },
+                StepLog {
+                    step: deploy,
+                    log: "deploying web\nerror: no route to host\n".into(),
+                },
+            ],
+            journal: journal.to_vec(),
+            now_ms: 100_000,
+            refresh_secs: 3,
+        };
+        insta::assert_snapshot!(tags_per_line(&delivery_page(&v)));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(duration(42_000), "42s");
