@@ -1,0 +1,168 @@
+//! The HTTP routes of `lockstep serve`: the router with its security headers, and the
+//! read-only endpoints (the pages, `/api/*`, step logs, `/metrics`, `/healthz`). The webhooks
+//! are in `webhook`; what the pages show is gathered in `views`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::grid::grid;
+use super::views::{self, read_log};
+use super::{App, metrics, page, webhook};
+
+/// The routes.
+pub fn router(app: Arc<App>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/", get(queue_page))
+        .route("/deliveries/{id}", get(delivery_page))
+        .route("/deliveries/{id}/steps/{step}/log", get(step_log))
+        .route("/api/queue", get(api_queue))
+        .route("/api/deliveries/{id}", get(api_delivery))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/webhooks/github", post(webhook::github))
+        .route("/webhooks/tracker", post(webhook::tracker))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    r
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("{e:#}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("lockstep: {e:#}\n"),
+    )
+        .into_response()
+}
+
+fn not_found(what: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(format!(
+            "<!doctype html><title>not found</title><p>{}</p><p><a href=\"/\">the queue</a></p>",
+            page::esc(&what)
+        )),
+    )
+        .into_response()
+}
+
+async fn queue_page(State(app): State<Arc<App>>) -> Response {
+    match views::queue_view(&app).await {
+        Ok(v) => Html(page::queue_page(&v)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn api_queue(State(app): State<Arc<App>>) -> Response {
+    match views::queue_view(&app).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+    match views::delivery_view(&app, id).await {
+        Ok(Some(v)) => Html(page::delivery_page(&v)).into_response(),
+        Ok(None) => not_found(format!("no delivery #{id}")),
+        Err(e) => internal(e),
+    }
+}
+
+async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+    let store = &app.engine.store;
+    let gather = async {
+        let Some(d) = store.delivery(id).await? else {
+            return Ok(None);
+        };
+        let repos = store.repos(id).await?;
+        let steps = store.steps(id).await?;
+        let journal = store.journal_of(id).await?;
+        let grid = grid(app.config(), &d, &repos, &steps, &journal);
+        anyhow::Ok(Some(serde_json::json!({
+            "delivery": d, "repos": repos, "steps": steps, "journal": journal, "grid": grid,
+            "url": app.delivery_url(id),
+        })))
+    };
+    match gather.await {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": format!("no delivery #{id}") })),
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn step_log(State(app): State<Arc<App>>, Path((id, step)): Path<(i64, i64)>) -> Response {
+    match app.engine.store.steps(id).await {
+        Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
+            Some(s) => (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                read_log(&s.log_path),
+            )
+                .into_response(),
+            None => not_found(format!("delivery #{id} has no step {step}")),
+        },
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let store = &app.engine.store;
+    let counts = async {
+        anyhow::Ok(metrics::StoreCounts {
+            by_state: store.counts().await?,
+            hook_decisions: {
+                // A hook may hold the counts' lock for a moment: wait off the async threads.
+                let dir = app.config().state_dir();
+                tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
+            },
+        })
+    };
+    match counts.await {
+        Ok(c) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            app.metrics.render(&c),
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.engine.store.counts().await {
+        Ok(_) => "ok\n".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the store does not answer: {e:#}\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,84 @@
+//! What the pages and `/api/queue` show, gathered from the store: the queue with the delivery
+//! in flight, a delivery with its steps' logs.
+
+use super::grid::grid;
+use super::{App, page};
+use crate::store::now_ms;
+
+async fn in_flight(app: &App, d: crate::store::DeliveryRow) -> anyhow::Result<page::InFlight> {
+    let store = &app.engine.store;
+    let repos = store.repos(d.id).await?;
+    let steps = store.steps(d.id).await?;
+    let journal = store.journal_of(d.id).await?;
+    let grid = grid(app.config(), &d, &repos, &steps, &journal);
+    let current = steps
+        .into_iter()
+        .filter(|s| s.outcome == "running")
+        .collect();
+    Ok(page::InFlight {
+        delivery: d,
+        grid,
+        current,
+    })
+}
+
+pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
+    let store = &app.engine.store;
+    let mut running = Vec::new();
+    for d in store.running().await? {
+        running.push(in_flight(app, d).await?);
+    }
+    Ok(page::QueueView {
+        repos: app.config().repos.iter().map(|r| r.name.clone()).collect(),
+        running,
+        queued: store.queued().await?,
+        recent: store.history(20).await?,
+        now_ms: now_ms(),
+        refresh_secs: app.config().server.refresh.as_secs().max(1),
+    })
+}
+/// The last 256 KiB of a log, as text.
+pub fn read_log(path: &str) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    const MAX: u64 = 256 * 1024;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return "(no log)".into();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut prefix = String::new();
+    if len > MAX {
+        let _ = f.seek(SeekFrom::Start(len - MAX));
+        prefix = format!("(… the first {} bytes are left out)\n", len - MAX);
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(MAX).read_to_end(&mut buf);
+    prefix + &String::from_utf8_lossy(&buf)
+}
+
+pub async fn delivery_view(app: &App, id: i64) -> anyhow::Result<Option<page::DeliveryView>> {
+    let store = &app.engine.store;
+    let Some(d) = store.delivery(id).await? else {
+        return Ok(None);
+    };
+    let repos = store.repos(id).await?;
+    let steps = store.steps(id).await?;
+    let journal = store.journal_of(id).await?;
+    let grid = grid(app.config(), &d, &repos, &steps, &journal);
+    let steps = steps
+        .into_iter()
+        .map(|s| page::StepLog {
+            log: read_log(&s.log_path),
+            step: s,
+        })
+        .collect();
+    Ok(Some(page::DeliveryView {
+        repos_all: app.config().repos.iter().map(|r| r.name.clone()).collect(),
+        delivery: d,
+        repos,
+        grid,
+        steps,
+        journal,
+        now_ms: now_ms(),
+        refresh_secs: app.config().server.refresh.as_secs().max(1),
+    }))
+}
