@@ -14,9 +14,11 @@
 //! - `worker_loop` runs the queue, the jobs the bot hands it, and the pruner.
 //! - `routes` has the router and the read-only endpoints; `views` gathers what they show.
 //! - `grid` works out a delivery's repo × phase grid.
+//! - `markdown` sets untrusted text in comments; `origin` names the pull request a delivery
+//!   was asked for from.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
 //!
-//! This file holds what every part shares ([`App`], [`Job`]) and starts the whole: [`serve`],
+//! This file holds what every part shares ([`App`], [`Job`], [`Handled`]) and starts the whole: [`serve`],
 //! [`run_cli`].
 //!
 //! Shutdown (SIGTERM, ctrl-c): the listener stops taking requests and lets the ones in
@@ -30,7 +32,9 @@ pub mod command;
 #[cfg(test)]
 mod fixtures;
 mod grid;
+mod markdown;
 pub mod metrics;
+mod origin;
 pub mod page;
 pub mod poller;
 pub mod report;
@@ -52,6 +56,15 @@ use crate::config::Config;
 use crate::delivery::line::Engine;
 use crate::delivery::worker;
 use crate::github::{GitHub, RepoName};
+
+/// What became of a webhook, for the answer and the metrics.
+#[derive(Debug)]
+pub enum Handled {
+    /// Something was done (a reply posted, a delivery queued, …).
+    Acted(String),
+    /// Nothing to do for lockstep.
+    Ignored(String),
+}
 
 /// Work the worker does besides the queue, between deliveries.
 #[derive(Debug)]

@@ -5,7 +5,8 @@
 //! Reports are best effort: GitHub being down never changes a delivery; it is logged.
 
 use super::App;
-use super::bot::{code, fenced, parse_origin};
+use super::markdown::{code, fenced};
+use super::origin::parse_origin;
 use crate::delivery::steps;
 use crate::github::{GitHub, Pull, RepoName, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};

@@ -20,20 +20,11 @@ use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
 use secrecy::ExposeSecret as _;
 use subtle::ConstantTimeEq as _;
 
-use super::{App, bot};
+use super::{App, Handled, bot};
 use crate::github::{self, RepoName};
 
 /// The events lockstep acts on.
 const HANDLED: &[&str] = &["issue_comment", "pull_request", "pull_request_review"];
-
-/// What became of a webhook, for the answer and the metrics.
-#[derive(Debug)]
-pub enum Handled {
-    /// Something was done (a reply posted, a delivery queued, …).
-    Acted(String),
-    /// Nothing to do for lockstep.
-    Ignored(String),
-}
 
 fn reply(app: &App, source: &str, result: &str, status: StatusCode, text: String) -> Response {
     app.metrics.webhook(source, result);
