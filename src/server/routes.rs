@@ -59,14 +59,7 @@ fn internal(e: anyhow::Error) -> Response {
 }
 
 fn not_found(what: String) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Html(format!(
-            "<!doctype html><title>not found</title><p>{}</p><p><a href=\"/\">the queue</a></p>",
-            page::esc(&what)
-        )),
-    )
-        .into_response()
+    (StatusCode::NOT_FOUND, Html(page::not_found_page(&what))).into_response()
 }
 
 async fn queue_page(State(app): State<Arc<App>>) -> Response {

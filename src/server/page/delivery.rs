@@ -1,9 +1,10 @@
 //! A delivery's page (`GET /deliveries/{id}`): its grid, its repositories and where each
 //! branch stood, every step with its log, and the journal.
 
-use std::fmt::Write as _;
+use maud::{Markup, html};
 
-use super::{ago, clock, duration, esc, grid_table, head, header, pill, requested, time_of_day};
+use super::{ago, clock, document, duration, grid_table, header, pill, requested, time_of_day};
+use crate::push::short;
 use crate::server::grid::GridRow;
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 
@@ -31,120 +32,143 @@ pub struct DeliveryView {
 pub fn delivery_page(v: &DeliveryView) -> String {
     let d = &v.delivery;
     let refresh = (!d.state.is_final()).then_some(v.refresh_secs.max(1));
-    let mut s = head(&format!("lockstep · #{} {}", d.id, d.task), refresh);
-    s.push_str(&header(
-        &v.repos_all,
-        "<a href=\"/\" style=\"color:#fff\">← queue</a>",
-    ));
-    s.push_str("<main><section><h2>Delivery</h2><div class=\"body\">");
-    let _ = write!(
-        s,
-        "<div class=\"task\">#{} {} {}</div><div class=\"meta\">{} · queued {}",
-        d.id,
-        esc(&d.task),
-        pill(d.state.as_str(), d.state.as_str()),
-        requested(d),
-        ago(v.now_ms, d.created_at)
-    );
-    if let (Some(a), Some(b)) = (d.started_at, d.finished_at) {
-        let _ = write!(s, " · took {}", duration(b - a));
-    }
-    s.push_str("</div>");
-    if !d.error.is_empty() {
-        let _ = write!(
-            s,
-            "<div class=\"why\" style=\"margin-top:8px\">{}</div>",
-            esc(&d.error)
-        );
-    }
-    s.push_str(&grid_table(&v.grid));
-    s.push_str("</div></section>");
+    let back = html! { a href="/" style="color:#fff" { "← queue" } };
+    document(
+        &format!("lockstep · #{} {}", d.id, d.task),
+        refresh,
+        html! {
+            (header(&v.repos_all, back))
+            main {
+                section {
+                    h2 { "Delivery" }
+                    div class="body" {
+                        div class="task" {
+                            "#" (d.id) " " (d.task) " " (pill(d.state.as_str(), d.state.as_str()))
+                        }
+                        div class="meta" {
+                            (requested(d)) " · queued " (ago(v.now_ms, d.created_at))
+                            @if let (Some(a), Some(b)) = (d.started_at, d.finished_at) {
+                                " · took " (duration(b - a))
+                            }
+                        }
+                        @if !d.error.is_empty() {
+                            div class="why" style="margin-top:8px" { (d.error) }
+                        }
+                        (grid_table(&v.grid))
+                    }
+                }
+                @if !v.repos.is_empty() {
+                    (repositories(&v.repos))
+                }
+                section id="steps" {
+                    h2 { "Steps" }
+                    @if v.steps.is_empty() {
+                        p class="empty" { "No step has run yet." }
+                    } @else {
+                        div class="body" {
+                            @for st in &v.steps {
+                                (step(d.id, st, v.now_ms))
+                            }
+                        }
+                    }
+                }
+                (journal(&v.journal))
+            }
+        },
+    )
+}
 
-    if !v.repos.is_empty() {
-        s.push_str(
-            "<section><h2>Repositories</h2><table><thead><tr><th>repository</th><th>branch</th>\
-             <th>branch at</th><th>onto</th><th>rebased</th><th>state</th></tr></thead><tbody>",
-        );
-        for r in &v.repos {
-            let mut flags = Vec::new();
-            if r.deployed {
-                flags.push("deployed");
+fn repositories(repos: &[RepoRow]) -> Markup {
+    html! {
+        section {
+            h2 { "Repositories" }
+            table {
+                thead {
+                    tr {
+                        th { "repository" } th { "branch" } th { "branch at" } th { "onto" }
+                        th { "rebased" } th { "state" }
+                    }
+                }
+                tbody {
+                    @for r in repos {
+                        tr {
+                            td { b { (r.repo) } }
+                            td { code { (r.branch) } }
+                            td { code { (short(&r.branch_sha)) } }
+                            td { code { (short(&r.base_sha)) } }
+                            td { code { (short(&r.rebased_sha)) } }
+                            td { (flags(r)) }
+                        }
+                    }
+                }
             }
-            if r.merged {
-                flags.push("merged");
-            }
-            if r.rolled_back {
-                flags.push("rolled back");
-            }
-            let _ = write!(
-                s,
-                "<tr><td><b>{}</b></td><td><code>{}</code></td><td><code>{}</code></td>\
-                 <td><code>{}</code></td><td><code>{}</code></td><td>{}</td></tr>",
-                esc(&r.repo),
-                esc(&r.branch),
-                esc(crate::push::short(&r.branch_sha)),
-                esc(crate::push::short(&r.base_sha)),
-                esc(crate::push::short(&r.rebased_sha)),
-                esc(&flags.join(", "))
-            );
         }
-        s.push_str("</tbody></table></section>");
     }
+}
 
-    s.push_str("<section id=\"steps\"><h2>Steps</h2>");
-    if v.steps.is_empty() {
-        s.push_str("<p class=\"empty\">No step has run yet.</p>");
-    } else {
-        s.push_str("<div class=\"body\">");
-        for st in &v.steps {
-            let step = &st.step;
-            let took = step
-                .finished_at
-                .map_or(duration(v.now_ms - step.started_at), |f| {
-                    duration(f - step.started_at)
-                });
-            let class = match step.outcome.as_str() {
-                "passed" => "passed",
-                "running" => "running",
-                _ => "failed",
-            };
-            let open = if class == "passed" { "" } else { " open" };
-            let _ = write!(
-                s,
-                "<details id=\"step-{id}\"{open}><summary>{} {} · {} {} · <span class=\"num\">{took}</span> · \
-                 <a href=\"/deliveries/{did}/steps/{id}/log\">raw</a></summary><pre class=\"log\">{}</pre></details>",
-                esc(&step.step),
-                esc(&step.repo),
-                pill(class, &step.outcome),
-                step.exit_code
-                    .map_or(String::new(), |c| format!("exit {c}")),
-                esc(&st.log),
-                id = step.id,
-                did = d.id,
-            );
+/// What became of a repository's branch: deployed, merged, rolled back.
+fn flags(r: &RepoRow) -> String {
+    let mut flags = Vec::new();
+    if r.deployed {
+        flags.push("deployed");
+    }
+    if r.merged {
+        flags.push("merged");
+    }
+    if r.rolled_back {
+        flags.push("rolled back");
+    }
+    flags.join(", ")
+}
+
+fn step(delivery: i64, st: &StepLog, now_ms: i64) -> Markup {
+    let step = &st.step;
+    let took = duration(step.finished_at.unwrap_or(now_ms) - step.started_at);
+    let class = match step.outcome.as_str() {
+        "passed" => "passed",
+        "running" => "running",
+        _ => "failed",
+    };
+    html! {
+        details id={ "step-" (step.id) } open[class != "passed"] {
+            summary {
+                (step.step) " " (step.repo) " · " (pill(class, &step.outcome)) " "
+                @if let Some(c) = step.exit_code {
+                    "exit " (c)
+                }
+                " · " span class="num" { (took) } " · "
+                a href={ "/deliveries/" (delivery) "/steps/" (step.id) "/log" } { "raw" }
+            }
+            pre class="log" { (st.log) }
         }
-        s.push_str("</div>");
     }
-    s.push_str("</section>");
+}
 
-    s.push_str(
-        "<section><h2>Journal</h2><table><thead><tr><th>when</th><th>phase</th><th>repository</th>\
-         <th>event</th><th>detail</th></tr></thead><tbody>",
-    );
-    for j in &v.journal {
-        let _ = write!(
-            s,
-            "<tr><td class=\"num\" title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&clock(j.at)),
-            esc(&time_of_day(j.at)),
-            esc(&j.phase),
-            esc(&j.repo),
-            esc(&j.event),
-            esc(&j.detail)
-        );
+fn journal(journal: &[JournalRow]) -> Markup {
+    html! {
+        section {
+            h2 { "Journal" }
+            table {
+                thead {
+                    tr {
+                        th { "when" } th { "phase" } th { "repository" } th { "event" }
+                        th { "detail" }
+                    }
+                }
+                tbody {
+                    @for j in journal {
+                        tr {
+                            td class="num" title=(clock(j.at)) { (time_of_day(j.at)) }
+                            td { (j.phase) }
+                            td { (j.repo) }
+                            td { (j.event) }
+                            td { (j.detail) }
+                        }
+                    }
+                }
+            }
+        }
     }
-    s.push_str("</tbody></table></section></main></body></html>");
-    s
 }
 
 #[cfg(test)]

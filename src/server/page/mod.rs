@@ -1,10 +1,11 @@
 //! The HTML of `lockstep serve`: the queue page (`queue`) and a delivery's page (`delivery`),
 //! plain HTML without JavaScript, refreshed by a `<meta>`. Here are the pieces both share:
-//! the document head and its style sheet, the header, pills, the grid table, how times read.
+//! the document and its style sheet, the header, pills, the grid table, how times read.
 //!
-//! The data is gathered by the server; everything here is pure rendering. Every value that
-//! reaches the page goes through [`esc`]: task keys, branch names, requesters and logs come
-//! from people and build tools, not from us.
+//! The pages are [`maud`] templates, so every value spliced into them is escaped by
+//! construction: task keys, branch names, requesters and logs come from people and build
+//! tools, not from us. The only text written out as it is is ours: the doctype and the style
+//! sheet (`PreEscaped`).
 
 mod delivery;
 mod queue;
@@ -12,58 +13,10 @@ mod queue;
 pub use delivery::{DeliveryView, StepLog, delivery_page};
 pub use queue::{InFlight, QueueView, queue_page};
 
-use std::fmt::Write as _;
+use maud::{Markup, PreEscaped, html};
 
 use super::grid::{GridRow, LINE};
 use crate::store::DeliveryRow;
-
-/// HTML-escapes text for element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// `1m 05s`, `42s`, `2h 03m`.
-pub fn duration(ms: i64) -> String {
-    let s = (ms.max(0) + 500) / 1000;
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
-fn clock(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
-}
-
-fn time_of_day(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format("%H:%M:%S").to_string())
-        .unwrap_or_default()
-}
-
-fn ago(now: i64, then: i64) -> String {
-    format!(
-        "<span title=\"{}\">{} ago</span>",
-        esc(&clock(then)),
-        duration(now - then)
-    )
-}
 
 const CSS: &str = r#"
 :root{--bg:#f6f7f9;--card:#fff;--ink:#1d2330;--muted:#667085;--line:#e4e7ec;
@@ -120,74 +73,127 @@ summary{cursor:pointer;font-weight:600}
 footer{color:var(--muted);font-size:12px;text-align:center;padding-bottom:24px}
 "#;
 
-fn head(title: &str, refresh: Option<u64>) -> String {
-    let mut s = String::from("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    s.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">");
-    if let Some(r) = refresh {
-        let _ = write!(s, "<meta http-equiv=\"refresh\" content=\"{r}\">");
+/// A whole page: the document head (title, style sheet, refresh) around `body`.
+fn document(title: &str, refresh: Option<u64>, body: Markup) -> String {
+    html! {
+        (PreEscaped("<!doctype html>\n"))
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(r) = refresh {
+                    meta http-equiv="refresh" content=(r);
+                }
+                title { (title) }
+                style { (PreEscaped(CSS)) }
+            }
+            body { (body) }
+        }
     }
-    let _ = write!(
-        s,
-        "<title>{}</title><style>{CSS}</style></head><body>",
-        esc(title)
-    );
-    s
+    .into_string()
 }
 
-fn header(repos: &[String], stats: &str) -> String {
-    format!(
-        "<header><h1><a href=\"/\">lockstep</a></h1><span class=\"eco\">{}</span>\
-         <div class=\"stats\">{stats}</div></header>",
-        esc(&repos.join(" · "))
-    )
+/// The 404 page.
+pub fn not_found_page(what: &str) -> String {
+    html! {
+        (PreEscaped("<!doctype html>"))
+        title { "not found" }
+        p { (what) }
+        p { a href="/" { "the queue" } }
+    }
+    .into_string()
 }
 
-fn pill(class: &str, label: &str) -> String {
-    format!("<span class=\"pill {}\">{}</span>", esc(class), esc(label))
+/// The dark band at the top: the ecosystem's repositories and `stats` on the right.
+fn header(repos: &[String], stats: Markup) -> Markup {
+    html! {
+        header {
+            h1 { a href="/" { "lockstep" } }
+            span class="eco" { (repos.join(" · ")) }
+            div class="stats" { (stats) }
+        }
+    }
 }
 
-fn requested(d: &DeliveryRow) -> String {
+fn pill(class: &str, label: &str) -> Markup {
+    html! { span class={ "pill " (class) } { (label) } }
+}
+
+/// Who asked for a delivery, and from where.
+fn requested(d: &DeliveryRow) -> Markup {
     let who = if d.requester.is_empty() {
-        "someone".to_string()
+        "someone"
     } else {
-        d.requester.clone()
+        d.requester.as_str()
     };
-    let mut s = format!("by <b>{}</b> via {}", esc(&who), esc(&d.source));
-    if !d.origin.is_empty() {
-        let _ = write!(s, " (<code>{}</code>)", esc(&d.origin));
+    html! {
+        "by " b { (who) } " via " (d.source)
+        @if !d.origin.is_empty() {
+            " (" code { (d.origin) } ")"
+        }
     }
-    s
 }
 
-fn grid_table(grid: &[GridRow]) -> String {
-    let mut s = String::from("<table class=\"grid\"><thead><tr><th>repository</th>");
-    for p in LINE {
-        let _ = write!(s, "<th style=\"text-align:center\">{}</th>", p.as_str());
-    }
-    s.push_str("</tr></thead><tbody>");
-    for row in grid {
-        let _ = write!(s, "<tr><td><b>{}</b>", esc(&row.repo));
-        if !row.branch.is_empty() {
-            let _ = write!(
-                s,
-                "<div class=\"meta\"><code>{}</code></div>",
-                esc(&row.branch)
-            );
+/// The repo × phase grid of a delivery.
+fn grid_table(grid: &[GridRow]) -> Markup {
+    html! {
+        table class="grid" {
+            thead {
+                tr {
+                    th { "repository" }
+                    @for p in LINE {
+                        th style="text-align:center" { (p.as_str()) }
+                    }
+                }
+            }
+            tbody {
+                @for row in grid {
+                    tr {
+                        td {
+                            b { (row.repo) }
+                            @if !row.branch.is_empty() {
+                                div class="meta" { code { (row.branch) } }
+                            }
+                        }
+                        @for (phase, cell) in &row.cells {
+                            td class="cell" data-phase=(phase) data-state=(cell.class()) {
+                                (pill(cell.class(), cell.label()))
+                            }
+                        }
+                    }
+                }
+            }
         }
-        s.push_str("</td>");
-        for (phase, cell) in &row.cells {
-            let _ = write!(
-                s,
-                "<td class=\"cell\" data-phase=\"{}\" data-state=\"{}\">{}</td>",
-                esc(phase),
-                cell.class(),
-                pill(cell.class(), cell.label())
-            );
-        }
-        s.push_str("</tr>");
     }
-    s.push_str("</tbody></table>");
-    s
+}
+
+/// `1m 05s`, `42s`, `2h 03m`.
+pub fn duration(ms: i64) -> String {
+    let s = (ms.max(0) + 500) / 1000;
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+fn clock(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+fn time_of_day(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+/// How long ago `then` was, with the time itself on hover.
+fn ago(now: i64, then: i64) -> Markup {
+    html! { span title=(clock(then)) { (duration(now - then)) " ago" } }
 }
 
 #[cfg(test)]
@@ -221,7 +227,8 @@ mod tests {
         assert!(!html.contains("<img"));
         assert!(!html.contains("<b>x</b>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
-        assert!(html.contains("feature/&lt;b&gt;x&lt;/b&gt;&amp;&#39;&quot;"));
+        // `'` stays as it is: every attribute the templates write is double-quoted.
+        assert!(html.contains("feature/&lt;b&gt;x&lt;/b&gt;&amp;'&quot;"));
         assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
         let dv = DeliveryView {
             repos_all: vec![],

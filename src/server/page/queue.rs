@@ -1,11 +1,10 @@
 //! The queue page (`GET /`): the delivery in flight with its grid and the steps running now,
 //! the queue, and the deliveries that finished last.
 
-use std::fmt::Write as _;
-
+use maud::{Markup, html};
 use serde::Serialize;
 
-use super::{ago, duration, esc, grid_table, head, header, pill, requested};
+use super::{ago, document, duration, grid_table, header, pill, requested};
 use crate::server::grid::GridRow;
 use crate::store::{DeliveryRow, StepRow};
 
@@ -32,121 +31,150 @@ pub struct QueueView {
 
 /// The queue page.
 pub fn queue_page(v: &QueueView) -> String {
-    let mut s = head(
-        &match v.running.first() {
-            Some(f) => format!("lockstep · delivering {}", f.delivery.task),
-            None => "lockstep · queue".to_string(),
-        },
-        Some(v.refresh_secs.max(1)),
-    );
-    let stats = format!(
-        "<span><b>{}</b> running</span><span><b>{}</b> queued</span>",
-        v.running.len(),
-        v.queued.len()
-    );
-    s.push_str(&header(&v.repos, &stats));
-    s.push_str("<main>");
-
-    s.push_str("<section id=\"in-flight\"><h2>In flight</h2>");
-    if v.running.is_empty() {
-        s.push_str("<p class=\"empty\">Nothing is being delivered right now.</p>");
-    }
-    for f in &v.running {
-        let d = &f.delivery;
-        let _ = write!(
-            s,
-            "<div class=\"body\"><div class=\"task\"><a href=\"/deliveries/{id}\">#{id}</a> {task} {pill}</div>\
-             <div class=\"meta\">{req} · phase <b>{phase}</b> · started {started}</div>",
-            id = d.id,
-            task = esc(&d.task),
-            pill = pill("running", "running"),
-            req = requested(d),
-            phase = esc(if d.phase.is_empty() { "-" } else { &d.phase }),
-            started = d.started_at.map_or("-".into(), |t| ago(v.now_ms, t)),
-        );
-        s.push_str(&grid_table(&f.grid));
-        for step in &f.current {
-            let _ = write!(
-                s,
-                "<div class=\"now\">now: <b>{}</b> of <b>{}</b>, running for {} · \
-                 <a href=\"/deliveries/{}/steps/{}/log\">live log</a></div>",
-                esc(&step.step),
-                esc(&step.repo),
-                duration(v.now_ms - step.started_at),
-                d.id,
-                step.id
-            );
-        }
-        s.push_str("</div>");
-    }
-    s.push_str("</section>");
-
-    s.push_str("<section id=\"queue\"><h2>Queue</h2>");
-    if v.queued.is_empty() {
-        s.push_str("<p class=\"empty\">The queue is empty.</p>");
-    } else {
-        s.push_str(
-            "<table><thead><tr><th>#</th><th>delivery</th><th>task</th><th>priority</th>\
-             <th>requested</th><th>waiting</th></tr></thead><tbody>",
-        );
-        for (i, d) in v.queued.iter().enumerate() {
-            let _ = write!(
-                s,
-                "<tr><td class=\"num\">{}</td><td><a href=\"/deliveries/{id}\">#{id}</a></td>\
-                 <td><b>{}</b></td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
-                i + 1,
-                esc(&d.task),
-                d.priority,
-                requested(d),
-                duration(v.now_ms - d.created_at),
-                id = d.id,
-            );
-        }
-        s.push_str("</tbody></table>");
-    }
-    s.push_str("</section>");
-
-    s.push_str("<section id=\"recent\"><h2>Recent</h2>");
-    if v.recent.is_empty() {
-        s.push_str("<p class=\"empty\">No delivery has finished yet.</p>");
-    } else {
-        s.push_str(
-            "<table><thead><tr><th>delivery</th><th>task</th><th>outcome</th><th>duration</th>\
-             <th>finished</th><th>requested</th><th></th></tr></thead><tbody>",
-        );
-        for d in &v.recent {
-            let took = match (d.started_at, d.finished_at) {
-                (Some(a), Some(b)) => duration(b - a),
-                _ => "-".into(),
-            };
-            let _ = write!(
-                s,
-                "<tr><td><a href=\"/deliveries/{id}\">#{id}</a></td><td><b>{}</b>",
-                esc(&d.task),
-                id = d.id
-            );
-            if !d.error.is_empty() {
-                let _ = write!(s, "<div class=\"why\">{}</div>", esc(&d.error));
+    let title = match v.running.first() {
+        Some(f) => format!("lockstep · delivering {}", f.delivery.task),
+        None => "lockstep · queue".to_string(),
+    };
+    let refresh = v.refresh_secs.max(1);
+    let stats = html! {
+        span { b { (v.running.len()) } " running" }
+        span { b { (v.queued.len()) } " queued" }
+    };
+    document(
+        &title,
+        Some(refresh),
+        html! {
+            (header(&v.repos, stats))
+            main {
+                section id="in-flight" {
+                    h2 { "In flight" }
+                    @if v.running.is_empty() {
+                        p class="empty" { "Nothing is being delivered right now." }
+                    }
+                    @for f in &v.running {
+                        (in_flight(f, v.now_ms))
+                    }
+                }
+                section id="queue" {
+                    h2 { "Queue" }
+                    @if v.queued.is_empty() {
+                        p class="empty" { "The queue is empty." }
+                    } @else {
+                        (queued(v))
+                    }
+                }
+                section id="recent" {
+                    h2 { "Recent" }
+                    @if v.recent.is_empty() {
+                        p class="empty" { "No delivery has finished yet." }
+                    } @else {
+                        (recent(v))
+                    }
+                }
             }
-            let _ = write!(
-                s,
-                "</td><td>{}</td><td class=\"num\">{took}</td><td>{}</td><td>{}</td>\
-                 <td><a href=\"/deliveries/{}#steps\">logs</a></td></tr>",
-                pill(d.state.as_str(), d.state.as_str()),
-                d.finished_at.map_or("-".into(), |t| ago(v.now_ms, t)),
-                requested(d),
-                d.id
-            );
+            footer {
+                "refreshes every " (refresh) "s · "
+                a href="/api/queue" { "json" }
+                " · "
+                a href="/metrics" { "metrics" }
+            }
+        },
+    )
+}
+
+fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
+    let d = &f.delivery;
+    html! {
+        div class="body" {
+            div class="task" {
+                a href={ "/deliveries/" (d.id) } { "#" (d.id) }
+                " " (d.task) " " (pill("running", "running"))
+            }
+            div class="meta" {
+                (requested(d))
+                " · phase " b { (if d.phase.is_empty() { "-" } else { d.phase.as_str() }) }
+                " · started "
+                @match d.started_at {
+                    Some(t) => (ago(now_ms, t)),
+                    None => "-",
+                }
+            }
+            (grid_table(&f.grid))
+            @for step in &f.current {
+                div class="now" {
+                    "now: " b { (step.step) } " of " b { (step.repo) }
+                    ", running for " (duration(now_ms - step.started_at)) " · "
+                    a href={ "/deliveries/" (d.id) "/steps/" (step.id) "/log" } { "live log" }
+                }
+            }
         }
-        s.push_str("</tbody></table>");
     }
-    s.push_str("</section></main>");
-    let _ = write!(
-        s,
-        "<footer>refreshes every {}s · <a href=\"/api/queue\">json</a> · <a href=\"/metrics\">metrics</a></footer></body></html>",
-        v.refresh_secs.max(1)
-    );
-    s
+}
+
+fn queued(v: &QueueView) -> Markup {
+    html! {
+        table {
+            thead {
+                tr {
+                    th { "#" } th { "delivery" } th { "task" } th { "priority" }
+                    th { "requested" } th { "waiting" }
+                }
+            }
+            tbody {
+                @for (i, d) in v.queued.iter().enumerate() {
+                    tr {
+                        td class="num" { (i + 1) }
+                        td { a href={ "/deliveries/" (d.id) } { "#" (d.id) } }
+                        td { b { (d.task) } }
+                        td class="num" { (d.priority) }
+                        td { (requested(d)) }
+                        td { (duration(v.now_ms - d.created_at)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn recent(v: &QueueView) -> Markup {
+    html! {
+        table {
+            thead {
+                tr {
+                    th { "delivery" } th { "task" } th { "outcome" } th { "duration" }
+                    th { "finished" } th { "requested" } th {}
+                }
+            }
+            tbody {
+                @for d in &v.recent {
+                    tr {
+                        td { a href={ "/deliveries/" (d.id) } { "#" (d.id) } }
+                        td {
+                            b { (d.task) }
+                            @if !d.error.is_empty() {
+                                div class="why" { (d.error) }
+                            }
+                        }
+                        td { (pill(d.state.as_str(), d.state.as_str())) }
+                        td class="num" {
+                            @match (d.started_at, d.finished_at) {
+                                (Some(a), Some(b)) => (duration(b - a)),
+                                _ => "-",
+                            }
+                        }
+                        td {
+                            @match d.finished_at {
+                                Some(t) => (ago(v.now_ms, t)),
+                                None => "-",
+                            }
+                        }
+                        td { (requested(d)) }
+                        td { a href={ "/deliveries/" (d.id) "#steps" } { "logs" } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
