@@ -919,3 +919,32 @@ fn a_deliver_push_option_needs_every_branch_reviewed_too() {
     assert_eq!(task_status(&env, "TASK-1"), "In Progress");
     assert!(deliveries(&env).is_empty());
 }
+
+/// A `GET /metrics` that fails inside the server (a counts file the hooks did not write)
+/// answers 500 with an id, not the error's chain: the request is not authenticated, and the
+/// chain names files and SQL. The log has the chain under that id.
+#[test]
+fn issue9_internal_errors_answer_an_id_not_the_chain() {
+    let env = Env::new(&["api"]);
+    configure(&env, "0s", "");
+    let serve = ServeProc::start(&env);
+    std::fs::write(env.state_dir().join("hook-decisions.json"), "not json").unwrap();
+    let r = serve.get("/metrics");
+    assert_eq!(r.status, 500, "{}", r.body);
+    let state = env.state_dir().display().to_string();
+    assert!(!r.body.contains(&state), "{}", r.body);
+    assert!(!r.body.contains("not valid"), "{}", r.body);
+    let id = r
+        .body
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no error id in {:?}", r.body))
+        .to_string();
+    let log = serve.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains(&state) && l.contains("not valid")),
+        "{log}"
+    );
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}

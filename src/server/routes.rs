@@ -3,6 +3,7 @@
 //! are in `webhook`; what the pages show is gathered in `views`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -13,6 +14,7 @@ use axum::routing::{get, post};
 use super::grid::grid;
 use super::views::{self, read_log};
 use super::{App, metrics, page, webhook};
+use crate::store::now_ms;
 
 /// The routes.
 pub fn router(app: Arc<App>, body_limit: usize) -> Router {
@@ -49,13 +51,26 @@ async fn security_headers(mut r: Response) -> Response {
     r
 }
 
+/// A 500 that shows the client an id and nothing more. The error's chain names files, SQL and
+/// hosts, and the client may be anyone: the chain goes to the log, under the same id.
 fn internal(e: anyhow::Error) -> Response {
-    tracing::error!("{e:#}");
+    let id = logged(&e);
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        format!("lockstep: {e:#}\n"),
+        format!(
+            "lockstep: internal error `{id}`; the server's log has its details under that id\n"
+        ),
     )
         .into_response()
+}
+
+/// Logs an error under a new id and returns the id: the time and a count, unique across the
+/// restarts of a server.
+fn logged(e: &anyhow::Error) -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let id = format!("{:x}-{}", now_ms(), COUNT.fetch_add(1, Ordering::Relaxed));
+    tracing::error!(error_id = %id, "{e:#}");
+    id
 }
 
 fn not_found(what: String) -> Response {
@@ -154,8 +169,39 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
         Ok(_) => "ok\n".into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the store does not answer: {e:#}\n"),
+            format!(
+                "the store does not answer; the server's log has the error under `{}`\n",
+                logged(&e)
+            ),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(r: Response) -> String {
+        let bytes = axum::body::to_bytes(r.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn issue9_internal_errors_show_an_id_not_the_chain() {
+        let e = || {
+            anyhow::anyhow!("no such table: deliveries")
+                .context("cannot read `/srv/lockstep/state/lockstep.db`")
+        };
+        let r = internal(e());
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let first = body(r).await;
+        assert!(!first.contains("/srv"), "{first}");
+        assert!(!first.contains("no such table"), "{first}");
+        assert!(first.starts_with("lockstep: internal error `"), "{first}");
+        let second = body(internal(e())).await;
+        assert_ne!(first.split('`').nth(1), second.split('`').nth(1));
     }
 }
