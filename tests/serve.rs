@@ -948,3 +948,52 @@ fn issue9_internal_errors_answer_an_id_not_the_chain() {
     );
     assert!(serve.stop(Duration::from_secs(10)).success());
 }
+
+/// A step log that cannot be read yet (a FIFO with no writer stands for a stalled disk)
+/// holds the requests for it, not the server: `/healthz` still answers.
+#[test]
+fn issue9_a_log_read_that_hangs_does_not_stall_the_server() {
+    let env = Env::new(&["api"]);
+    push_task_branch(&env, "feature/TASK-1-login", &["api"], &[]);
+    env.set_tasks(TASKS_READY);
+    configure(&env, "0s", "");
+    let out = env.lockstep(&["deliver", "TASK-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let serve = ServeProc::start(&env);
+    let api: serde_json::Value =
+        serde_json::from_str(&serve.get("/api/deliveries/1").body).unwrap();
+    let step = &api["steps"][0];
+    let log = step["log_path"].as_str().unwrap();
+    std::fs::remove_file(log).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(log)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    // More stalled reads than the server has threads for async work.
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get()) + 2;
+    let path = format!("/deliveries/1/steps/{}/log", step["id"]);
+    let stalled: Vec<_> = (0..threads)
+        .map(|_| {
+            let (url, path) = (serve.url.clone(), path.clone());
+            std::thread::spawn(move || {
+                let _ = crate::util::http::request(&url, "GET", &path, &[], b"");
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = serve.url.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::util::http::get(&url, "/healthz"));
+    });
+    let health = rx.recv_timeout(Duration::from_secs(10));
+    // The stalled reads never end: stop the server the hard way, which lets them go.
+    drop(serve);
+    for t in stalled {
+        let _ = t.join();
+    }
+    let health = health.expect("`/healthz` did not answer while step logs were being read");
+    assert_eq!(health.body, "ok\n");
+}

@@ -212,7 +212,10 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
         .unwrap_or_else(|| d.clone());
     let repos = store.repos(d.id).await.unwrap_or_default();
     let steps = store.steps(d.id).await.unwrap_or_default();
-    let failure = failure_facts(&journal, &steps);
+    // The log tail is read from disk: off the async threads.
+    let failure = tokio::task::spawn_blocking(move || failure_facts(&journal, &steps))
+        .await
+        .unwrap_or_default();
     let url = app.delivery_url(d.id);
     let (status, description) = match state {
         State::Delivered => (StatusState::Success, format!("delivered by #{}", d.id)),

@@ -130,7 +130,7 @@ async fn step_log(State(app): State<Arc<App>>, Path((id, step)): Path<(i64, i64)
         Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
             Some(s) => (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                read_log(&s.log_path),
+                read_log(s.log_path).await,
             )
                 .into_response(),
             None => not_found(format!("delivery #{id} has no step {step}")),

@@ -37,8 +37,17 @@ pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
         refresh_secs: app.config().server.refresh.as_secs().max(1),
     })
 }
-/// The last 256 KiB of a log, as text.
-pub fn read_log(path: &str) -> String {
+
+/// The last 256 KiB of a log, as text. Read off the async threads: a log on a slow or stalled
+/// disk holds its request, not the server.
+pub async fn read_log(path: String) -> String {
+    tokio::task::spawn_blocking(move || last_of_log(&path))
+        .await
+        .unwrap_or_else(|_| "(no log)".into())
+}
+
+/// The last 256 KiB of a log, read now (blocking).
+fn last_of_log(path: &str) -> String {
     use std::io::{Read as _, Seek as _, SeekFrom};
     const MAX: u64 = 256 * 1024;
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -64,12 +73,16 @@ pub async fn delivery_view(app: &App, id: i64) -> anyhow::Result<Option<page::De
     let steps = store.steps(id).await?;
     let journal = store.journal_of(id).await?;
     let grid = grid(app.config(), &d, &repos, &steps, &journal);
+    let paths: Vec<String> = steps.iter().map(|s| s.log_path.clone()).collect();
+    // Off the async threads, as `read_log`: one blocking task for every log of the page.
+    let logs = tokio::task::spawn_blocking(move || {
+        paths.iter().map(|p| last_of_log(p)).collect::<Vec<_>>()
+    })
+    .await?;
     let steps = steps
         .into_iter()
-        .map(|s| page::StepLog {
-            log: read_log(&s.log_path),
-            step: s,
-        })
+        .zip(logs)
+        .map(|(step, log)| page::StepLog { step, log })
         .collect();
     Ok(Some(page::DeliveryView {
         repos_all: app.config().repos.iter().map(|r| r.name.clone()).collect(),
