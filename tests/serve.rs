@@ -997,3 +997,53 @@ fn issue9_a_log_read_that_hangs_does_not_stall_the_server() {
     let health = health.expect("`/healthz` did not answer while step logs were being read");
     assert_eq!(health.body, "ok\n");
 }
+
+/// A review that breaks the delivery rules of a queued delivery cancels it, and the comment
+/// says who changed the reviews (the event's sender).
+#[test]
+fn issue9_a_review_that_cancels_a_delivery_names_its_sender() {
+    let (env, gh, _) = github_env();
+    // Another worker holds the queue: the delivery waits while the reviews change.
+    std::fs::create_dir_all(env.state_dir()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.worker_lock())
+        .unwrap();
+    lock.lock().unwrap();
+    let serve = ServeProc::start(&env);
+    let deliver = webhooks::comment("acme/api", 7, "alice", "/deliver");
+    let r = webhooks::post(&serve.url, "issue_comment", "v-1", &deliver, Some(SECRET));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(deliveries(&env)[0]["state"], "queued");
+
+    // carol's approval is dismissed: one approval by someone other than the author is left.
+    gh.review("acme/api", 7, "carol", "DISMISSED");
+    let review = webhooks::review("acme/api", 7, "feature/TASK-1-login", "alice", "dismissed");
+    let mut review: serde_json::Value = serde_json::from_slice(&review).unwrap();
+    review["sender"]["login"] = "carol".into();
+    let review = serde_json::to_vec(&review).unwrap();
+    let r = webhooks::post(
+        &serve.url,
+        "pull_request_review",
+        "v-2",
+        &review,
+        Some(SECRET),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("`carol` dismissed a review"), "{}", r.body);
+    let c = gh.comments("acme/api", 7);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(
+        c[1].starts_with(
+            "`carol` dismissed a review and the delivery rules no longer hold, so the queued \
+             delivery [#1](http://lockstep.test/deliveries/1) of `TASK-1` was cancelled:"
+        ),
+        "{}",
+        c[1]
+    );
+    assert_eq!(deliveries(&env)[0]["state"], "cancelled");
+    drop(lock);
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}

@@ -405,6 +405,32 @@ pub async fn on_closed(
     Ok(Handled::Ignored("the delivery had already started".into()))
 }
 
+/// What happened to a review, as its webhook tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewChange {
+    /// Who submitted or dismissed it (the event's sender), when the event says.
+    pub by: Option<String>,
+    pub dismissed: bool,
+}
+
+impl ReviewChange {
+    /// `` `carol` dismissed a review ``, for the reply.
+    fn words(&self) -> String {
+        match &self.by {
+            Some(who) => format!(
+                "{} {} a review",
+                code(who),
+                if self.dismissed {
+                    "dismissed"
+                } else {
+                    "submitted"
+                }
+            ),
+            None => "the reviews changed".to_string(),
+        }
+    }
+}
+
 /// A review was submitted or dismissed: a queued delivery of this pull request is checked
 /// against the delivery rules again, and cancelled if they no longer hold.
 pub async fn on_review(
@@ -412,6 +438,7 @@ pub async fn on_review(
     gh: &GitHub,
     repo: &RepoName,
     pull: &Pull,
+    change: &ReviewChange,
 ) -> anyhow::Result<Handled> {
     let number = pull.number;
     let (task, d) = match waiting_delivery(app, repo, pull).await? {
@@ -449,8 +476,9 @@ pub async fn on_review(
     }
     let lines = delivery::refusal_lines(&decision);
     let mut text = format!(
-        "the reviews changed and the delivery rules no longer hold, so the queued delivery {} \
-         of `{task}` was cancelled:\n",
+        "{} and the delivery rules no longer hold, so the queued delivery {} of `{task}` was \
+         cancelled:\n",
+        change.words(),
         link(app, d.id)
     );
     for l in &lines {
@@ -459,8 +487,12 @@ pub async fn on_review(
     text.push_str("\n\nComment `/deliver` once they hold again.");
     gh.comment(repo, number, &text).await?;
     report::cancelled_while_queued(app, &d, pull, repo, "a review").await;
+    let after = match change.by {
+        Some(_) => change.words(),
+        None => "a review".to_string(),
+    };
     Ok(Handled::Acted(format!(
-        "cancelled #{}: the rules no longer hold after a review",
+        "cancelled #{}: the rules no longer hold after {after}",
         d.id
     )))
 }

@@ -220,6 +220,7 @@ async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow
     if let Some(inst) = &event.installation {
         gh.remember_installation(&repo, inst.id().0);
     }
+    // Who acted: for a review, who submitted or dismissed it.
     let sender = event.sender.as_ref().map(|s| s.login.clone());
     match event.specific {
         WebhookEventPayload::IssueComment(c) => {
@@ -249,8 +250,11 @@ async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow
         WebhookEventPayload::PullRequestReview(r) => match r.action {
             PullRequestReviewWebhookEventAction::Dismissed
             | PullRequestReviewWebhookEventAction::Submitted => {
-                let _ = sender;
-                bot::on_review(app, gh, &repo, &pull_of(&r.pull_request)).await
+                let change = bot::ReviewChange {
+                    by: sender,
+                    dismissed: r.action == PullRequestReviewWebhookEventAction::Dismissed,
+                };
+                bot::on_review(app, gh, &repo, &pull_of(&r.pull_request), &change).await
             }
             _ => Ok(Handled::Ignored(
                 "nothing to do for this review action".into(),
