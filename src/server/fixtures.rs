@@ -53,6 +53,16 @@ pub fn step(id: i64, repo: &str, step: &str, outcome: &str) -> StepRow {
     }
 }
 
+/// Both repositories built; api's test running, web's passed.
+pub fn steps_while_testing() -> [StepRow; 4] {
+    [
+        step(1, "api", "build", "passed"),
+        step(2, "web", "build", "passed"),
+        step(3, "api", "test", "running"),
+        step(4, "web", "test", "passed"),
+    ]
+}
+
 /// `api` (build, test) and `web` (build, test, deploy).
 pub fn config() -> Config {
     Config::parse_str(

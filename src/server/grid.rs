@@ -172,7 +172,7 @@ pub fn grid(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::fixtures::{config, delivery, repo, step};
+    use crate::server::fixtures::{config, delivery, repo, step, steps_while_testing};
 
     fn states(row: &GridRow) -> Vec<Cell> {
         row.cells.iter().map(|(_, c)| *c).collect()
@@ -184,12 +184,7 @@ mod tests {
         let c = config();
         let d = delivery(State::Running, "test");
         let repos = [repo("api"), repo("web")];
-        let steps = [
-            step(1, "api", "build", "passed"),
-            step(2, "web", "build", "passed"),
-            step(3, "api", "test", "running"),
-            step(4, "web", "test", "passed"),
-        ];
+        let steps = steps_while_testing();
         let g = grid(&c, &d, &repos, &steps, &[]);
         assert_eq!(
             states(&g[0]),

@@ -266,21 +266,11 @@ mod tests {
     use super::*;
 
     fn d(state: State) -> DeliveryRow {
-        DeliveryRow {
-            id: 4,
-            task: "TASK-1".into(),
-            state,
-            phase: "test".into(),
-            priority: 0,
-            source: "github".into(),
-            requester: "alice".into(),
-            origin: "acme/api#3".into(),
-            created_at: 0,
-            started_at: Some(1_000),
-            finished_at: Some(73_000),
-            error: "delivery failed in test (api): `test` exited with 1".into(),
-            cancel: false,
-        }
+        let mut d = crate::server::fixtures::delivery(state, "test");
+        d.id = 4;
+        d.finished_at = Some(73_000);
+        d.error = "delivery failed in test (api): `test` exited with 1".into();
+        d
     }
 
     #[test]

@@ -11,7 +11,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
-use super::grid::grid;
 use super::views::{self, read_log};
 use super::{App, metrics, page, webhook};
 use crate::store::now_ms;
@@ -100,18 +99,13 @@ async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Resp
 }
 
 async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
-    let store = &app.engine.store;
     let gather = async {
-        let Some(d) = store.delivery(id).await? else {
+        let Some(r) = views::recorded(&app, id).await? else {
             return Ok(None);
         };
-        let repos = store.repos(id).await?;
-        let steps = store.steps(id).await?;
-        let journal = store.journal_of(id).await?;
-        let grid = grid(app.config(), &d, &repos, &steps, &journal);
         anyhow::Ok(Some(serde_json::json!({
-            "delivery": d, "repos": repos, "steps": steps, "journal": journal, "grid": grid,
-            "url": app.delivery_url(id),
+            "delivery": r.delivery, "repos": r.repos, "steps": r.steps, "journal": r.journal,
+            "grid": r.grid, "url": app.delivery_url(id),
         })))
     };
     match gather.await {

@@ -1,23 +1,52 @@
 //! What the pages and `/api/queue` show, gathered from the store: the queue with the delivery
 //! in flight, a delivery with its steps' logs.
 
-use super::grid::grid;
+use super::grid::{GridRow, grid};
 use super::{App, page};
-use crate::store::now_ms;
+use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow, now_ms};
 
-async fn in_flight(app: &App, d: crate::store::DeliveryRow) -> anyhow::Result<page::InFlight> {
+/// A delivery with what the store recorded about it, and its grid.
+pub struct Recorded {
+    pub delivery: DeliveryRow,
+    pub repos: Vec<RepoRow>,
+    pub steps: Vec<StepRow>,
+    pub journal: Vec<JournalRow>,
+    pub grid: Vec<GridRow>,
+}
+
+/// Delivery `id` with its records, if there is one.
+pub async fn recorded(app: &App, id: i64) -> anyhow::Result<Option<Recorded>> {
+    match app.engine.store.delivery(id).await? {
+        Some(d) => Ok(Some(records_of(app, d).await?)),
+        None => Ok(None),
+    }
+}
+
+async fn records_of(app: &App, delivery: DeliveryRow) -> anyhow::Result<Recorded> {
     let store = &app.engine.store;
-    let repos = store.repos(d.id).await?;
-    let steps = store.steps(d.id).await?;
-    let journal = store.journal_of(d.id).await?;
-    let grid = grid(app.config(), &d, &repos, &steps, &journal);
-    let current = steps
+    let repos = store.repos(delivery.id).await?;
+    let steps = store.steps(delivery.id).await?;
+    let journal = store.journal_of(delivery.id).await?;
+    let grid = grid(app.config(), &delivery, &repos, &steps, &journal);
+    Ok(Recorded {
+        delivery,
+        repos,
+        steps,
+        journal,
+        grid,
+    })
+}
+
+async fn in_flight(app: &App, d: DeliveryRow) -> anyhow::Result<page::InFlight> {
+    let r = records_of(app, d).await?;
+    let current = r
+        .steps
         .into_iter()
         .filter(|s| s.outcome == "running")
         .collect();
     Ok(page::InFlight {
-        delivery: d,
-        grid,
+        delivery: r.delivery,
+        grid: r.grid,
         current,
     })
 }
@@ -65,14 +94,16 @@ fn last_of_log(path: &str) -> String {
 }
 
 pub async fn delivery_view(app: &App, id: i64) -> anyhow::Result<Option<page::DeliveryView>> {
-    let store = &app.engine.store;
-    let Some(d) = store.delivery(id).await? else {
+    let Some(Recorded {
+        delivery: d,
+        repos,
+        steps,
+        journal,
+        grid,
+    }) = recorded(app, id).await?
+    else {
         return Ok(None);
     };
-    let repos = store.repos(id).await?;
-    let steps = store.steps(id).await?;
-    let journal = store.journal_of(id).await?;
-    let grid = grid(app.config(), &d, &repos, &steps, &journal);
     let paths: Vec<String> = steps.iter().map(|s| s.log_path.clone()).collect();
     // Off the async threads, as `read_log`: one blocking task for every log of the page.
     let logs = tokio::task::spawn_blocking(move || {

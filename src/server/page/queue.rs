@@ -180,7 +180,9 @@ fn recent(v: &QueueView) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::fixtures::{config, delivery, repo, step, tags_per_line};
+    use crate::server::fixtures::{
+        config, delivery, repo, step, steps_while_testing, tags_per_line,
+    };
     use crate::server::grid::grid;
     use crate::store::State;
 
@@ -189,12 +191,7 @@ mod tests {
         let c = config();
         let running = delivery(State::Running, "test");
         let repos = [repo("api"), repo("web")];
-        let steps = [
-            step(1, "api", "build", "passed"),
-            step(2, "web", "build", "passed"),
-            step(3, "api", "test", "running"),
-            step(4, "web", "test", "passed"),
-        ];
+        let steps = steps_while_testing();
         let mut from_tracker = delivery(State::Queued, "");
         (from_tracker.id, from_tracker.task, from_tracker.source) =
             (9, "TASK-3".into(), "tracker".into());
