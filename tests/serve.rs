@@ -919,3 +919,131 @@ fn a_deliver_push_option_needs_every_branch_reviewed_too() {
     assert_eq!(task_status(&env, "TASK-1"), "In Progress");
     assert!(deliveries(&env).is_empty());
 }
+
+/// A `GET /metrics` that fails inside the server (a counts file the hooks did not write)
+/// answers 500 with an id, not the error's chain: the request is not authenticated, and the
+/// chain names files and SQL. The log has the chain under that id.
+#[test]
+fn issue9_internal_errors_answer_an_id_not_the_chain() {
+    let env = Env::new(&["api"]);
+    configure(&env, "0s", "");
+    let serve = ServeProc::start(&env);
+    std::fs::write(env.state_dir().join("hook-decisions.json"), "not json").unwrap();
+    let r = serve.get("/metrics");
+    assert_eq!(r.status, 500, "{}", r.body);
+    let state = env.state_dir().display().to_string();
+    assert!(!r.body.contains(&state), "{}", r.body);
+    assert!(!r.body.contains("not valid"), "{}", r.body);
+    let id = r
+        .body
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no error id in {:?}", r.body))
+        .to_string();
+    let log = serve.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&id) && l.contains(&state) && l.contains("not valid")),
+        "{log}"
+    );
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}
+
+/// A step log that cannot be read yet (a FIFO with no writer stands for a stalled disk)
+/// holds the requests for it, not the server: `/healthz` still answers.
+#[test]
+fn issue9_a_log_read_that_hangs_does_not_stall_the_server() {
+    let env = Env::new(&["api"]);
+    push_task_branch(&env, "feature/TASK-1-login", &["api"], &[]);
+    env.set_tasks(TASKS_READY);
+    configure(&env, "0s", "");
+    let out = env.lockstep(&["deliver", "TASK-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let serve = ServeProc::start(&env);
+    let api: serde_json::Value =
+        serde_json::from_str(&serve.get("/api/deliveries/1").body).unwrap();
+    let step = &api["steps"][0];
+    let log = step["log_path"].as_str().unwrap();
+    std::fs::remove_file(log).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(log)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    // More stalled reads than the server has threads for async work.
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get()) + 2;
+    let path = format!("/deliveries/1/steps/{}/log", step["id"]);
+    let stalled: Vec<_> = (0..threads)
+        .map(|_| {
+            let (url, path) = (serve.url.clone(), path.clone());
+            std::thread::spawn(move || {
+                let _ = crate::util::http::request(&url, "GET", &path, &[], b"");
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let url = serve.url.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::util::http::get(&url, "/healthz"));
+    });
+    let health = rx.recv_timeout(Duration::from_secs(10));
+    // The stalled reads never end: stop the server the hard way, which lets them go.
+    drop(serve);
+    for t in stalled {
+        let _ = t.join();
+    }
+    let health = health.expect("`/healthz` did not answer while step logs were being read");
+    assert_eq!(health.body, "ok\n");
+}
+
+/// A review that breaks the delivery rules of a queued delivery cancels it, and the comment
+/// says who changed the reviews (the event's sender).
+#[test]
+fn issue9_a_review_that_cancels_a_delivery_names_its_sender() {
+    let (env, gh, _) = github_env();
+    // Another worker holds the queue: the delivery waits while the reviews change.
+    std::fs::create_dir_all(env.state_dir()).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.worker_lock())
+        .unwrap();
+    lock.lock().unwrap();
+    let serve = ServeProc::start(&env);
+    let deliver = webhooks::comment("acme/api", 7, "alice", "/deliver");
+    let r = webhooks::post(&serve.url, "issue_comment", "v-1", &deliver, Some(SECRET));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(deliveries(&env)[0]["state"], "queued");
+
+    // carol's approval is dismissed: one approval by someone other than the author is left.
+    gh.review("acme/api", 7, "carol", "DISMISSED");
+    let review = webhooks::review("acme/api", 7, "feature/TASK-1-login", "alice", "dismissed");
+    let mut review: serde_json::Value = serde_json::from_slice(&review).unwrap();
+    review["sender"]["login"] = "carol".into();
+    let review = serde_json::to_vec(&review).unwrap();
+    let r = webhooks::post(
+        &serve.url,
+        "pull_request_review",
+        "v-2",
+        &review,
+        Some(SECRET),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("`carol` dismissed a review"), "{}", r.body);
+    let c = gh.comments("acme/api", 7);
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(
+        c[1].starts_with(
+            "`carol` dismissed a review and the delivery rules no longer hold, so the queued \
+             delivery [#1](http://lockstep.test/deliveries/1) of `TASK-1` was cancelled:"
+        ),
+        "{}",
+        c[1]
+    );
+    assert_eq!(deliveries(&env)[0]["state"], "cancelled");
+    drop(lock);
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}

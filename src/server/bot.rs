@@ -7,55 +7,13 @@
 use anyhow::Context as _;
 
 use super::command::{self, BotCommand, ParseError};
-use super::webhook::Handled;
-use super::{App, Job, report};
+use super::markdown::code;
+use super::origin::origin;
+use super::{App, Handled, Job, report};
 use crate::delivery::{self, PrFacts, Request, Requested};
 use crate::github::{self, GitHub, Pull, RepoName};
 use crate::policy::Stage;
 use crate::store::{DeliveryRow, State};
-
-/// `repo#number`, the origin recorded with a delivery requested from a pull request.
-pub fn origin(repo: &RepoName, number: u64) -> String {
-    format!("{repo}#{number}")
-}
-
-/// The pull request a delivery was requested from, if any.
-pub fn parse_origin(origin: &str) -> Option<(RepoName, u64)> {
-    let (repo, number) = origin.rsplit_once('#')?;
-    Some((RepoName::parse(repo)?, number.parse().ok()?))
-}
-
-/// Text in backticks, whatever backticks it contains.
-pub fn code(s: &str) -> String {
-    let longest = longest_run(s, '`');
-    let fence = "`".repeat(longest + 1);
-    let pad = if s.starts_with('`') || s.ends_with('`') {
-        " "
-    } else {
-        ""
-    };
-    format!("{fence}{pad}{s}{pad}{fence}")
-}
-
-fn longest_run(s: &str, ch: char) -> usize {
-    let mut best = 0;
-    let mut run = 0;
-    for c in s.chars() {
-        if c == ch {
-            run += 1;
-            best = best.max(run);
-        } else {
-            run = 0;
-        }
-    }
-    best
-}
-
-/// A fenced block that no line of `text` can close early.
-pub fn fenced(text: &str) -> String {
-    let fence = "`".repeat(longest_run(text, '`').max(2) + 1);
-    format!("{fence}text\n{}\n{fence}", text.trim_end())
-}
 
 fn link(app: &App, id: i64) -> String {
     format!("[#{id}]({})", app.delivery_url(id))
@@ -447,6 +405,32 @@ pub async fn on_closed(
     Ok(Handled::Ignored("the delivery had already started".into()))
 }
 
+/// What happened to a review, as its webhook tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewChange {
+    /// Who submitted or dismissed it (the event's sender), when the event says.
+    pub by: Option<String>,
+    pub dismissed: bool,
+}
+
+impl ReviewChange {
+    /// `` `carol` dismissed a review ``, for the reply.
+    fn words(&self) -> String {
+        match &self.by {
+            Some(who) => format!(
+                "{} {} a review",
+                code(who),
+                if self.dismissed {
+                    "dismissed"
+                } else {
+                    "submitted"
+                }
+            ),
+            None => "the reviews changed".to_string(),
+        }
+    }
+}
+
 /// A review was submitted or dismissed: a queued delivery of this pull request is checked
 /// against the delivery rules again, and cancelled if they no longer hold.
 pub async fn on_review(
@@ -454,6 +438,7 @@ pub async fn on_review(
     gh: &GitHub,
     repo: &RepoName,
     pull: &Pull,
+    change: &ReviewChange,
 ) -> anyhow::Result<Handled> {
     let number = pull.number;
     let (task, d) = match waiting_delivery(app, repo, pull).await? {
@@ -491,8 +476,9 @@ pub async fn on_review(
     }
     let lines = delivery::refusal_lines(&decision);
     let mut text = format!(
-        "the reviews changed and the delivery rules no longer hold, so the queued delivery {} \
-         of `{task}` was cancelled:\n",
+        "{} and the delivery rules no longer hold, so the queued delivery {} of `{task}` was \
+         cancelled:\n",
+        change.words(),
         link(app, d.id)
     );
     for l in &lines {
@@ -501,8 +487,12 @@ pub async fn on_review(
     text.push_str("\n\nComment `/deliver` once they hold again.");
     gh.comment(repo, number, &text).await?;
     report::cancelled_while_queued(app, &d, pull, repo, "a review").await;
+    let after = match change.by {
+        Some(_) => change.words(),
+        None => "a review".to_string(),
+    };
     Ok(Handled::Acted(format!(
-        "cancelled #{}: the rules no longer hold after a review",
+        "cancelled #{}: the rules no longer hold after {after}",
         d.id
     )))
 }
@@ -534,26 +524,6 @@ pub fn rollback_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_round_trip() {
-        let r = RepoName::parse("acme/api").unwrap();
-        assert_eq!(origin(&r, 12), "acme/api#12");
-        assert_eq!(parse_origin("acme/api#12"), Some((r, 12)));
-        assert_eq!(parse_origin("tracker"), None);
-        assert_eq!(parse_origin("acme/api#x"), None);
-        assert_eq!(parse_origin(""), None);
-    }
-
-    #[test]
-    fn code_spans_and_fences_hold_any_text() {
-        assert_eq!(code("feature/x"), "`feature/x`");
-        assert_eq!(code("a`b"), "``a`b``");
-        assert_eq!(code("`x"), "`` `x ``");
-        let f = fenced("ok\n```\nrm -rf\n");
-        assert!(f.starts_with("````text\n"), "{f}");
-        assert!(f.ends_with("\n````"), "{f}");
-    }
 
     #[test]
     fn refusal_text() {

@@ -5,7 +5,8 @@
 //! Reports are best effort: GitHub being down never changes a delivery; it is logged.
 
 use super::App;
-use super::bot::{code, fenced, parse_origin};
+use super::markdown::{code, fenced};
+use super::origin::parse_origin;
 use crate::delivery::steps;
 use crate::github::{GitHub, Pull, RepoName, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};
@@ -211,7 +212,10 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
         .unwrap_or_else(|| d.clone());
     let repos = store.repos(d.id).await.unwrap_or_default();
     let steps = store.steps(d.id).await.unwrap_or_default();
-    let failure = failure_facts(&journal, &steps);
+    // The log tail is read from disk: off the async threads.
+    let failure = tokio::task::spawn_blocking(move || failure_facts(&journal, &steps))
+        .await
+        .unwrap_or_default();
     let url = app.delivery_url(d.id);
     let (status, description) = match state {
         State::Delivered => (StatusState::Success, format!("delivered by #{}", d.id)),
@@ -262,21 +266,11 @@ mod tests {
     use super::*;
 
     fn d(state: State) -> DeliveryRow {
-        DeliveryRow {
-            id: 4,
-            task: "TASK-1".into(),
-            state,
-            phase: "test".into(),
-            priority: 0,
-            source: "github".into(),
-            requester: "alice".into(),
-            origin: "acme/api#3".into(),
-            created_at: 0,
-            started_at: Some(1_000),
-            finished_at: Some(73_000),
-            error: "delivery failed in test (api): `test` exited with 1".into(),
-            cancel: false,
-        }
+        let mut d = crate::server::fixtures::delivery(state, "test");
+        d.id = 4;
+        d.finished_at = Some(73_000);
+        d.error = "delivery failed in test (api): `test` exited with 1".into();
+        d
     }
 
     #[test]

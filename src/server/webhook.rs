@@ -20,20 +20,11 @@ use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
 use secrecy::ExposeSecret as _;
 use subtle::ConstantTimeEq as _;
 
-use super::{App, bot};
+use super::{App, Handled, bot};
 use crate::github::{self, RepoName};
 
 /// The events lockstep acts on.
 const HANDLED: &[&str] = &["issue_comment", "pull_request", "pull_request_review"];
-
-/// What became of a webhook, for the answer and the metrics.
-#[derive(Debug)]
-pub enum Handled {
-    /// Something was done (a reply posted, a delivery queued, …).
-    Acted(String),
-    /// Nothing to do for lockstep.
-    Ignored(String),
-}
 
 fn reply(app: &App, source: &str, result: &str, status: StatusCode, text: String) -> Response {
     app.metrics.webhook(source, result);
@@ -229,6 +220,7 @@ async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow
     if let Some(inst) = &event.installation {
         gh.remember_installation(&repo, inst.id().0);
     }
+    // Who acted: for a review, who submitted or dismissed it.
     let sender = event.sender.as_ref().map(|s| s.login.clone());
     match event.specific {
         WebhookEventPayload::IssueComment(c) => {
@@ -258,8 +250,11 @@ async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow
         WebhookEventPayload::PullRequestReview(r) => match r.action {
             PullRequestReviewWebhookEventAction::Dismissed
             | PullRequestReviewWebhookEventAction::Submitted => {
-                let _ = sender;
-                bot::on_review(app, gh, &repo, &pull_of(&r.pull_request)).await
+                let change = bot::ReviewChange {
+                    by: sender,
+                    dismissed: r.action == PullRequestReviewWebhookEventAction::Dismissed,
+                };
+                bot::on_review(app, gh, &repo, &pull_of(&r.pull_request), &change).await
             }
             _ => Ok(Handled::Ignored(
                 "nothing to do for this review action".into(),

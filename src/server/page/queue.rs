@@ -1,0 +1,241 @@
+//! The queue page (`GET /`): the delivery in flight with its grid and the steps running now,
+//! the queue, and the deliveries that finished last.
+
+use maud::{Markup, html};
+use serde::Serialize;
+
+use super::{ago, document, duration, grid_table, header, pill, requested};
+use crate::server::grid::GridRow;
+use crate::store::{DeliveryRow, StepRow};
+
+/// The delivery in flight, ready to show.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    pub delivery: DeliveryRow,
+    pub grid: Vec<GridRow>,
+    /// The steps running now.
+    pub current: Vec<StepRow>,
+}
+
+/// Everything the queue page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueView {
+    pub repos: Vec<String>,
+    pub running: Vec<InFlight>,
+    pub queued: Vec<DeliveryRow>,
+    pub recent: Vec<DeliveryRow>,
+    pub now_ms: i64,
+    #[serde(skip)]
+    pub refresh_secs: u64,
+}
+
+/// The queue page.
+pub fn queue_page(v: &QueueView) -> String {
+    let title = match v.running.first() {
+        Some(f) => format!("lockstep · delivering {}", f.delivery.task),
+        None => "lockstep · queue".to_string(),
+    };
+    let refresh = v.refresh_secs.max(1);
+    let stats = html! {
+        span { b { (v.running.len()) } " running" }
+        span { b { (v.queued.len()) } " queued" }
+    };
+    document(
+        &title,
+        Some(refresh),
+        html! {
+            (header(&v.repos, stats))
+            main {
+                section id="in-flight" {
+                    h2 { "In flight" }
+                    @if v.running.is_empty() {
+                        p class="empty" { "Nothing is being delivered right now." }
+                    }
+                    @for f in &v.running {
+                        (in_flight(f, v.now_ms))
+                    }
+                }
+                section id="queue" {
+                    h2 { "Queue" }
+                    @if v.queued.is_empty() {
+                        p class="empty" { "The queue is empty." }
+                    } @else {
+                        (queued(v))
+                    }
+                }
+                section id="recent" {
+                    h2 { "Recent" }
+                    @if v.recent.is_empty() {
+                        p class="empty" { "No delivery has finished yet." }
+                    } @else {
+                        (recent(v))
+                    }
+                }
+            }
+            footer {
+                "refreshes every " (refresh) "s · "
+                a href="/api/queue" { "json" }
+                " · "
+                a href="/metrics" { "metrics" }
+            }
+        },
+    )
+}
+
+fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
+    let d = &f.delivery;
+    html! {
+        div class="body" {
+            div class="task" {
+                a href={ "/deliveries/" (d.id) } { "#" (d.id) }
+                " " (d.task) " " (pill("running", "running"))
+            }
+            div class="meta" {
+                (requested(d))
+                " · phase " b { (if d.phase.is_empty() { "-" } else { d.phase.as_str() }) }
+                " · started "
+                @match d.started_at {
+                    Some(t) => (ago(now_ms, t)),
+                    None => "-",
+                }
+            }
+            (grid_table(&f.grid))
+            @for step in &f.current {
+                div class="now" {
+                    "now: " b { (step.step) } " of " b { (step.repo) }
+                    ", running for " (duration(now_ms - step.started_at)) " · "
+                    a href={ "/deliveries/" (d.id) "/steps/" (step.id) "/log" } { "live log" }
+                }
+            }
+        }
+    }
+}
+
+fn queued(v: &QueueView) -> Markup {
+    html! {
+        table {
+            thead {
+                tr {
+                    th { "#" } th { "delivery" } th { "task" } th { "priority" }
+                    th { "requested" } th { "waiting" }
+                }
+            }
+            tbody {
+                @for (i, d) in v.queued.iter().enumerate() {
+                    tr {
+                        td class="num" { (i + 1) }
+                        td { a href={ "/deliveries/" (d.id) } { "#" (d.id) } }
+                        td { b { (d.task) } }
+                        td class="num" { (d.priority) }
+                        td { (requested(d)) }
+                        td { (duration(v.now_ms - d.created_at)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn recent(v: &QueueView) -> Markup {
+    html! {
+        table {
+            thead {
+                tr {
+                    th { "delivery" } th { "task" } th { "outcome" } th { "duration" }
+                    th { "finished" } th { "requested" } th {}
+                }
+            }
+            tbody {
+                @for d in &v.recent {
+                    tr {
+                        td { a href={ "/deliveries/" (d.id) } { "#" (d.id) } }
+                        td {
+                            b { (d.task) }
+                            @if !d.error.is_empty() {
+                                div class="why" { (d.error) }
+                            }
+                        }
+                        td { (pill(d.state.as_str(), d.state.as_str())) }
+                        td class="num" {
+                            @match (d.started_at, d.finished_at) {
+                                (Some(a), Some(b)) => (duration(b - a)),
+                                _ => "-",
+                            }
+                        }
+                        td {
+                            @match d.finished_at {
+                                Some(t) => (ago(v.now_ms, t)),
+                                None => "-",
+                            }
+                        }
+                        td { (requested(d)) }
+                        td { a href={ "/deliveries/" (d.id) "#steps" } { "logs" } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::fixtures::{
+        config, delivery, repo, step, steps_while_testing, tags_per_line,
+    };
+    use crate::server::grid::grid;
+    use crate::store::State;
+
+    /// A queue with a delivery in flight, two waiting (one from the tracker) and two done.
+    fn busy_queue() -> QueueView {
+        let c = config();
+        let running = delivery(State::Running, "test");
+        let repos = [repo("api"), repo("web")];
+        let steps = steps_while_testing();
+        let mut from_tracker = delivery(State::Queued, "");
+        (from_tracker.id, from_tracker.task, from_tracker.source) =
+            (9, "TASK-3".into(), "tracker".into());
+        (from_tracker.requester, from_tracker.origin) = (String::new(), String::new());
+        (from_tracker.started_at, from_tracker.created_at) = (None, 30_000);
+        let mut urgent = delivery(State::Queued, "");
+        (urgent.id, urgent.task, urgent.priority) = (8, "TASK-2".into(), 5);
+        (urgent.started_at, urgent.created_at) = (None, 20_000);
+        let mut delivered = delivery(State::Delivered, "merge");
+        (delivered.id, delivered.task) = (6, "TASK-4".into());
+        delivered.finished_at = Some(65_000);
+        let mut failed = delivery(State::Failed, "deploy");
+        (failed.id, failed.task) = (5, "TASK-5".into());
+        failed.finished_at = Some(4_000_000);
+        failed.error = "delivery failed in deploy (web): `deploy` exited with 2".into();
+        QueueView {
+            repos: vec!["api".into(), "web".into()],
+            running: vec![InFlight {
+                grid: grid(&c, &running, &repos, &steps, &[]),
+                delivery: running,
+                current: vec![step(3, "api", "test", "running")],
+            }],
+            queued: vec![urgent, from_tracker],
+            recent: vec![delivered, failed],
+            now_ms: 7_500_000,
+            refresh_secs: 3,
+        }
+    }
+
+    #[test]
+    fn queue_page_layout() {
+        insta::assert_snapshot!(tags_per_line(&queue_page(&busy_queue())));
+    }
+
+    #[test]
+    fn empty_queue_page_layout() {
+        let v = QueueView {
+            repos: vec!["api".into()],
+            running: vec![],
+            queued: vec![],
+            recent: vec![],
+            now_ms: 0,
+            refresh_secs: 0,
+        };
+        insta::assert_snapshot!(tags_per_line(&queue_page(&v)));
+    }
+}

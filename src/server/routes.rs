@@ -1,0 +1,201 @@
+//! The HTTP routes of `lockstep serve`: the router with its security headers, and the
+//! read-only endpoints (the pages, `/api/*`, step logs, `/metrics`, `/healthz`). The webhooks
+//! are in `webhook`; what the pages show is gathered in `views`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+
+use super::views::{self, read_log};
+use super::{App, metrics, page, webhook};
+use crate::store::now_ms;
+
+/// The routes.
+pub fn router(app: Arc<App>, body_limit: usize) -> Router {
+    Router::new()
+        .route("/", get(queue_page))
+        .route("/deliveries/{id}", get(delivery_page))
+        .route("/deliveries/{id}/steps/{step}/log", get(step_log))
+        .route("/api/queue", get(api_queue))
+        .route("/api/deliveries/{id}", get(api_delivery))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/webhooks/github", post(webhook::github))
+        .route("/webhooks/tracker", post(webhook::tracker))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(app)
+}
+
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    r
+}
+
+/// A 500 that shows the client an id and nothing more. The error's chain names files, SQL and
+/// hosts, and the client may be anyone: the chain goes to the log, under the same id.
+fn internal(e: anyhow::Error) -> Response {
+    let id = logged(&e);
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!(
+            "lockstep: internal error `{id}`; the server's log has its details under that id\n"
+        ),
+    )
+        .into_response()
+}
+
+/// Logs an error under a new id and returns the id: the time and a count, unique across the
+/// restarts of a server.
+fn logged(e: &anyhow::Error) -> String {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let id = format!("{:x}-{}", now_ms(), COUNT.fetch_add(1, Ordering::Relaxed));
+    tracing::error!(error_id = %id, "{e:#}");
+    id
+}
+
+fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, Html(page::not_found_page(&what))).into_response()
+}
+
+async fn queue_page(State(app): State<Arc<App>>) -> Response {
+    match views::queue_view(&app).await {
+        Ok(v) => Html(page::queue_page(&v)).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn api_queue(State(app): State<Arc<App>>) -> Response {
+    match views::queue_view(&app).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+    match views::delivery_view(&app, id).await {
+        Ok(Some(v)) => Html(page::delivery_page(&v)).into_response(),
+        Ok(None) => not_found(format!("no delivery #{id}")),
+        Err(e) => internal(e),
+    }
+}
+
+async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+    let gather = async {
+        let Some(r) = views::recorded(&app, id).await? else {
+            return Ok(None);
+        };
+        anyhow::Ok(Some(serde_json::json!({
+            "delivery": r.delivery, "repos": r.repos, "steps": r.steps, "journal": r.journal,
+            "grid": r.grid, "url": app.delivery_url(id),
+        })))
+    };
+    match gather.await {
+        Ok(Some(v)) => axum::Json(v).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({ "error": format!("no delivery #{id}") })),
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn step_log(State(app): State<Arc<App>>, Path((id, step)): Path<(i64, i64)>) -> Response {
+    match app.engine.store.steps(id).await {
+        Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
+            Some(s) => (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                read_log(s.log_path).await,
+            )
+                .into_response(),
+            None => not_found(format!("delivery #{id} has no step {step}")),
+        },
+        Err(e) => internal(e),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    let store = &app.engine.store;
+    let counts = async {
+        anyhow::Ok(metrics::StoreCounts {
+            by_state: store.counts().await?,
+            hook_decisions: {
+                // A hook may hold the counts' lock for a moment: wait off the async threads.
+                let dir = app.config().state_dir();
+                tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
+            },
+        })
+    };
+    match counts.await {
+        Ok(c) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            app.metrics.render(&c),
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    match app.engine.store.counts().await {
+        Ok(_) => "ok\n".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the store does not answer; the server's log has the error under `{}`\n",
+                logged(&e)
+            ),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(r: Response) -> String {
+        let bytes = axum::body::to_bytes(r.into_body(), 64 * 1024)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn issue9_internal_errors_show_an_id_not_the_chain() {
+        let e = || {
+            anyhow::anyhow!("no such table: deliveries")
+                .context("cannot read `/srv/lockstep/state/lockstep.db`")
+        };
+        let r = internal(e());
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let first = body(r).await;
+        assert!(!first.contains("/srv"), "{first}");
+        assert!(!first.contains("no such table"), "{first}");
+        assert!(first.starts_with("lockstep: internal error `"), "{first}");
+        let second = body(internal(e())).await;
+        assert_ne!(first.split('`').nth(1), second.split('`').nth(1));
+    }
+}

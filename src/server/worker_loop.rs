@@ -1,0 +1,139 @@
+//! The server's background loops: the worker that holds the queue and runs one delivery at a
+//! time, reporting each to GitHub, with the jobs the bot hands it between deliveries; and the
+//! pruner of old webhook ids.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{App, Job, bot, report, stopped};
+use crate::delivery::worker::{self, WorkerLock};
+use crate::store::now_ms;
+
+/// Holds the worker lock and runs the queue, one delivery at a time, reporting to GitHub.
+pub async fn worker_loop(
+    app: Arc<App>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let state_dir = app.config().state_dir();
+    let mut told = false;
+    let _lock = loop {
+        match WorkerLock::try_acquire(&state_dir) {
+            Ok(Some(lock)) => break lock,
+            Ok(None) if !told => {
+                tracing::warn!("another worker holds the queue; waiting for it to finish");
+                told = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("cannot take the worker lock: {e:#}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    };
+    match worker::recover(&app.engine).await {
+        Ok(lines) => {
+            for l in lines {
+                tracing::warn!("recovered: {l}");
+            }
+        }
+        Err(e) => tracing::error!("recovery failed: {e:#}"),
+    }
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if let Ok(job) = jobs.try_recv() {
+            run_job(&app, job).await;
+            continue;
+        }
+        let next = match app.engine.store.claim_next().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("cannot read the queue: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(d) = next else {
+            tokio::select! {
+                _ = app.wake.notified() => {}
+                job = jobs.recv() => if let Some(job) = job { run_job(&app, job).await },
+                // Deliveries queued by other processes (`git push -o deliver`, the CLI).
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            continue;
+        };
+        report::started(&app, &d).await;
+        let delivering = app.engine.deliver(&d);
+        tokio::pin!(delivering);
+        let mut stop_seen = stop.clone();
+        let outcome = tokio::select! {
+            r = &mut delivering => Some(r),
+            _ = async { stopped(&mut stop_seen).await; tokio::time::sleep(grace).await } => None,
+        };
+        match outcome {
+            Some(Ok(state)) => report::finished(&app, &d, state).await,
+            Some(Err(e)) => {
+                // The line could not even journal its failure (the store is gone?).
+                tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
+            }
+            None => {
+                tracing::warn!(
+                    delivery = d.id,
+                    task = %d.task,
+                    "stopped during shutdown; it is recovered at the next start"
+                );
+                return;
+            }
+        }
+    }
+}
+
+async fn run_job(app: &App, job: Job) {
+    match job {
+        Job::Rollback {
+            id,
+            requester,
+            repo,
+            number,
+        } => {
+            let result = match app.engine.store.delivery(id).await {
+                Ok(Some(d)) if d.state.is_final() => {
+                    app.engine.rollback_finished(&d, false).await.map(|_| d)
+                }
+                Ok(Some(d)) => Err(anyhow::anyhow!(
+                    "#{id} is {} again; nothing was rolled back",
+                    d.state.as_str()
+                )),
+                Ok(None) => Err(anyhow::anyhow!("no delivery #{id}")),
+                Err(e) => Err(e),
+            };
+            let body = bot::rollback_outcome(app, id, &requester, &result);
+            if let Some(gh) = &app.github
+                && let Err(e) = gh.comment(&repo, number, &body).await
+            {
+                tracing::warn!("cannot report the rollback of #{id}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Forgets webhook delivery ids after a week (GitHub redelivers for a few days at most).
+pub async fn prune_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    const KEEP: i64 = 7 * 24 * 3600 * 1000;
+    loop {
+        if let Err(e) = app.engine.store.prune_webhooks(now_ms() - KEEP).await {
+            tracing::warn!("cannot prune webhook ids: {e:#}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
