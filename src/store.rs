@@ -14,10 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Serialize;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 /// The schema: `migrations/sqlite/NNNN_*.sql`, embedded at build time. A migration file is
 /// frozen once released (sqlx keeps its checksum); a change of schema is a new file.
@@ -31,9 +28,10 @@ const LAST_LEGACY_VERSION: i64 = 4;
 /// The error recorded for a delivery cancelled while it was queued.
 pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 
-/// Where a delivery is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where a delivery is in its life; stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum State {
     Queued,
     Running,
@@ -72,7 +70,7 @@ impl FromStr for State {
 }
 
 /// One delivery, as recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub id: i64,
     pub task: String,
@@ -91,7 +89,7 @@ pub struct DeliveryRow {
 }
 
 /// One repository of a delivery.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RepoRow {
     pub repo: String,
     pub position: i64,
@@ -104,7 +102,7 @@ pub struct RepoRow {
     pub rolled_back: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JournalRow {
     pub at: i64,
     pub phase: String,
@@ -113,7 +111,7 @@ pub struct JournalRow {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StepRow {
     pub id: i64,
     pub repo: String,
@@ -162,40 +160,17 @@ pub struct Store {
     pool: SqlitePool,
 }
 
-fn delivery_from(row: &SqliteRow) -> anyhow::Result<DeliveryRow> {
-    Ok(DeliveryRow {
-        id: row.try_get("id")?,
-        task: row.try_get("task")?,
-        state: row.try_get::<String, _>("state")?.parse()?,
-        phase: row.try_get("phase")?,
-        priority: row.try_get("priority")?,
-        source: row.try_get("source")?,
-        requester: row.try_get("requester")?,
-        origin: row.try_get("origin")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        error: row.try_get("error")?,
-        cancel: row.try_get::<i64, _>("cancel")? != 0,
-    })
+/// A `SELECT` of every column of a [`DeliveryRow`], followed by `$rest`: one string built at
+/// compile time, so no query is spliced together at run time.
+macro_rules! select_deliveries {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, task, state, phase, priority, source, requester, origin, created_at, \
+             started_at, finished_at, error, cancel FROM deliveries ",
+            $rest
+        )
+    };
 }
-
-fn repo_from(row: &SqliteRow) -> anyhow::Result<RepoRow> {
-    Ok(RepoRow {
-        repo: row.try_get("repo")?,
-        position: row.try_get("position")?,
-        branch: row.try_get("branch")?,
-        branch_sha: row.try_get("branch_sha")?,
-        base_sha: row.try_get("base_sha")?,
-        rebased_sha: row.try_get("rebased_sha")?,
-        deployed: row.try_get::<i64, _>("deployed")? != 0,
-        merged: row.try_get::<i64, _>("merged")? != 0,
-        rolled_back: row.try_get::<i64, _>("rolled_back")? != 0,
-    })
-}
-
-const DELIVERY_COLUMNS: &str = "id, task, state, phase, priority, source, requester, origin, created_at, \
-     started_at, finished_at, error, cancel";
 
 impl Store {
     /// Opens (creating if needed) the store in `state_dir` and brings its schema up to date.
@@ -322,56 +297,50 @@ impl Store {
     }
 
     pub async fn delivery(&self, id: i64) -> anyhow::Result<Option<DeliveryRow>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(delivery_from).transpose()
+        let row = sqlx::query_as(select_deliveries!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row)
     }
 
     /// Queued deliveries in the order they will run: priority first, then age.
     pub async fn queued(&self) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC"
-        )))
+        let rows = sqlx::query_as(select_deliveries!(
+            "WHERE state = 'queued' ORDER BY priority DESC, id ASC"
+        ))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(delivery_from).collect()
+        Ok(rows)
     }
 
     pub async fn running(&self) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'running' ORDER BY id"
-        )))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(delivery_from).collect()
+        let rows = sqlx::query_as(select_deliveries!("WHERE state = 'running' ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
     }
 
     /// The most recent finished deliveries, newest first.
     pub async fn history(&self, limit: i64) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state IN ('delivered', 'failed', 'cancelled') \
+        let rows = sqlx::query_as(select_deliveries!(
+            "WHERE state IN ('delivered', 'failed', 'cancelled') \
              ORDER BY finished_at DESC, id DESC LIMIT $1"
-        )))
+        ))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(delivery_from).collect()
+        Ok(rows)
     }
 
     /// Counts of deliveries by state.
     pub async fn counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state ORDER BY state",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
-            .collect()
+        Ok(rows)
     }
 
     /// Takes the next queued delivery and marks it running, atomically.
@@ -464,23 +433,13 @@ impl Store {
     }
 
     pub async fn journal_of(&self, id: i64) -> anyhow::Result<Vec<JournalRow>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(JournalRow {
-                    at: r.try_get("at")?,
-                    phase: r.try_get("phase")?,
-                    repo: r.try_get("repo")?,
-                    event: r.try_get("event")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Ends a delivery.
@@ -488,7 +447,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
             .bind(id)
-            .bind(state.as_str())
+            .bind(state)
             .bind(error)
             .bind(now_ms())
             .execute(&mut *tx)
@@ -496,7 +455,7 @@ impl Store {
         sqlx::query("INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'done', $3, $4)")
             .bind(id)
             .bind(now_ms())
-            .bind(state.as_str())
+            .bind(state)
             .bind(error)
             .execute(&mut *tx)
             .await?;
@@ -521,7 +480,7 @@ impl Store {
         // One transaction: a worker claiming the delivery meanwhile must not run a delivery
         // that was just marked cancelled.
         let mut tx = self.write_tx().await?;
-        let row: Option<(String, String)> =
+        let row: Option<(State, String)> =
             sqlx::query_as("SELECT state, phase FROM deliveries WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -529,7 +488,6 @@ impl Store {
         let Some((state, phase)) = row else {
             return Ok(None);
         };
-        let state: State = state.parse()?;
         let (journal_phase, event, detail) = match state {
             State::Queued => {
                 sqlx::query(
@@ -544,7 +502,7 @@ impl Store {
                 ("done", "cancelled", CANCELLED_BEFORE_START)
             }
             State::Running => {
-                sqlx::query("UPDATE deliveries SET cancel = 1 WHERE id = $1")
+                sqlx::query("UPDATE deliveries SET cancel = TRUE WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -567,11 +525,11 @@ impl Store {
     }
 
     pub async fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
-        let c: i64 = sqlx::query_scalar("SELECT cancel FROM deliveries WHERE id = $1")
+        let cancel = sqlx::query_scalar("SELECT cancel FROM deliveries WHERE id = $1")
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        Ok(c != 0)
+        Ok(cancel)
     }
 
     /// Replaces the repositories of a delivery (the rebase phase finds them).
@@ -601,14 +559,14 @@ impl Store {
     }
 
     pub async fn repos(&self, id: i64) -> anyhow::Result<Vec<RepoRow>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT repo, position, branch, branch_sha, base_sha, rebased_sha, deployed, merged, rolled_back \
              FROM delivery_repos WHERE delivery_id = $1 ORDER BY position",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(repo_from).collect()
+        Ok(rows)
     }
 
     /// Sets one flag (`deployed`, `merged`, `rolled_back`) of a delivery's repository.
@@ -619,19 +577,23 @@ impl Store {
         flag: RepoFlag,
         value: bool,
     ) -> anyhow::Result<()> {
-        let column = match flag {
-            RepoFlag::Deployed => "deployed",
-            RepoFlag::Merged => "merged",
-            RepoFlag::RolledBack => "rolled_back",
+        let sql = match flag {
+            RepoFlag::Deployed => {
+                "UPDATE delivery_repos SET deployed = $3 WHERE delivery_id = $1 AND repo = $2"
+            }
+            RepoFlag::Merged => {
+                "UPDATE delivery_repos SET merged = $3 WHERE delivery_id = $1 AND repo = $2"
+            }
+            RepoFlag::RolledBack => {
+                "UPDATE delivery_repos SET rolled_back = $3 WHERE delivery_id = $1 AND repo = $2"
+            }
         };
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE delivery_repos SET {column} = $3 WHERE delivery_id = $1 AND repo = $2"
-        )))
-        .bind(id)
-        .bind(repo)
-        .bind(i64::from(value))
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(sql)
+            .bind(id)
+            .bind(repo)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -686,28 +648,14 @@ impl Store {
     }
 
     pub async fn steps(&self, id: i64) -> anyhow::Result<Vec<StepRow>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
              FROM steps WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StepRow {
-                    id: r.try_get("id")?,
-                    repo: r.try_get("repo")?,
-                    step: r.try_get("step")?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                    exit_code: r.try_get("exit_code")?,
-                    outcome: r.try_get("outcome")?,
-                    log_path: r.try_get("log_path")?,
-                    pid: r.try_get("pid")?,
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Records a webhook delivery id; false when it was already recorded (a replay).
@@ -742,12 +690,10 @@ impl Store {
 
     /// The tasks the tracker poller has seen in a for-delivery status, with that status.
     pub async fn tracker_seen(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT task, status FROM tracker_seen ORDER BY task")
+        let rows = sqlx::query_as("SELECT task, status FROM tracker_seen ORDER BY task")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("task")?, r.try_get("status")?)))
-            .collect()
+        Ok(rows)
     }
 
     pub async fn set_tracker_seen(&self, task: &str, status: &str) -> anyhow::Result<()> {
@@ -773,25 +719,23 @@ impl Store {
 
     /// The newest delivery of a task, whatever its state.
     pub async fn latest_of_task(&self, task: &str) -> anyhow::Result<Option<DeliveryRow>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE task = $1 ORDER BY id DESC LIMIT 1"
-        )))
+        let row = sqlx::query_as(select_deliveries!(
+            "WHERE task = $1 ORDER BY id DESC LIMIT 1"
+        ))
         .bind(task)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(delivery_from).transpose()
+        Ok(row)
     }
 
     /// Counts of deliveries by source (for the benchmark and metrics).
     pub async fn count_by_source(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT source, COUNT(*) AS n FROM deliveries GROUP BY source ORDER BY source",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("source")?, r.try_get("n")?)))
-            .collect()
+        Ok(rows)
     }
 }
 
@@ -885,6 +829,80 @@ mod tests {
         }
         let counts = s.counts().await.unwrap();
         assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_state_is_stored_as_its_lowercase_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let new = NewDelivery {
+            task: "T-1".into(),
+            ..Default::default()
+        };
+        let id = s.enqueue(&new).await.unwrap().id();
+        for state in [
+            State::Queued,
+            State::Running,
+            State::Delivered,
+            State::Failed,
+            State::Cancelled,
+        ] {
+            if state != State::Queued {
+                s.finish(id, state, "").await.unwrap();
+            }
+            let text: String = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_one(&s.pool)
+                .await
+                .unwrap();
+            assert_eq!(text, state.as_str());
+            assert_eq!(s.delivery(id).await.unwrap().unwrap().state, state);
+        }
+    }
+
+    #[tokio::test]
+    async fn flags_are_stored_as_1_and_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let new = NewDelivery {
+            task: "T-1".into(),
+            ..Default::default()
+        };
+        let id = s.enqueue(&new).await.unwrap().id();
+        s.claim_next().await.unwrap().unwrap();
+        let repo = RepoRow {
+            repo: "api".into(),
+            position: 0,
+            branch: "feature/T-1".into(),
+            branch_sha: "b".into(),
+            base_sha: "m".into(),
+            rebased_sha: String::new(),
+            deployed: false,
+            merged: false,
+            rolled_back: false,
+        };
+        s.set_repos(id, &[repo]).await.unwrap();
+        s.set_repo_flag(id, "api", RepoFlag::Merged, true)
+            .await
+            .unwrap();
+        s.set_repo_flag(id, "api", RepoFlag::RolledBack, true)
+            .await
+            .unwrap();
+        s.set_repo_flag(id, "api", RepoFlag::RolledBack, false)
+            .await
+            .unwrap();
+        s.cancel(id).await.unwrap();
+        let stored: (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT r.deployed, r.merged, r.rolled_back, d.cancel \
+             FROM delivery_repos r JOIN deliveries d ON d.id = r.delivery_id",
+        )
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+        assert_eq!(stored, (0, 1, 0, 1));
+        let r = &s.repos(id).await.unwrap()[0];
+        assert_eq!((r.deployed, r.merged, r.rolled_back), (false, true, false));
+        assert!(s.cancel_requested(id).await.unwrap());
     }
 
     #[tokio::test]
