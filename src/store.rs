@@ -466,12 +466,22 @@ impl Store {
     /// Puts a running delivery back in the queue, keeping its place (after a crash);
     /// `resume` is the phase to resume at ("" to start over).
     pub async fn requeue(&self, id: i64, resume: &str, why: &str) -> anyhow::Result<()> {
+        let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET state = 'queued', phase = $2 WHERE id = $1")
             .bind(id)
             .bind(resume)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        self.journal(id, "queue", "", "requeued", why).await
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'queue', 'requeued', $3)",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .bind(why)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
@@ -903,6 +913,54 @@ mod tests {
         let r = &s.repos(id).await.unwrap()[0];
         assert_eq!((r.deployed, r.merged, r.rolled_back), (false, true, false));
         assert!(s.cancel_requested(id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_requeue_that_cannot_be_journaled_leaves_the_delivery_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let new = NewDelivery {
+            task: "T-1".into(),
+            ..Default::default()
+        };
+        let id = s.enqueue(&new).await.unwrap().id();
+        s.claim_next().await.unwrap().unwrap();
+        s.set_phase(id, "test").await.unwrap();
+        // The journal write fails, as it would if the process died or the disk filled up
+        // between the two writes of the requeue.
+        sqlx::raw_sql(
+            "CREATE TRIGGER journal_fails BEFORE INSERT ON journal WHEN NEW.event = 'requeued' \
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        let resumed_at = "test";
+        assert!(
+            s.requeue(id, resumed_at, "the worker stopped")
+                .await
+                .is_err()
+        );
+        // Not queued without a word in the journal: still running, so `recover` sees it and
+        // tries again.
+        let d = s.delivery(id).await.unwrap().unwrap();
+        assert_eq!((d.state, d.phase.as_str()), (State::Running, "test"));
+        assert_eq!(s.running().await.unwrap().len(), 1);
+        assert!(s.queued().await.unwrap().is_empty());
+        sqlx::raw_sql("DROP TRIGGER journal_fails")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        s.requeue(id, resumed_at, "the worker stopped")
+            .await
+            .unwrap();
+        let d = s.delivery(id).await.unwrap().unwrap();
+        assert_eq!((d.state, d.phase.as_str()), (State::Queued, "test"));
+        let last = s.journal_of(id).await.unwrap().pop().unwrap();
+        assert_eq!(
+            (last.event.as_str(), last.detail.as_str()),
+            ("requeued", "the worker stopped")
+        );
     }
 
     #[tokio::test]
