@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Store, now_ms};
+use super::{Db, Store, now_ms};
 
 /// One entry of a delivery's journal.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -25,16 +25,7 @@ impl Store {
         event: &str,
         detail: &str,
     ) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO journal (delivery_id, at, phase, repo, event, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(id)
-            .bind(now_ms())
-            .bind(phase)
-            .bind(repo)
-            .bind(event)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        append(&self.pool, id, phase, repo, event, detail).await
     }
 
     pub async fn journal_of(&self, id: i64) -> anyhow::Result<Vec<JournalRow>> {
@@ -46,4 +37,29 @@ impl Store {
         .await?;
         Ok(rows)
     }
+}
+
+/// Appends one entry to a delivery's journal through `db`: the pool, or the transaction of
+/// the transition the entry records.
+pub(super) async fn append<'e>(
+    db: impl sqlx::Executor<'e, Database = Db>,
+    id: i64,
+    phase: &str,
+    repo: &str,
+    event: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO journal (delivery_id, at, phase, repo, event, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(now_ms())
+    .bind(phase)
+    .bind(repo)
+    .bind(event)
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(())
 }

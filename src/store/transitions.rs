@@ -2,6 +2,7 @@
 //! is one write transaction, with its journal entry: a worker that dies between two of them
 //! leaves a delivery in one state or the next, never half-way.
 
+use super::journal::append;
 use super::{DeliveryRow, State, Store, now_ms};
 
 /// The error recorded for a delivery cancelled while it was queued.
@@ -57,14 +58,13 @@ impl Store {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'queue', 'queued', $3)",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .bind(format!("by {} via {}", if d.requester.is_empty() { "unknown" } else { &d.requester }, d.source))
-        .execute(&mut *tx)
-        .await?;
+        let requester = if d.requester.is_empty() {
+            "unknown"
+        } else {
+            &d.requester
+        };
+        let detail = format!("by {requester} via {}", d.source);
+        append(&mut *tx, id, "queue", "", "queued", &detail).await?;
         tx.commit().await?;
         Ok(Enqueued::New(id))
     }
@@ -87,11 +87,7 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO journal (delivery_id, at, phase, event) VALUES ($1, $2, 'queue', 'started')")
-            .bind(id)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+        append(&mut *tx, id, "queue", "", "started", "").await?;
         tx.commit().await?;
         self.delivery(id).await
     }
@@ -104,14 +100,7 @@ impl Store {
             .bind(phase)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO journal (delivery_id, at, phase, event) VALUES ($1, $2, $3, 'phase')",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .bind(phase)
-        .execute(&mut *tx)
-        .await?;
+        append(&mut *tx, id, phase, "", "phase", "").await?;
         tx.commit().await?;
         Ok(())
     }
@@ -125,14 +114,7 @@ impl Store {
             .bind(error)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'rollback', 'phase', $3)",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
+        append(&mut *tx, id, "rollback", "", "phase", error).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -147,13 +129,7 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'done', $3, $4)")
-            .bind(id)
-            .bind(now_ms())
-            .bind(state)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
+        append(&mut *tx, id, "done", "", state.as_str(), error).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -167,14 +143,7 @@ impl Store {
             .bind(resume)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, 'queue', 'requeued', $3)",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .bind(why)
-        .execute(&mut *tx)
-        .await?;
+        append(&mut *tx, id, "queue", "", "requeued", why).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -215,16 +184,7 @@ impl Store {
             }
             _ => return Ok(Some(state)),
         };
-        sqlx::query(
-            "INSERT INTO journal (delivery_id, at, phase, event, detail) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .bind(journal_phase)
-        .bind(event)
-        .bind(detail)
-        .execute(&mut *tx)
-        .await?;
+        append(&mut *tx, id, journal_phase, "", event, detail).await?;
         tx.commit().await?;
         Ok(Some(state))
     }
