@@ -1,7 +1,8 @@
 //! The durable record: the delivery queue, each delivery's repositories, and the journal.
 //!
-//! Every phase transition is written here *before* the worker acts on it: a worker killed at
-//! any moment leaves enough behind for `recover` to finish or undo its work.
+//! Every phase transition is written here *before* the worker acts on it, with its journal
+//! entry, in one transaction: a worker killed at any moment leaves enough behind for `recover`
+//! to finish or undo its work.
 //!
 //! # Layout
 //! - `sqlite`: opening the database under `state_dir`, its write transactions, and its schema
@@ -15,9 +16,26 @@
 //! - `webhooks`: the ids of GitHub webhook deliveries, to refuse replays.
 //! - `tracker_seen`: what the tracker poller has seen.
 //!
-//! SQLite under `state_dir` by default (WAL mode, so readers never block the worker). The SQL
-//! is kept to what PostgreSQL also speaks (`$n` parameters, no SQLite-only functions) so that a
-//! Postgres backend is a matter of the pool, not of the queries.
+//! # SQLite now, PostgreSQL later
+//! SQLite under `state_dir` (WAL mode, so readers never block the worker) is the only
+//! backend. The queries of every module but `sqlite` are written to run unchanged on
+//! PostgreSQL, though none has run on one yet: `$n` parameters, `RETURNING`, `ON CONFLICT`,
+//! booleans bound and read as `bool` and written as `TRUE`, [`State`] stored as text, no
+//! SQLite function. What is SQLite's alone, all of it in `sqlite` but the pool's type:
+//! - the schema: `migrations/sqlite/` declares ids `INTEGER PRIMARY KEY` (SQLite's rowid)
+//!   and booleans `BIGINT` 0/1. PostgreSQL needs its own files (identity columns, `BOOLEAN`).
+//! - the write transactions: `BEGIN IMMEDIATE` takes SQLite's single write lock up front, and
+//!   the transitions that read before they write (`enqueue`'s look for a waiting delivery of
+//!   the task, `claim_next`, `cancel`) rely on writers being serialized so. PostgreSQL has no
+//!   such lock: there they need row locks (`SELECT … FOR UPDATE`) or a unique index.
+//! - opening: the database file, the lock file that serializes opening it, and the handover
+//!   of stores migrated by the hand-written `schema_version` table of earlier lockstep
+//!   versions.
+//! - the pool: [`Store`] holds a `Pool<Db>`, and `Db` (here) is SQLite.
+//!
+//! One difference is in the queries and harmless today: `ORDER BY` on text sorts by bytes in
+//! SQLite and by the database's collation in PostgreSQL (the order of `tracker_seen` and of
+//! the counts).
 
 mod deliveries;
 mod journal;

@@ -63,7 +63,7 @@ impl Store {
         Ok(store)
     }
 
-    /// A transaction that reads before it writes. It takes SQLite's write lock up front
+    /// A write transaction, for every state transition. It takes SQLite's write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred one would try to upgrade its read lock at the first
     /// write, and under concurrent writers SQLite refuses that upgrade at once with "database
     /// is locked" instead of waiting (busy_timeout does not apply), losing the request.
