@@ -1,0 +1,65 @@
+//! The journal: what happened to each delivery, in order. Every transition writes its entry
+//! in the same transaction (`transitions`); the line adds what it does in between.
+
+use serde::Serialize;
+
+use super::{Db, Store, now_ms};
+
+/// One entry of a delivery's journal.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JournalRow {
+    pub at: i64,
+    pub phase: String,
+    pub repo: String,
+    pub event: String,
+    pub detail: String,
+}
+
+impl Store {
+    /// Appends to a delivery's journal.
+    pub async fn journal(
+        &self,
+        id: i64,
+        phase: &str,
+        repo: &str,
+        event: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        append(&self.pool, id, phase, repo, event, detail).await
+    }
+
+    pub async fn journal_of(&self, id: i64) -> anyhow::Result<Vec<JournalRow>> {
+        let rows = sqlx::query_as(
+            "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}
+
+/// Appends one entry to a delivery's journal through `db`: the pool, or the transaction of
+/// the transition the entry records.
+pub(super) async fn append<'e>(
+    db: impl sqlx::Executor<'e, Database = Db>,
+    id: i64,
+    phase: &str,
+    repo: &str,
+    event: &str,
+    detail: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO journal (delivery_id, at, phase, repo, event, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(now_ms())
+    .bind(phase)
+    .bind(repo)
+    .bind(event)
+    .bind(detail)
+    .execute(db)
+    .await?;
+    Ok(())
+}

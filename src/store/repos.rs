@@ -1,0 +1,95 @@
+//! A delivery's repositories: the branch found in each, the shas it was rebased from and to,
+//! and how far each got (deployed, merged, rolled back).
+
+use serde::Serialize;
+
+use super::Store;
+
+/// One repository of a delivery.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RepoRow {
+    pub repo: String,
+    pub position: i64,
+    pub branch: String,
+    pub branch_sha: String,
+    pub base_sha: String,
+    pub rebased_sha: String,
+    pub deployed: bool,
+    pub merged: bool,
+    pub rolled_back: bool,
+}
+
+/// A flag of a delivery's repository, set as the delivery gets there.
+#[derive(Debug, Clone, Copy)]
+pub enum RepoFlag {
+    Deployed,
+    Merged,
+    RolledBack,
+}
+
+impl Store {
+    /// Replaces the repositories of a delivery (the rebase phase finds them).
+    pub async fn set_repos(&self, id: i64, repos: &[RepoRow]) -> anyhow::Result<()> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for r in repos {
+            sqlx::query(
+                "INSERT INTO delivery_repos (delivery_id, position, repo, branch, branch_sha, base_sha, rebased_sha) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(id)
+            .bind(r.position)
+            .bind(&r.repo)
+            .bind(&r.branch)
+            .bind(&r.branch_sha)
+            .bind(&r.base_sha)
+            .bind(&r.rebased_sha)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn repos(&self, id: i64) -> anyhow::Result<Vec<RepoRow>> {
+        let rows = sqlx::query_as(
+            "SELECT repo, position, branch, branch_sha, base_sha, rebased_sha, deployed, merged, rolled_back \
+             FROM delivery_repos WHERE delivery_id = $1 ORDER BY position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Sets one flag (`deployed`, `merged`, `rolled_back`) of a delivery's repository.
+    pub async fn set_repo_flag(
+        &self,
+        id: i64,
+        repo: &str,
+        flag: RepoFlag,
+        value: bool,
+    ) -> anyhow::Result<()> {
+        let sql = match flag {
+            RepoFlag::Deployed => {
+                "UPDATE delivery_repos SET deployed = $3 WHERE delivery_id = $1 AND repo = $2"
+            }
+            RepoFlag::Merged => {
+                "UPDATE delivery_repos SET merged = $3 WHERE delivery_id = $1 AND repo = $2"
+            }
+            RepoFlag::RolledBack => {
+                "UPDATE delivery_repos SET rolled_back = $3 WHERE delivery_id = $1 AND repo = $2"
+            }
+        };
+        sqlx::query(sql)
+            .bind(id)
+            .bind(repo)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

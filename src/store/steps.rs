@@ -1,0 +1,84 @@
+//! The step processes run for a delivery: when each started and ended, how, where its log is,
+//! and its process while it runs (so that `recover` can stop what a dead worker left).
+
+use serde::Serialize;
+
+use super::{Store, now_ms};
+
+/// One step process of a delivery.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepRow {
+    pub id: i64,
+    pub repo: String,
+    pub step: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub outcome: String,
+    pub log_path: String,
+    /// The step's process (and process group) id while it runs.
+    pub pid: Option<i64>,
+}
+
+impl Store {
+    /// Starts a step record; returns its id.
+    pub async fn step_started(
+        &self,
+        id: i64,
+        repo: &str,
+        step: &str,
+        log_path: &str,
+    ) -> anyhow::Result<i64> {
+        let step_id = sqlx::query_scalar(
+            "INSERT INTO steps (delivery_id, repo, step, started_at, log_path) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(step)
+        .bind(now_ms())
+        .bind(log_path)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(step_id)
+    }
+
+    /// Records the process of a running step, so that a worker taking over after a crash can
+    /// stop what the dead one left running.
+    pub async fn step_pid(&self, step_id: i64, pid: i32) -> anyhow::Result<()> {
+        sqlx::query("UPDATE steps SET pid = $2 WHERE id = $1")
+            .bind(step_id)
+            .bind(i64::from(pid))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn step_finished(
+        &self,
+        step_id: i64,
+        exit_code: Option<i32>,
+        outcome: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE steps SET finished_at = $2, exit_code = $3, outcome = $4 WHERE id = $1",
+        )
+        .bind(step_id)
+        .bind(now_ms())
+        .bind(exit_code.map(i64::from))
+        .bind(outcome)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn steps(&self, id: i64) -> anyhow::Result<Vec<StepRow>> {
+        let rows = sqlx::query_as(
+            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
+             FROM steps WHERE delivery_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}
