@@ -1,7 +1,16 @@
-//! The merge phase: the merge-stage policies, compare-and-swap pushes of every upstream,
-//! putting back what was moved when one push fails, and reconciling after a crash.
+//! The merge phase and every push to an upstream: the merge-stage policies, compare-and-swap
+//! pushes of every upstream, putting back what was moved when one push fails, and deleting the
+//! delivered branches once the delivery has landed.
 
-use super::*;
+use std::path::Path;
+
+use super::engine::Engine;
+use super::line::blocking;
+use super::phase::Phase;
+use super::rebase::Checkout;
+use super::stop::Failure;
+use crate::policy::Stage;
+use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
     /// The `on = "merge"` rules, checked right before anything is pushed.
@@ -206,127 +215,54 @@ impl Engine {
         .await
     }
 
-    /// After a crash in the merge phase: reads every upstream and makes them all-merged or
-    /// none-merged, then records the delivery as landed or failed. Returns what happened, for
-    /// the operator.
-    pub async fn recover_merge(&self, d: &DeliveryRow) -> anyhow::Result<String> {
-        match self.reconcile_merge(d).await {
-            Ok(Ok(checkouts)) => {
-                self.land(d, &checkouts, true).await?;
-                Ok(format!(
-                    "#{} {}: was interrupted in merge; every upstream now has it: delivered",
-                    d.id, d.task
-                ))
-            }
-            Ok(Err(why)) => {
-                let summary = format!(
-                    "delivery failed in merge: interrupted, then {why}; every upstream was put back"
-                );
-                self.fail(d, &summary, "").await?;
-                Ok(format!("#{} {}: {summary}", d.id, d.task))
-            }
-            Err(e) => {
-                let summary = format!(
-                    "delivery failed in merge: cannot reconcile the upstreams after a restart: {e:#}"
-                );
-                self.fail(d, &summary, "").await?;
-                Ok(format!("#{} {}: {summary}", d.id, d.task))
-            }
-        }
-    }
-
-    /// Reads every upstream of a delivery interrupted in merge. When some have it and the
-    /// others are where the delivery found them, the merge is finished forward (every check
-    /// passed before it began); when that cannot be done, those that have it are put back.
-    /// `Ok(Err(why))` means none has it any more.
-    pub(super) async fn reconcile_merge(
-        &self,
-        d: &DeliveryRow,
-    ) -> anyhow::Result<Result<Vec<Checkout>, String>> {
-        let checkouts = self.checkouts_of(d.id).await?;
-        let mut merged = Vec::new();
-        let mut unmerged = Vec::new();
-        let mut moved = Vec::new();
-        for c in &checkouts {
-            self.ensure_checkout(c).await?;
+    pub(super) async fn delete_branches(&self, id: i64, checkouts: &[Checkout]) {
+        for c in checkouts {
             let git = self.bot_git(&c.dir);
-            let (upstream, rebased) = (c.repo.upstream.clone(), c.row.rebased_sha.clone());
-            let remote = blocking(move || -> anyhow::Result<(String, bool)> {
-                git.run(&["fetch", "--quiet", "origin", &upstream])?;
-                let remote = git.resolve("FETCH_HEAD")?.unwrap_or_default();
-                // Someone may already have built on top of what the delivery pushed.
-                let contains =
-                    remote == rebased || git.is_ancestor(&rebased, &remote).unwrap_or(false);
-                Ok((remote, contains))
-            })
-            .await?;
-            match remote {
-                (_, true) => merged.push(c),
-                (sha, false) if sha == c.row.base_sha => unmerged.push(c),
-                (sha, false) => moved.push(format!(
-                    "`{}` of `{}` moved to {} meanwhile",
-                    c.repo.upstream,
-                    c.row.repo,
-                    crate::push::short(&sha)
-                )),
-            }
-        }
-        for c in &merged {
-            self.store
-                .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
-                .await?;
-        }
-        self.store
-            .journal(
-                d.id,
-                "merge",
-                "",
-                "reconcile",
-                &format!(
-                    "{} merged, {} not, {} moved",
-                    merged.len(),
-                    unmerged.len(),
-                    moved.len()
-                ),
-            )
-            .await?;
-        if !moved.is_empty() {
-            self.undo_merges(d.id, &merged).await?;
-            return Ok(Err(moved.join(", ")));
-        }
-        let mut done = merged.clone();
-        for c in &unmerged {
-            match self
-                .cas_push(
-                    &c.dir,
-                    &c.repo.upstream,
-                    &c.row.base_sha,
-                    &c.row.rebased_sha,
-                    false,
+            let lease = format!(
+                "--force-with-lease=refs/heads/{}:{}",
+                c.row.branch, c.row.branch_sha
+            );
+            let target = format!(":refs/heads/{}", c.row.branch);
+            let r = blocking(move || git.try_run(&["push", "--quiet", &lease, "origin", &target]))
+                .await;
+            let detail = match r {
+                Ok((true, _, _)) => "deleted".to_string(),
+                Ok((false, out, err)) => push_error(&out, &err),
+                Err(e) => format!("{e:#}"),
+            };
+            let _ = self
+                .store
+                .journal(
+                    id,
+                    "report",
+                    &c.row.repo,
+                    "branch",
+                    &format!("{}: {detail}", c.row.branch),
                 )
-                .await?
-            {
-                Ok(()) => {
-                    self.store
-                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
-                        .await?;
-                    self.store
-                        .journal(d.id, "merge", &c.row.repo, "pushed", "after recovery")
-                        .await?;
-                    done.push(c);
-                }
-                Err(why) => {
-                    self.store
-                        .journal(d.id, "merge", &c.row.repo, "push failed", &why)
-                        .await?;
-                    self.undo_merges(d.id, &done).await?;
-                    return Ok(Err(format!(
-                        "the bot could not push `{}` of `{}`: {why}",
-                        c.repo.upstream, c.row.repo
-                    )));
-                }
-            }
+                .await;
         }
-        Ok(Ok(checkouts))
     }
+}
+
+/// The useful part of a failed push: the server's rejection lines, else git's error.
+fn push_error(stdout: &str, stderr: &str) -> String {
+    let remote: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote: "))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !remote.is_empty() {
+        return remote.join(" / ");
+    }
+    let rejected: Vec<&str> = stdout.lines().filter(|l| l.starts_with('!')).collect();
+    if !rejected.is_empty() {
+        return rejected.join(" / ");
+    }
+    stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("git push failed")
+        .to_string()
 }

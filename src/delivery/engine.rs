@@ -1,0 +1,345 @@
+//! The engine that runs a delivery, and the order of its phases: rebase → build → test →
+//! deploy → verify → merge, each phase for every repository of the task before the next
+//! phase, all or nothing; then land or fail.
+//!
+//! Every transition is journaled before it acts. A failure anywhere stops the line, rolls back
+//! what was deployed (in reverse order), merges nothing, and moves the task back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::phase::Phase;
+use super::rebase::Checkout;
+use super::stop::Failure;
+use crate::config::{Config, Repo};
+use crate::git::Git;
+use crate::policy::PolicySet;
+use crate::store::{DeliveryRow, RepoFlag, State, Store};
+use crate::tracker::Tracker;
+
+/// Whoever watches a delivery: the terminal, the server's log.
+pub trait Watcher: Send + Sync {
+    /// One line of the delivery's story: started, a step's result, failed, delivered.
+    fn say(&self, line: &str);
+    /// Where one repository stands in one phase (`rebase`, `build`, …, `merge`, `rollback`):
+    /// `running`, then `passed`, `failed`, `timed out`, `stopped` or `not started`. The lines
+    /// say the same; a watcher that draws a board of repositories × phases uses this.
+    fn step(&self, _delivery: i64, _repo: &str, _phase: &str, _state: &str) {}
+}
+
+/// A function of the line is a watcher that tells only the story.
+impl<F: Fn(&str) + Send + Sync> Watcher for F {
+    fn say(&self, line: &str) {
+        self(line)
+    }
+}
+
+/// Something to tell whoever watches (the terminal, the server's log).
+pub type Progress = Arc<dyn Watcher>;
+
+/// Everything a delivery needs, shared by the CLI worker and the server.
+#[derive(Clone)]
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub policies: Arc<PolicySet>,
+    pub store: Store,
+    pub tracker: Arc<dyn Tracker>,
+    pub progress: Progress,
+}
+
+/// The URL git should use for a configured repository: local paths resolve against the
+/// config's folder.
+pub fn repo_url(config: &Config, repo: &Repo) -> String {
+    let url = &repo.url;
+    let remote = url.contains("://")
+        || (url.contains(':') && !url.starts_with('/') && !url.starts_with('.'));
+    if remote {
+        url.clone()
+    } else {
+        config
+            .resolve(Path::new(url))
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+impl Engine {
+    pub(super) fn say(&self, line: &str) {
+        self.progress.say(line);
+    }
+
+    pub(super) fn work_dir(&self, id: i64) -> PathBuf {
+        self.config.state_dir().join("work").join(id.to_string())
+    }
+
+    pub(super) fn log_path(&self, id: i64, repo: &str, step: &str) -> PathBuf {
+        self.config
+            .state_dir()
+            .join("logs")
+            .join(id.to_string())
+            .join(format!("{repo}.{step}.log"))
+    }
+
+    /// A git handle acting as the bot: its identity on commits and, for hooks of local
+    /// repositories, in the identity variables the hooks read.
+    pub(super) fn bot_git(&self, dir: &Path) -> Git {
+        let bot = &self.config.bot.user;
+        let email = format!("{bot}@lockstep.invalid");
+        let mut git = Git::new(dir)
+            .with_env("GIT_AUTHOR_NAME", bot)
+            .with_env("GIT_AUTHOR_EMAIL", &email)
+            .with_env("GIT_COMMITTER_NAME", bot)
+            .with_env("GIT_COMMITTER_EMAIL", &email);
+        for var in &self.config.identity.env {
+            git = git.with_env(var, bot);
+        }
+        git
+    }
+
+    /// Runs one claimed delivery to its end and records the outcome. Returns the final state.
+    pub async fn deliver(&self, d: &DeliveryRow) -> anyhow::Result<State> {
+        let resume = Phase::parse(&d.phase).filter(|p| matches!(p, Phase::Build | Phase::Test));
+        self.say(&format!("#{} {}: delivery started", d.id, d.task));
+        let result = match self.line(d, resume).await {
+            Ok(r) => r,
+            Err(e) => Err(Failure::new(
+                Phase::parse(&self.current_phase(d.id).await).unwrap_or(Phase::Rebase),
+                "",
+                format!("{e:#}"),
+            )),
+        };
+        match result {
+            Ok(checkouts) => {
+                self.land(d, &checkouts, false).await?;
+                Ok(State::Delivered)
+            }
+            Err(failure) => {
+                self.store
+                    .journal(
+                        d.id,
+                        &failure.phase,
+                        &failure.repo,
+                        "failed",
+                        &failure.message,
+                    )
+                    .await?;
+                if !failure.repo.is_empty() {
+                    self.progress
+                        .step(d.id, &failure.repo, &failure.phase, "failed");
+                }
+                self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
+                self.fail(d, &failure.summary(), &failure.log_tail).await
+            }
+        }
+    }
+
+    /// Records a delivery whose every upstream advanced, and moves its task on.
+    pub(super) async fn land(
+        &self,
+        d: &DeliveryRow,
+        checkouts: &[Checkout],
+        after_restart: bool,
+    ) -> anyhow::Result<()> {
+        self.store.finish(d.id, State::Delivered, "").await?;
+        let landed: Vec<String> = checkouts
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} → {}",
+                    c.row.repo,
+                    crate::push::short(&c.row.rebased_sha),
+                    c.repo.upstream
+                )
+            })
+            .collect();
+        let mut note = format!("delivered by lockstep (#{}): {}", d.id, landed.join(", "));
+        if after_restart {
+            note.push_str(" (completed after a restart)");
+        }
+        self.say(&format!("#{} {}: {note}", d.id, d.task));
+        self.move_task(d, &self.config.tasks.delivered, &note).await;
+        if self.config.delivery.delete_branches {
+            self.delete_branches(d.id, checkouts).await;
+        }
+        let _ = std::fs::remove_dir_all(self.work_dir(d.id));
+        Ok(())
+    }
+
+    /// Ends a delivery that cannot land: rolls back what it deployed, records it failed (or
+    /// cancelled) and moves its task back.
+    ///
+    /// The delivery enters the `rollback` phase first, so a worker killed while rolling back
+    /// leaves a delivery that recovery finishes rolling back: never one it would merge.
+    pub(super) async fn fail(
+        &self,
+        d: &DeliveryRow,
+        summary: &str,
+        log_tail: &str,
+    ) -> anyhow::Result<State> {
+        self.store.mark_failing(d.id, summary).await?;
+        let failed = self.rollback_deployed(d.id, &d.task).await;
+        let summary = if failed.is_empty() {
+            summary.to_string()
+        } else {
+            format!("{summary}; {}", Self::rollback_failure(d.id, &failed))
+        };
+        let summary = summary.as_str();
+        let cancelled = self.store.cancel_requested(d.id).await.unwrap_or(false);
+        let state = if cancelled {
+            State::Cancelled
+        } else {
+            State::Failed
+        };
+        self.store.finish(d.id, state, summary).await?;
+        let left: Vec<String> = self
+            .store
+            .repos(d.id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.merged)
+            .map(|r| format!("`{}`", r.repo))
+            .collect();
+        let mut note = if left.is_empty() {
+            format!("{summary} (lockstep #{}); nothing was merged", d.id)
+        } else {
+            format!(
+                "{summary} (lockstep #{}); {} still merged: put it back by hand",
+                d.id,
+                left.join(", ")
+            )
+        };
+        if !log_tail.is_empty() {
+            note.push_str(&format!("\n\nlast lines of the log:\n{log_tail}"));
+        }
+        self.move_task(d, &self.config.tasks.returned, &note).await;
+        Ok(state)
+    }
+
+    pub(super) async fn current_phase(&self, id: i64) -> String {
+        self.store
+            .delivery(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|d| d.phase)
+            .unwrap_or_default()
+    }
+
+    pub(super) async fn move_task(&self, d: &DeliveryRow, status: &str, note: &str) {
+        match self.tracker.move_to(&d.task, status, note).await {
+            Ok(()) => {
+                let _ = self
+                    .store
+                    .journal(d.id, "report", "", "task moved", status)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(delivery = d.id, task = %d.task, "cannot move the task: {e}");
+                let _ = self
+                    .store
+                    .journal(d.id, "report", "", "task not moved", &e.to_string())
+                    .await;
+                self.say(&format!(
+                    "#{} {}: could not move the task to {status}: {e}",
+                    d.id, d.task
+                ));
+            }
+        }
+    }
+
+    pub(super) async fn checkpoint(&self, id: i64, phase: Phase) -> Result<(), Failure> {
+        if self.store.cancel_requested(id).await.unwrap_or(false) {
+            return Err(Failure::new(phase, "", "cancelled on request"));
+        }
+        Ok(())
+    }
+
+    /// The line itself; Ok with the checkouts when every upstream advanced.
+    async fn line(
+        &self,
+        d: &DeliveryRow,
+        resume: Option<Phase>,
+    ) -> anyhow::Result<Result<Vec<Checkout>, Failure>> {
+        // Resume only with the checkouts as they were built; otherwise rebase again, which
+        // may give other commits, and so build them again too.
+        let resumed = match resume {
+            Some(phase) => match self.resume_checkouts(d).await? {
+                Some(c) => {
+                    self.store
+                        .journal(d.id, phase.as_str(), "", "resumed", "checkouts intact")
+                        .await?;
+                    Some((phase, c))
+                }
+                None => {
+                    self.store
+                        .journal(
+                            d.id,
+                            phase.as_str(),
+                            "",
+                            "not resumed",
+                            "the checkouts are gone or changed; starting over",
+                        )
+                        .await?;
+                    None
+                }
+            },
+            None => None,
+        };
+        let (start, checkouts) = match resumed {
+            Some(r) => r,
+            None => match self.rebase(d).await? {
+                Ok(c) => (Phase::Build, c),
+                Err(f) => return Ok(Err(f)),
+            },
+        };
+        for phase in [Phase::Build, Phase::Test] {
+            if phase < start {
+                continue;
+            }
+            if let Err(f) = self.checkpoint(d.id, phase).await {
+                return Ok(Err(f));
+            }
+            self.store.set_phase(d.id, phase.as_str()).await?;
+            if let Err(f) = self.parallel_phase(d, phase, &checkouts).await? {
+                return Ok(Err(f));
+            }
+        }
+        for phase in [Phase::Deploy, Phase::Verify] {
+            if let Err(f) = self.checkpoint(d.id, phase).await {
+                return Ok(Err(f));
+            }
+            self.store.set_phase(d.id, phase.as_str()).await?;
+            for (i, c) in checkouts.iter().enumerate() {
+                // Deploys run one repository at a time: a cancel stops the next one too.
+                if i > 0
+                    && let Err(f) = self.checkpoint(d.id, phase).await
+                {
+                    return Ok(Err(f));
+                }
+                if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
+                    // Recorded before the step runs: a deploy cut short is still rolled back.
+                    self.store
+                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
+                        .await?;
+                }
+                if let Err(f) = self.run_step(d, phase, c, None).await? {
+                    return Ok(Err(f));
+                }
+            }
+        }
+        if let Err(f) = self.checkpoint(d.id, Phase::Merge).await {
+            return Ok(Err(f));
+        }
+        // Checked before the merge phase is recorded: recovery finishes a merge forward, and
+        // must never do so for one the policies refused.
+        if let Err(f) = self.merge_policies(d).await? {
+            return Ok(Err(f));
+        }
+        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
+        match self.merge(d, &checkouts).await? {
+            Ok(()) => Ok(Ok(checkouts)),
+            Err(f) => Ok(Err(f)),
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The delivery's checkouts: cloning every repository, finding the task's branch in each,
+//! rebasing it onto its upstream (with a merge commit on top in `merge-commit` mode), and
+//! finding the checkouts again from the store after a crash or for `lockstep rollback`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use super::engine::{Engine, repo_url};
+use super::line::blocking;
+use super::phase::Phase;
+use super::stop::Failure;
+use crate::config::{MergeMode, Repo};
+use crate::store::{DeliveryRow, RepoRow};
+
+/// A repository of the delivery with its checkout.
+#[derive(Debug, Clone)]
+pub(super) struct Checkout {
+    pub(super) repo: Repo,
+    pub(super) row: RepoRow,
+    pub(super) dir: PathBuf,
+}
+
+impl Engine {
+    /// Finds the task's branch in every repository and rebases each onto its upstream.
+    pub(super) async fn rebase(
+        &self,
+        d: &DeliveryRow,
+    ) -> anyhow::Result<Result<Vec<Checkout>, Failure>> {
+        self.store.set_phase(d.id, Phase::Rebase.as_str()).await?;
+        let work = self.work_dir(d.id);
+        if work.exists() {
+            std::fs::remove_dir_all(&work)
+                .with_context(|| format!("cannot clear `{}`", work.display()))?;
+        }
+        std::fs::create_dir_all(&work)
+            .with_context(|| format!("cannot create `{}`", work.display()))?;
+        let mut found = Vec::new();
+        for (position, repo) in self.config.repos.iter().enumerate() {
+            let dir = work.join(&repo.name);
+            let url = repo_url(&self.config, repo);
+            let git = self.bot_git(&work);
+            let dir_s = dir.to_string_lossy().into_owned();
+            let cloned = blocking(move || {
+                git.try_run(&[
+                    "clone",
+                    "--quiet",
+                    "--no-tags",
+                    "--end-of-options",
+                    &url,
+                    &dir_s,
+                ])
+            })
+            .await?;
+            if !cloned.0 {
+                return Ok(Err(Failure::new(
+                    Phase::Rebase,
+                    &repo.name,
+                    format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim()),
+                )));
+            }
+            let git = self.bot_git(&dir);
+            let g = git.clone();
+            let branches = blocking(move || {
+                g.run(&[
+                    "for-each-ref",
+                    "--format=%(refname:strip=3)",
+                    "refs/remotes/origin/",
+                ])
+            })
+            .await?;
+            let mine: Vec<&str> = branches
+                .lines()
+                .filter(|b| *b != "HEAD" && self.config.tasks.task_of(b) == Some(d.task.as_str()))
+                .collect();
+            match mine.as_slice() {
+                [] => continue,
+                [branch] => {
+                    let base = git.resolve(&format!("refs/remotes/origin/{}", repo.upstream))?;
+                    let Some(base) = base else {
+                        return Ok(Err(Failure::new(
+                            Phase::Rebase,
+                            &repo.name,
+                            format!(
+                                "`{}` has no branch `{}` to deliver onto; fix `upstream` in lockstep.toml",
+                                repo.name, repo.upstream
+                            ),
+                        )));
+                    };
+                    let branch_sha = git
+                        .resolve(&format!("refs/remotes/origin/{branch}"))?
+                        .unwrap_or_default();
+                    found.push(Checkout {
+                        repo: repo.clone(),
+                        row: RepoRow {
+                            repo: repo.name.clone(),
+                            position: position as i64,
+                            branch: branch.to_string(),
+                            branch_sha,
+                            base_sha: base,
+                            rebased_sha: String::new(),
+                            deployed: false,
+                            merged: false,
+                            rolled_back: false,
+                        },
+                        dir,
+                    });
+                }
+                several => {
+                    return Ok(Err(Failure::new(
+                        Phase::Rebase,
+                        &repo.name,
+                        format!(
+                            "`{}` has {} branches for `{}`: {}; delete all but one",
+                            repo.name,
+                            several.len(),
+                            d.task,
+                            several
+                                .iter()
+                                .map(|b| format!("`{b}`"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )));
+                }
+            }
+        }
+        if found.is_empty() {
+            let names: Vec<&str> = self.config.repos.iter().map(|r| r.name.as_str()).collect();
+            return Ok(Err(Failure::new(
+                Phase::Rebase,
+                "",
+                format!(
+                    "task `{}` has no branch in any repository (looked in {})",
+                    d.task,
+                    names.join(", ")
+                ),
+            )));
+        }
+        let rows: Vec<RepoRow> = found.iter().map(|c| c.row.clone()).collect();
+        self.store.set_repos(d.id, &rows).await?;
+        for c in &mut found {
+            let git = self.bot_git(&c.dir);
+            let (branch_sha, upstream) = (c.row.branch_sha.clone(), c.repo.upstream.clone());
+            let g = git.clone();
+            let outcome = blocking(move || -> anyhow::Result<Result<(), Vec<String>>> {
+                g.run(&[
+                    "checkout",
+                    "--quiet",
+                    "-B",
+                    "lockstep-delivery",
+                    &branch_sha,
+                ])?;
+                let (ok, _, _) = g.try_run(&[
+                    "rebase",
+                    "--quiet",
+                    &format!("refs/remotes/origin/{upstream}"),
+                ])?;
+                if ok {
+                    return Ok(Ok(()));
+                }
+                let files = g
+                    .run(&["diff", "--name-only", "--diff-filter=U"])
+                    .unwrap_or_default();
+                let _ = g.try_run(&["rebase", "--abort"]);
+                Ok(Err(files.lines().map(String::from).collect()))
+            })
+            .await?;
+            if let Err(files) = outcome {
+                let list = if files.is_empty() {
+                    "(git named no file)".to_string()
+                } else {
+                    files.join(", ")
+                };
+                return Ok(Err(Failure::new(
+                    Phase::Rebase,
+                    &c.row.repo,
+                    format!(
+                        "`{}` does not rebase onto `{}`: conflicts in {list}; rebase it by hand and push again",
+                        c.row.branch, c.repo.upstream
+                    ),
+                )));
+            }
+            if self.config.delivery.merge == MergeMode::MergeCommit {
+                let message = format!(
+                    "Deliver {} ({})\n\nMerged by lockstep, delivery #{}.",
+                    d.task, c.row.branch, d.id
+                );
+                let (upstream, g) = (c.repo.upstream.clone(), git.clone());
+                blocking(move || -> anyhow::Result<()> {
+                    g.run(&[
+                        "checkout",
+                        "--quiet",
+                        "-B",
+                        "lockstep-merge",
+                        &format!("refs/remotes/origin/{upstream}"),
+                    ])?;
+                    g.run(&[
+                        "merge",
+                        "--quiet",
+                        "--no-ff",
+                        "-m",
+                        &message,
+                        "lockstep-delivery",
+                    ])?;
+                    Ok(())
+                })
+                .await?;
+            }
+            c.row.rebased_sha = git
+                .resolve("HEAD")?
+                .context("the rebased checkout has no HEAD")?;
+            self.store
+                .journal(
+                    d.id,
+                    "rebase",
+                    &c.row.repo,
+                    "rebased",
+                    &format!(
+                        "{} {} onto {} {}",
+                        c.row.branch, c.row.branch_sha, c.repo.upstream, c.row.base_sha
+                    ),
+                )
+                .await?;
+            self.progress.step(d.id, &c.row.repo, "rebase", "passed");
+            self.say(&format!(
+                "#{} {}: rebase   {:<12} {} → {}",
+                d.id,
+                d.task,
+                c.row.repo,
+                crate::push::short(&c.row.branch_sha),
+                crate::push::short(&c.row.rebased_sha)
+            ));
+        }
+        let rows: Vec<RepoRow> = found.iter().map(|c| c.row.clone()).collect();
+        self.store.set_repos(d.id, &rows).await?;
+        let skipped: Vec<&str> = self
+            .config
+            .repos
+            .iter()
+            .filter(|r| !rows.iter().any(|x| x.repo == r.name))
+            .map(|r| r.name.as_str())
+            .collect();
+        if !skipped.is_empty() {
+            self.store
+                .journal(d.id, "rebase", "", "left alone", &skipped.join(", "))
+                .await?;
+        }
+        Ok(Ok(found))
+    }
+
+    /// Makes sure the checkout exists (after a crash, or for `lockstep rollback` later).
+    pub(super) async fn ensure_checkout(&self, c: &Checkout) -> anyhow::Result<()> {
+        if c.dir.join(".git").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(c.dir.parent().unwrap_or(Path::new(".")))?;
+        let url = repo_url(&self.config, &c.repo);
+        let git = self.bot_git(c.dir.parent().unwrap_or(Path::new(".")));
+        let dir = c.dir.to_string_lossy().into_owned();
+        let sha = c.row.rebased_sha.clone();
+        let inner = self.bot_git(&c.dir);
+        blocking(move || -> anyhow::Result<()> {
+            git.run(&[
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--end-of-options",
+                &url,
+                &dir,
+            ])?;
+            if !sha.is_empty() && inner.try_run(&["checkout", "--quiet", "--detach", &sha])?.0 {
+                return Ok(());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Rebuilds the checkouts of a finished delivery from the store (for recovery).
+    pub(super) async fn checkouts_of(&self, id: i64) -> anyhow::Result<Vec<Checkout>> {
+        let mut out = Vec::new();
+        for row in self.store.repos(id).await? {
+            let repo = self
+                .config
+                .repo(&row.repo)
+                .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
+            let dir = self.work_dir(id).join(&row.repo);
+            out.push(Checkout {
+                repo: repo.clone(),
+                row,
+                dir,
+            });
+        }
+        Ok(out)
+    }
+}
