@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::phase::Phase;
 use super::rebase::Checkout;
-use super::stop::Failure;
+use super::stop::{Failure, Stop};
 use crate::config::{Config, Repo};
 use crate::git::Git;
 use crate::policy::PolicySet;
@@ -68,11 +68,12 @@ impl Engine {
         self.progress.say(line);
     }
 
+    /// Where the delivery's checkouts live, one folder per repository.
     pub(super) fn work_dir(&self, id: i64) -> PathBuf {
         self.config.state_dir().join("work").join(id.to_string())
     }
 
-    pub(super) fn log_path(&self, id: i64, repo: &str, step: &str) -> PathBuf {
+    pub(super) fn log_path(&self, id: i64, repo: &str, step: Phase) -> PathBuf {
         self.config
             .state_dir()
             .join("logs")
@@ -100,37 +101,107 @@ impl Engine {
     pub async fn deliver(&self, d: &DeliveryRow) -> anyhow::Result<State> {
         let resume = Phase::parse(&d.phase).filter(|p| matches!(p, Phase::Build | Phase::Test));
         self.say(&format!("#{} {}: delivery started", d.id, d.task));
-        let result = match self.line(d, resume).await {
-            Ok(r) => r,
-            Err(e) => Err(Failure::new(
+        let failure = match self.line(d, resume).await {
+            Ok(checkouts) => {
+                self.land(d, &checkouts, false).await?;
+                return Ok(State::Delivered);
+            }
+            Err(Stop::Failed(failure)) => failure,
+            // lockstep could not go on: reported as a failure of the phase it broke in.
+            Err(Stop::Broken(e)) => Failure::new(
                 Phase::parse(&self.current_phase(d.id).await).unwrap_or(Phase::Rebase),
                 "",
                 format!("{e:#}"),
-            )),
+            ),
         };
-        match result {
-            Ok(checkouts) => {
-                self.land(d, &checkouts, false).await?;
-                Ok(State::Delivered)
-            }
-            Err(failure) => {
-                self.store
-                    .journal(
-                        d.id,
-                        &failure.phase,
-                        &failure.repo,
-                        "failed",
-                        &failure.message,
-                    )
-                    .await?;
-                if !failure.repo.is_empty() {
-                    self.progress
-                        .step(d.id, &failure.repo, &failure.phase, "failed");
+        self.store
+            .journal(
+                d.id,
+                failure.phase.as_str(),
+                &failure.repo,
+                "failed",
+                &failure.message,
+            )
+            .await?;
+        if !failure.repo.is_empty() {
+            self.progress
+                .step(d.id, &failure.repo, failure.phase.as_str(), "failed");
+        }
+        self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
+        self.fail(d, &failure.summary(), &failure.log_tail).await
+    }
+
+    /// The line itself; the checkouts when every upstream advanced.
+    async fn line(&self, d: &DeliveryRow, resume: Option<Phase>) -> Result<Vec<Checkout>, Stop> {
+        // Resume only with the checkouts as they were built; otherwise rebase again, which
+        // may give other commits, and so build them again too.
+        let resumed = match resume {
+            Some(phase) => match self.resume_checkouts(d).await? {
+                Some(c) => {
+                    self.store
+                        .journal(d.id, phase.as_str(), "", "resumed", "checkouts intact")
+                        .await?;
+                    Some((phase, c))
                 }
-                self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
-                self.fail(d, &failure.summary(), &failure.log_tail).await
+                None => {
+                    self.store
+                        .journal(
+                            d.id,
+                            phase.as_str(),
+                            "",
+                            "not resumed",
+                            "the checkouts are gone or changed; starting over",
+                        )
+                        .await?;
+                    None
+                }
+            },
+            None => None,
+        };
+        let (start, checkouts) = match resumed {
+            Some(r) => r,
+            None => (Phase::Build, self.rebase(d).await?),
+        };
+        for phase in [Phase::Build, Phase::Test] {
+            if phase < start {
+                continue;
+            }
+            self.checkpoint(d.id, phase).await?;
+            self.store.set_phase(d.id, phase.as_str()).await?;
+            self.parallel_phase(d, phase, &checkouts).await?;
+        }
+        for phase in [Phase::Deploy, Phase::Verify] {
+            self.checkpoint(d.id, phase).await?;
+            self.store.set_phase(d.id, phase.as_str()).await?;
+            for (i, c) in checkouts.iter().enumerate() {
+                // Deploys run one repository at a time: a cancel stops the next one too.
+                if i > 0 {
+                    self.checkpoint(d.id, phase).await?;
+                }
+                if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
+                    // Recorded before the step runs: a deploy cut short is still rolled back.
+                    self.store
+                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
+                        .await?;
+                }
+                self.run_step(d, phase, c, None).await?;
             }
         }
+        self.checkpoint(d.id, Phase::Merge).await?;
+        // Checked before the merge phase is recorded: recovery finishes a merge forward, and
+        // must never do so for one the policies refused.
+        self.merge_policies(d).await?;
+        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
+        self.merge(d, &checkouts).await?;
+        Ok(checkouts)
+    }
+
+    /// Stops the line if a cancel was asked for.
+    pub(super) async fn checkpoint(&self, id: i64, phase: Phase) -> Result<(), Stop> {
+        if self.store.cancel_requested(id).await.unwrap_or(false) {
+            return Err(Failure::new(phase, "", "cancelled on request").into());
+        }
+        Ok(())
     }
 
     /// Records a delivery whose every upstream advanced, and moves its task on.
@@ -216,7 +287,7 @@ impl Engine {
         Ok(state)
     }
 
-    pub(super) async fn current_phase(&self, id: i64) -> String {
+    async fn current_phase(&self, id: i64) -> String {
         self.store
             .delivery(id)
             .await
@@ -245,101 +316,6 @@ impl Engine {
                     d.id, d.task
                 ));
             }
-        }
-    }
-
-    pub(super) async fn checkpoint(&self, id: i64, phase: Phase) -> Result<(), Failure> {
-        if self.store.cancel_requested(id).await.unwrap_or(false) {
-            return Err(Failure::new(phase, "", "cancelled on request"));
-        }
-        Ok(())
-    }
-
-    /// The line itself; Ok with the checkouts when every upstream advanced.
-    async fn line(
-        &self,
-        d: &DeliveryRow,
-        resume: Option<Phase>,
-    ) -> anyhow::Result<Result<Vec<Checkout>, Failure>> {
-        // Resume only with the checkouts as they were built; otherwise rebase again, which
-        // may give other commits, and so build them again too.
-        let resumed = match resume {
-            Some(phase) => match self.resume_checkouts(d).await? {
-                Some(c) => {
-                    self.store
-                        .journal(d.id, phase.as_str(), "", "resumed", "checkouts intact")
-                        .await?;
-                    Some((phase, c))
-                }
-                None => {
-                    self.store
-                        .journal(
-                            d.id,
-                            phase.as_str(),
-                            "",
-                            "not resumed",
-                            "the checkouts are gone or changed; starting over",
-                        )
-                        .await?;
-                    None
-                }
-            },
-            None => None,
-        };
-        let (start, checkouts) = match resumed {
-            Some(r) => r,
-            None => match self.rebase(d).await? {
-                Ok(c) => (Phase::Build, c),
-                Err(f) => return Ok(Err(f)),
-            },
-        };
-        for phase in [Phase::Build, Phase::Test] {
-            if phase < start {
-                continue;
-            }
-            if let Err(f) = self.checkpoint(d.id, phase).await {
-                return Ok(Err(f));
-            }
-            self.store.set_phase(d.id, phase.as_str()).await?;
-            if let Err(f) = self.parallel_phase(d, phase, &checkouts).await? {
-                return Ok(Err(f));
-            }
-        }
-        for phase in [Phase::Deploy, Phase::Verify] {
-            if let Err(f) = self.checkpoint(d.id, phase).await {
-                return Ok(Err(f));
-            }
-            self.store.set_phase(d.id, phase.as_str()).await?;
-            for (i, c) in checkouts.iter().enumerate() {
-                // Deploys run one repository at a time: a cancel stops the next one too.
-                if i > 0
-                    && let Err(f) = self.checkpoint(d.id, phase).await
-                {
-                    return Ok(Err(f));
-                }
-                if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
-                    // Recorded before the step runs: a deploy cut short is still rolled back.
-                    self.store
-                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
-                        .await?;
-                }
-                if let Err(f) = self.run_step(d, phase, c, None).await? {
-                    return Ok(Err(f));
-                }
-            }
-        }
-        if let Err(f) = self.checkpoint(d.id, Phase::Merge).await {
-            return Ok(Err(f));
-        }
-        // Checked before the merge phase is recorded: recovery finishes a merge forward, and
-        // must never do so for one the policies refused.
-        if let Err(f) = self.merge_policies(d).await? {
-            return Ok(Err(f));
-        }
-        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
-        match self.merge(d, &checkouts).await? {
-            Ok(()) => Ok(Ok(checkouts)),
-            Err(f) => Ok(Err(f)),
         }
     }
 }

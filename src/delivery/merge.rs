@@ -8,18 +8,24 @@ use super::engine::Engine;
 use super::line::blocking;
 use super::phase::Phase;
 use super::rebase::Checkout;
-use super::stop::Failure;
+use super::stop::{Failure, Stop};
 use crate::policy::Stage;
 use crate::store::{DeliveryRow, RepoFlag};
 
+/// What became of a compare-and-swap push.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    /// The ref moved.
+    Moved,
+    /// The server refused it, or the ref was not where it was expected: why, in a line.
+    Refused(String),
+}
+
 impl Engine {
     /// The `on = "merge"` rules, checked right before anything is pushed.
-    pub(super) async fn merge_policies(
-        &self,
-        d: &DeliveryRow,
-    ) -> anyhow::Result<Result<(), Failure>> {
+    pub(super) async fn merge_policies(&self, d: &DeliveryRow) -> Result<(), Stop> {
         if self.policies.rules_for(Stage::Merge).next().is_none() {
-            return Ok(Ok(()));
+            return Ok(());
         }
         let task = self
             .tracker
@@ -46,26 +52,19 @@ impl Engine {
         );
         let decision = self.policies.evaluate(Stage::Merge, &facts);
         if decision.accepted() {
-            return Ok(Ok(()));
+            return Ok(());
         }
         let why: Vec<String> = decision
             .violations()
             .map(|v| format!("[{}] {}", v.rule, v.messages().join("; ")))
             .collect();
-        Ok(Err(Failure::new(
-            Phase::Merge,
-            "",
-            format!("merge refused by policy: {}", why.join("; ")),
-        )))
+        let message = format!("merge refused by policy: {}", why.join("; "));
+        Err(Failure::new(Phase::Merge, "", message).into())
     }
 
     /// Moves every upstream to its rebased head, one compare-and-swap push each; if one fails,
     /// the upstreams already moved are put back (compare-and-swap again).
-    pub(super) async fn merge(
-        &self,
-        d: &DeliveryRow,
-        checkouts: &[Checkout],
-    ) -> anyhow::Result<Result<(), Failure>> {
+    pub(super) async fn merge(&self, d: &DeliveryRow, checkouts: &[Checkout]) -> Result<(), Stop> {
         let mut pushed: Vec<&Checkout> = Vec::new();
         for c in checkouts {
             self.store
@@ -89,39 +88,35 @@ impl Engine {
                     false,
                 )
                 .await?;
-            match result {
-                Ok(()) => {
-                    self.store
-                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
-                        .await?;
-                    self.store
-                        .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
-                        .await?;
-                    self.progress.step(d.id, &c.row.repo, "merge", "passed");
-                    self.say(&format!(
-                        "#{} {}: merge    {:<12} {} → {}",
-                        d.id,
-                        d.task,
-                        c.row.repo,
-                        crate::push::short(&c.row.rebased_sha),
-                        c.repo.upstream
-                    ));
-                    pushed.push(c);
+            if let Pushed::Refused(why) = result {
+                let mut message = format!(
+                    "the bot could not push `{}` of `{}`: {why}",
+                    c.repo.upstream, c.row.repo
+                );
+                let undone = self.undo_merges(d.id, &pushed).await?;
+                if !undone.is_empty() {
+                    message.push_str(&format!("; put back {}", undone.join(", ")));
                 }
-                Err(why) => {
-                    let mut message = format!(
-                        "the bot could not push `{}` of `{}`: {why}",
-                        c.repo.upstream, c.row.repo
-                    );
-                    let undone = self.undo_merges(d.id, &pushed).await?;
-                    if !undone.is_empty() {
-                        message.push_str(&format!("; put back {}", undone.join(", ")));
-                    }
-                    return Ok(Err(Failure::new(Phase::Merge, &c.row.repo, message)));
-                }
+                return Err(Failure::new(Phase::Merge, &c.row.repo, message).into());
             }
+            self.store
+                .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
+                .await?;
+            self.store
+                .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
+                .await?;
+            self.progress.step(d.id, &c.row.repo, "merge", "passed");
+            self.say(&format!(
+                "#{} {}: merge    {:<12} {} → {}",
+                d.id,
+                d.task,
+                c.row.repo,
+                crate::push::short(&c.row.rebased_sha),
+                c.repo.upstream
+            ));
+            pushed.push(c);
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Puts back upstreams this delivery moved. Returns the repos put back.
@@ -144,7 +139,7 @@ impl Engine {
                     ),
                 )
                 .await?;
-            match self
+            let result = self
                 .cas_push(
                     &c.dir,
                     &c.repo.upstream,
@@ -152,26 +147,22 @@ impl Engine {
                     &c.row.base_sha,
                     true,
                 )
-                .await?
-            {
-                Ok(()) => {
-                    self.store
-                        .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, false)
-                        .await?;
-                    undone.push(c.row.repo.clone());
-                }
-                Err(why) => {
-                    self.store
-                        .journal(id, "merge", &c.row.repo, "undo failed", &why)
-                        .await?;
-                    anyhow::bail!(
-                        "`{}` of `{}` was advanced and could not be put back ({why}); reset it to {} by hand",
-                        c.repo.upstream,
-                        c.row.repo,
-                        c.row.base_sha
-                    );
-                }
+                .await?;
+            if let Pushed::Refused(why) = result {
+                self.store
+                    .journal(id, "merge", &c.row.repo, "undo failed", &why)
+                    .await?;
+                anyhow::bail!(
+                    "`{}` of `{}` was advanced and could not be put back ({why}); reset it to {} by hand",
+                    c.repo.upstream,
+                    c.row.repo,
+                    c.row.base_sha
+                );
             }
+            self.store
+                .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, false)
+                .await?;
+            undone.push(c.row.repo.clone());
         }
         Ok(undone)
     }
@@ -185,7 +176,7 @@ impl Engine {
         expect: &str,
         new: &str,
         undo: bool,
-    ) -> anyhow::Result<Result<(), String>> {
+    ) -> anyhow::Result<Pushed> {
         let git = self.bot_git(dir);
         let refname = format!("refs/heads/{branch}");
         let lease = format!("--force-with-lease={refname}:{expect}");
@@ -196,25 +187,23 @@ impl Engine {
                 args.extend(["-o", "lockstep-undo"]);
             }
             args.extend(["origin", spec.as_str()]);
-            let (ok, out, err) = git.try_run(&args)?;
-            if ok {
-                return Ok(Ok(()));
-            }
-            if undo && err.contains("does not support push options") {
+            let (mut ok, mut out, mut err) = git.try_run(&args)?;
+            if !ok && undo && err.contains("does not support push options") {
                 // A server without lockstep's hooks: nothing to tell, push without the option.
-                let (ok, out, err) =
+                (ok, out, err) =
                     git.try_run(&["push", "--porcelain", "--quiet", &lease, "origin", &spec])?;
-                return Ok(if ok {
-                    Ok(())
-                } else {
-                    Err(push_error(&out, &err))
-                });
             }
-            Ok(Err(push_error(&out, &err)))
+            Ok(if ok {
+                Pushed::Moved
+            } else {
+                Pushed::Refused(push_error(&out, &err))
+            })
         })
         .await
     }
 
+    /// Deletes the delivered branches (`[delivery] delete_branches`), each only if it still
+    /// points where the delivery found it; what happened is journaled, nothing stops.
     pub(super) async fn delete_branches(&self, id: i64, checkouts: &[Checkout]) {
         for c in checkouts {
             let git = self.bot_git(&c.dir);
@@ -265,4 +254,30 @@ fn push_error(stdout: &str, stderr: &str) -> String {
         .last()
         .unwrap_or("git push failed")
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_error_prefers_the_servers_lines_then_the_rejected_refs_then_gits_last_word() {
+        let hook = "remote: \nremote: lockstep: `db` is frozen for the release\nremote: \n\
+                    To /srv/db.git\nerror: failed to push some refs to '/srv/db.git'\n";
+        assert_eq!(
+            push_error("", hook),
+            "lockstep: `db` is frozen for the release"
+        );
+        let out = "To /srv/api.git\n!\tabc:refs/heads/master\t[rejected] (stale info)\nDone\n";
+        let err = "error: failed to push some refs to '/srv/api.git'\n";
+        assert_eq!(
+            push_error(out, err),
+            "!\tabc:refs/heads/master\t[rejected] (stale info)"
+        );
+        assert_eq!(
+            push_error("", "fatal: could not read from remote\n\n"),
+            "fatal: could not read from remote"
+        );
+        assert_eq!(push_error("", ""), "git push failed");
+    }
 }

@@ -43,6 +43,8 @@ impl Phase {
         Phase::ALL.into_iter().find(|p| p.as_str() == s)
     }
 
+    /// The command a repository runs in this phase; `None` for a phase with no step of its
+    /// own (rebase and merge are lockstep's git work; rollback runs only when undoing).
     pub(super) fn step(self, repo: &Repo) -> Option<&Command> {
         match self {
             Phase::Build => repo.steps.build.as_ref(),
@@ -51,5 +53,56 @@ impl Phase {
             Phase::Verify => repo.steps.verify.as_ref(),
             Phase::Rebase | Phase::Merge | Phase::Rollback => None,
         }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_back_as_the_same_phase_in_line_order() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert!(Phase::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Phase::parse(""), None);
+        assert_eq!(Phase::parse("Build"), None);
+    }
+
+    #[test]
+    fn only_the_step_phases_run_a_repository_command() {
+        let repo: Repo = toml::from_str(
+            r#"
+name = "api"
+url = "api.git"
+[steps]
+build = "make"
+test = "make test"
+deploy = "deploy"
+verify = "verify"
+rollback = "undeploy"
+"#,
+        )
+        .unwrap();
+        let with_step: Vec<Phase> = Phase::ALL
+            .into_iter()
+            .filter(|p| p.step(&repo).is_some())
+            .collect();
+        assert_eq!(
+            with_step,
+            [Phase::Build, Phase::Test, Phase::Deploy, Phase::Verify]
+        );
+        assert_eq!(
+            Phase::Test.step(&repo),
+            Some(&Command::Shell("make test".into()))
+        );
     }
 }

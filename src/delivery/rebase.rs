@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use super::engine::{Engine, repo_url};
 use super::line::blocking;
 use super::phase::Phase;
-use super::stop::Failure;
+use super::stop::{Failure, Stop};
 use crate::config::{MergeMode, Repo};
 use crate::store::{DeliveryRow, RepoRow};
 
@@ -21,12 +21,16 @@ pub(super) struct Checkout {
     pub(super) dir: PathBuf,
 }
 
+/// How a branch's rebase went.
+enum Rebased {
+    Clean,
+    /// The files git could not merge (none when git named none).
+    Conflicts(Vec<String>),
+}
+
 impl Engine {
     /// Finds the task's branch in every repository and rebases each onto its upstream.
-    pub(super) async fn rebase(
-        &self,
-        d: &DeliveryRow,
-    ) -> anyhow::Result<Result<Vec<Checkout>, Failure>> {
+    pub(super) async fn rebase(&self, d: &DeliveryRow) -> Result<Vec<Checkout>, Stop> {
         self.store.set_phase(d.id, Phase::Rebase.as_str()).await?;
         let work = self.work_dir(d.id);
         if work.exists() {
@@ -53,7 +57,7 @@ impl Engine {
             })
             .await?;
             if !cloned.0 {
-                return Ok(Err(Failure::new(
+                return Err(Stop::Failed(Failure::new(
                     Phase::Rebase,
                     &repo.name,
                     format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim()),
@@ -78,7 +82,7 @@ impl Engine {
                 [branch] => {
                     let base = git.resolve(&format!("refs/remotes/origin/{}", repo.upstream))?;
                     let Some(base) = base else {
-                        return Ok(Err(Failure::new(
+                        return Err(Stop::Failed(Failure::new(
                             Phase::Rebase,
                             &repo.name,
                             format!(
@@ -107,7 +111,7 @@ impl Engine {
                     });
                 }
                 several => {
-                    return Ok(Err(Failure::new(
+                    return Err(Stop::Failed(Failure::new(
                         Phase::Rebase,
                         &repo.name,
                         format!(
@@ -127,7 +131,7 @@ impl Engine {
         }
         if found.is_empty() {
             let names: Vec<&str> = self.config.repos.iter().map(|r| r.name.as_str()).collect();
-            return Ok(Err(Failure::new(
+            return Err(Stop::Failed(Failure::new(
                 Phase::Rebase,
                 "",
                 format!(
@@ -143,7 +147,7 @@ impl Engine {
             let git = self.bot_git(&c.dir);
             let (branch_sha, upstream) = (c.row.branch_sha.clone(), c.repo.upstream.clone());
             let g = git.clone();
-            let outcome = blocking(move || -> anyhow::Result<Result<(), Vec<String>>> {
+            let rebased = blocking(move || -> anyhow::Result<Rebased> {
                 g.run(&[
                     "checkout",
                     "--quiet",
@@ -157,22 +161,24 @@ impl Engine {
                     &format!("refs/remotes/origin/{upstream}"),
                 ])?;
                 if ok {
-                    return Ok(Ok(()));
+                    return Ok(Rebased::Clean);
                 }
                 let files = g
                     .run(&["diff", "--name-only", "--diff-filter=U"])
                     .unwrap_or_default();
                 let _ = g.try_run(&["rebase", "--abort"]);
-                Ok(Err(files.lines().map(String::from).collect()))
+                Ok(Rebased::Conflicts(
+                    files.lines().map(String::from).collect(),
+                ))
             })
             .await?;
-            if let Err(files) = outcome {
+            if let Rebased::Conflicts(files) = rebased {
                 let list = if files.is_empty() {
                     "(git named no file)".to_string()
                 } else {
                     files.join(", ")
                 };
-                return Ok(Err(Failure::new(
+                return Err(Stop::Failed(Failure::new(
                     Phase::Rebase,
                     &c.row.repo,
                     format!(
@@ -246,7 +252,7 @@ impl Engine {
                 .journal(d.id, "rebase", "", "left alone", &skipped.join(", "))
                 .await?;
         }
-        Ok(Ok(found))
+        Ok(found)
     }
 
     /// Makes sure the checkout exists (after a crash, or for `lockstep rollback` later).

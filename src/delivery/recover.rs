@@ -4,11 +4,20 @@
 
 use super::engine::Engine;
 use super::line::blocking;
+use super::merge::Pushed;
 use super::phase::Phase;
 use super::rebase::Checkout;
 use super::steps;
 use crate::git::Git;
 use crate::store::{DeliveryRow, RepoFlag};
+
+/// Where the upstreams of a delivery interrupted in merge stand once reconciled.
+enum Reconciled {
+    /// Every upstream has it.
+    Merged(Vec<Checkout>),
+    /// None has it any more; why it could not be finished.
+    PutBack(String),
+}
 
 /// Finishes or undoes what a killed worker left running. Call it only while holding the lock.
 ///
@@ -155,39 +164,29 @@ impl Engine {
     /// none-merged, then records the delivery as landed or failed. Returns what happened, for
     /// the operator.
     async fn recover_merge(&self, d: &DeliveryRow) -> anyhow::Result<String> {
-        match self.reconcile_merge(d).await {
-            Ok(Ok(checkouts)) => {
+        let summary = match self.reconcile_merge(d).await {
+            Ok(Reconciled::Merged(checkouts)) => {
                 self.land(d, &checkouts, true).await?;
-                Ok(format!(
+                return Ok(format!(
                     "#{} {}: was interrupted in merge; every upstream now has it: delivered",
                     d.id, d.task
-                ))
+                ));
             }
-            Ok(Err(why)) => {
-                let summary = format!(
-                    "delivery failed in merge: interrupted, then {why}; every upstream was put back"
-                );
-                self.fail(d, &summary, "").await?;
-                Ok(format!("#{} {}: {summary}", d.id, d.task))
-            }
-            Err(e) => {
-                let summary = format!(
-                    "delivery failed in merge: cannot reconcile the upstreams after a restart: {e:#}"
-                );
-                self.fail(d, &summary, "").await?;
-                Ok(format!("#{} {}: {summary}", d.id, d.task))
-            }
-        }
+            Ok(Reconciled::PutBack(why)) => format!(
+                "delivery failed in merge: interrupted, then {why}; every upstream was put back"
+            ),
+            Err(e) => format!(
+                "delivery failed in merge: cannot reconcile the upstreams after a restart: {e:#}"
+            ),
+        };
+        self.fail(d, &summary, "").await?;
+        Ok(format!("#{} {}: {summary}", d.id, d.task))
     }
 
     /// Reads every upstream of a delivery interrupted in merge. When some have it and the
     /// others are where the delivery found them, the merge is finished forward (every check
     /// passed before it began); when that cannot be done, those that have it are put back.
-    /// `Ok(Err(why))` means none has it any more.
-    async fn reconcile_merge(
-        &self,
-        d: &DeliveryRow,
-    ) -> anyhow::Result<Result<Vec<Checkout>, String>> {
+    async fn reconcile_merge(&self, d: &DeliveryRow) -> anyhow::Result<Reconciled> {
         let checkouts = self.checkouts_of(d.id).await?;
         let mut merged = Vec::new();
         let mut unmerged = Vec::new();
@@ -237,11 +236,11 @@ impl Engine {
             .await?;
         if !moved.is_empty() {
             self.undo_merges(d.id, &merged).await?;
-            return Ok(Err(moved.join(", ")));
+            return Ok(Reconciled::PutBack(moved.join(", ")));
         }
         let mut done = merged.clone();
         for c in &unmerged {
-            match self
+            let pushed = self
                 .cas_push(
                     &c.dir,
                     &c.repo.upstream,
@@ -249,29 +248,25 @@ impl Engine {
                     &c.row.rebased_sha,
                     false,
                 )
-                .await?
-            {
-                Ok(()) => {
-                    self.store
-                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
-                        .await?;
-                    self.store
-                        .journal(d.id, "merge", &c.row.repo, "pushed", "after recovery")
-                        .await?;
-                    done.push(c);
-                }
-                Err(why) => {
-                    self.store
-                        .journal(d.id, "merge", &c.row.repo, "push failed", &why)
-                        .await?;
-                    self.undo_merges(d.id, &done).await?;
-                    return Ok(Err(format!(
-                        "the bot could not push `{}` of `{}`: {why}",
-                        c.repo.upstream, c.row.repo
-                    )));
-                }
+                .await?;
+            if let Pushed::Refused(why) = pushed {
+                self.store
+                    .journal(d.id, "merge", &c.row.repo, "push failed", &why)
+                    .await?;
+                self.undo_merges(d.id, &done).await?;
+                return Ok(Reconciled::PutBack(format!(
+                    "the bot could not push `{}` of `{}`: {why}",
+                    c.repo.upstream, c.row.repo
+                )));
             }
+            self.store
+                .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
+                .await?;
+            self.store
+                .journal(d.id, "merge", &c.row.repo, "pushed", "after recovery")
+                .await?;
+            done.push(c);
         }
-        Ok(Ok(checkouts))
+        Ok(Reconciled::Merged(checkouts))
     }
 }

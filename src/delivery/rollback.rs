@@ -6,7 +6,9 @@ use anyhow::Context as _;
 
 use super::engine::Engine;
 use super::line::blocking;
+use super::phase::Phase;
 use super::rebase::Checkout;
+use super::stop::Stop;
 use crate::config::MergeMode;
 use crate::store::{DeliveryRow, RepoFlag};
 
@@ -55,34 +57,22 @@ impl Engine {
                     .journal(id, "rollback", &row.repo, "no checkout", &format!("{e:#}"))
                     .await;
             }
-            match self.exec(&d, "rollback", &command, &c, None).await {
-                Ok(Ok(())) => {
+            let why = match self.exec(&d, Phase::Rollback, &command, &c, None).await {
+                Ok(()) => {
                     let _ = self
                         .store
                         .set_repo_flag(id, &row.repo, RepoFlag::RolledBack, true)
                         .await;
+                    continue;
                 }
-                Ok(Err((why, _))) => {
-                    let _ = self
-                        .store
-                        .journal(id, "rollback", &row.repo, "rollback failed", &why)
-                        .await;
-                    failed.push(row.repo.clone());
-                }
-                Err(e) => {
-                    let _ = self
-                        .store
-                        .journal(
-                            id,
-                            "rollback",
-                            &row.repo,
-                            "rollback failed",
-                            &format!("{e:#}"),
-                        )
-                        .await;
-                    failed.push(row.repo.clone());
-                }
-            }
+                Err(Stop::Failed(f)) => f.message,
+                Err(Stop::Broken(e)) => format!("{e:#}"),
+            };
+            let _ = self
+                .store
+                .journal(id, "rollback", &row.repo, "rollback failed", &why)
+                .await;
+            failed.push(row.repo.clone());
         }
         failed
     }

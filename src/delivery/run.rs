@@ -11,27 +11,49 @@ use super::engine::Engine;
 use super::phase::Phase;
 use super::rebase::Checkout;
 use super::steps::{self, StepOutcome, StepSpec};
-use super::stop::Failure;
+use super::stop::{Failure, Stop};
 use crate::config::Command;
 use crate::store::DeliveryRow;
 
 impl Engine {
-    fn step_env(&self, d: &DeliveryRow, c: &Checkout, step: &str) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self.config.environment_vars().into_iter().collect();
-        env.extend([
-            ("LOCKSTEP_TASK".into(), d.task.clone()),
-            ("LOCKSTEP_REPO".into(), c.row.repo.clone()),
-            ("LOCKSTEP_BRANCH".into(), c.row.branch.clone()),
-            ("LOCKSTEP_SHA".into(), c.row.rebased_sha.clone()),
-            ("LOCKSTEP_BASE_SHA".into(), c.row.base_sha.clone()),
-            ("LOCKSTEP_DELIVERY".into(), d.id.to_string()),
-            (
-                "LOCKSTEP_ENV".into(),
-                self.config.delivery.environment.clone(),
-            ),
-            ("LOCKSTEP_STEP".into(), step.into()),
-        ]);
-        env
+    /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
+    /// failure stops the line: the other repositories' steps are killed (`stopped` in their
+    /// logs), steps still waiting for their turn never start, and that failure is reported.
+    pub(super) async fn parallel_phase(
+        &self,
+        d: &DeliveryRow,
+        phase: Phase,
+        checkouts: &[Checkout],
+    ) -> Result<(), Stop> {
+        let limit = Arc::new(Semaphore::new(self.config.delivery.parallel));
+        let (stop, stopping) = watch::channel(false);
+        let mut steps = tokio::task::JoinSet::new();
+        for c in checkouts {
+            let (engine, d, c, limit) = (self.clone(), d.clone(), c.clone(), limit.clone());
+            let stopping = stopping.clone();
+            steps.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                if *stopping.borrow() {
+                    return Ok(());
+                }
+                engine.run_step(&d, phase, &c, Some(stopping)).await
+            });
+        }
+        let mut first = None;
+        while let Some(r) = steps.join_next().await {
+            match r.context("a step task panicked")? {
+                Ok(()) => {}
+                Err(Stop::Failed(f)) => {
+                    if first.is_none() {
+                        first = Some(f);
+                        let _ = stop.send(true);
+                    }
+                }
+                // Dropping the set stops the other steps.
+                Err(broken @ Stop::Broken(_)) => return Err(broken),
+            }
+        }
+        first.map_or(Ok(()), |f| Err(f.into()))
     }
 
     /// Runs one repository's step of a phase (a phase with no step for it passes); a step
@@ -42,36 +64,29 @@ impl Engine {
         phase: Phase,
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
-    ) -> anyhow::Result<Result<(), Failure>> {
-        let Some(command) = phase.step(&c.repo) else {
-            return Ok(Ok(()));
-        };
-        self.exec(d, phase.as_str(), command, c, stop)
-            .await
-            .map(|r| {
-                r.map_err(|(msg, tail)| Failure {
-                    phase: phase.as_str().into(),
-                    repo: c.row.repo.clone(),
-                    message: msg,
-                    log_tail: tail,
-                })
-            })
+    ) -> Result<(), Stop> {
+        match phase.step(&c.repo) {
+            Some(command) => self.exec(d, phase, command, c, stop).await,
+            None => Ok(()),
+        }
     }
 
-    /// Runs a command for a checkout, journaled, with its log; Err((why, log tail)) on failure.
+    /// Runs a command of `phase` for a checkout, journaled, with its log; a step that does not
+    /// pass is a failure of that phase in that repository, with the last lines of its log.
     pub(super) async fn exec(
         &self,
         d: &DeliveryRow,
-        step: &str,
+        phase: Phase,
         command: &Command,
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
-    ) -> anyhow::Result<Result<(), (String, String)>> {
-        let log = self.log_path(d.id, &c.row.repo, step);
+    ) -> Result<(), Stop> {
+        let step = phase.as_str();
+        let log = self.log_path(d.id, &c.row.repo, phase);
         let spec = StepSpec {
             argv: command.argv(),
             cwd: c.dir.clone(),
-            env: self.step_env(d, c, step),
+            env: self.step_env(d, c, phase),
             pass_env: self.config.delivery.pass_env.clone(),
             timeout: self.config.delivery.step_timeout,
             log: log.clone(),
@@ -113,46 +128,35 @@ impl Engine {
             started.elapsed().as_secs_f64()
         ));
         if outcome == StepOutcome::Passed {
-            return Ok(Ok(()));
+            return Ok(());
         }
         let tail = steps::tail(&log, 20);
         let mut why = format!("`{step}` {}", outcome.describe());
         if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
             why.push_str(&format!(": {}", last.trim()));
         }
-        Ok(Err((why, tail)))
+        let mut failure = Failure::new(phase, &c.row.repo, why);
+        failure.log_tail = tail;
+        Err(failure.into())
     }
 
-    /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
-    /// failure stops the line: the other repositories' steps are killed (`stopped` in their
-    /// logs), steps still waiting for their turn never start, and that failure is reported.
-    pub(super) async fn parallel_phase(
-        &self,
-        d: &DeliveryRow,
-        phase: Phase,
-        checkouts: &[Checkout],
-    ) -> anyhow::Result<Result<(), Failure>> {
-        let limit = Arc::new(Semaphore::new(self.config.delivery.parallel));
-        let (stop, stopping) = watch::channel(false);
-        let mut steps = tokio::task::JoinSet::new();
-        for c in checkouts {
-            let (engine, d, c, limit) = (self.clone(), d.clone(), c.clone(), limit.clone());
-            let stopping = stopping.clone();
-            steps.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                if *stopping.borrow() {
-                    return Ok(Ok(()));
-                }
-                engine.run_step(&d, phase, &c, Some(stopping)).await
-            });
-        }
-        let mut first = None;
-        while let Some(r) = steps.join_next().await {
-            if let (Err(f), None) = (r.context("a step task panicked")??, &first) {
-                first = Some(f);
-                let _ = stop.send(true);
-            }
-        }
-        Ok(first.map_or(Ok(()), Err))
+    /// The variables a step gets from lockstep: the untrusted values (task key, branch name)
+    /// travel here, never on a command line.
+    fn step_env(&self, d: &DeliveryRow, c: &Checkout, phase: Phase) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self.config.environment_vars().into_iter().collect();
+        env.extend([
+            ("LOCKSTEP_TASK".into(), d.task.clone()),
+            ("LOCKSTEP_REPO".into(), c.row.repo.clone()),
+            ("LOCKSTEP_BRANCH".into(), c.row.branch.clone()),
+            ("LOCKSTEP_SHA".into(), c.row.rebased_sha.clone()),
+            ("LOCKSTEP_BASE_SHA".into(), c.row.base_sha.clone()),
+            ("LOCKSTEP_DELIVERY".into(), d.id.to_string()),
+            (
+                "LOCKSTEP_ENV".into(),
+                self.config.delivery.environment.clone(),
+            ),
+            ("LOCKSTEP_STEP".into(), phase.as_str().into()),
+        ]);
+        env
     }
 }
