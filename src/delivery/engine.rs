@@ -1,6 +1,6 @@
-//! The engine that runs a delivery, and the order of its phases: rebase → build → test →
-//! deploy → verify → merge, each phase for every repository of the task before the next
-//! phase, all or nothing; then land or fail.
+//! The engine that runs a delivery, and the order of its phases: prepare (rebase, build,
+//! test: nothing outside the delivery's own checkouts changes), then release (deploy,
+//! verify, merge: the shared environment and the upstreams change), then land or fail.
 //!
 //! Every transition is journaled before it acts. A failure anywhere stops the line, rolls back
 //! what was deployed (in reverse order), merges nothing, and moves the task back.
@@ -14,7 +14,7 @@ use super::stop::{Failure, Stop};
 use crate::config::{Config, Repo};
 use crate::git::Git;
 use crate::policy::PolicySet;
-use crate::store::{DeliveryRow, RepoFlag, State, Store};
+use crate::store::{DeliveryRow, State, Store};
 use crate::tracker::Tracker;
 
 /// Whoever watches a delivery: the terminal, the server's log.
@@ -133,29 +133,20 @@ impl Engine {
 
     /// The line itself; the checkouts when every upstream advanced.
     async fn line(&self, d: &DeliveryRow, resume: Option<Phase>) -> Result<Vec<Checkout>, Stop> {
+        let checkouts = self.prepare(d, resume).await?;
+        self.release(d, &checkouts).await?;
+        Ok(checkouts)
+    }
+
+    /// Rebase, build and test: the delivery's checkouts, rebased onto the upstreams and
+    /// built and tested. Nothing outside them changes, so a delivery interrupted here can be
+    /// started again; `resume` (build or test) picks up at that phase when the checkouts of
+    /// the interrupted run are intact.
+    async fn prepare(&self, d: &DeliveryRow, resume: Option<Phase>) -> Result<Vec<Checkout>, Stop> {
         // Resume only with the checkouts as they were built; otherwise rebase again, which
         // may give other commits, and so build them again too.
         let resumed = match resume {
-            Some(phase) => match self.resume_checkouts(d).await? {
-                Some(c) => {
-                    self.store
-                        .journal(d.id, phase.as_str(), "", "resumed", "checkouts intact")
-                        .await?;
-                    Some((phase, c))
-                }
-                None => {
-                    self.store
-                        .journal(
-                            d.id,
-                            phase.as_str(),
-                            "",
-                            "not resumed",
-                            "the checkouts are gone or changed; starting over",
-                        )
-                        .await?;
-                    None
-                }
-            },
+            Some(phase) => self.resume(d, phase).await?.map(|c| (phase, c)),
             None => None,
         };
         let (start, checkouts) = match resumed {
@@ -166,34 +157,32 @@ impl Engine {
             if phase < start {
                 continue;
             }
-            self.checkpoint(d.id, phase).await?;
-            self.store.set_phase(d.id, phase.as_str()).await?;
+            self.enter(d.id, phase).await?;
             self.parallel_phase(d, phase, &checkouts).await?;
         }
+        Ok(checkouts)
+    }
+
+    /// Deploy, verify and merge prepared checkouts: the shared environment changes, then
+    /// every upstream, one repository at a time.
+    async fn release(&self, d: &DeliveryRow, checkouts: &[Checkout]) -> Result<(), Stop> {
         for phase in [Phase::Deploy, Phase::Verify] {
-            self.checkpoint(d.id, phase).await?;
-            self.store.set_phase(d.id, phase.as_str()).await?;
-            for (i, c) in checkouts.iter().enumerate() {
-                // Deploys run one repository at a time: a cancel stops the next one too.
-                if i > 0 {
-                    self.checkpoint(d.id, phase).await?;
-                }
-                if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
-                    // Recorded before the step runs: a deploy cut short is still rolled back.
-                    self.store
-                        .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
-                        .await?;
-                }
-                self.run_step(d, phase, c, None).await?;
-            }
+            self.enter(d.id, phase).await?;
+            self.serial_phase(d, phase, checkouts).await?;
         }
         self.checkpoint(d.id, Phase::Merge).await?;
         // Checked before the merge phase is recorded: recovery finishes a merge forward, and
         // must never do so for one the policies refused.
         self.merge_policies(d).await?;
         self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
-        self.merge(d, &checkouts).await?;
-        Ok(checkouts)
+        self.merge(d, checkouts).await
+    }
+
+    /// Records that the delivery enters `phase`, unless it was asked to stop.
+    async fn enter(&self, id: i64, phase: Phase) -> Result<(), Stop> {
+        self.checkpoint(id, phase).await?;
+        self.store.set_phase(id, phase.as_str()).await?;
+        Ok(())
     }
 
     /// Stops the line if a cancel was asked for.

@@ -37,14 +37,22 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                 "#{} {}: stopped {stopped} step(s) the previous worker left running",
                 d.id, d.task
             );
-            engine.progress.say(&line);
+            engine.say(&line);
             said.push(line);
         }
-        let phase = Phase::parse(&d.phase);
-        let line = match phase {
+        let line = engine.recover_delivery(&d).await?;
+        engine.say(&line);
+        said.push(line);
+    }
+    Ok(said)
+}
+
+impl Engine {
+    /// Recovers one delivery a killed worker left running; says what became of it.
+    async fn recover_delivery(&self, d: &DeliveryRow) -> anyhow::Result<String> {
+        Ok(match Phase::parse(&d.phase) {
             None | Some(Phase::Rebase) => {
-                engine
-                    .store
+                self.store
                     .requeue(d.id, "", "the worker stopped during rebase; starting over")
                     .await?;
                 format!(
@@ -53,48 +61,37 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
                 )
             }
             Some(p @ (Phase::Build | Phase::Test)) => {
-                let why = format!("the worker stopped during {}; resuming it", p.as_str());
-                engine.store.requeue(d.id, p.as_str(), &why).await?;
+                let why = format!("the worker stopped during {p}; resuming it");
+                self.store.requeue(d.id, p.as_str(), &why).await?;
                 format!(
-                    "#{} {}: was interrupted in {}; queued again to resume it",
-                    d.id,
-                    d.task,
-                    p.as_str()
+                    "#{} {}: was interrupted in {p}; queued again to resume it",
+                    d.id, d.task
                 )
             }
             Some(p @ (Phase::Deploy | Phase::Verify)) => {
-                let why = format!(
-                    "the worker stopped during {}; what was deployed is rolled back",
-                    p.as_str()
-                );
-                engine
-                    .store
+                let why =
+                    format!("the worker stopped during {p}; what was deployed is rolled back");
+                self.store
                     .journal(d.id, p.as_str(), "", "recovered", &why)
                     .await?;
-                let summary = format!("delivery failed in {}: {why}", p.as_str());
-                engine.fail(&d, &summary, "").await?;
+                let summary = format!("delivery failed in {p}: {why}");
+                self.fail(d, &summary, "").await?;
                 format!("#{} {}: {summary}", d.id, d.task)
             }
-            Some(Phase::Merge) => engine.recover_merge(&d).await?,
+            Some(Phase::Merge) => self.recover_merge(d).await?,
             Some(Phase::Rollback) => {
-                engine
-                    .store
+                self.store
                     .journal(d.id, "rollback", "", "recovered", "finishing the rollback")
                     .await?;
-                engine.fail(&d, &d.error, "").await?;
+                self.fail(d, &d.error, "").await?;
                 format!(
                     "#{} {}: was interrupted while rolling back; rolled back: {}",
                     d.id, d.task, d.error
                 )
             }
-        };
-        engine.progress.say(&line);
-        said.push(line);
+        })
     }
-    Ok(said)
-}
 
-impl Engine {
     /// Stops the steps a killed worker left running for a delivery (they run in process
     /// groups of their own, which outlive the worker), so that nothing deploys behind the back
     /// of the recovery. Returns how many were stopped.
@@ -127,11 +124,31 @@ impl Engine {
         Ok(stopped)
     }
 
-    /// After a crash in build or test: the checkouts, if they still hold the rebased commits.
-    pub(super) async fn resume_checkouts(
+    /// A delivery queued again after a crash in build or test picks up at that phase with the
+    /// checkouts it had, if they still hold the rebased commits; `None` (journaled) when it
+    /// has to start over from the rebase.
+    pub(super) async fn resume(
         &self,
         d: &DeliveryRow,
+        phase: Phase,
     ) -> anyhow::Result<Option<Vec<Checkout>>> {
+        let checkouts = self.intact_checkouts(d).await?;
+        let (event, detail) = match checkouts {
+            Some(_) => ("resumed", "checkouts intact"),
+            None => (
+                "not resumed",
+                "the checkouts are gone or changed; starting over",
+            ),
+        };
+        self.store
+            .journal(d.id, phase.as_str(), "", event, detail)
+            .await?;
+        Ok(checkouts)
+    }
+
+    /// The checkouts of an interrupted delivery, if they still hold the rebased commits and
+    /// nothing else.
+    async fn intact_checkouts(&self, d: &DeliveryRow) -> anyhow::Result<Option<Vec<Checkout>>> {
         let rows = self.store.repos(d.id).await?;
         if rows.is_empty() || rows.iter().any(|r| r.rebased_sha.is_empty()) {
             return Ok(None);
@@ -160,6 +177,7 @@ impl Engine {
         }
         Ok(Some(out))
     }
+
     /// After a crash in the merge phase: reads every upstream and makes them all-merged or
     /// none-merged, then records the delivery as landed or failed. Returns what happened, for
     /// the operator.

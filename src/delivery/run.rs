@@ -13,7 +13,7 @@ use super::rebase::Checkout;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
 use crate::config::Command;
-use crate::store::DeliveryRow;
+use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
     /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
@@ -56,9 +56,32 @@ impl Engine {
         first.map_or(Ok(()), |f| Err(f.into()))
     }
 
+    /// Deploy or verify: one repository at a time, in the order of `lockstep.toml`; a cancel
+    /// stops the line before the next repository's step.
+    pub(super) async fn serial_phase(
+        &self,
+        d: &DeliveryRow,
+        phase: Phase,
+        checkouts: &[Checkout],
+    ) -> Result<(), Stop> {
+        for (i, c) in checkouts.iter().enumerate() {
+            if i > 0 {
+                self.checkpoint(d.id, phase).await?;
+            }
+            if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
+                // Recorded before the step runs: a deploy cut short is still rolled back.
+                self.store
+                    .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
+                    .await?;
+            }
+            self.run_step(d, phase, c, None).await?;
+        }
+        Ok(())
+    }
+
     /// Runs one repository's step of a phase (a phase with no step for it passes); a step
     /// given `stop` is killed when it turns true.
-    pub(super) async fn run_step(
+    async fn run_step(
         &self,
         d: &DeliveryRow,
         phase: Phase,
