@@ -153,7 +153,8 @@ impl Engine {
                     .journal(id, "merge", &c.row.repo, "undo failed", &why)
                     .await?;
                 anyhow::bail!(
-                    "`{}` of `{}` was advanced and could not be put back ({why}); reset it to {} by hand",
+                    "`{}` of `{}` was advanced and could not be put back ({why}); \
+                     reset it to {} by hand",
                     c.repo.upstream,
                     c.row.repo,
                     c.row.base_sha

@@ -86,7 +86,8 @@ impl Engine {
             ("are", "they")
         };
         format!(
-            "the rollback of {} failed: {pronoun} {verb} still deployed; see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
+            "the rollback of {} failed: {pronoun} {verb} still deployed; \
+             see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
             names.join(", ")
         )
     }
