@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::phase::Phase;
-use super::rebase::Checkout;
 use super::stop::{Failure, Stop};
 use crate::config::{Config, Repo};
 use crate::git::Git;
 use crate::policy::PolicySet;
-use crate::store::{DeliveryRow, State, Store};
+use crate::store::{DeliveryRow, RepoRow, State, Store};
 use crate::tracker::Tracker;
 
 /// Whoever watches a delivery: the terminal, the server's log.
@@ -45,6 +44,15 @@ pub struct Engine {
     pub store: Store,
     pub tracker: Arc<dyn Tracker>,
     pub progress: Progress,
+}
+
+/// A repository of the delivery with its checkout: what every phase works on, as it is
+/// recorded in the store.
+#[derive(Debug, Clone)]
+pub(super) struct Checkout {
+    pub(super) repo: Repo,
+    pub(super) row: RepoRow,
+    pub(super) dir: PathBuf,
 }
 
 /// The URL git should use for a configured repository: local paths resolve against the

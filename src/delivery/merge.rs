@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use super::engine::Engine;
+use super::engine::{Checkout, Engine};
 use super::line::blocking;
 use super::phase::Phase;
-use super::rebase::Checkout;
 use super::stop::{Failure, Stop};
 use crate::policy::Stage;
 use crate::store::{DeliveryRow, RepoFlag};

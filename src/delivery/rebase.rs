@@ -2,24 +2,16 @@
 //! rebasing it onto its upstream (with a merge commit on top in `merge-commit` mode), and
 //! finding the checkouts again from the store after a crash or for `lockstep rollback`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::engine::{Engine, repo_url};
+use super::engine::{Checkout, Engine, repo_url};
 use super::line::blocking;
 use super::phase::Phase;
 use super::stop::{Failure, Stop};
 use crate::config::{MergeMode, Repo};
 use crate::store::{DeliveryRow, RepoRow};
-
-/// A repository of the delivery with its checkout.
-#[derive(Debug, Clone)]
-pub(super) struct Checkout {
-    pub(super) repo: Repo,
-    pub(super) row: RepoRow,
-    pub(super) dir: PathBuf,
-}
 
 /// How a branch's rebase went.
 enum Rebased {

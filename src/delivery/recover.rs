@@ -2,11 +2,10 @@
 //! before it takes anything from the queue, so that every upstream has a delivery or none has,
 //! what was deployed is rolled back, and no delivery is lost or run twice.
 
-use super::engine::Engine;
+use super::engine::{Checkout, Engine};
 use super::line::blocking;
 use super::merge::Pushed;
 use super::phase::Phase;
-use super::rebase::Checkout;
 use super::steps;
 use crate::git::Git;
 use crate::store::{DeliveryRow, RepoFlag};

@@ -4,10 +4,9 @@
 
 use anyhow::Context as _;
 
-use super::engine::Engine;
+use super::engine::{Checkout, Engine};
 use super::line::blocking;
 use super::phase::Phase;
-use super::rebase::Checkout;
 use super::stop::Stop;
 use crate::config::MergeMode;
 use crate::store::{DeliveryRow, RepoFlag};

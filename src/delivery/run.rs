@@ -7,9 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
-use super::engine::Engine;
+use super::engine::{Checkout, Engine};
 use super::phase::Phase;
-use super::rebase::Checkout;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
 use crate::config::Command;
