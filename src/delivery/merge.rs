@@ -2,8 +2,6 @@
 //! pushes of every upstream, putting back what was moved when one push fails, and deleting the
 //! delivered branches once the delivery has landed.
 
-use std::path::Path;
-
 use super::engine::{Checkout, Engine};
 use super::line::blocking;
 use super::phase::Phase;
@@ -78,16 +76,7 @@ impl Engine {
                     ),
                 )
                 .await?;
-            let result = self
-                .cas_push(
-                    &c.dir,
-                    &c.repo.upstream,
-                    &c.row.base_sha,
-                    &c.row.rebased_sha,
-                    false,
-                )
-                .await?;
-            if let Pushed::Refused(why) = result {
+            if let Pushed::Refused(why) = self.push_upstream(d.id, c).await? {
                 let mut message = format!(
                     "the bot could not push `{}` of `{}`: {why}",
                     c.repo.upstream, c.row.repo
@@ -98,9 +87,6 @@ impl Engine {
                 }
                 return Err(Failure::new(Phase::Merge, &c.row.repo, message).into());
             }
-            self.store
-                .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
-                .await?;
             self.store
                 .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
                 .await?;
@@ -138,16 +124,7 @@ impl Engine {
                     ),
                 )
                 .await?;
-            let result = self
-                .cas_push(
-                    &c.dir,
-                    &c.repo.upstream,
-                    &c.row.rebased_sha,
-                    &c.row.base_sha,
-                    true,
-                )
-                .await?;
-            if let Pushed::Refused(why) = result {
+            if let Pushed::Refused(why) = self.put_back(id, c).await? {
                 self.store
                     .journal(id, "merge", &c.row.repo, "undo failed", &why)
                     .await?;
@@ -159,26 +136,50 @@ impl Engine {
                     c.row.base_sha
                 );
             }
-            self.store
-                .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, false)
-                .await?;
             undone.push(c.row.repo.clone());
         }
         Ok(undone)
     }
 
-    /// `git push --force-with-lease=<ref>:<expect> origin <new>:<ref>`: moves the ref only if
-    /// it still points at `expect`.
-    pub(super) async fn cas_push(
+    /// Moves a checkout's upstream from where the delivery found it to its rebased head, and
+    /// records the repository merged if it moved.
+    pub(super) async fn push_upstream(&self, id: i64, c: &Checkout) -> anyhow::Result<Pushed> {
+        let pushed = self
+            .cas_push(c, &c.row.base_sha, &c.row.rebased_sha, false)
+            .await?;
+        if pushed == Pushed::Moved {
+            self.store
+                .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, true)
+                .await?;
+        }
+        Ok(pushed)
+    }
+
+    /// Moves a checkout's upstream back from its rebased head to where the delivery found it,
+    /// and records the repository not merged if it moved.
+    async fn put_back(&self, id: i64, c: &Checkout) -> anyhow::Result<Pushed> {
+        let pushed = self
+            .cas_push(c, &c.row.rebased_sha, &c.row.base_sha, true)
+            .await?;
+        if pushed == Pushed::Moved {
+            self.store
+                .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, false)
+                .await?;
+        }
+        Ok(pushed)
+    }
+
+    /// `git push --force-with-lease=<ref>:<expect> origin <new>:<ref>` of a checkout's
+    /// upstream: moves the ref only if it still points at `expect`.
+    async fn cas_push(
         &self,
-        dir: &Path,
-        branch: &str,
+        c: &Checkout,
         expect: &str,
         new: &str,
         undo: bool,
     ) -> anyhow::Result<Pushed> {
-        let git = self.bot_git(dir);
-        let refname = format!("refs/heads/{branch}");
+        let git = self.bot_git(&c.dir);
+        let refname = format!("refs/heads/{}", c.repo.upstream);
         let lease = format!("--force-with-lease={refname}:{expect}");
         let spec = format!("{new}:{refname}");
         blocking(move || {

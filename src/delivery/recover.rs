@@ -257,16 +257,7 @@ impl Engine {
         }
         let mut done = merged.clone();
         for c in &unmerged {
-            let pushed = self
-                .cas_push(
-                    &c.dir,
-                    &c.repo.upstream,
-                    &c.row.base_sha,
-                    &c.row.rebased_sha,
-                    false,
-                )
-                .await?;
-            if let Pushed::Refused(why) = pushed {
+            if let Pushed::Refused(why) = self.push_upstream(d.id, c).await? {
                 self.store
                     .journal(d.id, "merge", &c.row.repo, "push failed", &why)
                     .await?;
@@ -276,9 +267,6 @@ impl Engine {
                     c.repo.upstream, c.row.repo
                 )));
             }
-            self.store
-                .set_repo_flag(d.id, &c.row.repo, RepoFlag::Merged, true)
-                .await?;
             self.store
                 .journal(d.id, "merge", &c.row.repo, "pushed", "after recovery")
                 .await?;
