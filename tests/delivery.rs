@@ -714,24 +714,30 @@ fn cancel_of_a_queued_delivery() {
     );
 }
 
-#[test]
-fn cancel_of_a_running_delivery_stops_before_the_next_deploy() {
-    let env = Env::new(&REPOS);
-    ready(&env, "TASK-1", &REPOS, &[]);
-    let before = env.masters();
-    env.hold("web", "deploy");
+/// Delivers TASK-1 (#1) with `step` of `repo` held at its gate, cancels the delivery while
+/// the step waits, then lets the step run: the worker ends the delivery cancelled.
+fn cancel_while_held(env: &Env, repo: &str, step: &str) {
+    env.hold(repo, step);
     let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
-    env.wait_at_gate("web", "deploy");
+    env.wait_at_gate(repo, step);
 
     let o = env.lockstep(&["cancel", "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("#1: stops"), "{}", stdout(&o));
-    env.open_gate("web", "deploy");
+    env.open_gate(repo, step);
     let status = worker.wait().unwrap();
     let (out, err) = env.spawned_output("worker");
     assert_eq!(status.code(), Some(1), "{out}{err}");
     assert!(err.contains("#1 TASK-1: cancelled"), "{err}");
     assert_eq!(env.state(1), "cancelled");
+}
+
+#[test]
+fn cancel_of_a_running_delivery_stops_before_the_next_deploy() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    let before = env.masters();
+    cancel_while_held(&env, "web", "deploy");
     // The deploy under way finishes; no other starts; both are rolled back.
     assert_eq!(env.rollbacks(), ["web 1", "api 1"]);
     assert_eq!(env.deployed("db"), None);
@@ -768,19 +774,7 @@ fn cancel_during_build_stops_before_the_tests() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1", &REPOS, &[]);
     let before = env.masters();
-    env.hold("api", "build");
-    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
-    env.wait_at_gate("api", "build");
-
-    let o = env.lockstep(&["cancel", "1"]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).contains("#1: stops"), "{}", stdout(&o));
-    env.open_gate("api", "build");
-    let status = worker.wait().unwrap();
-    let (out, err) = env.spawned_output("worker");
-    assert_eq!(status.code(), Some(1), "{out}{err}");
-    assert!(err.contains("#1 TASK-1: cancelled"), "{err}");
-    assert_eq!(env.state(1), "cancelled");
+    cancel_while_held(&env, "api", "build");
     // The build under way finishes; the line stops before the tests and deploys nothing.
     let steps = env.show(1)["steps"].clone();
     let ran: Vec<&str> = steps
@@ -799,6 +793,23 @@ fn cancel_during_build_stops_before_the_tests() {
     assert_eq!(env.task("TASK-1").0, "In Progress");
 }
 
+/// Delivers TASK-1, which fails; returns what `deliver` said on stderr.
+fn deliver_failing(env: &Env) -> String {
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    stderr(&o)
+}
+
+/// TASK-1 is back In Progress, and its note says nothing was merged.
+fn assert_returned_with_nothing_merged(env: &Env) {
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    assert!(
+        notes.last().unwrap().contains("nothing was merged"),
+        "{notes:?}"
+    );
+}
+
 #[test]
 fn a_merge_refused_by_policy_merges_nothing_and_rolls_back_every_deploy() {
     let env = Env::new(&REPOS);
@@ -815,9 +826,7 @@ message = "merges are frozen until the release is out"
     ready(&env, "TASK-1", &REPOS, &[]);
     let before = env.masters();
 
-    let o = env.lockstep(&["deliver", "TASK-1"]);
-    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
-    let err = stderr(&o);
+    let err = deliver_failing(&env);
     assert!(
         err.contains(
             "#1 TASK-1: failed: delivery failed in merge: merge refused by policy: \
@@ -841,12 +850,7 @@ message = "merges are frozen until the release is out"
             .any(|j| j["phase"] == "merge" && j["event"] == "push"),
         "{show}"
     );
-    let (status, notes) = env.task("TASK-1");
-    assert_eq!(status, "In Progress");
-    assert!(
-        notes.last().unwrap().contains("nothing was merged"),
-        "{notes:?}"
-    );
+    assert_returned_with_nothing_merged(&env);
 }
 
 #[test]
@@ -858,9 +862,7 @@ fn a_line_that_cannot_go_on_fails_in_its_phase_and_returns_the_task() {
     std::fs::create_dir_all(env.state_dir()).unwrap();
     std::fs::write(env.state_dir().join("logs"), "not a folder\n").unwrap();
 
-    let o = env.lockstep(&["deliver", "TASK-1"]);
-    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
-    let err = stderr(&o);
+    let err = deliver_failing(&env);
     assert!(
         err.contains("#1 TASK-1: failed: delivery failed in build: cannot create `"),
         "{err}"
@@ -876,12 +878,7 @@ fn a_line_that_cannot_go_on_fails_in_its_phase_and_returns_the_task() {
     assert_eq!(env.state(1), "failed");
     assert_eq!(env.masters(), before);
     assert!(env.rollbacks().is_empty());
-    let (status, notes) = env.task("TASK-1");
-    assert_eq!(status, "In Progress");
-    assert!(
-        notes.last().unwrap().contains("nothing was merged"),
-        "{notes:?}"
-    );
+    assert_returned_with_nothing_merged(&env);
 }
 
 #[test]
