@@ -177,6 +177,65 @@ fn crash_during_test_with_the_checkouts_gone_starts_over() {
 }
 
 #[test]
+fn crash_during_build_resumes_the_build_on_the_same_rebase() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1");
+    env.hold("web", "build");
+    let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    let pid = env.wait_at_gate("web", "build");
+    // The worker records a step's pid just after starting it; killed before that, it would
+    // leave a step recovery cannot find.
+    wait_for("web's build to be recorded with its pid", || {
+        let steps = env.show(1)["steps"].clone();
+        steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["repo"] == "web" && s["step"] == "build" && s["pid"] == pid)
+            .then_some(())
+    });
+    kill(&mut worker);
+    env.unhold("web", "build");
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: was interrupted in build; queued again to resume it"),
+        "{}",
+        stdout(&o)
+    );
+    assert_no_step_survives(&env);
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(assert_all_or_nothing(&env, "TASK-1"));
+    // Not rebased again; the build ran again on the same commits, and the tests once.
+    let journal = env.show(1)["journal"].clone();
+    let events = |phase: &str, event: &str| {
+        journal
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["phase"] == phase && j["event"] == event)
+            .count()
+    };
+    assert_eq!(events("rebase", "rebased"), REPOS.len(), "{journal}");
+    assert_eq!(events("build", "resumed"), 1, "{journal}");
+    assert_eq!(step_runs(&env, 1, "web", "build"), 2);
+    for repo in REPOS {
+        assert_eq!(step_runs(&env, 1, repo, "test"), 1, "{repo}");
+        let built =
+            std::fs::read_to_string(env.root().join("out").join(format!("{repo}.build"))).unwrap();
+        assert_eq!(
+            built.trim(),
+            env.master(repo),
+            "{repo}: landed what was not built"
+        );
+    }
+    assert_eq!(deliveries_of(&env, "TASK-1"), [1]);
+    assert_eq!(env.task("TASK-1").0, "Closed");
+}
+
+#[test]
 fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1");

@@ -3,10 +3,21 @@
 //! - [`request`] checks a delivery request against the `on = "deliver"` rules and queues it.
 //! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue
 //!   one delivery at a time.
-//! - [`line`](mod@line) is the delivery line itself; [`steps`] runs one step as a process.
+//! - [`line`](mod@line) is the delivery line: `engine` runs a delivery through its phases
+//!   (`phase`), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
+//!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
+//!   killed worker left; `stop` says why a line stops.
 
+mod engine;
 pub mod line;
+mod merge;
+mod phase;
+mod rebase;
+mod recover;
+mod rollback;
+mod run;
 pub mod steps;
+mod stop;
 pub mod worker;
 
 use std::sync::Arc;

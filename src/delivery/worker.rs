@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::line::{Engine, Phase, Progress};
+use super::line::{Engine, Progress};
 use crate::config::Config;
 use crate::store::{State, Store};
+
+pub use super::recover::recover;
 
 /// The ecosystem's worker lock, held while this value lives.
 pub struct WorkerLock {
@@ -58,81 +60,6 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
         tracker,
         progress,
     })
-}
-
-/// Finishes or undoes what a killed worker left running. Call it only while holding the lock.
-///
-/// First the steps the dead worker left running are killed (they run in process groups of
-/// their own, which outlive it). Then, by the phase the delivery was in:
-/// - rebase: queued again, from the start;
-/// - build or test: queued again at the head, resuming that phase;
-/// - deploy or verify: what was deployed is rolled back and the delivery fails;
-/// - merge: the upstreams are read and made all-merged or none-merged;
-/// - rollback (it had failed already): the rollback is finished.
-pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
-    let mut said = Vec::new();
-    for d in engine.store.running().await? {
-        let stopped = engine.stop_leftover_steps(d.id).await?;
-        if stopped > 0 {
-            let line = format!(
-                "#{} {}: stopped {stopped} step(s) the previous worker left running",
-                d.id, d.task
-            );
-            engine.progress.say(&line);
-            said.push(line);
-        }
-        let phase = Phase::parse(&d.phase);
-        let line = match phase {
-            None | Some(Phase::Rebase) => {
-                engine
-                    .store
-                    .requeue(d.id, "", "the worker stopped during rebase; starting over")
-                    .await?;
-                format!(
-                    "#{} {}: was interrupted in rebase; queued again",
-                    d.id, d.task
-                )
-            }
-            Some(p @ (Phase::Build | Phase::Test)) => {
-                let why = format!("the worker stopped during {}; resuming it", p.as_str());
-                engine.store.requeue(d.id, p.as_str(), &why).await?;
-                format!(
-                    "#{} {}: was interrupted in {}; queued again to resume it",
-                    d.id,
-                    d.task,
-                    p.as_str()
-                )
-            }
-            Some(p @ (Phase::Deploy | Phase::Verify)) => {
-                let why = format!(
-                    "the worker stopped during {}; what was deployed is rolled back",
-                    p.as_str()
-                );
-                engine
-                    .store
-                    .journal(d.id, p.as_str(), "", "recovered", &why)
-                    .await?;
-                let summary = format!("delivery failed in {}: {why}", p.as_str());
-                engine.fail(&d, &summary, "").await?;
-                format!("#{} {}: {summary}", d.id, d.task)
-            }
-            Some(Phase::Merge) => engine.recover_merge(&d).await?,
-            Some(Phase::Rollback) => {
-                engine
-                    .store
-                    .journal(d.id, "rollback", "", "recovered", "finishing the rollback")
-                    .await?;
-                engine.fail(&d, &d.error, "").await?;
-                format!(
-                    "#{} {}: was interrupted while rolling back; rolled back: {}",
-                    d.id, d.task, d.error
-                )
-            }
-        };
-        engine.progress.say(&line);
-        said.push(line);
-    }
-    Ok(said)
 }
 
 /// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty.

@@ -1,13 +1,21 @@
-//! Undoing: rollback steps of what was deployed (last deployed first), `lockstep rollback`
-//! with optional revert commits, and the checkouts both need.
+//! Undoing a delivery: the rollback steps of what it deployed (last deployed first), when it
+//! fails and on `lockstep rollback`, and the revert commits `lockstep rollback --revert`
+//! pushes for what it merged.
 
-use super::*;
+use anyhow::Context as _;
+
+use super::engine::{Checkout, Engine};
+use super::line::blocking;
+use super::phase::Phase;
+use super::stop::Stop;
+use crate::config::MergeMode;
+use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
     /// Rolls back every deployed repository of a delivery, last deployed first.
     ///
     /// Returns the repositories whose rollback failed (they are still deployed).
-    pub async fn rollback_deployed(&self, id: i64, task: &str) -> Vec<String> {
+    pub(super) async fn rollback_deployed(&self, id: i64, task: &str) -> Vec<String> {
         let rows = match self.store.repos(id).await {
             Ok(r) => r,
             Err(e) => {
@@ -48,34 +56,22 @@ impl Engine {
                     .journal(id, "rollback", &row.repo, "no checkout", &format!("{e:#}"))
                     .await;
             }
-            match self.exec(&d, "rollback", &command, &c, None).await {
-                Ok(Ok(())) => {
+            let why = match self.exec(&d, Phase::Rollback, &command, &c, None).await {
+                Ok(()) => {
                     let _ = self
                         .store
                         .set_repo_flag(id, &row.repo, RepoFlag::RolledBack, true)
                         .await;
+                    continue;
                 }
-                Ok(Err((why, _))) => {
-                    let _ = self
-                        .store
-                        .journal(id, "rollback", &row.repo, "rollback failed", &why)
-                        .await;
-                    failed.push(row.repo.clone());
-                }
-                Err(e) => {
-                    let _ = self
-                        .store
-                        .journal(
-                            id,
-                            "rollback",
-                            &row.repo,
-                            "rollback failed",
-                            &format!("{e:#}"),
-                        )
-                        .await;
-                    failed.push(row.repo.clone());
-                }
-            }
+                Err(Stop::Failed(f)) => f.message,
+                Err(Stop::Broken(e)) => format!("{e:#}"),
+            };
+            let _ = self
+                .store
+                .journal(id, "rollback", &row.repo, "rollback failed", &why)
+                .await;
+            failed.push(row.repo.clone());
         }
         failed
     }
@@ -89,7 +85,8 @@ impl Engine {
             ("are", "they")
         };
         format!(
-            "the rollback of {} failed: {pronoun} {verb} still deployed; see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
+            "the rollback of {} failed: {pronoun} {verb} still deployed; \
+             see `lockstep logs {id} --step rollback`, fix it, then run `lockstep rollback {id}`",
             names.join(", ")
         )
     }
@@ -211,79 +208,5 @@ impl Engine {
             anyhow::bail!("{}", Self::rollback_failure(d.id, &failed));
         }
         Ok(())
-    }
-
-    /// Makes sure the checkout exists (after a crash, or for `lockstep rollback` later).
-    pub(super) async fn ensure_checkout(&self, c: &Checkout) -> anyhow::Result<()> {
-        if c.dir.join(".git").exists() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(c.dir.parent().unwrap_or(Path::new(".")))?;
-        let url = repo_url(&self.config, &c.repo);
-        let git = self.bot_git(c.dir.parent().unwrap_or(Path::new(".")));
-        let dir = c.dir.to_string_lossy().into_owned();
-        let sha = c.row.rebased_sha.clone();
-        let inner = self.bot_git(&c.dir);
-        blocking(move || -> anyhow::Result<()> {
-            git.run(&[
-                "clone",
-                "--quiet",
-                "--no-tags",
-                "--end-of-options",
-                &url,
-                &dir,
-            ])?;
-            if !sha.is_empty() && inner.try_run(&["checkout", "--quiet", "--detach", &sha])?.0 {
-                return Ok(());
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    pub(super) async fn delete_branches(&self, id: i64, checkouts: &[Checkout]) {
-        for c in checkouts {
-            let git = self.bot_git(&c.dir);
-            let lease = format!(
-                "--force-with-lease=refs/heads/{}:{}",
-                c.row.branch, c.row.branch_sha
-            );
-            let target = format!(":refs/heads/{}", c.row.branch);
-            let r = blocking(move || git.try_run(&["push", "--quiet", &lease, "origin", &target]))
-                .await;
-            let detail = match r {
-                Ok((true, _, _)) => "deleted".to_string(),
-                Ok((false, out, err)) => push_error(&out, &err),
-                Err(e) => format!("{e:#}"),
-            };
-            let _ = self
-                .store
-                .journal(
-                    id,
-                    "report",
-                    &c.row.repo,
-                    "branch",
-                    &format!("{}: {detail}", c.row.branch),
-                )
-                .await;
-        }
-    }
-
-    /// Rebuilds the checkouts of a finished delivery from the store (for recovery).
-    pub(super) async fn checkouts_of(&self, id: i64) -> anyhow::Result<Vec<Checkout>> {
-        let mut out = Vec::new();
-        for row in self.store.repos(id).await? {
-            let repo = self
-                .config
-                .repo(&row.repo)
-                .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
-            let dir = self.work_dir(id).join(&row.repo);
-            out.push(Checkout {
-                repo: repo.clone(),
-                row,
-                dir,
-            });
-        }
-        Ok(out)
     }
 }

@@ -1,0 +1,284 @@
+//! The merge phase and every push to an upstream: the merge-stage policies, compare-and-swap
+//! pushes of every upstream, putting back what was moved when one push fails, and deleting the
+//! delivered branches once the delivery has landed.
+
+use super::engine::{Checkout, Engine};
+use super::line::blocking;
+use super::phase::Phase;
+use super::stop::{Failure, Stop};
+use crate::policy::Stage;
+use crate::store::{DeliveryRow, RepoFlag};
+
+/// What became of a compare-and-swap push.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pushed {
+    /// The ref moved.
+    Moved,
+    /// The server refused it, or the ref was not where it was expected: why, in a line.
+    Refused(String),
+}
+
+impl Engine {
+    /// The `on = "merge"` rules, checked right before anything is pushed.
+    pub(super) async fn merge_policies(&self, d: &DeliveryRow) -> Result<(), Stop> {
+        if self.policies.rules_for(Stage::Merge).next().is_none() {
+            return Ok(());
+        }
+        let task = self
+            .tracker
+            .task(&d.task)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let repos: Vec<String> = self
+            .store
+            .repos(d.id)
+            .await?
+            .into_iter()
+            .map(|r| r.repo)
+            .collect();
+        let facts = crate::delivery::deliver_facts(
+            &self.config,
+            self.tracker.name(),
+            &d.task,
+            task.as_ref(),
+            &d.requester,
+            None,
+            &[],
+            repos,
+            Some(d.id),
+        );
+        let decision = self.policies.evaluate(Stage::Merge, &facts);
+        if decision.accepted() {
+            return Ok(());
+        }
+        let why: Vec<String> = decision
+            .violations()
+            .map(|v| format!("[{}] {}", v.rule, v.messages().join("; ")))
+            .collect();
+        let message = format!("merge refused by policy: {}", why.join("; "));
+        Err(Failure::new(Phase::Merge, "", message).into())
+    }
+
+    /// Moves every upstream to its rebased head, one compare-and-swap push each; if one fails,
+    /// the upstreams already moved are put back (compare-and-swap again).
+    pub(super) async fn merge(&self, d: &DeliveryRow, checkouts: &[Checkout]) -> Result<(), Stop> {
+        let mut pushed: Vec<&Checkout> = Vec::new();
+        for c in checkouts {
+            self.store
+                .journal(
+                    d.id,
+                    "merge",
+                    &c.row.repo,
+                    "push",
+                    &format!(
+                        "{} {} → {}",
+                        c.repo.upstream, c.row.base_sha, c.row.rebased_sha
+                    ),
+                )
+                .await?;
+            if let Pushed::Refused(why) = self.push_upstream(d.id, c).await? {
+                let mut message = format!(
+                    "the bot could not push `{}` of `{}`: {why}",
+                    c.repo.upstream, c.row.repo
+                );
+                let undone = self.undo_merges(d.id, &pushed).await?;
+                if !undone.is_empty() {
+                    message.push_str(&format!("; put back {}", undone.join(", ")));
+                }
+                return Err(Failure::new(Phase::Merge, &c.row.repo, message).into());
+            }
+            self.store
+                .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
+                .await?;
+            self.progress.step(d.id, &c.row.repo, "merge", "passed");
+            self.say(&format!(
+                "#{} {}: merge    {:<12} {} → {}",
+                d.id,
+                d.task,
+                c.row.repo,
+                crate::push::short(&c.row.rebased_sha),
+                c.repo.upstream
+            ));
+            pushed.push(c);
+        }
+        Ok(())
+    }
+
+    /// Puts back upstreams this delivery moved. Returns the repos put back.
+    pub(super) async fn undo_merges(
+        &self,
+        id: i64,
+        pushed: &[&Checkout],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut undone = Vec::new();
+        for c in pushed.iter().rev() {
+            self.store
+                .journal(
+                    id,
+                    "merge",
+                    &c.row.repo,
+                    "undo",
+                    &format!(
+                        "{} {} → {}",
+                        c.repo.upstream, c.row.rebased_sha, c.row.base_sha
+                    ),
+                )
+                .await?;
+            if let Pushed::Refused(why) = self.put_back(id, c).await? {
+                self.store
+                    .journal(id, "merge", &c.row.repo, "undo failed", &why)
+                    .await?;
+                anyhow::bail!(
+                    "`{}` of `{}` was advanced and could not be put back ({why}); \
+                     reset it to {} by hand",
+                    c.repo.upstream,
+                    c.row.repo,
+                    c.row.base_sha
+                );
+            }
+            undone.push(c.row.repo.clone());
+        }
+        Ok(undone)
+    }
+
+    /// Moves a checkout's upstream from where the delivery found it to its rebased head, and
+    /// records the repository merged if it moved.
+    pub(super) async fn push_upstream(&self, id: i64, c: &Checkout) -> anyhow::Result<Pushed> {
+        let pushed = self
+            .cas_push(c, &c.row.base_sha, &c.row.rebased_sha, false)
+            .await?;
+        if pushed == Pushed::Moved {
+            self.store
+                .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, true)
+                .await?;
+        }
+        Ok(pushed)
+    }
+
+    /// Moves a checkout's upstream back from its rebased head to where the delivery found it,
+    /// and records the repository not merged if it moved.
+    async fn put_back(&self, id: i64, c: &Checkout) -> anyhow::Result<Pushed> {
+        let pushed = self
+            .cas_push(c, &c.row.rebased_sha, &c.row.base_sha, true)
+            .await?;
+        if pushed == Pushed::Moved {
+            self.store
+                .set_repo_flag(id, &c.row.repo, RepoFlag::Merged, false)
+                .await?;
+        }
+        Ok(pushed)
+    }
+
+    /// `git push --force-with-lease=<ref>:<expect> origin <new>:<ref>` of a checkout's
+    /// upstream: moves the ref only if it still points at `expect`.
+    async fn cas_push(
+        &self,
+        c: &Checkout,
+        expect: &str,
+        new: &str,
+        undo: bool,
+    ) -> anyhow::Result<Pushed> {
+        let git = self.bot_git(&c.dir);
+        let refname = format!("refs/heads/{}", c.repo.upstream);
+        let lease = format!("--force-with-lease={refname}:{expect}");
+        let spec = format!("{new}:{refname}");
+        blocking(move || {
+            let mut args = vec!["push", "--porcelain", "--quiet", lease.as_str()];
+            if undo {
+                args.extend(["-o", "lockstep-undo"]);
+            }
+            args.extend(["origin", spec.as_str()]);
+            let (mut ok, mut out, mut err) = git.try_run(&args)?;
+            if !ok && undo && err.contains("does not support push options") {
+                // A server without lockstep's hooks: nothing to tell, push without the option.
+                (ok, out, err) =
+                    git.try_run(&["push", "--porcelain", "--quiet", &lease, "origin", &spec])?;
+            }
+            Ok(if ok {
+                Pushed::Moved
+            } else {
+                Pushed::Refused(push_error(&out, &err))
+            })
+        })
+        .await
+    }
+
+    /// Deletes the delivered branches (`[delivery] delete_branches`), each only if it still
+    /// points where the delivery found it; what happened is journaled, nothing stops.
+    pub(super) async fn delete_branches(&self, id: i64, checkouts: &[Checkout]) {
+        for c in checkouts {
+            let git = self.bot_git(&c.dir);
+            let lease = format!(
+                "--force-with-lease=refs/heads/{}:{}",
+                c.row.branch, c.row.branch_sha
+            );
+            let target = format!(":refs/heads/{}", c.row.branch);
+            let r = blocking(move || git.try_run(&["push", "--quiet", &lease, "origin", &target]))
+                .await;
+            let detail = match r {
+                Ok((true, _, _)) => "deleted".to_string(),
+                Ok((false, out, err)) => push_error(&out, &err),
+                Err(e) => format!("{e:#}"),
+            };
+            let _ = self
+                .store
+                .journal(
+                    id,
+                    "report",
+                    &c.row.repo,
+                    "branch",
+                    &format!("{}: {detail}", c.row.branch),
+                )
+                .await;
+        }
+    }
+}
+
+/// The useful part of a failed push: the server's rejection lines, else git's error.
+fn push_error(stdout: &str, stderr: &str) -> String {
+    let remote: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote: "))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !remote.is_empty() {
+        return remote.join(" / ");
+    }
+    let rejected: Vec<&str> = stdout.lines().filter(|l| l.starts_with('!')).collect();
+    if !rejected.is_empty() {
+        return rejected.join(" / ");
+    }
+    stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("git push failed")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_error_prefers_the_servers_lines_then_the_rejected_refs_then_gits_last_word() {
+        let hook = "remote: \nremote: lockstep: `db` is frozen for the release\nremote: \n\
+                    To /srv/db.git\nerror: failed to push some refs to '/srv/db.git'\n";
+        assert_eq!(
+            push_error("", hook),
+            "lockstep: `db` is frozen for the release"
+        );
+        let out = "To /srv/api.git\n!\tabc:refs/heads/master\t[rejected] (stale info)\nDone\n";
+        let err = "error: failed to push some refs to '/srv/api.git'\n";
+        assert_eq!(
+            push_error(out, err),
+            "!\tabc:refs/heads/master\t[rejected] (stale info)"
+        );
+        assert_eq!(
+            push_error("", "fatal: could not read from remote\n\n"),
+            "fatal: could not read from remote"
+        );
+        assert_eq!(push_error("", ""), "git push failed");
+    }
+}

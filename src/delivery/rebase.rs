@@ -1,0 +1,310 @@
+//! The delivery's checkouts: cloning every repository, finding the task's branch in each,
+//! rebasing it onto its upstream (with a merge commit on top in `merge-commit` mode), and
+//! finding the checkouts again from the store after a crash or for `lockstep rollback`.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use super::engine::{Checkout, Engine, repo_url};
+use super::line::blocking;
+use super::phase::Phase;
+use super::stop::{Failure, Stop};
+use crate::config::{MergeMode, Repo};
+use crate::store::{DeliveryRow, RepoRow};
+
+/// How a branch's rebase went.
+enum Rebased {
+    Clean,
+    /// The files git could not merge (none when git named none).
+    Conflicts(Vec<String>),
+}
+
+impl Engine {
+    /// Finds the task's branch in every repository and rebases each onto its upstream.
+    pub(super) async fn rebase(&self, d: &DeliveryRow) -> Result<Vec<Checkout>, Stop> {
+        self.store.set_phase(d.id, Phase::Rebase.as_str()).await?;
+        let work = self.work_dir(d.id);
+        if work.exists() {
+            std::fs::remove_dir_all(&work)
+                .with_context(|| format!("cannot clear `{}`", work.display()))?;
+        }
+        std::fs::create_dir_all(&work)
+            .with_context(|| format!("cannot create `{}`", work.display()))?;
+        let mut found = Vec::new();
+        for (position, repo) in self.config.repos.iter().enumerate() {
+            found.extend(self.find_branch(d, &work, position, repo).await?);
+        }
+        if found.is_empty() {
+            let names: Vec<&str> = self.config.repos.iter().map(|r| r.name.as_str()).collect();
+            return Err(Failure::new(
+                Phase::Rebase,
+                "",
+                format!(
+                    "task `{}` has no branch in any repository (looked in {})",
+                    d.task,
+                    names.join(", ")
+                ),
+            )
+            .into());
+        }
+        let rows: Vec<RepoRow> = found.iter().map(|c| c.row.clone()).collect();
+        self.store.set_repos(d.id, &rows).await?;
+        for c in &mut found {
+            self.rebase_checkout(d, c).await?;
+        }
+        let rows: Vec<RepoRow> = found.iter().map(|c| c.row.clone()).collect();
+        self.store.set_repos(d.id, &rows).await?;
+        let skipped: Vec<&str> = self
+            .config
+            .repos
+            .iter()
+            .filter(|r| !rows.iter().any(|x| x.repo == r.name))
+            .map(|r| r.name.as_str())
+            .collect();
+        if !skipped.is_empty() {
+            self.store
+                .journal(d.id, "rebase", "", "left alone", &skipped.join(", "))
+                .await?;
+        }
+        Ok(found)
+    }
+
+    /// Clones a repository into the delivery's work folder and finds the task's branch in it:
+    /// `None` when it has none (the repository is left alone), a failure when it has several.
+    async fn find_branch(
+        &self,
+        d: &DeliveryRow,
+        work: &Path,
+        position: usize,
+        repo: &Repo,
+    ) -> Result<Option<Checkout>, Stop> {
+        let dir = work.join(&repo.name);
+        let url = repo_url(&self.config, repo);
+        let git = self.bot_git(work);
+        let dir_s = dir.to_string_lossy().into_owned();
+        let cloned = blocking(move || {
+            git.try_run(&[
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--end-of-options",
+                &url,
+                &dir_s,
+            ])
+        })
+        .await?;
+        if !cloned.0 {
+            return Err(Failure::new(
+                Phase::Rebase,
+                &repo.name,
+                format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim()),
+            )
+            .into());
+        }
+        let git = self.bot_git(&dir);
+        let g = git.clone();
+        let branches = blocking(move || {
+            g.run(&[
+                "for-each-ref",
+                "--format=%(refname:strip=3)",
+                "refs/remotes/origin/",
+            ])
+        })
+        .await?;
+        let mine: Vec<&str> = branches
+            .lines()
+            .filter(|b| *b != "HEAD" && self.config.tasks.task_of(b) == Some(d.task.as_str()))
+            .collect();
+        let branch = match mine.as_slice() {
+            [] => return Ok(None),
+            [branch] => *branch,
+            several => {
+                let names: Vec<String> = several.iter().map(|b| format!("`{b}`")).collect();
+                return Err(Failure::new(
+                    Phase::Rebase,
+                    &repo.name,
+                    format!(
+                        "`{}` has {} branches for `{}`: {}; delete all but one",
+                        repo.name,
+                        several.len(),
+                        d.task,
+                        names.join(", ")
+                    ),
+                )
+                .into());
+            }
+        };
+        let base = git.resolve(&format!("refs/remotes/origin/{}", repo.upstream))?;
+        let Some(base) = base else {
+            let message = format!(
+                "`{}` has no branch `{}` to deliver onto; fix `upstream` in lockstep.toml",
+                repo.name, repo.upstream
+            );
+            return Err(Failure::new(Phase::Rebase, &repo.name, message).into());
+        };
+        let branch_sha = git
+            .resolve(&format!("refs/remotes/origin/{branch}"))?
+            .unwrap_or_default();
+        Ok(Some(Checkout {
+            repo: repo.clone(),
+            row: RepoRow {
+                repo: repo.name.clone(),
+                position: position as i64,
+                branch: branch.to_string(),
+                branch_sha,
+                base_sha: base,
+                rebased_sha: String::new(),
+                deployed: false,
+                merged: false,
+                rolled_back: false,
+            },
+            dir,
+        }))
+    }
+
+    /// Rebases one checkout's branch onto its upstream (and merges it there in `merge-commit`
+    /// mode); records the commit that is to land in `rebased_sha`.
+    async fn rebase_checkout(&self, d: &DeliveryRow, c: &mut Checkout) -> Result<(), Stop> {
+        let git = self.bot_git(&c.dir);
+        let (branch_sha, upstream) = (c.row.branch_sha.clone(), c.repo.upstream.clone());
+        let g = git.clone();
+        let rebased = blocking(move || -> anyhow::Result<Rebased> {
+            g.run(&[
+                "checkout",
+                "--quiet",
+                "-B",
+                "lockstep-delivery",
+                &branch_sha,
+            ])?;
+            let (ok, _, _) = g.try_run(&[
+                "rebase",
+                "--quiet",
+                &format!("refs/remotes/origin/{upstream}"),
+            ])?;
+            if ok {
+                return Ok(Rebased::Clean);
+            }
+            let files = g
+                .run(&["diff", "--name-only", "--diff-filter=U"])
+                .unwrap_or_default();
+            let _ = g.try_run(&["rebase", "--abort"]);
+            Ok(Rebased::Conflicts(
+                files.lines().map(String::from).collect(),
+            ))
+        })
+        .await?;
+        if let Rebased::Conflicts(files) = rebased {
+            let list = if files.is_empty() {
+                "(git named no file)".to_string()
+            } else {
+                files.join(", ")
+            };
+            let message = format!(
+                "`{}` does not rebase onto `{}`: conflicts in {list}; \
+                 rebase it by hand and push again",
+                c.row.branch, c.repo.upstream
+            );
+            return Err(Failure::new(Phase::Rebase, &c.row.repo, message).into());
+        }
+        if self.config.delivery.merge == MergeMode::MergeCommit {
+            let message = format!(
+                "Deliver {} ({})\n\nMerged by lockstep, delivery #{}.",
+                d.task, c.row.branch, d.id
+            );
+            let (upstream, g) = (c.repo.upstream.clone(), git.clone());
+            blocking(move || -> anyhow::Result<()> {
+                g.run(&[
+                    "checkout",
+                    "--quiet",
+                    "-B",
+                    "lockstep-merge",
+                    &format!("refs/remotes/origin/{upstream}"),
+                ])?;
+                g.run(&[
+                    "merge",
+                    "--quiet",
+                    "--no-ff",
+                    "-m",
+                    &message,
+                    "lockstep-delivery",
+                ])?;
+                Ok(())
+            })
+            .await?;
+        }
+        c.row.rebased_sha = git
+            .resolve("HEAD")?
+            .context("the rebased checkout has no HEAD")?;
+        self.store
+            .journal(
+                d.id,
+                "rebase",
+                &c.row.repo,
+                "rebased",
+                &format!(
+                    "{} {} onto {} {}",
+                    c.row.branch, c.row.branch_sha, c.repo.upstream, c.row.base_sha
+                ),
+            )
+            .await?;
+        self.progress.step(d.id, &c.row.repo, "rebase", "passed");
+        self.say(&format!(
+            "#{} {}: rebase   {:<12} {} → {}",
+            d.id,
+            d.task,
+            c.row.repo,
+            crate::push::short(&c.row.branch_sha),
+            crate::push::short(&c.row.rebased_sha)
+        ));
+        Ok(())
+    }
+
+    /// Makes sure the checkout exists (after a crash, or for `lockstep rollback` later).
+    pub(super) async fn ensure_checkout(&self, c: &Checkout) -> anyhow::Result<()> {
+        if c.dir.join(".git").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(c.dir.parent().unwrap_or(Path::new(".")))?;
+        let url = repo_url(&self.config, &c.repo);
+        let git = self.bot_git(c.dir.parent().unwrap_or(Path::new(".")));
+        let dir = c.dir.to_string_lossy().into_owned();
+        let sha = c.row.rebased_sha.clone();
+        let inner = self.bot_git(&c.dir);
+        blocking(move || -> anyhow::Result<()> {
+            git.run(&[
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--end-of-options",
+                &url,
+                &dir,
+            ])?;
+            // A commit gone from the remote leaves the clone where it is: it is still where
+            // the rollback steps run.
+            if !sha.is_empty() {
+                inner.try_run(&["checkout", "--quiet", "--detach", &sha])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Rebuilds the checkouts of a delivery from the store (for recovery and rollback).
+    pub(super) async fn checkouts_of(&self, id: i64) -> anyhow::Result<Vec<Checkout>> {
+        let mut out = Vec::new();
+        for row in self.store.repos(id).await? {
+            let repo = self
+                .config
+                .repo(&row.repo)
+                .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
+            let dir = self.work_dir(id).join(&row.repo);
+            out.push(Checkout {
+                repo: repo.clone(),
+                row,
+                dir,
+            });
+        }
+        Ok(out)
+    }
+}
