@@ -375,7 +375,7 @@ pub fn decide(
 }
 
 /// Rules that read `task` cannot be trusted when the tracker did not answer: they become
-/// errors (or warnings with `on_error = "allow"`) that say so.
+/// errors (or warnings under `[tracker] on_error = "allow"`) that say so.
 fn mark_unavailable(
     policies: &PolicySet,
     decision: &mut Decision,

@@ -3,8 +3,9 @@
 //! A rule applies at one or more stages (`push`, `deliver`, `merge`). It is skipped when its
 //! `when` is false, passes when its `require` is true, and otherwise yields its message. Every
 //! expression is compiled once at load; a rule that fails to evaluate is a violation (fail
-//! closed) unless it says `on_error = "allow"`. Evaluation is a pure function of the facts
-//! handed in, so the same rules explain a push, a delivery and a merge.
+//! closed: `on_error = "fail"`, the default) unless it says `on_error = "pass"`. Evaluation is
+//! a pure function of the facts handed in, so the same rules explain a push, a delivery and a
+//! merge.
 //!
 //! This module owns what a compiled policy set is: the stages, the rules and their
 //! expressions. The rest is split by concern:
