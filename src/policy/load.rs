@@ -426,4 +426,24 @@ line'''"#,
                 .unwrap_err();
         assert!(err.to_string().contains("already defined in `a.toml`"));
     }
+
+    /// A rule's `on_error` is `fail` or `pass`; `allow` is the tracker's word, and a rule that
+    /// borrows it is refused at load rather than silently failing closed or open.
+    #[test]
+    fn rule_on_error_is_fail_or_pass_not_allow() {
+        let rule = |v: &str| {
+            format!(
+                "[[rule]]\nname='r'\non=['push']\nrequire='true'\nmessage='m'\non_error='{v}'\n"
+            )
+        };
+        for ok in ["fail", "pass"] {
+            assert!(set(&rule(ok)).is_ok(), "{ok}");
+        }
+        let err = set(&rule("allow")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("policies/test.toml: ")
+                && err.contains("unknown variant `allow`, expected `fail` or `pass`"),
+            "{err}"
+        );
+    }
 }
