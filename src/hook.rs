@@ -17,9 +17,11 @@ use std::sync::mpsc;
 use anyhow::Context as _;
 
 use crate::config::{Config, ConfigSource};
+use crate::delivery::{self, Request, Requested, refusal_lines};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
+use crate::store::Store;
 use crate::tracker;
 
 /// Exit code: the push was accepted.
@@ -50,19 +52,8 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBu
 /// Loads the config and compiles the policies it names.
 pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config, PolicySet)> {
     let config = Config::load_from(config_path, source)?;
-    let policies = policies_of(&config)?;
+    let policies = PolicySet::for_config(&config)?;
     Ok((config, policies))
-}
-
-/// Compiles the policies a loaded config names.
-pub fn policies_of(config: &Config) -> anyhow::Result<PolicySet> {
-    let dirs: Vec<PathBuf> = config
-        .policies
-        .dirs
-        .iter()
-        .map(|d| config.resolve(d))
-        .collect();
-    PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Decides a push in a hook's environment, under the policy deadline.
@@ -305,7 +296,7 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         }
         for key in keys {
             let requester = push::pusher_from_env(&config);
-            match crate::delivery::enqueue_from_hook(&config, key, priority, &requester) {
+            match enqueue(&config, key, priority, &requester) {
                 Ok(msg) => eprintln!("lockstep: {msg}"),
                 Err(e) => eprintln!("lockstep: could not queue the delivery of `{key}`: {e:#}"),
             }
@@ -316,6 +307,88 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         eprintln!("lockstep: post-receive: {e:#}");
     }
     0
+}
+
+/// Queues the delivery of a task for `git push -o deliver`: the push declares the task ready,
+/// so it is moved to For Delivery first; then a detached worker is started so the push does
+/// not wait for the delivery.
+fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let policies = PolicySet::for_config(config)?;
+    rt.block_on(async {
+        let tracker = tracker::open(config)?;
+        let ready = config
+            .tasks
+            .for_delivery
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "For Delivery".into());
+        let current = tracker::task_with_timeout(tracker.as_ref(), key, config.tracker.timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The push declares the task ready: its deliver rules are judged with it so.
+        let mut moved_from = None;
+        if let Some(t) = &current
+            && !config.tasks.for_delivery.contains(&t.status)
+        {
+            let who = if requester.is_empty() {
+                "a push"
+            } else {
+                requester
+            };
+            let note = format!("ready for delivery: {who} pushed with `-o deliver`");
+            tracker
+                .move_to(key, &ready, &note)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            moved_from = Some(t.status.clone());
+        }
+        let req = Request {
+            task: key.to_string(),
+            priority,
+            source: "push".into(),
+            requester: requester.to_string(),
+            ..Default::default()
+        };
+        let requested = async {
+            let store = Store::open(&config.state_dir()).await?;
+            delivery::request(config, &policies, tracker.as_ref(), None, &store, &req).await
+        }
+        .await;
+        // A request that goes nowhere leaves the task where the push found it.
+        let why = match &requested {
+            Ok(Requested::Refused(d)) => Some(refusal_lines(d).join("; ")),
+            Err(e) => Some(format!("{e:#}")),
+            Ok(_) => None,
+        };
+        let mut put_back = String::new();
+        if let (Some(why), Some(previous)) = (why, &moved_from) {
+            let note = format!("not delivered: {why}; back to {previous}");
+            put_back = match tracker.move_to(key, previous, &note).await {
+                Ok(()) => format!(" (task moved back to {previous})"),
+                Err(e) => format!(" (and it could not be moved back to {previous}: {e})"),
+            };
+        }
+        let msg = match requested.map_err(|e| anyhow::anyhow!("{e:#}{put_back}"))? {
+            Requested::Queued { id, position } => {
+                delivery::worker::spawn_detached(config)?;
+                format!(
+                    "delivery #{id} of `{key}` queued (position {position}); follow it with \
+                     `lockstep show {id}`"
+                )
+            }
+            Requested::AlreadyQueued { id } => {
+                format!("`{key}` is already queued as delivery #{id}")
+            }
+            Requested::Refused(d) => format!(
+                "delivery of `{key}` refused: {}{put_back}",
+                refusal_lines(&d).join("; ")
+            ),
+        };
+        Ok(msg)
+    })
 }
 
 #[cfg(test)]

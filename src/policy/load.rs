@@ -14,6 +14,7 @@ use super::{
     Each, Enforcement, Expr, FACTS, Facts, MAX_EXPRESSION_LEN, OnEvalError, PolicySet, Rule, Stage,
     did_you_mean,
 };
+use crate::config::Config;
 
 /// A rule as written in a policy file.
 #[derive(Debug, Deserialize)]
@@ -63,6 +64,18 @@ impl fmt::Display for LoadErrors {
 impl std::error::Error for LoadErrors {}
 
 impl PolicySet {
+    /// Compiles the policies a loaded config names (`[policies] dirs`, relative to the
+    /// config).
+    pub fn for_config(config: &Config) -> Result<PolicySet, LoadErrors> {
+        let dirs: Vec<PathBuf> = config
+            .policies
+            .dirs
+            .iter()
+            .map(|d| config.resolve(d))
+            .collect();
+        PolicySet::load_dirs(&dirs)
+    }
+
     /// Loads every `*.toml` of the folders, in name order within each folder.
     pub fn load_dirs(dirs: &[PathBuf]) -> Result<PolicySet, LoadErrors> {
         let mut files = Vec::new();
