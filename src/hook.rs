@@ -284,12 +284,7 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         let git = Git::for_hook()?;
         let (path, source) = find_config(config_path, &git)?;
         let config = Config::load_from(&path, source)?;
-        let mut keys: Vec<&str> = updates
-            .iter()
-            .filter(|u| !u.deleted())
-            .filter_map(|u| config.tasks.task_of(u.branch()))
-            .collect();
-        keys.dedup();
+        let keys = tasks_to_deliver(&config, &updates);
         if keys.is_empty() {
             eprintln!("lockstep: `-o deliver` ignored: no pushed branch names a task");
             return Ok(());
@@ -307,6 +302,22 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         eprintln!("lockstep: post-receive: {e:#}");
     }
     0
+}
+
+/// The tasks a push with `-o deliver` asks to deliver: those its branches name, each once
+/// however many of its branches the push brings, in the order of the push.
+fn tasks_to_deliver<'a>(config: &Config, updates: &'a [RefUpdate]) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = Vec::new();
+    for key in updates
+        .iter()
+        .filter(|u| !u.deleted())
+        .filter_map(|u| config.tasks.task_of(u.branch()))
+    {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
 }
 
 /// Queues the delivery of a task for `git push -o deliver`: the push declares the task ready,
@@ -405,5 +416,24 @@ mod tests {
         assert_eq!(o(&["ci.skip", "deliver=5"]).unwrap().deliver, Some(5));
         assert_eq!(o(&["deliver=priority=7"]).unwrap().deliver, Some(7));
         assert!(o(&["deliver=soon"]).is_err());
+    }
+
+    #[test]
+    fn each_task_is_delivered_once_in_push_order() {
+        let config = Config::parse_str("").unwrap();
+        let z = "0".repeat(40);
+        let a = "1".repeat(40);
+        let input: String = [
+            format!("{z} {a} refs/heads/bugfix/TASK-2-a"),
+            format!("{z} {a} refs/heads/feature/TASK-1-b"),
+            format!("{z} {a} refs/heads/hotfix/TASK-2-c"),
+            format!("{a} {z} refs/heads/feature/TASK-3-gone"),
+            format!("{z} {a} refs/tags/TASK-4"),
+            format!("{z} {a} refs/heads/feature/TASK-1-d"),
+        ]
+        .map(|l| l + "\n")
+        .concat();
+        let updates = push::parse_updates(input.as_bytes()).unwrap();
+        assert_eq!(tasks_to_deliver(&config, &updates), ["TASK-2", "TASK-1"]);
     }
 }
