@@ -56,10 +56,10 @@ pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config,
     Ok((config, policies))
 }
 
-/// Decides a push in a hook's environment, under the policy deadline.
 /// The decisions on a push, and the state folder its verdicts are counted in.
 type Decided = (Vec<RefDecision>, PathBuf);
 
+/// Decides a push in a hook's environment, under the policy deadline.
 fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Decided> {
     let git = Git::for_hook()?;
     // git walks the new commits while the config, the policies and the tracker load.
