@@ -17,9 +17,11 @@ use std::sync::mpsc;
 use anyhow::Context as _;
 
 use crate::config::{Config, ConfigSource};
+use crate::delivery::{self, Request, Requested, refusal_lines};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
+use crate::store::Store;
 use crate::tracker;
 
 /// Exit code: the push was accepted.
@@ -50,25 +52,14 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBu
 /// Loads the config and compiles the policies it names.
 pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config, PolicySet)> {
     let config = Config::load_from(config_path, source)?;
-    let policies = policies_of(&config)?;
+    let policies = PolicySet::for_config(&config)?;
     Ok((config, policies))
 }
 
-/// Compiles the policies a loaded config names.
-pub fn policies_of(config: &Config) -> anyhow::Result<PolicySet> {
-    let dirs: Vec<PathBuf> = config
-        .policies
-        .dirs
-        .iter()
-        .map(|d| config.resolve(d))
-        .collect();
-    PolicySet::load_dirs(&dirs).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// Decides a push in a hook's environment, under the policy deadline.
 /// The decisions on a push, and the state folder its verdicts are counted in.
 type Decided = (Vec<RefDecision>, PathBuf);
 
+/// Decides a push in a hook's environment, under the policy deadline.
 fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Decided> {
     let git = Git::for_hook()?;
     // git walks the new commits while the config, the policies and the tracker load.
@@ -293,19 +284,14 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         let git = Git::for_hook()?;
         let (path, source) = find_config(config_path, &git)?;
         let config = Config::load_from(&path, source)?;
-        let mut keys: Vec<&str> = updates
-            .iter()
-            .filter(|u| !u.deleted())
-            .filter_map(|u| config.tasks.task_of(u.branch()))
-            .collect();
-        keys.dedup();
+        let keys = tasks_to_deliver(&config, &updates);
         if keys.is_empty() {
             eprintln!("lockstep: `-o deliver` ignored: no pushed branch names a task");
             return Ok(());
         }
         for key in keys {
             let requester = push::pusher_from_env(&config);
-            match crate::delivery::enqueue_from_hook(&config, key, priority, &requester) {
+            match enqueue(&config, key, priority, &requester) {
                 Ok(msg) => eprintln!("lockstep: {msg}"),
                 Err(e) => eprintln!("lockstep: could not queue the delivery of `{key}`: {e:#}"),
             }
@@ -316,6 +302,104 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         eprintln!("lockstep: post-receive: {e:#}");
     }
     0
+}
+
+/// The tasks a push with `-o deliver` asks to deliver: those its branches name, each once
+/// however many of its branches the push brings, in the order of the push.
+fn tasks_to_deliver<'a>(config: &Config, updates: &'a [RefUpdate]) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = Vec::new();
+    for key in updates
+        .iter()
+        .filter(|u| !u.deleted())
+        .filter_map(|u| config.tasks.task_of(u.branch()))
+    {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Queues the delivery of a task for `git push -o deliver`: the push declares the task ready,
+/// so it is moved to For Delivery first; then a detached worker is started so the push does
+/// not wait for the delivery.
+fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let policies = PolicySet::for_config(config)?;
+    rt.block_on(async {
+        let tracker = tracker::open(config)?;
+        let ready = config
+            .tasks
+            .for_delivery
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "For Delivery".into());
+        let current = tracker::task_with_timeout(tracker.as_ref(), key, config.tracker.timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The push declares the task ready: its deliver rules are judged with it so.
+        let mut moved_from = None;
+        if let Some(t) = &current
+            && !config.tasks.for_delivery.contains(&t.status)
+        {
+            let who = if requester.is_empty() {
+                "a push"
+            } else {
+                requester
+            };
+            let note = format!("ready for delivery: {who} pushed with `-o deliver`");
+            tracker
+                .move_to(key, &ready, &note)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            moved_from = Some(t.status.clone());
+        }
+        let req = Request {
+            task: key.to_string(),
+            priority,
+            source: "push".into(),
+            requester: requester.to_string(),
+            ..Default::default()
+        };
+        let requested = async {
+            let store = Store::open(&config.state_dir()).await?;
+            delivery::request(config, &policies, tracker.as_ref(), None, &store, &req).await
+        }
+        .await;
+        // A request that goes nowhere leaves the task where the push found it.
+        let why = match &requested {
+            Ok(Requested::Refused(d)) => Some(refusal_lines(d).join("; ")),
+            Err(e) => Some(format!("{e:#}")),
+            Ok(_) => None,
+        };
+        let mut put_back = String::new();
+        if let (Some(why), Some(previous)) = (why, &moved_from) {
+            let note = format!("not delivered: {why}; back to {previous}");
+            put_back = match tracker.move_to(key, previous, &note).await {
+                Ok(()) => format!(" (task moved back to {previous})"),
+                Err(e) => format!(" (and it could not be moved back to {previous}: {e})"),
+            };
+        }
+        let msg = match requested.map_err(|e| anyhow::anyhow!("{e:#}{put_back}"))? {
+            Requested::Queued { id, position } => {
+                delivery::worker::spawn_detached(config)?;
+                format!(
+                    "delivery #{id} of `{key}` queued (position {position}); follow it with \
+                     `lockstep show {id}`"
+                )
+            }
+            Requested::AlreadyQueued { id } => {
+                format!("`{key}` is already queued as delivery #{id}")
+            }
+            Requested::Refused(d) => format!(
+                "delivery of `{key}` refused: {}{put_back}",
+                refusal_lines(&d).join("; ")
+            ),
+        };
+        Ok(msg)
+    })
 }
 
 #[cfg(test)]
@@ -332,5 +416,24 @@ mod tests {
         assert_eq!(o(&["ci.skip", "deliver=5"]).unwrap().deliver, Some(5));
         assert_eq!(o(&["deliver=priority=7"]).unwrap().deliver, Some(7));
         assert!(o(&["deliver=soon"]).is_err());
+    }
+
+    #[test]
+    fn each_task_is_delivered_once_in_push_order() {
+        let config = Config::parse_str("").unwrap();
+        let z = "0".repeat(40);
+        let a = "1".repeat(40);
+        let input: String = [
+            format!("{z} {a} refs/heads/bugfix/TASK-2-a"),
+            format!("{z} {a} refs/heads/feature/TASK-1-b"),
+            format!("{z} {a} refs/heads/hotfix/TASK-2-c"),
+            format!("{a} {z} refs/heads/feature/TASK-3-gone"),
+            format!("{z} {a} refs/tags/TASK-4"),
+            format!("{z} {a} refs/heads/feature/TASK-1-d"),
+        ]
+        .map(|l| l + "\n")
+        .concat();
+        let updates = push::parse_updates(input.as_bytes()).unwrap();
+        assert_eq!(tasks_to_deliver(&config, &updates), ["TASK-2", "TASK-1"]);
     }
 }

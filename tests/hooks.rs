@@ -599,3 +599,67 @@ fn rejection_text_snapshot() {
     assert!(!p.accepted);
     insta::assert_snapshot!("rejection", env.redact(&p.remote_text()));
 }
+
+/// Issue 9: a push with `-o deliver` that brings two branches of one task, with another task's
+/// branch between them, asks the tracker and the queue about each task once: one delivery
+/// per task, one line per task for the pusher.
+#[test]
+fn issue9_two_branches_of_one_task_in_one_push_queue_one_delivery() {
+    let env = Env::new(&["api"]);
+    env.set_status(&[("TASK-1", "In Progress"), ("TASK-3", "In Progress")]);
+    let api = env.sb.clone_for("api", "alice").unwrap();
+    let g = git(&api, "alice");
+    // git hands the hooks the refs in this order: the TASK-1 branches are not neighbours.
+    let branches = [
+        ("bugfix/TASK-1-login", "TASK-1"),
+        ("feature/TASK-3-search", "TASK-3"),
+        ("hotfix/TASK-1-typo", "TASK-1"),
+    ];
+    for (i, (branch, task)) in branches.iter().enumerate() {
+        g.run(&["switch", "--quiet", "-c", branch, "origin/master"])
+            .unwrap();
+        commit(
+            &api,
+            "alice",
+            &format!("{i}.txt"),
+            "work\n",
+            &format!("{task} work"),
+        )
+        .unwrap();
+    }
+    let mut args = vec!["-o", "deliver"];
+    args.extend(branches.iter().map(|(b, _)| *b));
+    let p = push_as(&api, "alice", &args);
+    assert!(p.accepted, "{}", p.stderr);
+    for (task, id) in [("TASK-1", 1), ("TASK-3", 2)] {
+        let about: Vec<String> = p
+            .remote()
+            .into_iter()
+            .filter(|l| l.contains(&format!("`{task}`")))
+            .collect();
+        assert_eq!(about.len(), 1, "{task}: {about:?}");
+        assert!(
+            about[0].starts_with(&format!("lockstep: delivery #{id} of `{task}` queued")),
+            "{about:?}"
+        );
+    }
+
+    // The background worker works off the queue: two deliveries, none more. (TASK-1's, with two
+    // branches in one repository, stops at the rebase; that is the delivery line's business.)
+    let finished = wait_for("the background worker to empty the queue", || {
+        let q = env.queue();
+        let idle = q["running"].as_array()?.is_empty() && q["queued"].as_array()?.is_empty();
+        idle.then(|| q["recent"].as_array().cloned()).flatten()
+    });
+    let mut ran: Vec<(i64, String)> = finished
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_i64().unwrap(),
+                d["task"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    ran.sort();
+    assert_eq!(ran, [(1, "TASK-1".to_string()), (2, "TASK-3".to_string())]);
+}

@@ -50,7 +50,7 @@ impl WorkerLock {
 
 /// Builds the engine from a config: store, policies, tracker.
 pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine> {
-    let policies = crate::hook::policies_of(&config)?;
+    let policies = crate::policy::PolicySet::for_config(&config)?;
     let store = Store::open(&config.state_dir()).await?;
     let tracker: Arc<dyn crate::tracker::Tracker> = Arc::from(crate::tracker::open(&config)?);
     Ok(Engine {

@@ -1,0 +1,257 @@
+//! Evaluation: every rule of a stage against the facts, each into a [`Verdict`], together a
+//! [`Decision`]. An expression that fails counts as the rule's `on_error` says.
+
+use cel::{Context, ExecutionError, Value};
+
+use super::message::render_message;
+use super::{
+    Each, Enforcement, Expr, FACTS, Facts, MAX_REPORTED_SUBJECTS, OnEvalError, PolicySet, Rule,
+    Stage, commit_val, commit_value, did_you_mean, show,
+};
+
+impl PolicySet {
+    /// Evaluates every rule of the stage against the facts.
+    pub fn evaluate(&self, stage: Stage, facts: &Facts) -> Decision {
+        let mut ctx = Context::with_env(self.env.clone());
+        // Binding a value converts all of it for CEL: bind only what some expression of the
+        // stage names. `commits` of a large push is read by `each = "commit"` rules one
+        // commit at a time, so it is bound only if an expression names it.
+        for name in facts.names() {
+            if self
+                .rules_for(stage)
+                .any(|r| r.exprs().any(|e| e.uses(name)))
+                && let Some(value) = facts.get(name)
+            {
+                ctx.add_variable_from_value(name, value.clone());
+            }
+        }
+        let verdicts = self
+            .rules_for(stage)
+            .map(|rule| Verdict {
+                rule: rule.name.clone(),
+                enforcement: rule.enforcement,
+                outcome: evaluate_rule(rule, &ctx, facts),
+            })
+            .collect();
+        Decision { verdicts }
+    }
+}
+
+/// What became of one rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `when` was false.
+    NotApplicable,
+    Pass,
+    /// `require` was false; the rendered messages (one per failing commit for `each` rules).
+    Fail(Vec<String>),
+    /// An expression could not be evaluated (counts as a failure unless `on_error = "pass"`).
+    Error(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub rule: String,
+    pub enforcement: Enforcement,
+    pub outcome: Outcome,
+}
+
+impl Verdict {
+    /// Whether this verdict refuses the push or delivery.
+    pub fn denies(&self) -> bool {
+        self.enforcement == Enforcement::Deny
+            && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
+    }
+
+    /// Whether this verdict is a warning only.
+    pub fn warns(&self) -> bool {
+        self.enforcement == Enforcement::Warn
+            && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
+    }
+
+    /// The lines to show for a failing verdict.
+    pub fn messages(&self) -> Vec<String> {
+        match &self.outcome {
+            Outcome::Fail(m) => m.clone(),
+            Outcome::Error(e) => vec![e.clone()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The verdicts of every rule of a stage.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Decision {
+    pub fn accepted(&self) -> bool {
+        !self.verdicts.iter().any(Verdict::denies)
+    }
+    pub fn violations(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| v.denies())
+    }
+    pub fn warnings(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| v.warns())
+    }
+}
+
+fn eval_bool(expr: &Expr, ctx: &Context) -> Result<bool, String> {
+    match expr.execute(ctx) {
+        Ok(Value::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!(
+            "`{}` gave {}, not true or false",
+            expr.source,
+            show(&other)
+        )),
+        Err(e) => Err(format!("`{}` failed: {}", expr.source, explain(&e))),
+    }
+}
+
+fn explain(e: &ExecutionError) -> String {
+    match e {
+        ExecutionError::UndeclaredReference(name) => {
+            format!("unknown variable `{name}`{}", did_you_mean(name, FACTS))
+        }
+        ExecutionError::NoSuchKey(k) => format!("no field `{k}`"),
+        other => other.to_string(),
+    }
+}
+
+fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts) -> Outcome {
+    let on_error = |msg: String| match rule.on_error {
+        OnEvalError::Fail => Outcome::Error(format!("policy error: {msg}")),
+        OnEvalError::Pass => Outcome::Pass,
+    };
+    if let Some(when) = &rule.when {
+        match eval_bool(when, ctx) {
+            Ok(false) => return Outcome::NotApplicable,
+            Ok(true) => {}
+            Err(e) => return on_error(e),
+        }
+    }
+    match rule.each {
+        None => match eval_bool(&rule.require, ctx) {
+            Ok(true) => Outcome::Pass,
+            Ok(false) => Outcome::Fail(vec![render_message(rule, ctx, facts, None)]),
+            Err(e) => on_error(e),
+        },
+        Some(Each::Commit) => {
+            let mut failing = Vec::new();
+            let mut count = 0usize;
+            for commit in facts.commits() {
+                let mut scope = ctx.new_inner_scope();
+                scope.add_variable_as_val("commit", commit_val(commit));
+                match eval_bool(&rule.require, &scope) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        count += 1;
+                        if failing.len() < MAX_REPORTED_SUBJECTS {
+                            let value = commit_value(commit);
+                            failing.push(render_message(rule, &scope, facts, Some(&value)));
+                        }
+                    }
+                    Err(e) => return on_error(e),
+                }
+            }
+            if count > failing.len() {
+                failing.push(format!("… and {} more commits", count - failing.len()));
+            }
+            if failing.is_empty() {
+                Outcome::Pass
+            } else {
+                Outcome::Fail(failing)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::task_value;
+    use crate::policy::testing::{facts, set};
+
+    const NAMING: &str = r#"
+[[rule]]
+name = "branch-names-a-task"
+on = ["push"]
+when = 'branch != "" && !(branch in protected)'
+require = 'task != null'
+message = "branch `{branch}` names no task"
+"#;
+
+    #[test]
+    fn fail_pass_and_not_applicable() {
+        let p = set(NAMING).unwrap();
+        let d = p.evaluate(Stage::Push, &facts("fix-login"));
+        assert!(!d.accepted());
+        assert_eq!(
+            d.verdicts[0].outcome,
+            Outcome::Fail(vec!["branch `fix-login` names no task".into()])
+        );
+        let d = p.evaluate(Stage::Push, &facts("master"));
+        assert_eq!(d.verdicts[0].outcome, Outcome::NotApplicable);
+        let mut f = facts("feature/T-1");
+        f.set("task", task_value("T-1", true, "In Progress", "", "", ""));
+        assert_eq!(
+            p.evaluate(Stage::Push, &f).verdicts[0].outcome,
+            Outcome::Pass
+        );
+        assert!(p.evaluate(Stage::Deliver, &f).verdicts.is_empty());
+    }
+
+    #[test]
+    fn evaluation_error_fails_closed_unless_told() {
+        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\n")
+            .unwrap();
+        let d = p.evaluate(Stage::Push, &facts("b"));
+        assert!(!d.accepted());
+        assert!(
+            matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.starts_with("policy error:"))
+        );
+        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\non_error='pass'\n").unwrap();
+        assert!(p.evaluate(Stage::Push, &facts("b")).accepted());
+    }
+
+    #[test]
+    fn warn_does_not_deny() {
+        let p = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='m'\nenforcement='warn'\n",
+        )
+        .unwrap();
+        let d = p.evaluate(Stage::Push, &facts("b"));
+        assert!(d.accepted());
+        assert_eq!(d.warnings().count(), 1);
+    }
+
+    #[test]
+    fn each_commit_reports_failing_commits() {
+        let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\nrequire='commit.message.contains(\"T-1\")'\nmessage='commit {commit.id} lacks it'\n").unwrap();
+        let mut f = facts("b");
+        let mk = |id: &str, msg: &str| crate::git::CommitInfo {
+            id: id.into(),
+            message: msg.into(),
+            ..Default::default()
+        };
+        f.set_commits(vec![mk("a1", "T-1 ok"), mk("b2", "nope")]);
+        assert_eq!(
+            p.evaluate(Stage::Push, &f).verdicts[0].messages(),
+            ["commit b2 lacks it"]
+        );
+        assert!(p.needs(Stage::Push, "commits"));
+    }
+
+    #[test]
+    fn commits_never_gathered_are_no_fact() {
+        let p =
+            set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 0'\nmessage='m'\n")
+                .unwrap();
+        let d = p.evaluate(Stage::Push, &facts("b"));
+        assert!(
+            matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.contains("unknown variable `commits`")),
+            "{d:?}"
+        );
+    }
+}

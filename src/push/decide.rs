@@ -1,0 +1,275 @@
+//! Deciding a push: the facts of each ref gathered (the new commits, the tracker's answer
+//! about its task, ...) as far as the loaded rules read them, then the push rules evaluated.
+
+use std::collections::HashMap;
+
+use cel::Value;
+
+use super::{PushContext, RefUpdate};
+use crate::config::{Config, OnError};
+use crate::git::{Git, PendingCommits};
+use crate::policy::{self, Decision, Facts, PolicySet, Stage};
+use crate::tracker::{self, Task, Tracker};
+
+/// How the new commits of a ref are told apart from what the repository already has.
+#[derive(Debug, Clone, Copy)]
+pub enum NewCommits<'a> {
+    /// In a hook: everything not reachable from any existing ref; the listings started
+    /// early are taken from `Early`.
+    NotOnAnyRef(&'a Early),
+    /// In a dry run: everything not reachable from `old` or from refs other than this one.
+    AsIfPushedNow,
+}
+
+/// The new commits of a push, listed ahead of the decision: a hook starts `git rev-list` for
+/// each pushed tip first thing, so that git walks while lockstep loads its config, compiles
+/// the policies and asks the tracker (none of which changes what is new). When no rule turns
+/// out to read `commits`, the listings are dropped unread.
+#[derive(Debug, Default)]
+pub struct Early(std::sync::Mutex<HashMap<String, PendingCommits>>);
+
+impl Early {
+    /// At most this many tips are listed early; the rest are listed when decided.
+    const MAX: usize = 8;
+
+    /// Starts listing the new commits of the pushed tips (not of deletions). A listing that
+    /// cannot start is left to the decision, which reports the error itself.
+    pub fn start(git: &Git, updates: &[RefUpdate]) -> Early {
+        let mut started = HashMap::new();
+        for u in updates.iter().filter(|u| !u.deleted()) {
+            if started.len() == Early::MAX {
+                break;
+            }
+            if !started.contains_key(&u.new)
+                && let Ok(pending) = git.start_commits(&u.new, &["--all"])
+            {
+                started.insert(u.new.clone(), pending);
+            }
+        }
+        Early(std::sync::Mutex::new(started))
+    }
+
+    fn take(&self, new: &str) -> Option<PendingCommits> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(new)
+    }
+}
+
+/// The verdicts on one ref.
+#[derive(Debug, Clone)]
+pub struct RefDecision {
+    pub update: RefUpdate,
+    pub decision: Decision,
+}
+
+/// The tracker's answers for the tasks a push names, fetched once per task.
+pub type TaskAnswers = HashMap<String, Result<Option<Task>, String>>;
+
+/// The task keys the refs name (only if some push rule reads `task`).
+pub fn task_keys(config: &Config, policies: &PolicySet, updates: &[RefUpdate]) -> Vec<String> {
+    if !policies.needs(Stage::Push, "task") {
+        return Vec::new();
+    }
+    let mut keys: Vec<String> = updates
+        .iter()
+        .filter_map(|u| config.tasks.task_of(u.branch()).map(String::from))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Asks the tracker about each task, concurrently, each under the tracker timeout.
+pub async fn fetch_tasks(config: &Config, tracker: &dyn Tracker, keys: &[String]) -> TaskAnswers {
+    let timeout = config.tracker.timeout;
+    let answers = keys.iter().map(|k| async move {
+        let r = tracker::task_with_timeout(tracker, k, timeout)
+            .await
+            .map_err(|e| e.to_string());
+        (k.clone(), r)
+    });
+    futures::future::join_all(answers)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Evaluates the push rules for every ref.
+pub fn decide(
+    config: &Config,
+    policies: &PolicySet,
+    git: &Git,
+    ctx: &PushContext,
+    updates: &[RefUpdate],
+    tracker_name: &str,
+    tasks: &TaskAnswers,
+    mode: NewCommits<'_>,
+) -> anyhow::Result<Vec<RefDecision>> {
+    let need_commits = policies.needs(Stage::Push, "commits");
+    let need_ff = policies.needs(Stage::Push, "fast_forward");
+    let need_rewind = policies.needs(Stage::Push, "rewind");
+    let now = Value::Timestamp(chrono::Utc::now().fixed_offset());
+    let mut out = Vec::with_capacity(updates.len());
+    for u in updates {
+        let mut facts = Facts::default();
+        facts
+            .set("repo", ctx.repo.as_str())
+            .set("ref", u.name.as_str())
+            .set("branch", u.branch())
+            .set("tag", u.tag())
+            .set("old", u.old.as_str())
+            .set("new", u.new.as_str())
+            .set("created", u.created())
+            .set("deleted", u.deleted())
+            .set("pusher", ctx.pusher.as_str())
+            .set("bot", config.bot.user.as_str())
+            .set("maintainers", config.bot.maintainers.clone())
+            .set("protected", config.policies.protected.clone())
+            .set("push_options", ctx.options.clone())
+            .set(
+                "tracker",
+                if tracker_name == "file" {
+                    "the tasks file"
+                } else {
+                    tracker_name
+                },
+            )
+            .set("in_progress", config.tasks.in_progress.clone())
+            .set("for_delivery", config.tasks.for_delivery.clone())
+            .set("now", now.clone());
+        let ff = if need_ff && !u.created() && !u.deleted() {
+            git.is_ancestor(&u.old, &u.new)?
+        } else {
+            !u.deleted()
+        };
+        facts.set("fast_forward", ff);
+        let rewind = need_rewind
+            && !ff
+            && !u.created()
+            && !u.deleted()
+            && git.is_ancestor(&u.new, &u.old)?;
+        facts.set("rewind", rewind);
+        let early = match mode {
+            NewCommits::NotOnAnyRef(early) if need_commits && !u.deleted() => early.take(&u.new),
+            _ => None,
+        };
+        let commits = if let Some(pending) = early {
+            pending.wait()?
+        } else if need_commits && !u.deleted() {
+            let excluded;
+            let hide: Vec<&str> = match mode {
+                NewCommits::NotOnAnyRef(_) => vec!["--all"],
+                NewCommits::AsIfPushedNow => {
+                    // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone
+                    // often is this very branch and would hide every new commit.
+                    excluded = format!("--exclude={}", u.name);
+                    let mut h = vec![excluded.as_str(), "--glob=refs/*"];
+                    if !u.created() {
+                        h.push(u.old.as_str());
+                    }
+                    h
+                }
+            };
+            git.commits(&u.new, &hide)?
+        } else {
+            Vec::new()
+        };
+        facts.set_commits(commits);
+        let mut unavailable = None;
+        let task = match config.tasks.task_of(u.branch()) {
+            None => Value::Null,
+            Some(key) => match tasks.get(key) {
+                Some(Ok(Some(t))) => {
+                    policy::task_value(&t.key, true, &t.status, &t.title, &t.assignee, &t.url)
+                }
+                Some(Ok(None)) | None => policy::task_value(key, false, "", "", "", ""),
+                Some(Err(e)) => {
+                    unavailable = Some(e.clone());
+                    policy::task_value(key, false, "", "", "", "")
+                }
+            },
+        };
+        facts.set("task", task);
+        let mut decision = policies.evaluate(Stage::Push, &facts);
+        if let Some(reason) = unavailable {
+            mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
+        }
+        out.push(RefDecision {
+            update: u.clone(),
+            decision,
+        });
+    }
+    Ok(out)
+}
+
+/// Rules that read `task` cannot be trusted when the tracker did not answer: they become
+/// errors (or warnings under `[tracker] on_error = "allow"`) that say so.
+fn mark_unavailable(
+    policies: &PolicySet,
+    decision: &mut Decision,
+    reason: &str,
+    on_error: OnError,
+) {
+    for v in &mut decision.verdicts {
+        let uses_task = policies
+            .rules
+            .iter()
+            .any(|r| r.name == v.rule && r.uses("task"));
+        if !uses_task || v.outcome == policy::Outcome::NotApplicable {
+            continue;
+        }
+        if on_error == OnError::Allow {
+            v.enforcement = policy::Enforcement::Warn;
+        }
+        // A rule that only warns never rejects, whatever `on_error` says.
+        let verb = match v.enforcement {
+            policy::Enforcement::Deny => "push rejected",
+            policy::Enforcement::Warn => "push accepted without this check",
+        };
+        v.outcome = policy::Outcome::Error(format!("{reason}; {verb} (rule {})", v.rule));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracker_down_never_makes_a_warning_claim_a_rejection() {
+        let policies = PolicySet::parse_sources([(
+            std::path::Path::new("p.toml"),
+            "[[rule]]\nname='deny'\non=['push']\nrequire='task.exists'\nmessage='m'\n\
+             [[rule]]\nname='warn'\non=['push']\nrequire='task.key != \"\"'\nmessage='m'\n\
+             enforcement='warn'\n",
+        )])
+        .unwrap();
+        let verdict = |rule: &str, enforcement| policy::Verdict {
+            rule: rule.into(),
+            enforcement,
+            outcome: policy::Outcome::Pass,
+        };
+        let fresh = || Decision {
+            verdicts: vec![
+                verdict("deny", policy::Enforcement::Deny),
+                verdict("warn", policy::Enforcement::Warn),
+            ],
+        };
+        let mut d = fresh();
+        mark_unavailable(&policies, &mut d, "down", OnError::Reject);
+        assert!(!d.accepted());
+        assert_eq!(
+            d.verdicts[0].messages(),
+            ["down; push rejected (rule deny)"]
+        );
+        assert_eq!(
+            d.verdicts[1].messages(),
+            ["down; push accepted without this check (rule warn)"]
+        );
+        let mut d = fresh();
+        mark_unavailable(&policies, &mut d, "down", OnError::Allow);
+        assert!(d.accepted());
+        assert_eq!(
+            d.verdicts[0].messages(),
+            ["down; push accepted without this check (rule deny)"]
+        );
+    }
+}

@@ -1,0 +1,27 @@
+//! What a push is: the ref updates, who pushes, and the facts policies read about each ref.
+//!
+//! Parsing is pure ([`parse_updates`]); gathering facts touches git and the tracker only
+//! for what the loaded rules actually read, and asks the tracker once per task however many
+//! refs name it.
+//!
+//! By concern:
+//! - `update`: the ref updates git hands a hook, parsed;
+//! - `context`: who pushes, to which repository, with which push options;
+//! - `decide`: the facts of each ref gathered, and the push rules evaluated on them;
+//! - `report`: the verdicts as the pusher reads them, and as `lockstep policy test` explains
+//!   them.
+
+mod context;
+mod decide;
+mod report;
+mod update;
+
+pub use context::{PushContext, push_options_from_env, pusher_from_env, repo_name};
+pub use decide::{Early, NewCommits, RefDecision, TaskAnswers, decide, fetch_tasks, task_keys};
+pub use report::{Report, explain, gitlab_lines};
+pub use update::{ParseError, RefUpdate, parse_updates, update_from_parts};
+
+/// A short id for messages.
+pub fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(10)]
+}
