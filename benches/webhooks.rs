@@ -6,21 +6,16 @@
 //!
 //! `cargo bench --bench webhooks` (`-- --requests N --concurrency C` to change the load).
 
-#[path = "../tests/util/fake_github_pulls.rs"]
-#[allow(dead_code)]
-mod fake_github;
-#[path = "../tests/util/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "../tests/util/webhooks.rs"]
-#[allow(dead_code)]
-mod webhooks;
+#[path = "../tests/util/mod.rs"]
+mod util;
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use util::{fake_github_pulls as fake_github, webhooks};
 
 const SECRET_VAR: &str = "LOCKSTEP_BENCH_WEBHOOK_SECRET";
 const TOKEN_VAR: &str = "LOCKSTEP_BENCH_GITHUB_TOKEN";
