@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use util::{fake_github_pulls as fake_github, webhooks};
+use util::fake_github::FakeGitHub;
+use util::webhooks;
 
 const SECRET_VAR: &str = "LOCKSTEP_BENCH_WEBHOOK_SECRET";
 const TOKEN_VAR: &str = "LOCKSTEP_BENCH_GITHUB_TOKEN";
@@ -57,7 +58,7 @@ fn main() {
     tasks.push_str("[BENCH-STATUS]\nstatus = \"In Progress\"\n");
     std::fs::write(sb.meta.join("tasks.toml"), tasks).unwrap();
 
-    let gh = fake_github::FakeGitHub::start();
+    let gh = FakeGitHub::start("bench-token");
     gh.permit("acme/api", "alice", "write");
     gh.add_pull(
         "acme/api",
@@ -90,7 +91,7 @@ fn main() {
     );
     text.push_str(&format!(
         "\n[github]\napi_url = \"{}\"\nwebhook_secret_env = \"{SECRET_VAR}\"\ntoken_env = \"{TOKEN_VAR}\"\n",
-        gh.url
+        gh.url()
     ));
     std::fs::write(&config, text).unwrap();
 
@@ -242,14 +243,14 @@ fn main() {
                 .map_or(0, |(_, n)| n)
         });
     let replies_status = gh.comments("acme/api", 1).len();
-    let replies_deliver = gh
-        .state
-        .lock()
-        .unwrap()
-        .comments
-        .iter()
-        .filter(|c| c.number >= 1000 && c.body.contains("queued the delivery"))
-        .count();
+    let replies_deliver: usize = (0..delivers as u64)
+        .map(|i| {
+            gh.comments("acme/api", 1000 + i)
+                .iter()
+                .filter(|c| c.contains("queued the delivery"))
+                .count()
+        })
+        .sum();
     println!(
         "  answered: {} of {requests} (non-2xx: {}); /deliver accepted {accepted_delivers}, \
          deliveries in the store {queued}, queue replies {replies_deliver}; /status replies \

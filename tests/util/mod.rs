@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
-pub mod fake_github_pulls;
 pub mod fake_jira;
 pub mod http;
 pub mod serve;
@@ -664,7 +663,8 @@ pub fn code(o: &Output) -> i32 {
 }
 
 /// An HTTP server on 127.0.0.1 (a random port) running `router` on its own thread and
-/// runtime, so that sync tests and the `lockstep` processes they start can reach it.
+/// runtime (two workers, so that a slow answer holds up no other), so that sync tests, the
+/// `lockstep` processes they start and the benches' load can reach it.
 /// Dropping it stops the server, abandoning requests in flight (a deliberately slow answer).
 pub struct Served {
     pub url: String,
@@ -678,7 +678,8 @@ pub fn serve(router: axum::Router) -> Served {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
