@@ -642,7 +642,7 @@ fn github_app_installation_tokens() {
     let (env, gh, _) = github_env();
     let key =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/github-app-test-key.pem");
-    edit_config(&env, |text| {
+    env.edit_config(|text| {
         text.replace(
             &format!("token_env = \"{TOKEN_VAR}\"\n"),
             &format!(

@@ -82,25 +82,12 @@ impl Env {
         std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let steps = env.sb.meta.join("steps");
-        env.edit_config(|text| {
-            let mut out = String::new();
-            for line in text.lines() {
-                let step = ["build", "test", "deploy", "verify", "rollback"]
-                    .into_iter()
-                    .find(|s| line.starts_with(&format!("{s} = [")));
-                match step {
-                    Some(s) => out.push_str(&format!(
-                        "{s} = [{}, \"{s}\", {}]\n",
-                        toml_str(&gate),
-                        toml_str(&steps.join(format!("{s}.sh")))
-                    )),
-                    None => {
-                        out.push_str(line);
-                        out.push('\n');
-                    }
-                }
-            }
-            out
+        env.set_steps(|s| {
+            format!(
+                "[{}, \"{s}\", {}]",
+                toml_str(&gate),
+                toml_str(&steps.join(format!("{s}.sh")))
+            )
         });
         env
     }
@@ -118,10 +105,37 @@ impl Env {
         self.sb.meta.join(".lockstep")
     }
 
-    /// Rewrites `lockstep.toml`.
-    pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
+    /// The isolated `HOME` of the commands a test runs.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Rewrites `lockstep.toml`: `edit` gets its text and returns the new one. The one way
+    /// tests and benches change the sandbox's config (the helpers below use it).
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
         let text = std::fs::read_to_string(self.config()).unwrap();
-        std::fs::write(self.config(), f(&text)).unwrap();
+        std::fs::write(self.config(), edit(&text)).unwrap();
+    }
+
+    /// Sets the command of every delivery step (`build`, `test`, `deploy`, `verify`,
+    /// `rollback`): `command(step)` gives its TOML array.
+    pub fn set_steps(&self, command: impl Fn(&str) -> String) {
+        self.edit_config(|text| {
+            let mut out = String::new();
+            for line in text.lines() {
+                let step = ["build", "test", "deploy", "verify", "rollback"]
+                    .into_iter()
+                    .find(|s| line.starts_with(&format!("{s} = [")));
+                match step {
+                    Some(s) => out.push_str(&format!("{s} = {}\n", command(s))),
+                    None => {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+            out
+        });
     }
 
     /// Sets a key of the `[delivery]` table, e.g. `("merge", "\"merge-commit\"")`.
@@ -173,14 +187,13 @@ impl Env {
     /// `[[repo]]`) with `tracker`, a TOML text such as `"[tracker]\nkind = \"jira\"\n…"`,
     /// optionally followed by a `[tasks]` section.
     pub fn use_tracker(&self, tracker: &str) {
-        let path = self.config();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let start = text
-            .find("[tracker]\n")
-            .expect("the sandbox config has a tracker");
-        let end = text.find("\n[[repo]]").unwrap_or(text.len());
-        let text = format!("{}{}\n{}", &text[..start], tracker.trim(), &text[end..]);
-        std::fs::write(&path, text).unwrap();
+        self.edit_config(|text| {
+            let start = text
+                .find("[tracker]\n")
+                .expect("the sandbox config has a tracker");
+            let end = text.find("\n[[repo]]").unwrap_or(text.len());
+            format!("{}{}\n{}", &text[..start], tracker.trim(), &text[end..])
+        });
     }
 
     /// Overwrites the sandbox's `lockstep.toml`.
@@ -213,7 +226,7 @@ impl Env {
 
     /// A `lockstep` command with the sandbox's config and an isolated home.
     pub fn command(&self, args: &[&str]) -> Command {
-        let home = self.dir.path().join("home");
+        let home = self.home();
         let mut cmd = lockstep_cmd();
         cmd.arg("--config")
             .arg(self.config())
@@ -526,7 +539,7 @@ pub fn lockstep_cmd() -> Command {
 }
 
 /// Removes from a command's environment whatever could steer git or name a pusher.
-fn scrub(cmd: &mut Command) {
+pub fn scrub(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str()
             && k.starts_with("GIT_")
