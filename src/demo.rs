@@ -351,16 +351,21 @@ impl Narrator {
         }
     }
 
-    /// The tour's last line and its exit code.
+    /// The tour's last line and its exit code: how many acts ran, or what went otherwise
+    /// than told, an act of the list that never began included.
     fn closing(&self) -> (String, i32) {
-        if self.failures.is_empty() {
-            ("all 9 acts went as told".to_string(), 0)
+        let mut failures = self.failures.clone();
+        for (i, act) in self.acts.iter().enumerate().skip(self.ran) {
+            failures.push(format!("act {} did not run: {}", i + 1, act.title));
+        }
+        if failures.is_empty() {
+            (format!("all {} acts went as told", self.ran), 0)
         } else {
             (
                 format!(
                     "{} act(s) did not go as told: {}",
-                    self.failures.len(),
-                    self.failures.join("; ")
+                    failures.len(),
+                    failures.join("; ")
                 ),
                 1,
             )
@@ -600,4 +605,75 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     let (closing, code) = n.closing();
     println!("{closing}");
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &[Act] = &[
+        Act {
+            title: "the first act",
+            command: "true",
+        },
+        Act {
+            title: "the second act",
+            command: "true",
+        },
+    ];
+
+    fn play(n: &mut Narrator) {
+        n.begin();
+        n.check(true, "as told", "not as told");
+    }
+
+    #[test]
+    fn issue_9_the_closing_line_counts_the_acts_that_ran() {
+        let mut n = Narrator::new(TWO);
+        play(&mut n);
+        play(&mut n);
+        assert_eq!(n.closing(), ("all 2 acts went as told".to_string(), 0));
+    }
+
+    #[test]
+    fn issue_9_an_act_that_did_not_run_fails_the_tour() {
+        let mut n = Narrator::new(TWO);
+        play(&mut n);
+        assert_eq!(
+            n.closing(),
+            (
+                "1 act(s) did not go as told: act 2 did not run: the second act".to_string(),
+                1
+            )
+        );
+    }
+
+    #[test]
+    fn an_act_missing_from_the_list_fails_the_tour() {
+        let mut n = Narrator::new(&TWO[..1]);
+        play(&mut n);
+        play(&mut n);
+        assert_eq!(
+            n.closing(),
+            (
+                "1 act(s) did not go as told: act 2 is missing from the list of acts".to_string(),
+                1
+            )
+        );
+    }
+
+    #[test]
+    fn a_failed_check_names_the_act_under_way() {
+        let mut n = Narrator::new(TWO);
+        play(&mut n);
+        n.begin();
+        n.check(false, "as told", "TASK-1 was not delivered");
+        assert_eq!(
+            n.closing(),
+            (
+                "1 act(s) did not go as told: act 2: TASK-1 was not delivered".to_string(),
+                1
+            )
+        );
+    }
 }
