@@ -6,11 +6,13 @@
 //! (default 7, after one warm-up run each). Every run gets a fresh sandbox, built outside the
 //! measured time.
 
-use std::path::{Path, PathBuf};
+#[path = "../tests/util/mod.rs"]
+mod util;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lockstep::demo::{Sandbox, commit, push, sandbox_git};
+use util::Env;
 
 const REPOS: [&str; 3] = ["api", "web", "db"];
 const BRANCH: &str = "feature/TASK-1-bench";
@@ -32,103 +34,47 @@ for r in api web db; do
 done
 "#;
 
-struct Run {
-    _dir: tempfile::TempDir,
-    sb: Sandbox,
-    home: PathBuf,
-}
-
 /// A fresh sandbox: three guarded repositories, a task branch in each, master moved on since
 /// (so the rebase has work to do), the task For Delivery, and every step `true`.
-fn prepare(binary: &Path) -> Run {
-    let dir = tempfile::Builder::new()
-        .prefix("lockstep-bench-")
-        .tempdir()
-        .unwrap();
-    let sb = Sandbox::create(&dir.path().join("sb"), binary, &REPOS).unwrap();
-    let config = sb.meta.join("lockstep.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let steps: String = text
-        .lines()
-        .map(|l| {
-            let step = ["build", "test", "deploy", "verify", "rollback"]
-                .into_iter()
-                .find(|s| l.starts_with(&format!("{s} = [")));
-            match step {
-                Some(s) => format!("{s} = [\"true\"]\n"),
-                None => format!("{l}\n"),
-            }
-        })
-        .collect();
-    std::fs::write(&config, steps).unwrap();
+fn prepare() -> Env {
+    let env = Env::new(&REPOS);
+    env.set_steps(|_| "[\"true\"]".to_string());
     for repo in REPOS {
-        let dev = sb.clone_for(repo, "alice").unwrap();
-        let git = sandbox_git(&dev, "alice");
-        git.run(&["switch", "--quiet", "-c", BRANCH]).unwrap();
-        commit(&dev, "alice", "feature.txt", "feature\n", "TASK-1 feature").unwrap();
-        assert!(push(&dev, "alice", &[BRANCH]).unwrap().accepted);
-        let lead = sb.clone_for(repo, "release-lead").unwrap();
-        commit(&lead, "release-lead", "hotfix.txt", "fix\n", "hotfix").unwrap();
-        assert!(push(&lead, "release-lead", &["master"]).unwrap().accepted);
+        env.task_branch(repo, BRANCH, "feature.txt", "feature\n");
+        env.advance_master(repo, "hotfix.txt", "fix\n");
     }
-    let tasks = std::fs::read_to_string(sb.meta.join("tasks.toml")).unwrap();
-    let tasks = tasks.replacen("status = \"In Progress\"", "status = \"For Delivery\"", 1);
-    std::fs::write(sb.meta.join("tasks.toml"), tasks).unwrap();
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    Run {
-        _dir: dir,
-        sb,
-        home,
-    }
+    env.set_status(&[("TASK-1", "For Delivery")]);
+    env
 }
 
-fn masters(sb: &Sandbox) -> Vec<String> {
-    sb.repos
-        .iter()
-        .map(|(_, bare)| {
-            lockstep::git::Git::new(bare)
-                .resolve("refs/heads/master")
-                .unwrap()
-                .unwrap()
-        })
-        .collect()
-}
-
-fn lockstep_once(binary: &Path) -> Duration {
-    let run = prepare(binary);
-    let before = masters(&run.sb);
+fn lockstep_once() -> Duration {
+    let env = prepare();
+    let before = env.masters();
     let start = Instant::now();
-    let out = Command::new(binary)
-        .arg("--config")
-        .arg(run.sb.meta.join("lockstep.toml"))
-        .args(["deliver", "TASK-1"])
-        .env("HOME", &run.home)
-        .output()
-        .unwrap();
+    let out = env.command(&["deliver", "TASK-1"]).output().unwrap();
     let took = start.elapsed();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = masters(&run.sb);
+    let after = env.masters();
     assert!(before.iter().zip(&after).all(|(b, a)| b != a));
     took
 }
 
-fn script_once(binary: &Path) -> Duration {
-    let run = prepare(binary);
-    let before = masters(&run.sb);
-    let work = run.sb.root.join("script");
+fn script_once() -> Duration {
+    let env = prepare();
+    let before = env.masters();
+    let work = env.sb.root.join("script");
     std::fs::create_dir_all(&work).unwrap();
     let start = Instant::now();
     let out = Command::new("sh")
         .args(["-c", SCRIPT])
-        .env("GITROOT", run.sb.root.join("git"))
+        .env("GITROOT", env.sb.root.join("git"))
         .env("WORK", &work)
         .env("BRANCH", BRANCH)
-        .env("HOME", &run.home)
+        .env("HOME", env.home())
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_AUTHOR_NAME", "lockstep-bot")
         .env("GIT_AUTHOR_EMAIL", "lockstep-bot@lockstep.invalid")
@@ -143,7 +89,7 @@ fn script_once(binary: &Path) -> Duration {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let after = masters(&run.sb);
+    let after = env.masters();
     assert!(before.iter().zip(&after).all(|(b, a)| b != a));
     took
 }
@@ -176,7 +122,6 @@ fn main() {
     {
         return;
     }
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_lockstep"));
     let runs: usize = std::env::var("LOCKSTEP_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -184,14 +129,14 @@ fn main() {
         .max(1);
     let started = Instant::now();
     // Warm the page cache and git's own start-up once per side.
-    script_once(&binary);
-    lockstep_once(&binary);
+    script_once();
+    lockstep_once();
     let mut script = Vec::new();
     let mut lockstep = Vec::new();
     // Interleaved, so that a slow moment of the machine hits both sides alike.
     for _ in 0..runs {
-        script.push(script_once(&binary));
-        lockstep.push(lockstep_once(&binary));
+        script.push(script_once());
+        lockstep.push(lockstep_once());
     }
     let (s_med, s_min, s_max) = stats(script);
     let (l_med, l_min, l_max) = stats(lockstep);

@@ -16,14 +16,16 @@
 //!
 //! Runs in well under three minutes; prints a table and whether the targets are met.
 
+#[path = "../tests/util/mod.rs"]
+mod util;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep::demo::Sandbox;
+use util::{Env, ZERO, scrub};
 
-const ZERO: &str = "0000000000000000000000000000000000000000";
 const SHELL_HOOK: &str = include_str!("shell/pre-receive");
 
 /// Runs of the one-ref push, per hook.
@@ -41,13 +43,7 @@ struct Pending {
 /// A clean environment for git, with a pinned identity and no user or system config.
 fn git(dir: &Path) -> Command {
     let mut cmd = Command::new("git");
-    for (k, _) in std::env::vars_os() {
-        if k.to_str()
-            .is_some_and(|k| k.starts_with("GIT_") && k != "GIT_EXEC_PATH")
-        {
-            cmd.env_remove(k);
-        }
-    }
+    scrub(&mut cmd);
     cmd.current_dir(dir)
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -137,13 +133,7 @@ fn quarantine(bare: &Path, name: &str, branch: &str, count: usize) -> Pending {
 fn run_hook(hook: &Path, bare: &Path, tasks: &Path, p: &Pending) -> (Duration, i32, String) {
     let objects = bare.join("objects");
     let mut cmd = Command::new(hook);
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(|k| {
-            k.starts_with("GIT_") || k.starts_with("GL_") || k == "LOCKSTEP_CONFIG"
-        }) {
-            cmd.env_remove(k);
-        }
-    }
+    scrub(&mut cmd);
     cmd.current_dir(bare)
         .env("GIT_DIR", ".")
         .env("GIT_OBJECT_DIRECTORY", &p.incoming)
@@ -258,16 +248,11 @@ fn ms(d: Duration) -> String {
 fn main() {
     let started = Instant::now();
     let load_before = load();
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_lockstep"));
-    let tmp = tempfile::Builder::new()
-        .prefix("lockstep-bench-")
-        .tempdir()
-        .unwrap();
-    let sb = Sandbox::create(&tmp.path().join("sb"), &binary, &["api"]).unwrap();
-    let bare = sb.repos[0].1.clone();
-    let tasks = sb.meta.join("tasks.toml");
+    let env = Env::new(&["api"]);
+    let bare = env.bare("api");
+    let tasks = env.sb.meta.join("tasks.toml");
     let lockstep_hook = bare.join("hooks/pre-receive");
-    let shell_hook = tmp.path().join("shell-pre-receive");
+    let shell_hook = env.dir.path().join("shell-pre-receive");
     std::fs::write(&shell_hook, SHELL_HOOK).unwrap();
     std::fs::set_permissions(
         &shell_hook,

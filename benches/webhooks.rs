@@ -6,24 +6,17 @@
 //!
 //! `cargo bench --bench webhooks` (`-- --requests N --concurrency C` to change the load).
 
-#[path = "../tests/util/fake_github_pulls.rs"]
-#[allow(dead_code)]
-mod fake_github;
-#[path = "../tests/util/http.rs"]
-#[allow(dead_code)]
-mod http;
-#[path = "../tests/util/webhooks.rs"]
-#[allow(dead_code)]
-mod webhooks;
+#[path = "../tests/util/mod.rs"]
+mod util;
 
-use std::io::BufRead as _;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const SECRET_VAR: &str = "LOCKSTEP_BENCH_WEBHOOK_SECRET";
-const TOKEN_VAR: &str = "LOCKSTEP_BENCH_GITHUB_TOKEN";
+use util::Env;
+use util::fake_github::FakeGitHub;
+use util::serve::{ServeProc, TOKEN, configure, github_section};
+use util::webhooks;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -47,22 +40,17 @@ fn main() {
     let delivers = requests / 10;
     let budget = Duration::from_secs(120);
 
-    let dir = tempfile::Builder::new()
-        .prefix("lockstep-bench-")
-        .tempdir()
-        .unwrap();
-    let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_lockstep"));
     // The shipped policies, the file tracker and one repository without task branches: a
     // queued delivery fails fast in rebase, which is all this benchmark needs of the worker.
-    let sb = lockstep::demo::Sandbox::create(&dir.path().join("sb"), &binary, &["api"]).unwrap();
+    let env = Env::new(&["api"]);
     let mut tasks = String::new();
     for i in 0..delivers {
         tasks.push_str(&format!("[BENCH-{i}]\nstatus = \"For Delivery\"\n\n"));
     }
     tasks.push_str("[BENCH-STATUS]\nstatus = \"In Progress\"\n");
-    std::fs::write(sb.meta.join("tasks.toml"), tasks).unwrap();
+    env.set_tasks(&tasks);
 
-    let gh = fake_github::FakeGitHub::start();
+    let gh = FakeGitHub::start(TOKEN);
     gh.permit("acme/api", "alice", "write");
     gh.add_pull(
         "acme/api",
@@ -83,48 +71,9 @@ fn main() {
         gh.review("acme/api", n, "bob", "APPROVED");
         gh.review("acme/api", n, "carol", "APPROVED");
     }
-    let config = sb.meta.join("lockstep.toml");
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text = text.replace(
-        "path = \"tasks.toml\"\n",
-        "path = \"tasks.toml\"\npoll = \"0s\"\n",
-    );
-    text = text.replace(
-        "name = \"api\"\n",
-        "name = \"api\"\ngithub = \"acme/api\"\n",
-    );
-    text.push_str(&format!(
-        "\n[github]\napi_url = \"{}\"\nwebhook_secret_env = \"{SECRET_VAR}\"\ntoken_env = \"{TOKEN_VAR}\"\n",
-        gh.url
-    ));
-    std::fs::write(&config, text).unwrap();
-
-    let log = dir.path().join("serve.log");
-    let mut serve = Command::new(&binary)
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env(SECRET_VAR, webhooks::SECRET)
-        .env(TOKEN_VAR, "bench-token")
-        .env("LOCKSTEP_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let url = first
-        .trim()
-        .strip_prefix("lockstep: serving on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "serve did not start: {}",
-                std::fs::read_to_string(&log).unwrap()
-            )
-        })
-        .to_string();
+    configure(&env, "0s", &github_section(gh.url()));
+    let serve = ServeProc::start_quiet(&env);
+    let url = serve.url.clone();
 
     // The work: every 10th request a /deliver, every 5th an ignored event, else /status.
     let plan: Vec<(Kind, Vec<u8>, &str)> = (0..requests)
@@ -235,7 +184,7 @@ fn main() {
         .build()
         .unwrap()
         .block_on(async {
-            let store = lockstep::store::Store::open(&sb.meta.join(".lockstep"))
+            let store = lockstep::store::Store::open(&env.state_dir())
                 .await
                 .unwrap();
             store
@@ -247,14 +196,14 @@ fn main() {
                 .map_or(0, |(_, n)| n)
         });
     let replies_status = gh.comments("acme/api", 1).len();
-    let replies_deliver = gh
-        .state
-        .lock()
-        .unwrap()
-        .comments
-        .iter()
-        .filter(|c| c.number >= 1000 && c.body.contains("queued the delivery"))
-        .count();
+    let replies_deliver: usize = (0..delivers as u64)
+        .map(|i| {
+            gh.comments("acme/api", 1000 + i)
+                .iter()
+                .filter(|c| c.contains("queued the delivery"))
+                .count()
+        })
+        .sum();
     println!(
         "  answered: {} of {requests} (non-2xx: {}); /deliver accepted {accepted_delivers}, \
          deliveries in the store {queued}, queue replies {replies_deliver}; /status replies \
@@ -262,11 +211,8 @@ fn main() {
         results.len(),
         failed.len()
     );
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(serve.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = serve.wait();
+    let log = serve.log_text();
+    serve.stop(Duration::from_secs(10));
     let lost = results.len() != requests
         || !failed.is_empty()
         || accepted_delivers != delivers
@@ -274,10 +220,7 @@ fn main() {
         || replies_deliver != accepted_delivers
         || replies_status != statuses;
     if lost {
-        eprintln!(
-            "LOST WORK; serve log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        eprintln!("LOST WORK; serve log:\n{log}");
         std::process::exit(1);
     }
     println!("  nothing lost");

@@ -242,23 +242,98 @@ pub fn push(dir: &Path, user: &str, args: &[&str]) -> anyhow::Result<Pushed> {
     })
 }
 
+/// One act of the tour: what it shows, and the command it runs.
+pub struct Act {
+    pub title: &'static str,
+    pub command: &'static str,
+}
+
+/// The tour's acts, in the order they run. The narrator numbers them as they run, and the
+/// tour does not go as told unless every one of them ran.
+pub const ACTS: &[Act] = &[
+    Act {
+        title: "alice pushes a branch that names no task",
+        command: "git push origin fix-login",
+    },
+    Act {
+        title: "alice pushes TASK-2's branch, but TASK-2 is still To Do",
+        command: "git push origin feature/TASK-2-search",
+    },
+    Act {
+        title: "alice pushes TASK-1's branch to api; TASK-1 is In Progress",
+        command: "git push origin feature/TASK-1-login",
+    },
+    Act {
+        title: "alice pushes TASK-1's branch to web (a commit that forgets the task: a warning)",
+        command: "git push origin feature/TASK-1-login",
+    },
+    Act {
+        title: "alice pushes straight to master",
+        command: "git push origin master",
+    },
+    Act {
+        title: "lockstep-bot pushes master",
+        command: "git push origin master",
+    },
+    Act {
+        title: "even the bot cannot force-push master",
+        command: "git push --force origin master",
+    },
+    Act {
+        title: "TASK-1 is moved to For Delivery; the bot delivers it across api and web",
+        command: "lockstep deliver TASK-1",
+    },
+    Act {
+        title: "TASK-3 changes api and web; web's smoke test fails once deployed",
+        command: "lockstep deliver TASK-3",
+    },
+];
+
 struct Narrator {
+    acts: &'static [Act],
+    /// How many acts have begun.
+    ran: usize,
     failures: Vec<String>,
 }
 
 impl Narrator {
+    fn new(acts: &'static [Act]) -> Narrator {
+        Narrator {
+            acts,
+            ran: 0,
+            failures: Vec::new(),
+        }
+    }
+
+    /// Announces the next act.
+    fn begin(&mut self) {
+        self.ran += 1;
+        match self.acts.get(self.ran - 1) {
+            Some(act) => {
+                println!("\n{}. {}", self.ran, act.title);
+                println!("   $ {}", act.command);
+            }
+            None => {
+                println!("\n{}. (an act missing from the list of acts)", self.ran);
+                self.failures
+                    .push(format!("act {} is missing from the list of acts", self.ran));
+            }
+        }
+    }
+
+    /// Tells how the act under way ended.
     fn check(&mut self, ok: bool, good: &str, bad: &str) {
         if ok {
             println!("   → {good}");
         } else {
             println!("   → NOT as told: {bad}");
-            self.failures.push(bad.to_string());
+            self.failures.push(format!("act {}: {bad}", self.ran));
         }
     }
 
-    fn act(&mut self, n: usize, title: &str, command: &str, pushed: &Pushed, expect_accept: bool) {
-        println!("\n{n}. {title}");
-        println!("   $ {command}");
+    /// An act that is one push: begins it and tells whether the push went as the policies say.
+    fn push_act(&mut self, pushed: &Pushed, expect_accept: bool) {
+        self.begin();
         for line in &pushed.remote {
             println!("   remote: {line}");
         }
@@ -271,7 +346,29 @@ impl Narrator {
             println!("   → {verdict}, as it should be");
         } else {
             println!("   → {verdict}: NOT what the policies say should happen");
-            self.failures.push(format!("act {n}: {title}"));
+            let title = self.acts.get(self.ran - 1).map_or("", |a| a.title);
+            self.failures.push(format!("act {}: {title}", self.ran));
+        }
+    }
+
+    /// The tour's last line and its exit code: how many acts ran, or what went otherwise
+    /// than told, an act of the list that never began included.
+    fn closing(&self) -> (String, i32) {
+        let mut failures = self.failures.clone();
+        for (i, act) in self.acts.iter().enumerate().skip(self.ran) {
+            failures.push(format!("act {} did not run: {}", i + 1, act.title));
+        }
+        if failures.is_empty() {
+            (format!("all {} acts went as told", self.ran), 0)
+        } else {
+            (
+                format!(
+                    "{} act(s) did not go as told: {}",
+                    failures.len(),
+                    failures.join("; ")
+                ),
+                1,
+            )
         }
     }
 }
@@ -367,9 +464,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     );
     println!("  pushing as    alice (a developer); lockstep-bot (the bot account)");
 
-    let mut n = Narrator {
-        failures: Vec::new(),
-    };
+    let mut n = Narrator::new(ACTS);
     let api = sb.clone_for("api", "alice")?;
     let web = sb.clone_for("web", "alice")?;
 
@@ -377,13 +472,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     git.run(&["switch", "--quiet", "-c", "fix-login"])?;
     commit(&api, "alice", "login.txt", "sso\n", "fix login")?;
     let p = push(&api, "alice", &["fix-login"])?;
-    n.act(
-        1,
-        "alice pushes a branch that names no task",
-        "git push origin fix-login",
-        &p,
-        false,
-    );
+    n.push_act(&p, false);
 
     git.run(&["switch", "--quiet", "-c", "feature/TASK-2-search", "master"])?;
     commit(
@@ -394,13 +483,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
         "TASK-2 search endpoint",
     )?;
     let p = push(&api, "alice", &["feature/TASK-2-search"])?;
-    n.act(
-        2,
-        "alice pushes TASK-2's branch, but TASK-2 is still To Do",
-        "git push origin feature/TASK-2-search",
-        &p,
-        false,
-    );
+    n.push_act(&p, false);
 
     git.run(&["switch", "--quiet", "-c", "feature/TASK-1-login", "master"])?;
     commit(
@@ -411,35 +494,17 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
         "TASK-1 log in with SSO",
     )?;
     let p = push(&api, "alice", &["feature/TASK-1-login"])?;
-    n.act(
-        3,
-        "alice pushes TASK-1's branch to api; TASK-1 is In Progress",
-        "git push origin feature/TASK-1-login",
-        &p,
-        true,
-    );
+    n.push_act(&p, true);
     let wgit = sandbox_git(&web, "alice");
     wgit.run(&["switch", "--quiet", "-c", "feature/TASK-1-login"])?;
     commit(&web, "alice", "login.html", "<form>\n", "login form")?;
     let p = push(&web, "alice", &["feature/TASK-1-login"])?;
-    n.act(
-        4,
-        "alice pushes TASK-1's branch to web (a commit that forgets the task: a warning)",
-        "git push origin feature/TASK-1-login",
-        &p,
-        true,
-    );
+    n.push_act(&p, true);
 
     git.run(&["switch", "--quiet", "master"])?;
     commit(&api, "alice", "hotfix.txt", "quick\n", "quick fix")?;
     let p = push(&api, "alice", &["master"])?;
-    n.act(
-        5,
-        "alice pushes straight to master",
-        "git push origin master",
-        &p,
-        false,
-    );
+    n.push_act(&p, false);
 
     let bot = sb.clone_for("api", "lockstep-bot")?;
     commit(
@@ -450,29 +515,16 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
         "TASK-1 changelog",
     )?;
     let p = push(&bot, "lockstep-bot", &["master"])?;
-    n.act(
-        6,
-        "lockstep-bot pushes master",
-        "git push origin master",
-        &p,
-        true,
-    );
+    n.push_act(&p, true);
 
     let bgit = sandbox_git(&bot, "lockstep-bot");
     bgit.run(&["reset", "--quiet", "--hard", "HEAD~1"])?;
     let p = push(&bot, "lockstep-bot", &["--force", "master"])?;
-    n.act(
-        7,
-        "even the bot cannot force-push master",
-        "git push --force origin master",
-        &p,
-        false,
-    );
+    n.push_act(&p, false);
 
     println!("\n— second act: delivery, all or nothing —");
     set_status(&sb, "TASK-1", "For Delivery")?;
-    println!("\n8. TASK-1 is moved to For Delivery; the bot delivers it across api and web");
-    println!("   $ lockstep deliver TASK-1");
+    n.begin();
     let (state, _) = deliver(&sb, "TASK-1")?;
     let api_master = sandbox_git(&sb.repos[0].1, "admin")
         .resolve("refs/heads/master")?
@@ -482,7 +534,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     n.check(
         state == State::Delivered,
         "delivered: both masters advanced, TASK-1 is Closed",
-        "act 8: TASK-1 was not delivered",
+        "TASK-1 was not delivered",
     );
     println!("   api master is now: {}", api_has.trim());
 
@@ -521,8 +573,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
         .iter()
         .map(|(_, bare)| sandbox_git(bare, "admin").resolve("refs/heads/master"))
         .collect::<anyhow::Result<_>>()?;
-    println!("\n9. TASK-3 changes api and web; web's smoke test fails once deployed");
-    println!("   $ lockstep deliver TASK-3");
+    n.begin();
     let (state, error) = deliver(&sb, "TASK-3")?;
     let after: Vec<Option<String>> = sb
         .repos
@@ -540,7 +591,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
             && rollbacks.lines().count() == 2
             && task3.as_deref() == Some("In Progress"),
         "failed: nothing merged anywhere, both deploys rolled back, TASK-3 back In Progress",
-        "act 9: the failed delivery did not leave everything as it was",
+        "the failed delivery did not leave everything as it was",
     );
     println!("   why: {error}");
 
@@ -551,15 +602,78 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
         println!("try: lockstep --config {} queue", config.display());
         println!("     lockstep --config {} show 2", config.display());
     }
-    if n.failures.is_empty() {
-        println!("all 9 acts went as told");
-        Ok(0)
-    } else {
-        println!(
-            "{} act(s) did not go as told: {}",
-            n.failures.len(),
-            n.failures.join("; ")
+    let (closing, code) = n.closing();
+    println!("{closing}");
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO: &[Act] = &[
+        Act {
+            title: "the first act",
+            command: "true",
+        },
+        Act {
+            title: "the second act",
+            command: "true",
+        },
+    ];
+
+    fn play(n: &mut Narrator) {
+        n.begin();
+        n.check(true, "as told", "not as told");
+    }
+
+    #[test]
+    fn issue_9_the_closing_line_counts_the_acts_that_ran() {
+        let mut n = Narrator::new(TWO);
+        play(&mut n);
+        play(&mut n);
+        assert_eq!(n.closing(), ("all 2 acts went as told".to_string(), 0));
+    }
+
+    #[test]
+    fn issue_9_an_act_that_did_not_run_fails_the_tour() {
+        let mut n = Narrator::new(TWO);
+        play(&mut n);
+        assert_eq!(
+            n.closing(),
+            (
+                "1 act(s) did not go as told: act 2 did not run: the second act".to_string(),
+                1
+            )
         );
-        Ok(1)
+    }
+
+    #[test]
+    fn an_act_missing_from_the_list_fails_the_tour() {
+        let mut n = Narrator::new(&TWO[..1]);
+        play(&mut n);
+        play(&mut n);
+        assert_eq!(
+            n.closing(),
+            (
+                "1 act(s) did not go as told: act 2 is missing from the list of acts".to_string(),
+                1
+            )
+        );
+    }
+
+    #[test]
+    fn a_failed_check_names_the_act_under_way() {
+        let mut n = Narrator::new(TWO);
+        play(&mut n);
+        n.begin();
+        n.check(false, "as told", "TASK-1 was not delivered");
+        assert_eq!(
+            n.closing(),
+            (
+                "1 act(s) did not go as told: act 2: TASK-1 was not delivered".to_string(),
+                1
+            )
+        );
     }
 }

@@ -319,8 +319,7 @@ fn unknown_config_key_names_the_file_and_the_key() {
 #[test]
 fn tracker_config_that_cannot_work_is_refused_by_the_hook() {
     let env = Env::new(&["api"]);
-    let config = std::fs::read_to_string(env.config()).unwrap();
-    env.set_config(&config.replace("kind = \"file\"", "kind = \"jira\""));
+    env.edit_config(|config| config.replace("kind = \"file\"", "kind = \"jira\""));
     let api = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 log in");
     let p = push_as(&api, "alice", &["feature/TASK-1-login"]);
     assert!(!p.accepted);
@@ -366,8 +365,7 @@ fn missing_tasks_file_rejects_task_pushes_and_says_how_to_fix() {
 fn unreadable_tasks_file_can_be_allowed_through_with_a_warning() {
     let env = Env::new(&["api"]);
     std::fs::remove_file(env.sb.meta.join("tasks.toml")).unwrap();
-    let config = std::fs::read_to_string(env.config()).unwrap();
-    env.set_config(&config.replace("[tracker]\n", "[tracker]\non_error = \"allow\"\n"));
+    env.edit_config(|config| config.replace("[tracker]\n", "[tracker]\non_error = \"allow\"\n"));
     let api = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 log in");
     let p = push_as(&api, "alice", &["feature/TASK-1-login"]);
     assert!(p.accepted, "{}", p.stderr);

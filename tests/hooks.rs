@@ -373,11 +373,12 @@ message = "push options {push_options}: `wip` work stays on your machine"
 "#,
     )
     .unwrap();
-    let config = std::fs::read_to_string(env.config()).unwrap();
-    env.set_config(&format!(
-        "[policies]\ndirs = [\"policies\", \"{}\"]\n\n{config}",
-        extra.display()
-    ));
+    env.edit_config(|config| {
+        format!(
+            "[policies]\ndirs = [\"policies\", \"{}\"]\n\n{config}",
+            extra.display()
+        )
+    });
     let api = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 log in");
 
     let p = push_as(
@@ -496,8 +497,7 @@ fn unknown_pusher_is_nobody_in_particular() {
 #[test]
 fn custom_identity_variable_is_honoured() {
     let env = Env::new(&["api"]);
-    let config = std::fs::read_to_string(env.config()).unwrap();
-    env.set_config(&format!("[identity]\nenv = [\"SSO_LOGIN\"]\n\n{config}"));
+    env.edit_config(|config| format!("[identity]\nenv = [\"SSO_LOGIN\"]\n\n{config}"));
     let bot = env.sb.clone_for("api", "lockstep-bot").unwrap();
     commit(&bot, "lockstep-bot", "a.txt", "a\n", "TASK-1 a").unwrap();
     // `GL_USER` is no longer read at all.

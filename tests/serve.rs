@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::util::fake_github_pulls::FakeGitHub;
+use crate::util::fake_github::FakeGitHub;
 use crate::util::serve::*;
 use crate::util::webhooks::{self, SECRET};
 use crate::util::*;
@@ -49,13 +49,13 @@ fn github_env() -> (Env, FakeGitHub, Vec<String>) {
     let env = Env::new(&["api", "web"]);
     let heads = push_task_branch(&env, "feature/TASK-1-login", &["api", "web"], &[]);
     env.set_tasks(TASKS_READY);
-    let gh = FakeGitHub::start();
+    let gh = FakeGitHub::start(TOKEN);
     configure(
         &env,
         "0s",
         &format!(
             "[server]\npublic_url = \"http://lockstep.test/\"\nbody_limit = 65536\n\n{}",
-            github_section(&gh.url)
+            github_section(gh.url())
         ),
     );
     gh.add_pull("acme/api", 7, "alice", "feature/TASK-1-login", &heads[0]);
@@ -140,7 +140,7 @@ fn deliver_comment_delivers_across_repositories() {
             .any(|s| s.repo == "acme/web" && s.sha == heads[1] && s.state == "success")
     );
     // Every call carried the token.
-    let auth = gh.state.lock().unwrap().auth.clone();
+    let auth: Vec<String> = gh.requests().into_iter().map(|r| r.auth).collect();
     assert!(
         auth.iter().all(|a| a == &format!("Bearer {TOKEN}")),
         "{auth:?}"
@@ -642,7 +642,7 @@ fn github_app_installation_tokens() {
     let (env, gh, _) = github_env();
     let key =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/github-app-test-key.pem");
-    edit_config(&env, |text| {
+    env.edit_config(|text| {
         text.replace(
             &format!("token_env = \"{TOKEN_VAR}\"\n"),
             &format!(
@@ -660,18 +660,17 @@ fn github_app_installation_tokens() {
         c,
         ["@alice `TASK-1` is `For Delivery` in the tracker; it has never been delivered."]
     );
-    let s = gh.state.lock().unwrap();
+    let requests = gh.requests();
     // The installation named in the webhook is used; its token is minted with the App's JWT.
-    let mint = s
-        .requests
+    let mint = requests
         .iter()
-        .position(|r| r == "POST /app/installations/7777777/access_tokens")
-        .unwrap_or_else(|| panic!("{:?}", s.requests));
-    let jwt = s.auth[mint].strip_prefix("Bearer ").unwrap();
+        .position(|r| r.line == "POST /app/installations/7777777/access_tokens")
+        .unwrap_or_else(|| panic!("{requests:?}"));
+    let jwt = requests[mint].auth.strip_prefix("Bearer ").unwrap();
     assert_eq!(jwt.split('.').count(), 3, "{jwt}");
-    for (req, auth) in s.requests.iter().zip(&s.auth) {
-        if req.starts_with("POST /repos/") || req.contains("/permission") {
-            assert_eq!(auth, "Bearer ghs_installation_token", "{req}");
+    for r in &requests {
+        if r.line.starts_with("POST /repos/") || r.line.contains("/permission") {
+            assert_eq!(r.auth, "Bearer ghs_installation_token", "{}", r.line);
         }
     }
 }
@@ -690,8 +689,8 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
         &[("FAIL-TEST", "search returns nothing\n")],
     );
     env.set_tasks(TASKS_READY);
-    let gh = FakeGitHub::start();
-    configure(&env, "0s", &github_section(&gh.url));
+    let gh = FakeGitHub::start(TOKEN);
+    configure(&env, "0s", &github_section(gh.url()));
     gh.add_pull("acme/api", 8, "alice", "feature/TASK-2-search", &heads[0]);
     gh.review("acme/api", 8, "bob", "APPROVED");
     gh.review("acme/api", 8, "carol", "APPROVED");
@@ -798,8 +797,8 @@ fn two_branches_one_reviewed() -> (Env, FakeGitHub, Vec<String>) {
     let env = Env::new(&["api", "web"]);
     let heads = push_task_branch(&env, "feature/TASK-1-login", &["api", "web"], &[]);
     env.set_tasks(TASKS_READY);
-    let gh = FakeGitHub::start();
-    configure(&env, "0s", &github_section(&gh.url));
+    let gh = FakeGitHub::start(TOKEN);
+    configure(&env, "0s", &github_section(gh.url()));
     gh.add_pull("acme/api", 7, "alice", "feature/TASK-1-login", &heads[0]);
     gh.review("acme/api", 7, "bob", "APPROVED");
     gh.review("acme/api", 7, "carol", "APPROVED");
@@ -851,13 +850,9 @@ fn deliveries_asked_outside_github_still_need_every_branch_reviewed() {
         "feature/TASK-1-login",
         &"f".repeat(40),
     );
-    gh.state
-        .lock()
-        .unwrap()
-        .pulls
-        .get_mut(&("acme/web".into(), 2))
-        .unwrap()
-        .head_repo = Some("mallory/web".into());
+    gh.update("acme/web", 2, |i| {
+        i.pull.as_mut().unwrap().head_repo = Some("mallory/web".into())
+    });
     gh.review("acme/web", 2, "bob", "APPROVED");
     gh.review("acme/web", 2, "carol", "APPROVED");
     let o = deliver(true);

@@ -7,18 +7,30 @@ use lockstep::tracker::github::{GitHubIssues, LABEL_PREFIX};
 use lockstep::tracker::{Credential, Tracker, TrackerError, task_with_timeout};
 
 use super::{push_branch, said, sandbox_with};
-use crate::util::fake_github::FakeGitHub;
+use crate::util::fake_github::{FakeGitHub, Pull};
 
 const TOKEN: &str = "ghp_fakeT0ken0000000000000000000000000";
 
+const REPO: &str = "acme/shop";
+
 fn fake() -> FakeGitHub {
-    FakeGitHub::start("acme/shop", TOKEN)
+    let fake = FakeGitHub::start(TOKEN);
+    fake.add_labels(
+        REPO,
+        &[
+            "bug",
+            "status: To Do",
+            "status: In Progress",
+            "status: For Delivery",
+        ],
+    );
+    fake
 }
 
 fn client_with(fake: &FakeGitHub, token: &str, timeout: Duration) -> GitHubIssues {
     GitHubIssues::new(
         fake.url(),
-        "acme/shop",
+        REPO,
         Credential::new("GITHUB_TOKEN", token),
         LABEL_PREFIX,
         timeout,
@@ -33,17 +45,24 @@ fn client(fake: &FakeGitHub) -> GitHubIssues {
 #[tokio::test]
 async fn reads_the_status_from_the_label_or_the_state() {
     let fake = fake();
-    fake.add(12, "Log in with SSO", true, &["bug", "status: In Progress"]);
-    fake.add(13, "Search", true, &["bug"]);
-    fake.add(14, "Old", false, &["status: In Progress"]);
-    fake.add(
+    fake.add_issue(
+        REPO,
+        12,
+        "Log in with SSO",
+        true,
+        &["bug", "status: In Progress"],
+    );
+    fake.add_issue(REPO, 13, "Search", true, &["bug"]);
+    fake.add_issue(REPO, 14, "Old", false, &["status: In Progress"]);
+    fake.add_issue(
+        REPO,
         15,
         "Confused",
         true,
         &["status: To Do", "status: In Progress"],
     );
-    fake.add(16, "A pull request", true, &["status: In Progress"]);
-    fake.update(16, |i| i.pull_request = true);
+    fake.add_issue(REPO, 16, "A pull request", true, &["status: In Progress"]);
+    fake.update(REPO, 16, |i| i.pull = Some(Pull::default()));
     let gh = client(&fake);
 
     let t = gh.task("12").await.unwrap().unwrap();
@@ -71,24 +90,24 @@ async fn reads_the_status_from_the_label_or_the_state() {
 #[tokio::test]
 async fn a_move_replaces_the_status_label_and_comments() {
     let fake = fake();
-    fake.add(3, "Cart", true, &["bug", "status: In Progress"]);
+    fake.add_issue(REPO, 3, "Cart", true, &["bug", "status: In Progress"]);
     let gh = client(&fake);
 
     gh.move_to("3", "For Delivery", "ready").await.unwrap();
-    let i = fake.issue(3);
+    let i = fake.issue(REPO, 3);
     assert_eq!(i.labels, ["bug", "status: For Delivery"]);
     assert!(i.open);
 
     let note = "delivered by lockstep: api 1a2b3c → master, web 4d5e6f → master";
     gh.move_to("3", "Closed", note).await.unwrap();
-    let i = fake.issue(3);
+    let i = fake.issue(REPO, 3);
     assert!(!i.open);
     assert_eq!(i.labels, ["bug"]);
     assert_eq!(gh.task("3").await.unwrap().unwrap().status, "Closed");
 
     let back = "delivery failed in test (web): 2 tests failed";
     gh.move_to("3", "in progress", back).await.unwrap();
-    let i = fake.issue(3);
+    let i = fake.issue(REPO, 3);
     assert!(i.open);
     assert_eq!(
         i.labels,
@@ -101,7 +120,7 @@ async fn a_move_replaces_the_status_label_and_comments() {
 #[tokio::test]
 async fn a_status_without_a_label_is_named_with_the_ones_there_are() {
     let fake = fake();
-    fake.add(4, "Filters", true, &["status: In Progress"]);
+    fake.add_issue(REPO, 4, "Filters", true, &["status: In Progress"]);
     let gh = client(&fake);
     let e = gh.move_to("4", "Shipped", "x").await.unwrap_err();
     assert!(matches!(e, TrackerError::NoSuchStatus { .. }), "{e:?}");
@@ -110,7 +129,7 @@ async fn a_status_without_a_label_is_named_with_the_ones_there_are() {
         "tracker `github` has no status `Shipped`; create the label `status: Shipped` or use \
          one of `status: To Do`, `status: In Progress`, `status: For Delivery`"
     );
-    assert_eq!(fake.issue(4).labels, ["status: In Progress"]);
+    assert_eq!(fake.issue(REPO, 4).labels, ["status: In Progress"]);
     assert_eq!(fake.count("PATCH "), 0);
 
     let e = gh.move_to("404", "For Delivery", "x").await.unwrap_err();
@@ -120,14 +139,14 @@ async fn a_status_without_a_label_is_named_with_the_ones_there_are() {
 #[tokio::test]
 async fn lists_the_open_issues_with_the_label_page_by_page() {
     let fake = fake();
-    fake.state.lock().unwrap().page_cap = 2;
+    fake.cap_pages(2);
     for n in 1..=5 {
-        fake.add(n, "ready", true, &["status: For Delivery"]);
+        fake.add_issue(REPO, n, "ready", true, &["status: For Delivery"]);
     }
-    fake.add(6, "closed one", false, &["status: For Delivery"]);
-    fake.add(7, "a pull request", true, &["status: For Delivery"]);
-    fake.update(7, |i| i.pull_request = true);
-    fake.add(8, "not yet", true, &["status: In Progress"]);
+    fake.add_issue(REPO, 6, "closed one", false, &["status: For Delivery"]);
+    fake.add_issue(REPO, 7, "a pull request", true, &["status: For Delivery"]);
+    fake.update(REPO, 7, |i| i.pull = Some(Pull::default()));
+    fake.add_issue(REPO, 8, "not yet", true, &["status: In Progress"]);
     let gh = client(&fake);
 
     let tasks = gh.in_statuses(&["For Delivery".into()]).await.unwrap();
@@ -140,7 +159,7 @@ async fn lists_the_open_issues_with_the_label_page_by_page() {
 #[tokio::test]
 async fn a_refused_token_names_its_variable_never_its_value() {
     let fake = fake();
-    fake.add(1, "x", true, &["status: In Progress"]);
+    fake.add_issue(REPO, 1, "x", true, &["status: In Progress"]);
     let gh = client_with(&fake, "ghp_wr0ng", Duration::from_secs(2));
     for e in [
         gh.task("1").await.unwrap_err(),
@@ -159,8 +178,8 @@ async fn a_refused_token_names_its_variable_never_its_value() {
 #[tokio::test]
 async fn a_slow_github_times_out() {
     let fake = fake();
-    fake.add(7, "slow", true, &["status: In Progress"]);
-    fake.state.lock().unwrap().slow = Some((7, Duration::from_secs(5)));
+    fake.add_issue(REPO, 7, "slow", true, &["status: In Progress"]);
+    fake.answer_slowly(REPO, 7, Duration::from_secs(5));
     let gh = client_with(&fake, TOKEN, Duration::from_millis(300));
     let started = Instant::now();
     let e = task_with_timeout(&gh, "7", Duration::from_millis(300))
@@ -179,7 +198,7 @@ async fn a_slow_github_times_out() {
 #[test]
 fn pushes_follow_the_github_label() {
     let fake = fake();
-    fake.add(12, "Log in", true, &["status: In Progress"]);
+    fake.add_issue(REPO, 12, "Log in", true, &["status: In Progress"]);
     let config = format!(
         "[tracker]\nkind = \"github\"\nrepo = \"acme/shop\"\napi_url = \"{}\"\n\n\
          [tasks]\npattern = 'gh-(?P<task>[0-9]+)'\n",
@@ -191,7 +210,7 @@ fn pushes_follow_the_github_label() {
     let p = push_branch(&clone, "gh-12", &vars);
     assert!(p.accepted, "{}", said(&p));
 
-    fake.update(12, |i| i.labels = vec!["status: For Delivery".into()]);
+    fake.update(REPO, 12, |i| i.labels = vec!["status: For Delivery".into()]);
     crate::util::commit(&clone, "alice", "more.txt", "more\n", "gh-12: more").unwrap();
     let p = super::alice_push(&clone, &vars, &["gh-12"]);
     assert!(!p.accepted);

@@ -4,7 +4,6 @@
 
 pub mod container;
 pub mod fake_github;
-pub mod fake_github_pulls;
 pub mod fake_jira;
 pub mod http;
 pub mod serve;
@@ -84,25 +83,12 @@ impl Env {
         std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let steps = env.sb.meta.join("steps");
-        env.edit_config(|text| {
-            let mut out = String::new();
-            for line in text.lines() {
-                let step = ["build", "test", "deploy", "verify", "rollback"]
-                    .into_iter()
-                    .find(|s| line.starts_with(&format!("{s} = [")));
-                match step {
-                    Some(s) => out.push_str(&format!(
-                        "{s} = [{}, \"{s}\", {}]\n",
-                        toml_str(&gate),
-                        toml_str(&steps.join(format!("{s}.sh")))
-                    )),
-                    None => {
-                        out.push_str(line);
-                        out.push('\n');
-                    }
-                }
-            }
-            out
+        env.set_steps(|s| {
+            format!(
+                "[{}, \"{s}\", {}]",
+                toml_str(&gate),
+                toml_str(&steps.join(format!("{s}.sh")))
+            )
         });
         env
     }
@@ -120,10 +106,37 @@ impl Env {
         self.sb.meta.join(".lockstep")
     }
 
-    /// Rewrites `lockstep.toml`.
-    pub fn edit_config(&self, f: impl FnOnce(&str) -> String) {
+    /// The isolated `HOME` of the commands a test runs.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Rewrites `lockstep.toml`: `edit` gets its text and returns the new one. The one way
+    /// tests and benches change the sandbox's config (the helpers below use it).
+    pub fn edit_config(&self, edit: impl FnOnce(&str) -> String) {
         let text = std::fs::read_to_string(self.config()).unwrap();
-        std::fs::write(self.config(), f(&text)).unwrap();
+        std::fs::write(self.config(), edit(&text)).unwrap();
+    }
+
+    /// Sets the command of every delivery step (`build`, `test`, `deploy`, `verify`,
+    /// `rollback`): `command(step)` gives its TOML array.
+    pub fn set_steps(&self, command: impl Fn(&str) -> String) {
+        self.edit_config(|text| {
+            let mut out = String::new();
+            for line in text.lines() {
+                let step = ["build", "test", "deploy", "verify", "rollback"]
+                    .into_iter()
+                    .find(|s| line.starts_with(&format!("{s} = [")));
+                match step {
+                    Some(s) => out.push_str(&format!("{s} = {}\n", command(s))),
+                    None => {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+            out
+        });
     }
 
     /// Sets a key of the `[delivery]` table, e.g. `("merge", "\"merge-commit\"")`.
@@ -175,14 +188,13 @@ impl Env {
     /// `[[repo]]`) with `tracker`, a TOML text such as `"[tracker]\nkind = \"jira\"\n…"`,
     /// optionally followed by a `[tasks]` section.
     pub fn use_tracker(&self, tracker: &str) {
-        let path = self.config();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let start = text
-            .find("[tracker]\n")
-            .expect("the sandbox config has a tracker");
-        let end = text.find("\n[[repo]]").unwrap_or(text.len());
-        let text = format!("{}{}\n{}", &text[..start], tracker.trim(), &text[end..]);
-        std::fs::write(&path, text).unwrap();
+        self.edit_config(|text| {
+            let start = text
+                .find("[tracker]\n")
+                .expect("the sandbox config has a tracker");
+            let end = text.find("\n[[repo]]").unwrap_or(text.len());
+            format!("{}{}\n{}", &text[..start], tracker.trim(), &text[end..])
+        });
     }
 
     /// Overwrites the sandbox's `lockstep.toml`.
@@ -215,7 +227,7 @@ impl Env {
 
     /// A `lockstep` command with the sandbox's config and an isolated home.
     pub fn command(&self, args: &[&str]) -> Command {
-        let home = self.dir.path().join("home");
+        let home = self.home();
         let mut cmd = lockstep_cmd();
         cmd.arg("--config")
             .arg(self.config())
@@ -528,7 +540,7 @@ pub fn lockstep_cmd() -> Command {
 }
 
 /// Removes from a command's environment whatever could steer git or name a pusher.
-fn scrub(cmd: &mut Command) {
+pub fn scrub(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if let Some(k) = k.to_str()
             && k.starts_with("GIT_")
@@ -665,7 +677,8 @@ pub fn code(o: &Output) -> i32 {
 }
 
 /// An HTTP server on 127.0.0.1 (a random port) running `router` on its own thread and
-/// runtime, so that sync tests and the `lockstep` processes they start can reach it.
+/// runtime (two workers, so that a slow answer holds up no other), so that sync tests, the
+/// `lockstep` processes they start and the benches' load can reach it.
 /// Dropping it stops the server, abandoning requests in flight (a deliberately slow answer).
 pub struct Served {
     pub url: String,
@@ -679,7 +692,8 @@ pub fn serve(router: axum::Router) -> Served {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();

@@ -16,16 +16,11 @@ pub const TOKEN: &str = "test-github-token";
 pub const TRACKER_VAR: &str = "LOCKSTEP_TEST_TRACKER_SECRET";
 pub const TRACKER_SECRET: &str = "test-tracker-secret";
 
-/// Rewrites the sandbox's config.
-pub fn edit_config(env: &Env, edit: impl FnOnce(String) -> String) {
-    let text = std::fs::read_to_string(env.config()).unwrap();
-    std::fs::write(env.config(), edit(text)).unwrap();
-}
-
 /// Ties each repository to `acme/<name>` on GitHub, sets the tracker's poll interval and
 /// appends `extra` (e.g. `[server]` and `[github]` sections).
 pub fn configure(env: &Env, poll: &str, extra: &str) {
-    edit_config(env, |mut text| {
+    env.edit_config(|text| {
+        let mut text = text.to_string();
         for (name, _) in &env.sb.repos {
             text = text.replace(
                 &format!("name = \"{name}\"\n"),
@@ -116,8 +111,18 @@ pub struct ServeProc {
 }
 
 impl ServeProc {
-    /// Starts `lockstep serve --listen 127.0.0.1:0` with the test secrets in its environment.
+    /// Starts `lockstep -v serve --listen 127.0.0.1:0` with the test secrets in its
+    /// environment; its log goes to a file in the sandbox.
     pub fn start(env: &Env) -> ServeProc {
+        ServeProc::spawn(env, &["-v"], &[])
+    }
+
+    /// Like `start`, logging warnings only: what a load test measures is not the log.
+    pub fn start_quiet(env: &Env) -> ServeProc {
+        ServeProc::spawn(env, &[], &[("LOCKSTEP_LOG", "warn")])
+    }
+
+    fn spawn(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> ServeProc {
         let log = env
             .dir
             .path()
@@ -130,10 +135,12 @@ impl ServeProc {
         let mut child = Command::new(bin())
             .arg("--config")
             .arg(env.config())
-            .args(["-v", "serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .env(SECRET_VAR, super::webhooks::SECRET)
             .env(TOKEN_VAR, TOKEN)
             .env(TRACKER_VAR, TRACKER_SECRET)
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))
