@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{push_branch, sandbox_with};
-use crate::util::fake_github_pulls::FakeGitHub;
+use crate::util::fake_github::FakeGitHub;
 use crate::util::fake_jira::{FakeJira, Flavor};
 use crate::util::serve::*;
 use crate::util::webhooks::{self, SECRET};
@@ -33,8 +33,8 @@ fn serve_asks_the_tracker_once_per_task_until_it_moves_it() {
     );
     assert!(pushed.accepted, "{}", pushed.remote_text());
     let head = env.rev("api", "refs/heads/feature/SHOP-1-login").unwrap();
-    let gh = FakeGitHub::start();
-    configure(&env, "200ms", &github_section(&gh.url));
+    let gh = FakeGitHub::start(TOKEN);
+    configure(&env, "200ms", &github_section(gh.url()));
     gh.add_pull("acme/api", 7, "alice", "feature/SHOP-1-login", &head);
     gh.review("acme/api", 7, "bob", "APPROVED");
     gh.review("acme/api", 7, "carol", "APPROVED");
