@@ -11,6 +11,7 @@
 //! - [`config`]: `lockstep.toml`, the meta-project's config.
 //! - [`domain`]: the domain's vocabulary, value types every layer names (`RepoName`).
 //! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
+//! - [`audit`]: the decision log, `lockstep audit`'s reading of it, and policy replay.
 //! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
 //! - [`hook`]: the `pre-receive`, `update` and `post-receive` entry points.
 //! - [`install`]: `install-hooks`, the shims of `hooks/`.
@@ -23,6 +24,7 @@
 //! - [`github`]: the GitHub API client and GitHub's rules (signatures, approvals).
 //! - [`demo`]: the narrated sandbox of `lockstep demo`.
 
+pub mod audit;
 pub mod board;
 pub mod cli;
 pub mod commands;

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod audit;
 mod bad_input;
 mod container;
 mod crash;
@@ -14,5 +15,6 @@ mod help;
 mod hooks;
 mod install;
 mod policy_test;
+mod reviews;
 mod serve;
 mod trackers;

@@ -9,6 +9,7 @@
 //! - `tracker`: `[tasks]` and `[tracker]`.
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
+//! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
 use std::collections::BTreeMap;
@@ -20,11 +21,13 @@ use serde::Deserialize;
 
 mod delivery;
 mod duration;
+mod reviews;
 mod server;
 mod tracker;
 
 pub use delivery::{Command, Delivery, Environment, MergeMode, Repo, Steps};
 pub use duration::{humanize, parse_duration};
+pub use reviews::{Audit, Reviews};
 pub use server::{GitHubConfig, Server};
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 
@@ -59,6 +62,15 @@ pub struct Config {
     /// `lockstep serve`: where it listens and how it links back to itself.
     #[serde(default)]
     pub server: Server,
+    /// Who may approve a task branch with an approval ref.
+    #[serde(default)]
+    pub reviews: Reviews,
+    /// Named groups of people (`dba = ["alice", "bob"]`), the `teams` fact. Default none.
+    #[serde(default)]
+    pub teams: BTreeMap<String, Vec<String>>,
+    /// The decision log's size and rotation.
+    #[serde(default)]
+    pub audit: Audit,
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
     pub github: Option<GitHubConfig>,

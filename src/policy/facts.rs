@@ -37,6 +37,7 @@ pub const FACTS: &[&str] = &[
     "pr",
     "repos",
     "branches",
+    "teams",
     "delivery",
 ];
 
@@ -145,6 +146,10 @@ impl Facts {
                 ("repo", "x".into()),
                 ("github", "x/x".into()),
                 ("branch", "x".into()),
+                ("head", "x".into()),
+                ("approvals", 0i64.into()),
+                ("approvers", Value::from(vec!["x".to_string()])),
+                ("files", Value::from(vec!["x".to_string()])),
                 (
                     "pr",
                     map([
@@ -155,6 +160,7 @@ impl Facts {
                 ),
             ])])),
         );
+        f.set("teams", map([("x", Value::from(vec!["x".to_string()]))]));
         f.set("delivery", map([("id", 1i64.into())]));
         f.set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
         f

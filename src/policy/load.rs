@@ -125,7 +125,9 @@ impl PolicySet {
         let probe = probe_context(&env);
         let mut rules: Vec<Rule> = Vec::new();
         let mut errors = LoadErrors::default();
+        let mut revision = super::Revision::default();
         for (path, text) in sources {
+            revision.add(path, text);
             let file: PolicyFile = match toml::from_str(text) {
                 Ok(f) => f,
                 Err(e) => {
@@ -154,7 +156,11 @@ impl PolicySet {
             }
         }
         if errors.0.is_empty() {
-            Ok(PolicySet { env, rules })
+            Ok(PolicySet {
+                env,
+                rules,
+                revision: revision.finish(),
+            })
         } else {
             Err(errors)
         }

@@ -6,11 +6,13 @@
 //!
 //! By concern:
 //! - `update`: the ref updates git hands a hook, parsed;
+//! - [`approval`]: approvals as refs (`refs/approvals/<TASK>/<name>`), judged by the hook;
 //! - `context`: who pushes, to which repository, with which push options;
 //! - `decide`: the facts of each ref gathered, and the push rules evaluated on them;
 //! - `report`: the verdicts as the pusher reads them, and as `lockstep policy test` explains
 //!   them.
 
+pub mod approval;
 mod context;
 mod decide;
 mod report;
