@@ -33,6 +33,9 @@ pub enum Change {
     Gone(String),
 }
 
+/// Picks the pushes of one section of [`Replay::render`].
+type Pick = fn(&Change) -> bool;
+
 /// A replay: each logged push and what the candidate makes of it.
 #[derive(Debug, Default)]
 pub struct Replay<'a> {
@@ -62,7 +65,7 @@ impl Replay<'_> {
              refused then would be accepted now, {gone} not replayable",
             self.pushes.len()
         );
-        let sections: [(&str, fn(&Change) -> bool); 3] = [
+        let sections: [(&str, Pick); 3] = [
             ("accepted then, refused now:", |c| {
                 matches!(c, Change::NowRefused(_))
             }),
