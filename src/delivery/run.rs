@@ -14,6 +14,9 @@ use super::stop::{Failure, Stop};
 use crate::config::Command;
 use crate::store::{DeliveryRow, RepoFlag};
 
+/// At most this much of a failing step's last line goes into the one-line reason.
+const WHY_BYTES: usize = 200;
+
 impl Engine {
     /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
     /// failure stops the line: the other repositories' steps are killed (`stopped` in their
@@ -112,6 +115,7 @@ impl Engine {
             pass_env: self.config.delivery.pass_env.clone(),
             timeout: self.config.delivery.step_timeout,
             log: log.clone(),
+            supervisor: steps::this_executable(),
         };
         self.store
             .journal(d.id, step, &c.row.repo, "step started", "")
@@ -152,10 +156,10 @@ impl Engine {
         if outcome == StepOutcome::Passed {
             return Ok(());
         }
-        let tail = steps::tail(&log, 20);
+        let tail = steps::tail(&log);
         let mut why = format!("`{step}` {}", outcome.describe());
         if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
-            why.push_str(&format!(": {}", last.trim()));
+            why.push_str(&format!(": {}", crate::text::clip(last.trim(), WHY_BYTES)));
         }
         let mut failure = Failure::new(phase, &c.row.repo, why);
         failure.log_tail = tail;
