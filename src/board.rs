@@ -6,6 +6,7 @@ use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex};
 
 use crate::delivery::line::{Progress, Watcher};
+use crate::text::escape;
 
 /// The columns, in the order a delivery goes through them. `rollback` shows only when used.
 const PHASES: [&str; 7] = [
@@ -26,8 +27,15 @@ pub fn for_stdout() -> Progress {
         let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Arc::new(Board::new(stdout, color))
     } else {
-        Arc::new(|line: &str| println!("{line}"))
+        Arc::new(print_line)
     }
+}
+
+/// Prints a line of a delivery's story, its control characters escaped (the story quotes
+/// step output). A reader that has gone away (`| head`) is not the delivery's problem: the
+/// error is ignored and the delivery goes on.
+pub fn print_line(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", escape(line));
 }
 
 /// Where each repository of one delivery stands.
@@ -153,7 +161,7 @@ impl<W: Write + Send> Board<W> {
 impl<W: Write + Send> Watcher for Board<W> {
     fn say(&self, line: &str) {
         self.redraw(|d| {
-            let _ = writeln!(d.out, "{line}");
+            let _ = writeln!(d.out, "{}", escape(line));
         });
     }
 

@@ -10,6 +10,7 @@
 //! - [`board`]: the repository × phase board `deliver` draws on a terminal.
 //! - [`config`]: `lockstep.toml`, the meta-project's config.
 //! - [`domain`]: the domain's vocabulary, value types every layer names (`RepoName`).
+//! - [`text`]: untrusted text made fit to show: control characters escaped, logs cut short.
 //! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
 //! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
 //! - [`hook`]: the `pre-receive`, `update` and `post-receive` entry points.
@@ -38,5 +39,6 @@ pub mod policy;
 pub mod push;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod tracker;
 pub mod verdict_counts;

@@ -295,7 +295,11 @@ impl Engine {
     }
 
     pub(super) async fn move_task(&self, d: &DeliveryRow, status: &str, note: &str) {
-        match self.tracker.move_to(&d.task, status, note).await {
+        match self
+            .tracker
+            .move_to(&d.task, status, &crate::text::note(note))
+            .await
+        {
             Ok(()) => {
                 let _ = self
                     .store
