@@ -10,6 +10,7 @@ mod crash;
 mod delivery;
 mod demo;
 mod deploy;
+mod hardening;
 mod help;
 mod hooks;
 mod install;
