@@ -30,48 +30,103 @@ pub fn for_stdout() -> Progress {
     }
 }
 
-/// Where each repository of one delivery stands.
+/// Where each repository of the deliveries on the board stands: one delivery, or the head
+/// and the candidates of the pipeline (their rows then named `#id repo`).
 #[derive(Debug, Default)]
 struct Grid {
+    parts: Vec<Part>,
+}
+
+/// One delivery's rows.
+#[derive(Debug, Default)]
+struct Part {
     delivery: i64,
     rows: Vec<(String, [Option<String>; PHASES.len()])>,
 }
 
+impl Part {
+    /// Every repository merged, or a step that stopped the line: the delivery is over on
+    /// the board (a candidate prepared again comes back with new rows).
+    fn ended(&self) -> bool {
+        let merged = PHASES.iter().position(|p| *p == "merge");
+        let all_merged = !self.rows.is_empty()
+            && self
+                .rows
+                .iter()
+                .all(|(_, cells)| merged.is_some_and(|m| cells[m].as_deref() == Some("passed")));
+        let stopped = self.rows.iter().any(|(_, cells)| {
+            cells
+                .iter()
+                .flatten()
+                .any(|c| matches!(c.as_str(), "failed" | "timed out" | "not started"))
+        });
+        all_merged || stopped
+    }
+}
+
 impl Grid {
-    fn set(&mut self, delivery: i64, repo: &str, phase: &str, state: &str) {
+    /// Records a step. A delivery new to the board takes the place of those that ended,
+    /// which are returned (to be left on screen as they ended).
+    fn set(&mut self, delivery: i64, repo: &str, phase: &str, state: &str) -> Vec<Part> {
         let Some(col) = PHASES.iter().position(|p| *p == phase) else {
-            return;
+            return Vec::new();
         };
-        if delivery != self.delivery {
-            *self = Grid {
+        let mut ended = Vec::new();
+        if !self.parts.iter().any(|p| p.delivery == delivery) {
+            let (gone, kept): (Vec<Part>, Vec<Part>) = std::mem::take(&mut self.parts)
+                .into_iter()
+                .partition(Part::ended);
+            ended = gone;
+            self.parts = kept;
+            self.parts.push(Part {
                 delivery,
-                ..Grid::default()
-            };
+                rows: Vec::new(),
+            });
         }
-        let row = match self.rows.iter().position(|(r, _)| r == repo) {
+        let Some(part) = self.parts.iter_mut().find(|p| p.delivery == delivery) else {
+            return ended;
+        };
+        let row = match part.rows.iter().position(|(r, _)| r == repo) {
             Some(i) => i,
             None => {
-                self.rows.push((repo.to_string(), Default::default()));
-                self.rows.len() - 1
+                part.rows.push((repo.to_string(), Default::default()));
+                part.rows.len() - 1
             }
         };
-        self.rows[row].1[col] = Some(state.to_string());
+        part.rows[row].1[col] = Some(state.to_string());
+        ended
     }
 
     /// The board's lines, each shorter than 80 columns, without a final newline.
     fn render(&self, color: bool) -> Vec<String> {
-        if self.rows.is_empty() {
-            return Vec::new();
-        }
-        let rollback = self.rows.iter().any(|(_, cells)| cells[6].is_some());
-        let columns = if rollback { 7 } else { 6 };
-        let mut header = format!("  {:<NAME$}  ", "");
-        for phase in &PHASES[..columns] {
-            header.push_str(&format!("{phase:<CELL$}"));
-        }
-        let mut lines = vec![header.trim_end().to_string()];
-        for (repo, cells) in &self.rows {
-            let name: String = repo.chars().take(NAME).collect();
+        render(&self.parts, color)
+    }
+}
+
+/// The lines of a board of `parts`: a header, then a row per repository of each delivery.
+fn render(parts: &[Part], color: bool) -> Vec<String> {
+    if parts.iter().all(|p| p.rows.is_empty()) {
+        return Vec::new();
+    }
+    let several = parts.len() > 1;
+    let rollback = parts
+        .iter()
+        .flat_map(|p| &p.rows)
+        .any(|(_, cells)| cells[6].is_some());
+    let columns = if rollback { 7 } else { 6 };
+    let mut header = format!("  {:<NAME$}  ", "");
+    for phase in &PHASES[..columns] {
+        header.push_str(&format!("{phase:<CELL$}"));
+    }
+    let mut lines = vec![header.trim_end().to_string()];
+    for part in parts {
+        for (repo, cells) in &part.rows {
+            let label = if several {
+                format!("#{} {repo}", part.delivery)
+            } else {
+                repo.clone()
+            };
+            let name: String = label.chars().take(NAME).collect();
             let mut line = format!("  {name:<NAME$}  ");
             for cell in &cells[..columns] {
                 let (word, paint) = look(cell.as_deref());
@@ -84,8 +139,8 @@ impl Grid {
             }
             lines.push(line.trim_end().to_string());
         }
-        lines
     }
+    lines
 }
 
 /// A state as a short word, and its color (an SGR code; none for plain).
@@ -159,15 +214,14 @@ impl<W: Write + Send> Watcher for Board<W> {
 
     fn step(&self, delivery: i64, repo: &str, phase: &str, state: &str) {
         self.redraw(|d| {
-            if delivery != d.grid.delivery && d.height > 0 {
-                // Another delivery: the last board stays on screen as it ended.
-                let lines = d.grid.render(self.color);
-                for line in &lines {
+            let ended = d.grid.set(delivery, repo, phase, state);
+            if !ended.is_empty() {
+                // The deliveries that ended stay on screen as they ended.
+                for line in render(&ended, self.color) {
                     let _ = writeln!(d.out, "{line}");
                 }
                 let _ = writeln!(d.out);
             }
-            d.grid.set(delivery, repo, phase, state);
         });
     }
 }
@@ -203,6 +257,30 @@ mod tests {
         // Colors only when asked.
         assert!(g.render(true)[2].contains("\x1b[31;1mFAILED"));
         assert!(!g.render(false).concat().contains('\x1b'));
+    }
+
+    #[test]
+    fn deliveries_of_the_pipeline_share_the_board_until_they_end() {
+        let mut g = Grid::default();
+        g.set(1, "api", "deploy", "running");
+        g.set(2, "api", "build", "running");
+        assert_eq!(
+            g.render(false),
+            [
+                "                rebase   build    test     deploy   verify   merge",
+                "  #1 api        ·        ·        ·        running  ·        ·",
+                "  #2 api        ·        running  ·        ·        ·        ·",
+            ]
+        );
+        g.set(1, "api", "merge", "passed");
+        // #1 landed: a third delivery takes its place, and #1 is handed back to stay on
+        // screen as it ended.
+        let ended = g.set(3, "web", "rebase", "passed");
+        assert_eq!(ended.iter().map(|p| p.delivery).collect::<Vec<_>>(), [1]);
+        let lines = g.render(false);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].starts_with("  #2 api "), "{lines:#?}");
+        assert!(lines[2].starts_with("  #3 web "), "{lines:#?}");
     }
 
     #[test]

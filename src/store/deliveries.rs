@@ -65,6 +65,16 @@ pub struct DeliveryRow {
     pub finished_at: Option<i64>,
     pub error: String,
     pub cancel: bool,
+    /// A candidate of the pipeline: prepared speculatively behind the head, never deployed.
+    /// The one running delivery that is not a candidate is the head.
+    pub candidate: bool,
+    /// A candidate's preparation failure, held unreported while deliveries ahead of it are
+    /// unresolved ("" when none).
+    pub held: String,
+    /// The deliveries ahead whose commits its bases contain, e.g. `#12, #11` ("" when none).
+    pub built_on: String,
+    /// How many of its preparations were discarded because a base changed.
+    pub discards: i64,
 }
 
 /// A `SELECT` of every column of a [`DeliveryRow`], followed by `$rest`: one string built at
@@ -73,7 +83,8 @@ macro_rules! select_deliveries {
     ($rest:literal) => {
         concat!(
             "SELECT id, task, state, phase, priority, source, requester, origin, created_at, \
-             started_at, finished_at, error, cancel FROM deliveries ",
+             started_at, finished_at, error, cancel, candidate, held, built_on, discards \
+             FROM deliveries ",
             $rest
         )
     };
@@ -102,6 +113,17 @@ impl Store {
         let rows = sqlx::query_as(select_deliveries!("WHERE state = 'running' ORDER BY id"))
             .fetch_all(&self.pool)
             .await?;
+        Ok(rows)
+    }
+
+    /// The running deliveries in the pipeline's order: the head first, then the candidates
+    /// in queue order (priority first, then age).
+    pub async fn train(&self) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query_as(select_deliveries!(
+            "WHERE state = 'running' ORDER BY candidate, priority DESC, id ASC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows)
     }
 
