@@ -6,11 +6,11 @@ use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex};
 
 use crate::delivery::line::{Progress, Watcher};
+use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 
-/// The columns, in the order a delivery goes through them. `rollback` shows only when used.
-const PHASES: [&str; 7] = [
-    "rebase", "build", "test", "deploy", "verify", "merge", "rollback",
-];
+/// The columns are the phases, in the order a delivery goes through them. `rollback` shows
+/// only when used.
+const COLUMNS: usize = Phase::ALL.len();
 /// Repository names are cut to this, so that a row never wraps on an 80-column terminal.
 const NAME: usize = 12;
 /// Each phase column is this wide.
@@ -33,15 +33,13 @@ pub fn for_stdout() -> Progress {
 /// Where each repository of one delivery stands.
 #[derive(Debug, Default)]
 struct Grid {
-    delivery: i64,
-    rows: Vec<(String, [Option<String>; PHASES.len()])>,
+    delivery: DeliveryId,
+    rows: Vec<(RepoName, [Option<StepState>; COLUMNS])>,
 }
 
 impl Grid {
-    fn set(&mut self, delivery: i64, repo: &str, phase: &str, state: &str) {
-        let Some(col) = PHASES.iter().position(|p| *p == phase) else {
-            return;
-        };
+    fn set(&mut self, delivery: DeliveryId, repo: &RepoName, phase: Phase, state: StepState) {
+        let col = phase as usize;
         if delivery != self.delivery {
             *self = Grid {
                 delivery,
@@ -51,11 +49,11 @@ impl Grid {
         let row = match self.rows.iter().position(|(r, _)| r == repo) {
             Some(i) => i,
             None => {
-                self.rows.push((repo.to_string(), Default::default()));
+                self.rows.push((repo.clone(), Default::default()));
                 self.rows.len() - 1
             }
         };
-        self.rows[row].1[col] = Some(state.to_string());
+        self.rows[row].1[col] = Some(state);
     }
 
     /// The board's lines, each shorter than 80 columns, without a final newline.
@@ -66,7 +64,7 @@ impl Grid {
         let rollback = self.rows.iter().any(|(_, cells)| cells[6].is_some());
         let columns = if rollback { 7 } else { 6 };
         let mut header = format!("  {:<NAME$}  ", "");
-        for phase in &PHASES[..columns] {
+        for phase in &Phase::ALL[..columns] {
             header.push_str(&format!("{phase:<CELL$}"));
         }
         let mut lines = vec![header.trim_end().to_string()];
@@ -74,7 +72,7 @@ impl Grid {
             let name: String = repo.chars().take(NAME).collect();
             let mut line = format!("  {name:<NAME$}  ");
             for cell in &cells[..columns] {
-                let (word, paint) = look(cell.as_deref());
+                let (word, paint) = look(*cell);
                 let padded = format!("{word:<CELL$}");
                 if color && !paint.is_empty() {
                     line.push_str(&format!("\x1b[{paint}m{padded}\x1b[0m"));
@@ -89,16 +87,16 @@ impl Grid {
 }
 
 /// A state as a short word, and its color (an SGR code; none for plain).
-fn look(state: Option<&str>) -> (&'static str, &'static str) {
+fn look(state: Option<StepState>) -> (&'static str, &'static str) {
     match state {
         None => ("·", ""),
-        Some("running") => ("running", "33"),
-        Some("passed") => ("ok", "32"),
-        Some("failed") => ("FAILED", "31;1"),
-        Some("timed out") => ("TIMEOUT", "31;1"),
-        Some("stopped") => ("stopped", "2"),
-        Some("not started") => ("NOSTART", "31;1"),
-        Some(_) => ("?", ""),
+        Some(StepState::Running) => ("running", "33"),
+        Some(StepState::Passed) => ("ok", "32"),
+        Some(StepState::Failed) => ("FAILED", "31;1"),
+        Some(StepState::TimedOut) => ("TIMEOUT", "31;1"),
+        Some(StepState::Stopped) => ("stopped", "2"),
+        Some(StepState::NotStarted) => ("NOSTART", "31;1"),
+        Some(StepState::Interrupted) => ("?", ""),
     }
 }
 
@@ -157,7 +155,7 @@ impl<W: Write + Send> Watcher for Board<W> {
         });
     }
 
-    fn step(&self, delivery: i64, repo: &str, phase: &str, state: &str) {
+    fn step(&self, delivery: DeliveryId, repo: &RepoName, phase: Phase, state: StepState) {
         self.redraw(|d| {
             if delivery != d.grid.delivery && d.height > 0 {
                 // Another delivery: the last board stays on screen as it ended.
@@ -176,14 +174,43 @@ impl<W: Write + Send> Watcher for Board<W> {
 mod tests {
     use super::*;
 
+    fn phase(name: &str) -> Phase {
+        Phase::parse(name).unwrap()
+    }
+
+    fn state(name: &str) -> StepState {
+        StepState::parse(name).unwrap()
+    }
+
+    impl Grid {
+        fn put(&mut self, delivery: i64, repo: &str, phase_name: &str, state_name: &str) {
+            self.set(
+                DeliveryId(delivery),
+                &repo.into(),
+                phase(phase_name),
+                state(state_name),
+            );
+        }
+    }
+
+    impl<W: Write + Send> Board<W> {
+        fn put(&self, delivery: i64, repo: &str, phase_name: &str, state_name: &str) {
+            self.step(
+                DeliveryId(delivery),
+                &repo.into(),
+                phase(phase_name),
+                state(state_name),
+            );
+        }
+    }
+
     #[test]
     fn the_grid_has_a_row_per_repository_and_a_column_per_phase() {
         let mut g = Grid::default();
-        g.set(1, "api", "rebase", "passed");
-        g.set(1, "web", "rebase", "passed");
-        g.set(1, "api", "build", "passed");
-        g.set(1, "web", "build", "running");
-        g.set(1, "api", "nonsense", "passed");
+        g.put(1, "api", "rebase", "passed");
+        g.put(1, "web", "rebase", "passed");
+        g.put(1, "api", "build", "passed");
+        g.put(1, "web", "build", "running");
         assert_eq!(
             g.render(false),
             [
@@ -192,8 +219,8 @@ mod tests {
                 "  web           ok       running  ·        ·        ·        ·",
             ]
         );
-        g.set(1, "web", "build", "failed");
-        g.set(1, "a-very-long-repository-name", "rollback", "passed");
+        g.put(1, "web", "build", "failed");
+        g.put(1, "a-very-long-repository-name", "rollback", "passed");
         let lines = g.render(false);
         assert_eq!(lines.len(), 4);
         assert!(lines[0].ends_with("merge    rollback"), "{}", lines[0]);
@@ -209,9 +236,9 @@ mod tests {
     fn the_board_is_redrawn_in_place_under_the_story() {
         let board = Board::new(Vec::new(), false);
         board.say("#1 T-1: delivery started");
-        board.step(1, "api", "rebase", "passed");
+        board.put(1, "api", "rebase", "passed");
         board.say("#1 T-1: rebase api");
-        board.step(1, "api", "build", "running");
+        board.put(1, "api", "build", "running");
         let text = String::from_utf8(board.into_inner()).unwrap();
         // No board before the first step; then every change moves up over the board (two
         // lines: header and api), clears, writes, and draws it again.
@@ -232,8 +259,8 @@ mod tests {
     #[test]
     fn a_second_delivery_leaves_the_first_board_on_screen() {
         let board = Board::new(Vec::new(), false);
-        board.step(1, "api", "merge", "passed");
-        board.step(2, "web", "rebase", "failed");
+        board.put(1, "api", "merge", "passed");
+        board.put(2, "web", "rebase", "failed");
         let text = String::from_utf8(board.into_inner()).unwrap();
         let after_erase = text.rsplit("\x1b[J").next().unwrap();
         assert!(

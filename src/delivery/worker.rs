@@ -13,7 +13,8 @@ use anyhow::Context as _;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
-use crate::store::{State, Store};
+use crate::domain::{DeliveryId, State};
+use crate::store::Store;
 
 pub use super::recover::recover;
 
@@ -63,7 +64,10 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 }
 
 /// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty.
-pub async fn work(engine: &Engine, mut done: impl FnMut(i64, State) -> bool) -> anyhow::Result<()> {
+pub async fn work(
+    engine: &Engine,
+    mut done: impl FnMut(DeliveryId, State) -> bool,
+) -> anyhow::Result<()> {
     while let Some(d) = engine.store.claim_next().await? {
         let state = engine.deliver(&d).await?;
         if done(d.id, state) {

@@ -81,11 +81,11 @@ pub async fn worker_loop(
             Some(Ok(state)) => report::finished(&app, &d, state).await,
             Some(Err(e)) => {
                 // The line could not even journal its failure (the store is gone?).
-                tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
+                tracing::error!(delivery = d.id.0, task = %d.task, "the delivery broke: {e:#}");
             }
             None => {
                 tracing::warn!(
-                    delivery = d.id,
+                    delivery = d.id.0,
                     task = %d.task,
                     "stopped during shutdown; it is recovered at the next start"
                 );
