@@ -6,11 +6,11 @@ use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex};
 
 use crate::delivery::line::{Progress, Watcher};
+use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 
-/// The columns, in the order a delivery goes through them. `rollback` shows only when used.
-const PHASES: [&str; 7] = [
-    "rebase", "build", "test", "deploy", "verify", "merge", "rollback",
-];
+/// The columns are the phases, in the order a delivery goes through them. `rollback` shows
+/// only when used.
+const COLUMNS: usize = Phase::ALL.len();
 /// Repository names are cut to this, so that a row never wraps on an 80-column terminal.
 const NAME: usize = 12;
 /// Each phase column is this wide.
@@ -30,106 +30,49 @@ pub fn for_stdout() -> Progress {
     }
 }
 
-/// Where each repository of the deliveries on the board stands: one delivery, or the head
-/// and the candidates of the pipeline (their rows then named `#id repo`).
+/// Where each repository of one delivery stands.
 #[derive(Debug, Default)]
 struct Grid {
-    parts: Vec<Part>,
-}
-
-/// One delivery's rows.
-#[derive(Debug, Default)]
-struct Part {
-    delivery: i64,
-    rows: Vec<(String, [Option<String>; PHASES.len()])>,
-}
-
-impl Part {
-    /// Every repository merged, or a step that stopped the line: the delivery is over on
-    /// the board (a candidate prepared again comes back with new rows).
-    fn ended(&self) -> bool {
-        let merged = PHASES.iter().position(|p| *p == "merge");
-        let all_merged = !self.rows.is_empty()
-            && self
-                .rows
-                .iter()
-                .all(|(_, cells)| merged.is_some_and(|m| cells[m].as_deref() == Some("passed")));
-        let stopped = self.rows.iter().any(|(_, cells)| {
-            cells
-                .iter()
-                .flatten()
-                .any(|c| matches!(c.as_str(), "failed" | "timed out" | "not started"))
-        });
-        all_merged || stopped
-    }
+    delivery: DeliveryId,
+    rows: Vec<(RepoName, [Option<StepState>; COLUMNS])>,
 }
 
 impl Grid {
-    /// Records a step. A delivery new to the board takes the place of those that ended,
-    /// which are returned (to be left on screen as they ended).
-    fn set(&mut self, delivery: i64, repo: &str, phase: &str, state: &str) -> Vec<Part> {
-        let Some(col) = PHASES.iter().position(|p| *p == phase) else {
-            return Vec::new();
-        };
-        let mut ended = Vec::new();
-        if !self.parts.iter().any(|p| p.delivery == delivery) {
-            let (gone, kept): (Vec<Part>, Vec<Part>) = std::mem::take(&mut self.parts)
-                .into_iter()
-                .partition(Part::ended);
-            ended = gone;
-            self.parts = kept;
-            self.parts.push(Part {
+    fn set(&mut self, delivery: DeliveryId, repo: &RepoName, phase: Phase, state: StepState) {
+        let col = phase as usize;
+        if delivery != self.delivery {
+            *self = Grid {
                 delivery,
-                rows: Vec::new(),
-            });
+                ..Grid::default()
+            };
         }
-        let Some(part) = self.parts.iter_mut().find(|p| p.delivery == delivery) else {
-            return ended;
-        };
-        let row = match part.rows.iter().position(|(r, _)| r == repo) {
+        let row = match self.rows.iter().position(|(r, _)| r == repo) {
             Some(i) => i,
             None => {
-                part.rows.push((repo.to_string(), Default::default()));
-                part.rows.len() - 1
+                self.rows.push((repo.clone(), Default::default()));
+                self.rows.len() - 1
             }
         };
-        part.rows[row].1[col] = Some(state.to_string());
-        ended
+        self.rows[row].1[col] = Some(state);
     }
 
     /// The board's lines, each shorter than 80 columns, without a final newline.
     fn render(&self, color: bool) -> Vec<String> {
-        render(&self.parts, color)
-    }
-}
-
-/// The lines of a board of `parts`: a header, then a row per repository of each delivery.
-fn render(parts: &[Part], color: bool) -> Vec<String> {
-    if parts.iter().all(|p| p.rows.is_empty()) {
-        return Vec::new();
-    }
-    let several = parts.len() > 1;
-    let rollback = parts
-        .iter()
-        .flat_map(|p| &p.rows)
-        .any(|(_, cells)| cells[6].is_some());
-    let columns = if rollback { 7 } else { 6 };
-    let mut header = format!("  {:<NAME$}  ", "");
-    for phase in &PHASES[..columns] {
-        header.push_str(&format!("{phase:<CELL$}"));
-    }
-    let mut lines = vec![header.trim_end().to_string()];
-    for part in parts {
-        for (repo, cells) in &part.rows {
-            let label = if several {
-                format!("#{} {repo}", part.delivery)
-            } else {
-                repo.clone()
-            };
-            let name: String = label.chars().take(NAME).collect();
+        if self.rows.is_empty() {
+            return Vec::new();
+        }
+        let rollback = self.rows.iter().any(|(_, cells)| cells[6].is_some());
+        let columns = if rollback { 7 } else { 6 };
+        let mut header = format!("  {:<NAME$}  ", "");
+        for phase in &Phase::ALL[..columns] {
+            header.push_str(&format!("{phase:<CELL$}"));
+        }
+        let mut lines = vec![header.trim_end().to_string()];
+        for (repo, cells) in &self.rows {
+            let name: String = repo.chars().take(NAME).collect();
             let mut line = format!("  {name:<NAME$}  ");
             for cell in &cells[..columns] {
-                let (word, paint) = look(cell.as_deref());
+                let (word, paint) = look(*cell);
                 let padded = format!("{word:<CELL$}");
                 if color && !paint.is_empty() {
                     line.push_str(&format!("\x1b[{paint}m{padded}\x1b[0m"));
@@ -139,21 +82,21 @@ fn render(parts: &[Part], color: bool) -> Vec<String> {
             }
             lines.push(line.trim_end().to_string());
         }
+        lines
     }
-    lines
 }
 
 /// A state as a short word, and its color (an SGR code; none for plain).
-fn look(state: Option<&str>) -> (&'static str, &'static str) {
+fn look(state: Option<StepState>) -> (&'static str, &'static str) {
     match state {
         None => ("·", ""),
-        Some("running") => ("running", "33"),
-        Some("passed") => ("ok", "32"),
-        Some("failed") => ("FAILED", "31;1"),
-        Some("timed out") => ("TIMEOUT", "31;1"),
-        Some("stopped") => ("stopped", "2"),
-        Some("not started") => ("NOSTART", "31;1"),
-        Some(_) => ("?", ""),
+        Some(StepState::Running) => ("running", "33"),
+        Some(StepState::Passed) => ("ok", "32"),
+        Some(StepState::Failed) => ("FAILED", "31;1"),
+        Some(StepState::TimedOut) => ("TIMEOUT", "31;1"),
+        Some(StepState::Stopped) => ("stopped", "2"),
+        Some(StepState::NotStarted) => ("NOSTART", "31;1"),
+        Some(StepState::Interrupted) => ("?", ""),
     }
 }
 
@@ -212,16 +155,17 @@ impl<W: Write + Send> Watcher for Board<W> {
         });
     }
 
-    fn step(&self, delivery: i64, repo: &str, phase: &str, state: &str) {
+    fn step(&self, delivery: DeliveryId, repo: &RepoName, phase: Phase, state: StepState) {
         self.redraw(|d| {
-            let ended = d.grid.set(delivery, repo, phase, state);
-            if !ended.is_empty() {
-                // The deliveries that ended stay on screen as they ended.
-                for line in render(&ended, self.color) {
+            if delivery != d.grid.delivery && d.height > 0 {
+                // Another delivery: the last board stays on screen as it ended.
+                let lines = d.grid.render(self.color);
+                for line in &lines {
                     let _ = writeln!(d.out, "{line}");
                 }
                 let _ = writeln!(d.out);
             }
+            d.grid.set(delivery, repo, phase, state);
         });
     }
 }
@@ -230,14 +174,43 @@ impl<W: Write + Send> Watcher for Board<W> {
 mod tests {
     use super::*;
 
+    fn phase(name: &str) -> Phase {
+        Phase::parse(name).unwrap()
+    }
+
+    fn state(name: &str) -> StepState {
+        StepState::parse(name).unwrap()
+    }
+
+    impl Grid {
+        fn put(&mut self, delivery: i64, repo: &str, phase_name: &str, state_name: &str) {
+            self.set(
+                DeliveryId(delivery),
+                &repo.into(),
+                phase(phase_name),
+                state(state_name),
+            );
+        }
+    }
+
+    impl<W: Write + Send> Board<W> {
+        fn put(&self, delivery: i64, repo: &str, phase_name: &str, state_name: &str) {
+            self.step(
+                DeliveryId(delivery),
+                &repo.into(),
+                phase(phase_name),
+                state(state_name),
+            );
+        }
+    }
+
     #[test]
     fn the_grid_has_a_row_per_repository_and_a_column_per_phase() {
         let mut g = Grid::default();
-        g.set(1, "api", "rebase", "passed");
-        g.set(1, "web", "rebase", "passed");
-        g.set(1, "api", "build", "passed");
-        g.set(1, "web", "build", "running");
-        g.set(1, "api", "nonsense", "passed");
+        g.put(1, "api", "rebase", "passed");
+        g.put(1, "web", "rebase", "passed");
+        g.put(1, "api", "build", "passed");
+        g.put(1, "web", "build", "running");
         assert_eq!(
             g.render(false),
             [
@@ -246,8 +219,8 @@ mod tests {
                 "  web           ok       running  ·        ·        ·        ·",
             ]
         );
-        g.set(1, "web", "build", "failed");
-        g.set(1, "a-very-long-repository-name", "rollback", "passed");
+        g.put(1, "web", "build", "failed");
+        g.put(1, "a-very-long-repository-name", "rollback", "passed");
         let lines = g.render(false);
         assert_eq!(lines.len(), 4);
         assert!(lines[0].ends_with("merge    rollback"), "{}", lines[0]);
@@ -260,36 +233,12 @@ mod tests {
     }
 
     #[test]
-    fn deliveries_of_the_pipeline_share_the_board_until_they_end() {
-        let mut g = Grid::default();
-        g.set(1, "api", "deploy", "running");
-        g.set(2, "api", "build", "running");
-        assert_eq!(
-            g.render(false),
-            [
-                "                rebase   build    test     deploy   verify   merge",
-                "  #1 api        ·        ·        ·        running  ·        ·",
-                "  #2 api        ·        running  ·        ·        ·        ·",
-            ]
-        );
-        g.set(1, "api", "merge", "passed");
-        // #1 landed: a third delivery takes its place, and #1 is handed back to stay on
-        // screen as it ended.
-        let ended = g.set(3, "web", "rebase", "passed");
-        assert_eq!(ended.iter().map(|p| p.delivery).collect::<Vec<_>>(), [1]);
-        let lines = g.render(false);
-        assert_eq!(lines.len(), 3);
-        assert!(lines[1].starts_with("  #2 api "), "{lines:#?}");
-        assert!(lines[2].starts_with("  #3 web "), "{lines:#?}");
-    }
-
-    #[test]
     fn the_board_is_redrawn_in_place_under_the_story() {
         let board = Board::new(Vec::new(), false);
         board.say("#1 T-1: delivery started");
-        board.step(1, "api", "rebase", "passed");
+        board.put(1, "api", "rebase", "passed");
         board.say("#1 T-1: rebase api");
-        board.step(1, "api", "build", "running");
+        board.put(1, "api", "build", "running");
         let text = String::from_utf8(board.into_inner()).unwrap();
         // No board before the first step; then every change moves up over the board (two
         // lines: header and api), clears, writes, and draws it again.
@@ -310,8 +259,8 @@ mod tests {
     #[test]
     fn a_second_delivery_leaves_the_first_board_on_screen() {
         let board = Board::new(Vec::new(), false);
-        board.step(1, "api", "merge", "passed");
-        board.step(2, "web", "rebase", "failed");
+        board.put(1, "api", "merge", "passed");
+        board.put(2, "web", "rebase", "failed");
         let text = String::from_utf8(board.into_inner()).unwrap();
         let after_erase = text.rsplit("\x1b[J").next().unwrap();
         assert!(

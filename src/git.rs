@@ -30,6 +30,11 @@ pub struct Git {
     extra_env: Vec<(String, String)>,
 }
 
+/// A short id for messages: the first ten hex digits.
+pub fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(10)]
+}
+
 /// Whether an object id is git's all-zero id (a created or deleted ref).
 pub fn is_zero(oid: &str) -> bool {
     !oid.is_empty() && oid.bytes().all(|b| b == b'0')

@@ -4,12 +4,18 @@
 //! written in TOML and CEL. As a bot, it delivers a task across every repository of an
 //! ecosystem in lockstep — rebase, build, test, deploy, verify, merge — all or nothing.
 //!
+//! The crate is layered: a core that decides (policy, push, delivery, store, over the domain
+//! and the config), adapters that talk to the world (git, GitHub, trackers), and edges a person
+//! or a git server calls (hooks, server, command line, demo). The core never imports an edge.
+//! `docs/architecture.md` draws the layers and the tree of `src/`, and says where new work
+//! lands.
+//!
 //! # Layout
 //! - [`cli`]: the command line, its exit codes and its help.
 //! - [`commands`]: the delivery commands (`deliver`, `queue`, `show`, `logs`, …).
 //! - [`board`]: the repository × phase board `deliver` draws on a terminal.
 //! - [`config`]: `lockstep.toml`, the meta-project's config.
-//! - [`domain`]: the domain's vocabulary, value types every layer names (`RepoName`).
+//! - [`domain`]: the domain's vocabulary, value types every layer names (`GitHubRepo`).
 //! - [`policy`]: policy files, CEL compilation and evaluation, decisions.
 //! - [`push`]: ref updates, the pusher, and the facts rules read about a push.
 //! - [`hook`]: the `pre-receive`, `update` and `post-receive` entry points.
@@ -36,6 +42,7 @@ pub mod hook;
 pub mod install;
 pub mod policy;
 pub mod push;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod tracker;

@@ -10,13 +10,14 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::phase::Phase;
 use super::slots::{Rank, Slots};
 use super::stop::{Failure, Stop};
 use crate::config::{Config, Repo};
+use crate::domain::State;
+use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 use crate::git::Git;
 use crate::policy::PolicySet;
-use crate::store::{DeliveryRow, RepoRow, State, Store};
+use crate::store::{DeliveryRow, RepoRow, Store};
 use crate::tracker::Tracker;
 
 /// Whoever watches a delivery: the terminal, the server's log.
@@ -26,7 +27,7 @@ pub trait Watcher: Send + Sync {
     /// Where one repository stands in one phase (`rebase`, `build`, …, `merge`, `rollback`):
     /// `running`, then `passed`, `failed`, `timed out`, `stopped` or `not started`. The lines
     /// say the same; a watcher that draws a board of repositories × phases uses this.
-    fn step(&self, _delivery: i64, _repo: &str, _phase: &str, _state: &str) {}
+    fn step(&self, _delivery: DeliveryId, _repo: &RepoName, _phase: Phase, _state: StepState) {}
 }
 
 /// A function of the line is a watcher that tells only the story.
@@ -64,7 +65,7 @@ pub(super) struct Checkout {
 /// checkouts, whose commits the one behind builds on.
 #[derive(Debug, Clone)]
 pub(super) struct Ahead {
-    pub(super) id: i64,
+    pub(super) id: DeliveryId,
     pub(super) checkouts: Vec<Checkout>,
 }
 
@@ -86,7 +87,7 @@ impl Preparation {
     pub(super) fn alone(d: &DeliveryRow) -> Preparation {
         Preparation {
             ahead: Vec::new(),
-            rank: Rank::new(d.candidate, d.priority, d.id),
+            rank: Rank::new(d.candidate, d.priority, d.id.0),
             discard: None,
             on_rebased: None,
         }
@@ -119,11 +120,11 @@ impl Engine {
     }
 
     /// Where the delivery's checkouts live, one folder per repository.
-    pub(super) fn work_dir(&self, id: i64) -> PathBuf {
+    pub(super) fn work_dir(&self, id: DeliveryId) -> PathBuf {
         self.config.state_dir().join("work").join(id.to_string())
     }
 
-    pub(super) fn log_path(&self, id: i64, repo: &str, step: Phase) -> PathBuf {
+    pub(super) fn log_path(&self, id: DeliveryId, repo: &RepoName, step: Phase) -> PathBuf {
         self.config
             .state_dir()
             .join("logs")
@@ -162,7 +163,7 @@ impl Engine {
 
     /// The phase a delivery requeued after a crash resumes at (build or test).
     pub(super) fn resume_phase(d: &DeliveryRow) -> Option<Phase> {
-        Phase::parse(&d.phase).filter(|p| matches!(p, Phase::Build | Phase::Test))
+        d.phase.filter(|p| matches!(p, Phase::Build | Phase::Test))
     }
 
     /// Ends a delivery whose line stopped: journals and tells the failure, rolls back what
@@ -172,8 +173,8 @@ impl Engine {
             Stop::Failed(failure) => failure,
             // lockstep could not go on: reported as a failure of the phase it broke in.
             Stop::Broken(e) => Failure::new(
-                Phase::parse(&self.current_phase(d.id).await).unwrap_or(Phase::Rebase),
-                "",
+                self.current_phase(d.id).await.unwrap_or(Phase::Rebase),
+                None,
                 format!("{e:#}"),
             ),
         };
@@ -181,14 +182,14 @@ impl Engine {
             .journal(
                 d.id,
                 failure.phase.as_str(),
-                &failure.repo,
+                failure.repo.as_deref().unwrap_or(""),
                 "failed",
                 &failure.message,
             )
             .await?;
-        if !failure.repo.is_empty() {
+        if let Some(repo) = &failure.repo {
             self.progress
-                .step(d.id, &failure.repo, failure.phase.as_str(), "failed");
+                .step(d.id, repo, failure.phase, StepState::Failed);
         }
         self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
         self.fail(d, &failure.summary(), &failure.log_tail).await
@@ -247,7 +248,7 @@ impl Engine {
                 continue;
             }
             if prep.discarded() {
-                return Err(Failure::new(phase, "", "discarded").into());
+                return Err(Failure::new(phase, None, "discarded").into());
             }
             self.enter(d.id, phase).await?;
             self.parallel_phase(d, phase, &checkouts, prep.rank, prep.discard.clone())
@@ -271,21 +272,21 @@ impl Engine {
         // Checked before the merge phase is recorded: recovery finishes a merge forward, and
         // must never do so for one the policies refused.
         self.merge_policies(d).await?;
-        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
+        self.store.set_phase(d.id, Phase::Merge).await?;
         self.merge(d, checkouts).await
     }
 
     /// Records that the delivery enters `phase`, unless it was asked to stop.
-    async fn enter(&self, id: i64, phase: Phase) -> Result<(), Stop> {
+    async fn enter(&self, id: DeliveryId, phase: Phase) -> Result<(), Stop> {
         self.checkpoint(id, phase).await?;
-        self.store.set_phase(id, phase.as_str()).await?;
+        self.store.set_phase(id, phase).await?;
         Ok(())
     }
 
     /// Stops the line if a cancel was asked for.
-    pub(super) async fn checkpoint(&self, id: i64, phase: Phase) -> Result<(), Stop> {
+    pub(super) async fn checkpoint(&self, id: DeliveryId, phase: Phase) -> Result<(), Stop> {
         if self.store.cancel_requested(id).await.unwrap_or(false) {
-            return Err(Failure::new(phase, "", "cancelled on request").into());
+            return Err(Failure::new(phase, None, "cancelled on request").into());
         }
         Ok(())
     }
@@ -304,7 +305,7 @@ impl Engine {
                 format!(
                     "{} {} → {}",
                     c.row.repo,
-                    crate::push::short(&c.row.rebased_sha),
+                    crate::git::short(&c.row.rebased_sha),
                     c.repo.upstream
                 )
             })
@@ -373,14 +374,13 @@ impl Engine {
         Ok(state)
     }
 
-    async fn current_phase(&self, id: i64) -> String {
+    async fn current_phase(&self, id: DeliveryId) -> Option<Phase> {
         self.store
             .delivery(id)
             .await
             .ok()
             .flatten()
-            .map(|d| d.phase)
-            .unwrap_or_default()
+            .and_then(|d| d.phase)
     }
 
     pub(super) async fn move_task(&self, d: &DeliveryRow, status: &str, note: &str) {
@@ -392,7 +392,7 @@ impl Engine {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(delivery = d.id, task = %d.task, "cannot move the task: {e}");
+                tracing::warn!(delivery = d.id.0, task = %d.task, "cannot move the task: {e}");
                 let _ = self
                     .store
                     .journal(d.id, "report", "", "task not moved", &e.to_string())

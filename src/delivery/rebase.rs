@@ -7,10 +7,10 @@ use std::path::Path;
 use anyhow::Context as _;
 
 use super::engine::{Ahead, Checkout, Engine, repo_url};
-use super::line::blocking;
-use super::phase::Phase;
 use super::stop::{Failure, Stop};
 use crate::config::{MergeMode, Repo};
+use crate::domain::{DeliveryId, Phase, StepState};
+use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoRow};
 
 /// How a branch's rebase went.
@@ -29,7 +29,7 @@ impl Engine {
         d: &DeliveryRow,
         ahead: &[Ahead],
     ) -> Result<Vec<Checkout>, Stop> {
-        self.store.set_phase(d.id, Phase::Rebase.as_str()).await?;
+        self.store.set_phase(d.id, Phase::Rebase).await?;
         let work = self.work_dir(d.id);
         if work.exists() {
             std::fs::remove_dir_all(&work)
@@ -51,7 +51,7 @@ impl Engine {
             let names: Vec<&str> = self.config.repos.iter().map(|r| r.name.as_str()).collect();
             return Err(Failure::new(
                 Phase::Rebase,
-                "",
+                None,
                 format!(
                     "task `{}` has no branch in any repository (looked in {})",
                     d.task,
@@ -99,7 +99,7 @@ impl Engine {
         repo: &Repo,
         on: Option<&Checkout>,
     ) -> Result<Option<Checkout>, Stop> {
-        let dir = work.join(&repo.name);
+        let dir = work.join(repo.name.as_str());
         let url = repo_url(&self.config, repo);
         let git = self.bot_git(work);
         let dir_s = dir.to_string_lossy().into_owned();
@@ -117,7 +117,7 @@ impl Engine {
         if !cloned.0 {
             return Err(Failure::new(
                 Phase::Rebase,
-                &repo.name,
+                Some(&repo.name),
                 format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim()),
             )
             .into());
@@ -143,7 +143,7 @@ impl Engine {
                 let names: Vec<String> = several.iter().map(|b| format!("`{b}`")).collect();
                 return Err(Failure::new(
                     Phase::Rebase,
-                    &repo.name,
+                    Some(&repo.name),
                     format!(
                         "`{}` has {} branches for `{}`: {}; delete all but one",
                         repo.name,
@@ -161,7 +161,7 @@ impl Engine {
                 "`{}` has no branch `{}` to deliver onto; fix `upstream` in lockstep.toml",
                 repo.name, repo.upstream
             );
-            return Err(Failure::new(Phase::Rebase, &repo.name, message).into());
+            return Err(Failure::new(Phase::Rebase, Some(&repo.name), message).into());
         };
         if let Some(on) = on {
             base = self.fetch_ahead(&git, on).await?;
@@ -224,7 +224,7 @@ impl Engine {
                  rebase it by hand and push again",
                 c.row.branch, c.repo.upstream
             );
-            return Err(Failure::new(Phase::Rebase, &c.row.repo, message).into());
+            return Err(Failure::new(Phase::Rebase, Some(&c.row.repo), message).into());
         }
         if self.config.delivery.merge == MergeMode::MergeCommit {
             let message = format!(
@@ -261,14 +261,15 @@ impl Engine {
                 ),
             )
             .await?;
-        self.progress.step(d.id, &c.row.repo, "rebase", "passed");
+        self.progress
+            .step(d.id, &c.row.repo, Phase::Rebase, StepState::Passed);
         self.say(&format!(
             "#{} {}: rebase   {:<12} {} → {}",
             d.id,
             d.task,
             c.row.repo,
-            crate::push::short(&c.row.branch_sha),
-            crate::push::short(&c.row.rebased_sha)
+            crate::git::short(&c.row.branch_sha),
+            crate::git::short(&c.row.rebased_sha)
         ));
         Ok(())
     }
@@ -294,7 +295,7 @@ impl Engine {
                 "cannot fetch {} of `{}`, the result of the delivery ahead it builds on",
                 on.row.rebased_sha, on.row.repo
             );
-            return Err(Failure::new(Phase::Rebase, &on.row.repo, message).into());
+            return Err(Failure::new(Phase::Rebase, Some(&on.row.repo), message).into());
         }
         Ok(on.row.rebased_sha.clone())
     }
@@ -330,14 +331,14 @@ impl Engine {
     }
 
     /// Rebuilds the checkouts of a delivery from the store (for recovery and rollback).
-    pub(super) async fn checkouts_of(&self, id: i64) -> anyhow::Result<Vec<Checkout>> {
+    pub(super) async fn checkouts_of(&self, id: DeliveryId) -> anyhow::Result<Vec<Checkout>> {
         let mut out = Vec::new();
         for row in self.store.repos(id).await? {
             let repo = self
                 .config
                 .repo(&row.repo)
                 .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
-            let dir = self.work_dir(id).join(&row.repo);
+            let dir = self.work_dir(id).join(row.repo.as_str());
             out.push(Checkout {
                 repo: repo.clone(),
                 row,

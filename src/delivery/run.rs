@@ -8,11 +8,11 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::engine::{Checkout, Engine};
-use super::phase::Phase;
 use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
-use crate::config::Command;
+use crate::config::StepCommand;
+use crate::domain::{Phase, StepState};
 use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
@@ -70,7 +70,7 @@ impl Engine {
         }
         drop(forward);
         if first.is_none() && *stop.borrow() {
-            first = Some(Failure::new(phase, "", "discarded"));
+            first = Some(Failure::new(phase, None, "discarded"));
         }
         first.map_or(Ok(()), |f| Err(f.into()))
     }
@@ -87,7 +87,7 @@ impl Engine {
             if i > 0 {
                 self.checkpoint(d.id, phase).await?;
             }
-            if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
+            if phase == Phase::Deploy && c.repo.step(phase).is_some() {
                 // Recorded before the step runs: a deploy cut short is still rolled back.
                 self.store
                     .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
@@ -107,7 +107,7 @@ impl Engine {
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
-        match phase.step(&c.repo) {
+        match c.repo.step(phase) {
             Some(command) => self.exec(d, phase, command, c, stop).await,
             None => Ok(()),
         }
@@ -119,11 +119,11 @@ impl Engine {
         &self,
         d: &DeliveryRow,
         phase: Phase,
-        command: &Command,
+        command: &StepCommand,
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
-        let step = phase.as_str();
+        let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase);
         let spec = StepSpec {
             argv: command.argv(),
@@ -134,9 +134,10 @@ impl Engine {
             log: log.clone(),
         };
         self.store
-            .journal(d.id, step, &c.row.repo, "step started", "")
+            .journal(d.id, step.as_str(), &c.row.repo, "step started", "")
             .await?;
-        self.progress.step(d.id, &c.row.repo, step, "running");
+        self.progress
+            .step(d.id, &c.row.repo, step, StepState::Running);
         let step_id = self
             .store
             .step_started(d.id, &c.row.repo, step, &log.to_string_lossy())
@@ -155,18 +156,24 @@ impl Engine {
             Err(outcome) => outcome,
         };
         self.store
-            .step_finished(step_id, outcome.exit_code(), outcome.label())
+            .step_finished(step_id, outcome.exit_code(), outcome.state())
             .await?;
         self.store
-            .journal(d.id, step, &c.row.repo, "step finished", outcome.label())
+            .journal(
+                d.id,
+                step.as_str(),
+                &c.row.repo,
+                "step finished",
+                outcome.state().as_str(),
+            )
             .await?;
-        self.progress.step(d.id, &c.row.repo, step, outcome.label());
+        self.progress.step(d.id, &c.row.repo, step, outcome.state());
         self.say(&format!(
             "#{} {}: {step:<8} {:<12} {} ({:.1}s)",
             d.id,
             d.task,
             c.row.repo,
-            outcome.label(),
+            outcome.state(),
             started.elapsed().as_secs_f64()
         ));
         if outcome == StepOutcome::Passed {
@@ -177,7 +184,7 @@ impl Engine {
         if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
             why.push_str(&format!(": {}", last.trim()));
         }
-        let mut failure = Failure::new(phase, &c.row.repo, why);
+        let mut failure = Failure::new(phase, Some(&c.row.repo), why);
         failure.log_tail = tail;
         Err(failure.into())
     }
@@ -187,8 +194,8 @@ impl Engine {
     fn step_env(&self, d: &DeliveryRow, c: &Checkout, phase: Phase) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self.config.environment_vars().into_iter().collect();
         env.extend([
-            ("LOCKSTEP_TASK".into(), d.task.clone()),
-            ("LOCKSTEP_REPO".into(), c.row.repo.clone()),
+            ("LOCKSTEP_TASK".into(), d.task.to_string()),
+            ("LOCKSTEP_REPO".into(), c.row.repo.to_string()),
             ("LOCKSTEP_BRANCH".into(), c.row.branch.clone()),
             ("LOCKSTEP_SHA".into(), c.row.rebased_sha.clone()),
             ("LOCKSTEP_BASE_SHA".into(), c.row.base_sha.clone()),

@@ -14,6 +14,8 @@ use anyhow::Context as _;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::domain::StepState;
+
 /// Variables every step gets from lockstep's own environment.
 const BASIC_ENV: &[&str] = &[
     "PATH", "HOME", "LANG", "LC_ALL", "TERM", "TMPDIR", "USER", "LOGNAME", "SHELL", "TZ",
@@ -47,13 +49,14 @@ impl StepOutcome {
     pub fn passed(&self) -> bool {
         *self == StepOutcome::Passed
     }
-    pub fn label(&self) -> &'static str {
+    /// The state it leaves its repository in, in its phase.
+    pub fn state(&self) -> StepState {
         match self {
-            StepOutcome::Passed => "passed",
-            StepOutcome::Failed(_) => "failed",
-            StepOutcome::TimedOut(_) => "timed out",
-            StepOutcome::NotStarted(_) => "not started",
-            StepOutcome::Stopped => "stopped",
+            StepOutcome::Passed => StepState::Passed,
+            StepOutcome::Failed(_) => StepState::Failed,
+            StepOutcome::TimedOut(_) => StepState::TimedOut,
+            StepOutcome::NotStarted(_) => StepState::NotStarted,
+            StepOutcome::Stopped => StepState::Stopped,
         }
     }
     pub fn exit_code(&self) -> Option<i32> {
@@ -70,7 +73,7 @@ impl StepOutcome {
             StepOutcome::Failed(Some(c)) => format!("exited with {c}"),
             StepOutcome::Failed(None) => "was killed by a signal".into(),
             StepOutcome::TimedOut(d) => {
-                format!("ran past {} and was killed", crate::tracker::humanize(*d))
+                format!("ran past {} and was killed", crate::config::humanize(*d))
             }
             StepOutcome::NotStarted(e) => format!("could not start: {e}"),
             StepOutcome::Stopped => "was stopped: another step of the phase failed".into(),

@@ -13,7 +13,8 @@ use anyhow::Context as _;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
-use crate::store::{State, Store};
+use crate::domain::{DeliveryId, State};
+use crate::store::Store;
 
 pub use super::recover::recover;
 
@@ -68,7 +69,7 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 /// one at a time with `[delivery] window = 1`, as a pipeline otherwise.
 pub async fn work(
     engine: &Engine,
-    mut done: impl FnMut(i64, State) -> bool + Send,
+    mut done: impl FnMut(DeliveryId, State) -> bool + Send,
 ) -> anyhow::Result<()> {
     if engine.config.delivery.window > 1 {
         let until = super::train::Until {

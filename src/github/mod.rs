@@ -17,7 +17,8 @@
 mod client;
 mod signature;
 
-pub use crate::domain::RepoName;
+pub use crate::domain::GitHubRepo;
+use crate::domain::PrState;
 pub use client::{GitHub, describe, secret_from_env};
 pub use signature::{SignatureError, check_signature, sign};
 
@@ -30,8 +31,7 @@ pub struct Pull {
     pub head_sha: String,
     /// The repository the head branch is in (`owner/name`; a fork's differs), "" if unknown.
     pub head_repo: String,
-    /// `open` or `closed`.
-    pub state: String,
+    pub state: PrState,
 }
 
 /// One review as GitHub lists it (oldest first).

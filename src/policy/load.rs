@@ -140,7 +140,8 @@ impl PolicySet {
                     Ok(rule) => {
                         if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
                             errors.0.push(format!(
-                                "{}: rule `{}` is already defined in `{}`; rule names must be unique",
+                                "{}: rule `{}` is already defined in `{}`; rule names must be \
+                                 unique",
                                 path.display(),
                                 rule.name,
                                 other.file.display()

@@ -212,7 +212,8 @@ impl Metrics {
         }
 
         s.push_str(
-            "# HELP lockstep_hook_decisions_total Policy verdicts of the git hooks, by rule and outcome.\n",
+            "# HELP lockstep_hook_decisions_total Policy verdicts of the git hooks, by rule and \
+             outcome.\n",
         );
         s.push_str("# TYPE lockstep_hook_decisions_total counter\n");
         for (rule, outcome, n) in &store.hook_decisions {

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use super::App;
 use crate::delivery::{self, Request, Requested};
+use crate::domain::{Source, TaskKey};
 
 /// Polls every `every` (never when it is zero) until `stop`.
 pub async fn run(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>) {
@@ -57,9 +58,9 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
             continue;
         }
         let req = Request {
-            task: task.key.clone(),
+            task: TaskKey::new(task.key.as_str()),
             priority: 0,
-            source: "tracker".into(),
+            source: Source::Tracker,
             requester: config.bot.user.clone(),
             origin: String::new(),
             pr: None,

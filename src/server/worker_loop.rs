@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, watch};
 use super::{App, Job, bot, report, stopped};
 use crate::delivery::train;
 use crate::delivery::worker::{self, WorkerLock};
-use crate::store::{DeliveryRow, State, now_ms};
+use crate::domain::{DeliveryId, State};
+use crate::store::{DeliveryRow, now_ms};
 
 /// Reports the pipeline's deliveries to GitHub as they start and end.
 struct Reporter(Arc<App>);
@@ -68,7 +69,7 @@ pub async fn worker_loop(
         if app.config().delivery.window > 1 {
             // The pipeline runs until the queue is empty; jobs wait for it.
             let reporter = Reporter(app.clone());
-            let mut never = |_: i64, _: State| false;
+            let mut never = |_: DeliveryId, _: State| false;
             let until = train::Until {
                 done: &mut never,
                 shutdown: Some((stop.clone(), grace)),
@@ -119,11 +120,11 @@ pub async fn worker_loop(
             Some(Ok(state)) => report::finished(&app, &d, state).await,
             Some(Err(e)) => {
                 // The line could not even journal its failure (the store is gone?).
-                tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
+                tracing::error!(delivery = d.id.0, task = %d.task, "the delivery broke: {e:#}");
             }
             None => {
                 tracing::warn!(
-                    delivery = d.id,
+                    delivery = d.id.0,
                     task = %d.task,
                     "stopped during shutdown; it is recovered at the next start"
                 );

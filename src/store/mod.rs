@@ -11,7 +11,7 @@
 //!   requeue, cancel.
 //! - `train`: the pipeline's: claim a candidate, promote it to head, hold its failure, record
 //!   what it is built on, discard a preparation whose base changed.
-//! - `deliveries`: [`State`], [`DeliveryRow`], and the reads of the queue and its history.
+//! - `deliveries`: [`DeliveryRow`], and the reads of the queue and its history.
 //! - `journal`: what happened to a delivery, in order.
 //! - `repos`: a delivery's repositories and how far each got.
 //! - `steps`: the step processes run for a delivery.
@@ -22,7 +22,7 @@
 //! SQLite under `state_dir` (WAL mode, so readers never block the worker) is the only
 //! backend. The queries of every module but `sqlite` are written to run unchanged on
 //! PostgreSQL, though none has run on one yet: `$n` parameters, `RETURNING`, `ON CONFLICT`,
-//! booleans bound and read as `bool` and written as `TRUE`, [`State`] stored as text, no
+//! booleans bound and read as `bool` and written as `TRUE`, the domain's enums stored as text, no
 //! SQLite function. What is SQLite's alone, all of it in `sqlite` but the pool's type:
 //! - the schema: `migrations/sqlite/` declares ids `INTEGER PRIMARY KEY` (SQLite's rowid)
 //!   and booleans `BIGINT` 0/1. PostgreSQL needs its own files (identity columns, `BOOLEAN`).
@@ -49,7 +49,7 @@ mod train;
 mod transitions;
 mod webhooks;
 
-pub use deliveries::{DeliveryRow, State};
+pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
 pub use steps::StepRow;

@@ -82,7 +82,8 @@ impl Store {
     /// dropped, in one transaction, so this happens exactly once. The data is not touched.
     async fn carry_over_schema_version(&self) -> anyhow::Result<()> {
         let legacy: bool = sqlx::query_scalar(
-            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            "SELECT COUNT(*) > 0 FROM sqlite_master \
+             WHERE type = 'table' AND name = 'schema_version'",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -130,7 +131,8 @@ mod tests {
     use sqlx::sqlite::SqlitePool;
 
     use super::*;
-    use crate::store::{Enqueued, NewDelivery, State};
+    use crate::domain::{DeliveryId, Phase, State};
+    use crate::store::{Enqueued, NewDelivery};
 
     /// The schema as the hand-written migrations wrote it (before `migrations/`), batch by
     /// batch; a batch's index + 1 was its version in `schema_version`. Kept verbatim: it is
@@ -298,7 +300,7 @@ DROP TABLE hook_decisions;
             applied(&s.pool).await,
             [(1, false), (2, false), (3, false), (4, false), (6, true)]
         );
-        let delivered = s.delivery(1).await.unwrap().unwrap();
+        let delivered = s.delivery(DeliveryId(1)).await.unwrap().unwrap();
         assert_eq!(
             (
                 delivered.task.as_str(),
@@ -312,8 +314,8 @@ DROP TABLE hook_decisions;
         let r = &running[0];
         assert_eq!(
             (
-                r.id,
-                r.phase.as_str(),
+                r.id.0,
+                r.phase.map_or("", Phase::as_str),
                 r.priority,
                 r.source.as_str(),
                 r.origin.as_str(),
@@ -322,7 +324,7 @@ DROP TABLE hook_decisions;
             (2, "test", 5, "github", "o/r#2", true)
         );
         assert_eq!(s.queued().await.unwrap()[0].task, "T-3");
-        let repos = s.repos(1).await.unwrap();
+        let repos = s.repos(DeliveryId(1)).await.unwrap();
         assert_eq!(
             (
                 repos[0].repo.as_str(),
@@ -332,12 +334,12 @@ DROP TABLE hook_decisions;
             ),
             ("api", true, true, false)
         );
-        let journal = s.journal_of(1).await.unwrap();
+        let journal = s.journal_of(DeliveryId(1)).await.unwrap();
         assert_eq!(
             journal.iter().map(|j| j.event.as_str()).collect::<Vec<_>>(),
             ["queued", "delivered"]
         );
-        let steps = s.steps(2).await.unwrap();
+        let steps = s.steps(DeliveryId(2)).await.unwrap();
         assert_eq!(
             (steps[0].outcome.as_str(), steps[0].pid),
             ("running", Some(4242))
@@ -355,7 +357,7 @@ DROP TABLE hook_decisions;
             task: "T-4".into(),
             ..Default::default()
         };
-        assert_eq!(s.enqueue(&new).await.unwrap(), Enqueued::New(4));
+        assert_eq!(s.enqueue(&new).await.unwrap(), Enqueued::New(DeliveryId(4)));
 
         // The carry-over happened once: the old table is gone, and opening again changes
         // nothing.

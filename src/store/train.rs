@@ -4,6 +4,7 @@
 
 use super::journal::append;
 use super::{DeliveryRow, Store, now_ms};
+use crate::domain::DeliveryId;
 
 /// Why a candidate's preparation was thrown away; the label of
 /// `lockstep_candidates_discarded_total`.
@@ -51,7 +52,7 @@ impl Store {
     /// head, and marks it running, atomically.
     pub async fn claim(&self, candidate: bool) -> anyhow::Result<Option<DeliveryRow>> {
         let mut tx = self.write_tx().await?;
-        let next: Option<i64> = sqlx::query_scalar(
+        let next: Option<DeliveryId> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
         )
         .fetch_optional(&mut *tx)
@@ -75,7 +76,7 @@ impl Store {
     }
 
     /// A candidate becomes the head of the pipeline: the next to deploy.
-    pub async fn promote(&self, id: i64) -> anyhow::Result<()> {
+    pub async fn promote(&self, id: DeliveryId) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET candidate = FALSE WHERE id = $1")
             .bind(id)
@@ -87,7 +88,7 @@ impl Store {
     }
 
     /// Holds a candidate's failure unreported until the deliveries ahead of it are resolved.
-    pub async fn hold(&self, id: i64, phase: &str, summary: &str) -> anyhow::Result<()> {
+    pub async fn hold(&self, id: DeliveryId, phase: &str, summary: &str) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET held = $2 WHERE id = $1")
             .bind(id)
@@ -100,7 +101,7 @@ impl Store {
     }
 
     /// Records the deliveries ahead whose commits a delivery's bases contain.
-    pub async fn set_built_on(&self, id: i64, built_on: &str) -> anyhow::Result<()> {
+    pub async fn set_built_on(&self, id: DeliveryId, built_on: &str) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET built_on = $2 WHERE id = $1")
             .bind(id)
@@ -119,7 +120,12 @@ impl Store {
 
     /// Throws away a delivery's preparation (its base changed): it waits to be prepared again,
     /// still running, in its place.
-    pub async fn discard(&self, id: i64, reason: DiscardReason, why: &str) -> anyhow::Result<()> {
+    pub async fn discard(
+        &self,
+        id: DeliveryId,
+        reason: DiscardReason,
+        why: &str,
+    ) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE deliveries SET phase = '', held = '', built_on = '', \
@@ -175,7 +181,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDelivery, State};
+    use crate::domain::State;
+    use crate::store::NewDelivery;
 
     #[tokio::test]
     async fn candidates_are_claimed_promoted_held_and_discarded() {
@@ -194,7 +201,7 @@ mod tests {
         assert_eq!((head.id, head.candidate), (a, true));
         s.claim(true).await.unwrap().unwrap();
         // The head first, then the candidates in queue order.
-        let order: Vec<i64> = s.train().await.unwrap().iter().map(|d| d.id).collect();
+        let order: Vec<DeliveryId> = s.train().await.unwrap().iter().map(|d| d.id).collect();
         assert_eq!(order, [c, a, b]);
         s.finish(c, State::Delivered, "").await.unwrap();
         s.promote(a).await.unwrap();
@@ -213,13 +220,13 @@ mod tests {
         let d = s.delivery(b).await.unwrap().unwrap();
         assert_eq!(
             (
-                d.phase.as_str(),
+                d.phase,
                 d.held.as_str(),
                 d.built_on.as_str(),
                 d.discards,
                 d.candidate
             ),
-            ("", "", "", 1, true)
+            (None, "", "", 1, true)
         );
         assert!(!s.delivery(a).await.unwrap().unwrap().candidate);
         let by_reason = s.discards_by_reason().await.unwrap();

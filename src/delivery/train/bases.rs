@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::domain::{DeliveryId, RepoName};
 use crate::store::DiscardReason;
 
 /// What a delivery ahead contributes to the bases of those behind it.
@@ -15,8 +16,8 @@ use crate::store::DiscardReason;
 pub(super) enum Ahead {
     /// Rebased: its id and its rebased commit per repository it touches.
     Rebased {
-        id: i64,
-        repos: BTreeMap<String, String>,
+        id: DeliveryId,
+        repos: BTreeMap<RepoName, String>,
     },
     /// Not rebased yet: which repositories it touches, and so what it gives, is unknown.
     Unknown,
@@ -29,7 +30,7 @@ pub(super) enum Ahead {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Base {
     /// The rebased commit of the delivery ahead with this id.
-    Ahead(i64, String),
+    Ahead(DeliveryId, String),
     /// The upstream's tip.
     Upstream(String),
 }
@@ -46,8 +47,8 @@ impl Base {
 /// while it cannot be known (a delivery ahead is not rebased yet, or the tip is unknown).
 pub(super) fn base_of(
     ahead: &[Ahead],
-    tips: &BTreeMap<String, String>,
-    repo: &str,
+    tips: &BTreeMap<RepoName, String>,
+    repo: &RepoName,
 ) -> Option<Base> {
     for a in ahead.iter().rev() {
         match a {
@@ -75,7 +76,7 @@ pub(super) enum Verdict {
 }
 
 /// The bases a delivery used, per repository: the commit and where it came from.
-pub(super) type Used = BTreeMap<String, Base>;
+pub(super) type Used = BTreeMap<RepoName, Base>;
 
 /// Judges a delivery's bases (`used`) against the deliveries ahead of it as they are now.
 /// `landed` are the deliveries that landed since (the upstream now holds what it was built
@@ -83,9 +84,9 @@ pub(super) type Used = BTreeMap<String, Base>;
 pub(super) fn judge(
     used: &Used,
     ahead: &[Ahead],
-    tips: &BTreeMap<String, String>,
-    landed: &BTreeSet<i64>,
-    overtakers: &BTreeSet<i64>,
+    tips: &BTreeMap<RepoName, String>,
+    landed: &BTreeSet<DeliveryId>,
+    overtakers: &BTreeSet<DeliveryId>,
 ) -> Verdict {
     let mut pending = false;
     for (repo, was) in used {
@@ -96,7 +97,7 @@ pub(super) fn judge(
         if now.sha() == was.sha() {
             continue;
         }
-        let in_train = |id: i64| {
+        let in_train = |id: DeliveryId| {
             ahead
                 .iter()
                 .any(|a| matches!(a, Ahead::Rebased { id: x, .. } if *x == id))
@@ -118,7 +119,7 @@ pub(super) fn judge(
                 DiscardReason::UpstreamMoved,
                 format!(
                     "the upstream of `{repo}` moved to {}",
-                    crate::push::short(sha)
+                    crate::git::short(sha)
                 ),
             ),
         };
@@ -137,25 +138,25 @@ mod tests {
 
     fn rebased(id: i64, repos: &[(&str, &str)]) -> Ahead {
         Ahead::Rebased {
-            id,
+            id: DeliveryId(id),
             repos: repos
                 .iter()
-                .map(|(r, s)| (r.to_string(), s.to_string()))
+                .map(|(r, s)| (RepoName::from(*r), s.to_string()))
                 .collect(),
         }
     }
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<RepoName, String> {
         pairs
             .iter()
-            .map(|(r, s)| (r.to_string(), s.to_string()))
+            .map(|(r, s)| (RepoName::from(*r), s.to_string()))
             .collect()
     }
 
     fn used(pairs: &[(&str, Base)]) -> Used {
         pairs
             .iter()
-            .map(|(r, b)| (r.to_string(), b.clone()))
+            .map(|(r, b)| (RepoName::from(*r), b.clone()))
             .collect()
     }
 
@@ -168,31 +169,31 @@ mod tests {
             Ahead::Skipped,
         ];
         assert_eq!(
-            base_of(&ahead, &tips, "api"),
-            Some(Base::Ahead(2, "a2".into()))
+            base_of(&ahead, &tips, &"api".into()),
+            Some(Base::Ahead(DeliveryId(2), "a2".into()))
         );
         assert_eq!(
-            base_of(&ahead, &tips, "web"),
-            Some(Base::Ahead(1, "w1".into()))
+            base_of(&ahead, &tips, &"web".into()),
+            Some(Base::Ahead(DeliveryId(1), "w1".into()))
         );
         assert_eq!(
-            base_of(&[], &tips, "web"),
+            base_of(&[], &tips, &"web".into()),
             Some(Base::Upstream("t-web".into()))
         );
-        assert_eq!(base_of(&[Ahead::Unknown], &tips, "api"), None);
-        assert_eq!(base_of(&[], &tips, "db"), None);
+        assert_eq!(base_of(&[Ahead::Unknown], &tips, &"api".into()), None);
+        assert_eq!(base_of(&[], &tips, &"db".into()), None);
     }
 
     #[test]
     fn a_preparation_holds_until_a_base_it_used_changes() {
         let tips = map(&[("api", "t-api"), ("web", "t-web")]);
         let none = BTreeSet::new();
-        let on_1 = used(&[("api", Base::Ahead(1, "a1".into()))]);
+        let on_1 = used(&[("api", Base::Ahead(DeliveryId(1), "a1".into()))]);
         let ahead = [rebased(1, &[("api", "a1")])];
         assert_eq!(judge(&on_1, &ahead, &tips, &none, &none), Verdict::Holds);
         // #1 landed: the upstream is now its commit, the same base.
         let landed_tips = map(&[("api", "a1")]);
-        let landed = BTreeSet::from([1]);
+        let landed = BTreeSet::from([DeliveryId(1)]);
         assert_eq!(
             judge(&on_1, &[], &landed_tips, &landed, &none),
             Verdict::Holds
@@ -224,7 +225,7 @@ mod tests {
         };
         assert_eq!(reason, DiscardReason::UpstreamMoved);
         // A delivery of higher priority went ahead of it.
-        let overtakers = BTreeSet::from([5]);
+        let overtakers = BTreeSet::from([DeliveryId(5)]);
         let ahead = [rebased(5, &[("web", "w5")])];
         let Verdict::Changed(reason, _) = judge(&on_web, &ahead, &tips, &none, &overtakers) else {
             panic!("an overtaker goes unnoticed");

@@ -12,6 +12,7 @@
 
 mod bases;
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -20,11 +21,11 @@ use tokio::task::JoinHandle;
 
 use self::bases::{Base, Used, Verdict};
 use super::engine::{Ahead, Checkout, Engine, Preparation, repo_url};
-use super::line::blocking;
-use super::phase::Phase;
 use super::slots::Rank;
 use super::stop::{Failure, Stop};
-use crate::store::{DeliveryRow, DiscardReason, State};
+use crate::domain::{DeliveryId, Phase, RepoName, State};
+use crate::runtime::blocking;
+use crate::store::{DeliveryRow, DiscardReason};
 
 /// How often the coordinator looks at cancels and the upstreams when nothing happens.
 const TICK: Duration = Duration::from_millis(250);
@@ -47,24 +48,24 @@ impl TrainWatcher for Quiet {}
 /// When the pipeline stops: a function of each delivery that ends (true: stop now), and a
 /// shutdown signal with the time the head gets to finish.
 pub struct Until<'a> {
-    pub done: &'a mut (dyn FnMut(i64, State) -> bool + Send),
+    pub done: &'a mut (dyn FnMut(DeliveryId, State) -> bool + Send),
     pub shutdown: Option<(watch::Receiver<bool>, Duration)>,
 }
 
 /// What the tasks of the pipeline report.
 enum Event {
     Rebased {
-        id: i64,
+        id: DeliveryId,
         generation: u64,
         checkouts: Vec<Checkout>,
     },
     Prepared {
-        id: i64,
+        id: DeliveryId,
         generation: u64,
         result: Result<Vec<Checkout>, Stop>,
     },
     Released {
-        id: i64,
+        id: DeliveryId,
         result: anyhow::Result<State>,
     },
 }
@@ -100,7 +101,7 @@ struct Item {
     used: Used,
     /// The deliveries ahead its current preparation was given, per repository: the id and
     /// the rebased commit.
-    on: BTreeMap<String, (i64, String)>,
+    on: BTreeMap<RepoName, (DeliveryId, String)>,
     /// A recovered head resumes its build or test once.
     resume: Option<Phase>,
 }
@@ -158,12 +159,12 @@ struct Train<'a> {
     engine: Engine,
     watcher: &'a dyn TrainWatcher,
     items: Vec<Item>,
-    tips: BTreeMap<String, String>,
+    tips: BTreeMap<RepoName, String>,
     tips_read: Option<Instant>,
     tx: mpsc::UnboundedSender<Event>,
     generations: u64,
-    landed: BTreeSet<i64>,
-    overtakers: BTreeSet<i64>,
+    landed: BTreeSet<DeliveryId>,
+    overtakers: BTreeSet<DeliveryId>,
 }
 
 impl Train<'_> {
@@ -242,7 +243,7 @@ impl Train<'_> {
                     .await?;
                 self.engine
                     .store
-                    .requeue(last.d.id, "", &format!("{why}; back in the queue"))
+                    .requeue(last.d.id, None, &format!("{why}; back in the queue"))
                     .await?;
                 self.engine.say(&format!(
                     "#{} {}: back in the queue: {why}",
@@ -291,13 +292,13 @@ impl Train<'_> {
             .iter()
             .enumerate()
             .skip(1)
-            .find(|(_, x)| (x.d.priority, -x.d.id) < (d.priority, -d.id))
+            .find(|(_, x)| (x.d.priority, Reverse(x.d.id)) < (d.priority, Reverse(d.id)))
             .map_or(self.items.len(), |(i, _)| i)
     }
 
     /// One round of decisions: cancels, the judgement of every preparation, the head's turn,
     /// new preparations. Returns the deliveries that ended.
-    async fn advance(&mut self) -> anyhow::Result<Vec<(i64, State)>> {
+    async fn advance(&mut self) -> anyhow::Result<Vec<(DeliveryId, State)>> {
         let mut ended = Vec::new();
         self.refresh_rows().await?;
         // Cancels: a candidate's steps are stopped and it ends; the head's release sees the
@@ -308,8 +309,8 @@ impl Train<'_> {
             if item.d.cancel && !matches!(item.status, Status::Releasing { .. }) {
                 let mut item = self.items.remove(i);
                 self.stop_task(&mut item).await;
-                let phase = Phase::parse(&item.d.phase).unwrap_or(Phase::Rebase);
-                let stop = Failure::new(phase, "", "cancelled on request").into();
+                let phase = item.d.phase.unwrap_or(Phase::Rebase);
+                let stop = Failure::new(phase, None, "cancelled on request").into();
                 let state = self.engine.report_stop(&item.d, stop).await?;
                 self.watcher.finished(&item.d, state).await;
                 ended.push((item.d.id, state));
@@ -392,7 +393,7 @@ impl Train<'_> {
 
     /// The head's turn: a prepared head whose bases are the upstreams' tips deploys; a held
     /// failure of the head is its own and is reported.
-    async fn head_turn(&mut self) -> anyhow::Result<Option<(i64, State)>> {
+    async fn head_turn(&mut self) -> anyhow::Result<Option<(DeliveryId, State)>> {
         let Some(head) = self.items.first() else {
             return Ok(None);
         };
@@ -497,7 +498,7 @@ impl Train<'_> {
             });
         });
         let prep = Preparation {
-            rank: Rank::new(i > 0, d.priority, d.id),
+            rank: Rank::new(i > 0, d.priority, d.id.0),
             ahead,
             discard: Some(discarded),
             on_rebased: Some(on_rebased),
@@ -519,7 +520,7 @@ impl Train<'_> {
     }
 
     /// Takes in what a task reported. Returns the delivery that ended, if one did.
-    async fn on_event(&mut self, event: Event) -> anyhow::Result<Option<(i64, State)>> {
+    async fn on_event(&mut self, event: Event) -> anyhow::Result<Option<(DeliveryId, State)>> {
         match event {
             Event::Rebased {
                 id,
@@ -583,7 +584,7 @@ impl Train<'_> {
     }
 
     /// The index of a delivery whose current preparation is `generation`.
-    fn current(&self, id: i64, generation: u64) -> Option<usize> {
+    fn current(&self, id: DeliveryId, generation: u64) -> Option<usize> {
         self.items
             .iter()
             .position(|x| x.d.id == id && x.generation == generation)
@@ -674,7 +675,7 @@ impl Train<'_> {
                 )
                 .await?;
             store
-                .requeue(item.d.id, "", "the worker stopped; it is prepared again")
+                .requeue(item.d.id, None, "the worker stopped; it is prepared again")
                 .await?;
         }
         Ok(())
@@ -703,8 +704,8 @@ impl Train<'_> {
 /// The bases a delivery's rebase used (`found`: repository and base), and where each came
 /// from: a delivery ahead it was given (`on`), or else the upstream.
 fn used_bases<'a>(
-    found: impl Iterator<Item = (&'a String, &'a String)>,
-    on: &BTreeMap<String, (i64, String)>,
+    found: impl Iterator<Item = (&'a RepoName, &'a String)>,
+    on: &BTreeMap<RepoName, (DeliveryId, String)>,
 ) -> Used {
     found
         .map(|(repo, base)| {
