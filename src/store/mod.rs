@@ -50,7 +50,7 @@ pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
 pub use steps::StepRow;
-pub use transitions::{CANCELLED_BEFORE_START, Enqueued, NewDelivery};
+pub use transitions::{Enqueued, NewDelivery};
 
 /// The database the store runs on.
 type Db = sqlx::Sqlite;
