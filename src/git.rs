@@ -187,7 +187,7 @@ impl Git {
     }
 
     /// Starts listing the commits of [`Git::commits`] and reads them on a thread of their own,
-    /// so that the caller can do other work meanwhile; [`PendingCommits::wait`] gives them.
+    /// so that the caller can do other work meanwhile; `PendingCommits::wait` gives them.
     pub fn start_commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<PendingCommits> {
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
@@ -363,7 +363,8 @@ impl CommitInfo {
 /// Parses the NUL-separated records of `git rev-list --header`: the id, the raw headers,
 /// a blank line, and the message indented by four spaces. Bytes that are not UTF-8 are
 /// replaced, never trusted.
-pub fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
+#[cfg(test)]
+fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
     bytes
         .split(|b| *b == 0)
         .filter(|r| !r.iter().all(u8::is_ascii_whitespace))

@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = lockstep::cli::Cli::from_args();
-    lockstep::cli::init_tracing(&cli);
-    let code = match lockstep::cli::run(cli) {
+    let cli = lockstep::Cli::from_args();
+    lockstep::init_tracing(&cli);
+    let code = match lockstep::run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lockstep: error: {e:#}");
-            lockstep::cli::USAGE_OR_CONFIG
+            lockstep::USAGE_OR_CONFIG
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(2))

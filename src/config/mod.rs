@@ -23,7 +23,7 @@ mod duration;
 mod server;
 mod tracker;
 
-pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand, Steps};
+pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use server::{GitHubConfig, Server};
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};

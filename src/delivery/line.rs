@@ -5,8 +5,6 @@
 //! Its parts live beside it in `delivery`: `engine` runs a delivery through the phases in
 //! their order, `rebase` makes the checkouts, `run` runs the steps, `merge` pushes the
 //! upstreams, `rollback` undoes, `recover` finishes what a killed worker left, and `stop` says
-//! why a line stopped. The phases themselves are the domain's ([`Phase`]).
+//! why a line stopped. The phases themselves are the domain's ([`Phase`](crate::domain::Phase)).
 
 pub use super::engine::{Engine, Progress, Watcher, repo_url};
-pub use super::stop::Failure;
-pub use crate::domain::Phase;

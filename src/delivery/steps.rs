@@ -46,9 +46,6 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
-    pub fn passed(&self) -> bool {
-        *self == StepOutcome::Passed
-    }
     /// The state it leaves its repository in, in its phase.
     pub fn state(&self) -> StepState {
         match self {
@@ -86,14 +83,6 @@ pub struct Running {
     child: tokio::process::Child,
     pgid: Option<Pid>,
     timeout: Duration,
-}
-
-/// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
-pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
-    match start(spec)? {
-        Ok(running) => running.wait().await,
-        Err(outcome) => Ok(outcome),
-    }
 }
 
 /// Starts a step in a process group of its own; `Err` with the outcome when it could not be
@@ -246,6 +235,14 @@ pub fn tail(log: &Path, lines: usize) -> String {
 mod tests {
     use super::*;
 
+    /// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
+    async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
+        match start(spec)? {
+            Ok(running) => running.wait().await,
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
     fn spec(dir: &Path, argv: &[&str], timeout: Duration) -> StepSpec {
         StepSpec {
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -268,7 +265,7 @@ mod tests {
         assert_eq!(run(&s).await.unwrap(), StepOutcome::Failed(Some(3)));
         assert_eq!(tail(&s.log, 5), "branch=feature/x; rm -rf /");
         let s = spec(dir.path(), &["true"], Duration::from_secs(10));
-        assert!(run(&s).await.unwrap().passed());
+        assert_eq!(run(&s).await.unwrap(), StepOutcome::Passed);
         let s = spec(dir.path(), &["/no/such/program"], Duration::from_secs(10));
         assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
         let s = spec(dir.path(), &[], Duration::from_secs(10));

@@ -19,8 +19,8 @@ mod signature;
 
 pub use crate::domain::GitHubRepo;
 use crate::domain::PrState;
-pub use client::{GitHub, describe, secret_from_env};
-pub use signature::{SignatureError, check_signature, sign};
+pub use client::{GitHub, secret_from_env};
+pub use signature::{check_signature, sign};
 
 /// A pull request, as lockstep reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,8 +21,9 @@ use crate::config::Config;
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     name: String,
-    #[serde(default)]
-    description: Option<String>,
+    /// For the people who read the policy file; lockstep accepts it and shows it nowhere.
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
     on: Vec<Stage>,
     #[serde(default)]
     when: Option<String>,
@@ -251,7 +252,6 @@ fn compile_rule(probe: &Context, path: &Path, spec: RuleSpec) -> Result<Rule, Ve
     };
     let rule = Rule {
         name: spec.name,
-        description: spec.description,
         file: path.to_path_buf(),
         stages: spec.on,
         when,

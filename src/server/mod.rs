@@ -104,17 +104,6 @@ impl App {
     }
 }
 
-/// Runs the bot until `shutdown` completes: the worker, the tracker poller and the HTTP
-/// server on `listener`.
-pub async fn serve(
-    config: Config,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let prepared = prepare(config, &listener).await?;
-    run(prepared, listener, shutdown).await
-}
-
 /// The bot, ready to run: its secrets read, its store open.
 pub struct Prepared {
     app: Arc<App>,

@@ -54,7 +54,7 @@ pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
 pub use steps::StepRow;
 pub use train::{DiscardReason, Waits};
-pub use transitions::{CANCELLED_BEFORE_START, Enqueued, NewDelivery};
+pub use transitions::{Enqueued, NewDelivery};
 
 /// The database the store runs on.
 type Db = sqlx::Sqlite;
