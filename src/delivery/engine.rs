@@ -79,8 +79,11 @@ pub(super) struct Preparation {
     /// Turns true when the preparation is to be thrown away: its steps are stopped.
     pub(super) discard: Option<watch::Receiver<bool>>,
     /// Called once every repository is rebased, with the checkouts.
-    pub(super) on_rebased: Option<Box<dyn FnOnce(&[Checkout]) + Send>>,
+    pub(super) on_rebased: Option<OnRebased>,
 }
+
+/// What a preparation calls once its checkouts are rebased.
+pub(super) type OnRebased = Box<dyn FnOnce(&[Checkout]) + Send>;
 
 impl Preparation {
     /// The serial line's: nothing ahead, nothing to discard.
