@@ -196,7 +196,7 @@ fn ago(ms: Option<i64>) -> String {
 pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
-        let running = store.running().await?;
+        let running = store.train().await?;
         let queued = store.queued().await?;
         let history = store.history(10).await?;
         if json {
@@ -207,9 +207,15 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
         if running.is_empty() && queued.is_empty() {
             println!("the queue is empty");
         }
-        for d in &running {
+        let pipelined = running.iter().any(|d| d.candidate);
+        for (i, d) in running.iter().enumerate() {
+            let place = if pipelined {
+                format!("  {}", train_place(i, d))
+            } else {
+                String::new()
+            };
             println!(
-                "running  #{:<4} {:<14} {:<8} since {}",
+                "running  #{:<4} {:<14} {:<8} since {}{place}",
                 d.id,
                 d.task,
                 d.phase.map_or("", Phase::as_str),
@@ -241,6 +247,25 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
         }
         Ok(0)
     })
+}
+
+/// Where a running delivery stands in the pipeline (the `i`th of the train): the head, or a
+/// candidate with what it is built on, its held failure and how often it was discarded.
+fn train_place(i: usize, d: &DeliveryRow) -> String {
+    if !d.candidate {
+        return "head".into();
+    }
+    let mut place = format!("candidate {}", i + 1);
+    if !d.built_on.is_empty() {
+        place.push_str(&format!(", on {}", d.built_on));
+    }
+    if d.discards > 0 {
+        place.push_str(&format!(", discarded {}×", d.discards));
+    }
+    if !d.held.is_empty() {
+        place.push_str(&format!(", held: {}", d.held));
+    }
+    place
 }
 
 /// `lockstep show ID`.
@@ -280,6 +305,18 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
         );
         if !d.error.is_empty() {
             println!("  {}", d.error);
+        }
+        if !d.built_on.is_empty() {
+            println!("  built on {}", d.built_on);
+        }
+        if !d.held.is_empty() {
+            println!(
+                "  held (not reported while deliveries ahead are unresolved): {}",
+                d.held
+            );
+        }
+        if d.discards > 0 {
+            println!("  prepared again {} time(s): a base changed", d.discards);
         }
         for r in &repos {
             println!(

@@ -14,6 +14,7 @@ mod deploy;
 mod help;
 mod hooks;
 mod install;
+mod pipeline;
 mod policy_test;
 mod serve;
 mod trackers;

@@ -36,9 +36,16 @@ pub struct Delivery {
     /// Delete the task branches after a delivery lands. Default false.
     #[serde(default)]
     pub delete_branches: bool,
-    /// How many repositories build and test at once. Default 4.
+    /// How many build and test steps run at once, across every delivery of the pipeline
+    /// (the nearest delivery to landing gets a free slot first). Default 4.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// How many deliveries are in flight at once: the head of the queue, which deploys,
+    /// verifies and merges, and up to `window - 1` behind it, rebased onto the result of those
+    /// ahead of them and built and tested speculatively. `1` is the strictly serial line.
+    /// Default 4.
+    #[serde(default = "default_window")]
+    pub window: usize,
     /// Variables of lockstep's own environment handed to steps (besides PATH, HOME, LANG and
     /// the like). Default none: secrets of the bot do not reach steps unless named here.
     #[serde(default)]
@@ -53,6 +60,7 @@ impl Default for Delivery {
             merge: MergeMode::FastForward,
             delete_branches: false,
             parallel: default_parallel(),
+            window: default_window(),
             pass_env: Vec::new(),
         }
     }
@@ -65,6 +73,9 @@ fn default_environment() -> String {
     "production".into()
 }
 fn default_parallel() -> usize {
+    4
+}
+fn default_window() -> usize {
     4
 }
 

@@ -278,6 +278,9 @@ impl Config {
         if self.delivery.parallel == 0 {
             bail!("`delivery.parallel` must be at least 1");
         }
+        if self.delivery.window == 0 {
+            bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
+        }
         self.tracker.check()?;
         for repo in &self.repos {
             if let Some(gh) = &repo.github

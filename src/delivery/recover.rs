@@ -22,6 +22,7 @@ enum Reconciled {
 ///
 /// First the steps the dead worker left running are killed (they run in process groups of
 /// their own, which outlive it). Then, by the phase the delivery was in:
+/// - a candidate of the pipeline (never deployed): queued again, in its place, from the start;
 /// - rebase: queued again, from the start;
 /// - build or test: queued again at the head, resuming that phase;
 /// - deploy or verify: what was deployed is rolled back and the delivery fails;
@@ -49,7 +50,27 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
 impl Engine {
     /// Recovers one delivery a killed worker left running; says what became of it.
     async fn recover_delivery(&self, d: &DeliveryRow) -> anyhow::Result<String> {
-        Ok(match d.phase {
+        let phase = d.phase;
+        let prepared = matches!(
+            phase,
+            None | Some(Phase::Rebase | Phase::Build | Phase::Test)
+        );
+        if d.candidate && prepared {
+            self.store
+                .requeue(
+                    d.id,
+                    None,
+                    "the worker stopped while it was prepared behind the head; starting over",
+                )
+                .await?;
+            return Ok(format!(
+                "#{} {}: was a candidate in {}; queued again, from its rebase",
+                d.id,
+                d.task,
+                phase.map_or("the queue", Phase::as_str)
+            ));
+        }
+        Ok(match phase {
             None | Some(Phase::Rebase) => {
                 self.store
                     .requeue(

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::engine::{Checkout, Engine};
+use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
 use crate::config::StepCommand;
@@ -15,23 +16,38 @@ use crate::domain::{Phase, StepState};
 use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
-    /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
-    /// failure stops the line: the other repositories' steps are killed (`stopped` in their
-    /// logs), steps still waiting for their turn never start, and that failure is reported.
+    /// Build or test: every repository at once (bounded by the engine's step slots, shared
+    /// with the other deliveries of the pipeline; `rank` is this one's place for them). The
+    /// first failure stops the line: the other repositories' steps are killed (`stopped` in
+    /// their logs), steps still waiting for their turn never start, and that failure is
+    /// reported. When `discard` turns true, every step is stopped the same way.
     pub(super) async fn parallel_phase(
         &self,
         d: &DeliveryRow,
         phase: Phase,
         checkouts: &[Checkout],
+        rank: Rank,
+        discard: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
-        let limit = Arc::new(Semaphore::new(self.config.delivery.parallel));
         let (stop, stopping) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let forward = discard.map(|mut discard| {
+            let stop = stop.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                if discard.wait_for(|d| *d).await.is_ok() {
+                    let _ = stop.send(true);
+                }
+            }))
+        });
         let mut steps = tokio::task::JoinSet::new();
         for c in checkouts {
-            let (engine, d, c, limit) = (self.clone(), d.clone(), c.clone(), limit.clone());
-            let stopping = stopping.clone();
+            let (engine, d, c) = (self.clone(), d.clone(), c.clone());
+            let mut stopping = stopping.clone();
             steps.spawn(async move {
-                let _permit = limit.acquire_owned().await;
+                let _slot = tokio::select! {
+                    slot = engine.slots.acquire(rank) => slot,
+                    _ = stopping.wait_for(|s| *s) => return Ok(()),
+                };
                 if *stopping.borrow() {
                     return Ok(());
                 }
@@ -51,6 +67,10 @@ impl Engine {
                 // Dropping the set stops the other steps.
                 Err(broken @ Stop::Broken(_)) => return Err(broken),
             }
+        }
+        drop(forward);
+        if first.is_none() && *stop.borrow() {
+            first = Some(Failure::new(phase, None, "discarded"));
         }
         first.map_or(Ok(()), |f| Err(f.into()))
     }
@@ -187,5 +207,14 @@ impl Engine {
             ("LOCKSTEP_STEP".into(), phase.as_str().into()),
         ]);
         env
+    }
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -22,6 +22,10 @@ pub fn delivery(state: State, phase: &str) -> DeliveryRow {
         finished_at: None,
         error: String::new(),
         cancel: false,
+        candidate: false,
+        held: String::new(),
+        built_on: String::new(),
+        discards: 0,
     }
 }
 

@@ -147,6 +147,13 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
                 let dir = app.config().state_dir();
                 tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
             },
+            discards: store
+                .discards_by_reason()
+                .await?
+                .into_iter()
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            waits: store.waits().await?,
         })
     };
     match counts.await {

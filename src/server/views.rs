@@ -55,7 +55,8 @@ async fn in_flight(app: &App, d: DeliveryRow) -> anyhow::Result<page::InFlight> 
 pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
     let store = &app.engine.store;
     let mut running = Vec::new();
-    for d in store.running().await? {
+    // The head first, then the candidates behind it.
+    for d in store.train().await? {
         running.push(in_flight(app, d).await?);
     }
     Ok(page::QueueView {

@@ -26,6 +26,16 @@ pub struct DeliveryRow {
     pub finished_at: Option<i64>,
     pub error: String,
     pub cancel: bool,
+    /// A candidate of the pipeline: prepared speculatively behind the head, never deployed.
+    /// The one running delivery that is not a candidate is the head.
+    pub candidate: bool,
+    /// A candidate's preparation failure, held unreported while deliveries ahead of it are
+    /// unresolved ("" when none).
+    pub held: String,
+    /// The deliveries ahead whose commits its bases contain, e.g. `#12, #11` ("" when none).
+    pub built_on: String,
+    /// How many of its preparations were discarded because a base changed.
+    pub discards: i64,
 }
 
 /// A delivery's phase as stored: its name, or the empty text before it first starts.
@@ -44,7 +54,8 @@ macro_rules! select_deliveries {
     ($rest:literal) => {
         concat!(
             "SELECT id, task, state, NULLIF(phase, '') AS phase, priority, source, requester, \
-             origin, created_at, started_at, finished_at, error, cancel FROM deliveries ",
+             origin, created_at, started_at, finished_at, error, cancel, candidate, held, \
+             built_on, discards FROM deliveries ",
             $rest
         )
     };
@@ -73,6 +84,17 @@ impl Store {
         let rows = sqlx::query_as(select_deliveries!("WHERE state = 'running' ORDER BY id"))
             .fetch_all(&self.pool)
             .await?;
+        Ok(rows)
+    }
+
+    /// The running deliveries in the pipeline's order: the head first, then the candidates
+    /// in queue order (priority first, then age).
+    pub async fn train(&self) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = sqlx::query_as(select_deliveries!(
+            "WHERE state = 'running' ORDER BY candidate, priority DESC, id ASC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows)
     }
 

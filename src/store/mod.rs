@@ -9,6 +9,8 @@
 //!   (the files of `migrations/sqlite/`, applied by `sqlx::migrate!`).
 //! - `transitions`: the queue's state transitions: enqueue, claim, phase, fail, finish,
 //!   requeue, cancel.
+//! - `train`: the pipeline's: claim a candidate, promote it to head, hold its failure, record
+//!   what it is built on, discard a preparation whose base changed.
 //! - `deliveries`: [`DeliveryRow`], and the reads of the queue and its history.
 //! - `journal`: what happened to a delivery, in order.
 //! - `repos`: a delivery's repositories and how far each got.
@@ -43,6 +45,7 @@ mod repos;
 mod sqlite;
 mod steps;
 mod tracker_seen;
+mod train;
 mod transitions;
 mod webhooks;
 
@@ -50,6 +53,7 @@ pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
 pub use steps::StepRow;
+pub use train::{DiscardReason, Waits};
 pub use transitions::{Enqueued, NewDelivery};
 
 /// The database the store runs on.

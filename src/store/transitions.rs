@@ -74,26 +74,7 @@ impl Store {
 
     /// Takes the next queued delivery and marks it running, atomically.
     pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
-        let mut tx = self.write_tx().await?;
-        let next: Option<DeliveryId> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC \
-             LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(id) = next else { return Ok(None) };
-        // A delivery requeued after a crash keeps the phase it resumes at.
-        sqlx::query(
-            "UPDATE deliveries SET state = 'running', started_at = $2, \
-             phase = CASE WHEN phase = '' THEN 'rebase' ELSE phase END WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        append(&mut *tx, id, "queue", "", "started", "").await?;
-        tx.commit().await?;
-        self.delivery(id).await
+        self.claim(false).await
     }
 
     /// Records a phase transition (before the phase acts).
@@ -147,11 +128,14 @@ impl Store {
         why: &str,
     ) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET state = 'queued', phase = $2 WHERE id = $1")
-            .bind(id)
-            .bind(phase_text(resume))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', phase = $2, candidate = FALSE, held = '', \
+             built_on = '' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(phase_text(resume))
+        .execute(&mut *tx)
+        .await?;
         append(&mut *tx, id, "queue", "", "requeued", why).await?;
         tx.commit().await?;
         Ok(())

@@ -6,6 +6,7 @@ pub mod container;
 pub mod fake_github;
 pub mod fake_jira;
 pub mod http;
+pub mod pipeline;
 pub mod serve;
 pub mod webhooks;
 
@@ -90,6 +91,9 @@ impl Env {
                 toml_str(&steps.join(format!("{s}.sh")))
             )
         });
+        // The serial line, one delivery at a time: what these tests are about. The
+        // pipeline's own tests widen the window.
+        env.set_delivery("window", "1");
         env
     }
 

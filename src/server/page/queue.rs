@@ -90,6 +90,12 @@ fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
             div class="task" {
                 a href={ "/deliveries/" (d.id) } { "#" (d.id) }
                 " " (d.task) " " (pill("running", "running"))
+                @if d.candidate {
+                    " " (pill("candidate", "candidate"))
+                }
+            }
+            @if d.candidate || !d.built_on.is_empty() || !d.held.is_empty() || d.discards > 0 {
+                (train_place(d))
             }
             div class="meta" {
                 (requested(d))
@@ -107,6 +113,25 @@ fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
                     ", running for " (duration(now_ms - step.started_at)) " · "
                     a href={ "/deliveries/" (d.id) "/steps/" (step.id) "/log" } { "live log" }
                 }
+            }
+        }
+    }
+}
+
+/// Where a delivery stands in the pipeline: what it is built on, a failure held unreported,
+/// how often it was prepared again.
+fn train_place(d: &DeliveryRow) -> Markup {
+    html! {
+        div class="meta train" {
+            @if d.candidate { "prepared behind the head" } @else { "head of the pipeline" }
+            @if !d.built_on.is_empty() {
+                " · built on " b { (d.built_on) }
+            }
+            @if d.discards > 0 {
+                " · prepared again " (d.discards) "×"
+            }
+            @if !d.held.is_empty() {
+                div class="why" { "held, not reported while deliveries ahead are unresolved: " (d.held) }
             }
         }
     }
@@ -226,6 +251,31 @@ mod tests {
     #[test]
     fn queue_page_layout() {
         insta::assert_snapshot!(tags_per_line(&queue_page(&busy_queue())));
+    }
+
+    #[test]
+    fn pipelined_queue_page_layout() {
+        let mut v = busy_queue();
+        let c = config();
+        let mut candidate = delivery(State::Running, "build");
+        (candidate.id, candidate.task, candidate.candidate) =
+            (DeliveryId(8), "TASK-2".into(), true);
+        (candidate.built_on, candidate.discards) = ("#7".into(), 1);
+        let mut held = delivery(State::Running, "test");
+        (held.id, held.task, held.candidate) = (DeliveryId(9), "TASK-3".into(), true);
+        held.built_on = "#8, #7".into();
+        held.held = "delivery failed in test (web): `test` exited with 1".into();
+        for d in [candidate, held] {
+            v.running.push(InFlight {
+                grid: grid(&c, &d, &[repo("web")], &[], &[]),
+                delivery: d,
+                current: vec![],
+            });
+        }
+        v.queued.clear();
+        let page = queue_page(&v);
+        assert!(page.contains("built on <b>#8, #7</b>"), "{page}");
+        insta::assert_snapshot!(tags_per_line(&page));
     }
 
     #[test]
