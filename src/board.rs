@@ -1,6 +1,8 @@
 //! The board `lockstep deliver` draws on a terminal: one row per repository, one column per
-//! phase, redrawn in place under the delivery's story as it moves. Off a terminal (a pipe, a
-//! file, `TERM=dumb`) the story alone is printed, line by line, as before.
+//! phase, redrawn in place under the delivery's story as it moves. When a pipeline has several
+//! deliveries in flight, each has its rows, named by its number (`#12 api`); a delivery that
+//! has ended stays on screen above the board as it ended. Off a terminal (a pipe, a file,
+//! `TERM=dumb`) the story alone is printed, line by line, as before.
 
 use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex};
@@ -30,30 +32,83 @@ pub fn for_stdout() -> Progress {
     }
 }
 
-/// Where each repository of one delivery stands.
+/// Where each repository of the deliveries in flight stands: one delivery on the serial line,
+/// the head and its candidates in a pipeline (`[delivery] window` > 1).
 #[derive(Debug, Default)]
 struct Grid {
+    rows: Vec<Row>,
+}
+
+#[derive(Debug)]
+struct Row {
     delivery: DeliveryId,
-    rows: Vec<(RepoName, [Option<StepState>; COLUMNS])>,
+    repo: RepoName,
+    cells: [Option<StepState>; COLUMNS],
 }
 
 impl Grid {
     fn set(&mut self, delivery: DeliveryId, repo: &RepoName, phase: Phase, state: StepState) {
         let col = phase as usize;
-        if delivery != self.delivery {
-            *self = Grid {
-                delivery,
-                ..Grid::default()
-            };
-        }
-        let row = match self.rows.iter().position(|(r, _)| r == repo) {
+        let row = match self
+            .rows
+            .iter()
+            .position(|r| r.delivery == delivery && r.repo == *repo)
+        {
             Some(i) => i,
             None => {
-                self.rows.push((repo.clone(), Default::default()));
+                self.rows.push(Row {
+                    delivery,
+                    repo: repo.clone(),
+                    cells: Default::default(),
+                });
                 self.rows.len() - 1
             }
         };
-        self.rows[row].1[col] = Some(state);
+        self.rows[row].cells[col] = Some(state);
+    }
+
+    fn holds(&self, delivery: DeliveryId) -> bool {
+        self.rows.iter().any(|r| r.delivery == delivery)
+    }
+
+    /// Takes out the deliveries that have ended (merged everywhere, or stopped by a failure
+    /// with nothing left running), as a grid of their own.
+    fn take_ended(&mut self) -> Grid {
+        let ended: Vec<DeliveryId> = self
+            .deliveries()
+            .into_iter()
+            .filter(|d| {
+                let rows = || self.rows.iter().filter(|r| r.delivery == *d);
+                let merged =
+                    rows().all(|r| r.cells[Phase::Merge as usize] == Some(StepState::Passed));
+                let stopped = rows().any(|r| {
+                    r.cells.iter().any(|c| {
+                        matches!(
+                            c,
+                            Some(
+                                StepState::Failed
+                                    | StepState::TimedOut
+                                    | StepState::NotStarted
+                                    | StepState::Stopped
+                            )
+                        )
+                    })
+                });
+                let running = rows().any(|r| r.cells.contains(&Some(StepState::Running)));
+                merged || (stopped && !running)
+            })
+            .collect();
+        let (gone, live) = std::mem::take(&mut self.rows)
+            .into_iter()
+            .partition(|r| ended.contains(&r.delivery));
+        self.rows = live;
+        Grid { rows: gone }
+    }
+
+    fn deliveries(&self) -> Vec<DeliveryId> {
+        let mut ids: Vec<DeliveryId> = self.rows.iter().map(|r| r.delivery).collect();
+        ids.dedup();
+        ids
     }
 
     /// The board's lines, each shorter than 80 columns, without a final newline.
@@ -61,15 +116,30 @@ impl Grid {
         if self.rows.is_empty() {
             return Vec::new();
         }
-        let rollback = self.rows.iter().any(|(_, cells)| cells[6].is_some());
+        let rollback = self
+            .rows
+            .iter()
+            .any(|r| r.cells[Phase::Rollback as usize].is_some());
+        // Several deliveries in flight: each row says whose it is.
+        let several = self.deliveries().len() > 1;
         let columns = if rollback { 7 } else { 6 };
         let mut header = format!("  {:<NAME$}  ", "");
         for phase in &Phase::ALL[..columns] {
             header.push_str(&format!("{phase:<CELL$}"));
         }
         let mut lines = vec![header.trim_end().to_string()];
-        for (repo, cells) in &self.rows {
-            let name: String = repo.chars().take(NAME).collect();
+        for Row {
+            delivery,
+            repo,
+            cells,
+        } in &self.rows
+        {
+            let label = if several {
+                format!("#{delivery} {repo}")
+            } else {
+                repo.to_string()
+            };
+            let name: String = label.chars().take(NAME).collect();
             let mut line = format!("  {name:<NAME$}  ");
             for cell in &cells[..columns] {
                 let (word, paint) = look(*cell);
@@ -157,13 +227,16 @@ impl<W: Write + Send> Watcher for Board<W> {
 
     fn step(&self, delivery: DeliveryId, repo: &RepoName, phase: Phase, state: StepState) {
         self.redraw(|d| {
-            if delivery != d.grid.delivery && d.height > 0 {
-                // Another delivery: the last board stays on screen as it ended.
-                let lines = d.grid.render(self.color);
+            if !d.grid.holds(delivery) && d.height > 0 {
+                // Another delivery: those that have ended stay on screen as they ended.
+                let ended = d.grid.take_ended();
+                let lines = ended.render(self.color);
                 for line in &lines {
                     let _ = writeln!(d.out, "{line}");
                 }
-                let _ = writeln!(d.out);
+                if !lines.is_empty() {
+                    let _ = writeln!(d.out);
+                }
             }
             d.grid.set(delivery, repo, phase, state);
         });
@@ -272,6 +345,40 @@ mod tests {
             after_erase
                 .ends_with("  web           FAILED   ·        ·        ·        ·        ·\n"),
             "{after_erase:?}"
+        );
+    }
+
+    #[test]
+    fn a_pipeline_shows_every_delivery_in_flight_by_its_number() {
+        let board = Board::new(Vec::new(), false);
+        board.put(1, "api", "deploy", "running");
+        board.put(2, "api", "build", "running");
+        board.put(2, "web", "build", "passed");
+        let text = String::from_utf8(board.into_inner()).unwrap();
+        let after_erase = text.rsplit("\x1b[J").next().unwrap();
+        assert_eq!(
+            after_erase,
+            "                rebase   build    test     deploy   verify   merge\n\
+             \x20 #1 api        ·        ·        ·        running  ·        ·\n\
+             \x20 #2 api        ·        running  ·        ·        ·        ·\n\
+             \x20 #2 web        ·        ok       ·        ·        ·        ·\n"
+        );
+    }
+
+    #[test]
+    fn a_delivery_leaves_the_live_board_only_once_it_has_ended() {
+        let mut g = Grid::default();
+        // Between two phases, nothing running: still in flight.
+        g.put(1, "api", "build", "passed");
+        g.put(2, "api", "rebase", "failed");
+        g.put(3, "api", "merge", "passed");
+        let ended = g.take_ended();
+        assert_eq!(ended.deliveries(), [DeliveryId(2), DeliveryId(3)]);
+        assert_eq!(g.deliveries(), [DeliveryId(1)]);
+        // One delivery left: its rows need no number.
+        assert_eq!(
+            g.render(false)[1],
+            "  api           ·        ok       ·        ·        ·        ·"
         );
     }
 }
