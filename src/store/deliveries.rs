@@ -153,16 +153,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDelivery, RepoFlag, RepoRow};
+    use crate::store::{RepoFlag, RepoRow};
 
     #[tokio::test]
     async fn a_state_is_stored_as_its_lowercase_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = NewDelivery {
-            task: "T-1".into(),
-            ..Default::default()
-        };
+        let (_dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         for state in [
             State::Queued,
@@ -186,12 +182,8 @@ mod tests {
 
     #[tokio::test]
     async fn flags_are_stored_as_1_and_0() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = NewDelivery {
-            task: "T-1".into(),
-            ..Default::default()
-        };
+        let (_dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
         let repo = RepoRow {

@@ -49,6 +49,9 @@ mod train;
 mod transitions;
 mod webhooks;
 
+#[cfg(test)]
+mod scratch;
+
 pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};

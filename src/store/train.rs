@@ -182,17 +182,11 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::State;
-    use crate::store::NewDelivery;
 
     #[tokio::test]
     async fn candidates_are_claimed_promoted_held_and_discarded() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = |task: &str, priority| NewDelivery {
-            task: task.into(),
-            priority,
-            ..Default::default()
-        };
+        let (_dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request;
         let a = s.enqueue(&new("T-1", 0)).await.unwrap().id();
         let b = s.enqueue(&new("T-2", 0)).await.unwrap().id();
         let c = s.enqueue(&new("T-3", 5)).await.unwrap().id();

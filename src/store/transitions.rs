@@ -189,13 +189,8 @@ mod tests {
 
     #[tokio::test]
     async fn queue_order_dedup_and_claim() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = |task: &str, priority| NewDelivery {
-            task: task.into(),
-            priority,
-            ..Default::default()
-        };
+        let (dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request;
         let a = s.enqueue(&new("T-1", 0)).await.unwrap();
         let b = s.enqueue(&new("T-2", 5)).await.unwrap();
         assert_eq!(
@@ -261,12 +256,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_requeue_that_cannot_be_journaled_leaves_the_delivery_running() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = NewDelivery {
-            task: "T-1".into(),
-            ..Default::default()
-        };
+        let (_dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
         s.set_phase(id, Phase::Test).await.unwrap();
