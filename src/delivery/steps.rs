@@ -82,6 +82,9 @@ impl StepOutcome {
 pub struct Running {
     child: tokio::process::Child,
     pgid: Option<Pid>,
+    /// Armed from the start: a `Running` dropped before anyone waited on it (a stop that won
+    /// the race against the first poll of [`Running::wait`]) still takes its whole group.
+    guard: GroupGuard,
     timeout: Duration,
 }
 
@@ -132,6 +135,7 @@ pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
     Ok(Ok(Running {
         child,
         pgid,
+        guard: GroupGuard(pgid),
         timeout: spec.timeout,
     }))
 }
@@ -144,11 +148,10 @@ impl Running {
 
     /// Waits for the step to end, killing its whole group at the timeout.
     pub async fn wait(mut self) -> anyhow::Result<StepOutcome> {
-        // If this future is dropped (a server shutting down), the whole group goes, not just
-        // the direct child that `kill_on_drop` reaches.
-        let mut guard = GroupGuard(self.pgid);
+        // If this future is dropped (a server shutting down, a stop), `self.guard` takes the
+        // whole group, not just the direct child that `kill_on_drop` reaches.
         let waited = tokio::time::timeout(self.timeout, self.child.wait()).await;
-        guard.0 = None;
+        self.guard.0 = None;
         match waited {
             Ok(status) => {
                 let status = status.context("cannot wait for the step")?;
@@ -327,5 +330,21 @@ mod tests {
         assert!(cut_short.is_err());
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(!marker.exists(), "a process of the dropped step survived");
+    }
+
+    #[tokio::test]
+    async fn a_step_stopped_before_anyone_waited_takes_its_group_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 0.6; touch '{}') & sleep 30", marker.display());
+        let s = spec(dir.path(), &["sh", "-c", &script], Duration::from_secs(60));
+        let running = start(&s).unwrap().unwrap();
+        // Give the shell time to fork the grandchild, then drop the step unwaited: what
+        // `wait_or_stop` does when the stop was already set (another repository's step failed
+        // while this one was starting) and `select!` picks the stop before polling the wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(running);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!marker.exists(), "a process of the stopped step survived");
     }
 }
