@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, Located};
+use crate::domain::DeliveryId;
 use crate::git::{self, Git};
 use crate::hook;
 use crate::policy::PolicySet;
@@ -261,14 +262,15 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 /// The config for commands run by a person: `--config`, `LOCKSTEP_CONFIG`, `./lockstep.toml`.
-pub fn config_path(explicit: Option<&Path>) -> (PathBuf, ConfigSource) {
-    if let Some(p) = explicit {
-        return (p.to_path_buf(), ConfigSource::Flag);
-    }
-    match std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
-        Some(p) => (PathBuf::from(p), ConfigSource::Env),
-        None => (PathBuf::from("lockstep.toml"), ConfigSource::Default),
-    }
+pub fn config_path(explicit: Option<&Path>) -> Located {
+    let (path, source) = match explicit {
+        Some(p) => (p.to_path_buf(), ConfigSource::Flag),
+        None => match std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => (PathBuf::from(p), ConfigSource::Env),
+            None => (PathBuf::from("lockstep.toml"), ConfigSource::Default),
+        },
+    };
+    Located { path, source }
 }
 
 /// Runs a command; returns the exit code.
@@ -291,7 +293,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             no_wait,
         } => commands::deliver(&config_path(config), &task, priority, no_wait),
         Command::Queue { json } => commands::queue(&config_path(config), json),
-        Command::Show { id, json } => commands::show(&config_path(config), id, json),
+        Command::Show { id, json } => commands::show(&config_path(config), DeliveryId(id), json),
         Command::Logs {
             id,
             repo,
@@ -299,13 +301,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             raw,
         } => commands::logs(
             &config_path(config),
-            id,
+            DeliveryId(id),
             repo.as_deref(),
             step.as_deref(),
             raw,
         ),
-        Command::Cancel { id } => commands::cancel(&config_path(config), id),
-        Command::Rollback { id, revert } => commands::rollback(&config_path(config), id, revert),
+        Command::Cancel { id } => commands::cancel(&config_path(config), DeliveryId(id)),
+        Command::Rollback { id, revert } => {
+            commands::rollback(&config_path(config), DeliveryId(id), revert)
+        }
         Command::Recover => commands::recover(&config_path(config)),
         Command::Work => commands::work(&config_path(config)),
         Command::Serve { listen } => {
@@ -315,7 +319,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32> {
-    let (path, source) = config_path(config);
+    let Located { path, source } = config_path(config);
     // Refuse to point hooks at a config that does not load: every push would be rejected.
     hook::load(&path, source)
         .with_context(|| format!("the hooks would read `{}`", path.display()))?;
@@ -332,15 +336,9 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32
 }
 
 fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
-    let (path, source) = config_path(config);
+    let Located { path, source } = config_path(config);
     let config = Config::load_from(&path, source)?;
-    let dirs: Vec<PathBuf> = config
-        .policies
-        .dirs
-        .iter()
-        .map(|d| config.resolve(d))
-        .collect();
-    match PolicySet::load_dirs(&dirs) {
+    match PolicySet::for_config(&config) {
         Ok(set) => {
             for stage in [
                 crate::policy::Stage::Push,
@@ -356,10 +354,10 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
                 eprintln!("lockstep: {}", crate::policy::NO_PUSH_RULE);
                 return Ok(1);
             }
+            let folders = config.policies.dirs.len();
             commands::say_line(&format!(
-                "ok: {} rules in {} folder(s)",
-                set.rules.len(),
-                dirs.len()
+                "ok: {} rules in {folders} folder(s)",
+                set.rules.len()
             ))?;
             Ok(0)
         }
@@ -374,7 +372,7 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
 }
 
 fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {
-    let (path, source) = config_path(config);
+    let Located { path, source } = config_path(config);
     let (config, policies) = hook::load(&path, source)?;
     let git = Git::new(&args.repo);
     let zero = "0".repeat(40);
@@ -401,9 +399,7 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
     let tracker = crate::tracker::open(&config)?;
     let updates = vec![update];
     let keys = push::task_keys(&config, &policies, &updates);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::current_thread()?;
     let tasks = rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys));
     let decisions = push::decide(
         &config,

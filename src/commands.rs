@@ -5,16 +5,16 @@
 //! [`crate::text::escape`] (the `say!` macro). A reader gone away (`lockstep logs 1 | head`) makes the
 //! next write fail with a broken pipe, which ends the command quietly (see `main`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, Located};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
-use crate::store::{DeliveryRow, State, Store};
+use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
+use crate::store::{DeliveryRow, Store};
 use crate::text::escape;
 
 /// Prints a line on standard output, its control characters escaped; a write that fails (a
@@ -36,23 +36,17 @@ pub const DELIVERED: i32 = 0;
 /// Exit code of a delivery that failed, was refused or cancelled.
 pub const FAILED: i32 = 1;
 
+/// The commands' runtime: two threads are plenty for one delivery at a time.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    crate::runtime::multi_thread(Some(2))
 }
 
 fn printer() -> Progress {
     Arc::new(crate::board::print_line)
 }
 
-/// A config path and where it came from (for messages when it is missing).
-pub type ConfigAt = (PathBuf, ConfigSource);
-
-fn load(at: &ConfigAt) -> anyhow::Result<Config> {
-    Config::load_from(&at.0, at.1)
+fn load(at: &Located) -> anyhow::Result<Config> {
+    at.load()
 }
 
 /// The person asking, for the journal.
@@ -63,12 +57,18 @@ fn whoami() -> String {
 }
 
 /// `lockstep deliver TASK`.
-pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
+pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, crate::board::for_stdout()).await?;
-        let req = Request { task: task.to_string(), priority, source: "cli".into(), requester: whoami(), ..Default::default() };
-        let id = match delivery::request(&engine.config, &engine.policies, engine.tracker.as_ref(), None, &engine.store, &req).await? {
+        let req = Request {
+            task: TaskKey::new(task),
+            priority,
+            source: Source::Cli,
+            requester: whoami(),
+            ..Default::default()
+        };
+        let id = match engine.request(&req).await? {
             Requested::Refused(d) => {
                 eprintln!("lockstep: delivery of `{task}` refused");
                 for line in delivery::refusal_lines(&d) {
@@ -86,7 +86,10 @@ pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyho
             }
         };
         if no_wait {
-            say!("follow it with `lockstep show {id}`; it runs when a worker is free (`lockstep work`, `lockstep serve`)");
+            say!(
+                "follow it with `lockstep show {id}`; it runs when a worker is free \
+                 (`lockstep work`, `lockstep serve`)"
+            );
             if let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? {
                 drop(lock);
                 worker::spawn_detached(&engine.config)?;
@@ -94,13 +97,17 @@ pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyho
             return Ok(DELIVERED);
         }
         let state = follow(&engine, id).await?;
-        let d = engine.store.delivery(id).await?.context("the delivery vanished from the store")?;
+        let d = engine
+            .store
+            .delivery(id)
+            .await?
+            .context("the delivery vanished from the store")?;
         report(&d, state)
     })
 }
 
 /// Works the queue until delivery `id` ends (or waits for the worker that holds it).
-async fn follow(engine: &Engine, id: i64) -> anyhow::Result<State> {
+async fn follow(engine: &Engine, id: DeliveryId) -> anyhow::Result<State> {
     let mut told = false;
     loop {
         if let Some(d) = engine.store.delivery(id).await?
@@ -150,7 +157,7 @@ fn report(d: &DeliveryRow, state: State) -> anyhow::Result<i32> {
 }
 
 /// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
-pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
+pub fn work(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
@@ -172,7 +179,7 @@ pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
 }
 
 /// `lockstep recover`.
-pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
+pub fn recover(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
@@ -189,7 +196,7 @@ pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
     })
 }
 
-async fn store_of(at: &ConfigAt) -> anyhow::Result<(Config, Store)> {
+async fn store_of(at: &Located) -> anyhow::Result<(Config, Store)> {
     let config = load(at)?;
     let store = Store::open(&config.state_dir()).await?;
     Ok((config, store))
@@ -205,10 +212,10 @@ fn ago(ms: Option<i64>) -> String {
 }
 
 /// `lockstep queue`.
-pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
+pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
-        let running = store.running().await?;
+        let running = store.train().await?;
         let queued = store.queued().await?;
         let history = store.history(10).await?;
         if json {
@@ -219,12 +226,18 @@ pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
         if running.is_empty() && queued.is_empty() {
             say!("the queue is empty");
         }
-        for d in &running {
+        let pipelined = running.iter().any(|d| d.candidate);
+        for (i, d) in running.iter().enumerate() {
+            let place = if pipelined {
+                format!("  {}", train_place(i, d))
+            } else {
+                String::new()
+            };
             say!(
-                "running  #{:<4} {:<14} {:<8} since {}",
+                "running  #{:<4} {:<14} {:<8} since {}{place}",
                 d.id,
                 d.task,
-                d.phase,
+                d.phase.map_or("", Phase::as_str),
                 ago(d.started_at)
             );
         }
@@ -255,48 +268,96 @@ pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
     })
 }
 
+/// Where a running delivery stands in the pipeline (the `i`th of the train): the head, or a
+/// candidate with what it is built on, its held failure and how often it was discarded.
+fn train_place(i: usize, d: &DeliveryRow) -> String {
+    if !d.candidate {
+        return "head".into();
+    }
+    let mut place = format!("candidate {}", i + 1);
+    if !d.built_on.is_empty() {
+        place.push_str(&format!(", on {}", d.built_on));
+    }
+    if d.discards > 0 {
+        place.push_str(&format!(", discarded {}×", d.discards));
+    }
+    if !d.held.is_empty() {
+        place.push_str(&format!(", held: {}", d.held));
+    }
+    place
+}
+
 /// `lockstep show ID`.
-pub fn show(at: &ConfigAt, id: i64, json: bool) -> anyhow::Result<i32> {
+pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
-        let d = store.delivery(id).await?.with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
+        let d = store
+            .delivery(id)
+            .await?
+            .with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
         let repos = store.repos(id).await?;
         let journal = store.journal_of(id).await?;
         let steps = store.steps(id).await?;
         if json {
-            let v = serde_json::json!({ "delivery": d, "repos": repos, "steps": steps, "journal": journal });
+            let v = serde_json::json!({
+                "delivery": d, "repos": repos, "steps": steps, "journal": journal
+            });
             say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(0);
         }
-        say!("#{} {}: {} (phase {})", d.id, d.task, d.state.as_str(), if d.phase.is_empty() { "-" } else { &d.phase });
-        say!("  requested by {} via {}, {}", if d.requester.is_empty() { "?" } else { &d.requester }, d.source, ago(Some(d.created_at)));
+        say!(
+            "#{} {}: {} (phase {})",
+            d.id,
+            d.task,
+            d.state.as_str(),
+            d.phase.map_or("-", Phase::as_str)
+        );
+        let who = if d.requester.is_empty() {
+            "?"
+        } else {
+            &d.requester
+        };
+        say!(
+            "  requested by {who} via {}, {}",
+            d.source,
+            ago(Some(d.created_at))
+        );
         if !d.error.is_empty() {
             say!("  {}", d.error);
         }
+        if !d.built_on.is_empty() {
+            say!("  built on {}", d.built_on);
+        }
+        if !d.held.is_empty() {
+            say!(
+                "  held (not reported while deliveries ahead are unresolved): {}",
+                d.held
+            );
+        }
+        if d.discards > 0 {
+            say!("  prepared again {} time(s): a base changed", d.discards);
+        }
         for r in &repos {
-            let mut flags = Vec::new();
-            if r.deployed {
-                flags.push("deployed");
-            }
-            if r.merged {
-                flags.push("merged");
-            }
-            if r.rolled_back {
-                flags.push("rolled back");
-            }
             say!(
                 "  {:<12} {} {} → {} (on {}) {}",
                 r.repo,
                 r.branch,
-                crate::push::short(&r.branch_sha),
-                crate::push::short(&r.rebased_sha),
-                crate::push::short(&r.base_sha),
-                flags.join(", ")
+                crate::git::short(&r.branch_sha),
+                crate::git::short(&r.rebased_sha),
+                crate::git::short(&r.base_sha),
+                r.flags()
             );
         }
         say!("journal:");
         for j in &journal {
-            say!("  {}  {:<8} {:<10} {} {}", ago(Some(j.at)), j.phase, j.repo, j.event, j.detail);
+            say!(
+                "  {}  {:<8} {:<10} {} {}",
+                ago(Some(j.at)),
+                j.phase,
+                j.repo,
+                j.event,
+                j.detail
+            );
         }
         Ok(0)
     })
@@ -304,8 +365,8 @@ pub fn show(at: &ConfigAt, id: i64, json: bool) -> anyhow::Result<i32> {
 
 /// `lockstep logs ID`.
 pub fn logs(
-    at: &ConfigAt,
-    id: i64,
+    at: &Located,
+    id: DeliveryId,
     repo: Option<&str>,
     step: Option<&str>,
     raw: bool,
@@ -320,7 +381,9 @@ pub fn logs(
             .steps(id)
             .await?
             .into_iter()
-            .filter(|s| repo.is_none_or(|r| s.repo == r) && step.is_none_or(|x| s.step == x))
+            .filter(|s| {
+                repo.is_none_or(|r| s.repo == r) && step.is_none_or(|x| s.step.as_str() == x)
+            })
             .collect();
         if steps.is_empty() {
             say!("no step logs for #{id} with that filter");
@@ -357,7 +420,7 @@ fn stdout_is_a_file() -> bool {
 }
 
 /// `lockstep cancel ID`.
-pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
+pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (config, store) = store_of(at).await?;
         match store.cancel(id).await? {
@@ -413,7 +476,7 @@ pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
 }
 
 /// `lockstep rollback ID [--revert]`.
-pub fn rollback(at: &ConfigAt, id: i64, revert: bool) -> anyhow::Result<i32> {
+pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;

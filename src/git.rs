@@ -32,6 +32,11 @@ pub struct Git {
     removed_env: Vec<String>,
 }
 
+/// A short id for messages: the first ten hex digits.
+pub fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(10)]
+}
+
 /// Whether an object id is git's all-zero id (a created or deleted ref).
 pub fn is_zero(oid: &str) -> bool {
     !oid.is_empty() && oid.bytes().all(|b| b == b'0')
@@ -196,7 +201,7 @@ impl Git {
     }
 
     /// Starts listing the commits of [`Git::commits`] and reads them on a thread of their own,
-    /// so that the caller can do other work meanwhile; [`PendingCommits::wait`] gives them.
+    /// so that the caller can do other work meanwhile; `PendingCommits::wait` gives them.
     pub fn start_commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<PendingCommits> {
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
@@ -372,7 +377,8 @@ impl CommitInfo {
 /// Parses the NUL-separated records of `git rev-list --header`: the id, the raw headers,
 /// a blank line, and the message indented by four spaces. Bytes that are not UTF-8 are
 /// replaced, never trusted.
-pub fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
+#[cfg(test)]
+fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
     bytes
         .split(|b| *b == 0)
         .filter(|r| !r.iter().all(u8::is_ascii_whitespace))

@@ -14,10 +14,9 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use anyhow::Context as _;
-
 use crate::config::{Config, ConfigSource};
 use crate::delivery::{self, Request, Requested, refusal_lines};
+use crate::domain::{Source, TaskKey};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
@@ -85,10 +84,7 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
     let tasks = if keys.is_empty() {
         Default::default()
     } else {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let rt = crate::runtime::current_thread()?;
         rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys))
     };
     let timeout = config.policies.timeout;
@@ -116,7 +112,7 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
         Ok(r) => r,
         Err(_) => anyhow::bail!(
             "policies did not finish in {}; simplify them or raise `policies.timeout`",
-            tracker::humanize(timeout)
+            crate::config::humanize(timeout)
         ),
     };
     result.map(|decisions| (decisions, state_dir))
@@ -135,9 +131,9 @@ pub fn outcome_label(v: &crate::policy::Verdict) -> &'static str {
     }
 }
 
-/// Counts the verdicts of a push for `lockstep serve`'s metrics ([`crate::verdict_counts`]). Only when
-/// the state folder exists (a hook never creates it), within a short deadline, and never
-/// with any effect on the push: a failure here is logged at debug level and forgotten.
+/// Counts the verdicts of a push for `lockstep serve`'s metrics ([`crate::verdict_counts`]).
+/// Only when the state folder exists (a hook never creates it), within a short deadline, and
+/// never with any effect on the push: a failure here is logged at debug level and forgotten.
 fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
     if !state_dir.is_dir() {
         return;
@@ -337,9 +333,7 @@ fn tasks_to_deliver<'a>(config: &Config, updates: &'a [RefUpdate]) -> Vec<&'a st
 /// so it is moved to For Delivery first; then a detached worker is started so the push does
 /// not wait for the delivery.
 fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow::Result<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::current_thread()?;
     let policies = PolicySet::for_config(config)?;
     rt.block_on(async {
         let tracker = tracker::open(config)?;
@@ -370,9 +364,9 @@ fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow
             moved_from = Some(t.status.clone());
         }
         let req = Request {
-            task: key.to_string(),
+            task: TaskKey::new(key),
             priority,
-            source: "push".into(),
+            source: Source::Push,
             requester: requester.to_string(),
             ..Default::default()
         };

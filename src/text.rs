@@ -6,7 +6,7 @@
 //! the screen, set the window title or draw a fake status line; pasted whole into a tracker
 //! note or a pull request comment, a step that printed 50 MB makes a 50 MB note. Every place
 //! that shows such text passes it through [`escape`], and every log excerpt through
-//! [`excerpt`].
+//! [`Tail`].
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -171,7 +171,8 @@ impl Tail {
 }
 
 /// [`Tail`] of a whole text.
-pub fn excerpt(text: &str) -> String {
+#[cfg(test)]
+fn excerpt(text: &str) -> String {
     let mut tail = Tail::default();
     tail.push(text.as_bytes());
     tail.finish()

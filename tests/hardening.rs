@@ -341,7 +341,7 @@ fn issue10_the_demo_ignores_the_callers_config_variable() {
     assert!(
         stdout(&out).contains(&format!(
             "all {} acts went as told",
-            lockstep::demo::ACTS.len()
+            lockstep::sandbox::ACTS.len()
         )),
         "{}",
         stdout(&out)

@@ -4,6 +4,7 @@
 
 mod util;
 
+mod architecture;
 mod bad_input;
 mod container;
 mod crash;
@@ -14,6 +15,7 @@ mod hardening;
 mod help;
 mod hooks;
 mod install;
+mod pipeline;
 mod policy_test;
 mod serve;
 mod trackers;

@@ -213,7 +213,7 @@ fn refusals_and_ignored_events() {
     assert_eq!(r.status, 401);
     assert!(r.body.contains("X-Hub-Signature-256"), "{}", r.body);
     let mut tampered = deliver.clone();
-    let sig = lockstep::github::sign(SECRET, &deliver);
+    let sig = lockstep::sign(SECRET, &deliver);
     *tampered.last_mut().unwrap() = b' ';
     let r = crate::util::http::request(
         &serve.url,
@@ -751,7 +751,7 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
         .run(&["commit", "-qm", "TASK-2 fix the search test"])
         .unwrap();
     assert!(
-        lockstep::demo::push(&dir, "alice", &["feature/TASK-2-search"])
+        lockstep::sandbox::push(&dir, "alice", &["feature/TASK-2-search"])
             .unwrap()
             .accepted
     );

@@ -23,7 +23,7 @@ mod duration;
 mod server;
 mod tracker;
 
-pub use delivery::{Command, Delivery, Environment, MergeMode, Repo, Steps};
+pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use server::{GitHubConfig, Server};
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
@@ -218,6 +218,20 @@ impl ConfigSource {
     }
 }
 
+/// A config file's path and where that path came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub path: PathBuf,
+    pub source: ConfigSource,
+}
+
+impl Located {
+    /// Reads and checks the config file (see [`Config::load_from`]).
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Config::load_from(&self.path, self.source)
+    }
+}
+
 impl Config {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -276,10 +290,13 @@ impl Config {
         if self.delivery.parallel == 0 {
             bail!("`delivery.parallel` must be at least 1");
         }
+        if self.delivery.window == 0 {
+            bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
+        }
         self.tracker.check()?;
         for repo in &self.repos {
             if let Some(gh) = &repo.github
-                && crate::domain::RepoName::parse(gh).is_none()
+                && crate::domain::GitHubRepo::parse(gh).is_none()
             {
                 bail!(
                     "repo `{}`: `github = \"{gh}\"` must be `owner/name`",

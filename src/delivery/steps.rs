@@ -15,6 +15,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use super::contain::{CANNOT_START, CANNOT_START_SAYS, CONTAIN_ARG};
+use crate::domain::StepState;
 
 /// Variables every step gets from lockstep's own environment.
 const BASIC_ENV: &[&str] = &[
@@ -57,16 +58,14 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
-    pub fn passed(&self) -> bool {
-        *self == StepOutcome::Passed
-    }
-    pub fn label(&self) -> &'static str {
+    /// The state it leaves its repository in, in its phase.
+    pub fn state(&self) -> StepState {
         match self {
-            StepOutcome::Passed => "passed",
-            StepOutcome::Failed(_) => "failed",
-            StepOutcome::TimedOut(_) => "timed out",
-            StepOutcome::NotStarted(_) => "not started",
-            StepOutcome::Stopped => "stopped",
+            StepOutcome::Passed => StepState::Passed,
+            StepOutcome::Failed(_) => StepState::Failed,
+            StepOutcome::TimedOut(_) => StepState::TimedOut,
+            StepOutcome::NotStarted(_) => StepState::NotStarted,
+            StepOutcome::Stopped => StepState::Stopped,
         }
     }
     pub fn exit_code(&self) -> Option<i32> {
@@ -83,7 +82,7 @@ impl StepOutcome {
             StepOutcome::Failed(Some(c)) => format!("exited with {c}"),
             StepOutcome::Failed(None) => "was killed by a signal".into(),
             StepOutcome::TimedOut(d) => {
-                format!("ran past {} and was killed", crate::tracker::humanize(*d))
+                format!("ran past {} and was killed", crate::config::humanize(*d))
             }
             StepOutcome::NotStarted(e) => format!("could not start: {e}"),
             StepOutcome::Stopped => "was stopped: another step of the phase failed".into(),
@@ -96,16 +95,11 @@ pub struct Running {
     /// The step's supervisor (in a process group of its own, which it leads).
     child: tokio::process::Child,
     pgid: Option<Pid>,
+    /// Armed from the start: a `Running` dropped before anyone waited on it (a stop that won
+    /// the race against the first poll of [`Running::wait`]) still stops its step.
+    guard: StopGuard,
     timeout: Duration,
     log: PathBuf,
-}
-
-/// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
-pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
-    match start(spec)? {
-        Ok(running) => running.wait().await,
-        Err(outcome) => Ok(outcome),
-    }
 }
 
 /// Starts a step under its supervisor; `Err` with the outcome when it could not be started
@@ -159,6 +153,7 @@ pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
     Ok(Ok(Running {
         child,
         pgid,
+        guard: StopGuard(pgid),
         timeout: spec.timeout,
         log: spec.log.clone(),
     }))
@@ -172,10 +167,10 @@ impl Running {
 
     /// Waits for the step to end, stopping it at the timeout.
     pub async fn wait(mut self) -> anyhow::Result<StepOutcome> {
-        // If this future is dropped (a server shutting down), the supervisor is told to stop.
-        let mut guard = StopGuard(self.pgid);
+        // If this future is dropped (a server shutting down, a stop), `self.guard` tells the
+        // supervisor to stop.
         let waited = tokio::time::timeout(self.timeout, self.child.wait()).await;
-        guard.0 = None;
+        self.guard.0 = None;
         match waited {
             Ok(status) => {
                 let status = status.context("cannot wait for the step")?;
@@ -300,6 +295,14 @@ pub fn tail(log: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
+    async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
+        match start(spec)? {
+            Ok(running) => running.wait().await,
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
     /// The `lockstep` executable cargo built next to this test binary
     /// (`target/<profile>/lockstep`): the steps' supervisor.
     fn lockstep() -> PathBuf {
@@ -368,7 +371,7 @@ mod tests {
         assert_eq!(run(&s).await.unwrap(), StepOutcome::Failed(Some(3)));
         assert_eq!(tail(&s.log), "branch=feature/x; rm -rf /");
         let s = spec(dir.path(), &["true"], Duration::from_secs(10));
-        assert!(run(&s).await.unwrap().passed());
+        assert_eq!(run(&s).await.unwrap(), StepOutcome::Passed);
         let s = spec(dir.path(), &["/no/such/program"], Duration::from_secs(10));
         assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
         let s = spec(dir.path(), &[], Duration::from_secs(10));
@@ -430,5 +433,21 @@ mod tests {
         assert!(cut_short.is_err());
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(!marker.exists(), "a process of the dropped step survived");
+    }
+
+    #[tokio::test]
+    async fn a_step_stopped_before_anyone_waited_takes_its_tree_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 0.6; touch '{}') & sleep 30", marker.display());
+        let s = spec(dir.path(), &["sh", "-c", &script], Duration::from_secs(60));
+        let running = start(&s).unwrap().unwrap();
+        // Give the shell time to fork the grandchild, then drop the step unwaited: what
+        // `wait_or_stop` does when the stop was already set (another repository's step failed
+        // while this one was starting) and `select!` picks the stop before polling the wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(running);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!marker.exists(), "a process of the stopped step survived");
     }
 }

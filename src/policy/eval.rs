@@ -229,7 +229,11 @@ message = "branch `{branch}` names no task"
         assert!(
             matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.starts_with("policy error:"))
         );
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\non_error='pass'\n").unwrap();
+        let p = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\n\
+             on_error='pass'\n",
+        )
+        .unwrap();
         assert!(p.evaluate(Stage::Push, &facts("b")).accepted());
     }
 
@@ -299,7 +303,10 @@ message = "branch `{branch}` names no task"
 
     #[test]
     fn each_commit_reports_failing_commits() {
-        let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\nrequire='commit.message.contains(\"T-1\")'\nmessage='commit {commit.id} lacks it'\n").unwrap();
+        let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\n\
+             require='commit.message.contains(\"T-1\")'\n\
+             message='commit {commit.id} lacks it'\n")
+        .unwrap();
         let mut f = facts("b");
         let mk = |id: &str, msg: &str| crate::git::CommitInfo {
             id: id.into(),

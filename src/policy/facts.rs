@@ -58,6 +58,22 @@ impl Facts {
         self
     }
 
+    /// The facts every stage reads about the ecosystem: the bot and its maintainers, the
+    /// protected branches, the tracker (by a name fit for messages) and its statuses.
+    pub fn set_ecosystem(&mut self, config: &crate::config::Config, tracker: &str) -> &mut Self {
+        let tracker = if tracker == "file" {
+            "the tasks file"
+        } else {
+            tracker
+        };
+        self.set("bot", config.bot.user.as_str())
+            .set("maintainers", config.bot.maintainers.clone())
+            .set("protected", config.policies.protected.clone())
+            .set("tracker", tracker)
+            .set("in_progress", config.tasks.in_progress.clone())
+            .set("for_delivery", config.tasks.for_delivery.clone())
+    }
+
     /// Sets the new commits: the `commits` fact, and what `each = "commit"` rules iterate
     /// (which a `commits` set with [`Facts::set`] is not).
     pub fn set_commits(&mut self, commits: Vec<crate::git::CommitInfo>) -> &mut Self {
@@ -214,7 +230,9 @@ mod tests {
             ..Default::default()
         }]);
         assert!(!f.vars.contains_key("commits"));
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 1 && commits[0].id == \"c1\"'\nmessage='{commits}'\n").unwrap();
+        let p = set("[[rule]]\nname='r'\non=['push']\n\
+             require='commits.size() == 1 && commits[0].id == \"c1\"'\nmessage='{commits}'\n")
+        .unwrap();
         assert!(p.evaluate(Stage::Push, &f).accepted());
         assert!(matches!(f.get("commits"), Some(Value::List(l)) if l.len() == 1));
     }

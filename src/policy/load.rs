@@ -22,8 +22,9 @@ use crate::config::Config;
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     name: String,
-    #[serde(default)]
-    description: Option<String>,
+    /// For the people who read the policy file; lockstep accepts it and shows it nowhere.
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
     on: Vec<Stage>,
     #[serde(default)]
     when: Option<String>,
@@ -142,7 +143,8 @@ impl PolicySet {
                     Ok(rule) => {
                         if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
                             errors.0.push(format!(
-                                "{}: rule `{}` is already defined in `{}`; rule names must be unique",
+                                "{}: rule `{}` is already defined in `{}`; rule names must be \
+                                 unique",
                                 path.display(),
                                 rule.name,
                                 other.file.display()
@@ -257,7 +259,6 @@ fn compile_rule(env: &Env, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<Stri
     };
     let rule = Rule {
         name: spec.name,
-        description: spec.description,
         file: path.to_path_buf(),
         stages: spec.on,
         when,

@@ -34,8 +34,7 @@ use serde::Deserialize;
 
 pub use eval::{Decision, Outcome, Verdict};
 pub use facts::{FACTS, Facts, commit_val, commit_value, map, task_value};
-pub use load::LoadErrors;
-pub use message::{fill, show};
+pub use message::show;
 pub use suggest::did_you_mean;
 
 use message::placeholders;
@@ -132,7 +131,6 @@ impl Expr {
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
-    pub description: Option<String>,
     pub file: PathBuf,
     pub stages: Vec<Stage>,
     pub when: Option<Expr>,
@@ -210,7 +208,8 @@ mod testing {
 
     use cel::Value;
 
-    use super::{Facts, LoadErrors, PolicySet};
+    use super::load::LoadErrors;
+    use super::{Facts, PolicySet};
 
     /// Compiles one policy text, as if read from `policies/test.toml`.
     pub fn set(text: &str) -> Result<PolicySet, LoadErrors> {

@@ -12,16 +12,17 @@ use super::markdown::code;
 use super::origin::origin;
 use super::{App, Handled, Job, report};
 use crate::delivery::{self, PrFacts, Request, Requested};
-use crate::github::{self, GitHub, Pull, RepoName};
+use crate::domain::{DeliveryId, Phase, PrState, Source, State, TaskKey};
+use crate::github::{self, GitHub, GitHubRepo, Pull};
 use crate::policy::Stage;
-use crate::store::{DeliveryRow, State};
+use crate::store::DeliveryRow;
 
-fn link(app: &App, id: i64) -> String {
+fn link(app: &App, id: DeliveryId) -> String {
     format!("[#{id}]({})", app.delivery_url(id))
 }
 
 /// The PR facts the `on = "deliver"` rules read: author, head, latest review per reviewer.
-async fn pr_facts(gh: &GitHub, repo: &RepoName, pull: &Pull) -> anyhow::Result<PrFacts> {
+async fn pr_facts(gh: &GitHub, repo: &GitHubRepo, pull: &Pull) -> anyhow::Result<PrFacts> {
     let reviews = gh.reviews(repo, pull.number).await?;
     Ok(PrFacts {
         repo: repo.to_string(),
@@ -34,7 +35,12 @@ async fn pr_facts(gh: &GitHub, repo: &RepoName, pull: &Pull) -> anyhow::Result<P
 
 /// Whether the GitHub user `user` may command the bot on `repo`: GitHub's permission
 /// answer decides, unless the config names the login in `[bot] github_maintainers`.
-async fn may_command(app: &App, gh: &GitHub, repo: &RepoName, user: &str) -> anyhow::Result<bool> {
+async fn may_command(
+    app: &App,
+    gh: &GitHub,
+    repo: &GitHubRepo,
+    user: &str,
+) -> anyhow::Result<bool> {
     if app
         .config()
         .bot
@@ -51,7 +57,7 @@ async fn may_command(app: &App, gh: &GitHub, repo: &RepoName, user: &str) -> any
 pub async fn on_comment(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     number: u64,
     user: &str,
     body: &str,
@@ -71,7 +77,7 @@ pub async fn on_comment(
         )));
     }
     let pull = gh.pull(repo, number).await?;
-    let task = app.config().tasks.task_of(&pull.head_ref).map(String::from);
+    let task = app.config().tasks.task_of(&pull.head_ref).map(TaskKey::new);
     let mut sections = Vec::new();
     let mut done = Vec::new();
     for c in &commands {
@@ -79,7 +85,7 @@ pub async fn on_comment(
             Err(e) => unknown(e),
             Ok(cmd) => {
                 done.push(cmd.to_string());
-                run(app, gh, repo, &pull, task.as_deref(), user, *cmd).await?
+                run(app, gh, repo, &pull, task.as_ref(), user, *cmd).await?
             }
         };
         sections.push(section);
@@ -110,9 +116,9 @@ fn no_task(pull: &Pull, app: &App) -> String {
 async fn run(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
-    task: Option<&str>,
+    task: Option<&TaskKey>,
     user: &str,
     cmd: BotCommand,
 ) -> anyhow::Result<String> {
@@ -246,13 +252,13 @@ async fn run(
 async fn deliver(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
     task: &str,
     user: &str,
     priority: i64,
 ) -> anyhow::Result<String> {
-    if pull.state != "open" {
+    if pull.state != PrState::Open {
         return Ok(format!(
             "{repo}#{} is {}; only an open pull request is delivered.",
             pull.number, pull.state
@@ -260,9 +266,9 @@ async fn deliver(
     }
     let facts = pr_facts(gh, repo, pull).await?;
     let req = Request {
-        task: task.to_string(),
+        task: TaskKey::new(task),
         priority,
-        source: "github".into(),
+        source: Source::GitHub,
         requester: user.to_string(),
         origin: origin(repo, pull.number),
         pr: Some(facts),
@@ -312,7 +318,7 @@ pub fn refusal(task: &str, lines: &[String]) -> String {
 }
 
 /// `/status`: where the task's delivery is.
-async fn status(app: &App, task: &str) -> anyhow::Result<String> {
+async fn status(app: &App, task: &TaskKey) -> anyhow::Result<String> {
     let store = &app.engine.store;
     let tracker_status = match crate::tracker::task_with_timeout(
         app.engine.tracker.as_ref(),
@@ -340,11 +346,7 @@ async fn status(app: &App, task: &str) -> anyhow::Result<String> {
             State::Running => format!(
                 "{} is running, in the **{}** phase",
                 link(app, d.id),
-                if d.phase.is_empty() {
-                    "rebase"
-                } else {
-                    &d.phase
-                }
+                d.phase.unwrap_or(Phase::Rebase)
             ),
             State::Delivered => format!("{} delivered it", link(app, d.id)),
             State::Failed | State::Cancelled => {
@@ -359,7 +361,7 @@ async fn status(app: &App, task: &str) -> anyhow::Result<String> {
 /// waits; or why there is nothing to act on.
 async fn waiting_delivery<'p>(
     app: &App,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &'p Pull,
 ) -> anyhow::Result<Result<(&'p str, DeliveryRow), Handled>> {
     let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
@@ -385,7 +387,7 @@ async fn waiting_delivery<'p>(
 pub async fn on_closed(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
 ) -> anyhow::Result<Handled> {
     let number = pull.number;
@@ -438,7 +440,7 @@ impl ReviewChange {
 pub async fn on_review(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
     change: &ReviewChange,
 ) -> anyhow::Result<Handled> {
@@ -466,7 +468,11 @@ pub async fn on_review(
         &d.requester,
         Some(&facts),
         &branches,
-        e.config.repos.iter().map(|r| r.name.clone()).collect(),
+        &e.config
+            .repos
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>(),
         Some(d.id),
     );
     let decision = e.policies.evaluate(Stage::Deliver, &facts);
@@ -502,7 +508,7 @@ pub async fn on_review(
 /// The comment after a `/rollback`.
 pub fn rollback_outcome(
     app: &App,
-    id: i64,
+    id: DeliveryId,
     requester: &str,
     result: &anyhow::Result<DeliveryRow>,
 ) -> String {
@@ -534,7 +540,8 @@ mod tests {
             &[
                 "[task-for-delivery] task `TASK-1` is In Progress; move it to For Delivery first"
                     .to_string(),
-                "[two-approvals] pull request #3 has 1 approval(s) by people other than its author; it needs 2"
+                "[two-approvals] pull request #3 has 1 approval(s) by people other than its \
+                 author; it needs 2"
                     .to_string(),
             ]
         ));

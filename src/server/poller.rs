@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::App;
 use crate::delivery::{self, Request, Requested};
+use crate::domain::{Source, TaskKey};
 
 /// Polls every `every` (never when it is zero) until `stop`.
 pub async fn run(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>) {
@@ -57,7 +58,8 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
         if seen.contains_key(&task.key) {
             continue;
         }
-        if let Some(d) = e.store.latest_of_task(&task.key).await?
+        let key = TaskKey::new(task.key.as_str());
+        if let Some(d) = e.store.latest_of_task(&key).await?
             && !d.state.is_final()
         {
             e.store.set_tracker_seen(&task.key, &task.status).await?;
@@ -65,7 +67,7 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
                 "{} is {}: already {} as #{}",
                 task.key,
                 task.status,
-                if d.state == crate::store::State::Queued {
+                if d.state == crate::domain::State::Queued {
                     "queued"
                 } else {
                     "running"
@@ -75,9 +77,9 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
             continue;
         }
         let req = Request {
-            task: task.key.clone(),
+            task: key,
             priority: 0,
-            source: "tracker".into(),
+            source: Source::Tracker,
             requester: config.bot.user.clone(),
             origin: String::new(),
             pr: None,

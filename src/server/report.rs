@@ -8,17 +8,18 @@ use super::App;
 use super::markdown::{code, fenced};
 use super::origin::parse_origin;
 use crate::delivery::steps;
-use crate::github::{GitHub, Pull, RepoName, StatusState};
-use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};
+use crate::domain::{DeliveryId, State, StepState};
+use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
+use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 use crate::text::{clip, escape};
 
 /// At most this much of a failure's reason goes into a comment (its log excerpt is bounded
-/// by [`crate::text::excerpt`]).
+/// by [`crate::text::Tail`]).
 const REASON_BYTES: usize = 1000;
 
 async fn set_status(
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     sha: &str,
     state: StatusState,
     description: &str,
@@ -30,7 +31,7 @@ async fn set_status(
 }
 
 /// A delivery was queued from a pull request.
-pub async fn queued(app: &App, repo: &RepoName, pull: &Pull, id: i64, position: usize) {
+pub async fn queued(app: &App, repo: &GitHubRepo, pull: &Pull, id: DeliveryId, position: usize) {
     let Some(gh) = &app.github else { return };
     let what = format!("queued as #{id} (position {position})");
     set_status(
@@ -49,7 +50,7 @@ pub async fn cancelled_while_queued(
     app: &App,
     d: &DeliveryRow,
     pull: &Pull,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     by: &str,
 ) {
     let Some(gh) = &app.github else { return };
@@ -110,7 +111,7 @@ pub fn failure_facts(journal: &[JournalRow], steps: &[StepRow]) -> FailureFacts 
     let log_tail = steps
         .iter()
         .rev()
-        .find(|s| s.step == f.phase && s.repo == f.repo && s.outcome != "passed")
+        .find(|s| s.step.as_str() == f.phase && s.repo == *f.repo && s.outcome != StepState::Passed)
         .map(|s| steps::tail(std::path::Path::new(&s.log_path)))
         .unwrap_or_default();
     FailureFacts {
@@ -152,7 +153,7 @@ pub fn outcome_comment(
                     "| {} | {} | {} on {} |\n",
                     code(&r.repo),
                     code(&r.branch),
-                    code(crate::push::short(&r.rebased_sha)),
+                    code(crate::git::short(&r.rebased_sha)),
                     code(&upstream_of(&r.repo))
                 ));
             }
@@ -238,7 +239,7 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
         let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
             continue;
         };
-        let Some(gh_repo) = RepoName::parse(&full) else {
+        let Some(gh_repo) = GitHubRepo::parse(&full) else {
             continue;
         };
         if origin.as_ref().is_some_and(|(o, _)| o == &gh_repo) {
@@ -273,7 +274,7 @@ mod tests {
 
     fn d(state: State) -> DeliveryRow {
         let mut d = crate::server::fixtures::delivery(state, "test");
-        d.id = 4;
+        d.id = crate::domain::DeliveryId(4);
         d.finished_at = Some(73_000);
         d.error = "delivery failed in test (api): `test` exited with 1".into();
         d

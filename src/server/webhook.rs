@@ -23,7 +23,8 @@ use secrecy::ExposeSecret as _;
 use subtle::ConstantTimeEq as _;
 
 use super::{App, Handled, bot};
-use crate::github::{self, RepoName};
+use crate::domain::PrState;
+use crate::github::{self, GitHubRepo};
 
 /// The events lockstep acts on.
 const HANDLED: &[&str] = &["issue_comment", "pull_request", "pull_request_review"];
@@ -237,7 +238,7 @@ pub fn event_key(event: &str, parsed: &WebhookEvent) -> Option<String> {
 }
 
 /// The repository of an event, if it is one of the ecosystem's.
-fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<RepoName, String> {
+fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<GitHubRepo, String> {
     let full = event
         .repository
         .as_ref()
@@ -252,7 +253,7 @@ fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<RepoName, String> {
             "`{full}` is not a repository of lockstep.toml (`[[repo]] github`)"
         ));
     }
-    RepoName::parse(&full).ok_or_else(|| format!("`{full}` is not `owner/name`"))
+    GitHubRepo::parse(&full).ok_or_else(|| format!("`{full}` is not `owner/name`"))
 }
 
 async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow::Result<Handled> {
@@ -321,8 +322,8 @@ fn pull_of(p: &octocrab::models::pulls::PullRequest) -> github::Pull {
             .and_then(|r| r.full_name.clone())
             .unwrap_or_default(),
         state: match p.state {
-            Some(octocrab::models::IssueState::Closed) => "closed".into(),
-            _ => "open".into(),
+            Some(octocrab::models::IssueState::Closed) => PrState::Closed,
+            _ => PrState::Open,
         },
     }
 }

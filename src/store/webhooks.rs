@@ -12,7 +12,8 @@ impl Store {
     /// Records a webhook delivery id; false when it was already recorded (a replay).
     pub async fn remember_webhook(&self, id: &str) -> anyhow::Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(now_ms())

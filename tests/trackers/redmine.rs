@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use lockstep::tracker::redmine::Redmine;
-use lockstep::tracker::{Credential, Tracker, TrackerError};
+use lockstep::Redmine;
+use lockstep::{Credential, Tracker, TrackerError};
 use serde_json::{Value, json};
 
 use super::{push_branch, said, sandbox_with};

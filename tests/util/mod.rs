@@ -6,6 +6,7 @@ pub mod container;
 pub mod fake_github;
 pub mod fake_jira;
 pub mod http;
+pub mod pipeline;
 pub mod serve;
 pub mod webhooks;
 
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use lockstep::demo::{Sandbox, commit, push, sandbox_git};
+pub use lockstep::sandbox::{Sandbox, commit, push, sandbox_git};
 
 /// The all-zero object id: a created ref's old id, a deleted ref's new id.
 pub const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -90,6 +91,9 @@ impl Env {
                 toml_str(&steps.join(format!("{s}.sh")))
             )
         });
+        // The serial line, one delivery at a time: what these tests are about. The
+        // pipeline's own tests widen the window.
+        env.set_delivery("window", "1");
         env
     }
 
@@ -215,8 +219,8 @@ impl Env {
             .unwrap();
     }
 
-    fn tracker(&self) -> lockstep::tracker::file::FileTracker {
-        lockstep::tracker::file::FileTracker::new(self.sb.meta.join("tasks.toml"))
+    fn tracker(&self) -> lockstep::FileTracker {
+        lockstep::FileTracker::new(self.sb.meta.join("tasks.toml"))
     }
 
     /// A task's status and notes, as the tracker holds them.
@@ -299,9 +303,7 @@ impl Env {
 
     /// The commit a ref of a bare repository points to, if any.
     pub fn rev(&self, repo: &str, rev: &str) -> Option<String> {
-        lockstep::git::Git::new(self.bare(repo))
-            .resolve(rev)
-            .unwrap()
+        lockstep::Git::new(self.bare(repo)).resolve(rev).unwrap()
     }
 
     /// Where `master` of a bare repository is.
@@ -350,7 +352,7 @@ impl Env {
         let g = git(&dir, "alice");
         g.run(&["switch", "--quiet", "-C", branch, "origin/master"])
             .unwrap();
-        let task = lockstep::config::Tasks::default()
+        let task = lockstep::Tasks::default()
             .task_of(branch)
             .unwrap_or_default()
             .to_string();
@@ -523,7 +525,7 @@ pub fn toml_str(p: &Path) -> String {
 }
 
 /// A clone's git, as `user`.
-pub fn git(dir: &Path, user: &str) -> lockstep::git::Git {
+pub fn git(dir: &Path, user: &str) -> lockstep::Git {
     sandbox_git(dir, user)
 }
 

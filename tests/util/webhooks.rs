@@ -79,7 +79,7 @@ pub fn closed(repo: &str, number: u64, head_ref: &str) -> Vec<u8> {
 
 /// Posts a webhook; `secret: None` sends no signature.
 pub fn post(base: &str, event: &str, delivery: &str, body: &[u8], secret: Option<&str>) -> Resp {
-    let sig = secret.map(|s| lockstep::github::sign(s, body));
+    let sig = secret.map(|s| lockstep::sign(s, body));
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("User-Agent", "GitHub-Hookshot/test"),
