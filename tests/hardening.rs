@@ -82,12 +82,20 @@ fn issue10_a_commit_summary_cannot_drive_the_pushers_terminal() {
     let dir = env.clone_on_branch("api", "alice", "feature/TASK-1-login", HOSTILE);
     let bare = env.bare("api");
     let new = head(&dir, "HEAD");
-    // Straight from the hook, as a terminal would get it (whatever git does on the way).
+    // Straight from the hook, as a terminal would get it (whatever git does on the way). The
+    // clone's objects are offered as git offers a quarantined push's.
+    let objects = dir.join(".git/objects");
     let out = run_hook(
         &bare,
         Some(env.config().as_path()),
         &["pre-receive"],
-        &[("GL_USER", "alice")],
+        &[
+            ("GL_USER", "alice"),
+            (
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+                objects.to_str().unwrap(),
+            ),
+        ],
         format!("{ZERO} {new} refs/heads/feature/TASK-1-login\n").as_bytes(),
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -248,7 +248,7 @@ message = "branch `{branch}` names no task"
         }
         for (on_error, accepted) in [("fail", false), ("pass", true)] {
             let text = format!(
-                "[[rule]]\nname='slow'\non=['push']\nrequire='{expr}'\nmessage='m'\non_error='{on_error}'\n\
+                "[[rule]]\nname='slow'\non=['push']\nrequire='''{expr}'''\nmessage='m'\non_error='{on_error}'\n\
                  [[rule]]\nname='quick'\non=['push']\nrequire='branch == \"b\"'\nmessage='m'\n"
             );
             let mut p = set(&text).unwrap();
@@ -281,7 +281,7 @@ message = "branch `{branch}` names no task"
             ("[[1], [2, 3]].all(l, l.exists(x, x > 0))", true),
         ] {
             let p = set(&format!(
-                "[[rule]]\nname='r'\non=['push']\nrequire='{expr}'\nmessage='m'\non_error='pass'\n"
+                "[[rule]]\nname='r'\non=['push']\nrequire='''{expr}'''\nmessage='m'\non_error='pass'\n"
             ))
             .unwrap();
             let d = p.evaluate(Stage::Push, &facts("b"));
