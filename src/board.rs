@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::delivery::line::{Progress, Watcher};
 use crate::domain::{DeliveryId, Phase, RepoName, StepState};
+use crate::text::escape;
 
 /// The columns are the phases, in the order a delivery goes through them. `rollback` shows
 /// only when used.
@@ -28,8 +29,15 @@ pub fn for_stdout() -> Progress {
         let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
         Arc::new(Board::new(stdout, color))
     } else {
-        Arc::new(|line: &str| println!("{line}"))
+        Arc::new(print_line)
     }
+}
+
+/// Prints a line of a delivery's story, its control characters escaped (the story quotes
+/// step output). A reader that has gone away (`| head`) is not the delivery's problem: the
+/// error is ignored and the delivery goes on.
+pub fn print_line(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", escape(line));
 }
 
 /// Where each repository of the deliveries in flight stands: one delivery on the serial line,
@@ -221,7 +229,7 @@ impl<W: Write + Send> Board<W> {
 impl<W: Write + Send> Watcher for Board<W> {
     fn say(&self, line: &str) {
         self.redraw(|d| {
-            let _ = writeln!(d.out, "{line}");
+            let _ = writeln!(d.out, "{}", escape(line));
         });
     }
 

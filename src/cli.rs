@@ -1,7 +1,8 @@
 //! The command line: every command, its help, and its exit codes.
 //!
 //! Exit codes: 0 success (push accepted, policies valid, delivery landed); 1 refused by
-//! policy or failed (push rejected, delivery failed); 2 usage, config or internal error.
+//! policy or failed (push rejected, delivery failed); 2 usage, config or internal error; 141
+//! when the reader of the output went away (`lockstep logs 1 | head`), quietly, as git does.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,17 @@ use crate::push::{self, NewCommits, PushContext};
 
 /// Exit code for usage, config and internal errors.
 pub const USAGE_OR_CONFIG: i32 = 2;
+/// Exit code when standard output was closed under a command: 128 + SIGPIPE, what
+/// `git log | head` ends with.
+pub const BROKEN_PIPE: i32 = 141;
+
+/// Whether an error is a write to a pipe whose reader has gone: not a failure to report.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// lockstep: a git-native merge bot and policy engine.
 ///
@@ -133,6 +145,10 @@ pub enum Command {
         /// Only this step (build, test, deploy, verify, rollback)
         #[arg(long)]
         step: Option<String>,
+        /// Print the logs as the steps wrote them, control characters included (the default
+        /// when standard output is a file; a terminal gets them escaped)
+        #[arg(long)]
+        raw: bool,
     },
     /// Cancel a queued delivery, or stop a running one at its next step (rolling back)
     Cancel { id: i64 },
@@ -278,10 +294,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         } => commands::deliver(&config_path(config), &task, priority, no_wait),
         Command::Queue { json } => commands::queue(&config_path(config), json),
         Command::Show { id, json } => commands::show(&config_path(config), DeliveryId(id), json),
-        Command::Logs { id, repo, step } => {
-            let id = DeliveryId(id);
-            commands::logs(&config_path(config), id, repo.as_deref(), step.as_deref())
-        }
+        Command::Logs {
+            id,
+            repo,
+            step,
+            raw,
+        } => commands::logs(
+            &config_path(config),
+            DeliveryId(id),
+            repo.as_deref(),
+            step.as_deref(),
+            raw,
+        ),
         Command::Cancel { id } => commands::cancel(&config_path(config), DeliveryId(id)),
         Command::Rollback { id, revert } => {
             commands::rollback(&config_path(config), DeliveryId(id), revert)
@@ -306,7 +330,7 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32
         per_ref: args.per_ref,
     };
     for repo in &args.repos {
-        println!("{}", crate::install::install(repo, &opts)?);
+        commands::say_line(&crate::install::install(repo, &opts)?)?;
     }
     Ok(0)
 }
@@ -323,16 +347,23 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
             ] {
                 let names: Vec<&str> = set.rules_for(stage).map(|r| r.name.as_str()).collect();
                 if !names.is_empty() {
-                    println!("{stage}: {}", names.join(", "));
+                    commands::say_line(&format!("{stage}: {}", names.join(", ")))?;
                 }
             }
+            if !set.has_push_rules() && !config.policies.allow_empty {
+                eprintln!("lockstep: {}", crate::policy::NO_PUSH_RULE);
+                return Ok(1);
+            }
             let folders = config.policies.dirs.len();
-            println!("ok: {} rules in {folders} folder(s)", set.rules.len());
+            commands::say_line(&format!(
+                "ok: {} rules in {folders} folder(s)",
+                set.rules.len()
+            ))?;
             Ok(0)
         }
         Err(errors) => {
             for e in &errors.0 {
-                eprintln!("lockstep: {e}");
+                eprintln!("lockstep: {}", crate::text::escape(e));
             }
             eprintln!("lockstep: {} error(s)", errors.0.len());
             Ok(1)
@@ -380,7 +411,14 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
         &tasks,
         NewCommits::AsIfPushedNow,
     )?;
-    print!("{}", push::explain(&decisions, &ctx));
+    {
+        use std::io::Write as _;
+        write!(
+            std::io::stdout().lock(),
+            "{}",
+            crate::text::escape(&push::explain(&decisions, &ctx))
+        )?;
+    }
     Ok(if decisions.iter().all(|d| d.decision.accepted()) {
         0
     } else {

@@ -1,5 +1,9 @@
 //! The delivery commands: `deliver`, `work`, `recover`, `queue`, `show`, `logs`, `cancel`,
 //! `rollback`.
+//!
+//! What they print quotes task keys, errors and step output: every line goes through
+//! [`crate::text::escape`] (the `say!` macro). A reader gone away (`lockstep logs 1 | head`) makes the
+//! next write fail with a broken pipe, which ends the command quietly (see `main`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +15,21 @@ use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
 use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
 use crate::store::{DeliveryRow, Store};
+use crate::text::escape;
+
+/// Prints a line on standard output, its control characters escaped; a write that fails (a
+/// closed pipe) returns the error from the enclosing function.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        say_line(&format!($($arg)*))?
+    };
+}
+
+/// Writes one line on standard output with its control characters escaped.
+pub fn say_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{}", escape(line))
+}
 
 /// Exit code of a delivery that landed.
 pub const DELIVERED: i32 = 0;
@@ -23,7 +42,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn printer() -> Progress {
-    Arc::new(|line: &str| println!("{line}"))
+    Arc::new(crate::board::print_line)
 }
 
 fn load(at: &Located) -> anyhow::Result<Config> {
@@ -53,21 +72,21 @@ pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow
             Requested::Refused(d) => {
                 eprintln!("lockstep: delivery of `{task}` refused");
                 for line in delivery::refusal_lines(&d) {
-                    eprintln!("  {line}");
+                    eprintln!("  {}", escape(&line));
                 }
                 return Ok(FAILED);
             }
             Requested::Queued { id, position } => {
-                println!("#{id} {task}: queued (position {position})");
+                say!("#{id} {task}: queued (position {position})");
                 id
             }
             Requested::AlreadyQueued { id } => {
-                println!("#{id} {task}: already queued; following it");
+                say!("#{id} {task}: already queued; following it");
                 id
             }
         };
         if no_wait {
-            println!(
+            say!(
                 "follow it with `lockstep show {id}`; it runs when a worker is free \
                  (`lockstep work`, `lockstep serve`)"
             );
@@ -83,7 +102,7 @@ pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow
             .delivery(id)
             .await?
             .context("the delivery vanished from the store")?;
-        Ok(report(&d, state))
+        report(&d, state)
     })
 }
 
@@ -107,26 +126,26 @@ async fn follow(engine: &Engine, id: DeliveryId) -> anyhow::Result<State> {
             continue;
         }
         if !told {
-            println!("#{id}: another worker holds the queue; waiting for it to run this delivery");
+            say!("#{id}: another worker holds the queue; waiting for it to run this delivery");
             told = true;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-fn report(d: &DeliveryRow, state: State) -> i32 {
-    match state {
+fn report(d: &DeliveryRow, state: State) -> anyhow::Result<i32> {
+    Ok(match state {
         State::Delivered => {
-            println!("#{} {}: delivered", d.id, d.task);
+            say!("#{} {}: delivered", d.id, d.task);
             DELIVERED
         }
         _ => {
             eprintln!(
                 "lockstep: #{} {}: {}: {}",
                 d.id,
-                d.task,
+                escape(&d.task),
                 state.as_str(),
-                d.error
+                escape(&d.error)
             );
             eprintln!(
                 "  see `lockstep show {}` and `lockstep logs {}`",
@@ -134,7 +153,7 @@ fn report(d: &DeliveryRow, state: State) -> i32 {
             );
             FAILED
         }
-    }
+    })
 }
 
 /// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
@@ -144,7 +163,7 @@ pub fn work(at: &Located) -> anyhow::Result<i32> {
         let engine = worker::engine(config, printer()).await?;
         loop {
             let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
-                println!("another worker holds the queue; nothing to do");
+                say!("another worker holds the queue; nothing to do");
                 return Ok(0);
             };
             worker::recover(&engine).await?;
@@ -171,7 +190,7 @@ pub fn recover(at: &Located) -> anyhow::Result<i32> {
         };
         let said = worker::recover(&engine).await?;
         if said.is_empty() {
-            println!("nothing to recover");
+            say!("nothing to recover");
         }
         Ok(0)
     })
@@ -201,11 +220,11 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
         let history = store.history(10).await?;
         if json {
             let v = serde_json::json!({ "running": running, "queued": queued, "recent": history });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(0);
         }
         if running.is_empty() && queued.is_empty() {
-            println!("the queue is empty");
+            say!("the queue is empty");
         }
         let pipelined = running.iter().any(|d| d.candidate);
         for (i, d) in running.iter().enumerate() {
@@ -214,7 +233,7 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
             } else {
                 String::new()
             };
-            println!(
+            say!(
                 "running  #{:<4} {:<14} {:<8} since {}{place}",
                 d.id,
                 d.task,
@@ -223,7 +242,7 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
             );
         }
         for (i, d) in queued.iter().enumerate() {
-            println!(
+            say!(
                 "{:>7}  #{:<4} {:<14} priority {:<3} by {}",
                 i + 1,
                 d.id,
@@ -233,9 +252,9 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
             );
         }
         if !history.is_empty() {
-            println!("\nrecent:");
+            say!("\nrecent:");
             for d in &history {
-                println!(
+                say!(
                     "  #{:<4} {:<14} {:<10} {}  {}",
                     d.id,
                     d.task,
@@ -283,10 +302,10 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
             let v = serde_json::json!({
                 "delivery": d, "repos": repos, "steps": steps, "journal": journal
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(0);
         }
-        println!(
+        say!(
             "#{} {}: {} (phase {})",
             d.id,
             d.task,
@@ -298,28 +317,28 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
         } else {
             &d.requester
         };
-        println!(
+        say!(
             "  requested by {who} via {}, {}",
             d.source,
             ago(Some(d.created_at))
         );
         if !d.error.is_empty() {
-            println!("  {}", d.error);
+            say!("  {}", d.error);
         }
         if !d.built_on.is_empty() {
-            println!("  built on {}", d.built_on);
+            say!("  built on {}", d.built_on);
         }
         if !d.held.is_empty() {
-            println!(
+            say!(
                 "  held (not reported while deliveries ahead are unresolved): {}",
                 d.held
             );
         }
         if d.discards > 0 {
-            println!("  prepared again {} time(s): a base changed", d.discards);
+            say!("  prepared again {} time(s): a base changed", d.discards);
         }
         for r in &repos {
-            println!(
+            say!(
                 "  {:<12} {} {} → {} (on {}) {}",
                 r.repo,
                 r.branch,
@@ -329,9 +348,9 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
                 r.flags()
             );
         }
-        println!("journal:");
+        say!("journal:");
         for j in &journal {
-            println!(
+            say!(
                 "  {}  {:<8} {:<10} {} {}",
                 ago(Some(j.at)),
                 j.phase,
@@ -350,6 +369,7 @@ pub fn logs(
     id: DeliveryId,
     repo: Option<&str>,
     step: Option<&str>,
+    raw: bool,
 ) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
@@ -366,24 +386,37 @@ pub fn logs(
             })
             .collect();
         if steps.is_empty() {
-            println!("no step logs for #{id} with that filter");
+            say!("no step logs for #{id} with that filter");
         }
+        let raw = raw || stdout_is_a_file();
         for s in steps {
-            println!(
+            say!(
                 "==> {} {} ({}, exit {}) <==",
                 s.repo,
                 s.step,
                 s.outcome,
                 s.exit_code.map_or("-".into(), |c| c.to_string())
             );
-            print!(
-                "{}",
-                std::fs::read_to_string(&s.log_path)
-                    .unwrap_or_else(|e| format!("(log unreadable: {e})\n"))
-            );
+            match std::fs::File::open(&s.log_path) {
+                Ok(file) => {
+                    let mut out = std::io::stdout().lock();
+                    if raw {
+                        std::io::copy(&mut std::io::BufReader::new(file), &mut out)?;
+                    } else {
+                        crate::text::copy_escaped(file, &mut out)?;
+                    }
+                }
+                Err(e) => say!("(log unreadable: {e})"),
+            }
         }
         Ok(0)
     })
+}
+
+/// Whether standard output is a regular file (`lockstep logs 1 > build.log`): the log is
+/// copied as it is, not escaped for a terminal.
+fn stdout_is_a_file() -> bool {
+    std::fs::metadata("/proc/self/fd/1").is_ok_and(|m| m.is_file())
 }
 
 /// `lockstep cancel ID`.
@@ -393,7 +426,7 @@ pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
         match store.cancel(id).await? {
             None => anyhow::bail!("no delivery #{id}; see `lockstep queue`"),
             Some(State::Queued) => {
-                println!("#{id}: cancelled");
+                say!("#{id}: cancelled");
                 // Back to the team, as when a running delivery is stopped: left For Delivery,
                 // the tracker would ask for it again.
                 let d = store
@@ -409,31 +442,32 @@ pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
                 let note = format!("delivery cancelled{by} before it started (lockstep #{id})");
                 let returned = &config.tasks.returned;
                 match crate::tracker::open(&config)?
-                    .move_to(&d.task, returned, &note)
+                    .move_to(&d.task, returned, &crate::text::note(&note))
                     .await
                 {
                     Ok(()) => {
                         store
                             .journal(id, "report", "", "task moved", returned)
                             .await?;
-                        println!("#{id} {}: moved back to {returned}", d.task);
+                        say!("#{id} {}: moved back to {returned}", d.task);
                     }
                     Err(e) => {
                         store
                             .journal(id, "report", "", "task not moved", &e.to_string())
                             .await?;
                         eprintln!(
-                            "lockstep: #{id}: could not move `{}` back to {returned}: {e}",
-                            d.task
+                            "lockstep: #{id}: could not move `{}` back to {returned}: {}",
+                            escape(&d.task),
+                            escape(&e.to_string())
                         );
                     }
                 }
             }
             Some(State::Running) => {
-                println!("#{id}: stops at its next step; what it deployed is rolled back")
+                say!("#{id}: stops at its next step; what it deployed is rolled back")
             }
             Some(s) => {
-                println!("#{id}: already {}; nothing to cancel", s.as_str());
+                say!("#{id}: already {}; nothing to cancel", s.as_str());
                 return Ok(FAILED);
             }
         }
@@ -461,7 +495,11 @@ pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i3
             );
         }
         if let Err(e) = engine.rollback_finished(&d, revert).await {
-            eprintln!("lockstep: #{id} {}: {e:#}", d.task);
+            eprintln!(
+                "lockstep: #{id} {}: {}",
+                escape(&d.task),
+                escape(&format!("{e:#}"))
+            );
             return Ok(FAILED);
         }
         Ok(0)

@@ -126,10 +126,13 @@ pub struct Sandbox {
 }
 
 /// A git handle with a pinned identity and no user or system config, so the sandbox does
-/// not depend on (or touch) the machine's git setup.
+/// not depend on (or touch) the machine's git setup. Nor on the caller's `LOCKSTEP_CONFIG`:
+/// the sandbox's hooks find the sandbox's config in their repositories' git config, and the
+/// variable would win over it.
 pub fn sandbox_git(dir: &Path, user: &str) -> Git {
     let email = format!("{user}@example.invalid");
     Git::new(dir)
+        .without_env("LOCKSTEP_CONFIG")
         .with_env("GIT_CONFIG_NOSYSTEM", "1")
         .with_env("GIT_CONFIG_GLOBAL", "/dev/null")
         .with_env("GIT_AUTHOR_NAME", user)

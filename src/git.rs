@@ -28,6 +28,8 @@ pub struct Git {
     dir: PathBuf,
     keep_env: Vec<(String, OsString)>,
     extra_env: Vec<(String, String)>,
+    /// Variables of lockstep's own environment its commands must not see.
+    removed_env: Vec<String>,
 }
 
 /// A short id for messages: the first ten hex digits.
@@ -54,6 +56,7 @@ impl Git {
             dir: dir.into(),
             keep_env: Vec::new(),
             extra_env: Vec::new(),
+            removed_env: Vec::new(),
         }
     }
 
@@ -68,12 +71,20 @@ impl Git {
             dir,
             keep_env,
             extra_env: Vec::new(),
+            removed_env: Vec::new(),
         })
     }
 
     /// Adds a variable to every command (e.g. the bot's author identity).
     pub fn with_env(mut self, key: &str, value: &str) -> Git {
         self.extra_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Hides a variable of lockstep's environment from every command (and the hooks they
+    /// run), e.g. a `LOCKSTEP_CONFIG` that names another config than the sandbox's.
+    pub fn without_env(mut self, key: &str) -> Git {
+        self.removed_env.push(key.to_string());
         self
     }
 
@@ -91,6 +102,9 @@ impl Git {
             {
                 cmd.env_remove(k);
             }
+        }
+        for k in &self.removed_env {
+            cmd.env_remove(k);
         }
         for (k, v) in &self.keep_env {
             cmd.env(k, v);

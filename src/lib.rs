@@ -16,6 +16,7 @@
 //! - `board`: the repository × phase board `deliver` draws on a terminal.
 //! - `config`: `lockstep.toml`, the meta-project's config.
 //! - `domain`: the domain's vocabulary, value types every layer names (`GitHubRepo`).
+//! - `text`: untrusted text made fit to show: control characters escaped, logs cut short.
 //! - `policy`: policy files, CEL compilation and evaluation, decisions.
 //! - `push`: ref updates, the pusher, and the facts rules read about a push.
 //! - `hook`: the `pre-receive`, `update` and `post-receive` entry points.
@@ -45,13 +46,15 @@ mod push;
 mod runtime;
 mod server;
 mod store;
+mod text;
 mod tracker;
 mod verdict_counts;
 
 // What the executable, the integration tests and the benches use. Everything else stays
 // inside the crate.
-pub use cli::{Cli, USAGE_OR_CONFIG, init_tracing, run};
+pub use cli::{BROKEN_PIPE, Cli, USAGE_OR_CONFIG, init_tracing, is_broken_pipe, run};
 pub use config::{Config, Tasks, parse_duration};
+pub use delivery::contain::{CONTAIN_ARG, supervise as supervise_step};
 pub use git::Git;
 pub use github::sign;
 pub use store::Store;

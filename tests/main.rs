@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod demo;
 mod deploy;
+mod hardening;
 mod help;
 mod hooks;
 mod install;

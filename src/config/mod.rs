@@ -76,9 +76,14 @@ pub struct Bot {
     /// The bot account: the identity that merges. Default `lockstep-bot`.
     #[serde(default = "default_bot_user")]
     pub user: String,
-    /// People who may also update protected branches directly. Default none.
+    /// People who may also update protected branches directly: identities of the git server
+    /// (the pusher, as `[identity] env` names it), never GitHub logins. Default none.
     #[serde(default)]
     pub maintainers: Vec<String>,
+    /// GitHub logins that may command the bot on a pull request even where GitHub answers
+    /// that they may not write to the repository. Default none: GitHub's answer decides.
+    #[serde(default)]
+    pub github_maintainers: Vec<String>,
     /// Queue, journal and logs, relative to the config file. Default `.lockstep`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -89,6 +94,7 @@ impl Default for Bot {
         Bot {
             user: default_bot_user(),
             maintainers: Vec::new(),
+            github_maintainers: Vec::new(),
             state_dir: default_state_dir(),
         }
     }
@@ -142,9 +148,14 @@ pub struct Policies {
     /// Branches only the bot and maintainers may update. Default `["master", "main"]`.
     #[serde(default = "default_protected")]
     pub protected: Vec<String>,
-    /// How long all policies of one push may take to evaluate. Default `5s`.
+    /// How long the policies of one push (or one delivery request, or one merge) may take to
+    /// evaluate; a rule still running then counts as its `on_error` says. Default `5s`.
     #[serde(default = "default_policy_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Whether the hooks may run with no rule for pushes, accepting every push. Default
+    /// false: an empty or misplaced policy folder refuses every push instead.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 impl Default for Policies {
@@ -153,6 +164,7 @@ impl Default for Policies {
             dirs: default_policy_dirs(),
             protected: default_protected(),
             timeout: default_policy_timeout(),
+            allow_empty: false,
         }
     }
 }

@@ -148,7 +148,23 @@ impl Engine {
         for var in &self.config.identity.env {
             git = git.with_env(var, bot);
         }
+        // The hooks of a local repository read `LOCKSTEP_CONFIG` before their own config. One
+        // that names another file than the config this engine runs (the demo, started from a
+        // shell that has one set) must not decide the bot's pushes; it is hidden from them.
+        if std::env::var_os("LOCKSTEP_CONFIG").is_some_and(|named| !self.runs_config(&named)) {
+            git = git.without_env("LOCKSTEP_CONFIG");
+        }
         git
+    }
+
+    /// Whether `named` is the file this engine's config was read from.
+    fn runs_config(&self, named: &std::ffi::OsStr) -> bool {
+        let named = Path::new(named);
+        named == self.config.path
+            || matches!(
+                (std::fs::canonicalize(named), std::fs::canonicalize(&self.config.path)),
+                (Ok(a), Ok(b)) if a == b
+            )
     }
 
     /// Runs one claimed delivery to its end and records the outcome. Returns the final state.
@@ -387,7 +403,11 @@ impl Engine {
     }
 
     pub(super) async fn move_task(&self, d: &DeliveryRow, status: &str, note: &str) {
-        match self.tracker.move_to(&d.task, status, note).await {
+        match self
+            .tracker
+            .move_to(&d.task, status, &crate::text::note(note))
+            .await
+        {
             Ok(()) => {
                 let _ = self
                     .store

@@ -9,7 +9,10 @@
 //!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
 //!   killed worker left; `stop` says why a line stops.
+//! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
+//!   tree when it ends.
 
+pub mod contain;
 mod engine;
 pub mod line;
 mod merge;

@@ -15,6 +15,9 @@ use crate::config::StepCommand;
 use crate::domain::{Phase, StepState};
 use crate::store::{DeliveryRow, RepoFlag};
 
+/// At most this much of a failing step's last line goes into the one-line reason.
+const WHY_BYTES: usize = 200;
+
 impl Engine {
     /// Build or test: every repository at once (bounded by the engine's step slots, shared
     /// with the other deliveries of the pipeline; `rank` is this one's place for them). The
@@ -132,6 +135,7 @@ impl Engine {
             pass_env: self.config.delivery.pass_env.clone(),
             timeout: self.config.delivery.step_timeout,
             log: log.clone(),
+            supervisor: steps::this_executable(),
         };
         self.store
             .journal(d.id, step.as_str(), &c.row.repo, "step started", "")
@@ -179,10 +183,10 @@ impl Engine {
         if outcome == StepOutcome::Passed {
             return Ok(());
         }
-        let tail = steps::tail(&log, 20);
+        let tail = steps::tail(&log);
         let mut why = format!("`{step}` {}", outcome.describe());
         if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
-            why.push_str(&format!(": {}", last.trim()));
+            why.push_str(&format!(": {}", crate::text::clip(last.trim(), WHY_BYTES)));
         }
         let mut failure = Failure::new(phase, Some(&c.row.repo), why);
         failure.log_tail = tail;

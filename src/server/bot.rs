@@ -1,8 +1,9 @@
 //! What the bot does with a pull request's commands and events, and how it words its replies.
 //!
 //! Every command needs a commenter with write access to the repository (admin, maintain or
-//! write on GitHub) or one of `[bot] maintainers`; anyone else gets a reply saying so, and
-//! nothing happens. The pull request names its task by its head branch (`[tasks] pattern`).
+//! write on GitHub) or one of `[bot] github_maintainers`; anyone else gets a reply saying so,
+//! and nothing happens. `[bot] maintainers` are identities of the git server, not GitHub
+//! logins: a GitHub account of the same name gets no say from them. The pull request names its task by its head branch (`[tasks] pattern`).
 
 use anyhow::Context as _;
 
@@ -32,7 +33,8 @@ async fn pr_facts(gh: &GitHub, repo: &GitHubRepo, pull: &Pull) -> anyhow::Result
     })
 }
 
-/// Whether `user` may command the bot on `repo`.
+/// Whether the GitHub user `user` may command the bot on `repo`: GitHub's permission
+/// answer decides, unless the config names the login in `[bot] github_maintainers`.
 async fn may_command(
     app: &App,
     gh: &GitHub,
@@ -42,7 +44,7 @@ async fn may_command(
     if app
         .config()
         .bot
-        .maintainers
+        .github_maintainers
         .iter()
         .any(|m| m.eq_ignore_ascii_case(user))
     {
@@ -159,7 +161,7 @@ async fn run(
                         );
                         app.engine
                             .tracker
-                            .move_to(task, &ready, &note)
+                            .move_to(task, &ready, &crate::text::note(&note))
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }

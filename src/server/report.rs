@@ -11,6 +11,11 @@ use crate::delivery::steps;
 use crate::domain::{DeliveryId, State, StepState};
 use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
+use crate::text::{clip, escape};
+
+/// At most this much of a failure's reason goes into a comment (its log excerpt is bounded
+/// by [`crate::text::Tail`]).
+const REASON_BYTES: usize = 1000;
 
 async fn set_status(
     gh: &GitHub,
@@ -107,7 +112,7 @@ pub fn failure_facts(journal: &[JournalRow], steps: &[StepRow]) -> FailureFacts 
         .iter()
         .rev()
         .find(|s| s.step.as_str() == f.phase && s.repo == *f.repo && s.outcome != StepState::Passed)
-        .map(|s| steps::tail(std::path::Path::new(&s.log_path), 20))
+        .map(|s| steps::tail(std::path::Path::new(&s.log_path)))
         .unwrap_or_default();
     FailureFacts {
         phase: f.phase.clone(),
@@ -181,7 +186,8 @@ pub fn outcome_comment(
                 &failure.message
             };
             if !why.is_empty() {
-                s.push_str(&format!("> {}\n\n", why.replace('\n', " ")));
+                let why = clip(&escape(why), REASON_BYTES).replace('\n', " ");
+                s.push_str(&format!("> {why}\n\n"));
             }
             s.push_str(
                 "Nothing was merged, and what was deployed was rolled back; the task went back \
@@ -274,6 +280,18 @@ mod tests {
         d
     }
 
+    /// The comment on delivery #4, failed as `f` says.
+    fn failed_comment(f: &FailureFacts) -> String {
+        outcome_comment(
+            "http://q/deliveries/4",
+            &d(State::Failed),
+            State::Failed,
+            &[],
+            &|_| "master".into(),
+            f,
+        )
+    }
+
     #[test]
     fn failure_comment() {
         let journal = [JournalRow {
@@ -286,15 +304,35 @@ mod tests {
         let mut f = failure_facts(&journal, &[]);
         assert_eq!((f.phase.as_str(), f.repo.as_str()), ("test", "api"));
         f.log_tail = "testing api\nassertion failed: login ``` works".into();
-        let text = outcome_comment(
-            "http://q/deliveries/4",
-            &d(State::Failed),
-            State::Failed,
-            &[],
-            &|_| "master".into(),
-            &f,
-        );
+        let text = failed_comment(&f);
         insta::assert_snapshot!(text);
+    }
+
+    /// Issue 10: what a step printed reaches the comment escaped and bounded.
+    #[test]
+    fn issue10_a_failure_comment_is_escaped_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("test.log");
+        let mut text = "x".repeat(3_000_000);
+        text.push_str("\n\x1b[2J\x1b]0;owned\x07fake green\n");
+        std::fs::write(&log, &text).unwrap();
+        let journal = [JournalRow {
+            at: 0,
+            phase: "test".into(),
+            repo: "api".into(),
+            event: "failed".into(),
+            detail: format!("`test` exited with 1: \x1b[2J{}", "y".repeat(100_000)),
+        }];
+        let steps = [StepRow {
+            log_path: log.display().to_string(),
+            ..crate::server::fixtures::step(1, "api", "test", "failed")
+        }];
+        let f = failure_facts(&journal, &steps);
+        let text = failed_comment(&f);
+        assert!(text.len() < 8_000, "{} bytes", text.len());
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        assert!(text.contains("\\x1b]0;owned\\x07fake green"), "{text}");
+        assert!(text.contains("[… 2999600 bytes cut] xxx"), "{text}");
     }
 
     #[test]

@@ -298,7 +298,14 @@ DROP TABLE hook_decisions;
         );
         assert_eq!(
             applied(&s.pool).await,
-            [(1, false), (2, false), (3, false), (4, false), (6, true)]
+            [
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, true),
+                (6, true)
+            ]
         );
         let delivered = s.delivery(DeliveryId(1)).await.unwrap().unwrap();
         assert_eq!(
@@ -370,7 +377,14 @@ DROP TABLE hook_decisions;
         let s = Store::open(dir.path()).await.unwrap();
         assert_eq!(
             applied(&s.pool).await,
-            [(1, false), (2, false), (3, false), (4, false), (6, true)]
+            [
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, true),
+                (6, true)
+            ]
         );
         assert_eq!(
             s.counts()
@@ -390,14 +404,28 @@ DROP TABLE hook_decisions;
         let s = Store::open(dir.path()).await.unwrap();
         assert_eq!(
             applied(&s.pool).await,
-            [(1, false), (2, false), (3, true), (4, true), (6, true)]
+            [
+                (1, false),
+                (2, false),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true)
+            ]
         );
         let fresh = tempfile::tempdir().unwrap();
         let new = Store::open(fresh.path()).await.unwrap();
         assert_eq!(schema(&s.pool).await, schema(&new.pool).await);
         assert_eq!(
             applied(&new.pool).await,
-            [(1, true), (2, true), (3, true), (4, true), (6, true)]
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true)
+            ]
         );
     }
 
@@ -408,7 +436,7 @@ DROP TABLE hook_decisions;
         let s = Store::open(dir.path()).await.unwrap();
         let mut newer = MIGRATOR.iter().cloned().collect::<Vec<_>>();
         newer.push(sqlx::migrate::Migration::new(
-            5,
+            9999,
             "a later table".into(),
             sqlx::migrate::MigrationType::Simple,
             sqlx::SqlStr::from_static("CREATE TABLE later (id BIGINT)"),
@@ -418,7 +446,7 @@ DROP TABLE hook_decisions;
         let err = Store::open(dir.path()).await.unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            "the state database is from a newer lockstep (schema 5); upgrade lockstep"
+            "the state database is from a newer lockstep (schema 9999); upgrade lockstep"
         );
 
         // The same, for a store the old `schema_version` table says is newer.

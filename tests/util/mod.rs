@@ -487,6 +487,19 @@ impl Drop for Env {
     }
 }
 
+/// The parent of a live process: for a step's command, the supervisor lockstep started it
+/// under (whose pid the store records).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit_once(") ")?
+        .1
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
