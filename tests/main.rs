@@ -4,6 +4,7 @@
 
 mod util;
 
+mod architecture;
 mod audit;
 mod bad_input;
 mod container;
@@ -11,9 +12,11 @@ mod crash;
 mod delivery;
 mod demo;
 mod deploy;
+mod hardening;
 mod help;
 mod hooks;
 mod install;
+mod pipeline;
 mod policy_test;
 mod reviews;
 mod serve;

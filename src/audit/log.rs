@@ -120,7 +120,7 @@ mod tests {
     fn entry(task: &str) -> Entry {
         Entry::delivery(
             Stage::Deliver,
-            task,
+            &task.into(),
             "bob",
             None,
             &Decision::default(),

@@ -17,11 +17,14 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{DeliveryId, TaskKey};
+use crate::git::short;
 use crate::policy::{Decision, Stage, Verdict};
-use crate::push::{PushContext, RefDecision, TaskAnswers, short};
+use crate::push::{PushContext, RefDecision, TaskAnswers};
+use crate::text::escape;
 
-pub use log::{FILE, append, read, record};
-pub use replay::{Change, Replay, replay};
+pub use log::{append, read, record};
+pub use replay::replay;
 
 /// One decision.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,9 +39,9 @@ pub struct Entry {
     pub pusher: String,
     /// The task a delivery or merge decision is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<String>,
+    pub task: Option<TaskKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<i64>,
+    pub delivery: Option<DeliveryId>,
     /// The push options.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
@@ -180,9 +183,9 @@ impl Entry {
     /// The line of a delivery request's or a merge check's decision.
     pub fn delivery(
         stage: Stage,
-        task: &str,
+        task: &TaskKey,
         requester: &str,
-        delivery: Option<i64>,
+        delivery: Option<DeliveryId>,
         decision: &Decision,
         revision: &str,
     ) -> Entry {
@@ -191,7 +194,7 @@ impl Entry {
             stage,
             repo: String::new(),
             pusher: requester.to_string(),
-            task: Some(task.to_string()),
+            task: Some(task.clone()),
             delivery,
             options: Vec::new(),
             git_dir: String::new(),
@@ -234,26 +237,10 @@ impl Filter {
     }
 }
 
-/// Untrusted text (ref names, messages, names) made safe to print on a terminal: control
-/// characters (escape sequences, carriage returns, new lines) and the characters that reorder
-/// text are written as escapes, so that a line shows what was logged and nothing else.
-pub fn terminal_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let reorders = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || reorders {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The lines for people: one per decision, then one per ref, then one per rule that fired.
 pub fn render(entries: &[Entry]) -> String {
     let mut s = String::new();
-    let t = terminal_safe;
+    let t = |s: &str| escape(s).into_owned();
     for e in entries {
         let what = match e.stage {
             Stage::Push => t(&e.repo),
@@ -304,26 +291,13 @@ fn fired(s: &mut String, verdicts: &[VerdictEntry], indent: &str) {
         let messages = if v.messages.is_empty() {
             String::new()
         } else {
-            format!("  {}", terminal_safe(&v.messages.join("; ")))
+            format!("  {}", escape(&v.messages.join("; ")))
         };
         let _ = writeln!(
             s,
             "{indent}{:<5} [{}]{messages}",
             v.verdict,
-            terminal_safe(&v.rule)
+            escape(&v.rule)
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn terminal_safe_escapes_what_could_steer_a_terminal() {
-        assert_eq!(terminal_safe("plain `x` é"), "plain `x` é");
-        assert_eq!(terminal_safe("a\u{1b}[31mred"), "a\\u{1b}[31mred");
-        assert_eq!(terminal_safe("a\r\nb"), "a\\u{d}\\u{a}b");
-        assert_eq!(terminal_safe("x\u{202e}y"), "x\\u{202e}y");
     }
 }

@@ -13,11 +13,12 @@ use std::path::Path;
 
 use std::fmt::Write as _;
 
-use super::{Entry, TaskSeen, terminal_safe};
+use super::{Entry, TaskSeen};
 use crate::config::Config;
 use crate::git::{self, Git};
 use crate::policy::{PolicySet, Stage};
 use crate::push::{self, NewCommits, PushContext, RefDecision, RefUpdate, TaskAnswers};
+use crate::text::escape;
 use crate::tracker::Task;
 
 /// What replaying one push gave.
@@ -84,8 +85,8 @@ impl Replay<'_> {
                     s,
                     "  {}  {}  {}",
                     e.time.format("%Y-%m-%d %H:%M:%S"),
-                    terminal_safe(&e.repo),
-                    terminal_safe(if e.pusher.is_empty() {
+                    escape(&e.repo),
+                    escape(if e.pusher.is_empty() {
                         "(unknown)"
                     } else {
                         &e.pusher
@@ -94,23 +95,18 @@ impl Replay<'_> {
                 match change {
                     Change::Gone(why) => {
                         for r in &e.refs {
-                            let _ = writeln!(
-                                s,
-                                "    {} {}",
-                                terminal_safe(&r.name),
-                                push::short(&r.new)
-                            );
+                            let _ = writeln!(s, "    {} {}", escape(&r.name), git::short(&r.new));
                         }
-                        let _ = writeln!(s, "    {}", terminal_safe(why));
+                        let _ = writeln!(s, "    {}", escape(why));
                     }
                     Change::NowRefused(now) | Change::NowAccepted(now) => {
                         for d in now {
                             let _ = writeln!(
                                 s,
                                 "    {} {} → {}",
-                                terminal_safe(&d.update.name),
-                                push::short(&d.update.old),
-                                push::short(&d.update.new)
+                                escape(&d.update.name),
+                                git::short(&d.update.old),
+                                git::short(&d.update.new)
                             );
                             for v in d.decision.violations().chain(d.decision.warnings()) {
                                 for m in v.messages() {
@@ -118,8 +114,8 @@ impl Replay<'_> {
                                         s,
                                         "      {} [{}] {}",
                                         v.label(),
-                                        terminal_safe(&v.rule),
-                                        terminal_safe(&m)
+                                        escape(&v.rule),
+                                        escape(&m)
                                     );
                                 }
                             }
@@ -201,7 +197,7 @@ fn replay_one(config: &Config, candidate: &PolicySet, e: &Entry, present: &Prese
         .filter(|o| !git::is_zero(o) && !objects.contains(*o))
         .collect();
     if !missing.is_empty() {
-        let ids: Vec<&str> = missing.iter().map(|o| push::short(o)).collect();
+        let ids: Vec<&str> = missing.iter().map(|o| git::short(o)).collect();
         return Change::Gone(format!("objects gone: {}", ids.join(", ")));
     }
     let updates: Result<Vec<RefUpdate>, _> = e

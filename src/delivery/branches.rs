@@ -11,12 +11,14 @@ use std::path::Path;
 
 use cel::Value;
 
-use super::line::{self, blocking};
+use super::line;
 use crate::config::{Config, Repo};
+use crate::domain::GitHubRepo;
 use crate::git::Git;
-use crate::github::{self, GitHub, RepoName};
+use crate::github::{self, GitHub};
 use crate::policy;
 use crate::push::approval;
+use crate::runtime::blocking;
 
 /// What a pull request adds to the facts of a delivery request.
 #[derive(Debug, Clone, Default)]
@@ -120,14 +122,14 @@ pub async fn task_branches(
         if branches.is_empty() {
             continue;
         }
-        let on_github = gh.zip(repo.github.as_deref().and_then(RepoName::parse));
+        let on_github = gh.zip(repo.github.as_deref().and_then(GitHubRepo::parse));
         let pulls = match &on_github {
             Some((gh, name)) => gh.open_pulls(name).await?,
             None => Vec::new(),
         };
         for (branch, head) in branches {
             let mut facts = BranchFacts {
-                repo: repo.name.clone(),
+                repo: repo.name.to_string(),
                 branch: branch.to_string(),
                 head: head.to_string(),
                 ..Default::default()
@@ -304,7 +306,7 @@ mod tests {
                 "bob",
                 None,
                 &[branch],
-                vec![],
+                &[],
                 None,
             );
             policies.evaluate(Stage::Deliver, &facts)
@@ -332,7 +334,7 @@ mod tests {
             "bob",
             None,
             &[branch],
-            vec![],
+            &[],
             None,
         );
         let d = policies.evaluate(Stage::Deliver, &facts);

@@ -1,24 +1,30 @@
 //! Deliveries: one task, several repositories, all or nothing.
 //!
 //! - [`request`] checks a delivery request against the `on = "deliver"` rules and queues it.
-//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue
-//!   one delivery at a time.
+//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue:
+//!   one delivery at a time (`[delivery] window = 1`), or as a pipeline ([`train`]): the head
+//!   deploys while the deliveries behind it are built and tested on top of it (`slots` shares
+//!   the step slots between them).
 //! - [`line`](mod@line) is the delivery line: `engine` runs a delivery through its phases
-//!   (`phase`), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
+//!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
 //!   killed worker left; `stop` says why a line stops.
+//! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
+//!   tree when it ends.
 
 mod branches;
+pub mod contain;
 mod engine;
 pub mod line;
 mod merge;
-mod phase;
 mod rebase;
 mod recover;
 mod rollback;
 mod run;
+mod slots;
 pub mod steps;
 mod stop;
+pub mod train;
 pub mod worker;
 
 pub use branches::{BranchFacts, PrFacts, task_branches};
@@ -29,7 +35,9 @@ use cel::Value;
 
 use anyhow::Context as _;
 
+use self::engine::Engine;
 use crate::config::Config;
+use crate::domain::{DeliveryId, RepoName, Source, TaskKey};
 use crate::github::GitHub;
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::store::{Enqueued, NewDelivery, Store};
@@ -46,8 +54,8 @@ pub fn deliver_facts(
     requester: &str,
     pr: Option<&PrFacts>,
     branches: &[BranchFacts],
-    repos: Vec<String>,
-    delivery: Option<i64>,
+    repos: &[RepoName],
+    delivery: Option<DeliveryId>,
 ) -> Facts {
     let mut f = Facts::default();
     let task = match task {
@@ -56,20 +64,11 @@ pub fn deliver_facts(
     };
     f.set("task", task)
         .set("requester", requester)
-        .set("bot", config.bot.user.as_str())
-        .set("maintainers", config.bot.maintainers.clone())
-        .set("protected", config.policies.protected.clone())
+        .set_ecosystem(config, tracker_name)
         .set(
-            "tracker",
-            if tracker_name == "file" {
-                "the tasks file"
-            } else {
-                tracker_name
-            },
+            "repos",
+            repos.iter().map(RepoName::to_string).collect::<Vec<_>>(),
         )
-        .set("in_progress", config.tasks.in_progress.clone())
-        .set("for_delivery", config.tasks.for_delivery.clone())
-        .set("repos", repos)
         .set("teams", teams_value(config))
         .set(
             "branches",
@@ -104,7 +103,7 @@ pub fn deliver_facts(
     }
     f.set(
         "delivery",
-        delivery.map_or(Value::Null, |id| policy::map([("id", id.into())])),
+        delivery.map_or(Value::Null, |id| policy::map([("id", id.0.into())])),
     );
     f
 }
@@ -137,10 +136,9 @@ pub async fn branches_for(
 /// A delivery request from any source.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    pub task: String,
+    pub task: TaskKey,
     pub priority: i64,
-    /// `cli`, `push`, `tracker`, `github`.
-    pub source: String,
+    pub source: Source,
     pub requester: String,
     /// Where it came from, for links back (e.g. `owner/repo#12`).
     pub origin: String,
@@ -150,8 +148,8 @@ pub struct Request {
 /// What became of a request.
 #[derive(Debug)]
 pub enum Requested {
-    Queued { id: i64, position: usize },
-    AlreadyQueued { id: i64 },
+    Queued { id: DeliveryId, position: usize },
+    AlreadyQueued { id: DeliveryId },
     Refused(Decision),
 }
 
@@ -192,7 +190,7 @@ pub async fn request(
                     .as_deref()
                     .is_some_and(|g| g.eq_ignore_ascii_case(&pr.repo))
             })
-            .map_or_else(|| pr.repo.clone(), |r| r.name.clone());
+            .map_or_else(|| pr.repo.clone(), |r| r.name.to_string());
         branches.push(BranchFacts {
             repo,
             github: pr.repo.clone(),
@@ -202,7 +200,7 @@ pub async fn request(
             ..Default::default()
         });
     }
-    let repos = config.repos.iter().map(|r| r.name.clone()).collect();
+    let repos: Vec<RepoName> = config.repos.iter().map(|r| r.name.clone()).collect();
     let facts = deliver_facts(
         config,
         tracker.name(),
@@ -211,7 +209,7 @@ pub async fn request(
         &req.requester,
         req.pr.as_ref(),
         &branches,
-        repos,
+        &repos,
         None,
     );
     let decision = policies.evaluate(Stage::Deliver, &facts);
@@ -232,7 +230,7 @@ pub async fn request(
     let new = NewDelivery {
         task: req.task.clone(),
         priority: req.priority,
-        source: req.source.clone(),
+        source: req.source,
         requester: req.requester.clone(),
         origin: req.origin.clone(),
     };
@@ -248,6 +246,22 @@ pub async fn request(
         }
         Enqueued::Existing(id) => Requested::AlreadyQueued { id },
     })
+}
+
+impl Engine {
+    /// Checks a request against the `on = "deliver"` rules and queues it, with no GitHub
+    /// client (the command line and the demo).
+    pub async fn request(&self, req: &Request) -> anyhow::Result<Requested> {
+        request(
+            &self.config,
+            &self.policies,
+            self.tracker.as_ref(),
+            None,
+            &self.store,
+            req,
+        )
+        .await
+    }
 }
 
 /// Lines explaining a refusal, one per failed rule.

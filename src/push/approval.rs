@@ -7,8 +7,9 @@
 //! work. Whether an approval still counts (it points at the branch's current head) is read at
 //! delivery time, where the `branches` fact is gathered.
 
-use super::{PushContext, RefUpdate, short};
+use super::{PushContext, RefUpdate};
 use crate::config::Config;
+use crate::git::short;
 use crate::git::{CommitInfo, Git};
 use crate::policy::Outcome;
 

@@ -1,6 +1,6 @@
-//! The server's background loops: the worker that holds the queue and runs one delivery at a
-//! time, reporting each to GitHub, with the jobs the bot hands it between deliveries; and the
-//! pruner of old webhook ids.
+//! The server's background loops: the worker that holds the queue and runs it (one delivery
+//! at a time, or as a pipeline), reporting each delivery to GitHub, with the jobs the bot
+//! hands it between deliveries; and the pruner of old webhook ids.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +8,23 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
+use crate::delivery::train;
 use crate::delivery::worker::{self, WorkerLock};
-use crate::store::now_ms;
+use crate::domain::{DeliveryId, State};
+use crate::store::{DeliveryRow, now_ms};
+
+/// Reports the pipeline's deliveries to GitHub as they start and end.
+struct Reporter(Arc<App>);
+
+#[async_trait::async_trait]
+impl train::TrainWatcher for Reporter {
+    async fn started(&self, d: &DeliveryRow) {
+        report::started(&self.0, d).await;
+    }
+    async fn finished(&self, d: &DeliveryRow, state: State) {
+        report::finished(&self.0, d, state).await;
+    }
+}
 
 /// Holds the worker lock and runs the queue, one delivery at a time, reporting to GitHub.
 pub async fn worker_loop(
@@ -51,6 +66,30 @@ pub async fn worker_loop(
             run_job(&app, job).await;
             continue;
         }
+        if app.config().delivery.window > 1 {
+            // The pipeline runs until the queue is empty; jobs wait for it.
+            let reporter = Reporter(app.clone());
+            let mut never = |_: DeliveryId, _: State| false;
+            let until = train::Until {
+                done: &mut never,
+                shutdown: Some((stop.clone(), grace)),
+            };
+            if let Err(e) = train::run(&app.engine, &reporter, until).await {
+                tracing::error!("the pipeline broke: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = app.wake.notified() => {}
+                job = jobs.recv() => if let Some(job) = job { run_job(&app, job).await },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            continue;
+        }
         let next = match app.engine.store.claim_next().await {
             Ok(n) => n,
             Err(e) => {
@@ -81,11 +120,11 @@ pub async fn worker_loop(
             Some(Ok(state)) => report::finished(&app, &d, state).await,
             Some(Err(e)) => {
                 // The line could not even journal its failure (the store is gone?).
-                tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
+                tracing::error!(delivery = d.id.0, task = %d.task, "the delivery broke: {e:#}");
             }
             None => {
                 tracing::warn!(
-                    delivery = d.id,
+                    delivery = d.id.0,
                     task = %d.task,
                     "stopped during shutdown; it is recovered at the next start"
                 );
