@@ -496,19 +496,20 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<i32> {
 fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<i32> {
     let Located { path, source } = config_path(config);
     let config = Config::load_from(&path, source)?;
-    let dirs: Vec<PathBuf> = if args.policies.is_empty() {
-        config
-            .policies
-            .dirs
-            .iter()
-            .map(|d| config.resolve(d))
-            .collect()
+    let loaded = if args.policies.is_empty() {
+        PolicySet::for_config(&config)
     } else {
-        args.policies
+        PolicySet::load_dirs(&args.policies)
     };
-    let candidate = PolicySet::load_dirs(&dirs).map_err(|e| {
+    let mut candidate = loaded.map_err(|e| {
         anyhow::anyhow!("the candidate policies do not load:\n{e}\nfix them, then replay again")
     })?;
+    candidate.timeout = config.policies.timeout;
+    // A hook refuses to run without a push rule: replaying such a set would show every push
+    // accepted where each would in fact be rejected.
+    if !candidate.has_push_rules() && !config.policies.allow_empty {
+        anyhow::bail!("the candidate policies: {}", crate::policy::NO_PUSH_RULE);
+    }
     let from = since(&args.since)?;
     let (entries, _) = crate::audit::read(&config.state_dir(), config.audit.keep)?;
     let recent: Vec<crate::audit::Entry> = entries.into_iter().filter(|e| e.time >= from).collect();

@@ -132,7 +132,7 @@ fn audit_output_escapes_what_the_pusher_wrote() {
     let text = stdout(&o);
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(
-        text.contains("`paint \\u{1b}[31mred\\u{1b}[0m` does not mention `TASK-1`"),
+        text.contains("`paint \\x1b[31mred\\x1b[0m` does not mention `TASK-1`"),
         "{text}"
     );
 }
@@ -228,5 +228,25 @@ fn replay_names_the_pushes_a_stricter_rule_would_refuse() {
             "    refs/heads/feature/TASK-1-5 [sha]",
             "    objects gone: [sha]",
         ]
+    );
+}
+
+/// A candidate with no push rule would make every hook refuse to decide, so replaying it as if
+/// it accepted everything would mislead: it is refused as the hook refuses it.
+#[test]
+fn replay_refuses_a_candidate_without_push_rules() {
+    let env = Env::new(&["api"]);
+    let empty = env.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = env
+        .command(&["policy", "replay", "--policies"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("the candidate policies: no rule applies to pushes"),
+        "{}",
+        stderr(&o)
     );
 }
