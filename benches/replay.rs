@@ -14,12 +14,11 @@
 #[path = "../tests/util/mod.rs"]
 mod util;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use util::{Env, scrub};
+use util::{Env, run_with_stdin, scrub, stderr};
 
 const BRANCHES: usize = 100;
 const COMMITS: usize = 100;
@@ -65,19 +64,11 @@ fn make_branches(bare: &Path, marks: &Path) -> Vec<Vec<String>> {
             stream.push_str(&format!("M 644 inline f{b}.txt\ndata 2\n{c}\n\n"));
         }
     }
-    let mut child = git(bare)
-        .args(["fast-import", "--quiet"])
-        .arg(format!("--export-marks={}", marks.display()))
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stream.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "fast-import failed");
+    let mut cmd = git(bare);
+    cmd.args(["fast-import", "--quiet"])
+        .arg(format!("--export-marks={}", marks.display()));
+    let out = run_with_stdin(cmd, stream.as_bytes());
+    assert!(out.status.success(), "fast-import failed: {}", stderr(&out));
     let text = std::fs::read_to_string(marks).unwrap();
     let mut ids = vec![String::new(); mark + 1];
     for line in text.lines() {

@@ -112,13 +112,7 @@ pub async fn task_branches(
     let mut out = Vec::new();
     for repo in &config.repos {
         let listed = list_refs(config, repo).await?;
-        let branches: Vec<(&str, &str)> = listed
-            .iter()
-            .filter_map(|(name, oid)| {
-                let b = name.strip_prefix("refs/heads/")?;
-                (config.tasks.task_of(b) == Some(key)).then_some((b, oid.as_str()))
-            })
-            .collect();
+        let branches = approval::task_heads(config, &listed, key);
         if branches.is_empty() {
             continue;
         }
@@ -289,8 +283,7 @@ mod tests {
         )])
         .unwrap();
         assert!(policies.mentions(Stage::Deliver, "files"));
-        let config = Config::parse_str("[teams]\ndba = [\"dana\", \"dmitri\"]\n").unwrap();
-        let decide = |files: &[&str], approvers: &[&str]| {
+        let decide = |config: &Config, files: &[&str], approvers: &[&str]| {
             let branch = BranchFacts {
                 repo: "api".into(),
                 branch: "feature/T-1-x".into(),
@@ -299,7 +292,7 @@ mod tests {
                 ..Default::default()
             };
             let facts = super::super::deliver_facts(
-                &config,
+                config,
                 "file",
                 "T-1",
                 None,
@@ -311,9 +304,10 @@ mod tests {
             );
             policies.evaluate(Stage::Deliver, &facts)
         };
-        assert!(decide(&["src/a.rs"], &["bob"]).accepted());
-        assert!(decide(&["db/x.sql"], &["bob", "dana"]).accepted());
-        let refused = decide(&["db/x.sql", "src/a.rs"], &["bob", "carol"]);
+        let config = Config::parse_str("[teams]\ndba = [\"dana\", \"dmitri\"]\n").unwrap();
+        assert!(decide(&config, &["src/a.rs"], &["bob"]).accepted());
+        assert!(decide(&config, &["db/x.sql"], &["bob", "dana"]).accepted());
+        let refused = decide(&config, &["db/x.sql", "src/a.rs"], &["bob", "carol"]);
         assert_eq!(
             crate::delivery::refusal_lines(&refused),
             [
@@ -322,22 +316,7 @@ mod tests {
             ]
         );
         let no_team = Config::parse_str("").unwrap();
-        let branch = BranchFacts {
-            files: vec!["db/x.sql".into()],
-            ..Default::default()
-        };
-        let facts = super::super::deliver_facts(
-            &no_team,
-            "file",
-            "T-1",
-            None,
-            "bob",
-            None,
-            &[branch],
-            &[],
-            None,
-        );
-        let d = policies.evaluate(Stage::Deliver, &facts);
+        let d = decide(&no_team, &["db/x.sql"], &[]);
         assert!(
             crate::delivery::refusal_lines(&d)[0]
                 .ends_with("ask the dba team (name it in `[teams]`) to review it"),

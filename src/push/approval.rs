@@ -27,6 +27,21 @@ pub fn parse(refname: &str) -> Option<(&str, &str)> {
         .then_some((task, reviewer))
 }
 
+/// The branches of `task` among listed refs (`refs/heads/…` and others, each with its
+/// object), each with its head.
+pub fn task_heads<'a>(
+    config: &Config,
+    refs: &'a [(String, String)],
+    task: &str,
+) -> Vec<(&'a str, &'a str)> {
+    refs.iter()
+        .filter_map(|(name, oid)| {
+            let b = name.strip_prefix("refs/heads/")?;
+            (config.tasks.task_of(b) == Some(task)).then_some((b, oid.as_str()))
+        })
+        .collect()
+}
+
 /// How to approve, for every refusal.
 fn how(task: &str, who: &str) -> String {
     let who = if who.is_empty() { "<your name>" } else { who };
@@ -83,13 +98,7 @@ pub fn judge(
             how(task, &ctx.pusher)
         ));
     }
-    let branches: Vec<(&str, &str)> = heads
-        .iter()
-        .filter_map(|(name, oid)| {
-            let b = name.strip_prefix("refs/heads/")?;
-            (config.tasks.task_of(b) == Some(task)).then_some((b, oid.as_str()))
-        })
-        .collect();
+    let branches = task_heads(config, heads, task);
     let Some((branch, head)) = branches.iter().find(|(_, oid)| *oid == u.new) else {
         let names: Vec<String> = branches.iter().map(|(b, _)| format!("`{b}`")).collect();
         let known = if names.is_empty() {
