@@ -16,6 +16,7 @@
 //! - [`install`]: `install-hooks`, the shims of `hooks/`.
 //! - [`git`]: the one place that runs `git`.
 //! - [`tracker`]: task trackers (file, Redmine, Jira, GitHub Issues).
+//! - [`monitor`]: Prometheus gates and Alertmanager alerts, the triggers of rollbacks.
 //! - [`delivery`]: the delivery line, its steps, and the worker that runs the queue.
 //! - [`store`]: the durable queue and journal (SQLite).
 //! - [`verdict_counts`]: the hooks' verdict counts, for the metrics.
@@ -34,6 +35,7 @@ pub mod git;
 pub mod github;
 pub mod hook;
 pub mod install;
+pub mod monitor;
 pub mod policy;
 pub mod push;
 pub mod server;

@@ -1075,3 +1075,43 @@ fn deliver_draws_a_board_on_a_terminal_and_prints_lines_into_a_pipe() {
     assert!(!last.contains("  web "), "{last}");
     assert!(last.contains("#2 TASK-2: delivered"), "{last}");
 }
+
+/// A revert is all or nothing, as a merge is: when one upstream refuses its revert, the
+/// reverts already pushed are put back, and every upstream keeps the delivery.
+#[test]
+fn a_refused_revert_puts_back_the_reverts_already_pushed() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let delivered = env.masters();
+    env.add_policy(
+        "90-freeze.toml",
+        r#"
+[[rule]]
+name = "db-frozen"
+on = ["push"]
+when = 'repo == "db" && branch == "master"'
+require = 'false'
+message = "`db` is frozen for the release"
+"#,
+    );
+
+    let o = env.lockstep(&["rollback", "1", "--revert"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "lockstep: #1 TASK-1: cannot push the revert of `TASK-1` to `master` of `db`: "
+        ) && err.contains("[db-frozen] `db` is frozen for the release")
+            && err.contains("; nothing was reverted (put back `web`, `api`)"),
+        "{err}"
+    );
+    assert_eq!(env.masters(), delivered, "a revert was left pushed");
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    assert!(
+        notes.last().unwrap().contains("nothing was reverted"),
+        "{notes:?}"
+    );
+}

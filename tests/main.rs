@@ -13,6 +13,7 @@ mod deploy;
 mod help;
 mod hooks;
 mod install;
+mod monitoring;
 mod policy_test;
 mod serve;
 mod trackers;

@@ -9,6 +9,7 @@
 //! - `tracker`: `[tasks]` and `[tracker]`.
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
+//! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
 use std::collections::BTreeMap;
@@ -20,11 +21,13 @@ use serde::Deserialize;
 
 mod delivery;
 mod duration;
+mod monitor;
 mod server;
 mod tracker;
 
 pub use delivery::{Command, Delivery, Environment, MergeMode, Repo, Steps};
 pub use duration::{humanize, parse_duration};
+pub use monitor::{AlertMatcher, AlertmanagerConfig, Gate, NoData, PrometheusConfig};
 pub use server::{GitHubConfig, Server};
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 
@@ -62,6 +65,13 @@ pub struct Config {
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
     pub github: Option<GitHubConfig>,
+    /// Where the gates' queries go. Default none (and no gate may be declared).
+    pub prometheus: Option<PrometheusConfig>,
+    /// Metric gates every delivery passes after deploy. Default none.
+    #[serde(default, rename = "gate")]
+    pub gates: Vec<Gate>,
+    /// `POST /webhooks/alertmanager`. Default none, and that endpoint answers 404.
+    pub alertmanager: Option<AlertmanagerConfig>,
     /// The folder this file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -278,6 +288,19 @@ impl Config {
         if let Some(gh) = &self.github {
             gh.check()?;
         }
+        if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
+            bail!(
+                "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \
+                 or drop `watch_gates`"
+            );
+        }
+        let names: Vec<&str> = self.repos.iter().map(|r| r.name.as_str()).collect();
+        monitor::check(
+            self.prometheus.as_ref(),
+            &self.gates,
+            self.alertmanager.as_ref(),
+            &names,
+        )?;
         Ok(())
     }
 

@@ -6,9 +6,11 @@
 //! - [`line`](mod@line) is the delivery line: `engine` runs a delivery through its phases
 //!   (`phase`), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
-//!   killed worker left; `stop` says why a line stops.
+//!   killed worker left; `stop` says why a line stops; `gate` runs the metric gates of
+//!   verify; `watch` rolls back a watched delivery when an alert fires.
 
 mod engine;
+mod gate;
 pub mod line;
 mod merge;
 mod phase;
@@ -18,6 +20,7 @@ mod rollback;
 mod run;
 pub mod steps;
 mod stop;
+mod watch;
 pub mod worker;
 
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The server's background loops: the worker that holds the queue and runs one delivery at a
-//! time, reporting each to GitHub, with the jobs the bot hands it between deliveries; and the
-//! pruner of old webhook ids.
+//! time, reporting each to GitHub, with the jobs the bot hands it between deliveries (among
+//! them the rollbacks of watched deliveries, and the gates sampled during a watch); and the
+//! pruner of old webhook ids and alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
+use crate::delivery::line::Cause;
 use crate::delivery::worker::{self, WorkerLock};
-use crate::store::now_ms;
+use crate::store::{State, now_ms};
 
 /// Holds the worker lock and runs the queue, one delivery at a time, reporting to GitHub.
 pub async fn worker_loop(
@@ -78,7 +80,12 @@ pub async fn worker_loop(
             _ = async { stopped(&mut stop_seen).await; tokio::time::sleep(grace).await } => None,
         };
         match outcome {
-            Some(Ok(state)) => report::finished(&app, &d, state).await,
+            Some(Ok(state)) => {
+                report::finished(&app, &d, state).await;
+                if state == State::Delivered {
+                    watch_gates(&app, d.id);
+                }
+            }
             Some(Err(e)) => {
                 // The line could not even journal its failure (the store is gone?).
                 tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
@@ -121,15 +128,63 @@ async fn run_job(app: &App, job: Job) {
                 tracing::warn!("cannot report the rollback of #{id}: {e:#}");
             }
         }
+        Job::AlertRollback {
+            id,
+            quote,
+            fired_ms,
+        } => roll_back_watched(app, id, Cause::Alert { quote, fired_ms }).await,
+        Job::GateRollback { id, why } => roll_back_watched(app, id, Cause::Gate { why }).await,
     }
 }
 
-/// Forgets webhook delivery ids after a week (GitHub redelivers for a few days at most).
+/// Rolls back and reverts a watched delivery, then tells its pull request.
+async fn roll_back_watched(app: &App, id: i64, cause: Cause) {
+    let Ok(Some(d)) = app.engine.store.delivery(id).await else {
+        tracing::error!("no delivery #{id} to roll back");
+        return;
+    };
+    let result = app.engine.roll_back(&d, true, &cause).await;
+    if let Err(e) = &result {
+        tracing::error!(
+            delivery = id,
+            "the rollback of a watched delivery failed: {e:#}"
+        );
+    }
+    report::rolled_back_while_watched(app, &d, &cause, &result).await;
+}
+
+/// Samples the gates of a delivery that landed for its watch (`[delivery] watch_gates`), in
+/// the background; a failure queues its rollback.
+fn watch_gates(app: &Arc<App>, id: i64) {
+    let config = &app.config().delivery;
+    if !config.watch_gates || config.watch.is_zero() {
+        return;
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        match app.engine.watch_gates(id).await {
+            Ok(Some(why)) => {
+                tracing::warn!(delivery = id, "a gate failed during the watch: {why}");
+                if app.jobs.send(Job::GateRollback { id, why }).is_ok() {
+                    app.wake.notify_one();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(delivery = id, "cannot watch the gates: {e:#}"),
+        }
+    });
+}
+
+/// Forgets webhook delivery ids and alerts after a week (GitHub redelivers for a few days at
+/// most; Alertmanager repeats a firing alert every `repeat_interval`, hours by default).
 pub async fn prune_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     const KEEP: i64 = 7 * 24 * 3600 * 1000;
     loop {
         if let Err(e) = app.engine.store.prune_webhooks(now_ms() - KEEP).await {
             tracing::warn!("cannot prune webhook ids: {e:#}");
+        }
+        if let Err(e) = app.engine.store.prune_alerts(now_ms() - KEEP).await {
+            tracing::warn!("cannot prune alerts: {e:#}");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

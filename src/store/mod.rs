@@ -14,6 +14,7 @@
 //! - `repos`: a delivery's repositories and how far each got.
 //! - `steps`: the step processes run for a delivery.
 //! - `webhooks`: the ids of GitHub webhook deliveries, to refuse replays.
+//! - `alerts`: the alerts Alertmanager reported, to act once on each; rollbacks by trigger.
 //! - `tracker_seen`: what the tracker poller has seen.
 //!
 //! # SQLite now, PostgreSQL later
@@ -37,6 +38,7 @@
 //! SQLite and by the database's collation in PostgreSQL (the order of `tracker_seen` and of
 //! the counts).
 
+mod alerts;
 mod deliveries;
 mod journal;
 mod repos;

@@ -134,6 +134,17 @@ impl Store {
         Ok(())
     }
 
+    /// Notes on a finished delivery what became of it since (a landed delivery rolled back):
+    /// the queue page and `lockstep show` give it as the delivery's `error`.
+    pub async fn note_after(&self, id: i64, note: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE deliveries SET error = $2 WHERE id = $1")
+            .bind(id)
+            .bind(note)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Puts a running delivery back in the queue, keeping its place (after a crash);
     /// `resume` is the phase to resume at ("" to start over).
     pub async fn requeue(&self, id: i64, resume: &str, why: &str) -> anyhow::Result<()> {
