@@ -8,9 +8,7 @@
 //! the phases and `stop` says why a line stopped.
 
 pub use super::engine::{Engine, Progress, Watcher, repo_url};
-pub use super::gate::Trigger;
 pub use super::phase::Phase;
-pub use super::rollback::Cause;
 pub use super::stop::Failure;
 
 /// Runs blocking work (git) off the async threads.

@@ -23,6 +23,9 @@ mod stop;
 mod watch;
 pub mod worker;
 
+pub use gate::Trigger;
+pub use rollback::Cause;
+
 use std::sync::Arc;
 
 use cel::Value;

@@ -110,7 +110,10 @@ pub fn escape(text: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || c == '`' {
+        if c == '`' {
+            // A backtick would close the code span the text is quoted in.
+            out.push_str("\\u{60}");
+        } else if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);

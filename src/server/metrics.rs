@@ -126,7 +126,7 @@ impl Metrics {
             "# HELP lockstep_rollbacks_total Rollbacks of deliveries, by what triggered them.\n",
         );
         s.push_str("# TYPE lockstep_rollbacks_total counter\n");
-        for trigger in crate::delivery::line::Trigger::ALL {
+        for trigger in crate::delivery::Trigger::ALL {
             let n = store
                 .rollbacks
                 .iter()

@@ -7,7 +7,7 @@
 use super::App;
 use super::markdown::{code, fenced};
 use super::origin::parse_origin;
-use crate::delivery::line::Cause;
+use crate::delivery::Cause;
 use crate::delivery::steps;
 use crate::github::{GitHub, Pull, RepoName, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
-use crate::delivery::line::Cause;
+use crate::delivery::Cause;
 use crate::delivery::worker::{self, WorkerLock};
 use crate::store::{State, now_ms};
 

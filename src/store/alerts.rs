@@ -116,6 +116,6 @@ mod tests {
         )));
         s.forget_alert("fp1", at).await.unwrap();
         assert!(s.remember_alert("fp1", at, "HighErrorRate").await.unwrap());
-        assert_eq!(s.prune_alerts(now_ms() + 1).await.unwrap(), 3);
+        assert_eq!(s.prune_alerts(now_ms() + 1).await.unwrap(), 2);
     }
 }
