@@ -267,6 +267,7 @@ impl Engine {
                 self.store
                     .journal(d.id, "rollback", &c.row.repo, "revert failed", &why)
                     .await?;
+                let failing = c.row.repo.clone();
                 let mut put_back = Vec::new();
                 for (c, tip, sha) in pushed.iter().rev() {
                     match self.cas_push(c, sha, tip, true).await? {
@@ -277,9 +278,10 @@ impl Engine {
                             put_back.push(format!("`{}`", c.row.repo));
                         }
                         Pushed::Refused(e) => anyhow::bail!(
-                            "cannot revert `{}` in `{}` ({why}), and the revert already pushed                              to `{}` of `{}` could not be put back ({e}); reset it to {tip} by                              hand",
+                            "cannot revert `{}` in `{failing}` ({why}), and the revert already \
+                             pushed to `{}` of `{}` could not be put back ({e}); reset it to \
+                             {tip} by hand",
                             d.task,
-                            c.row.repo,
                             c.repo.upstream,
                             c.row.repo
                         ),
@@ -291,7 +293,8 @@ impl Engine {
                     format!(" (put back {})", put_back.join(", "))
                 };
                 anyhow::bail!(
-                    "cannot push the revert of `{}` to `{}` of `{}`: {why}; nothing was                      reverted{undone}",
+                    "cannot push the revert of `{}` to `{}` of `{}`: {why}; nothing was \
+                     reverted{undone}",
                     d.task,
                     c.repo.upstream,
                     c.row.repo
