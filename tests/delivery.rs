@@ -587,21 +587,20 @@ fn alice_pushes_master(env: &Env, repo: &str) -> lockstep::demo::Pushed {
     push(&dir, "alice", &["master"]).unwrap()
 }
 
-#[test]
-fn merge_pushes_go_through_the_hooks_and_a_refusal_puts_every_upstream_back() {
-    let env = Env::new(&REPOS);
-    // A policy that the bot's push to `db` falls foul of: the hooks judge the bot too.
-    env.add_policy(
-        "90-freeze.toml",
-        r#"
+/// A policy that the bot's pushes to `db` fall foul of: the hooks judge the bot too.
+const DB_FROZEN: &str = r#"
 [[rule]]
 name = "db-frozen"
 on = ["push"]
 when = 'repo == "db" && branch == "master"'
 require = 'false'
 message = "`db` is frozen for the release; ask the release lead"
-"#,
-    );
+"#;
+
+#[test]
+fn merge_pushes_go_through_the_hooks_and_a_refusal_puts_every_upstream_back() {
+    let env = Env::new(&REPOS);
+    env.add_policy("90-freeze.toml", DB_FROZEN);
     ready(&env, "TASK-1", &REPOS, &[]);
     let before = env.masters();
 
@@ -1085,17 +1084,7 @@ fn a_refused_revert_puts_back_the_reverts_already_pushed() {
     let o = env.lockstep(&["deliver", "TASK-1"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let delivered = env.masters();
-    env.add_policy(
-        "90-freeze.toml",
-        r#"
-[[rule]]
-name = "db-frozen"
-on = ["push"]
-when = 'repo == "db" && branch == "master"'
-require = 'false'
-message = "`db` is frozen for the release"
-"#,
-    );
+    env.add_policy("90-freeze.toml", DB_FROZEN);
 
     let o = env.lockstep(&["rollback", "1", "--revert"]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
