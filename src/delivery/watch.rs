@@ -133,8 +133,8 @@ impl Engine {
 /// `15m`, `90s`: the watch as the config would write it.
 fn watch_words(d: Duration) -> String {
     let s = d.as_secs();
-    if d.subsec_millis() == 0 && s >= 60 && s % 60 == 0 {
-        if s % 3600 == 0 {
+    if d.subsec_millis() == 0 && s >= 60 && s.is_multiple_of(60) {
+        if s.is_multiple_of(3600) {
             format!("{}h", s / 3600)
         } else {
             format!("{}m", s / 60)
