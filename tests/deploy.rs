@@ -51,7 +51,7 @@ fn config_entry(tools: &Path, key: &str) -> String {
 }
 
 fn duration(text: &str) -> Duration {
-    lockstep::config::parse_duration(text).unwrap()
+    lockstep::parse_duration(text).unwrap()
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn the_deployment_is_restricted_probed_and_keeps_secrets_in_the_secret() {
 
     // The config names those variables, and the pod outlives the drain of a delivery.
     let config = config_entry(&tools, "lockstep.toml");
-    let parsed = lockstep::config::Config::parse_str(&config).unwrap();
+    let parsed = lockstep::Config::parse_str(&config).unwrap();
     let github = parsed.github.as_ref().unwrap();
     assert_eq!(github.webhook_secret_env, "LOCKSTEP_WEBHOOK_SECRET");
     assert_eq!(github.token_env.as_deref(), Some("GITHUB_TOKEN"));
@@ -323,7 +323,7 @@ fn compose_parses_with_and_without_the_redmine_profile() {
     );
     // It stops after the image config's grace, not before.
     let image = std::fs::read_to_string(root().join("deploy/lockstep.toml")).unwrap();
-    let grace = lockstep::config::Config::parse_str(&image)
+    let grace = lockstep::Config::parse_str(&image)
         .unwrap()
         .server
         .shutdown_grace;
@@ -378,7 +378,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .lines()
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
         .unwrap();
-    let grace = lockstep::config::Config::parse_str("")
+    let grace = lockstep::Config::parse_str("")
         .unwrap()
         .server
         .shutdown_grace;

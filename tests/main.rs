@@ -4,16 +4,19 @@
 
 mod util;
 
+mod architecture;
 mod bad_input;
 mod container;
 mod crash;
 mod delivery;
 mod demo;
 mod deploy;
+mod hardening;
 mod help;
 mod hooks;
 mod install;
 mod monitoring;
+mod pipeline;
 mod policy_test;
 mod serve;
 mod trackers;

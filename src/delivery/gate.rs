@@ -6,9 +6,9 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
 use super::engine::{Checkout, Engine};
-use super::phase::Phase;
 use super::stop::{Failure, Stop};
 use crate::config::Gate;
+use crate::domain::Phase;
 use crate::monitor::Prometheus;
 use crate::monitor::gate::{self, Watched};
 use crate::store::DeliveryRow;
@@ -85,7 +85,7 @@ impl Engine {
             return Ok(());
         };
         let prometheus = Prometheus::from_config(config)
-            .map_err(|e| Failure::new(Phase::Verify, "", format!("{e:#}")))?;
+            .map_err(|e| Failure::new(Phase::Verify, None, format!("{e:#}")))?;
         let mut running = FuturesUnordered::new();
         for g in gates {
             self.store
@@ -130,7 +130,7 @@ impl Engine {
                         "#{} {}: gate     {:<12} failed",
                         d.id, d.task, g.name
                     ));
-                    return Err(Failure::new(Phase::Verify, "", why).into());
+                    return Err(Failure::new(Phase::Verify, None, why).into());
                 }
             }
         }

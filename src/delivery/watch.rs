@@ -10,6 +10,7 @@ use futures::stream::FuturesUnordered;
 
 use super::engine::Engine;
 use crate::config::{Gate, humanize};
+use crate::domain::DeliveryId;
 use crate::monitor::Prometheus;
 use crate::monitor::gate::{self, Watched};
 use crate::store::{DeliveryRow, now_ms};
@@ -35,7 +36,7 @@ impl Engine {
                 .repos(d.id)
                 .await?
                 .iter()
-                .any(|r| r.merged && repos.contains(&r.repo));
+                .any(|r| r.merged && repos.iter().any(|name| r.repo == *name));
             if !spans {
                 continue;
             }
@@ -51,7 +52,7 @@ impl Engine {
                 .all(|r| {
                     journal
                         .iter()
-                        .any(|j| j.phase == "rollback" && j.event == "reverted" && j.repo == r.repo)
+                        .any(|j| j.phase == "rollback" && j.event == "reverted" && r.repo == j.repo)
                 });
             if rolled_back {
                 return Ok(Err(format!(
@@ -75,7 +76,7 @@ impl Engine {
     /// `[delivery] watch_gates`: samples the gates guarding a landed delivery, every `every`,
     /// for the watch. Returns the first failure, if one comes; `None` when every gate held
     /// (or none is to be watched).
-    pub async fn watch_gates(&self, id: i64) -> anyhow::Result<Option<String>> {
+    pub async fn watch_gates(&self, id: DeliveryId) -> anyhow::Result<Option<String>> {
         let watch = self.config.delivery.watch;
         let Some(config) = &self.config.prometheus else {
             return Ok(None);
@@ -88,7 +89,7 @@ impl Engine {
             .repos(id)
             .await?
             .into_iter()
-            .map(|r| r.repo)
+            .map(|r| r.repo.to_string())
             .collect();
         let gates: Vec<Gate> = self
             .config

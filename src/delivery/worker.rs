@@ -13,7 +13,8 @@ use anyhow::Context as _;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
-use crate::store::{State, Store};
+use crate::domain::{DeliveryId, State};
+use crate::store::Store;
 
 pub use super::recover::recover;
 
@@ -53,17 +54,30 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
     let policies = crate::policy::PolicySet::for_config(&config)?;
     let store = Store::open(&config.state_dir()).await?;
     let tracker: Arc<dyn crate::tracker::Tracker> = Arc::from(crate::tracker::open(&config)?);
+    let slots = super::slots::Slots::new(config.delivery.parallel);
     Ok(Engine {
         config: Arc::new(config),
         policies: Arc::new(policies),
         store,
+        slots,
         tracker,
         progress,
     })
 }
 
-/// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty.
-pub async fn work(engine: &Engine, mut done: impl FnMut(i64, State) -> bool) -> anyhow::Result<()> {
+/// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty:
+/// one at a time with `[delivery] window = 1`, as a pipeline otherwise.
+pub async fn work(
+    engine: &Engine,
+    mut done: impl FnMut(DeliveryId, State) -> bool + Send,
+) -> anyhow::Result<()> {
+    if engine.config.delivery.window > 1 {
+        let until = super::train::Until {
+            done: &mut done,
+            shutdown: None,
+        };
+        return super::train::run(engine, &super::train::Quiet, until).await;
+    }
     while let Some(d) = engine.store.claim_next().await? {
         let state = engine.deliver(&d).await?;
         if done(d.id, state) {

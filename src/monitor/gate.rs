@@ -2,8 +2,6 @@
 //! gate's bounds. The judgement of one answer is a pure function ([`judge`]); [`watch`] samples
 //! over time. A gate fails closed: Prometheus unreachable or refusing the query fails it.
 
-use std::time::Duration;
-
 use super::prometheus::{Prometheus, QueryError, Sample};
 use crate::config::{Gate, NoData};
 
@@ -133,12 +131,6 @@ pub async fn watch(prometheus: &Prometheus, gate: &Gate) -> Watched {
     }
 }
 
-/// How long a gate takes when every sample passes (the sampling times, not the queries).
-pub fn span(gate: &Gate) -> Duration {
-    let n = (gate.duration.as_nanos() / gate.every.as_nanos().max(1)) as u32;
-    gate.every * n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,23 +213,13 @@ mod tests {
         assert_eq!(number(f64::NEG_INFINITY), "-Inf");
     }
 
-    #[test]
-    fn the_span_counts_whole_intervals() {
-        assert_eq!(span(&gate("max = 1\nfor = '60s'")), Duration::from_secs(60));
-        assert_eq!(span(&gate("max = 1")), Duration::ZERO);
-        assert_eq!(
-            span(&gate("max = 1\nfor = '10s'\nevery = '3s'")),
-            Duration::from_secs(9)
-        );
-    }
-
     /// An unreachable Prometheus fails the gate at its first sample, naming the URL.
     #[tokio::test]
     async fn an_unreachable_prometheus_fails_the_gate_closed() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
-        let p = Prometheus::new(&url, None, Duration::from_secs(2)).unwrap();
+        let p = Prometheus::new(&url, None, std::time::Duration::from_secs(2)).unwrap();
         let Watched::Failed(why) = watch(&p, &gate("max = 1\nfor = '1h'")).await else {
             panic!("the gate passed");
         };

@@ -18,6 +18,7 @@ use secrecy::ExposeSecret as _;
 
 use super::webhook::token_matches;
 use super::{App, Job};
+use crate::domain::DeliveryId;
 use crate::monitor::alert::{self, Alert, AlertStatus};
 
 fn reply(app: &App, result: &str, status: StatusCode, text: String) -> Response {
@@ -67,7 +68,7 @@ pub async fn notify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     let mut lines = Vec::new();
     let mut acted = false;
     // Several alerts of one notification may name the same delivery: it is rolled back once.
-    let mut queued: Vec<i64> = Vec::new();
+    let mut queued: Vec<DeliveryId> = Vec::new();
     for a in &notification.alerts {
         match on_alert(&app, a, &mut queued).await {
             Ok((did, line)) => {
@@ -99,7 +100,11 @@ pub async fn notify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
 }
 
 /// Acts on one alert; says what became of it (true when a rollback was queued).
-async fn on_alert(app: &App, a: &Alert, queued: &mut Vec<i64>) -> anyhow::Result<(bool, String)> {
+async fn on_alert(
+    app: &App,
+    a: &Alert,
+    queued: &mut Vec<DeliveryId>,
+) -> anyhow::Result<(bool, String)> {
     let quote = a.quote();
     if a.status == AlertStatus::Resolved {
         return Ok((false, format!("{quote} resolved; nothing to do")));

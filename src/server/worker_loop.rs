@@ -1,7 +1,7 @@
-//! The server's background loops: the worker that holds the queue and runs one delivery at a
-//! time, reporting each to GitHub, with the jobs the bot hands it between deliveries (among
-//! them the rollbacks of watched deliveries, and the gates sampled during a watch); and the
-//! pruner of old webhook ids and alerts.
+//! The server's background loops: the worker that holds the queue and runs it (one delivery
+//! at a time, or as a pipeline), reporting each delivery to GitHub, with the jobs the bot
+//! hands it between deliveries (among them the rollbacks of watched deliveries, and the gates
+//! sampled during a watch); and the pruner of old webhook ids and alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,27 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
-use crate::delivery::Cause;
 use crate::delivery::worker::{self, WorkerLock};
-use crate::store::{State, now_ms};
+use crate::delivery::{Cause, train};
+use crate::domain::{DeliveryId, State};
+use crate::store::{DeliveryRow, now_ms};
+
+/// Reports the pipeline's deliveries to GitHub as they start and end, and watches the gates
+/// of those that landed.
+struct Reporter(Arc<App>);
+
+#[async_trait::async_trait]
+impl train::TrainWatcher for Reporter {
+    async fn started(&self, d: &DeliveryRow) {
+        report::started(&self.0, d).await;
+    }
+    async fn finished(&self, d: &DeliveryRow, state: State) {
+        report::finished(&self.0, d, state).await;
+        if state == State::Delivered {
+            watch_gates(&self.0, d.id);
+        }
+    }
+}
 
 /// Holds the worker lock and runs the queue, one delivery at a time, reporting to GitHub.
 pub async fn worker_loop(
@@ -53,6 +71,30 @@ pub async fn worker_loop(
             run_job(&app, job).await;
             continue;
         }
+        if app.config().delivery.window > 1 {
+            // The pipeline runs until the queue is empty; jobs wait for it.
+            let reporter = Reporter(app.clone());
+            let mut never = |_: DeliveryId, _: State| false;
+            let until = train::Until {
+                done: &mut never,
+                shutdown: Some((stop.clone(), grace)),
+            };
+            if let Err(e) = train::run(&app.engine, &reporter, until).await {
+                tracing::error!("the pipeline broke: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = app.wake.notified() => {}
+                job = jobs.recv() => if let Some(job) = job { run_job(&app, job).await },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped(&mut stop) => return,
+            }
+            continue;
+        }
         let next = match app.engine.store.claim_next().await {
             Ok(n) => n,
             Err(e) => {
@@ -88,11 +130,11 @@ pub async fn worker_loop(
             }
             Some(Err(e)) => {
                 // The line could not even journal its failure (the store is gone?).
-                tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
+                tracing::error!(delivery = d.id.0, task = %d.task, "the delivery broke: {e:#}");
             }
             None => {
                 tracing::warn!(
-                    delivery = d.id,
+                    delivery = d.id.0,
                     task = %d.task,
                     "stopped during shutdown; it is recovered at the next start"
                 );
@@ -138,7 +180,7 @@ async fn run_job(app: &App, job: Job) {
 }
 
 /// Rolls back and reverts a watched delivery, then tells its pull request.
-async fn roll_back_watched(app: &App, id: i64, cause: Cause) {
+async fn roll_back_watched(app: &App, id: DeliveryId, cause: Cause) {
     let Ok(Some(d)) = app.engine.store.delivery(id).await else {
         tracing::error!("no delivery #{id} to roll back");
         return;
@@ -146,7 +188,7 @@ async fn roll_back_watched(app: &App, id: i64, cause: Cause) {
     let result = app.engine.roll_back(&d, true, &cause).await;
     if let Err(e) = &result {
         tracing::error!(
-            delivery = id,
+            delivery = id.0,
             "the rollback of a watched delivery failed: {e:#}"
         );
     }
@@ -155,7 +197,7 @@ async fn roll_back_watched(app: &App, id: i64, cause: Cause) {
 
 /// Samples the gates of a delivery that landed for its watch (`[delivery] watch_gates`), in
 /// the background; a failure queues its rollback.
-fn watch_gates(app: &Arc<App>, id: i64) {
+fn watch_gates(app: &Arc<App>, id: DeliveryId) {
     let config = &app.config().delivery;
     if !config.watch_gates || config.watch.is_zero() {
         return;
@@ -164,13 +206,13 @@ fn watch_gates(app: &Arc<App>, id: i64) {
     tokio::spawn(async move {
         match app.engine.watch_gates(id).await {
             Ok(Some(why)) => {
-                tracing::warn!(delivery = id, "a gate failed during the watch: {why}");
+                tracing::warn!(delivery = id.0, "a gate failed during the watch: {why}");
                 if app.jobs.send(Job::GateRollback { id, why }).is_ok() {
                     app.wake.notify_one();
                 }
             }
             Ok(None) => {}
-            Err(e) => tracing::error!(delivery = id, "cannot watch the gates: {e:#}"),
+            Err(e) => tracing::error!(delivery = id.0, "cannot watch the gates: {e:#}"),
         }
     });
 }

@@ -2,6 +2,7 @@
 //! notifications Alertmanager repeats act once, across restarts; and what became of each.
 
 use super::{Store, now_ms};
+use crate::domain::DeliveryId;
 
 impl Store {
     /// Records an alert; false when it was already recorded (a repeated notification).
@@ -29,7 +30,7 @@ impl Store {
         &self,
         fingerprint: &str,
         starts_at: &str,
-        delivery: Option<i64>,
+        delivery: Option<DeliveryId>,
         outcome: &str,
     ) -> anyhow::Result<()> {
         sqlx::query(
@@ -56,7 +57,10 @@ impl Store {
     }
 
     /// The recorded alerts, newest first: (name, delivery, outcome).
-    pub async fn alerts(&self, limit: i64) -> anyhow::Result<Vec<(String, Option<i64>, String)>> {
+    pub async fn alerts(
+        &self,
+        limit: i64,
+    ) -> anyhow::Result<Vec<(String, Option<DeliveryId>, String)>> {
         let rows = sqlx::query_as(
             "SELECT name, delivery_id, outcome FROM alerts ORDER BY received_at DESC LIMIT $1",
         )
@@ -104,14 +108,14 @@ mod tests {
                 .await
                 .unwrap()
         );
-        s.alert_outcome("fp1", at, Some(3), "rolling back #3")
+        s.alert_outcome("fp1", at, Some(DeliveryId(3)), "rolling back #3")
             .await
             .unwrap();
         let s = Store::open(dir.path()).await.unwrap();
         assert!(!s.remember_alert("fp1", at, "HighErrorRate").await.unwrap());
         assert!(s.alerts(10).await.unwrap().contains(&(
             "HighErrorRate".into(),
-            Some(3),
+            Some(DeliveryId(3)),
             "rolling back #3".into()
         )));
         s.forget_alert("fp1", at).await.unwrap();

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::{Db, Store, now_ms};
+use crate::domain::DeliveryId;
 
 /// One entry of a delivery's journal.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -19,7 +20,7 @@ impl Store {
     /// Appends to a delivery's journal.
     pub async fn journal(
         &self,
-        id: i64,
+        id: DeliveryId,
         phase: &str,
         repo: &str,
         event: &str,
@@ -28,7 +29,7 @@ impl Store {
         append(&self.pool, id, phase, repo, event, detail).await
     }
 
-    pub async fn journal_of(&self, id: i64) -> anyhow::Result<Vec<JournalRow>> {
+    pub async fn journal_of(&self, id: DeliveryId) -> anyhow::Result<Vec<JournalRow>> {
         let rows = sqlx::query_as(
             "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",
         )
@@ -43,7 +44,7 @@ impl Store {
 /// the transition the entry records.
 pub(super) async fn append<'e>(
     db: impl sqlx::Executor<'e, Database = Db>,
-    id: i64,
+    id: DeliveryId,
     phase: &str,
     repo: &str,
     event: &str,

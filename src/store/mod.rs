@@ -9,7 +9,9 @@
 //!   (the files of `migrations/sqlite/`, applied by `sqlx::migrate!`).
 //! - `transitions`: the queue's state transitions: enqueue, claim, phase, fail, finish,
 //!   requeue, cancel.
-//! - `deliveries`: [`State`], [`DeliveryRow`], and the reads of the queue and its history.
+//! - `train`: the pipeline's: claim a candidate, promote it to head, hold its failure, record
+//!   what it is built on, discard a preparation whose base changed.
+//! - `deliveries`: [`DeliveryRow`], and the reads of the queue and its history.
 //! - `journal`: what happened to a delivery, in order.
 //! - `repos`: a delivery's repositories and how far each got.
 //! - `steps`: the step processes run for a delivery.
@@ -21,7 +23,7 @@
 //! SQLite under `state_dir` (WAL mode, so readers never block the worker) is the only
 //! backend. The queries of every module but `sqlite` are written to run unchanged on
 //! PostgreSQL, though none has run on one yet: `$n` parameters, `RETURNING`, `ON CONFLICT`,
-//! booleans bound and read as `bool` and written as `TRUE`, [`State`] stored as text, no
+//! booleans bound and read as `bool` and written as `TRUE`, the domain's enums stored as text, no
 //! SQLite function. What is SQLite's alone, all of it in `sqlite` but the pool's type:
 //! - the schema: `migrations/sqlite/` declares ids `INTEGER PRIMARY KEY` (SQLite's rowid)
 //!   and booleans `BIGINT` 0/1. PostgreSQL needs its own files (identity columns, `BOOLEAN`).
@@ -45,14 +47,19 @@ mod repos;
 mod sqlite;
 mod steps;
 mod tracker_seen;
+mod train;
 mod transitions;
 mod webhooks;
 
-pub use deliveries::{DeliveryRow, State};
+#[cfg(test)]
+mod scratch;
+
+pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
 pub use steps::StepRow;
-pub use transitions::{CANCELLED_BEFORE_START, Enqueued, NewDelivery};
+pub use train::{DiscardReason, Waits};
+pub use transitions::{Enqueued, NewDelivery};
 
 /// The database the store runs on.
 type Db = sqlx::Sqlite;

@@ -82,7 +82,8 @@ impl Store {
     /// dropped, in one transaction, so this happens exactly once. The data is not touched.
     async fn carry_over_schema_version(&self) -> anyhow::Result<()> {
         let legacy: bool = sqlx::query_scalar(
-            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            "SELECT COUNT(*) > 0 FROM sqlite_master \
+             WHERE type = 'table' AND name = 'schema_version'",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -130,7 +131,8 @@ mod tests {
     use sqlx::sqlite::SqlitePool;
 
     use super::*;
-    use crate::store::{Enqueued, NewDelivery, State};
+    use crate::domain::{DeliveryId, Phase, State};
+    use crate::store::{Enqueued, NewDelivery};
 
     /// The schema as the hand-written migrations wrote it (before `migrations/`), batch by
     /// batch; a batch's index + 1 was its version in `schema_version`. Kept verbatim: it is
@@ -284,20 +286,28 @@ DROP TABLE hook_decisions;
         .execute(&old)
         .await
         .unwrap();
-        let before = schema(&old).await;
         old.close().await;
 
         let s = Store::open(dir.path()).await.unwrap();
+        // The versions it had are carried over, the later files run: today's schema.
+        let fresh = tempfile::tempdir().unwrap();
         assert_eq!(
             schema(&s.pool).await,
-            before,
-            "the schema is the one it had"
+            schema(&Store::open(fresh.path()).await.unwrap().pool).await,
+            "the schema is today's"
         );
         assert_eq!(
             applied(&s.pool).await,
-            [(1, false), (2, false), (3, false), (4, false)]
+            [
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, true),
+                (6, true)
+            ]
         );
-        let delivered = s.delivery(1).await.unwrap().unwrap();
+        let delivered = s.delivery(DeliveryId(1)).await.unwrap().unwrap();
         assert_eq!(
             (
                 delivered.task.as_str(),
@@ -311,8 +321,8 @@ DROP TABLE hook_decisions;
         let r = &running[0];
         assert_eq!(
             (
-                r.id,
-                r.phase.as_str(),
+                r.id.0,
+                r.phase.map_or("", Phase::as_str),
                 r.priority,
                 r.source.as_str(),
                 r.origin.as_str(),
@@ -321,7 +331,7 @@ DROP TABLE hook_decisions;
             (2, "test", 5, "github", "o/r#2", true)
         );
         assert_eq!(s.queued().await.unwrap()[0].task, "T-3");
-        let repos = s.repos(1).await.unwrap();
+        let repos = s.repos(DeliveryId(1)).await.unwrap();
         assert_eq!(
             (
                 repos[0].repo.as_str(),
@@ -331,12 +341,12 @@ DROP TABLE hook_decisions;
             ),
             ("api", true, true, false)
         );
-        let journal = s.journal_of(1).await.unwrap();
+        let journal = s.journal_of(DeliveryId(1)).await.unwrap();
         assert_eq!(
             journal.iter().map(|j| j.event.as_str()).collect::<Vec<_>>(),
             ["queued", "delivered"]
         );
-        let steps = s.steps(2).await.unwrap();
+        let steps = s.steps(DeliveryId(2)).await.unwrap();
         assert_eq!(
             (steps[0].outcome.as_str(), steps[0].pid),
             ("running", Some(4242))
@@ -354,7 +364,7 @@ DROP TABLE hook_decisions;
             task: "T-4".into(),
             ..Default::default()
         };
-        assert_eq!(s.enqueue(&new).await.unwrap(), Enqueued::New(4));
+        assert_eq!(s.enqueue(&new).await.unwrap(), Enqueued::New(DeliveryId(4)));
 
         // The carry-over happened once: the old table is gone, and opening again changes
         // nothing.
@@ -367,7 +377,14 @@ DROP TABLE hook_decisions;
         let s = Store::open(dir.path()).await.unwrap();
         assert_eq!(
             applied(&s.pool).await,
-            [(1, false), (2, false), (3, false), (4, false)]
+            [
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, false),
+                (5, true),
+                (6, true)
+            ]
         );
         assert_eq!(
             s.counts()
@@ -387,14 +404,28 @@ DROP TABLE hook_decisions;
         let s = Store::open(dir.path()).await.unwrap();
         assert_eq!(
             applied(&s.pool).await,
-            [(1, false), (2, false), (3, true), (4, true)]
+            [
+                (1, false),
+                (2, false),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true)
+            ]
         );
         let fresh = tempfile::tempdir().unwrap();
         let new = Store::open(fresh.path()).await.unwrap();
         assert_eq!(schema(&s.pool).await, schema(&new.pool).await);
         assert_eq!(
             applied(&new.pool).await,
-            [(1, true), (2, true), (3, true), (4, true)]
+            [
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, true),
+                (5, true),
+                (6, true)
+            ]
         );
     }
 
@@ -405,7 +436,7 @@ DROP TABLE hook_decisions;
         let s = Store::open(dir.path()).await.unwrap();
         let mut newer = MIGRATOR.iter().cloned().collect::<Vec<_>>();
         newer.push(sqlx::migrate::Migration::new(
-            5,
+            9999,
             "a later table".into(),
             sqlx::migrate::MigrationType::Simple,
             sqlx::SqlStr::from_static("CREATE TABLE later (id BIGINT)"),
@@ -415,7 +446,7 @@ DROP TABLE hook_decisions;
         let err = Store::open(dir.path()).await.unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            "the state database is from a newer lockstep (schema 5); upgrade lockstep"
+            "the state database is from a newer lockstep (schema 9999); upgrade lockstep"
         );
 
         // The same, for a store the old `schema_version` table says is newer.

@@ -2,8 +2,10 @@
 //! is one write transaction, with its journal entry: a worker that dies between two of them
 //! leaves a delivery in one state or the next, never half-way.
 
+use super::deliveries::phase_text;
 use super::journal::append;
-use super::{DeliveryRow, State, Store, now_ms};
+use super::{DeliveryRow, Store, now_ms};
+use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
 
 /// The error recorded for a delivery cancelled while it was queued.
 pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
@@ -11,9 +13,9 @@ pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 /// A new delivery request.
 #[derive(Debug, Clone, Default)]
 pub struct NewDelivery {
-    pub task: String,
+    pub task: TaskKey,
     pub priority: i64,
-    pub source: String,
+    pub source: Source,
     pub requester: String,
     pub origin: String,
 }
@@ -21,12 +23,12 @@ pub struct NewDelivery {
 /// Whether `enqueue` added a delivery or found one for the task already waiting or running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    New(i64),
-    Existing(i64),
+    New(DeliveryId),
+    Existing(DeliveryId),
 }
 
 impl Enqueued {
-    pub fn id(&self) -> i64 {
+    pub fn id(&self) -> DeliveryId {
         match self {
             Enqueued::New(id) | Enqueued::Existing(id) => *id,
         }
@@ -37,8 +39,9 @@ impl Store {
     /// Queues a delivery, unless one for the same task is already queued or running.
     pub async fn enqueue(&self, d: &NewDelivery) -> anyhow::Result<Enqueued> {
         let mut tx = self.write_tx().await?;
-        let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
+        let existing: Option<DeliveryId> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') \
+             ORDER BY id LIMIT 1",
         )
         .bind(&d.task)
         .fetch_optional(&mut *tx)
@@ -46,13 +49,13 @@ impl Store {
         if let Some(id) = existing {
             return Ok(Enqueued::Existing(id));
         }
-        let id: i64 = sqlx::query_scalar(
+        let id: DeliveryId = sqlx::query_scalar(
             "INSERT INTO deliveries (task, state, priority, source, requester, origin, created_at) \
              VALUES ($1, 'queued', $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(&d.task)
         .bind(d.priority)
-        .bind(&d.source)
+        .bind(d.source)
         .bind(&d.requester)
         .bind(&d.origin)
         .bind(now_ms())
@@ -71,43 +74,25 @@ impl Store {
 
     /// Takes the next queued delivery and marks it running, atomically.
     pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
-        let mut tx = self.write_tx().await?;
-        let next: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(id) = next else { return Ok(None) };
-        // A delivery requeued after a crash keeps the phase it resumes at.
-        sqlx::query(
-            "UPDATE deliveries SET state = 'running', started_at = $2, \
-             phase = CASE WHEN phase = '' THEN 'rebase' ELSE phase END WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        append(&mut *tx, id, "queue", "", "started", "").await?;
-        tx.commit().await?;
-        self.delivery(id).await
+        self.claim(false).await
     }
 
     /// Records a phase transition (before the phase acts).
-    pub async fn set_phase(&self, id: i64, phase: &str) -> anyhow::Result<()> {
+    pub async fn set_phase(&self, id: DeliveryId, phase: Phase) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
             .bind(id)
             .bind(phase)
             .execute(&mut *tx)
             .await?;
-        append(&mut *tx, id, phase, "", "phase", "").await?;
+        append(&mut *tx, id, phase.as_str(), "", "phase", "").await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Records why a delivery failed and that it is rolling back (it stays running until the
     /// rollback is done).
-    pub async fn mark_failing(&self, id: i64, error: &str) -> anyhow::Result<()> {
+    pub async fn mark_failing(&self, id: DeliveryId, error: &str) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET phase = 'rollback', error = $2 WHERE id = $1")
             .bind(id)
@@ -120,7 +105,7 @@ impl Store {
     }
 
     /// Ends a delivery.
-    pub async fn finish(&self, id: i64, state: State, error: &str) -> anyhow::Result<()> {
+    pub async fn finish(&self, id: DeliveryId, state: State, error: &str) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
         sqlx::query("UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
             .bind(id)
@@ -136,7 +121,7 @@ impl Store {
 
     /// Notes on a finished delivery what became of it since (a landed delivery rolled back):
     /// the queue page and `lockstep show` give it as the delivery's `error`.
-    pub async fn note_after(&self, id: i64, note: &str) -> anyhow::Result<()> {
+    pub async fn note_after(&self, id: DeliveryId, note: &str) -> anyhow::Result<()> {
         sqlx::query("UPDATE deliveries SET error = $2 WHERE id = $1")
             .bind(id)
             .bind(note)
@@ -146,14 +131,22 @@ impl Store {
     }
 
     /// Puts a running delivery back in the queue, keeping its place (after a crash);
-    /// `resume` is the phase to resume at ("" to start over).
-    pub async fn requeue(&self, id: i64, resume: &str, why: &str) -> anyhow::Result<()> {
+    /// `resume` is the phase to resume at (none to start over).
+    pub async fn requeue(
+        &self,
+        id: DeliveryId,
+        resume: Option<Phase>,
+        why: &str,
+    ) -> anyhow::Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET state = 'queued', phase = $2 WHERE id = $1")
-            .bind(id)
-            .bind(resume)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE deliveries SET state = 'queued', phase = $2, candidate = FALSE, held = '', \
+             built_on = '' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(phase_text(resume))
+        .execute(&mut *tx)
+        .await?;
         append(&mut *tx, id, "queue", "", "requeued", why).await?;
         tx.commit().await?;
         Ok(())
@@ -161,7 +154,7 @@ impl Store {
 
     /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
     /// next checkpoint. Returns the state it was in.
-    pub async fn cancel(&self, id: i64) -> anyhow::Result<Option<State>> {
+    pub async fn cancel(&self, id: DeliveryId) -> anyhow::Result<Option<State>> {
         // One transaction: a worker claiming the delivery meanwhile must not run a delivery
         // that was just marked cancelled.
         let mut tx = self.write_tx().await?;
@@ -207,20 +200,15 @@ mod tests {
 
     #[tokio::test]
     async fn queue_order_dedup_and_claim() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = |task: &str, priority| NewDelivery {
-            task: task.into(),
-            priority,
-            ..Default::default()
-        };
+        let (dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request;
         let a = s.enqueue(&new("T-1", 0)).await.unwrap();
         let b = s.enqueue(&new("T-2", 5)).await.unwrap();
         assert_eq!(
             s.enqueue(&new("T-1", 9)).await.unwrap(),
             Enqueued::Existing(a.id())
         );
-        let order: Vec<String> = s
+        let order: Vec<TaskKey> = s
             .queued()
             .await
             .unwrap()
@@ -241,7 +229,11 @@ mod tests {
         assert_eq!(s.cancel(a.id()).await.unwrap(), Some(State::Queued));
         assert!(s.claim_next().await.unwrap().is_none());
         assert_eq!(
-            s.latest_of_task("T-1").await.unwrap().unwrap().state,
+            s.latest_of_task(&"T-1".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
             State::Cancelled
         );
     }
@@ -256,7 +248,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 s.remember_webhook(&format!("d-{i}")).await?;
                 let new = NewDelivery {
-                    task: format!("T-{i}"),
+                    task: format!("T-{i}").into(),
                     ..Default::default()
                 };
                 s.enqueue(&new).await?;
@@ -275,15 +267,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_requeue_that_cannot_be_journaled_leaves_the_delivery_running() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
-        let new = NewDelivery {
-            task: "T-1".into(),
-            ..Default::default()
-        };
+        let (_dir, s) = crate::store::scratch::store().await;
+        let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
-        s.set_phase(id, "test").await.unwrap();
+        s.set_phase(id, Phase::Test).await.unwrap();
         // The journal write fails, as it would if the process died or the disk filled up
         // between the two writes of the requeue.
         sqlx::raw_sql(
@@ -293,7 +281,7 @@ mod tests {
         .execute(&s.pool)
         .await
         .unwrap();
-        let resumed_at = "test";
+        let resumed_at = Some(Phase::Test);
         assert!(
             s.requeue(id, resumed_at, "the worker stopped")
                 .await
@@ -302,7 +290,7 @@ mod tests {
         // Not queued without a word in the journal: still running, so `recover` sees it and
         // tries again.
         let d = s.delivery(id).await.unwrap().unwrap();
-        assert_eq!((d.state, d.phase.as_str()), (State::Running, "test"));
+        assert_eq!((d.state, d.phase), (State::Running, Some(Phase::Test)));
         assert_eq!(s.running().await.unwrap().len(), 1);
         assert!(s.queued().await.unwrap().is_empty());
         sqlx::raw_sql("DROP TRIGGER journal_fails")
@@ -313,7 +301,7 @@ mod tests {
             .await
             .unwrap();
         let d = s.delivery(id).await.unwrap().unwrap();
-        assert_eq!((d.state, d.phase.as_str()), (State::Queued, "test"));
+        assert_eq!((d.state, d.phase), (State::Queued, Some(Phase::Test)));
         let last = s.journal_of(id).await.unwrap().pop().unwrap();
         assert_eq!(
             (last.event.as_str(), last.detail.as_str()),

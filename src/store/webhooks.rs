@@ -1,5 +1,10 @@
-//! The ids of GitHub webhook deliveries already handled, so that a replayed delivery is
-//! refused, across restarts.
+//! What GitHub webhooks lockstep already acted on, so that a replay is refused, across
+//! restarts: the delivery ids (for a week), and the events themselves (for good).
+//!
+//! The delivery id (`X-GitHub-Delivery`) is outside the signature: a captured body sent again
+//! under a fresh id passes the signature check. What the signature covers is the body, and in
+//! it the id of the comment, review or pull request: those are remembered as event keys and
+//! never pruned.
 
 use super::{Store, now_ms};
 
@@ -7,7 +12,8 @@ impl Store {
     /// Records a webhook delivery id; false when it was already recorded (a replay).
     pub async fn remember_webhook(&self, id: &str) -> anyhow::Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(now_ms())
@@ -25,7 +31,29 @@ impl Store {
         Ok(())
     }
 
-    /// Drops webhook delivery ids received before `before_ms`.
+    /// Records an event key (`issue_comment:<comment id>:created`, …); false when it was
+    /// already recorded (a replay, whatever its delivery id).
+    pub async fn remember_event(&self, key: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_events (key, received_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets an event key (its handling failed, so a redelivery may retry it).
+    pub async fn forget_event(&self, key: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM webhook_events WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops webhook delivery ids received before `before_ms` (event keys are kept).
     pub async fn prune_webhooks(&self, before_ms: i64) -> anyhow::Result<u64> {
         let done = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
             .bind(before_ms)
@@ -51,5 +79,19 @@ mod tests {
         assert!(s.remember_webhook("d-1").await.unwrap());
         assert_eq!(s.prune_webhooks(now_ms() + 1).await.unwrap(), 1);
         assert!(s.remember_webhook("d-1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn issue10_events_are_remembered_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let key = "issue_comment:1624211474:created";
+        assert!(s.remember_event(key).await.unwrap());
+        assert!(!s.remember_event(key).await.unwrap());
+        s.prune_webhooks(now_ms() + 1).await.unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        assert!(!s.remember_event(key).await.unwrap());
+        s.forget_event(key).await.unwrap();
+        assert!(s.remember_event(key).await.unwrap());
     }
 }
