@@ -304,7 +304,8 @@ DROP TABLE hook_decisions;
                 (3, false),
                 (4, false),
                 (5, true),
-                (6, true)
+                (6, true),
+                (8, true)
             ]
         );
         let delivered = s.delivery(DeliveryId(1)).await.unwrap().unwrap();
@@ -383,7 +384,8 @@ DROP TABLE hook_decisions;
                 (3, false),
                 (4, false),
                 (5, true),
-                (6, true)
+                (6, true),
+                (8, true)
             ]
         );
         assert_eq!(
@@ -410,7 +412,8 @@ DROP TABLE hook_decisions;
                 (3, true),
                 (4, true),
                 (5, true),
-                (6, true)
+                (6, true),
+                (8, true)
             ]
         );
         let fresh = tempfile::tempdir().unwrap();
@@ -424,7 +427,8 @@ DROP TABLE hook_decisions;
                 (3, true),
                 (4, true),
                 (5, true),
-                (6, true)
+                (6, true),
+                (8, true)
             ]
         );
     }
