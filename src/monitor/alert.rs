@@ -6,16 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// A notification: a group of alerts, as Alertmanager posts it.
+/// A notification: a group of alerts, as Alertmanager posts it (lockstep reads its alerts,
+/// each with its own status; the version is checked by [`parse`], the rest is ignored).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
 pub struct Notification {
-    pub version: String,
-    #[serde(default)]
-    pub group_key: String,
-    #[serde(default)]
-    pub receiver: String,
-    pub status: AlertStatus,
     pub alerts: Vec<Alert>,
 }
 
@@ -101,25 +95,18 @@ fn quoted(v: &str) -> String {
     format!("\"{}\"", escape(v, 200).replace('"', "\\\""))
 }
 
-/// Control characters (newlines, escapes a terminal would act on) written as escapes, at
-/// most `max` characters kept (then `…`).
+/// One line of untrusted text, fit to quote in a code span: at most `max` characters kept
+/// (then `…`), control characters escaped as everywhere else ([`crate::text::escape`]), and
+/// newlines, tabs and backticks too, so the quote stays on its line and inside its span.
 pub fn escape(text: &str, max: usize) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        if c == '`' {
-            // A backtick would close the code span the text is quoted in.
-            out.push_str("\\u{60}");
-        } else if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    let kept = match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    };
+    crate::text::escape(&kept)
+        .replace('\n', "\\n")
+        .replace('\t', "\\t")
+        .replace('`', "\\u{60}")
 }
 
 /// Reads a notification; checks its version and that each alert can be told apart.
@@ -166,13 +153,13 @@ mod tests {
     #[test]
     fn a_notification_reads_and_quotes_its_alert_escaped() {
         let n = parse(SAMPLE.as_bytes()).unwrap();
-        assert_eq!(n.status, AlertStatus::Firing);
         let a = &n.alerts[0];
+        assert_eq!(a.status, AlertStatus::Firing);
         assert_eq!(a.name(), "HighErrorRate");
         assert_eq!(a.started_ms(), Some(1_796_028_601_123));
         assert_eq!(
             a.quote(),
-            r#"alert `HighErrorRate` {lockstep_repo="api", severity="page"}: "5xx above 1%\u{1b}[31m\nnow""#
+            r#"alert `HighErrorRate` {lockstep_repo="api", severity="page"}: "5xx above 1%\x1b[31m\nnow""#
         );
     }
 
@@ -200,7 +187,7 @@ mod tests {
 
     #[test]
     fn escape_cuts_and_neutralises() {
-        assert_eq!(escape("a`b\u{7}", 10), "a\\u{60}b\\u{7}");
+        assert_eq!(escape("a`b\u{7}\n", 10), "a\\u{60}b\\x07\\n");
         assert_eq!(escape("abcdef", 3), "abc…");
     }
 }

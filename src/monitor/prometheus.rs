@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 use crate::config::PrometheusConfig;
+use crate::text::{clip, escape};
 
 /// One series of an instant vector (or the one value of a scalar): its labels and value.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,18 +187,19 @@ pub fn parse_answer(url: &str, status: u16, body: &[u8]) -> Result<Vec<Sample>, 
         })
     })?;
     if answer.status != "success" {
+        // Prometheus's own words, shown in journals, logs and comments: escaped and bounded.
         return Err(QueryError::Refused {
             url: url.into(),
             status,
-            kind: answer.error_type,
-            error: answer.error,
+            kind: clip(&escape(&answer.error_type), 100).into_owned(),
+            error: clip(&escape(&answer.error), 1000).into_owned(),
         });
     }
     let value = |text: &str| {
         // Prometheus writes `NaN`, `+Inf` and `-Inf` as Rust reads them, but for the sign.
         text.trim_start_matches('+')
             .parse::<f64>()
-            .map_err(|_| unreadable(format!("`{text}` is not a number")))
+            .map_err(|_| unreadable(format!("`{}` is not a number", clip(&escape(text), 100))))
     };
     match answer.data {
         Some(Data::Vector(items)) => items
