@@ -288,14 +288,9 @@ fn a_firing_alert_reverts_the_watched_delivery_everywhere() {
     )
     .unwrap();
     assert!(shape.is_match(note), "{note}");
-    let last = gh
-        .statuses()
-        .into_iter()
-        .rfind(|s| s.sha == heads[0])
-        .unwrap();
     assert_eq!(
-        (last.state.as_str(), last.description.as_str()),
-        ("failure", "#1 rolled back on an alert")
+        gh.last_status(&heads[0]),
+        ("failure".into(), "#1 rolled back on an alert".into())
     );
     let j = journal(&env, 1);
     assert!(
@@ -417,12 +412,9 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
         ),
     );
     assert_eq!(r.status, 200);
-    assert!(
-        r.body.ends_with(
-            ": nothing rolled back: it names no repository of lockstep.toml (label `lockstep_repo`, or `[[alertmanager.match]]`)\n"
-        ),
-        "{}",
-        r.body
+    assert_answer_ends(
+        &r.body,
+        ": nothing rolled back: it names no repository of lockstep.toml (label `lockstep_repo`, or `[[alertmanager.match]]`)\n",
     );
     // web (named by a matcher) has no delivery in the watch.
     let r = post_alert(
@@ -435,23 +427,17 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
             "2026-11-30T08:50:01Z",
         ),
     );
-    assert!(
-        r.body.ends_with(
-            ": nothing rolled back: no delivery of `web` landed in the last 3s, the watch\n"
-        ),
-        "{}",
-        r.body
+    assert_answer_ends(
+        &r.body,
+        ": nothing rolled back: no delivery of `web` landed in the last 3s, the watch\n",
     );
 
     // The alert about api, within the watch: rolled back, once.
     let r = post_alert(&serve, ok, &firing);
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(
-        r.body.ends_with(
-            ": rolling back #1 of `TASK-1`: its rollback steps, then a revert in every repository\n"
-        ),
-        "{}",
-        r.body
+    assert_answer_ends(
+        &r.body,
+        ": rolling back #1 of `TASK-1`: its rollback steps, then a revert in every repository\n",
     );
     wait_until("the rollback", LONG, Some(&serve.log), || {
         env.rollbacks().len() == 1
@@ -468,12 +454,9 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
     // The same alert firing anew finds the delivery rolled back already.
     let again = notification("firing", api, "fp-api", "2026-11-30T09:10:00Z");
     let r = post_alert(&serve, ok, &again);
-    assert!(
-        r.body.ends_with(
-            ": nothing rolled back: #1 of `TASK-1`, the latest watched delivery of `api`, was already rolled back\n"
-        ),
-        "{}",
-        r.body
+    assert_answer_ends(
+        &r.body,
+        ": nothing rolled back: #1 of `TASK-1`, the latest watched delivery of `api`, was already rolled back\n",
     );
     assert_eq!(env.rollbacks(), ["api 1"]);
 
@@ -487,12 +470,9 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
     std::thread::sleep(Duration::from_millis(3200));
     let late = notification("firing", api, "fp-late", "2026-11-30T09:20:00Z");
     let r = post_alert(&serve, ok, &late);
-    assert!(
-        r.body.ends_with(
-            ": nothing rolled back: no delivery of `api` landed in the last 3s, the watch\n"
-        ),
-        "{}",
-        r.body
+    assert_answer_ends(
+        &r.body,
+        ": nothing rolled back: no delivery of `api` landed in the last 3s, the watch\n",
     );
     assert_eq!(env.rollbacks(), ["api 1"]);
     let metrics = serve.get("/metrics").body;
@@ -569,4 +549,10 @@ fn a_gate_failing_during_the_watch_reverts_the_delivery() {
         "{metrics}"
     );
     assert!(serve.stop(Duration::from_secs(10)).success());
+}
+
+/// Asserts that lockstep's answer to Alertmanager ends with `tail` (it starts with the alert
+/// quoted).
+fn assert_answer_ends(body: &str, tail: &str) {
+    assert!(body.ends_with(tail), "{body}");
 }
