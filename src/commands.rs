@@ -68,8 +68,8 @@ pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyho
         };
         if no_wait {
             println!("follow it with `lockstep show {id}`; it runs when a worker is free (`lockstep work`, `lockstep serve`)");
-            if let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? {
-                drop(lock);
+            if let Some(lease) = worker::try_lead(&engine).await? {
+                lease.release().await;
                 worker::spawn_detached(&engine.config)?;
             }
             return Ok(DELIVERED);
@@ -89,10 +89,10 @@ async fn follow(engine: &Engine, id: i64) -> anyhow::Result<State> {
         {
             return Ok(d.state);
         }
-        if let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? {
+        if let Some(lease) = worker::try_lead(engine).await? {
             worker::recover(engine).await?;
-            worker::work(engine, |done, _| done == id).await?;
-            drop(lock);
+            worker::work(engine, &lease, |done, _| done == id).await?;
+            lease.release().await;
             if !engine.store.queued().await?.is_empty() {
                 // Nobody else may be around to run the rest.
                 worker::spawn_detached(&engine.config)?;
@@ -136,13 +136,13 @@ pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         loop {
-            let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+            let Some(lease) = worker::try_lead(&engine).await? else {
                 println!("another worker holds the queue; nothing to do");
                 return Ok(0);
             };
             worker::recover(&engine).await?;
-            worker::work(&engine, |_, _| false).await?;
-            drop(lock);
+            worker::work(&engine, &lease, |_, _| false).await?;
+            lease.release().await;
             // A delivery queued after the queue was found empty, but before the lock was let
             // go, has a worker started for it that found the lock taken: look once more.
             if engine.store.queued().await?.is_empty() {
@@ -157,7 +157,7 @@ pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+        let Some(_lock) = worker::try_lead(&engine).await? else {
             anyhow::bail!(
                 "a worker is running; it recovers by itself (stop it first to recover by hand)"
             );
@@ -170,9 +170,25 @@ pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
     })
 }
 
+/// `lockstep store copy --to-env VAR`.
+pub fn store_copy(at: &ConfigAt, var: &str) -> anyhow::Result<i32> {
+    runtime()?.block_on(async move {
+        let (_, source) = store_of(at).await?;
+        let target = Store::open_postgres_env(var).await?;
+        let c = source.copy_to(&target).await?;
+        println!(
+            "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids \
+             and {} tracker statuses into the store in `{var}`",
+            c.deliveries, c.repos, c.journal, c.steps, c.webhooks, c.tracker_seen
+        );
+        println!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
+        Ok(0)
+    })
+}
+
 async fn store_of(at: &ConfigAt) -> anyhow::Result<(Config, Store)> {
     let config = load(at)?;
-    let store = Store::open(&config.state_dir()).await?;
+    let store = Store::for_config(&config).await?;
     Ok((config, store))
 }
 
@@ -308,11 +324,16 @@ pub fn logs(at: &ConfigAt, id: i64, repo: Option<&str>, step: Option<&str>) -> a
                 s.outcome,
                 s.exit_code.map_or("-".into(), |c| c.to_string())
             );
-            print!(
-                "{}",
-                std::fs::read_to_string(&s.log_path)
-                    .unwrap_or_else(|e| format!("(log unreadable: {e})\n"))
-            );
+            // The file when the step ran on this host, else the copy another replica kept in
+            // the store.
+            let text = match std::fs::read_to_string(&s.log_path) {
+                Ok(text) => text,
+                Err(e) => match store.step_log(s.id).await? {
+                    Some(text) => text,
+                    None => format!("(log unreadable: {e})\n"),
+                },
+            };
+            print!("{text}");
         }
         Ok(0)
     })
@@ -378,7 +399,7 @@ pub fn rollback(at: &ConfigAt, id: i64, revert: bool) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+        let Some(_lock) = worker::try_lead(&engine).await? else {
             anyhow::bail!("a worker is running a delivery; try again when it is done");
         };
         let d = engine

@@ -56,7 +56,10 @@ fn the_image_serves_healthz_as_a_non_root_user() {
             .ok()
             .filter(|r| r.status == 200)
     });
-    assert_eq!(http::get(&url, "/healthz").body, "ok\n");
+    assert_eq!(
+        http::get(&url, "/healthz").body,
+        "ok\nrole: leader\nstore: sqlite\n"
+    );
     // The image's HEALTHCHECK (kept by --format docker) passes too.
     podman(&["healthcheck", "run", &c.0]);
 

@@ -14,5 +14,6 @@ mod help;
 mod hooks;
 mod install;
 mod policy_test;
+mod replicas;
 mod serve;
 mod trackers;

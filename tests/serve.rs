@@ -576,7 +576,10 @@ fn queue_page_shows_the_delivery_in_flight() {
         "{home}"
     );
     assert_eq!(serve.get("/deliveries/99").status, 404);
-    assert_eq!(serve.get("/healthz").body, "ok\n");
+    assert_eq!(
+        serve.get("/healthz").body,
+        "ok\nrole: leader\nstore: sqlite\n"
+    );
     assert_eq!(
         crate::util::http::request(&serve.url, "POST", "/webhooks/github", &[], b"{}")
             .unwrap()

@@ -1,57 +1,36 @@
-//! The worker: one per ecosystem, holding a lock file in `state_dir`.
+//! The worker: one per ecosystem at a time, holding the queue's lease.
 //!
-//! Whoever holds the lock (a `lockstep deliver`, a detached `lockstep work`, `lockstep serve`)
-//! first recovers what a killed worker left behind, then runs queued deliveries one at a time.
-//! The lock is an OS file lock, so it is released the moment its holder dies, even by SIGKILL.
+//! Whoever holds the lease (a `lockstep deliver`, a detached `lockstep work`, one replica of
+//! `lockstep serve`) first recovers what a killed worker left behind, then runs queued
+//! deliveries one at a time. On SQLite the lease is an OS file lock in `state_dir`, released
+//! the moment its holder dies, even by SIGKILL; on PostgreSQL a lease row another replica
+//! takes over once it expires (see the store's `lease`).
 
-use std::fs::File;
-use std::io::Write as _;
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
-use crate::store::{State, Store};
+use crate::store::{Lease, State, Store};
 
 pub use super::recover::recover;
 
-/// The ecosystem's worker lock, held while this value lives.
-pub struct WorkerLock {
-    _file: File,
-}
-
-impl WorkerLock {
-    /// Takes the lock if no other worker holds it; records this process's id in it.
-    pub fn try_acquire(state_dir: &Path) -> anyhow::Result<Option<WorkerLock>> {
-        std::fs::create_dir_all(state_dir)?;
-        let path = state_dir.join("worker.lock");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open `{}`", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {
-                file.set_len(0)?;
-                writeln!(file, "{}", std::process::id())?;
-                Ok(Some(WorkerLock { _file: file }))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock `{}`", path.display()))
-            }
-        }
-    }
+/// Takes the queue's lease if no other worker holds it. While it is held, the engine's store
+/// writes under its fence.
+pub async fn try_lead(engine: &Engine) -> anyhow::Result<Option<Lease>> {
+    Lease::try_acquire(
+        &engine.store,
+        &engine.config.state_dir(),
+        engine.config.store.lease,
+    )
+    .await
 }
 
 /// Builds the engine from a config: store, policies, tracker.
 pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine> {
     let policies = crate::policy::PolicySet::for_config(&config)?;
-    let store = Store::open(&config.state_dir()).await?;
+    let store = Store::for_config(&config).await?;
     let tracker: Arc<dyn crate::tracker::Tracker> = Arc::from(crate::tracker::open(&config)?);
     Ok(Engine {
         config: Arc::new(config),
@@ -63,9 +42,23 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 }
 
 /// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty.
-pub async fn work(engine: &Engine, mut done: impl FnMut(i64, State) -> bool) -> anyhow::Result<()> {
+/// Losing the lease stops the delivery in progress at once (its steps are killed) and ends
+/// the work with an error: the worker that took over recovers the delivery.
+pub async fn work(
+    engine: &Engine,
+    lease: &Lease,
+    mut done: impl FnMut(i64, State) -> bool,
+) -> anyhow::Result<()> {
     while let Some(d) = engine.store.claim_next().await? {
-        let state = engine.deliver(&d).await?;
+        let state = tokio::select! {
+            state = engine.deliver(&d) => state?,
+            () = lease.lost() => anyhow::bail!(
+                "#{} {}: this worker lost the lease of the queue; stopped, and left to the \
+                 worker that holds it now",
+                d.id,
+                d.task
+            ),
+        };
         if done(d.id, state) {
             break;
         }
