@@ -76,7 +76,6 @@ fn two_replicas(env: &Env) -> (ServeProc, ServeProc) {
 }
 
 #[test]
-#[ignore = "not yet seen green: run with `--ignored` against scripts/postgres.sh"]
 fn a_killed_leader_is_replaced_within_the_lease_and_its_delivery_lands_once() {
     let Some(env) = ready_env("failover") else {
         return;
