@@ -184,9 +184,7 @@ fn main() {
         .build()
         .unwrap()
         .block_on(async {
-            let store = lockstep::store::Store::open(&env.state_dir())
-                .await
-                .unwrap();
+            let store = lockstep::Store::open(&env.state_dir()).await.unwrap();
             store
                 .count_by_source()
                 .await

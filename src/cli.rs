@@ -1,7 +1,8 @@
 //! The command line: every command, its help, and its exit codes.
 //!
 //! Exit codes: 0 success (push accepted, policies valid, delivery landed); 1 refused by
-//! policy or failed (push rejected, delivery failed); 2 usage, config or internal error.
+//! policy or failed (push rejected, delivery failed); 2 usage, config or internal error; 141
+//! when the reader of the output went away (`lockstep logs 1 | head`), quietly, as git does.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands;
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, ConfigSource, Located};
+use crate::domain::DeliveryId;
 use crate::git::{self, Git};
 use crate::hook;
 use crate::policy::PolicySet;
@@ -18,6 +20,17 @@ use crate::push::{self, NewCommits, PushContext};
 
 /// Exit code for usage, config and internal errors.
 pub const USAGE_OR_CONFIG: i32 = 2;
+/// Exit code when standard output was closed under a command: 128 + SIGPIPE, what
+/// `git log | head` ends with.
+pub const BROKEN_PIPE: i32 = 141;
+
+/// Whether an error is a write to a pipe whose reader has gone: not a failure to report.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 /// lockstep: a git-native merge bot and policy engine.
 ///
@@ -132,6 +145,10 @@ pub enum Command {
         /// Only this step (build, test, deploy, verify, rollback)
         #[arg(long)]
         step: Option<String>,
+        /// Print the logs as the steps wrote them, control characters included (the default
+        /// when standard output is a file; a terminal gets them escaped)
+        #[arg(long)]
+        raw: bool,
     },
     /// Cancel a queued delivery, or stop a running one at its next step (rolling back)
     Cancel { id: i64 },
@@ -260,14 +277,15 @@ pub fn init_tracing(cli: &Cli) {
 }
 
 /// The config for commands run by a person: `--config`, `LOCKSTEP_CONFIG`, `./lockstep.toml`.
-pub fn config_path(explicit: Option<&Path>) -> (PathBuf, ConfigSource) {
-    if let Some(p) = explicit {
-        return (p.to_path_buf(), ConfigSource::Flag);
-    }
-    match std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
-        Some(p) => (PathBuf::from(p), ConfigSource::Env),
-        None => (PathBuf::from("lockstep.toml"), ConfigSource::Default),
-    }
+pub fn config_path(explicit: Option<&Path>) -> Located {
+    let (path, source) = match explicit {
+        Some(p) => (p.to_path_buf(), ConfigSource::Flag),
+        None => match std::env::var_os("LOCKSTEP_CONFIG").filter(|v| !v.is_empty()) {
+            Some(p) => (PathBuf::from(p), ConfigSource::Env),
+            None => (PathBuf::from("lockstep.toml"), ConfigSource::Default),
+        },
+    };
+    Located { path, source }
 }
 
 /// Runs a command; returns the exit code.
@@ -290,12 +308,23 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             no_wait,
         } => commands::deliver(&config_path(config), &task, priority, no_wait),
         Command::Queue { json } => commands::queue(&config_path(config), json),
-        Command::Show { id, json } => commands::show(&config_path(config), id, json),
-        Command::Logs { id, repo, step } => {
-            commands::logs(&config_path(config), id, repo.as_deref(), step.as_deref())
+        Command::Show { id, json } => commands::show(&config_path(config), DeliveryId(id), json),
+        Command::Logs {
+            id,
+            repo,
+            step,
+            raw,
+        } => commands::logs(
+            &config_path(config),
+            DeliveryId(id),
+            repo.as_deref(),
+            step.as_deref(),
+            raw,
+        ),
+        Command::Cancel { id } => commands::cancel(&config_path(config), DeliveryId(id)),
+        Command::Rollback { id, revert } => {
+            commands::rollback(&config_path(config), DeliveryId(id), revert)
         }
-        Command::Cancel { id } => commands::cancel(&config_path(config), id),
-        Command::Rollback { id, revert } => commands::rollback(&config_path(config), id, revert),
         Command::Recover => commands::recover(&config_path(config)),
         Command::Work => commands::work(&config_path(config)),
         Command::Store(StoreCommand::Copy { to_env }) => {
@@ -308,7 +337,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32> {
-    let (path, source) = config_path(config);
+    let Located { path, source } = config_path(config);
     // Refuse to point hooks at a config that does not load: every push would be rejected.
     hook::load(&path, source)
         .with_context(|| format!("the hooks would read `{}`", path.display()))?;
@@ -319,21 +348,15 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32
         per_ref: args.per_ref,
     };
     for repo in &args.repos {
-        println!("{}", crate::install::install(repo, &opts)?);
+        commands::say_line(&crate::install::install(repo, &opts)?)?;
     }
     Ok(0)
 }
 
 fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
-    let (path, source) = config_path(config);
+    let Located { path, source } = config_path(config);
     let config = Config::load_from(&path, source)?;
-    let dirs: Vec<PathBuf> = config
-        .policies
-        .dirs
-        .iter()
-        .map(|d| config.resolve(d))
-        .collect();
-    match PolicySet::load_dirs(&dirs) {
+    match PolicySet::for_config(&config) {
         Ok(set) => {
             for stage in [
                 crate::policy::Stage::Push,
@@ -342,15 +365,23 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
             ] {
                 let names: Vec<&str> = set.rules_for(stage).map(|r| r.name.as_str()).collect();
                 if !names.is_empty() {
-                    println!("{stage}: {}", names.join(", "));
+                    commands::say_line(&format!("{stage}: {}", names.join(", ")))?;
                 }
             }
-            println!("ok: {} rules in {} folder(s)", set.rules.len(), dirs.len());
+            if !set.has_push_rules() && !config.policies.allow_empty {
+                eprintln!("lockstep: {}", crate::policy::NO_PUSH_RULE);
+                return Ok(1);
+            }
+            let folders = config.policies.dirs.len();
+            commands::say_line(&format!(
+                "ok: {} rules in {folders} folder(s)",
+                set.rules.len()
+            ))?;
             Ok(0)
         }
         Err(errors) => {
             for e in &errors.0 {
-                eprintln!("lockstep: {e}");
+                eprintln!("lockstep: {}", crate::text::escape(e));
             }
             eprintln!("lockstep: {} error(s)", errors.0.len());
             Ok(1)
@@ -359,7 +390,7 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
 }
 
 fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {
-    let (path, source) = config_path(config);
+    let Located { path, source } = config_path(config);
     let (config, policies) = hook::load(&path, source)?;
     let git = Git::new(&args.repo);
     let zero = "0".repeat(40);
@@ -386,9 +417,7 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
     let tracker = crate::tracker::open(&config)?;
     let updates = vec![update];
     let keys = push::task_keys(&config, &policies, &updates);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::current_thread()?;
     let tasks = rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys));
     let decisions = push::decide(
         &config,
@@ -400,7 +429,14 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
         &tasks,
         NewCommits::AsIfPushedNow,
     )?;
-    print!("{}", push::explain(&decisions, &ctx));
+    {
+        use std::io::Write as _;
+        write!(
+            std::io::stdout().lock(),
+            "{}",
+            crate::text::escape(&push::explain(&decisions, &ctx))
+        )?;
+    }
     Ok(if decisions.iter().all(|d| d.decision.accepted()) {
         0
     } else {

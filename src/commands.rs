@@ -1,39 +1,52 @@
 //! The delivery commands: `deliver`, `work`, `recover`, `queue`, `show`, `logs`, `cancel`,
 //! `rollback`.
+//!
+//! What they print quotes task keys, errors and step output: every line goes through
+//! [`crate::text::escape`] (the `say!` macro). A reader gone away (`lockstep logs 1 | head`) makes the
+//! next write fail with a broken pipe, which ends the command quietly (see `main`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::config::{Config, ConfigSource};
+use crate::config::{Config, Located};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
-use crate::store::{DeliveryRow, State, Store};
+use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
+use crate::store::{DeliveryRow, Store};
+use crate::text::escape;
+
+/// Prints a line on standard output, its control characters escaped; a write that fails (a
+/// closed pipe) returns the error from the enclosing function.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        say_line(&format!($($arg)*))?
+    };
+}
+
+/// Writes one line on standard output with its control characters escaped.
+pub fn say_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{}", escape(line))
+}
 
 /// Exit code of a delivery that landed.
 pub const DELIVERED: i32 = 0;
 /// Exit code of a delivery that failed, was refused or cancelled.
 pub const FAILED: i32 = 1;
 
+/// The commands' runtime: two threads are plenty for one delivery at a time.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    crate::runtime::multi_thread(Some(2))
 }
 
 fn printer() -> Progress {
-    Arc::new(|line: &str| println!("{line}"))
+    Arc::new(crate::board::print_line)
 }
 
-/// A config path and where it came from (for messages when it is missing).
-pub type ConfigAt = (PathBuf, ConfigSource);
-
-fn load(at: &ConfigAt) -> anyhow::Result<Config> {
-    Config::load_from(&at.0, at.1)
+fn load(at: &Located) -> anyhow::Result<Config> {
+    at.load()
 }
 
 /// The person asking, for the journal.
@@ -44,30 +57,39 @@ fn whoami() -> String {
 }
 
 /// `lockstep deliver TASK`.
-pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
+pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, crate::board::for_stdout()).await?;
-        let req = Request { task: task.to_string(), priority, source: "cli".into(), requester: whoami(), ..Default::default() };
-        let id = match delivery::request(&engine.config, &engine.policies, engine.tracker.as_ref(), None, &engine.store, &req).await? {
+        let req = Request {
+            task: TaskKey::new(task),
+            priority,
+            source: Source::Cli,
+            requester: whoami(),
+            ..Default::default()
+        };
+        let id = match engine.request(&req).await? {
             Requested::Refused(d) => {
                 eprintln!("lockstep: delivery of `{task}` refused");
                 for line in delivery::refusal_lines(&d) {
-                    eprintln!("  {line}");
+                    eprintln!("  {}", escape(&line));
                 }
                 return Ok(FAILED);
             }
             Requested::Queued { id, position } => {
-                println!("#{id} {task}: queued (position {position})");
+                say!("#{id} {task}: queued (position {position})");
                 id
             }
             Requested::AlreadyQueued { id } => {
-                println!("#{id} {task}: already queued; following it");
+                say!("#{id} {task}: already queued; following it");
                 id
             }
         };
         if no_wait {
-            println!("follow it with `lockstep show {id}`; it runs when a worker is free (`lockstep work`, `lockstep serve`)");
+            say!(
+                "follow it with `lockstep show {id}`; it runs when a worker is free \
+                 (`lockstep work`, `lockstep serve`)"
+            );
             if let Some(lease) = worker::try_lead(&engine).await? {
                 lease.release().await;
                 worker::spawn_detached(&engine.config)?;
@@ -75,13 +97,17 @@ pub fn deliver(at: &ConfigAt, task: &str, priority: i64, no_wait: bool) -> anyho
             return Ok(DELIVERED);
         }
         let state = follow(&engine, id).await?;
-        let d = engine.store.delivery(id).await?.context("the delivery vanished from the store")?;
-        Ok(report(&d, state))
+        let d = engine
+            .store
+            .delivery(id)
+            .await?
+            .context("the delivery vanished from the store")?;
+        report(&d, state)
     })
 }
 
 /// Works the queue until delivery `id` ends (or waits for the worker that holds it).
-async fn follow(engine: &Engine, id: i64) -> anyhow::Result<State> {
+async fn follow(engine: &Engine, id: DeliveryId) -> anyhow::Result<State> {
     let mut told = false;
     loop {
         if let Some(d) = engine.store.delivery(id).await?
@@ -100,26 +126,26 @@ async fn follow(engine: &Engine, id: i64) -> anyhow::Result<State> {
             continue;
         }
         if !told {
-            println!("#{id}: another worker holds the queue; waiting for it to run this delivery");
+            say!("#{id}: another worker holds the queue; waiting for it to run this delivery");
             told = true;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
-fn report(d: &DeliveryRow, state: State) -> i32 {
-    match state {
+fn report(d: &DeliveryRow, state: State) -> anyhow::Result<i32> {
+    Ok(match state {
         State::Delivered => {
-            println!("#{} {}: delivered", d.id, d.task);
+            say!("#{} {}: delivered", d.id, d.task);
             DELIVERED
         }
         _ => {
             eprintln!(
                 "lockstep: #{} {}: {}: {}",
                 d.id,
-                d.task,
+                escape(&d.task),
                 state.as_str(),
-                d.error
+                escape(&d.error)
             );
             eprintln!(
                 "  see `lockstep show {}` and `lockstep logs {}`",
@@ -127,17 +153,17 @@ fn report(d: &DeliveryRow, state: State) -> i32 {
             );
             FAILED
         }
-    }
+    })
 }
 
 /// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
-pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
+pub fn work(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         loop {
             let Some(lease) = worker::try_lead(&engine).await? else {
-                println!("another worker holds the queue; nothing to do");
+                say!("another worker holds the queue; nothing to do");
                 return Ok(0);
             };
             worker::recover(&engine).await?;
@@ -153,7 +179,7 @@ pub fn work(at: &ConfigAt) -> anyhow::Result<i32> {
 }
 
 /// `lockstep recover`.
-pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
+pub fn recover(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
@@ -164,29 +190,35 @@ pub fn recover(at: &ConfigAt) -> anyhow::Result<i32> {
         };
         let said = worker::recover(&engine).await?;
         if said.is_empty() {
-            println!("nothing to recover");
+            say!("nothing to recover");
         }
         Ok(0)
     })
 }
 
 /// `lockstep store copy --to-env VAR`.
-pub fn store_copy(at: &ConfigAt, var: &str) -> anyhow::Result<i32> {
+pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, source) = store_of(at).await?;
         let target = Store::open_postgres_env(var).await?;
         let c = source.copy_to(&target).await?;
-        println!(
-            "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids \
-             and {} tracker statuses into the store in `{var}`",
-            c.deliveries, c.repos, c.journal, c.steps, c.webhooks, c.tracker_seen
+        say!(
+            "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids, \
+             {} webhook events and {} tracker statuses into the store in `{var}`",
+            c.deliveries,
+            c.repos,
+            c.journal,
+            c.steps,
+            c.webhooks,
+            c.events,
+            c.tracker_seen
         );
-        println!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
+        say!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
         Ok(0)
     })
 }
 
-async fn store_of(at: &ConfigAt) -> anyhow::Result<(Config, Store)> {
+async fn store_of(at: &Located) -> anyhow::Result<(Config, Store)> {
     let config = load(at)?;
     let store = Store::for_config(&config).await?;
     Ok((config, store))
@@ -202,31 +234,37 @@ fn ago(ms: Option<i64>) -> String {
 }
 
 /// `lockstep queue`.
-pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
+pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
-        let running = store.running().await?;
+        let running = store.train().await?;
         let queued = store.queued().await?;
         let history = store.history(10).await?;
         if json {
             let v = serde_json::json!({ "running": running, "queued": queued, "recent": history });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(0);
         }
         if running.is_empty() && queued.is_empty() {
-            println!("the queue is empty");
+            say!("the queue is empty");
         }
-        for d in &running {
-            println!(
-                "running  #{:<4} {:<14} {:<8} since {}",
+        let pipelined = running.iter().any(|d| d.candidate);
+        for (i, d) in running.iter().enumerate() {
+            let place = if pipelined {
+                format!("  {}", train_place(i, d))
+            } else {
+                String::new()
+            };
+            say!(
+                "running  #{:<4} {:<14} {:<8} since {}{place}",
                 d.id,
                 d.task,
-                d.phase,
+                d.phase.map_or("", Phase::as_str),
                 ago(d.started_at)
             );
         }
         for (i, d) in queued.iter().enumerate() {
-            println!(
+            say!(
                 "{:>7}  #{:<4} {:<14} priority {:<3} by {}",
                 i + 1,
                 d.id,
@@ -236,9 +274,9 @@ pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
             );
         }
         if !history.is_empty() {
-            println!("\nrecent:");
+            say!("\nrecent:");
             for d in &history {
-                println!(
+                say!(
                     "  #{:<4} {:<14} {:<10} {}  {}",
                     d.id,
                     d.task,
@@ -252,55 +290,109 @@ pub fn queue(at: &ConfigAt, json: bool) -> anyhow::Result<i32> {
     })
 }
 
+/// Where a running delivery stands in the pipeline (the `i`th of the train): the head, or a
+/// candidate with what it is built on, its held failure and how often it was discarded.
+fn train_place(i: usize, d: &DeliveryRow) -> String {
+    if !d.candidate {
+        return "head".into();
+    }
+    let mut place = format!("candidate {}", i + 1);
+    if !d.built_on.is_empty() {
+        place.push_str(&format!(", on {}", d.built_on));
+    }
+    if d.discards > 0 {
+        place.push_str(&format!(", discarded {}×", d.discards));
+    }
+    if !d.held.is_empty() {
+        place.push_str(&format!(", held: {}", d.held));
+    }
+    place
+}
+
 /// `lockstep show ID`.
-pub fn show(at: &ConfigAt, id: i64, json: bool) -> anyhow::Result<i32> {
+pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
-        let d = store.delivery(id).await?.with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
+        let d = store
+            .delivery(id)
+            .await?
+            .with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
         let repos = store.repos(id).await?;
         let journal = store.journal_of(id).await?;
         let steps = store.steps(id).await?;
         if json {
-            let v = serde_json::json!({ "delivery": d, "repos": repos, "steps": steps, "journal": journal });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let v = serde_json::json!({
+                "delivery": d, "repos": repos, "steps": steps, "journal": journal
+            });
+            say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(0);
         }
-        println!("#{} {}: {} (phase {})", d.id, d.task, d.state.as_str(), if d.phase.is_empty() { "-" } else { &d.phase });
-        println!("  requested by {} via {}, {}", if d.requester.is_empty() { "?" } else { &d.requester }, d.source, ago(Some(d.created_at)));
+        say!(
+            "#{} {}: {} (phase {})",
+            d.id,
+            d.task,
+            d.state.as_str(),
+            d.phase.map_or("-", Phase::as_str)
+        );
+        let who = if d.requester.is_empty() {
+            "?"
+        } else {
+            &d.requester
+        };
+        say!(
+            "  requested by {who} via {}, {}",
+            d.source,
+            ago(Some(d.created_at))
+        );
         if !d.error.is_empty() {
-            println!("  {}", d.error);
+            say!("  {}", d.error);
+        }
+        if !d.built_on.is_empty() {
+            say!("  built on {}", d.built_on);
+        }
+        if !d.held.is_empty() {
+            say!(
+                "  held (not reported while deliveries ahead are unresolved): {}",
+                d.held
+            );
+        }
+        if d.discards > 0 {
+            say!("  prepared again {} time(s): a base changed", d.discards);
         }
         for r in &repos {
-            let mut flags = Vec::new();
-            if r.deployed {
-                flags.push("deployed");
-            }
-            if r.merged {
-                flags.push("merged");
-            }
-            if r.rolled_back {
-                flags.push("rolled back");
-            }
-            println!(
+            say!(
                 "  {:<12} {} {} → {} (on {}) {}",
                 r.repo,
                 r.branch,
-                crate::push::short(&r.branch_sha),
-                crate::push::short(&r.rebased_sha),
-                crate::push::short(&r.base_sha),
-                flags.join(", ")
+                crate::git::short(&r.branch_sha),
+                crate::git::short(&r.rebased_sha),
+                crate::git::short(&r.base_sha),
+                r.flags()
             );
         }
-        println!("journal:");
+        say!("journal:");
         for j in &journal {
-            println!("  {}  {:<8} {:<10} {} {}", ago(Some(j.at)), j.phase, j.repo, j.event, j.detail);
+            say!(
+                "  {}  {:<8} {:<10} {} {}",
+                ago(Some(j.at)),
+                j.phase,
+                j.repo,
+                j.event,
+                j.detail
+            );
         }
         Ok(0)
     })
 }
 
 /// `lockstep logs ID`.
-pub fn logs(at: &ConfigAt, id: i64, repo: Option<&str>, step: Option<&str>) -> anyhow::Result<i32> {
+pub fn logs(
+    at: &Located,
+    id: DeliveryId,
+    repo: Option<&str>,
+    step: Option<&str>,
+    raw: bool,
+) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
         store
@@ -311,13 +403,16 @@ pub fn logs(at: &ConfigAt, id: i64, repo: Option<&str>, step: Option<&str>) -> a
             .steps(id)
             .await?
             .into_iter()
-            .filter(|s| repo.is_none_or(|r| s.repo == r) && step.is_none_or(|x| s.step == x))
+            .filter(|s| {
+                repo.is_none_or(|r| s.repo == r) && step.is_none_or(|x| s.step.as_str() == x)
+            })
             .collect();
         if steps.is_empty() {
-            println!("no step logs for #{id} with that filter");
+            say!("no step logs for #{id} with that filter");
         }
+        let raw = raw || stdout_is_a_file();
         for s in steps {
-            println!(
+            say!(
                 "==> {} {} ({}, exit {}) <==",
                 s.repo,
                 s.step,
@@ -326,27 +421,40 @@ pub fn logs(at: &ConfigAt, id: i64, repo: Option<&str>, step: Option<&str>) -> a
             );
             // The file when the step ran on this host, else the copy another replica kept in
             // the store.
-            let text = match std::fs::read_to_string(&s.log_path) {
-                Ok(text) => text,
+            let mut out = std::io::stdout().lock();
+            match std::fs::File::open(&s.log_path) {
+                Ok(file) if raw => {
+                    std::io::copy(&mut std::io::BufReader::new(file), &mut out)?;
+                }
+                Ok(file) => crate::text::copy_escaped(file, &mut out)?,
                 Err(e) => match store.step_log(s.id).await? {
-                    Some(text) => text,
-                    None => format!("(log unreadable: {e})\n"),
+                    Some(text) if raw => std::io::Write::write_all(&mut out, text.as_bytes())?,
+                    Some(text) => crate::text::copy_escaped(text.as_bytes(), &mut out)?,
+                    None => {
+                        drop(out);
+                        say!("(log unreadable: {e})");
+                    }
                 },
-            };
-            print!("{text}");
+            }
         }
         Ok(0)
     })
 }
 
+/// Whether standard output is a regular file (`lockstep logs 1 > build.log`): the log is
+/// copied as it is, not escaped for a terminal.
+fn stdout_is_a_file() -> bool {
+    std::fs::metadata("/proc/self/fd/1").is_ok_and(|m| m.is_file())
+}
+
 /// `lockstep cancel ID`.
-pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
+pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let (config, store) = store_of(at).await?;
         match store.cancel(id).await? {
             None => anyhow::bail!("no delivery #{id}; see `lockstep queue`"),
             Some(State::Queued) => {
-                println!("#{id}: cancelled");
+                say!("#{id}: cancelled");
                 // Back to the team, as when a running delivery is stopped: left For Delivery,
                 // the tracker would ask for it again.
                 let d = store
@@ -362,31 +470,32 @@ pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
                 let note = format!("delivery cancelled{by} before it started (lockstep #{id})");
                 let returned = &config.tasks.returned;
                 match crate::tracker::open(&config)?
-                    .move_to(&d.task, returned, &note)
+                    .move_to(&d.task, returned, &crate::text::note(&note))
                     .await
                 {
                     Ok(()) => {
                         store
                             .journal(id, "report", "", "task moved", returned)
                             .await?;
-                        println!("#{id} {}: moved back to {returned}", d.task);
+                        say!("#{id} {}: moved back to {returned}", d.task);
                     }
                     Err(e) => {
                         store
                             .journal(id, "report", "", "task not moved", &e.to_string())
                             .await?;
                         eprintln!(
-                            "lockstep: #{id}: could not move `{}` back to {returned}: {e}",
-                            d.task
+                            "lockstep: #{id}: could not move `{}` back to {returned}: {}",
+                            escape(&d.task),
+                            escape(&e.to_string())
                         );
                     }
                 }
             }
             Some(State::Running) => {
-                println!("#{id}: stops at its next step; what it deployed is rolled back")
+                say!("#{id}: stops at its next step; what it deployed is rolled back")
             }
             Some(s) => {
-                println!("#{id}: already {}; nothing to cancel", s.as_str());
+                say!("#{id}: already {}; nothing to cancel", s.as_str());
                 return Ok(FAILED);
             }
         }
@@ -395,7 +504,7 @@ pub fn cancel(at: &ConfigAt, id: i64) -> anyhow::Result<i32> {
 }
 
 /// `lockstep rollback ID [--revert]`.
-pub fn rollback(at: &ConfigAt, id: i64, revert: bool) -> anyhow::Result<i32> {
+pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
@@ -414,7 +523,11 @@ pub fn rollback(at: &ConfigAt, id: i64, revert: bool) -> anyhow::Result<i32> {
             );
         }
         if let Err(e) = engine.rollback_finished(&d, revert).await {
-            eprintln!("lockstep: #{id} {}: {e:#}", d.task);
+            eprintln!(
+                "lockstep: #{id} {}: {}",
+                escape(&d.task),
+                escape(&format!("{e:#}"))
+            );
             return Ok(FAILED);
         }
         Ok(0)

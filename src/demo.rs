@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::delivery::{self, Request, Requested, worker};
+use crate::domain::{Source, State};
 use crate::git::Git;
-use crate::store::State;
 use crate::tracker::file::FileTracker;
 
 /// The shipped policies, embedded so that the demo runs from an installed binary.
@@ -47,23 +47,57 @@ pub const POLICIES: &[(&str, &str)] = &[
 const STEPS: &[(&str, &str)] = &[
     (
         "build.sh",
-        "#!/bin/sh\nset -e\nmkdir -p \"$SANDBOX/out\"\necho \"building $LOCKSTEP_REPO at $LOCKSTEP_SHA\"\necho \"$LOCKSTEP_SHA\" > \"$SANDBOX/out/$LOCKSTEP_REPO.build\"\n",
+        concat!(
+            "#!/bin/sh\n",
+            "set -e\n",
+            "mkdir -p \"$SANDBOX/out\"\n",
+            "echo \"building $LOCKSTEP_REPO at $LOCKSTEP_SHA\"\n",
+            "echo \"$LOCKSTEP_SHA\" > \"$SANDBOX/out/$LOCKSTEP_REPO.build\"\n",
+        ),
     ),
     (
         "test.sh",
-        "#!/bin/sh\necho \"testing $LOCKSTEP_REPO\"\nif [ -f SLOW-TEST ]; then sleep \"$(cat SLOW-TEST)\"; fi\nif [ -f FAIL-TEST ]; then echo \"assertion failed: $(cat FAIL-TEST)\"; exit 1; fi\necho ok\n",
+        concat!(
+            "#!/bin/sh\n",
+            "echo \"testing $LOCKSTEP_REPO\"\n",
+            "if [ -f SLOW-TEST ]; then sleep \"$(cat SLOW-TEST)\"; fi\n",
+            "if [ -f FAIL-TEST ]; then echo \"assertion failed: $(cat FAIL-TEST)\"; exit 1; fi\n",
+            "echo ok\n",
+        ),
     ),
     (
         "deploy.sh",
-        "#!/bin/sh\nset -e\nmkdir -p \"$SANDBOX/deployed\"\nd=\"$SANDBOX/deployed/$LOCKSTEP_REPO\"\nif [ -f \"$d\" ]; then cp \"$d\" \"$d.prev\"; else : > \"$d.prev\"; fi\nif [ -f FAIL-DEPLOY ]; then echo \"deploy failed\"; exit 1; fi\necho \"$LOCKSTEP_SHA\" > \"$d\"\necho \"deployed $LOCKSTEP_REPO $LOCKSTEP_SHA to $LOCKSTEP_ENV\"\n",
+        concat!(
+            "#!/bin/sh\n",
+            "set -e\n",
+            "mkdir -p \"$SANDBOX/deployed\"\n",
+            "d=\"$SANDBOX/deployed/$LOCKSTEP_REPO\"\n",
+            "if [ -f \"$d\" ]; then cp \"$d\" \"$d.prev\"; else : > \"$d.prev\"; fi\n",
+            "if [ -f FAIL-DEPLOY ]; then echo \"deploy failed\"; exit 1; fi\n",
+            "echo \"$LOCKSTEP_SHA\" > \"$d\"\n",
+            "echo \"deployed $LOCKSTEP_REPO $LOCKSTEP_SHA to $LOCKSTEP_ENV\"\n",
+        ),
     ),
     (
         "verify.sh",
-        "#!/bin/sh\necho \"smoke-testing $LOCKSTEP_REPO\"\nif [ -f FAIL-VERIFY ]; then echo \"smoke test failed: $(cat FAIL-VERIFY)\"; exit 1; fi\necho ok\n",
+        concat!(
+            "#!/bin/sh\n",
+            "echo \"smoke-testing $LOCKSTEP_REPO\"\n",
+            "if [ -f FAIL-VERIFY ]; then ",
+            "echo \"smoke test failed: $(cat FAIL-VERIFY)\"; exit 1; fi\n",
+            "echo ok\n",
+        ),
     ),
     (
         "rollback.sh",
-        "#!/bin/sh\nset -e\nd=\"$SANDBOX/deployed/$LOCKSTEP_REPO\"\nif [ -s \"$d.prev\" ]; then cp \"$d.prev\" \"$d\"; else rm -f \"$d\"; fi\necho \"$LOCKSTEP_REPO $LOCKSTEP_DELIVERY\" >> \"$SANDBOX/rollbacks.log\"\necho \"rolled back $LOCKSTEP_REPO\"\n",
+        concat!(
+            "#!/bin/sh\n",
+            "set -e\n",
+            "d=\"$SANDBOX/deployed/$LOCKSTEP_REPO\"\n",
+            "if [ -s \"$d.prev\" ]; then cp \"$d.prev\" \"$d\"; else rm -f \"$d\"; fi\n",
+            "echo \"$LOCKSTEP_REPO $LOCKSTEP_DELIVERY\" >> \"$SANDBOX/rollbacks.log\"\n",
+            "echo \"rolled back $LOCKSTEP_REPO\"\n",
+        ),
     ),
 ];
 
@@ -92,10 +126,13 @@ pub struct Sandbox {
 }
 
 /// A git handle with a pinned identity and no user or system config, so the sandbox does
-/// not depend on (or touch) the machine's git setup.
+/// not depend on (or touch) the machine's git setup. Nor on the caller's `LOCKSTEP_CONFIG`:
+/// the sandbox's hooks find the sandbox's config in their repositories' git config, and the
+/// variable would win over it.
 pub fn sandbox_git(dir: &Path, user: &str) -> Git {
     let email = format!("{user}@example.invalid");
     Git::new(dir)
+        .without_env("LOCKSTEP_CONFIG")
         .with_env("GIT_CONFIG_NOSYSTEM", "1")
         .with_env("GIT_CONFIG_GLOBAL", "/dev/null")
         .with_env("GIT_AUTHOR_NAME", user)
@@ -124,7 +161,8 @@ impl Sandbox {
         let root_abs = std::path::absolute(root)?;
         let mut config = format!(
             "[bot]\nuser = \"lockstep-bot\"\nmaintainers = [\"release-lead\"]\n\n\
-             [delivery]\nstep_timeout = \"60s\"\n\n[environments.production]\nvars = {{ SANDBOX = {} }}\n\n\
+             [delivery]\nstep_timeout = \"60s\"\n\n\
+             [environments.production]\nvars = {{ SANDBOX = {} }}\n\n\
              [tracker]\nkind = \"file\"\npath = \"tasks.toml\"\n",
             toml_str(&root_abs.to_string_lossy())
         );
@@ -139,7 +177,8 @@ impl Sandbox {
                 "--initial-branch=master",
             ])?;
             config.push_str(&format!(
-                "\n[[repo]]\nname = \"{name}\"\nurl = \"../git/{name}.git\"\nupstream = \"master\"\n[repo.steps]\n"
+                "\n[[repo]]\nname = \"{name}\"\nurl = \"../git/{name}.git\"\n\
+                 upstream = \"master\"\n[repo.steps]\n"
             ));
             for step in ["build", "test", "deploy", "verify", "rollback"] {
                 let script = root_abs
@@ -388,28 +427,16 @@ fn set_status(sb: &Sandbox, key: &str, status: &str) -> anyhow::Result<()> {
 /// Delivers a task in this process, narrating each step; returns how it ended and why.
 fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
     let config = Config::load(&sb.meta.join("lockstep.toml"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::multi_thread(Some(2))?;
     rt.block_on(async {
         let engine = worker::engine(config, Arc::new(|line: &str| println!("   {line}"))).await?;
         let req = Request {
             task: task.into(),
-            source: "cli".into(),
+            source: Source::Cli,
             requester: "alice".into(),
             ..Default::default()
         };
-        let id = match delivery::request(
-            &engine.config,
-            &engine.policies,
-            engine.tracker.as_ref(),
-            None,
-            &engine.store,
-            &req,
-        )
-        .await?
-        {
+        let id = match engine.request(&req).await? {
             Requested::Queued { id, .. } | Requested::AlreadyQueued { id } => id,
             Requested::Refused(d) => anyhow::bail!(
                 "the demo's delivery was refused: {}",

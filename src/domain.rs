@@ -5,21 +5,321 @@
 //! another's room to say what it means. Each is plain data with its parsing and formatting:
 //! no I/O, no dependency on any other module of the crate.
 //!
-//! Today: [`RepoName`], GitHub's `owner/name`. Delivery ids, task keys and the phases of a
-//! delivery belong here too as they become types of their own.
+//! The enums ([`Phase`], [`State`], [`StepState`], [`Source`], [`PrState`]) are stored and
+//! serialized as the lowercase text they always were, the newtypes ([`DeliveryId`],
+//! [`TaskKey`], [`RepoName`]) as the number or text inside: a store written before they were
+//! types reads the same, and `--json` and `/api/*` print the same.
 
 use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
+
+/// The phases of the delivery line, in their order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum Phase {
+    Rebase,
+    Build,
+    Test,
+    Deploy,
+    Verify,
+    Merge,
+    /// The delivery failed and what it deployed is being rolled back.
+    Rollback,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Rebase,
+        Phase::Build,
+        Phase::Test,
+        Phase::Deploy,
+        Phase::Verify,
+        Phase::Merge,
+        Phase::Rollback,
+    ];
+
+    /// The line itself, rebase to merge: every phase but the rollback.
+    pub const LINE: &'static [Phase] = Phase::ALL.split_at(6).0;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Rebase => "rebase",
+            Phase::Build => "build",
+            Phase::Test => "test",
+            Phase::Deploy => "deploy",
+            Phase::Verify => "verify",
+            Phase::Merge => "merge",
+            Phase::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Running,
+    Delivered,
+    Failed,
+    Cancelled,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Queued,
+        State::Running,
+        State::Delivered,
+        State::Failed,
+        State::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Delivered | State::Failed | State::Cancelled)
+    }
+}
+
+/// Where one repository stands in one phase: how its step runs or ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum StepState {
+    Running,
+    Passed,
+    Failed,
+    #[serde(rename = "timed out")]
+    #[sqlx(rename = "timed out")]
+    TimedOut,
+    /// Killed because another repository's step of the same phase failed.
+    Stopped,
+    /// It could not be started at all.
+    #[serde(rename = "not started")]
+    #[sqlx(rename = "not started")]
+    NotStarted,
+    /// Its worker died while it ran; the next worker stopped it.
+    Interrupted,
+}
+
+impl StepState {
+    pub const ALL: [StepState; 7] = [
+        StepState::Running,
+        StepState::Passed,
+        StepState::Failed,
+        StepState::TimedOut,
+        StepState::Stopped,
+        StepState::NotStarted,
+        StepState::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Running => "running",
+            StepState::Passed => "passed",
+            StepState::Failed => "failed",
+            StepState::TimedOut => "timed out",
+            StepState::Stopped => "stopped",
+            StepState::NotStarted => "not started",
+            StepState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StepState> {
+        StepState::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// Where a delivery request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum Source {
+    /// `lockstep deliver`.
+    #[default]
+    Cli,
+    /// `git push -o deliver`.
+    Push,
+    /// The tracker marked the task ready.
+    Tracker,
+    /// `/deliver` on a pull request.
+    #[serde(rename = "github")]
+    #[sqlx(rename = "github")]
+    GitHub,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cli => "cli",
+            Source::Push => "push",
+            Source::Tracker => "tracker",
+            Source::GitHub => "github",
+        }
+    }
+}
+
+/// Whether a pull request is open, as GitHub words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrState {
+    #[default]
+    Open,
+    Closed,
+}
+
+impl PrState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrState::Open => "open",
+            PrState::Closed => "closed",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Phase, State, StepState, Source, PrState);
+
+/// The id of a delivery in the store, shown as `#12`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct DeliveryId(pub i64);
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A text newtype: built from any string (it is checked where it comes in), read as `&str`.
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+            sqlx::Type,
+        )]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(s: impl Into<String>) -> $name {
+                $name(s.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> $name {
+                $name(s.to_string())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> $name {
+                $name(s)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+text_newtype!(
+    /// A task's key in the tracker (`PROJ-123`, `#42`), as a branch names it.
+    TaskKey
+);
+text_newtype!(
+    /// A repository of the ecosystem, by its `[[repo]] name` in `lockstep.toml`.
+    RepoName
+);
 
 /// `owner/name` of a GitHub repository.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RepoName {
+pub struct GitHubRepo {
     pub owner: String,
     pub name: String,
 }
 
-impl RepoName {
+impl GitHubRepo {
     /// Parses `owner/name`; `None` unless both parts are GitHub-style names.
-    pub fn parse(full: &str) -> Option<RepoName> {
+    pub fn parse(full: &str) -> Option<GitHubRepo> {
         let (owner, name) = full.split_once('/')?;
         let ok = |s: &str| {
             !s.is_empty()
@@ -29,14 +329,14 @@ impl RepoName {
                 && s != "."
                 && s != ".."
         };
-        (ok(owner) && ok(name)).then(|| RepoName {
+        (ok(owner) && ok(name)).then(|| GitHubRepo {
             owner: owner.to_string(),
             name: name.to_string(),
         })
     }
 }
 
-impl fmt::Display for RepoName {
+impl fmt::Display for GitHubRepo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.owner, self.name)
     }
@@ -47,8 +347,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn repo_names() {
-        assert_eq!(RepoName::parse("acme/api").unwrap().to_string(), "acme/api");
+    fn names_read_back_as_the_same_value() {
+        for p in Phase::ALL {
+            assert_eq!(Phase::parse(p.as_str()), Some(p));
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert!(Phase::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Phase::parse(""), None);
+        assert_eq!(Phase::parse("Build"), None);
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        for s in StepState::ALL {
+            assert_eq!(StepState::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn serialized_as_the_text_and_numbers_they_replace() {
+        let json = serde_json::json!({
+            "phase": Phase::Rollback,
+            "state": State::Cancelled,
+            "step": StepState::TimedOut,
+            "source": Source::GitHub,
+            "id": DeliveryId(7),
+            "task": TaskKey::new("T-1"),
+            "repo": RepoName::new("api"),
+        });
+        assert_eq!(
+            json.to_string(),
+            r#"{"id":7,"phase":"rollback","repo":"api","source":"github","state":"cancelled","step":"timed out","task":"T-1"}"#
+        );
+    }
+
+    #[test]
+    fn github_repos() {
+        assert_eq!(
+            GitHubRepo::parse("acme/api").unwrap().to_string(),
+            "acme/api"
+        );
         for bad in [
             "acme",
             "acme/",
@@ -58,7 +395,7 @@ mod tests {
             "../x",
             "a/..",
         ] {
-            assert!(RepoName::parse(bad).is_none(), "{bad}");
+            assert!(GitHubRepo::parse(bad).is_none(), "{bad}");
         }
     }
 }

@@ -28,6 +28,13 @@ pub struct Git {
     dir: PathBuf,
     keep_env: Vec<(String, OsString)>,
     extra_env: Vec<(String, String)>,
+    /// Variables of lockstep's own environment its commands must not see.
+    removed_env: Vec<String>,
+}
+
+/// A short id for messages: the first ten hex digits.
+pub fn short(oid: &str) -> &str {
+    &oid[..oid.len().min(10)]
 }
 
 /// Whether an object id is git's all-zero id (a created or deleted ref).
@@ -49,6 +56,7 @@ impl Git {
             dir: dir.into(),
             keep_env: Vec::new(),
             extra_env: Vec::new(),
+            removed_env: Vec::new(),
         }
     }
 
@@ -63,12 +71,20 @@ impl Git {
             dir,
             keep_env,
             extra_env: Vec::new(),
+            removed_env: Vec::new(),
         })
     }
 
     /// Adds a variable to every command (e.g. the bot's author identity).
     pub fn with_env(mut self, key: &str, value: &str) -> Git {
         self.extra_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Hides a variable of lockstep's environment from every command (and the hooks they
+    /// run), e.g. a `LOCKSTEP_CONFIG` that names another config than the sandbox's.
+    pub fn without_env(mut self, key: &str) -> Git {
+        self.removed_env.push(key.to_string());
         self
     }
 
@@ -86,6 +102,9 @@ impl Git {
             {
                 cmd.env_remove(k);
             }
+        }
+        for k in &self.removed_env {
+            cmd.env_remove(k);
         }
         for (k, v) in &self.keep_env {
             cmd.env(k, v);
@@ -182,7 +201,7 @@ impl Git {
     }
 
     /// Starts listing the commits of [`Git::commits`] and reads them on a thread of their own,
-    /// so that the caller can do other work meanwhile; [`PendingCommits::wait`] gives them.
+    /// so that the caller can do other work meanwhile; `PendingCommits::wait` gives them.
     pub fn start_commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<PendingCommits> {
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
@@ -358,7 +377,8 @@ impl CommitInfo {
 /// Parses the NUL-separated records of `git rev-list --header`: the id, the raw headers,
 /// a blank line, and the message indented by four spaces. Bytes that are not UTF-8 are
 /// replaced, never trusted.
-pub fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
+#[cfg(test)]
+fn parse_rev_list_header(bytes: &[u8]) -> Vec<CommitInfo> {
     bytes
         .split(|b| *b == 0)
         .filter(|r| !r.iter().all(u8::is_ascii_whitespace))

@@ -14,14 +14,14 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use anyhow::Context as _;
-
 use crate::config::{Config, ConfigSource};
 use crate::delivery::{self, Request, Requested, refusal_lines};
+use crate::domain::{Source, TaskKey};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
 use crate::store::Store;
+use crate::text::escape;
 use crate::tracker;
 
 /// Exit code: the push was accepted.
@@ -49,12 +49,20 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBu
     }
 }
 
-/// Loads the config and compiles the policies it names.
+/// Loads the config and compiles the policies it names. A set with no rule for pushes would
+/// accept every push (an empty or misplaced policy folder): refused unless the config says
+/// `[policies] allow_empty = true`.
 pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config, PolicySet)> {
     let config = Config::load_from(config_path, source)?;
     let policies = PolicySet::for_config(&config)?;
+    if !policies.has_push_rules() && !config.policies.allow_empty {
+        anyhow::bail!("{}", crate::policy::NO_PUSH_RULE);
+    }
     Ok((config, policies))
 }
+
+/// How long past `[policies] timeout` a hook waits for a decision before it gives up on it.
+const HOOK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The decisions on a push, and the state folder its verdicts are counted in.
 type Decided = (Vec<RefDecision>, PathBuf);
@@ -65,7 +73,7 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
     // git walks the new commits while the config, the policies and the tracker load.
     let early = Early::start(&git, &updates);
     let (path, source) = find_config(config_path, &git)?;
-    let (config, policies) = load(&path, source)?;
+    let (config, mut policies) = load(&path, source)?;
     let ctx = PushContext {
         repo: push::repo_name(&config, git.dir()),
         pusher: push::pusher_from_env(&config),
@@ -76,18 +84,17 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
     let tasks = if keys.is_empty() {
         Default::default()
     } else {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let rt = crate::runtime::current_thread()?;
         rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys))
     };
-    let deadline = config.policies.timeout;
+    let timeout = config.policies.timeout;
+    // Every rule stops at the deadline and counts as its `on_error` says. What else deciding
+    // does (reading commits) is bounded by giving up a moment later: the process exits right
+    // after, taking an overrunning worker with it.
+    policies.deadline = Some(std::time::Instant::now() + timeout);
     let state_dir = config.state_dir();
     let (tx, rx) = mpsc::channel();
     let tracker_name = tracker.name();
-    // CEL has no cost limit: evaluate on a worker and give up at the deadline. The process
-    // exits right after, taking an overrunning worker with it.
     std::thread::spawn(move || {
         let r = push::decide(
             &config,
@@ -101,11 +108,11 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
         );
         let _ = tx.send(r);
     });
-    let result = match rx.recv_timeout(deadline) {
+    let result = match rx.recv_timeout(timeout + HOOK_GRACE) {
         Ok(r) => r,
         Err(_) => anyhow::bail!(
             "policies did not finish in {}; simplify them or raise `policies.timeout`",
-            tracker::humanize(deadline)
+            crate::config::humanize(timeout)
         ),
     };
     result.map(|decisions| (decisions, state_dir))
@@ -124,9 +131,9 @@ pub fn outcome_label(v: &crate::policy::Verdict) -> &'static str {
     }
 }
 
-/// Counts the verdicts of a push for `lockstep serve`'s metrics ([`crate::verdict_counts`]). Only when
-/// the state folder exists (a hook never creates it), within a short deadline, and never
-/// with any effect on the push: a failure here is logged at debug level and forgotten.
+/// Counts the verdicts of a push for `lockstep serve`'s metrics ([`crate::verdict_counts`]).
+/// Only when the state folder exists (a hook never creates it), within a short deadline, and
+/// never with any effect on the push: a failure here is logged at debug level and forgotten.
 fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
     if !state_dir.is_dir() {
         return;
@@ -152,14 +159,13 @@ fn finish(result: anyhow::Result<Decided>) -> i32 {
     let mut err = std::io::stderr().lock();
     match result {
         Ok((decisions, state_dir)) => {
-            let _ = write!(
-                err,
-                "{}",
-                Report {
-                    decisions: &decisions,
-                    gitlab
-                }
-            );
+            let report = Report {
+                decisions: &decisions,
+                gitlab,
+            }
+            .to_string();
+            // Rule messages quote commit messages and other text pushers chose.
+            let _ = write!(err, "{}", escape(&report));
             let _ = err.flush();
             drop(err);
             count_decisions(&state_dir, &decisions);
@@ -171,7 +177,7 @@ fn finish(result: anyhow::Result<Decided>) -> i32 {
         }
         Err(e) => {
             let text = format!("lockstep: push rejected: {e:#}");
-            let _ = write!(err, "{}", push::gitlab_lines(&text, gitlab));
+            let _ = write!(err, "{}", escape(&push::gitlab_lines(&text, gitlab)));
             BROKEN
         }
     }
@@ -292,14 +298,17 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
         for key in keys {
             let requester = push::pusher_from_env(&config);
             match enqueue(&config, key, priority, &requester) {
-                Ok(msg) => eprintln!("lockstep: {msg}"),
-                Err(e) => eprintln!("lockstep: could not queue the delivery of `{key}`: {e:#}"),
+                Ok(msg) => eprintln!("lockstep: {}", escape(&msg)),
+                Err(e) => eprintln!(
+                    "lockstep: could not queue the delivery of `{key}`: {}",
+                    escape(&format!("{e:#}"))
+                ),
             }
         }
         Ok(())
     })();
     if let Err(e) = result {
-        eprintln!("lockstep: post-receive: {e:#}");
+        eprintln!("lockstep: post-receive: {}", escape(&format!("{e:#}")));
     }
     0
 }
@@ -324,9 +333,7 @@ fn tasks_to_deliver<'a>(config: &Config, updates: &'a [RefUpdate]) -> Vec<&'a st
 /// so it is moved to For Delivery first; then a detached worker is started so the push does
 /// not wait for the delivery.
 fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow::Result<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::current_thread()?;
     let policies = PolicySet::for_config(config)?;
     rt.block_on(async {
         let tracker = tracker::open(config)?;
@@ -351,15 +358,15 @@ fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow
             };
             let note = format!("ready for delivery: {who} pushed with `-o deliver`");
             tracker
-                .move_to(key, &ready, &note)
+                .move_to(key, &ready, &crate::text::note(&note))
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             moved_from = Some(t.status.clone());
         }
         let req = Request {
-            task: key.to_string(),
+            task: TaskKey::new(key),
             priority,
-            source: "push".into(),
+            source: Source::Push,
             requester: requester.to_string(),
             ..Default::default()
         };
@@ -377,7 +384,10 @@ fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow
         let mut put_back = String::new();
         if let (Some(why), Some(previous)) = (why, &moved_from) {
             let note = format!("not delivered: {why}; back to {previous}");
-            put_back = match tracker.move_to(key, previous, &note).await {
+            put_back = match tracker
+                .move_to(key, previous, &crate::text::note(&note))
+                .await
+            {
                 Ok(()) => format!(" (task moved back to {previous})"),
                 Err(e) => format!(" (and it could not be moved back to {previous}: {e})"),
             };

@@ -103,7 +103,8 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
         if let Ok(existing) = std::fs::read_to_string(&path) {
             if !existing.contains(MARKER) && !opts.force && wanted.contains(name) {
                 bail!(
-                    "`{}` exists and was not written by lockstep; move it aside, or pass --force to replace it",
+                    "`{}` exists and was not written by lockstep; move it aside, or pass --force \
+                     to replace it",
                     path.display()
                 );
             }

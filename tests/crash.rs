@@ -183,8 +183,9 @@ fn crash_during_build_resumes_the_build_on_the_same_rebase() {
     env.hold("web", "build");
     let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
     let pid = env.wait_at_gate("web", "build");
-    // The worker records a step's pid just after starting it; killed before that, it would
-    // leave a step recovery cannot find.
+    // The worker records a step's pid (its supervisor's) just after starting it; killed
+    // before that, it would leave a step recovery cannot find.
+    let pid = parent_of(pid).expect("the held build is alive");
     wait_for("web's build to be recorded with its pid", || {
         let steps = env.show(1)["steps"].clone();
         steps

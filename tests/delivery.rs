@@ -578,7 +578,7 @@ message = "only the release lead asks for deliveries this week"
 }
 
 /// A push that `alice` makes to `master` of a repository; returns what the server said.
-fn alice_pushes_master(env: &Env, repo: &str) -> lockstep::demo::Pushed {
+fn alice_pushes_master(env: &Env, repo: &str) -> lockstep::sandbox::Pushed {
     let dir = env.clone_of(repo, "alice");
     let g = git(&dir, "alice");
     g.run(&["switch", "--quiet", "-C", "master", "origin/master"])

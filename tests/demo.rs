@@ -8,7 +8,7 @@ fn demo_runs_every_act_as_told() {
     let text = stdout(&out);
     assert_eq!(code(&out), 0, "{text}{}", stderr(&out));
     // Every act the demo declares ran, in order, and the closing line counts them.
-    let acts = lockstep::demo::ACTS;
+    let acts = lockstep::sandbox::ACTS;
     let headings: Vec<&str> = text
         .lines()
         .filter(|l| {

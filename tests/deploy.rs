@@ -51,7 +51,7 @@ fn config_entry(tools: &Path, key: &str) -> String {
 }
 
 fn duration(text: &str) -> Duration {
-    lockstep::config::parse_duration(text).unwrap()
+    lockstep::parse_duration(text).unwrap()
 }
 
 #[test]
@@ -162,7 +162,7 @@ fn the_deployment_is_restricted_probed_and_keeps_secrets_in_the_secret() {
 
     // The config names those variables, and the pod outlives the drain of a delivery.
     let config = config_entry(&tools, "lockstep.toml");
-    let parsed = lockstep::config::Config::parse_str(&config).unwrap();
+    let parsed = lockstep::Config::parse_str(&config).unwrap();
     let github = parsed.github.as_ref().unwrap();
     assert_eq!(github.webhook_secret_env, "LOCKSTEP_WEBHOOK_SECRET");
     assert_eq!(github.token_env.as_deref(), Some("GITHUB_TOKEN"));
@@ -330,14 +330,14 @@ fn compose_parses_with_and_without_the_redmine_profile() {
         .collect();
     assert_eq!(command, ["--config", "/etc/lockstep/compose.toml", "serve"]);
     let mounted = std::fs::read_to_string(root().join("deploy/compose-lockstep.toml")).unwrap();
-    let mounted = lockstep::config::Config::parse_str(&mounted).unwrap();
+    let mounted = lockstep::Config::parse_str(&mounted).unwrap();
     assert_eq!(
         mounted.store.url_env.as_deref(),
         Some("LOCKSTEP_DATABASE_URL")
     );
     // It stops after the image config's grace, not before.
     let image = std::fs::read_to_string(root().join("deploy/lockstep.toml")).unwrap();
-    let grace = lockstep::config::Config::parse_str(&image)
+    let grace = lockstep::Config::parse_str(&image)
         .unwrap()
         .server
         .shutdown_grace;
@@ -392,7 +392,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .lines()
         .find_map(|l| l.strip_prefix("TimeoutStopSec="))
         .unwrap();
-    let grace = lockstep::config::Config::parse_str("")
+    let grace = lockstep::Config::parse_str("")
         .unwrap()
         .server
         .shutdown_grace;

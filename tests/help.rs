@@ -21,7 +21,7 @@ fn command_paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<Str
 #[test]
 fn help_of_every_command() {
     let mut paths = Vec::new();
-    command_paths(&lockstep::cli::Cli::command(), Vec::new(), &mut paths);
+    command_paths(&lockstep::Cli::command(), Vec::new(), &mut paths);
     assert!(paths.len() >= 9, "{paths:?}");
     let mut all = String::new();
     for path in paths {

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::util::*;
-use lockstep::git::Git;
+use lockstep::Git;
 
 /// A sandbox meta-project (config, policies, tasks) and a fresh bare repository with a
 /// `master`, no hooks yet, and a clone of it for alice.

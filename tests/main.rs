@@ -4,15 +4,18 @@
 
 mod util;
 
+mod architecture;
 mod bad_input;
 mod container;
 mod crash;
 mod delivery;
 mod demo;
 mod deploy;
+mod hardening;
 mod help;
 mod hooks;
 mod install;
+mod pipeline;
 mod policy_test;
 mod replicas;
 mod serve;

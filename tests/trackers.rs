@@ -51,7 +51,7 @@ fn the_documented_configs_parse() {
         .collect();
     assert_eq!(blocks.len(), 4, "one shared block and one per tracker");
     for block in blocks {
-        if let Err(e) = lockstep::config::Config::parse_str(block) {
+        if let Err(e) = lockstep::Config::parse_str(block) {
             panic!("{e:#}\nin:\n{block}");
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
+use crate::domain::{Phase, RepoName};
 
 /// How a delivery lands on upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -35,9 +36,16 @@ pub struct Delivery {
     /// Delete the task branches after a delivery lands. Default false.
     #[serde(default)]
     pub delete_branches: bool,
-    /// How many repositories build and test at once. Default 4.
+    /// How many build and test steps run at once, across every delivery of the pipeline
+    /// (the nearest delivery to landing gets a free slot first). Default 4.
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// How many deliveries are in flight at once: the head of the queue, which deploys,
+    /// verifies and merges, and up to `window - 1` behind it, rebased onto the result of those
+    /// ahead of them and built and tested speculatively. `1` is the strictly serial line.
+    /// Default 4.
+    #[serde(default = "default_window")]
+    pub window: usize,
     /// Variables of lockstep's own environment handed to steps (besides PATH, HOME, LANG and
     /// the like). Default none: secrets of the bot do not reach steps unless named here.
     #[serde(default)]
@@ -52,6 +60,7 @@ impl Default for Delivery {
             merge: MergeMode::FastForward,
             delete_branches: false,
             parallel: default_parallel(),
+            window: default_window(),
             pass_env: Vec::new(),
         }
     }
@@ -64,6 +73,9 @@ fn default_environment() -> String {
     "production".into()
 }
 fn default_parallel() -> usize {
+    4
+}
+fn default_window() -> usize {
     4
 }
 
@@ -79,7 +91,7 @@ pub struct Environment {
 #[serde(deny_unknown_fields)]
 pub struct Repo {
     /// The repository's name in the ecosystem (and in messages).
-    pub name: String,
+    pub name: RepoName,
     /// Any URL or path the bot can fetch from and push to.
     pub url: String,
     /// The branch deliveries land on. Default `master`.
@@ -92,6 +104,20 @@ pub struct Repo {
     pub steps: Steps,
 }
 
+impl Repo {
+    /// The command this repository runs in a phase; `None` for a phase with no step of its
+    /// own (rebase and merge are lockstep's git work; rollback runs only when undoing).
+    pub fn step(&self, phase: Phase) -> Option<&StepCommand> {
+        match phase {
+            Phase::Build => self.steps.build.as_ref(),
+            Phase::Test => self.steps.test.as_ref(),
+            Phase::Deploy => self.steps.deploy.as_ref(),
+            Phase::Verify => self.steps.verify.as_ref(),
+            Phase::Rebase | Phase::Merge | Phase::Rollback => None,
+        }
+    }
+}
+
 fn default_upstream() -> String {
     "master".into()
 }
@@ -99,27 +125,27 @@ fn default_upstream() -> String {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Steps {
-    pub build: Option<Command>,
-    pub test: Option<Command>,
-    pub deploy: Option<Command>,
-    pub verify: Option<Command>,
-    pub rollback: Option<Command>,
+    pub build: Option<StepCommand>,
+    pub test: Option<StepCommand>,
+    pub deploy: Option<StepCommand>,
+    pub verify: Option<StepCommand>,
+    pub rollback: Option<StepCommand>,
 }
 
 /// A step's command: an argv list, or a string run by `sh -c`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
-pub enum Command {
+pub enum StepCommand {
     Shell(String),
     Argv(Vec<String>),
 }
 
-impl Command {
+impl StepCommand {
     /// The program and its arguments, as handed to the operating system.
     pub fn argv(&self) -> Vec<String> {
         match self {
-            Command::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
-            Command::Argv(v) => v.clone(),
+            StepCommand::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
+            StepCommand::Argv(v) => v.clone(),
         }
     }
 }
@@ -127,11 +153,42 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+    use crate::domain::Phase;
+
+    #[test]
+    fn only_the_step_phases_run_a_repository_command() {
+        let repo: super::Repo = toml::from_str(
+            r#"
+name = "api"
+url = "api.git"
+[steps]
+build = "make"
+test = "make test"
+deploy = "deploy"
+verify = "verify"
+rollback = "undeploy"
+"#,
+        )
+        .unwrap();
+        let with_step: Vec<Phase> = Phase::ALL
+            .into_iter()
+            .filter(|p| repo.step(*p).is_some())
+            .collect();
+        assert_eq!(
+            with_step,
+            [Phase::Build, Phase::Test, Phase::Deploy, Phase::Verify]
+        );
+        assert_eq!(
+            repo.step(Phase::Test),
+            Some(&super::StepCommand::Shell("make test".into()))
+        );
+    }
 
     #[test]
     fn steps_take_argv_or_shell() {
         let c = Config::parse_str(
-            "[[repo]]\nname='api'\nurl='/x'\n[repo.steps]\nbuild=['make','image']\ntest='make test'\n",
+            "[[repo]]\nname='api'\nurl='/x'\n[repo.steps]\nbuild=['make','image']\n\
+             test='make test'\n",
         )
         .unwrap();
         let steps = &c.repos[0].steps;

@@ -25,7 +25,7 @@ mod server;
 mod store;
 mod tracker;
 
-pub use delivery::{Command, Delivery, Environment, MergeMode, Repo, Steps};
+pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use server::{GitHubConfig, Server};
 pub use store::StoreConfig;
@@ -83,9 +83,14 @@ pub struct Bot {
     /// The bot account: the identity that merges. Default `lockstep-bot`.
     #[serde(default = "default_bot_user")]
     pub user: String,
-    /// People who may also update protected branches directly. Default none.
+    /// People who may also update protected branches directly: identities of the git server
+    /// (the pusher, as `[identity] env` names it), never GitHub logins. Default none.
     #[serde(default)]
     pub maintainers: Vec<String>,
+    /// GitHub logins that may command the bot on a pull request even where GitHub answers
+    /// that they may not write to the repository. Default none: GitHub's answer decides.
+    #[serde(default)]
+    pub github_maintainers: Vec<String>,
     /// Queue, journal and logs, relative to the config file. Default `.lockstep`.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -96,6 +101,7 @@ impl Default for Bot {
         Bot {
             user: default_bot_user(),
             maintainers: Vec::new(),
+            github_maintainers: Vec::new(),
             state_dir: default_state_dir(),
         }
     }
@@ -149,9 +155,14 @@ pub struct Policies {
     /// Branches only the bot and maintainers may update. Default `["master", "main"]`.
     #[serde(default = "default_protected")]
     pub protected: Vec<String>,
-    /// How long all policies of one push may take to evaluate. Default `5s`.
+    /// How long the policies of one push (or one delivery request, or one merge) may take to
+    /// evaluate; a rule still running then counts as its `on_error` says. Default `5s`.
     #[serde(default = "default_policy_timeout", with = "duration")]
     pub timeout: Duration,
+    /// Whether the hooks may run with no rule for pushes, accepting every push. Default
+    /// false: an empty or misplaced policy folder refuses every push instead.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 impl Default for Policies {
@@ -160,6 +171,7 @@ impl Default for Policies {
             dirs: default_policy_dirs(),
             protected: default_protected(),
             timeout: default_policy_timeout(),
+            allow_empty: false,
         }
     }
 }
@@ -210,6 +222,20 @@ impl ConfigSource {
                  `lockstep.toml`"
             }
         }
+    }
+}
+
+/// A config file's path and where that path came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub path: PathBuf,
+    pub source: ConfigSource,
+}
+
+impl Located {
+    /// Reads and checks the config file (see [`Config::load_from`]).
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Config::load_from(&self.path, self.source)
     }
 }
 
@@ -271,10 +297,13 @@ impl Config {
         if self.delivery.parallel == 0 {
             bail!("`delivery.parallel` must be at least 1");
         }
+        if self.delivery.window == 0 {
+            bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
+        }
         self.tracker.check()?;
         for repo in &self.repos {
             if let Some(gh) = &repo.github
-                && crate::domain::RepoName::parse(gh).is_none()
+                && crate::domain::GitHubRepo::parse(gh).is_none()
             {
                 bail!(
                     "repo `{}`: `github = \"{gh}\"` must be `owner/name`",

@@ -78,7 +78,8 @@ mod serde_regex {
         let re = Regex::new(&text).map_err(|e| D::Error::custom(format!("bad regex: {e}")))?;
         if re.capture_names().flatten().all(|n| n != "task") {
             return Err(D::Error::custom(format!(
-                "pattern `{text}` has no group named `task`; write it like `(?P<task>[A-Z]+-[0-9]+)`"
+                "pattern `{text}` has no group named `task`; write it like \
+                 `(?P<task>[A-Z]+-[0-9]+)`"
             )));
         }
         Ok(re)
@@ -205,7 +206,8 @@ impl TrackerConfig {
                 let names: Vec<String> =
                     kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
                 bail!(
-                    "`tracker.{key}` is for kind = {}, not \"{}\"; remove it or change `tracker.kind`",
+                    "`tracker.{key}` is for kind = {}, not \"{}\"; remove it or change \
+                     `tracker.kind`",
                     names.join(" or "),
                     self.kind.name()
                 );
@@ -252,7 +254,8 @@ mod tests {
         let err = Config::parse_str("[tracker]\nkind = 'redmine'\nrepo = 'o/r'\n").unwrap_err();
         assert_eq!(
             format!("{err:#}"),
-            "`tracker.repo` is for kind = \"github\", not \"redmine\"; remove it or change `tracker.kind`"
+            "`tracker.repo` is for kind = \"github\", not \"redmine\"; remove it or change \
+             `tracker.kind`"
         );
         let c = Config::parse_str(
             "[tracker]\nkind = 'jira'\nurl = 'https://j.example'\nuser = 'u'\nproject = 'P'\n",

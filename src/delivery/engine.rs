@@ -8,12 +8,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::phase::Phase;
+use tokio::sync::watch;
+
+use super::slots::{Rank, Slots};
 use super::stop::{Failure, Stop};
 use crate::config::{Config, Repo};
+use crate::domain::State;
+use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 use crate::git::Git;
 use crate::policy::PolicySet;
-use crate::store::{DeliveryRow, RepoRow, State, Store};
+use crate::store::{DeliveryRow, RepoRow, Store};
 use crate::tracker::Tracker;
 
 /// Whoever watches a delivery: the terminal, the server's log.
@@ -23,7 +27,7 @@ pub trait Watcher: Send + Sync {
     /// Where one repository stands in one phase (`rebase`, `build`, …, `merge`, `rollback`):
     /// `running`, then `passed`, `failed`, `timed out`, `stopped` or `not started`. The lines
     /// say the same; a watcher that draws a board of repositories × phases uses this.
-    fn step(&self, _delivery: i64, _repo: &str, _phase: &str, _state: &str) {}
+    fn step(&self, _delivery: DeliveryId, _repo: &RepoName, _phase: Phase, _state: StepState) {}
 }
 
 /// A function of the line is a watcher that tells only the story.
@@ -44,6 +48,8 @@ pub struct Engine {
     pub store: Store,
     pub tracker: Arc<dyn Tracker>,
     pub progress: Progress,
+    /// The build and test step slots, shared by every delivery of the pipeline.
+    pub(super) slots: Arc<Slots>,
 }
 
 /// A repository of the delivery with its checkout: what every phase works on, as it is
@@ -53,6 +59,46 @@ pub(super) struct Checkout {
     pub(super) repo: Repo,
     pub(super) row: RepoRow,
     pub(super) dir: PathBuf,
+}
+
+/// A delivery ahead in the pipeline, as one behind it is rebased onto it: its rebased
+/// checkouts, whose commits the one behind builds on.
+#[derive(Debug, Clone)]
+pub(super) struct Ahead {
+    pub(super) id: DeliveryId,
+    pub(super) checkouts: Vec<Checkout>,
+}
+
+/// How a delivery is prepared: alone (the serial line, or the head) or as a candidate of
+/// the pipeline, on the deliveries ahead of it.
+pub(super) struct Preparation {
+    /// The deliveries ahead of it whose results it builds on, the nearest last.
+    pub(super) ahead: Vec<Ahead>,
+    /// Its place for the step slots.
+    pub(super) rank: Rank,
+    /// Turns true when the preparation is to be thrown away: its steps are stopped.
+    pub(super) discard: Option<watch::Receiver<bool>>,
+    /// Called once every repository is rebased, with the checkouts.
+    pub(super) on_rebased: Option<OnRebased>,
+}
+
+/// What a preparation calls once its checkouts are rebased.
+pub(super) type OnRebased = Box<dyn FnOnce(&[Checkout]) + Send>;
+
+impl Preparation {
+    /// The serial line's: nothing ahead, nothing to discard.
+    pub(super) fn alone(d: &DeliveryRow) -> Preparation {
+        Preparation {
+            ahead: Vec::new(),
+            rank: Rank::new(d.candidate, d.priority, d.id.0),
+            discard: None,
+            on_rebased: None,
+        }
+    }
+
+    pub(super) fn discarded(&self) -> bool {
+        self.discard.as_ref().is_some_and(|d| *d.borrow())
+    }
 }
 
 /// The URL git should use for a configured repository: local paths resolve against the
@@ -77,11 +123,11 @@ impl Engine {
     }
 
     /// Where the delivery's checkouts live, one folder per repository.
-    pub(super) fn work_dir(&self, id: i64) -> PathBuf {
+    pub(super) fn work_dir(&self, id: DeliveryId) -> PathBuf {
         self.config.state_dir().join("work").join(id.to_string())
     }
 
-    pub(super) fn log_path(&self, id: i64, repo: &str, step: Phase) -> PathBuf {
+    pub(super) fn log_path(&self, id: DeliveryId, repo: &RepoName, step: Phase) -> PathBuf {
         self.config
             .state_dir()
             .join("logs")
@@ -102,23 +148,52 @@ impl Engine {
         for var in &self.config.identity.env {
             git = git.with_env(var, bot);
         }
+        // The hooks of a local repository read `LOCKSTEP_CONFIG` before their own config. One
+        // that names another file than the config this engine runs (the demo, started from a
+        // shell that has one set) must not decide the bot's pushes; it is hidden from them.
+        if std::env::var_os("LOCKSTEP_CONFIG").is_some_and(|named| !self.runs_config(&named)) {
+            git = git.without_env("LOCKSTEP_CONFIG");
+        }
         git
+    }
+
+    /// Whether `named` is the file this engine's config was read from.
+    fn runs_config(&self, named: &std::ffi::OsStr) -> bool {
+        let named = Path::new(named);
+        named == self.config.path
+            || matches!(
+                (std::fs::canonicalize(named), std::fs::canonicalize(&self.config.path)),
+                (Ok(a), Ok(b)) if a == b
+            )
     }
 
     /// Runs one claimed delivery to its end and records the outcome. Returns the final state.
     pub async fn deliver(&self, d: &DeliveryRow) -> anyhow::Result<State> {
-        let resume = Phase::parse(&d.phase).filter(|p| matches!(p, Phase::Build | Phase::Test));
+        let resume = Self::resume_phase(d);
         self.say(&format!("#{} {}: delivery started", d.id, d.task));
-        let failure = match self.line(d, resume).await {
+        match self.line(d, resume).await {
             Ok(checkouts) => {
                 self.land(d, &checkouts, false).await?;
-                return Ok(State::Delivered);
+                Ok(State::Delivered)
             }
-            Err(Stop::Failed(failure)) => failure,
+            Err(stop) => self.report_stop(d, stop).await,
+        }
+    }
+
+    /// The phase a delivery requeued after a crash resumes at (build or test).
+    pub(super) fn resume_phase(d: &DeliveryRow) -> Option<Phase> {
+        d.phase.filter(|p| matches!(p, Phase::Build | Phase::Test))
+    }
+
+    /// Ends a delivery whose line stopped: journals and tells the failure, rolls back what
+    /// was deployed, moves the task back. Returns the final state.
+    pub(super) async fn report_stop(&self, d: &DeliveryRow, stop: Stop) -> anyhow::Result<State> {
+        let failure = match stop {
+            Stop::Failed(failure) => failure,
             // lockstep could not go on: reported as a failure of the phase it broke in.
-            Err(Stop::Broken(e)) => Failure::new(
-                Phase::parse(&self.current_phase(d.id).await).unwrap_or(Phase::Rebase),
-                "",
+            Stop::Broken(e) => Failure::new(
+                self.current_phase(d.id).await.unwrap_or(Phase::Rebase),
+                None,
                 format!("{e:#}"),
             ),
         };
@@ -126,22 +201,37 @@ impl Engine {
             .journal(
                 d.id,
                 failure.phase.as_str(),
-                &failure.repo,
+                failure.repo.as_deref().unwrap_or(""),
                 "failed",
                 &failure.message,
             )
             .await?;
-        if !failure.repo.is_empty() {
+        if let Some(repo) = &failure.repo {
             self.progress
-                .step(d.id, &failure.repo, failure.phase.as_str(), "failed");
+                .step(d.id, repo, failure.phase, StepState::Failed);
         }
         self.say(&format!("#{} {}: {}", d.id, d.task, failure.summary()));
         self.fail(d, &failure.summary(), &failure.log_tail).await
     }
 
+    /// Deploys, verifies and merges a prepared delivery, then records it landed or failed.
+    pub(super) async fn release_and_land(
+        &self,
+        d: &DeliveryRow,
+        checkouts: &[Checkout],
+    ) -> anyhow::Result<State> {
+        match self.release(d, checkouts).await {
+            Ok(()) => {
+                self.land(d, checkouts, false).await?;
+                Ok(State::Delivered)
+            }
+            Err(stop) => self.report_stop(d, stop).await,
+        }
+    }
+
     /// The line itself; the checkouts when every upstream advanced.
     async fn line(&self, d: &DeliveryRow, resume: Option<Phase>) -> Result<Vec<Checkout>, Stop> {
-        let checkouts = self.prepare(d, resume).await?;
+        let checkouts = self.prepare(d, resume, Preparation::alone(d)).await?;
         self.release(d, &checkouts).await?;
         Ok(checkouts)
     }
@@ -150,7 +240,15 @@ impl Engine {
     /// built and tested. Nothing outside them changes, so a delivery interrupted here can be
     /// started again; `resume` (build or test) picks up at that phase when the checkouts of
     /// the interrupted run are intact.
-    async fn prepare(&self, d: &DeliveryRow, resume: Option<Phase>) -> Result<Vec<Checkout>, Stop> {
+    ///
+    /// A candidate of the pipeline (`prep`) is rebased onto the deliveries ahead of it, and
+    /// stops as soon as its preparation is discarded.
+    pub(super) async fn prepare(
+        &self,
+        d: &DeliveryRow,
+        resume: Option<Phase>,
+        mut prep: Preparation,
+    ) -> Result<Vec<Checkout>, Stop> {
         // Resume only with the checkouts as they were built; otherwise rebase again, which
         // may give other commits, and so build them again too.
         let resumed = match resume {
@@ -159,21 +257,32 @@ impl Engine {
         };
         let (start, checkouts) = match resumed {
             Some(r) => r,
-            None => (Phase::Build, self.rebase(d).await?),
+            None => (Phase::Build, self.rebase(d, &prep.ahead).await?),
         };
+        if let Some(rebased) = prep.on_rebased.take() {
+            rebased(&checkouts);
+        }
         for phase in [Phase::Build, Phase::Test] {
             if phase < start {
                 continue;
             }
+            if prep.discarded() {
+                return Err(Failure::new(phase, None, "discarded").into());
+            }
             self.enter(d.id, phase).await?;
-            self.parallel_phase(d, phase, &checkouts).await?;
+            self.parallel_phase(d, phase, &checkouts, prep.rank, prep.discard.clone())
+                .await?;
         }
         Ok(checkouts)
     }
 
     /// Deploy, verify and merge prepared checkouts: the shared environment changes, then
     /// every upstream, one repository at a time.
-    async fn release(&self, d: &DeliveryRow, checkouts: &[Checkout]) -> Result<(), Stop> {
+    pub(super) async fn release(
+        &self,
+        d: &DeliveryRow,
+        checkouts: &[Checkout],
+    ) -> Result<(), Stop> {
         for phase in [Phase::Deploy, Phase::Verify] {
             self.enter(d.id, phase).await?;
             self.serial_phase(d, phase, checkouts).await?;
@@ -182,21 +291,21 @@ impl Engine {
         // Checked before the merge phase is recorded: recovery finishes a merge forward, and
         // must never do so for one the policies refused.
         self.merge_policies(d).await?;
-        self.store.set_phase(d.id, Phase::Merge.as_str()).await?;
+        self.store.set_phase(d.id, Phase::Merge).await?;
         self.merge(d, checkouts).await
     }
 
     /// Records that the delivery enters `phase`, unless it was asked to stop.
-    async fn enter(&self, id: i64, phase: Phase) -> Result<(), Stop> {
+    async fn enter(&self, id: DeliveryId, phase: Phase) -> Result<(), Stop> {
         self.checkpoint(id, phase).await?;
-        self.store.set_phase(id, phase.as_str()).await?;
+        self.store.set_phase(id, phase).await?;
         Ok(())
     }
 
     /// Stops the line if a cancel was asked for.
-    pub(super) async fn checkpoint(&self, id: i64, phase: Phase) -> Result<(), Stop> {
+    pub(super) async fn checkpoint(&self, id: DeliveryId, phase: Phase) -> Result<(), Stop> {
         if self.store.cancel_requested(id).await.unwrap_or(false) {
-            return Err(Failure::new(phase, "", "cancelled on request").into());
+            return Err(Failure::new(phase, None, "cancelled on request").into());
         }
         Ok(())
     }
@@ -215,7 +324,7 @@ impl Engine {
                 format!(
                     "{} {} → {}",
                     c.row.repo,
-                    crate::push::short(&c.row.rebased_sha),
+                    crate::git::short(&c.row.rebased_sha),
                     c.repo.upstream
                 )
             })
@@ -284,18 +393,21 @@ impl Engine {
         Ok(state)
     }
 
-    async fn current_phase(&self, id: i64) -> String {
+    async fn current_phase(&self, id: DeliveryId) -> Option<Phase> {
         self.store
             .delivery(id)
             .await
             .ok()
             .flatten()
-            .map(|d| d.phase)
-            .unwrap_or_default()
+            .and_then(|d| d.phase)
     }
 
     pub(super) async fn move_task(&self, d: &DeliveryRow, status: &str, note: &str) {
-        match self.tracker.move_to(&d.task, status, note).await {
+        match self
+            .tracker
+            .move_to(&d.task, status, &crate::text::note(note))
+            .await
+        {
             Ok(()) => {
                 let _ = self
                     .store
@@ -303,7 +415,7 @@ impl Engine {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(delivery = d.id, task = %d.task, "cannot move the task: {e}");
+                tracing::warn!(delivery = d.id.0, task = %d.task, "cannot move the task: {e}");
                 let _ = self
                     .store
                     .journal(d.id, "report", "", "task not moved", &e.to_string())

@@ -4,17 +4,7 @@
 //!
 //! Its parts live beside it in `delivery`: `engine` runs a delivery through the phases in
 //! their order, `rebase` makes the checkouts, `run` runs the steps, `merge` pushes the
-//! upstreams, `rollback` undoes, `recover` finishes what a killed worker left, `phase` names
-//! the phases and `stop` says why a line stopped.
+//! upstreams, `rollback` undoes, `recover` finishes what a killed worker left, and `stop` says
+//! why a line stopped. The phases themselves are the domain's ([`Phase`](crate::domain::Phase)).
 
 pub use super::engine::{Engine, Progress, Watcher, repo_url};
-pub use super::phase::Phase;
-pub use super::stop::Failure;
-
-/// Runs blocking work (git) off the async threads.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(v) => v,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
-}

@@ -3,10 +3,10 @@
 //! delivered branches once the delivery has landed.
 
 use super::engine::{Checkout, Engine};
-use super::line::blocking;
-use super::phase::Phase;
 use super::stop::{Failure, Stop};
+use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 use crate::policy::Stage;
+use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
 
 /// What became of a compare-and-swap push.
@@ -29,7 +29,7 @@ impl Engine {
             .task(&d.task)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let repos: Vec<String> = self
+        let repos: Vec<RepoName> = self
             .store
             .repos(d.id)
             .await?
@@ -44,7 +44,7 @@ impl Engine {
             &d.requester,
             None,
             &[],
-            repos,
+            &repos,
             Some(d.id),
         );
         let decision = self.policies.evaluate(Stage::Merge, &facts);
@@ -56,7 +56,7 @@ impl Engine {
             .map(|v| format!("[{}] {}", v.rule, v.messages().join("; ")))
             .collect();
         let message = format!("merge refused by policy: {}", why.join("; "));
-        Err(Failure::new(Phase::Merge, "", message).into())
+        Err(Failure::new(Phase::Merge, None, message).into())
     }
 
     /// Moves every upstream to its rebased head, one compare-and-swap push each; if one fails,
@@ -85,18 +85,19 @@ impl Engine {
                 if !undone.is_empty() {
                     message.push_str(&format!("; put back {}", undone.join(", ")));
                 }
-                return Err(Failure::new(Phase::Merge, &c.row.repo, message).into());
+                return Err(Failure::new(Phase::Merge, Some(&c.row.repo), message).into());
             }
             self.store
                 .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
                 .await?;
-            self.progress.step(d.id, &c.row.repo, "merge", "passed");
+            self.progress
+                .step(d.id, &c.row.repo, Phase::Merge, StepState::Passed);
             self.say(&format!(
                 "#{} {}: merge    {:<12} {} → {}",
                 d.id,
                 d.task,
                 c.row.repo,
-                crate::push::short(&c.row.rebased_sha),
+                crate::git::short(&c.row.rebased_sha),
                 c.repo.upstream
             ));
             pushed.push(c);
@@ -107,7 +108,7 @@ impl Engine {
     /// Puts back upstreams this delivery moved. Returns the repos put back.
     pub(super) async fn undo_merges(
         &self,
-        id: i64,
+        id: DeliveryId,
         pushed: &[&Checkout],
     ) -> anyhow::Result<Vec<String>> {
         let mut undone = Vec::new();
@@ -136,14 +137,18 @@ impl Engine {
                     c.row.base_sha
                 );
             }
-            undone.push(c.row.repo.clone());
+            undone.push(c.row.repo.to_string());
         }
         Ok(undone)
     }
 
     /// Moves a checkout's upstream from where the delivery found it to its rebased head, and
     /// records the repository merged if it moved.
-    pub(super) async fn push_upstream(&self, id: i64, c: &Checkout) -> anyhow::Result<Pushed> {
+    pub(super) async fn push_upstream(
+        &self,
+        id: DeliveryId,
+        c: &Checkout,
+    ) -> anyhow::Result<Pushed> {
         let pushed = self
             .cas_push(c, &c.row.base_sha, &c.row.rebased_sha, false)
             .await?;
@@ -157,7 +162,7 @@ impl Engine {
 
     /// Moves a checkout's upstream back from its rebased head to where the delivery found it,
     /// and records the repository not merged if it moved.
-    async fn put_back(&self, id: i64, c: &Checkout) -> anyhow::Result<Pushed> {
+    async fn put_back(&self, id: DeliveryId, c: &Checkout) -> anyhow::Result<Pushed> {
         let pushed = self
             .cas_push(c, &c.row.rebased_sha, &c.row.base_sha, true)
             .await?;
@@ -205,7 +210,7 @@ impl Engine {
 
     /// Deletes the delivered branches (`[delivery] delete_branches`), each only if it still
     /// points where the delivery found it; what happened is journaled, nothing stops.
-    pub(super) async fn delete_branches(&self, id: i64, checkouts: &[Checkout]) {
+    pub(super) async fn delete_branches(&self, id: DeliveryId, checkouts: &[Checkout]) {
         for c in checkouts {
             let git = self.bot_git(&c.dir);
             let lease = format!(

@@ -1,23 +1,29 @@
 //! Deliveries: one task, several repositories, all or nothing.
 //!
 //! - [`request`] checks a delivery request against the `on = "deliver"` rules and queues it.
-//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue
-//!   one delivery at a time.
+//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue:
+//!   one delivery at a time (`[delivery] window = 1`), or as a pipeline ([`train`]): the head
+//!   deploys while the deliveries behind it are built and tested on top of it (`slots` shares
+//!   the step slots between them).
 //! - [`line`](mod@line) is the delivery line: `engine` runs a delivery through its phases
-//!   (`phase`), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
+//!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
 //!   killed worker left; `stop` says why a line stops.
+//! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
+//!   tree when it ends.
 
+pub mod contain;
 mod engine;
 pub mod line;
 mod merge;
-mod phase;
 mod rebase;
 mod recover;
 mod rollback;
 mod run;
+mod slots;
 pub mod steps;
 mod stop;
+pub mod train;
 pub mod worker;
 
 use std::sync::Arc;
@@ -26,8 +32,10 @@ use cel::Value;
 
 use anyhow::Context as _;
 
+use self::engine::Engine;
 use crate::config::Config;
-use crate::github::{self, GitHub, RepoName};
+use crate::domain::{DeliveryId, RepoName, Source, TaskKey};
+use crate::github::{self, GitHub, GitHubRepo};
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::store::{Enqueued, NewDelivery, Store};
 use crate::tracker::{Task, Tracker};
@@ -96,10 +104,10 @@ pub async fn task_branches_on_github(
     let Some(gh_config) = &config.github else {
         return Ok(Vec::new());
     };
-    let on_github: Vec<(&crate::config::Repo, RepoName)> = config
+    let on_github: Vec<(&crate::config::Repo, GitHubRepo)> = config
         .repos
         .iter()
-        .filter_map(|r| Some((r, RepoName::parse(r.github.as_deref()?)?)))
+        .filter_map(|r| Some((r, GitHubRepo::parse(r.github.as_deref()?)?)))
         .collect();
     if on_github.is_empty() {
         return Ok(Vec::new());
@@ -135,7 +143,7 @@ pub async fn task_branches_on_github(
                 None => None,
             };
             out.push(BranchFacts {
-                repo: repo.name.clone(),
+                repo: repo.name.to_string(),
                 github: full.clone(),
                 branch,
                 pr,
@@ -155,8 +163,10 @@ async fn task_branches(
     let git = crate::git::Git::new(config.resolve(std::path::Path::new(".")));
     let listed = {
         let url = url.clone();
-        line::blocking(move || git.try_run(&["ls-remote", "--heads", "--end-of-options", &url]))
-            .await?
+        crate::runtime::blocking(move || {
+            git.try_run(&["ls-remote", "--heads", "--end-of-options", &url])
+        })
+        .await?
     };
     let (ok, out, err) = listed;
     if !ok {
@@ -181,8 +191,8 @@ pub fn deliver_facts(
     requester: &str,
     pr: Option<&PrFacts>,
     branches: &[BranchFacts],
-    repos: Vec<String>,
-    delivery: Option<i64>,
+    repos: &[RepoName],
+    delivery: Option<DeliveryId>,
 ) -> Facts {
     let mut f = Facts::default();
     let task = match task {
@@ -191,20 +201,11 @@ pub fn deliver_facts(
     };
     f.set("task", task)
         .set("requester", requester)
-        .set("bot", config.bot.user.as_str())
-        .set("maintainers", config.bot.maintainers.clone())
-        .set("protected", config.policies.protected.clone())
+        .set_ecosystem(config, tracker_name)
         .set(
-            "tracker",
-            if tracker_name == "file" {
-                "the tasks file"
-            } else {
-                tracker_name
-            },
+            "repos",
+            repos.iter().map(RepoName::to_string).collect::<Vec<_>>(),
         )
-        .set("in_progress", config.tasks.in_progress.clone())
-        .set("for_delivery", config.tasks.for_delivery.clone())
-        .set("repos", repos)
         .set(
             "branches",
             Value::List(Arc::new(branches.iter().map(BranchFacts::value).collect())),
@@ -238,7 +239,7 @@ pub fn deliver_facts(
     }
     f.set(
         "delivery",
-        delivery.map_or(Value::Null, |id| policy::map([("id", id.into())])),
+        delivery.map_or(Value::Null, |id| policy::map([("id", id.0.into())])),
     );
     f
 }
@@ -246,10 +247,9 @@ pub fn deliver_facts(
 /// A delivery request from any source.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
-    pub task: String,
+    pub task: TaskKey,
     pub priority: i64,
-    /// `cli`, `push`, `tracker`, `github`.
-    pub source: String,
+    pub source: Source,
     pub requester: String,
     /// Where it came from, for links back (e.g. `owner/repo#12`).
     pub origin: String,
@@ -259,8 +259,8 @@ pub struct Request {
 /// What became of a request.
 #[derive(Debug)]
 pub enum Requested {
-    Queued { id: i64, position: usize },
-    AlreadyQueued { id: i64 },
+    Queued { id: DeliveryId, position: usize },
+    AlreadyQueued { id: DeliveryId },
     Refused(Decision),
 }
 
@@ -305,7 +305,7 @@ pub async fn request(
                     .as_deref()
                     .is_some_and(|g| g.eq_ignore_ascii_case(&pr.repo))
             })
-            .map_or_else(|| pr.repo.clone(), |r| r.name.clone());
+            .map_or_else(|| pr.repo.clone(), |r| r.name.to_string());
         branches.push(BranchFacts {
             repo,
             github: pr.repo.clone(),
@@ -313,7 +313,7 @@ pub async fn request(
             pr: Some(pr.clone()),
         });
     }
-    let repos = config.repos.iter().map(|r| r.name.clone()).collect();
+    let repos: Vec<RepoName> = config.repos.iter().map(|r| r.name.clone()).collect();
     let facts = deliver_facts(
         config,
         tracker.name(),
@@ -322,7 +322,7 @@ pub async fn request(
         &req.requester,
         req.pr.as_ref(),
         &branches,
-        repos,
+        &repos,
         None,
     );
     let decision = policies.evaluate(Stage::Deliver, &facts);
@@ -332,7 +332,7 @@ pub async fn request(
     let new = NewDelivery {
         task: req.task.clone(),
         priority: req.priority,
-        source: req.source.clone(),
+        source: req.source,
         requester: req.requester.clone(),
         origin: req.origin.clone(),
     };
@@ -348,6 +348,22 @@ pub async fn request(
         }
         Enqueued::Existing(id) => Requested::AlreadyQueued { id },
     })
+}
+
+impl Engine {
+    /// Checks a request against the `on = "deliver"` rules and queues it, with no GitHub
+    /// client (the command line and the demo).
+    pub async fn request(&self, req: &Request) -> anyhow::Result<Requested> {
+        request(
+            &self.config,
+            &self.policies,
+            self.tracker.as_ref(),
+            None,
+            &self.store,
+            req,
+        )
+        .await
+    }
 }
 
 /// Lines explaining a refusal, one per failed rule.

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::Context as _;
 
-use super::engine::{Checkout, Engine, repo_url};
-use super::line::blocking;
-use super::phase::Phase;
+use super::engine::{Ahead, Checkout, Engine, repo_url};
 use super::stop::{Failure, Stop};
 use crate::config::{MergeMode, Repo};
+use crate::domain::{DeliveryId, Phase, StepState};
+use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoRow};
 
 /// How a branch's rebase went.
@@ -21,9 +21,15 @@ enum Rebased {
 }
 
 impl Engine {
-    /// Finds the task's branch in every repository and rebases each onto its upstream.
-    pub(super) async fn rebase(&self, d: &DeliveryRow) -> Result<Vec<Checkout>, Stop> {
-        self.store.set_phase(d.id, Phase::Rebase.as_str()).await?;
+    /// Finds the task's branch in every repository and rebases each onto its base: the
+    /// upstream, or in the pipeline the rebased result of the nearest delivery `ahead` that
+    /// touches the same repository (each of those already contains everything ahead of it).
+    pub(super) async fn rebase(
+        &self,
+        d: &DeliveryRow,
+        ahead: &[Ahead],
+    ) -> Result<Vec<Checkout>, Stop> {
+        self.store.set_phase(d.id, Phase::Rebase).await?;
         let work = self.work_dir(d.id);
         if work.exists() {
             std::fs::remove_dir_all(&work)
@@ -31,15 +37,21 @@ impl Engine {
         }
         std::fs::create_dir_all(&work)
             .with_context(|| format!("cannot create `{}`", work.display()))?;
+        // What an earlier attempt found is not this one's.
+        self.store.set_repos(d.id, &[]).await?;
         let mut found = Vec::new();
         for (position, repo) in self.config.repos.iter().enumerate() {
-            found.extend(self.find_branch(d, &work, position, repo).await?);
+            let on = ahead
+                .iter()
+                .rev()
+                .find_map(|a| a.checkouts.iter().find(|c| c.row.repo == repo.name));
+            found.extend(self.find_branch(d, &work, position, repo, on).await?);
         }
         if found.is_empty() {
             let names: Vec<&str> = self.config.repos.iter().map(|r| r.name.as_str()).collect();
             return Err(Failure::new(
                 Phase::Rebase,
-                "",
+                None,
                 format!(
                     "task `{}` has no branch in any repository (looked in {})",
                     d.task,
@@ -50,6 +62,11 @@ impl Engine {
         }
         let rows: Vec<RepoRow> = found.iter().map(|c| c.row.clone()).collect();
         self.store.set_repos(d.id, &rows).await?;
+        if d.candidate || !ahead.is_empty() {
+            self.store
+                .set_built_on(d.id, &built_on(ahead, &rows))
+                .await?;
+        }
         for c in &mut found {
             self.rebase_checkout(d, c).await?;
         }
@@ -72,14 +89,17 @@ impl Engine {
 
     /// Clones a repository into the delivery's work folder and finds the task's branch in it:
     /// `None` when it has none (the repository is left alone), a failure when it has several.
+    /// The base is the upstream's tip, or the rebased commit of `on` (a delivery ahead),
+    /// fetched from its checkout.
     async fn find_branch(
         &self,
         d: &DeliveryRow,
         work: &Path,
         position: usize,
         repo: &Repo,
+        on: Option<&Checkout>,
     ) -> Result<Option<Checkout>, Stop> {
-        let dir = work.join(&repo.name);
+        let dir = work.join(repo.name.as_str());
         let url = repo_url(&self.config, repo);
         let git = self.bot_git(work);
         let dir_s = dir.to_string_lossy().into_owned();
@@ -97,7 +117,7 @@ impl Engine {
         if !cloned.0 {
             return Err(Failure::new(
                 Phase::Rebase,
-                &repo.name,
+                Some(&repo.name),
                 format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim()),
             )
             .into());
@@ -123,7 +143,7 @@ impl Engine {
                 let names: Vec<String> = several.iter().map(|b| format!("`{b}`")).collect();
                 return Err(Failure::new(
                     Phase::Rebase,
-                    &repo.name,
+                    Some(&repo.name),
                     format!(
                         "`{}` has {} branches for `{}`: {}; delete all but one",
                         repo.name,
@@ -136,13 +156,16 @@ impl Engine {
             }
         };
         let base = git.resolve(&format!("refs/remotes/origin/{}", repo.upstream))?;
-        let Some(base) = base else {
+        let Some(mut base) = base else {
             let message = format!(
                 "`{}` has no branch `{}` to deliver onto; fix `upstream` in lockstep.toml",
                 repo.name, repo.upstream
             );
-            return Err(Failure::new(Phase::Rebase, &repo.name, message).into());
+            return Err(Failure::new(Phase::Rebase, Some(&repo.name), message).into());
         };
+        if let Some(on) = on {
+            base = self.fetch_ahead(&git, on).await?;
+        }
         let branch_sha = git
             .resolve(&format!("refs/remotes/origin/{branch}"))?
             .unwrap_or_default();
@@ -167,7 +190,7 @@ impl Engine {
     /// mode); records the commit that is to land in `rebased_sha`.
     async fn rebase_checkout(&self, d: &DeliveryRow, c: &mut Checkout) -> Result<(), Stop> {
         let git = self.bot_git(&c.dir);
-        let (branch_sha, upstream) = (c.row.branch_sha.clone(), c.repo.upstream.clone());
+        let (branch_sha, base) = (c.row.branch_sha.clone(), c.row.base_sha.clone());
         let g = git.clone();
         let rebased = blocking(move || -> anyhow::Result<Rebased> {
             g.run(&[
@@ -177,11 +200,7 @@ impl Engine {
                 "lockstep-delivery",
                 &branch_sha,
             ])?;
-            let (ok, _, _) = g.try_run(&[
-                "rebase",
-                "--quiet",
-                &format!("refs/remotes/origin/{upstream}"),
-            ])?;
+            let (ok, _, _) = g.try_run(&["rebase", "--quiet", &base])?;
             if ok {
                 return Ok(Rebased::Clean);
             }
@@ -205,22 +224,16 @@ impl Engine {
                  rebase it by hand and push again",
                 c.row.branch, c.repo.upstream
             );
-            return Err(Failure::new(Phase::Rebase, &c.row.repo, message).into());
+            return Err(Failure::new(Phase::Rebase, Some(&c.row.repo), message).into());
         }
         if self.config.delivery.merge == MergeMode::MergeCommit {
             let message = format!(
                 "Deliver {} ({})\n\nMerged by lockstep, delivery #{}.",
                 d.task, c.row.branch, d.id
             );
-            let (upstream, g) = (c.repo.upstream.clone(), git.clone());
+            let (base, g) = (c.row.base_sha.clone(), git.clone());
             blocking(move || -> anyhow::Result<()> {
-                g.run(&[
-                    "checkout",
-                    "--quiet",
-                    "-B",
-                    "lockstep-merge",
-                    &format!("refs/remotes/origin/{upstream}"),
-                ])?;
+                g.run(&["checkout", "--quiet", "-B", "lockstep-merge", &base])?;
                 g.run(&[
                     "merge",
                     "--quiet",
@@ -248,16 +261,43 @@ impl Engine {
                 ),
             )
             .await?;
-        self.progress.step(d.id, &c.row.repo, "rebase", "passed");
+        self.progress
+            .step(d.id, &c.row.repo, Phase::Rebase, StepState::Passed);
         self.say(&format!(
             "#{} {}: rebase   {:<12} {} → {}",
             d.id,
             d.task,
             c.row.repo,
-            crate::push::short(&c.row.branch_sha),
-            crate::push::short(&c.row.rebased_sha)
+            crate::git::short(&c.row.branch_sha),
+            crate::git::short(&c.row.rebased_sha)
         ));
         Ok(())
+    }
+
+    /// Brings the rebased commit of a delivery ahead into a checkout: from that delivery's own
+    /// checkout, or from the upstream if it has landed meanwhile (its folder is gone then).
+    /// Returns the commit.
+    async fn fetch_ahead(&self, git: &crate::git::Git, on: &Checkout) -> Result<String, Stop> {
+        let (g, sha) = (git.clone(), on.row.rebased_sha.clone());
+        let dir = on.dir.to_string_lossy().into_owned();
+        let fetched = blocking(move || -> anyhow::Result<bool> {
+            for from in [dir.as_str(), "origin"] {
+                let (ok, _, _) = g.try_run(&["fetch", "--quiet", "--no-tags", from, &sha])?;
+                if ok && g.resolve("FETCH_HEAD")?.as_deref() == Some(sha.as_str()) {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await?;
+        if !fetched {
+            let message = format!(
+                "cannot fetch {} of `{}`, the result of the delivery ahead it builds on",
+                on.row.rebased_sha, on.row.repo
+            );
+            return Err(Failure::new(Phase::Rebase, Some(&on.row.repo), message).into());
+        }
+        Ok(on.row.rebased_sha.clone())
     }
 
     /// Makes sure the checkout exists (after a crash, or for `lockstep rollback` later).
@@ -291,14 +331,14 @@ impl Engine {
     }
 
     /// Rebuilds the checkouts of a delivery from the store (for recovery and rollback).
-    pub(super) async fn checkouts_of(&self, id: i64) -> anyhow::Result<Vec<Checkout>> {
+    pub(super) async fn checkouts_of(&self, id: DeliveryId) -> anyhow::Result<Vec<Checkout>> {
         let mut out = Vec::new();
         for row in self.store.repos(id).await? {
             let repo = self
                 .config
                 .repo(&row.repo)
                 .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
-            let dir = self.work_dir(id).join(&row.repo);
+            let dir = self.work_dir(id).join(row.repo.as_str());
             out.push(Checkout {
                 repo: repo.clone(),
                 row,
@@ -307,4 +347,21 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The deliveries ahead whose commits bases on them contain: every one ahead touching a
+/// repository the delivery touches (each is in that repository's chain), nearest first,
+/// e.g. `#12, #11`.
+fn built_on(ahead: &[Ahead], rows: &[RepoRow]) -> String {
+    let ids: Vec<String> = ahead
+        .iter()
+        .rev()
+        .filter(|a| {
+            a.checkouts
+                .iter()
+                .any(|c| rows.iter().any(|r| r.repo == c.row.repo))
+        })
+        .map(|a| format!("#{}", a.id))
+        .collect();
+    ids.join(", ")
 }

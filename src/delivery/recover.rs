@@ -3,11 +3,11 @@
 //! what was deployed is rolled back, and no delivery is lost or run twice.
 
 use super::engine::{Checkout, Engine};
-use super::line::blocking;
 use super::merge::Pushed;
-use super::phase::Phase;
 use super::steps;
+use crate::domain::{DeliveryId, Phase, StepState};
 use crate::git::Git;
+use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
 
 /// Where the upstreams of a delivery interrupted in merge stand once reconciled.
@@ -22,6 +22,7 @@ enum Reconciled {
 ///
 /// First the steps the dead worker left running are killed (they run in process groups of
 /// their own, which outlive it). Then, by the phase the delivery was in:
+/// - a candidate of the pipeline (never deployed): queued again, in its place, from the start;
 /// - rebase: queued again, from the start;
 /// - build or test: queued again at the head, resuming that phase;
 /// - deploy or verify: what was deployed is rolled back and the delivery fails;
@@ -49,10 +50,34 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
 impl Engine {
     /// Recovers one delivery a killed worker left running; says what became of it.
     async fn recover_delivery(&self, d: &DeliveryRow) -> anyhow::Result<String> {
-        Ok(match Phase::parse(&d.phase) {
+        let phase = d.phase;
+        let prepared = matches!(
+            phase,
+            None | Some(Phase::Rebase | Phase::Build | Phase::Test)
+        );
+        if d.candidate && prepared {
+            self.store
+                .requeue(
+                    d.id,
+                    None,
+                    "the worker stopped while it was prepared behind the head; starting over",
+                )
+                .await?;
+            return Ok(format!(
+                "#{} {}: was a candidate in {}; queued again, from its rebase",
+                d.id,
+                d.task,
+                phase.map_or("the queue", Phase::as_str)
+            ));
+        }
+        Ok(match phase {
             None | Some(Phase::Rebase) => {
                 self.store
-                    .requeue(d.id, "", "the worker stopped during rebase; starting over")
+                    .requeue(
+                        d.id,
+                        None,
+                        "the worker stopped during rebase; starting over",
+                    )
                     .await?;
                 format!(
                     "#{} {}: was interrupted in rebase; queued again",
@@ -61,7 +86,7 @@ impl Engine {
             }
             Some(p @ (Phase::Build | Phase::Test)) => {
                 let why = format!("the worker stopped during {p}; resuming it");
-                self.store.requeue(d.id, p.as_str(), &why).await?;
+                self.store.requeue(d.id, Some(p), &why).await?;
                 format!(
                     "#{} {}: was interrupted in {p}; queued again to resume it",
                     d.id, d.task
@@ -94,10 +119,10 @@ impl Engine {
     /// Stops the steps a killed worker left running for a delivery (they run in process
     /// groups of their own, which outlive the worker), so that nothing deploys behind the back
     /// of the recovery. Returns how many were stopped.
-    async fn stop_leftover_steps(&self, id: i64) -> anyhow::Result<usize> {
+    async fn stop_leftover_steps(&self, id: DeliveryId) -> anyhow::Result<usize> {
         let mut stopped = 0;
         for step in self.store.steps(id).await? {
-            if step.outcome != "running" {
+            if step.outcome != StepState::Running {
                 continue;
             }
             let marker = format!("LOCKSTEP_DELIVERY={id}");
@@ -108,7 +133,7 @@ impl Engine {
                 None => false,
             };
             self.store
-                .step_finished(step.id, None, "interrupted")
+                .step_finished(step.id, None, StepState::Interrupted)
                 .await?;
             let detail = if killed {
                 "the worker stopped; what it left running was killed"
@@ -116,7 +141,13 @@ impl Engine {
                 "the worker stopped"
             };
             self.store
-                .journal(id, &step.step, &step.repo, "step interrupted", detail)
+                .journal(
+                    id,
+                    step.step.as_str(),
+                    &step.repo,
+                    "step interrupted",
+                    detail,
+                )
                 .await?;
             stopped += usize::from(killed);
         }
@@ -157,7 +188,7 @@ impl Engine {
             let Some(repo) = self.config.repo(&row.repo) else {
                 return Ok(None);
             };
-            let dir = self.work_dir(d.id).join(&row.repo);
+            let dir = self.work_dir(d.id).join(row.repo.as_str());
             let head = Git::new(&dir).resolve("HEAD").ok().flatten();
             if head.as_deref() != Some(row.rebased_sha.as_str()) {
                 return Ok(None);
@@ -228,7 +259,7 @@ impl Engine {
                     "`{}` of `{}` moved to {} meanwhile",
                     c.repo.upstream,
                     c.row.repo,
-                    crate::push::short(&sha)
+                    crate::git::short(&sha)
                 )),
             }
         }

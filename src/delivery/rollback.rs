@@ -5,22 +5,22 @@
 use anyhow::Context as _;
 
 use super::engine::{Checkout, Engine};
-use super::line::blocking;
-use super::phase::Phase;
 use super::stop::Stop;
 use crate::config::MergeMode;
+use crate::domain::{DeliveryId, Phase, TaskKey};
+use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
     /// Rolls back every deployed repository of a delivery, last deployed first.
     ///
     /// Returns the repositories whose rollback failed (they are still deployed).
-    pub(super) async fn rollback_deployed(&self, id: i64, task: &str) -> Vec<String> {
+    pub(super) async fn rollback_deployed(&self, id: DeliveryId, task: &TaskKey) -> Vec<String> {
         let rows = match self.store.repos(id).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(
-                    delivery = id,
+                    delivery = id.0,
                     "cannot read the delivery's repositories: {e:#}"
                 );
                 return vec!["(unknown)".into()];
@@ -37,7 +37,7 @@ impl Engine {
             let c = Checkout {
                 repo: repo.clone(),
                 row: row.clone(),
-                dir: self.work_dir(id).join(&row.repo),
+                dir: self.work_dir(id).join(row.repo.as_str()),
             };
             let Some(command) = repo.steps.rollback.clone() else {
                 let _ = self
@@ -71,13 +71,13 @@ impl Engine {
                 .store
                 .journal(id, "rollback", &row.repo, "rollback failed", &why)
                 .await;
-            failed.push(row.repo.clone());
+            failed.push(row.repo.to_string());
         }
         failed
     }
 
     /// A sentence naming the repositories whose rollback failed, and where to look.
-    pub(super) fn rollback_failure(id: i64, failed: &[String]) -> String {
+    pub(super) fn rollback_failure(id: DeliveryId, failed: &[String]) -> String {
         let names: Vec<String> = failed.iter().map(|r| format!("`{r}`")).collect();
         let (verb, pronoun) = if failed.len() == 1 {
             ("is", "it")
@@ -109,7 +109,7 @@ impl Engine {
         let to_roll_back = rows.iter().filter(|r| r.deployed && !r.rolled_back).count();
         let to_revert = rows
             .iter()
-            .filter(|r| r.merged && !reverted_before.contains(&r.repo))
+            .filter(|r| r.merged && !reverted_before.contains(r.repo.as_str()))
             .count();
         if to_roll_back == 0 && (!revert || to_revert == 0) {
             let what = if revert && !reverted_before.is_empty() {
@@ -138,7 +138,7 @@ impl Engine {
                 .checkouts_of(d.id)
                 .await?
                 .iter()
-                .filter(|c| c.row.merged && !reverted_before.contains(&c.row.repo))
+                .filter(|c| c.row.merged && !reverted_before.contains(c.row.repo.as_str()))
             {
                 self.ensure_checkout(c).await?;
                 let git = self.bot_git(&c.dir);
@@ -178,7 +178,7 @@ impl Engine {
                         self.store
                             .journal(d.id, "rollback", &c.row.repo, "reverted", &sha)
                             .await?;
-                        reverted.push(format!("{} {}", c.row.repo, crate::push::short(&sha)));
+                        reverted.push(format!("{} {}", c.row.repo, crate::git::short(&sha)));
                     }
                     Err(e) => {
                         self.store

@@ -6,42 +6,52 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use super::engine::{Checkout, Engine};
-use super::phase::Phase;
+use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
-use crate::config::Command;
+use crate::config::StepCommand;
+use crate::domain::{Phase, StepState};
 use crate::store::{Backend, DeliveryRow, RepoFlag};
 
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// At most this much of a failing step's last line goes into the one-line reason.
+const WHY_BYTES: usize = 200;
 
 impl Engine {
-    /// Build or test: every repository at once (bounded by `delivery.parallel`). The first
-    /// failure stops the line: the other repositories' steps are killed (`stopped` in their
-    /// logs), steps still waiting for their turn never start, and that failure is reported.
+    /// Build or test: every repository at once (bounded by the engine's step slots, shared
+    /// with the other deliveries of the pipeline; `rank` is this one's place for them). The
+    /// first failure stops the line: the other repositories' steps are killed (`stopped` in
+    /// their logs), steps still waiting for their turn never start, and that failure is
+    /// reported. When `discard` turns true, every step is stopped the same way.
     pub(super) async fn parallel_phase(
         &self,
         d: &DeliveryRow,
         phase: Phase,
         checkouts: &[Checkout],
+        rank: Rank,
+        discard: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
-        let limit = Arc::new(Semaphore::new(self.config.delivery.parallel));
         let (stop, stopping) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let forward = discard.map(|mut discard| {
+            let stop = stop.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                if discard.wait_for(|d| *d).await.is_ok() {
+                    let _ = stop.send(true);
+                }
+            }))
+        });
         let mut steps = tokio::task::JoinSet::new();
         for c in checkouts {
-            let (engine, d, c, limit) = (self.clone(), d.clone(), c.clone(), limit.clone());
-            let stopping = stopping.clone();
+            let (engine, d, c) = (self.clone(), d.clone(), c.clone());
+            let mut stopping = stopping.clone();
             steps.spawn(async move {
-                let _permit = limit.acquire_owned().await;
+                let _slot = tokio::select! {
+                    slot = engine.slots.acquire(rank) => slot,
+                    _ = stopping.wait_for(|s| *s) => return Ok(()),
+                };
                 if *stopping.borrow() {
                     return Ok(());
                 }
@@ -62,6 +72,10 @@ impl Engine {
                 Err(broken @ Stop::Broken(_)) => return Err(broken),
             }
         }
+        drop(forward);
+        if first.is_none() && *stop.borrow() {
+            first = Some(Failure::new(phase, None, "discarded"));
+        }
         first.map_or(Ok(()), |f| Err(f.into()))
     }
 
@@ -77,7 +91,7 @@ impl Engine {
             if i > 0 {
                 self.checkpoint(d.id, phase).await?;
             }
-            if phase == Phase::Deploy && phase.step(&c.repo).is_some() {
+            if phase == Phase::Deploy && c.repo.step(phase).is_some() {
                 // Recorded before the step runs: a deploy cut short is still rolled back.
                 self.store
                     .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
@@ -97,7 +111,7 @@ impl Engine {
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
-        match phase.step(&c.repo) {
+        match c.repo.step(phase) {
             Some(command) => self.exec(d, phase, command, c, stop).await,
             None => Ok(()),
         }
@@ -109,11 +123,11 @@ impl Engine {
         &self,
         d: &DeliveryRow,
         phase: Phase,
-        command: &Command,
+        command: &StepCommand,
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
-        let step = phase.as_str();
+        let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase);
         let spec = StepSpec {
             argv: command.argv(),
@@ -122,11 +136,13 @@ impl Engine {
             pass_env: self.config.delivery.pass_env.clone(),
             timeout: self.config.delivery.step_timeout,
             log: log.clone(),
+            supervisor: steps::this_executable(),
         };
         self.store
-            .journal(d.id, step, &c.row.repo, "step started", "")
+            .journal(d.id, step.as_str(), &c.row.repo, "step started", "")
             .await?;
-        self.progress.step(d.id, &c.row.repo, step, "running");
+        self.progress
+            .step(d.id, &c.row.repo, step, StepState::Running);
         let step_id = self
             .store
             .step_started(d.id, &c.row.repo, step, &log.to_string_lossy())
@@ -149,29 +165,35 @@ impl Engine {
             self.copy_log(step_id, &log).await?;
         }
         self.store
-            .step_finished(step_id, outcome.exit_code(), outcome.label())
+            .step_finished(step_id, outcome.exit_code(), outcome.state())
             .await?;
         self.store
-            .journal(d.id, step, &c.row.repo, "step finished", outcome.label())
+            .journal(
+                d.id,
+                step.as_str(),
+                &c.row.repo,
+                "step finished",
+                outcome.state().as_str(),
+            )
             .await?;
-        self.progress.step(d.id, &c.row.repo, step, outcome.label());
+        self.progress.step(d.id, &c.row.repo, step, outcome.state());
         self.say(&format!(
             "#{} {}: {step:<8} {:<12} {} ({:.1}s)",
             d.id,
             d.task,
             c.row.repo,
-            outcome.label(),
+            outcome.state(),
             started.elapsed().as_secs_f64()
         ));
         if outcome == StepOutcome::Passed {
             return Ok(());
         }
-        let tail = steps::tail(&log, 20);
+        let tail = steps::tail(&log);
         let mut why = format!("`{step}` {}", outcome.describe());
         if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
-            why.push_str(&format!(": {}", last.trim()));
+            why.push_str(&format!(": {}", crate::text::clip(last.trim(), WHY_BYTES)));
         }
-        let mut failure = Failure::new(phase, &c.row.repo, why);
+        let mut failure = Failure::new(phase, Some(&c.row.repo), why);
         failure.log_tail = tail;
         Err(failure.into())
     }
@@ -208,8 +230,8 @@ impl Engine {
     fn step_env(&self, d: &DeliveryRow, c: &Checkout, phase: Phase) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = self.config.environment_vars().into_iter().collect();
         env.extend([
-            ("LOCKSTEP_TASK".into(), d.task.clone()),
-            ("LOCKSTEP_REPO".into(), c.row.repo.clone()),
+            ("LOCKSTEP_TASK".into(), d.task.to_string()),
+            ("LOCKSTEP_REPO".into(), c.row.repo.to_string()),
             ("LOCKSTEP_BRANCH".into(), c.row.branch.clone()),
             ("LOCKSTEP_SHA".into(), c.row.rebased_sha.clone()),
             ("LOCKSTEP_BASE_SHA".into(), c.row.base_sha.clone()),
@@ -221,5 +243,14 @@ impl Engine {
             ("LOCKSTEP_STEP".into(), phase.as_str().into()),
         ]);
         env
+    }
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -1,18 +1,21 @@
 //! Running one step (build, test, deploy, verify, rollback) as a real process.
 //!
-//! Each step runs in its own process group with a clean environment: a few basic variables,
-//! those named in `[delivery] pass_env`, the delivery environment's `vars`, and the
-//! `LOCKSTEP_*` variables that carry the untrusted values (branch names, task keys). Nothing
-//! untrusted is ever spliced into a command line. A step that outlives its timeout is killed
-//! with its whole process group.
+//! Each step runs under its own supervisor ([`super::contain`]), with a clean environment: a
+//! few basic variables, those named in `[delivery] pass_env`, the delivery environment's
+//! `vars`, and the `LOCKSTEP_*` variables that carry the untrusted values (branch names, task
+//! keys). Nothing untrusted is ever spliced into a command line. When a step ends, is stopped
+//! or outlives its timeout, its supervisor kills its whole process tree, daemons included.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+
+use super::contain::{CANNOT_START, CANNOT_START_SAYS, CONTAIN_ARG};
+use crate::domain::StepState;
 
 /// Variables every step gets from lockstep's own environment.
 const BASIC_ENV: &[&str] = &[
@@ -28,7 +31,18 @@ pub struct StepSpec {
     pub pass_env: Vec<String>,
     pub timeout: Duration,
     pub log: PathBuf,
+    /// The `lockstep` executable, which supervises the step ([`super::contain`]).
+    pub supervisor: PathBuf,
 }
+
+/// The `lockstep` executable running now, to supervise steps: the file this process runs,
+/// even if it was replaced on disk since (an upgrade while a server runs).
+pub fn this_executable() -> PathBuf {
+    PathBuf::from("/proc/self/exe")
+}
+
+/// How long a supervisor told to stop gets to kill its step's tree before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How a step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,16 +58,14 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
-    pub fn passed(&self) -> bool {
-        *self == StepOutcome::Passed
-    }
-    pub fn label(&self) -> &'static str {
+    /// The state it leaves its repository in, in its phase.
+    pub fn state(&self) -> StepState {
         match self {
-            StepOutcome::Passed => "passed",
-            StepOutcome::Failed(_) => "failed",
-            StepOutcome::TimedOut(_) => "timed out",
-            StepOutcome::NotStarted(_) => "not started",
-            StepOutcome::Stopped => "stopped",
+            StepOutcome::Passed => StepState::Passed,
+            StepOutcome::Failed(_) => StepState::Failed,
+            StepOutcome::TimedOut(_) => StepState::TimedOut,
+            StepOutcome::NotStarted(_) => StepState::NotStarted,
+            StepOutcome::Stopped => StepState::Stopped,
         }
     }
     pub fn exit_code(&self) -> Option<i32> {
@@ -70,7 +82,7 @@ impl StepOutcome {
             StepOutcome::Failed(Some(c)) => format!("exited with {c}"),
             StepOutcome::Failed(None) => "was killed by a signal".into(),
             StepOutcome::TimedOut(d) => {
-                format!("ran past {} and was killed", crate::tracker::humanize(*d))
+                format!("ran past {} and was killed", crate::config::humanize(*d))
             }
             StepOutcome::NotStarted(e) => format!("could not start: {e}"),
             StepOutcome::Stopped => "was stopped: another step of the phase failed".into(),
@@ -80,21 +92,18 @@ impl StepOutcome {
 
 /// A step started and not yet waited for.
 pub struct Running {
+    /// The step's supervisor (in a process group of its own, which it leads).
     child: tokio::process::Child,
     pgid: Option<Pid>,
+    /// Armed from the start: a `Running` dropped before anyone waited on it (a stop that won
+    /// the race against the first poll of [`Running::wait`]) still stops its step.
+    guard: StopGuard,
     timeout: Duration,
+    log: PathBuf,
 }
 
-/// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
-pub async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
-    match start(spec)? {
-        Ok(running) => running.wait().await,
-        Err(outcome) => Ok(outcome),
-    }
-}
-
-/// Starts a step in a process group of its own; `Err` with the outcome when it could not be
-/// started at all.
+/// Starts a step under its supervisor; `Err` with the outcome when it could not be started
+/// at all.
 pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
     if let Some(dir) = spec.log.parent() {
         std::fs::create_dir_all(dir)
@@ -107,15 +116,19 @@ pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
             "the step's command is empty".into(),
         )));
     };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
+    // The supervisor is stopped with SIGTERM, so that it can kill the step's tree; never
+    // with SIGKILL on drop, which would leave that tree behind.
+    let mut cmd = tokio::process::Command::new(&spec.supervisor);
+    cmd.arg(CONTAIN_ARG)
+        .arg(program)
+        .args(args)
         .current_dir(&spec.cwd)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
         .process_group(0)
-        .kill_on_drop(true);
+        .kill_on_drop(false);
     for k in BASIC_ENV
         .iter()
         .copied()
@@ -131,7 +144,7 @@ pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let why = format!("`{program}`: {e}");
+            let why = format!("`{}`: {e}", spec.supervisor.display());
             let _ = std::fs::write(&spec.log, format!("lockstep: could not start {why}\n"));
             return Ok(Err(StepOutcome::NotStarted(why)));
         }
@@ -140,50 +153,53 @@ pub fn start(spec: &StepSpec) -> anyhow::Result<Result<Running, StepOutcome>> {
     Ok(Ok(Running {
         child,
         pgid,
+        guard: StopGuard(pgid),
         timeout: spec.timeout,
+        log: spec.log.clone(),
     }))
 }
 
 impl Running {
-    /// The step's process id, which is also its process group's id.
+    /// The step's supervisor's process id, which is also its process group's id.
     pub fn pid(&self) -> Option<i32> {
         self.pgid.map(Pid::as_raw)
     }
 
-    /// Waits for the step to end, killing its whole group at the timeout.
+    /// Waits for the step to end, stopping it at the timeout.
     pub async fn wait(mut self) -> anyhow::Result<StepOutcome> {
-        // If this future is dropped (a server shutting down), the whole group goes, not just
-        // the direct child that `kill_on_drop` reaches.
-        let mut guard = GroupGuard(self.pgid);
+        // If this future is dropped (a server shutting down, a stop), `self.guard` tells the
+        // supervisor to stop.
         let waited = tokio::time::timeout(self.timeout, self.child.wait()).await;
-        guard.0 = None;
+        self.guard.0 = None;
         match waited {
             Ok(status) => {
                 let status = status.context("cannot wait for the step")?;
-                // The step is over; anything it left running in its group goes with it.
-                if let Some(pgid) = self.pgid {
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
                 Ok(if status.success() {
                     StepOutcome::Passed
+                } else if let Some(why) = not_started(status.code(), &self.log) {
+                    StepOutcome::NotStarted(why)
                 } else {
                     StepOutcome::Failed(status.code())
                 })
             }
             Err(_) => {
-                if let Some(pgid) = self.pgid {
-                    let _ = killpg(pgid, Signal::SIGKILL);
+                stop(self.pgid);
+                if tokio::time::timeout(STOP_GRACE, self.child.wait())
+                    .await
+                    .is_err()
+                {
+                    if let Some(pgid) = self.pgid {
+                        let _ = killpg(pgid, Signal::SIGKILL);
+                    }
+                    let _ = self.child.wait().await;
                 }
-                let _ = self.child.wait().await;
                 Ok(StepOutcome::TimedOut(self.timeout))
             }
         }
     }
-}
 
-impl Running {
-    /// Like [`Running::wait`], but gives up as soon as `stop` turns true, killing the step's
-    /// whole group (dropping the wait does it).
+    /// Like [`Running::wait`], but gives up as soon as `stop` turns true, stopping the step
+    /// (dropping the wait does it).
     pub async fn wait_or_stop(
         self,
         stop: &mut tokio::sync::watch::Receiver<bool>,
@@ -195,21 +211,45 @@ impl Running {
     }
 }
 
-/// Kills a step's process group when dropped while armed.
-struct GroupGuard(Option<Pid>);
+/// Why the supervisor could not start the step, when that is how it ended (said on the first
+/// line of the log).
+fn not_started(code: Option<i32>, log: &Path) -> Option<String> {
+    use std::io::{BufRead as _, Read as _};
+    if code != Some(i32::from(CANNOT_START)) {
+        return None;
+    }
+    let file = std::fs::File::open(log).ok()?;
+    let mut first = String::new();
+    std::io::BufReader::new(file)
+        .take(4096)
+        .read_line(&mut first)
+        .ok()?;
+    first
+        .strip_prefix(CANNOT_START_SAYS)
+        .map(|why| why.trim_end().to_string())
+}
 
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = killpg(pgid, Signal::SIGKILL);
-        }
+/// Tells a step's supervisor to stop the step: it kills the step's whole tree, then exits.
+fn stop(supervisor: Option<Pid>) {
+    if let Some(pid) = supervisor {
+        let _ = kill(pid, Signal::SIGTERM);
     }
 }
 
-/// Kills what is left of a step started by a worker that died (a step's process group
-/// outlives a worker killed with SIGKILL). `marker` is a `NAME=value` variable the step was
-/// given: if the group's leader is alive and lacks it, the id was reused by another process,
-/// which is left alone. Returns once the group is gone, or after `grace`.
+/// Stops a step when dropped while armed.
+struct StopGuard(Option<Pid>);
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        stop(self.0);
+    }
+}
+
+/// Stops what is left of a step started by a worker that died (a step's supervisor outlives
+/// a worker killed with SIGKILL). `marker` is a `NAME=value` variable the step was given: if
+/// the supervisor is alive and lacks it, the id was reused by another process, which is left
+/// alone. Returns once the supervisor (having killed the step's tree) is gone, or after
+/// `grace`, when it is killed.
 pub async fn kill_leftover(pgid: i32, marker: &str, grace: Duration) -> bool {
     if pgid <= 1 {
         return false;
@@ -220,11 +260,15 @@ pub async fn kill_leftover(pgid: i32, marker: &str, grace: Duration) -> bool {
         return false;
     }
     let pgid = Pid::from_raw(pgid);
-    if killpg(pgid, Signal::SIGKILL).is_err() {
+    if killpg(pgid, Signal::SIGTERM).is_err() {
         return false;
     }
     let deadline = tokio::time::Instant::now() + grace;
-    while killpg(pgid, None).is_ok() && tokio::time::Instant::now() < deadline {
+    while killpg(pgid, None).is_ok() {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     true
@@ -249,18 +293,47 @@ pub fn last_of_log(path: &Path) -> Option<String> {
     Some(prefix + &String::from_utf8_lossy(&buf))
 }
 
-/// The last `lines` lines of a log, for reports.
-pub fn tail(log: &Path, lines: usize) -> String {
-    let text = std::fs::read(log)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// The end of a log, for reports, notes and comments ([`crate::text::Tail`]): the log is
+/// read a block at a time, never held whole, however much a step printed.
+pub fn tail(log: &Path) -> String {
+    use std::io::Read as _;
+    let mut tail = crate::text::Tail::default();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.push(&buf[..n]);
+        }
+    }
+    tail.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a step to its end (or its timeout), writing stdout and stderr to its log.
+    async fn run(spec: &StepSpec) -> anyhow::Result<StepOutcome> {
+        match start(spec)? {
+            Ok(running) => running.wait().await,
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
+    /// The `lockstep` executable cargo built next to this test binary
+    /// (`target/<profile>/lockstep`): the steps' supervisor.
+    fn lockstep() -> PathBuf {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("lockstep");
+        assert!(
+            bin.exists(),
+            "`{}` is missing: run `cargo build` (or the whole `cargo test`) first",
+            bin.display()
+        );
+        bin
+    }
 
     fn spec(dir: &Path, argv: &[&str], timeout: Duration) -> StepSpec {
         StepSpec {
@@ -270,7 +343,40 @@ mod tests {
             pass_env: vec![],
             timeout,
             log: dir.join("logs/step.log"),
+            supervisor: lockstep(),
         }
+    }
+
+    /// Issue 10: a step that daemonizes (`setsid` in a double fork) leaves its session and
+    /// process group; its supervisor still finds it, kills it, and says so in the log.
+    #[tokio::test]
+    async fn issue10_a_daemon_does_not_outlive_its_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("daemon.pid");
+        let script = format!(
+            "( setsid sh -c 'echo $$ > {p}; exec sleep 30' > /dev/null 2>&1 & )\n\
+             while [ ! -s {p} ]; do sleep 0.02; done\n\
+             grep SigBlk /proc/self/status",
+            p = pidfile.display()
+        );
+        let s = spec(dir.path(), &["sh", "-c", &script], Duration::from_secs(20));
+        assert_eq!(run(&s).await.unwrap(), StepOutcome::Passed);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Gone, not a zombie: the supervisor reaped it.
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the daemon {pid} outlived its step"
+        );
+        let log = std::fs::read_to_string(&s.log).unwrap();
+        assert!(log.contains("SigBlk:\t0000000000000000"), "{log}");
+        assert!(
+            log.contains("lockstep: the step left 1 process(es) running; they were killed"),
+            "{log}"
+        );
     }
 
     #[tokio::test]
@@ -282,9 +388,9 @@ mod tests {
             Duration::from_secs(10),
         );
         assert_eq!(run(&s).await.unwrap(), StepOutcome::Failed(Some(3)));
-        assert_eq!(tail(&s.log, 5), "branch=feature/x; rm -rf /");
+        assert_eq!(tail(&s.log), "branch=feature/x; rm -rf /");
         let s = spec(dir.path(), &["true"], Duration::from_secs(10));
-        assert!(run(&s).await.unwrap().passed());
+        assert_eq!(run(&s).await.unwrap(), StepOutcome::Passed);
         let s = spec(dir.path(), &["/no/such/program"], Duration::from_secs(10));
         assert!(matches!(run(&s).await.unwrap(), StepOutcome::NotStarted(_)));
         let s = spec(dir.path(), &[], Duration::from_secs(10));
@@ -346,5 +452,21 @@ mod tests {
         assert!(cut_short.is_err());
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(!marker.exists(), "a process of the dropped step survived");
+    }
+
+    #[tokio::test]
+    async fn a_step_stopped_before_anyone_waited_takes_its_tree_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 0.6; touch '{}') & sleep 30", marker.display());
+        let s = spec(dir.path(), &["sh", "-c", &script], Duration::from_secs(60));
+        let running = start(&s).unwrap().unwrap();
+        // Give the shell time to fork the grandchild, then drop the step unwaited: what
+        // `wait_or_stop` does when the stop was already set (another repository's step failed
+        // while this one was starting) and `select!` picks the stop before polling the wait.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(running);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert!(!marker.exists(), "a process of the stopped step survived");
     }
 }

@@ -6,24 +6,28 @@
 //! reports the second as a failure of the phase the delivery was in. `?` turns either into a
 //! [`Stop`].
 
-use super::phase::Phase;
+use crate::domain::{Phase, RepoName};
 
 /// Why a delivery stopped.
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub phase: Phase,
-    /// The repository it stopped in; empty when it is the delivery's as a whole.
-    pub repo: String,
+    /// The repository it stopped in; none when it is the delivery's as a whole.
+    pub repo: Option<RepoName>,
     pub message: String,
     /// The last lines of the failed step's log, if a step failed.
     pub log_tail: String,
 }
 
 impl Failure {
-    pub(super) fn new(phase: Phase, repo: &str, message: impl Into<String>) -> Failure {
+    pub(super) fn new(
+        phase: Phase,
+        repo: Option<&RepoName>,
+        message: impl Into<String>,
+    ) -> Failure {
         Failure {
             phase,
-            repo: repo.into(),
+            repo: repo.cloned(),
             message: message.into(),
             log_tail: String::new(),
         }
@@ -31,13 +35,12 @@ impl Failure {
 
     /// One line for the journal, the tracker note and the PR comment.
     pub fn summary(&self) -> String {
-        if self.repo.is_empty() {
-            format!("delivery failed in {}: {}", self.phase, self.message)
-        } else {
-            format!(
-                "delivery failed in {} ({}): {}",
-                self.phase, self.repo, self.message
-            )
+        match &self.repo {
+            None => format!("delivery failed in {}: {}", self.phase, self.message),
+            Some(repo) => format!(
+                "delivery failed in {} ({repo}): {}",
+                self.phase, self.message
+            ),
         }
     }
 }
@@ -67,12 +70,16 @@ mod tests {
 
     #[test]
     fn summary_names_the_phase_and_the_repository_when_there_is_one() {
-        let f = Failure::new(Phase::Test, "db", "`test` exited with 1");
+        let f = Failure::new(Phase::Test, Some(&"db".into()), "`test` exited with 1");
         assert_eq!(
             f.summary(),
             "delivery failed in test (db): `test` exited with 1"
         );
-        let f = Failure::new(Phase::Merge, "", "merge refused by policy: [freeze] frozen");
+        let f = Failure::new(
+            Phase::Merge,
+            None,
+            "merge refused by policy: [freeze] frozen",
+        );
         assert_eq!(
             f.summary(),
             "delivery failed in merge: merge refused by policy: [freeze] frozen"

@@ -12,7 +12,8 @@ use anyhow::Context as _;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
-use crate::store::{Lease, State, Store};
+use crate::domain::{DeliveryId, State};
+use crate::store::{Lease, Store};
 
 pub use super::recover::recover;
 
@@ -32,38 +33,56 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
     let policies = crate::policy::PolicySet::for_config(&config)?;
     let store = Store::for_config(&config).await?;
     let tracker: Arc<dyn crate::tracker::Tracker> = Arc::from(crate::tracker::open(&config)?);
+    let slots = super::slots::Slots::new(config.delivery.parallel);
     Ok(Engine {
         config: Arc::new(config),
         policies: Arc::new(policies),
         store,
+        slots,
         tracker,
         progress,
     })
 }
 
-/// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty.
-/// Losing the lease stops the delivery in progress at once (its steps are killed) and ends
-/// the work with an error: the worker that took over recovers the delivery.
+/// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty:
+/// one at a time with `[delivery] window = 1`, as a pipeline otherwise. Losing the lease
+/// stops the deliveries in progress at once (their steps are killed) and ends the work with
+/// an error: the worker that took over recovers them.
 pub async fn work(
     engine: &Engine,
     lease: &Lease,
-    mut done: impl FnMut(i64, State) -> bool,
+    mut done: impl FnMut(DeliveryId, State) -> bool + Send,
 ) -> anyhow::Result<()> {
+    if engine.config.delivery.window > 1 {
+        let until = super::train::Until {
+            done: &mut done,
+            shutdown: None,
+        };
+        return tokio::select! {
+            r = super::train::run(engine, &super::train::Quiet, until) => r,
+            () = lease.lost() => Err(lost_lease()),
+        };
+    }
     while let Some(d) = engine.store.claim_next().await? {
         let state = tokio::select! {
             state = engine.deliver(&d) => state?,
-            () = lease.lost() => anyhow::bail!(
-                "#{} {}: this worker lost the lease of the queue; stopped, and left to the \
-                 worker that holds it now",
-                d.id,
-                d.task
-            ),
+            () = lease.lost() => {
+                return Err(lost_lease().context(format!("#{} {}", d.id, d.task)));
+            }
         };
         if done(d.id, state) {
             break;
         }
     }
     Ok(())
+}
+
+/// Why the work ended when the lease went to another worker.
+fn lost_lease() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this worker lost the lease of the queue; stopped, and left to the worker that holds \
+         it now"
+    )
 }
 
 /// Starts `lockstep work` in the background, detached from the caller (a hook must not wait

@@ -10,8 +10,9 @@ use octocrab::Octocrab;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{Permission, Pull, RepoName, ReviewEntry, STATUS_CONTEXT, StatusState};
+use super::{GitHubRepo, Permission, Pull, ReviewEntry, STATUS_CONTEXT, StatusState};
 use crate::config::{Config, GitHubConfig};
+use crate::domain::PrState;
 
 /// Reads a secret from the environment variable `var`.
 pub fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
@@ -27,7 +28,7 @@ enum Auth {
     App {
         app: Octocrab,
         /// Installation clients by repository; each caches and refreshes its own token.
-        installations: Mutex<HashMap<RepoName, Octocrab>>,
+        installations: Mutex<HashMap<GitHubRepo, Octocrab>>,
     },
 }
 
@@ -90,7 +91,7 @@ impl From<PullJson> for Pull {
 #[derive(Deserialize)]
 struct PullJson {
     number: u64,
-    state: String,
+    state: PrState,
     user: Option<UserJson>,
     head: HeadJson,
 }
@@ -207,7 +208,7 @@ impl GitHub {
     }
 
     /// Records the App installation a webhook came from, sparing a lookup.
-    pub fn remember_installation(&self, repo: &RepoName, id: u64) {
+    pub fn remember_installation(&self, repo: &GitHubRepo, id: u64) {
         if let Auth::App { app, installations } = &self.auth
             && let Ok(crab) = app.installation(id.into())
         {
@@ -217,7 +218,7 @@ impl GitHub {
     }
 
     /// The client to act on a repository with.
-    async fn client(&self, repo: &RepoName) -> anyhow::Result<Octocrab> {
+    async fn client(&self, repo: &GitHubRepo) -> anyhow::Result<Octocrab> {
         match &self.auth {
             Auth::Token(crab) => Ok(crab.clone()),
             Auth::App { app, installations } => {
@@ -248,7 +249,7 @@ impl GitHub {
     }
 
     /// `GET /repos/{o}/{r}/pulls/{n}`.
-    pub async fn pull(&self, repo: &RepoName, number: u64) -> anyhow::Result<Pull> {
+    pub async fn pull(&self, repo: &GitHubRepo, number: u64) -> anyhow::Result<Pull> {
         let crab = self.client(repo).await?;
         let route = format!("/repos/{}/{}/pulls/{number}", repo.owner, repo.name);
         let p: PullJson = crab
@@ -260,7 +261,7 @@ impl GitHub {
 
     /// The open pull requests of a repository (`GET /repos/{o}/{r}/pulls?state=open`, every
     /// page up to 3,000).
-    pub async fn open_pulls(&self, repo: &RepoName) -> anyhow::Result<Vec<Pull>> {
+    pub async fn open_pulls(&self, repo: &GitHubRepo) -> anyhow::Result<Vec<Pull>> {
         let route = format!("/repos/{}/{}/pulls?state=open", repo.owner, repo.name);
         let pulls: Vec<PullJson> = self
             .all_pages(repo, &route, || {
@@ -271,7 +272,11 @@ impl GitHub {
     }
 
     /// Every review of a pull request, oldest first (all pages).
-    pub async fn reviews(&self, repo: &RepoName, number: u64) -> anyhow::Result<Vec<ReviewEntry>> {
+    pub async fn reviews(
+        &self,
+        repo: &GitHubRepo,
+        number: u64,
+    ) -> anyhow::Result<Vec<ReviewEntry>> {
         let route = format!("/repos/{}/{}/pulls/{number}/reviews", repo.owner, repo.name);
         let reviews: Vec<ReviewJson> = self
             .all_pages(repo, &route, || {
@@ -290,7 +295,7 @@ impl GitHub {
     /// Every item of a listing, 100 a page, up to 30 pages (3,000 items).
     async fn all_pages<T: serde::de::DeserializeOwned>(
         &self,
-        repo: &RepoName,
+        repo: &GitHubRepo,
         route: &str,
         what: impl Fn() -> String,
     ) -> anyhow::Result<Vec<T>> {
@@ -315,7 +320,7 @@ impl GitHub {
     }
 
     /// `GET /repos/{o}/{r}/collaborators/{user}/permission` (a non-collaborator has none).
-    pub async fn permission(&self, repo: &RepoName, user: &str) -> anyhow::Result<Permission> {
+    pub async fn permission(&self, repo: &GitHubRepo, user: &str) -> anyhow::Result<Permission> {
         let crab = self.client(repo).await?;
         let route = format!(
             "/repos/{}/{}/collaborators/{}/permission",
@@ -334,7 +339,7 @@ impl GitHub {
     }
 
     /// Posts a comment on an issue or pull request.
-    pub async fn comment(&self, repo: &RepoName, number: u64, body: &str) -> anyhow::Result<()> {
+    pub async fn comment(&self, repo: &GitHubRepo, number: u64, body: &str) -> anyhow::Result<()> {
         let crab = self.client(repo).await?;
         let route = format!(
             "/repos/{}/{}/issues/{number}/comments",
@@ -349,7 +354,7 @@ impl GitHub {
     /// Sets the `lockstep` commit status on a commit.
     pub async fn status(
         &self,
-        repo: &RepoName,
+        repo: &GitHubRepo,
         sha: &str,
         state: StatusState,
         description: &str,

@@ -17,9 +17,10 @@
 mod client;
 mod signature;
 
-pub use crate::domain::RepoName;
-pub use client::{GitHub, describe, secret_from_env};
-pub use signature::{SignatureError, check_signature, sign};
+pub use crate::domain::GitHubRepo;
+use crate::domain::PrState;
+pub use client::{GitHub, secret_from_env};
+pub use signature::{check_signature, sign};
 
 /// A pull request, as lockstep reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +31,7 @@ pub struct Pull {
     pub head_sha: String,
     /// The repository the head branch is in (`owner/name`; a fork's differs), "" if unknown.
     pub head_repo: String,
-    /// `open` or `closed`.
-    pub state: String,
+    pub state: PrState,
 }
 
 /// One review as GitHub lists it (oldest first).

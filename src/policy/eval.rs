@@ -1,8 +1,12 @@
 //! Evaluation: every rule of a stage against the facts, each into a [`Verdict`], together a
-//! [`Decision`]. An expression that fails counts as the rule's `on_error` says.
+//! [`Decision`]. An expression that fails, or runs past the deadline, counts as the rule's
+//! `on_error` says.
+
+use std::time::Instant;
 
 use cel::{Context, ExecutionError, Value};
 
+use super::bound::{add_deadline, past_deadline};
 use super::message::render_message;
 use super::{
     Each, Enforcement, Expr, FACTS, Facts, MAX_REPORTED_SUBJECTS, OnEvalError, PolicySet, Rule,
@@ -10,9 +14,14 @@ use super::{
 };
 
 impl PolicySet {
-    /// Evaluates every rule of the stage against the facts.
+    /// Evaluates every rule of the stage against the facts, within `[policies] timeout` (or
+    /// by [`PolicySet::deadline`] when that is set).
     pub fn evaluate(&self, stage: Stage, facts: &Facts) -> Decision {
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.timeout);
         let mut ctx = Context::with_env(self.env.clone());
+        add_deadline(&mut ctx, deadline, self.timeout);
         // Binding a value converts all of it for CEL: bind only what some expression of the
         // stage names. `commits` of a large push is read by `each = "commit"` rules one
         // commit at a time, so it is bound only if an expression names it.
@@ -30,7 +39,7 @@ impl PolicySet {
             .map(|rule| Verdict {
                 rule: rule.name.clone(),
                 enforcement: rule.enforcement,
-                outcome: evaluate_rule(rule, &ctx, facts),
+                outcome: evaluate_rule(rule, &ctx, facts, deadline),
             })
             .collect();
         Decision { verdicts }
@@ -110,6 +119,9 @@ fn eval_bool(expr: &Expr, ctx: &Context) -> Result<bool, String> {
 }
 
 fn explain(e: &ExecutionError) -> String {
+    if let Some(said) = past_deadline(e) {
+        return said.to_string();
+    }
     match e {
         ExecutionError::UndeclaredReference(name) => {
             format!("unknown variable `{name}`{}", did_you_mean(name, FACTS))
@@ -119,7 +131,7 @@ fn explain(e: &ExecutionError) -> String {
     }
 }
 
-fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts) -> Outcome {
+fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts, deadline: Instant) -> Outcome {
     let on_error = |msg: String| match rule.on_error {
         OnEvalError::Fail => Outcome::Error(format!("policy error: {msg}")),
         OnEvalError::Pass => Outcome::Pass,
@@ -141,6 +153,12 @@ fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts) -> Outcome {
             let mut failing = Vec::new();
             let mut count = 0usize;
             for commit in facts.commits() {
+                if Instant::now() >= deadline {
+                    return on_error(format!(
+                        "`{}` ran past `policies.timeout` over the new commits and was stopped",
+                        rule.require.source
+                    ));
+                }
                 let mut scope = ctx.new_inner_scope();
                 scope.add_variable_as_val("commit", commit_val(commit));
                 match eval_bool(&rule.require, &scope) {
@@ -211,8 +229,65 @@ message = "branch `{branch}` names no task"
         assert!(
             matches!(&d.verdicts[0].outcome, Outcome::Error(e) if e.starts_with("policy error:"))
         );
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\non_error='pass'\n").unwrap();
+        let p = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='task.key == \"x\"'\nmessage='m'\n\
+             on_error='pass'\n",
+        )
+        .unwrap();
         assert!(p.evaluate(Stage::Push, &facts("b")).accepted());
+    }
+
+    /// Issue 10: nested comprehensions over literal lists (10^7 steps) are cut at the
+    /// deadline, and the rule counts as its `on_error` says; a rule with no loop still runs.
+    #[test]
+    fn issue10_a_rule_past_the_deadline_counts_as_its_on_error() {
+        let list = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]";
+        let mut expr = "a + b + c + d + e + f + g >= 0".to_string();
+        for v in ["g", "f", "e", "d", "c", "b", "a"] {
+            expr = format!("{list}.all({v}, {expr})");
+        }
+        for (on_error, accepted) in [("fail", false), ("pass", true)] {
+            let text = format!(
+                "[[rule]]\nname='slow'\non=['push']\nrequire='''{expr}'''\nmessage='m'\non_error='{on_error}'\n\
+                 [[rule]]\nname='quick'\non=['push']\nrequire='branch == \"b\"'\nmessage='m'\n"
+            );
+            let mut p = set(&text).unwrap();
+            p.timeout = std::time::Duration::from_millis(100);
+            let d = p.evaluate(Stage::Push, &facts("b"));
+            assert_eq!(d.accepted(), accepted, "{:?}", d.verdicts);
+            assert_eq!(d.verdicts[1].outcome, Outcome::Pass);
+            if on_error == "fail" {
+                assert!(
+                    matches!(&d.verdicts[0].outcome, Outcome::Error(e)
+                        if e.ends_with("ran past `policies.timeout` (100ms) and was stopped")),
+                    "{:?}",
+                    d.verdicts[0]
+                );
+            }
+        }
+    }
+
+    /// The loops made to check the deadline give the same results as before.
+    #[test]
+    fn guarded_loops_keep_their_meaning() {
+        for (expr, want) in [
+            ("[1, 2, 3].all(x, x > 0)", true),
+            ("[1, 2, 3].exists(x, x > 2)", true),
+            ("[1, 2, 3].exists_one(x, x > 1)", false),
+            ("[1, 2, 3].map(x, x * 2) == [2, 4, 6]", true),
+            ("[1, 2, 3].map(x, x > 1, x) == [2, 3]", true),
+            ("[1, 2, 3].filter(x, x != 2) == [1, 3]", true),
+            ("{'a': 1}.all(k, k == 'a')", true),
+            ("[[1], [2, 3]].all(l, l.exists(x, x > 0))", true),
+        ] {
+            let p = set(&format!(
+                "[[rule]]\nname='r'\non=['push']\nrequire='''{expr}'''\nmessage='m'\non_error='pass'\n"
+            ))
+            .unwrap();
+            let d = p.evaluate(Stage::Push, &facts("b"));
+            let got = matches!(d.verdicts[0].outcome, Outcome::Pass);
+            assert_eq!(got, want, "{expr}: {:?}", d.verdicts[0]);
+        }
     }
 
     #[test]
@@ -228,7 +303,10 @@ message = "branch `{branch}` names no task"
 
     #[test]
     fn each_commit_reports_failing_commits() {
-        let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\nrequire='commit.message.contains(\"T-1\")'\nmessage='commit {commit.id} lacks it'\n").unwrap();
+        let p = set("[[rule]]\nname='r'\non=['push']\neach='commit'\n\
+             require='commit.message.contains(\"T-1\")'\n\
+             message='commit {commit.id} lacks it'\n")
+        .unwrap();
         let mut f = facts("b");
         let mk = |id: &str, msg: &str| crate::git::CommitInfo {
             id: id.into(),

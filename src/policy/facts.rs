@@ -58,6 +58,22 @@ impl Facts {
         self
     }
 
+    /// The facts every stage reads about the ecosystem: the bot and its maintainers, the
+    /// protected branches, the tracker (by a name fit for messages) and its statuses.
+    pub fn set_ecosystem(&mut self, config: &crate::config::Config, tracker: &str) -> &mut Self {
+        let tracker = if tracker == "file" {
+            "the tasks file"
+        } else {
+            tracker
+        };
+        self.set("bot", config.bot.user.as_str())
+            .set("maintainers", config.bot.maintainers.clone())
+            .set("protected", config.policies.protected.clone())
+            .set("tracker", tracker)
+            .set("in_progress", config.tasks.in_progress.clone())
+            .set("for_delivery", config.tasks.for_delivery.clone())
+    }
+
     /// Sets the new commits: the `commits` fact, and what `each = "commit"` rules iterate
     /// (which a `commits` set with [`Facts::set`] is not).
     pub fn set_commits(&mut self, commits: Vec<crate::git::CommitInfo>) -> &mut Self {
@@ -89,79 +105,6 @@ impl Facts {
     /// The new commits, if gathered.
     pub fn commits(&self) -> &[crate::git::CommitInfo] {
         self.commits.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    /// Facts of every kind with plausible values, used to probe expressions at load.
-    pub(super) fn sample() -> Facts {
-        let mut f = Facts::default();
-        for s in [
-            "repo",
-            "ref",
-            "branch",
-            "tag",
-            "old",
-            "new",
-            "pusher",
-            "bot",
-            "tracker",
-            "requester",
-        ] {
-            f.set(s, "x");
-        }
-        for b in ["created", "deleted", "fast_forward", "rewind"] {
-            f.set(b, false);
-        }
-        for l in [
-            "maintainers",
-            "protected",
-            "push_options",
-            "in_progress",
-            "for_delivery",
-            "repos",
-        ] {
-            f.set(l, vec!["x".to_string()]);
-        }
-        f.set("task", task_value("X-1", true, "x", "x", "x", "x"));
-        f.set("commits", vec![Facts::sample_commit()]);
-        f.set("approvals", 0i64);
-        f.set(
-            "reviews",
-            Value::List(Arc::new(vec![map([
-                ("user", "x".into()),
-                ("state", "APPROVED".into()),
-            ])])),
-        );
-        f.set(
-            "pr",
-            map([
-                ("number", 1i64.into()),
-                ("author", "x".into()),
-                ("head", "x".into()),
-            ]),
-        );
-        f.set(
-            "branches",
-            Value::List(Arc::new(vec![map([
-                ("repo", "x".into()),
-                ("github", "x/x".into()),
-                ("branch", "x".into()),
-                (
-                    "pr",
-                    map([
-                        ("number", 1i64.into()),
-                        ("author", "x".into()),
-                        ("approvals", 0i64.into()),
-                    ]),
-                ),
-            ])])),
-        );
-        f.set("delivery", map([("id", 1i64.into())]));
-        f.set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
-        f
-    }
-
-    pub(super) fn sample_commit() -> Value {
-        commit_value(&crate::git::CommitInfo::default())
     }
 }
 
@@ -287,7 +230,9 @@ mod tests {
             ..Default::default()
         }]);
         assert!(!f.vars.contains_key("commits"));
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='commits.size() == 1 && commits[0].id == \"c1\"'\nmessage='{commits}'\n").unwrap();
+        let p = set("[[rule]]\nname='r'\non=['push']\n\
+             require='commits.size() == 1 && commits[0].id == \"c1\"'\nmessage='{commits}'\n")
+        .unwrap();
         assert!(p.evaluate(Stage::Push, &f).accepted());
         assert!(matches!(f.get("commits"), Some(Value::List(l)) if l.len() == 1));
     }

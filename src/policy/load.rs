@@ -1,17 +1,18 @@
 //! Loading policies: policy files read from their folders, parsed, and every rule compiled
-//! and probed, or every mistake in them listed with its file, rule and field.
+//! and checked without running it, or every mistake in them listed with its file, rule and
+//! field.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cel::Env;
 use cel::parser::{Expression, ParseErrors, PrattParser};
-use cel::{Context, Env, ExecutionError};
 use serde::Deserialize;
 
 use super::message::placeholders;
 use super::{
-    Each, Enforcement, Expr, FACTS, Facts, MAX_EXPRESSION_LEN, OnEvalError, PolicySet, Rule, Stage,
+    Each, Enforcement, Expr, FACTS, MAX_EXPRESSION_LEN, OnEvalError, PolicySet, Rule, Stage,
     did_you_mean,
 };
 use crate::config::Config;
@@ -21,8 +22,9 @@ use crate::config::Config;
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     name: String,
-    #[serde(default)]
-    description: Option<String>,
+    /// For the people who read the policy file; lockstep accepts it and shows it nowhere.
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
     on: Vec<Stage>,
     #[serde(default)]
     when: Option<String>,
@@ -73,7 +75,9 @@ impl PolicySet {
             .iter()
             .map(|d| config.resolve(d))
             .collect();
-        PolicySet::load_dirs(&dirs)
+        let mut set = PolicySet::load_dirs(&dirs)?;
+        set.timeout = config.policies.timeout;
+        Ok(set)
     }
 
     /// Loads every `*.toml` of the folders, in name order within each folder.
@@ -122,7 +126,6 @@ impl PolicySet {
         sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<PolicySet, LoadErrors> {
         let env = Arc::new(policy_env());
-        let probe = probe_context(&env);
         let mut rules: Vec<Rule> = Vec::new();
         let mut errors = LoadErrors::default();
         for (path, text) in sources {
@@ -136,11 +139,12 @@ impl PolicySet {
                 }
             };
             for spec in file.rule {
-                match compile_rule(&probe, path, spec) {
+                match compile_rule(&env, path, spec) {
                     Ok(rule) => {
                         if let Some(other) = rules.iter().find(|r| r.name == rule.name) {
                             errors.0.push(format!(
-                                "{}: rule `{}` is already defined in `{}`; rule names must be unique",
+                                "{}: rule `{}` is already defined in `{}`; rule names must be \
+                                 unique",
                                 path.display(),
                                 rule.name,
                                 other.file.display()
@@ -154,7 +158,12 @@ impl PolicySet {
             }
         }
         if errors.0.is_empty() {
-            Ok(PolicySet { env, rules })
+            Ok(PolicySet {
+                env,
+                rules,
+                timeout: crate::config::Policies::default().timeout,
+                deadline: None,
+            })
         } else {
             Err(errors)
         }
@@ -180,7 +189,7 @@ pub(super) fn parse(source: &str) -> Result<Expression, ParseErrors> {
         .parse(source)
 }
 
-fn compile_rule(probe: &Context, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<String>> {
+fn compile_rule(env: &Env, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<String>> {
     let mut errors = Vec::new();
     let rule_name = spec.name.clone();
     let at = |field: &str| format!("{}: rule `{}`, `{field}`", path.display(), rule_name);
@@ -203,7 +212,7 @@ fn compile_rule(probe: &Context, path: &Path, spec: RuleSpec) -> Result<Rule, Ve
             return None;
         }
         match parse(source) {
-            Ok(ast) => Some(Expr::new(source, ast)),
+            Ok(ast) => Some(Expr::new(source, ast, env)),
             Err(e) => {
                 let detail = e
                     .errors
@@ -250,7 +259,6 @@ fn compile_rule(probe: &Context, path: &Path, spec: RuleSpec) -> Result<Rule, Ve
     };
     let rule = Rule {
         name: spec.name,
-        description: spec.description,
         file: path.to_path_buf(),
         stages: spec.on,
         when,
@@ -261,45 +269,29 @@ fn compile_rule(probe: &Context, path: &Path, spec: RuleSpec) -> Result<Rule, Ve
         on_error: spec.on_error,
         each: spec.each,
     };
-    // CEL has no type checker: probe each expression against sample facts so that a
-    // misspelt variable is reported now rather than at the first push.
-    for expr in rule.exprs() {
-        if let Some(unknown) = unknown_variable(probe, expr) {
-            let field = if rule.when.as_ref().is_some_and(|w| std::ptr::eq(w, expr)) {
-                "when"
-            } else if std::ptr::eq(&rule.require, expr) {
-                "require"
-            } else {
-                "message_expression"
-            };
-            errors.push(format!(
-                "{}: unknown variable `{unknown}`{}",
-                at(field),
-                did_you_mean(&unknown, FACTS)
-            ));
+    // CEL has no type checker: every variable an expression reads must be a fact, found in
+    // its syntax tree. Running the expression against sample facts would find them too, but
+    // with no bound on how long that takes.
+    let fields = [
+        ("when", rule.when.as_ref()),
+        ("require", Some(&rule.require)),
+        ("message_expression", rule.message_expression.as_ref()),
+    ];
+    for (field, expr) in fields {
+        for var in expr.iter().flat_map(|e| e.vars.iter()) {
+            if !FACTS.contains(&var.as_str()) && var != "commit" {
+                errors.push(format!(
+                    "{}: unknown variable `{var}`{}",
+                    at(field),
+                    did_you_mean(var, FACTS)
+                ));
+            }
         }
     }
     if errors.is_empty() {
         Ok(rule)
     } else {
         Err(errors)
-    }
-}
-
-/// A context holding every fact with a plausible value, to probe expressions at load.
-fn probe_context(env: &Arc<Env>) -> Context<'static, 'static> {
-    let mut ctx = Context::with_env(env.clone());
-    for (name, value) in Facts::sample().vars {
-        ctx.add_variable_from_value(name, value);
-    }
-    ctx.add_variable_from_value("commit", Facts::sample_commit());
-    ctx
-}
-
-fn unknown_variable(probe: &Context, expr: &Expr) -> Option<String> {
-    match expr.execute(probe) {
-        Err(ExecutionError::UndeclaredReference(name)) => Some(name.to_string()),
-        _ => None,
     }
 }
 
@@ -412,6 +404,29 @@ line'''"#,
                 .contains("unknown variable `brnch` (did you mean `branch`?)"),
             "{err}"
         );
+    }
+
+    /// Issue 10: variables are found in the syntax tree, so one that evaluation would never
+    /// reach (behind a short circuit) is caught, and comprehension variables, types and
+    /// function namespaces are not mistaken for facts.
+    #[test]
+    fn issue10_unknown_variables_are_found_without_running_the_rule() {
+        let err = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='false && brnch == \"x\"'\nmessage='m'\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`require`: unknown variable `brnch` (did you mean `branch`?)"),
+            "{err}"
+        );
+        let fine = "commits.all(c, c.message != '') && [1, 2].exists(x, x == 2) \
+            && type(branch) == string && strings.quote(branch) != '' \
+            && {'k': pusher}.all(k, k == 'k')";
+        set(&format!(
+            "[[rule]]\nname='r'\non=['push']\nrequire=\"{fine}\"\nmessage='m'\n"
+        ))
+        .unwrap();
     }
 
     #[test]

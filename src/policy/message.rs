@@ -99,12 +99,20 @@ mod tests {
 
     #[test]
     fn message_expression_wins_and_falls_back() {
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='static'\nmessage_expression='\"dyn \" + branch'\n").unwrap();
+        let p = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='static'\n\
+             message_expression='\"dyn \" + branch'\n",
+        )
+        .unwrap();
         assert_eq!(
             p.evaluate(Stage::Push, &facts("b")).verdicts[0].messages(),
             ["dyn b"]
         );
-        let p = set("[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='static'\nmessage_expression='task.key'\n").unwrap();
+        let p = set(
+            "[[rule]]\nname='r'\non=['push']\nrequire='false'\nmessage='static'\n\
+             message_expression='task.key'\n",
+        )
+        .unwrap();
         assert_eq!(
             p.evaluate(Stage::Push, &facts("b")).verdicts[0].messages(),
             ["static"]

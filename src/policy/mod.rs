@@ -10,11 +10,13 @@
 //! This module owns what a compiled policy set is: the stages, the rules and their
 //! expressions. The rest is split by concern:
 //! - `load`: reading policy files and compiling their rules, or saying what is wrong in them;
+//! - `bound`: the variables an expression names, and the deadline every loop of it checks;
 //! - `facts`: the named values rules read, and the CEL values a task or a commit becomes;
 //! - `eval`: a stage's rules evaluated against the facts, into a [`Decision`];
 //! - `message`: the text a failing rule shows (placeholders, `message_expression`);
 //! - `suggest`: the did-you-mean hint for a misspelt name.
 
+mod bound;
 mod eval;
 mod facts;
 mod load;
@@ -24,6 +26,7 @@ mod suggest;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use cel::parser::Expression;
 use cel::{Context, Env, ExecutionError, Value};
@@ -31,8 +34,7 @@ use serde::Deserialize;
 
 pub use eval::{Decision, Outcome, Verdict};
 pub use facts::{FACTS, Facts, commit_val, commit_value, map, task_value};
-pub use load::LoadErrors;
-pub use message::{fill, show};
+pub use message::show;
 pub use suggest::did_you_mean;
 
 use message::placeholders;
@@ -97,20 +99,17 @@ pub enum Each {
 #[derive(Debug)]
 pub struct Expr {
     pub source: String,
+    /// The parsed expression, its loops made to check the deadline ([`bound::guard_loops`]).
     ast: Expression,
-    /// The variables the expression names, read once at compile time.
+    /// The variables the expression reads, found in its syntax tree at compile time.
     vars: Vec<String>,
 }
 
 impl Expr {
-    fn new(source: &str, ast: Expression) -> Expr {
-        let mut vars: Vec<String> = ast
-            .references()
-            .variables()
-            .into_iter()
-            .map(String::from)
-            .collect();
-        vars.sort();
+    fn new(source: &str, mut ast: Expression, env: &Env) -> Expr {
+        let vars = bound::free_variables(&ast, env).into_iter().collect();
+        let mut next_id = bound::max_id(&ast);
+        bound::guard_loops(&mut ast, &mut next_id);
         Expr {
             source: source.to_string(),
             ast,
@@ -132,7 +131,6 @@ impl Expr {
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
-    pub description: Option<String>,
     pub file: PathBuf,
     pub stages: Vec<Stage>,
     pub when: Option<Expr>,
@@ -164,6 +162,12 @@ impl Rule {
 pub struct PolicySet {
     env: Arc<Env>,
     pub rules: Vec<Rule>,
+    /// How long one evaluation may take (`[policies] timeout`); a rule still running then
+    /// counts as its `on_error` says.
+    pub timeout: Duration,
+    /// When set, evaluations end by this instant however late they start (a hook's budget
+    /// for the whole push).
+    pub deadline: Option<Instant>,
 }
 
 impl fmt::Debug for PolicySet {
@@ -185,7 +189,17 @@ impl PolicySet {
     pub fn needs(&self, stage: Stage, var: &str) -> bool {
         self.rules_for(stage).any(|r| r.uses(var))
     }
+
+    /// Whether some rule applies to pushes: with none, every push would be accepted.
+    pub fn has_push_rules(&self) -> bool {
+        self.rules_for(Stage::Push).next().is_some()
+    }
 }
+
+/// What a hook or `policy check` says when no rule applies to pushes and the config does not
+/// allow it.
+pub const NO_PUSH_RULE: &str = "no rule applies to pushes, so every push would be accepted; \
+     check `policies.dirs`, or set `policies.allow_empty = true` if that is what you want";
 
 /// Helpers of the unit tests of the policy modules.
 #[cfg(test)]
@@ -194,7 +208,8 @@ mod testing {
 
     use cel::Value;
 
-    use super::{Facts, LoadErrors, PolicySet};
+    use super::load::LoadErrors;
+    use super::{Facts, PolicySet};
 
     /// Compiles one policy text, as if read from `policies/test.toml`.
     pub fn set(text: &str) -> Result<PolicySet, LoadErrors> {

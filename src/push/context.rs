@@ -47,11 +47,11 @@ pub fn repo_name(config: &Config, git_dir: &std::path::Path) -> String {
                 .iter()
                 .find(|r| r.name == v || r.github.as_deref() == Some(&v))
             {
-                return r.name.clone();
+                return r.name.to_string();
             }
             let last = v.rsplit('/').next().unwrap_or(&v).trim_end_matches(".git");
             if let Some(r) = config.repos.iter().find(|r| r.name == last) {
-                return r.name.clone();
+                return r.name.to_string();
             }
             return v;
         }
@@ -65,7 +65,7 @@ pub fn repo_name(config: &Config, git_dir: &std::path::Path) -> String {
                 .as_ref()
                 == Some(here)
             {
-                return r.name.clone();
+                return r.name.to_string();
             }
         }
     }

@@ -121,20 +121,8 @@ pub fn decide(
             .set("created", u.created())
             .set("deleted", u.deleted())
             .set("pusher", ctx.pusher.as_str())
-            .set("bot", config.bot.user.as_str())
-            .set("maintainers", config.bot.maintainers.clone())
-            .set("protected", config.policies.protected.clone())
+            .set_ecosystem(config, tracker_name)
             .set("push_options", ctx.options.clone())
-            .set(
-                "tracker",
-                if tracker_name == "file" {
-                    "the tasks file"
-                } else {
-                    tracker_name
-                },
-            )
-            .set("in_progress", config.tasks.in_progress.clone())
-            .set("for_delivery", config.tasks.for_delivery.clone())
             .set("now", now.clone());
         let ff = if need_ff && !u.created() && !u.deleted() {
             git.is_ancestor(&u.old, &u.new)?

@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use super::{PushContext, RefDecision, short};
+use super::{PushContext, RefDecision};
+use crate::git::short;
 use crate::policy;
 
 /// Renders the result of a push the way `git push` shows it (each line gets `remote: `).

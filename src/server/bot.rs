@@ -1,8 +1,9 @@
 //! What the bot does with a pull request's commands and events, and how it words its replies.
 //!
 //! Every command needs a commenter with write access to the repository (admin, maintain or
-//! write on GitHub) or one of `[bot] maintainers`; anyone else gets a reply saying so, and
-//! nothing happens. The pull request names its task by its head branch (`[tasks] pattern`).
+//! write on GitHub) or one of `[bot] github_maintainers`; anyone else gets a reply saying so,
+//! and nothing happens. `[bot] maintainers` are identities of the git server, not GitHub
+//! logins: a GitHub account of the same name gets no say from them. The pull request names its task by its head branch (`[tasks] pattern`).
 
 use anyhow::Context as _;
 
@@ -11,16 +12,17 @@ use super::markdown::code;
 use super::origin::origin;
 use super::{App, Handled, Job, report};
 use crate::delivery::{self, PrFacts, Request, Requested};
-use crate::github::{self, GitHub, Pull, RepoName};
+use crate::domain::{DeliveryId, Phase, PrState, Source, State, TaskKey};
+use crate::github::{self, GitHub, GitHubRepo, Pull};
 use crate::policy::Stage;
-use crate::store::{DeliveryRow, State};
+use crate::store::DeliveryRow;
 
-fn link(app: &App, id: i64) -> String {
+fn link(app: &App, id: DeliveryId) -> String {
     format!("[#{id}]({})", app.delivery_url(id))
 }
 
 /// The PR facts the `on = "deliver"` rules read: author, head, latest review per reviewer.
-async fn pr_facts(gh: &GitHub, repo: &RepoName, pull: &Pull) -> anyhow::Result<PrFacts> {
+async fn pr_facts(gh: &GitHub, repo: &GitHubRepo, pull: &Pull) -> anyhow::Result<PrFacts> {
     let reviews = gh.reviews(repo, pull.number).await?;
     Ok(PrFacts {
         repo: repo.to_string(),
@@ -31,12 +33,18 @@ async fn pr_facts(gh: &GitHub, repo: &RepoName, pull: &Pull) -> anyhow::Result<P
     })
 }
 
-/// Whether `user` may command the bot on `repo`.
-async fn may_command(app: &App, gh: &GitHub, repo: &RepoName, user: &str) -> anyhow::Result<bool> {
+/// Whether the GitHub user `user` may command the bot on `repo`: GitHub's permission
+/// answer decides, unless the config names the login in `[bot] github_maintainers`.
+async fn may_command(
+    app: &App,
+    gh: &GitHub,
+    repo: &GitHubRepo,
+    user: &str,
+) -> anyhow::Result<bool> {
     if app
         .config()
         .bot
-        .maintainers
+        .github_maintainers
         .iter()
         .any(|m| m.eq_ignore_ascii_case(user))
     {
@@ -49,7 +57,7 @@ async fn may_command(app: &App, gh: &GitHub, repo: &RepoName, user: &str) -> any
 pub async fn on_comment(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     number: u64,
     user: &str,
     body: &str,
@@ -69,7 +77,7 @@ pub async fn on_comment(
         )));
     }
     let pull = gh.pull(repo, number).await?;
-    let task = app.config().tasks.task_of(&pull.head_ref).map(String::from);
+    let task = app.config().tasks.task_of(&pull.head_ref).map(TaskKey::new);
     let mut sections = Vec::new();
     let mut done = Vec::new();
     for c in &commands {
@@ -77,7 +85,7 @@ pub async fn on_comment(
             Err(e) => unknown(e),
             Ok(cmd) => {
                 done.push(cmd.to_string());
-                run(app, gh, repo, &pull, task.as_deref(), user, *cmd).await?
+                run(app, gh, repo, &pull, task.as_ref(), user, *cmd).await?
             }
         };
         sections.push(section);
@@ -108,9 +116,9 @@ fn no_task(pull: &Pull, app: &App) -> String {
 async fn run(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
-    task: Option<&str>,
+    task: Option<&TaskKey>,
     user: &str,
     cmd: BotCommand,
 ) -> anyhow::Result<String> {
@@ -153,7 +161,7 @@ async fn run(
                         );
                         app.engine
                             .tracker
-                            .move_to(task, &ready, &note)
+                            .move_to(task, &ready, &crate::text::note(&note))
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
@@ -244,13 +252,13 @@ async fn run(
 async fn deliver(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
     task: &str,
     user: &str,
     priority: i64,
 ) -> anyhow::Result<String> {
-    if pull.state != "open" {
+    if pull.state != PrState::Open {
         return Ok(format!(
             "{repo}#{} is {}; only an open pull request is delivered.",
             pull.number, pull.state
@@ -258,9 +266,9 @@ async fn deliver(
     }
     let facts = pr_facts(gh, repo, pull).await?;
     let req = Request {
-        task: task.to_string(),
+        task: TaskKey::new(task),
         priority,
-        source: "github".into(),
+        source: Source::GitHub,
         requester: user.to_string(),
         origin: origin(repo, pull.number),
         pr: Some(facts),
@@ -310,7 +318,7 @@ pub fn refusal(task: &str, lines: &[String]) -> String {
 }
 
 /// `/status`: where the task's delivery is.
-async fn status(app: &App, task: &str) -> anyhow::Result<String> {
+async fn status(app: &App, task: &TaskKey) -> anyhow::Result<String> {
     let store = &app.engine.store;
     let tracker_status = match crate::tracker::task_with_timeout(
         app.engine.tracker.as_ref(),
@@ -338,11 +346,7 @@ async fn status(app: &App, task: &str) -> anyhow::Result<String> {
             State::Running => format!(
                 "{} is running, in the **{}** phase",
                 link(app, d.id),
-                if d.phase.is_empty() {
-                    "rebase"
-                } else {
-                    &d.phase
-                }
+                d.phase.unwrap_or(Phase::Rebase)
             ),
             State::Delivered => format!("{} delivered it", link(app, d.id)),
             State::Failed | State::Cancelled => {
@@ -357,7 +361,7 @@ async fn status(app: &App, task: &str) -> anyhow::Result<String> {
 /// waits; or why there is nothing to act on.
 async fn waiting_delivery<'p>(
     app: &App,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &'p Pull,
 ) -> anyhow::Result<Result<(&'p str, DeliveryRow), Handled>> {
     let Some(task) = app.config().tasks.task_of(&pull.head_ref) else {
@@ -383,7 +387,7 @@ async fn waiting_delivery<'p>(
 pub async fn on_closed(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
 ) -> anyhow::Result<Handled> {
     let number = pull.number;
@@ -436,7 +440,7 @@ impl ReviewChange {
 pub async fn on_review(
     app: &App,
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     pull: &Pull,
     change: &ReviewChange,
 ) -> anyhow::Result<Handled> {
@@ -464,7 +468,11 @@ pub async fn on_review(
         &d.requester,
         Some(&facts),
         &branches,
-        e.config.repos.iter().map(|r| r.name.clone()).collect(),
+        &e.config
+            .repos
+            .iter()
+            .map(|r| r.name.clone())
+            .collect::<Vec<_>>(),
         Some(d.id),
     );
     let decision = e.policies.evaluate(Stage::Deliver, &facts);
@@ -500,7 +508,7 @@ pub async fn on_review(
 /// The comment after a `/rollback`.
 pub fn rollback_outcome(
     app: &App,
-    id: i64,
+    id: DeliveryId,
     requester: &str,
     result: &anyhow::Result<DeliveryRow>,
 ) -> String {
@@ -532,7 +540,8 @@ mod tests {
             &[
                 "[task-for-delivery] task `TASK-1` is In Progress; move it to For Delivery first"
                     .to_string(),
-                "[two-approvals] pull request #3 has 1 approval(s) by people other than its author; it needs 2"
+                "[two-approvals] pull request #3 has 1 approval(s) by people other than its \
+                 author; it needs 2"
                     .to_string(),
             ]
         ));

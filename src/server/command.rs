@@ -39,7 +39,8 @@ pub const COMMANDS: &[Usage] = &[
     Usage {
         name: "deliver",
         usage: "/deliver [priority=N]",
-        what: "check the delivery rules and queue this task's delivery (higher priority runs sooner)",
+        what: "check the delivery rules and queue this task's delivery \
+               (higher priority runs sooner)",
     },
     Usage {
         name: "cancel",
@@ -49,7 +50,8 @@ pub const COMMANDS: &[Usage] = &[
     Usage {
         name: "retry",
         usage: "/retry",
-        what: "deliver again after a failed or cancelled delivery (moves the task back to For Delivery)",
+        what: "deliver again after a failed or cancelled delivery \
+               (moves the task back to For Delivery)",
     },
     Usage {
         name: "rollback",

@@ -2,17 +2,19 @@
 //! grid and the pages.
 
 use crate::config::Config;
-use crate::store::{DeliveryRow, RepoRow, State, StepRow};
+use crate::domain::{DeliveryId, Phase, Source, State, StepState};
+use crate::store::{DeliveryRow, RepoRow, StepRow};
 
-/// Delivery #7 of `TASK-1`, asked for by alice from `acme/api#3`, started at 1 s.
+/// Delivery #7 of `TASK-1`, asked for by alice from `acme/api#3`, started at 1 s, in
+/// `phase` (none if empty).
 pub fn delivery(state: State, phase: &str) -> DeliveryRow {
     DeliveryRow {
-        id: 7,
+        id: DeliveryId(7),
         task: "TASK-1".into(),
         state,
-        phase: phase.into(),
+        phase: Phase::parse(phase),
         priority: 0,
-        source: "github".into(),
+        source: Source::GitHub,
         requester: "alice".into(),
         origin: "acme/api#3".into(),
         created_at: 0,
@@ -20,6 +22,10 @@ pub fn delivery(state: State, phase: &str) -> DeliveryRow {
         finished_at: None,
         error: String::new(),
         cancel: false,
+        candidate: false,
+        held: String::new(),
+        built_on: String::new(),
+        discards: 0,
     }
 }
 
@@ -43,11 +49,11 @@ pub fn step(id: i64, repo: &str, step: &str, outcome: &str) -> StepRow {
     StepRow {
         id,
         repo: repo.into(),
-        step: step.into(),
+        step: Phase::parse(step).expect("a phase"),
         started_at: 2_000,
         finished_at: None,
         exit_code: None,
-        outcome: outcome.into(),
+        outcome: StepState::parse(outcome).expect("a step state"),
         log_path: String::new(),
         pid: None,
     }

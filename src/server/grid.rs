@@ -5,8 +5,8 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::delivery::line::Phase;
-use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};
+use crate::domain::{Phase, RepoName, State, StepState};
+use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 
 /// One cell of the repo × phase grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,33 +47,17 @@ impl Cell {
 /// A repository's row of the grid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GridRow {
-    pub repo: String,
+    pub repo: RepoName,
     pub branch: String,
-    pub cells: Vec<(String, Cell)>,
+    pub cells: Vec<(Phase, Cell)>,
 }
 
-/// The phases of the grid: the line itself (a rollback shows in the repository's flags).
-pub const LINE: [Phase; 6] = [
-    Phase::Rebase,
-    Phase::Build,
-    Phase::Test,
-    Phase::Deploy,
-    Phase::Verify,
-    Phase::Merge,
-];
-
+/// Whether a repository has work in a phase of the line: rebase and merge are lockstep's own.
 fn has_step(config: &Config, repo: &str, phase: Phase) -> bool {
     let Some(r) = config.repo(repo) else {
         return true;
     };
-    match phase {
-        Phase::Build => r.steps.build.is_some(),
-        Phase::Test => r.steps.test.is_some(),
-        Phase::Deploy => r.steps.deploy.is_some(),
-        Phase::Verify => r.steps.verify.is_some(),
-        Phase::Rollback => r.steps.rollback.is_some(),
-        Phase::Rebase | Phase::Merge => true,
-    }
+    matches!(phase, Phase::Rebase | Phase::Merge) || r.step(phase).is_some()
 }
 
 /// The repo × phase grid of a delivery, from what the store recorded.
@@ -84,9 +68,9 @@ pub fn grid(
     steps: &[StepRow],
     journal: &[JournalRow],
 ) -> Vec<GridRow> {
-    let current = Phase::parse(&d.phase);
+    let current = d.phase;
     let running = d.state == State::Running;
-    let names: Vec<(String, String)> = if repos.is_empty() {
+    let names: Vec<(RepoName, String)> = if repos.is_empty() {
         config
             .repos
             .iter()
@@ -112,13 +96,14 @@ pub fn grid(
     for (repo, branch) in names {
         let row = repos.iter().find(|r| r.repo == repo);
         let mut cells = Vec::new();
-        for phase in LINE {
+        // The line itself: a rollback shows in the repository's flags.
+        for &phase in Phase::LINE {
             let here = current == Some(phase) && running;
             let past = current.is_some_and(|c| c > phase) || d.state == State::Delivered;
             let step = steps
                 .iter()
                 .rev()
-                .find(|s| s.repo == repo && s.step == phase.as_str());
+                .find(|s| s.repo == repo && s.step == phase);
             let mut cell = match phase {
                 Phase::Rebase => {
                     if row.is_some_and(|r| !r.rebased_sha.is_empty()) {
@@ -138,10 +123,10 @@ pub fn grid(
                         Cell::Pending
                     }
                 }
-                _ => match step.map(|s| s.outcome.as_str()) {
-                    Some("running") if running => Cell::Running,
-                    Some("running") => Cell::Failed,
-                    Some("passed") => Cell::Passed,
+                _ => match step.map(|s| s.outcome) {
+                    Some(StepState::Running) if running => Cell::Running,
+                    Some(StepState::Running) => Cell::Failed,
+                    Some(StepState::Passed) => Cell::Passed,
                     Some(_) => Cell::Failed,
                     None if !has_step(config, &repo, phase) => Cell::Skipped,
                     None if past => Cell::Passed,
@@ -158,7 +143,7 @@ pub fn grid(
             if d.state.is_final() && cell == Cell::Pending {
                 cell = Cell::NotRun;
             }
-            cells.push((phase.as_str().to_string(), cell));
+            cells.push((phase, cell));
         }
         rows.push(GridRow {
             repo,

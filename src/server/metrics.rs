@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use crate::store::{JournalRow, LeaseEvents};
+use crate::store::{JournalRow, LeaseEvents, Waits};
 
 /// Upper bounds of the phase-duration buckets, in seconds.
 const BUCKETS: &[f64] = &[
@@ -23,6 +23,40 @@ struct Histogram {
 }
 
 impl Histogram {
+    fn of(values: &[f64]) -> Histogram {
+        let mut h = Histogram::default();
+        for v in values {
+            h.observe(*v);
+        }
+        h
+    }
+
+    /// The series of one histogram `name` with `labels` (`phase="build"`, or empty).
+    fn write(&self, s: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                self.counts.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
+        let braces = |x: &str| {
+            if x.is_empty() {
+                String::new()
+            } else {
+                format!("{{{x}}}")
+            }
+        };
+        let _ = writeln!(s, "{name}_sum{} {}", braces(labels), self.sum);
+        let _ = writeln!(s, "{name}_count{} {}", braces(labels), self.count);
+    }
+
     fn observe(&mut self, secs: f64) {
         if self.counts.is_empty() {
             self.counts = vec![0; BUCKETS.len()];
@@ -57,6 +91,10 @@ pub struct StoreCounts {
     pub leader: bool,
     /// The lease's renewals and losses in this process.
     pub lease: LeaseEvents,
+    /// Candidates' preparations discarded, by reason.
+    pub discards: Vec<(String, i64)>,
+    /// How long deliveries waited in the queue and took to land.
+    pub waits: Waits,
 }
 
 /// Escapes a label value.
@@ -152,31 +190,35 @@ impl Metrics {
         {
             let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
             for (phase, h) in phases.iter() {
-                let p = label(phase);
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        s,
-                        "lockstep_phase_duration_seconds_bucket{{phase=\"{p}\",le=\"{bound}\"}} {}",
-                        h.counts.get(i).copied().unwrap_or(0)
-                    );
-                }
-                let _ = writeln!(
-                    s,
-                    "lockstep_phase_duration_seconds_bucket{{phase=\"{p}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(
-                    s,
-                    "lockstep_phase_duration_seconds_sum{{phase=\"{p}\"}} {}",
-                    h.sum
-                );
-                let _ = writeln!(
-                    s,
-                    "lockstep_phase_duration_seconds_count{{phase=\"{p}\"}} {}",
-                    h.count
+                h.write(
+                    &mut s,
+                    "lockstep_phase_duration_seconds",
+                    &format!("phase=\"{}\"", label(phase)),
                 );
             }
         }
+
+        s.push_str(
+            "# HELP lockstep_candidates_discarded_total Preparations of pipeline candidates thrown away because a base changed, by reason.\n",
+        );
+        s.push_str("# TYPE lockstep_candidates_discarded_total counter\n");
+        for (reason, n) in &store.discards {
+            let _ = writeln!(
+                s,
+                "lockstep_candidates_discarded_total{{reason=\"{}\"}} {n}",
+                label(reason)
+            );
+        }
+        s.push_str(
+            "# HELP lockstep_queue_wait_seconds Time from a delivery's request to its start.\n",
+        );
+        s.push_str("# TYPE lockstep_queue_wait_seconds histogram\n");
+        Histogram::of(&store.waits.queue_wait).write(&mut s, "lockstep_queue_wait_seconds", "");
+        s.push_str(
+            "# HELP lockstep_lead_time_seconds Time from a delivery's request to its landing.\n",
+        );
+        s.push_str("# TYPE lockstep_lead_time_seconds histogram\n");
+        Histogram::of(&store.waits.lead_time).write(&mut s, "lockstep_lead_time_seconds", "");
 
         s.push_str(
             "# HELP lockstep_webhook_requests_total Webhook requests, by source and result.\n",
@@ -195,7 +237,8 @@ impl Metrics {
         }
 
         s.push_str(
-            "# HELP lockstep_hook_decisions_total Policy verdicts of the git hooks, by rule and outcome.\n",
+            "# HELP lockstep_hook_decisions_total Policy verdicts of the git hooks, by rule and \
+             outcome.\n",
         );
         s.push_str("# TYPE lockstep_hook_decisions_total counter\n");
         for (rule, outcome, n) in &store.hook_decisions {
@@ -262,6 +305,11 @@ mod tests {
                 renewals: 7,
                 losses: 1,
             },
+            discards: vec![("ahead_changed".into(), 2), ("upstream_moved".into(), 0)],
+            waits: Waits {
+                queue_wait: vec![0.3, 12.0],
+                lead_time: vec![40.0],
+            },
         });
         for line in [
             "lockstep_deliveries_total{outcome=\"delivered\"} 3",
@@ -276,6 +324,14 @@ mod tests {
             "lockstep_leader{ecosystem=\"shop\"} 1",
             "lockstep_lease_renewals_total 7",
             "lockstep_lease_losses_total 1",
+            "lockstep_candidates_discarded_total{reason=\"ahead_changed\"} 2",
+            "lockstep_candidates_discarded_total{reason=\"upstream_moved\"} 0",
+            "lockstep_queue_wait_seconds_bucket{le=\"0.5\"} 1",
+            "lockstep_queue_wait_seconds_bucket{le=\"15\"} 2",
+            "lockstep_queue_wait_seconds_count 2",
+            "lockstep_lead_time_seconds_bucket{le=\"30\"} 0",
+            "lockstep_lead_time_seconds_bucket{le=\"60\"} 1",
+            "lockstep_lead_time_seconds_sum 40",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -18,8 +18,8 @@
 //!   was asked for from.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
 //!
-//! This file holds what every part shares ([`App`], [`Job`], [`Handled`]) and starts the whole: [`serve`],
-//! [`run_cli`].
+//! This file holds what every part shares ([`App`], [`Job`], [`Handled`]) and starts the
+//! whole: [`serve`], [`run_cli`].
 //!
 //! Shutdown (SIGTERM, ctrl-c): the listener stops taking requests and lets the ones in
 //! flight finish; the worker takes no new delivery. A running delivery gets
@@ -52,10 +52,11 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, Located};
 use crate::delivery::line::Engine;
 use crate::delivery::worker;
-use crate::github::{GitHub, RepoName};
+use crate::domain::DeliveryId;
+use crate::github::{GitHub, GitHubRepo};
 
 /// What became of a webhook, for the answer and the metrics.
 #[derive(Debug)]
@@ -71,9 +72,9 @@ pub enum Handled {
 pub enum Job {
     /// `/rollback`: run the rollback steps of a finished delivery, then report on the PR.
     Rollback {
-        id: i64,
+        id: DeliveryId,
         requester: String,
-        repo: RepoName,
+        repo: GitHubRepo,
         number: u64,
     },
 }
@@ -107,20 +108,9 @@ impl App {
     }
 
     /// The page of a delivery, for links in comments and statuses.
-    pub fn delivery_url(&self, id: i64) -> String {
+    pub fn delivery_url(&self, id: DeliveryId) -> String {
         format!("{}/deliveries/{id}", self.public_url)
     }
-}
-
-/// Runs the bot until `shutdown` completes: the worker, the tracker poller and the HTTP
-/// server on `listener`.
-pub async fn serve(
-    config: Config,
-    listener: tokio::net::TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let prepared = prepare(config, &listener).await?;
-    run(prepared, listener, shutdown).await
 }
 
 /// The bot, ready to run: its secrets read, its store open.
@@ -226,12 +216,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// `lockstep serve`: binds the address, serves until SIGTERM or ctrl-c.
-pub fn run_cli(at: &crate::commands::ConfigAt, listen: Option<&str>) -> anyhow::Result<i32> {
-    let config = Config::load_from(&at.0, at.1)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+pub fn run_cli(at: &Located, listen: Option<&str>) -> anyhow::Result<i32> {
+    let config = at.load()?;
+    let runtime = crate::runtime::multi_thread(None)?;
     runtime.block_on(async move {
         let address = listen.unwrap_or(&config.server.listen).to_string();
         let listener = tokio::net::TcpListener::bind(&address)

@@ -1,17 +1,17 @@
 //! The origin of a delivery requested from a pull request: `owner/name#number`, as the
 //! store keeps it, written when the bot queues the delivery and read when it reports back.
 
-use crate::github::RepoName;
+use crate::github::GitHubRepo;
 
 /// `repo#number`, the origin recorded with a delivery requested from a pull request.
-pub fn origin(repo: &RepoName, number: u64) -> String {
+pub fn origin(repo: &GitHubRepo, number: u64) -> String {
     format!("{repo}#{number}")
 }
 
 /// The pull request a delivery was requested from, if any.
-pub fn parse_origin(origin: &str) -> Option<(RepoName, u64)> {
+pub fn parse_origin(origin: &str) -> Option<(GitHubRepo, u64)> {
     let (repo, number) = origin.rsplit_once('#')?;
-    Some((RepoName::parse(repo)?, number.parse().ok()?))
+    Some((GitHubRepo::parse(repo)?, number.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -20,7 +20,7 @@ mod tests {
 
     #[test]
     fn origins_round_trip() {
-        let r = RepoName::parse("acme/api").unwrap();
+        let r = GitHubRepo::parse("acme/api").unwrap();
         assert_eq!(origin(&r, 12), "acme/api#12");
         assert_eq!(parse_origin("acme/api#12"), Some((r, 12)));
         assert_eq!(parse_origin("tracker"), None);

@@ -6,7 +6,8 @@
 //! every `[tracker] poll`); once it leaves, it is forgotten, so entering again delivers it
 //! again. A change that leaves and comes back between two polls is not seen (poll more often,
 //! or have the tracker call `POST /webhooks/tracker`). A task already queued or running is
-//! never queued twice (`Store::enqueue` checks).
+//! left alone: its delivery is under way, so the deliver rules are not judged again (as the
+//! bot, they could refuse it and send the task back while it is being delivered).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 
 use super::App;
 use crate::delivery::{self, Request, Requested};
+use crate::domain::{Source, TaskKey};
 
 /// Polls every `every` (never when it is zero) until `stop`.
 pub async fn run(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>) {
@@ -56,10 +58,28 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
         if seen.contains_key(&task.key) {
             continue;
         }
+        let key = TaskKey::new(task.key.as_str());
+        if let Some(d) = e.store.latest_of_task(&key).await?
+            && !d.state.is_final()
+        {
+            e.store.set_tracker_seen(&task.key, &task.status).await?;
+            said.push(format!(
+                "{} is {}: already {} as #{}",
+                task.key,
+                task.status,
+                if d.state == crate::domain::State::Queued {
+                    "queued"
+                } else {
+                    "running"
+                },
+                d.id
+            ));
+            continue;
+        }
         let req = Request {
-            task: task.key.clone(),
+            task: key,
             priority: 0,
-            source: "tracker".into(),
+            source: Source::Tracker,
             requester: config.bot.user.clone(),
             origin: String::new(),
             pr: None,
@@ -90,7 +110,7 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
                 // Back to its owner with the reasons, as a failed delivery would be.
                 if let Err(err) = e
                     .tracker
-                    .move_to(&task.key, &config.tasks.returned, &note)
+                    .move_to(&task.key, &config.tasks.returned, &crate::text::note(&note))
                     .await
                 {
                     tracing::warn!("cannot move `{}` back: {err}", task.key);

@@ -8,12 +8,18 @@ use super::App;
 use super::markdown::{code, fenced};
 use super::origin::parse_origin;
 use crate::delivery::steps;
-use crate::github::{GitHub, Pull, RepoName, StatusState};
-use crate::store::{DeliveryRow, JournalRow, RepoRow, State, StepRow};
+use crate::domain::{DeliveryId, State, StepState};
+use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
+use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
+use crate::text::{clip, escape};
+
+/// At most this much of a failure's reason goes into a comment (its log excerpt is bounded
+/// by [`crate::text::Tail`]).
+const REASON_BYTES: usize = 1000;
 
 async fn set_status(
     gh: &GitHub,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     sha: &str,
     state: StatusState,
     description: &str,
@@ -25,7 +31,7 @@ async fn set_status(
 }
 
 /// A delivery was queued from a pull request.
-pub async fn queued(app: &App, repo: &RepoName, pull: &Pull, id: i64, position: usize) {
+pub async fn queued(app: &App, repo: &GitHubRepo, pull: &Pull, id: DeliveryId, position: usize) {
     let Some(gh) = &app.github else { return };
     let what = format!("queued as #{id} (position {position})");
     set_status(
@@ -44,7 +50,7 @@ pub async fn cancelled_while_queued(
     app: &App,
     d: &DeliveryRow,
     pull: &Pull,
-    repo: &RepoName,
+    repo: &GitHubRepo,
     by: &str,
 ) {
     let Some(gh) = &app.github else { return };
@@ -105,8 +111,8 @@ pub fn failure_facts(journal: &[JournalRow], steps: &[StepRow]) -> FailureFacts 
     let log_tail = steps
         .iter()
         .rev()
-        .find(|s| s.step == f.phase && s.repo == f.repo && s.outcome != "passed")
-        .map(|s| steps::tail(std::path::Path::new(&s.log_path), 20))
+        .find(|s| s.step.as_str() == f.phase && s.repo == *f.repo && s.outcome != StepState::Passed)
+        .map(|s| steps::tail(std::path::Path::new(&s.log_path)))
         .unwrap_or_default();
     FailureFacts {
         phase: f.phase.clone(),
@@ -147,7 +153,7 @@ pub fn outcome_comment(
                     "| {} | {} | {} on {} |\n",
                     code(&r.repo),
                     code(&r.branch),
-                    code(crate::push::short(&r.rebased_sha)),
+                    code(crate::git::short(&r.rebased_sha)),
                     code(&upstream_of(&r.repo))
                 ));
             }
@@ -180,7 +186,8 @@ pub fn outcome_comment(
                 &failure.message
             };
             if !why.is_empty() {
-                s.push_str(&format!("> {}\n\n", why.replace('\n', " ")));
+                let why = clip(&escape(why), REASON_BYTES).replace('\n', " ");
+                s.push_str(&format!("> {why}\n\n"));
             }
             s.push_str(
                 "Nothing was merged, and what was deployed was rolled back; the task went back \
@@ -232,7 +239,7 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
         let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
             continue;
         };
-        let Some(gh_repo) = RepoName::parse(&full) else {
+        let Some(gh_repo) = GitHubRepo::parse(&full) else {
             continue;
         };
         if origin.as_ref().is_some_and(|(o, _)| o == &gh_repo) {
@@ -267,10 +274,22 @@ mod tests {
 
     fn d(state: State) -> DeliveryRow {
         let mut d = crate::server::fixtures::delivery(state, "test");
-        d.id = 4;
+        d.id = crate::domain::DeliveryId(4);
         d.finished_at = Some(73_000);
         d.error = "delivery failed in test (api): `test` exited with 1".into();
         d
+    }
+
+    /// The comment on delivery #4, failed as `f` says.
+    fn failed_comment(f: &FailureFacts) -> String {
+        outcome_comment(
+            "http://q/deliveries/4",
+            &d(State::Failed),
+            State::Failed,
+            &[],
+            &|_| "master".into(),
+            f,
+        )
     }
 
     #[test]
@@ -285,15 +304,35 @@ mod tests {
         let mut f = failure_facts(&journal, &[]);
         assert_eq!((f.phase.as_str(), f.repo.as_str()), ("test", "api"));
         f.log_tail = "testing api\nassertion failed: login ``` works".into();
-        let text = outcome_comment(
-            "http://q/deliveries/4",
-            &d(State::Failed),
-            State::Failed,
-            &[],
-            &|_| "master".into(),
-            &f,
-        );
+        let text = failed_comment(&f);
         insta::assert_snapshot!(text);
+    }
+
+    /// Issue 10: what a step printed reaches the comment escaped and bounded.
+    #[test]
+    fn issue10_a_failure_comment_is_escaped_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("test.log");
+        let mut text = "x".repeat(3_000_000);
+        text.push_str("\n\x1b[2J\x1b]0;owned\x07fake green\n");
+        std::fs::write(&log, &text).unwrap();
+        let journal = [JournalRow {
+            at: 0,
+            phase: "test".into(),
+            repo: "api".into(),
+            event: "failed".into(),
+            detail: format!("`test` exited with 1: \x1b[2J{}", "y".repeat(100_000)),
+        }];
+        let steps = [StepRow {
+            log_path: log.display().to_string(),
+            ..crate::server::fixtures::step(1, "api", "test", "failed")
+        }];
+        let f = failure_facts(&journal, &steps);
+        let text = failed_comment(&f);
+        assert!(text.len() < 8_000, "{} bytes", text.len());
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        assert!(text.contains("\\x1b]0;owned\\x07fake green"), "{text}");
+        assert!(text.contains("[… 2999600 bytes cut] xxx"), "{text}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 
 use super::views::{self, read_log};
 use super::{App, metrics, page, webhook};
+use crate::domain::DeliveryId;
 use crate::store::now_ms;
 
 /// The routes.
@@ -90,7 +91,7 @@ async fn api_queue(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<DeliveryId>) -> Response {
     match views::delivery_view(&app, id).await {
         Ok(Some(v)) => Html(page::delivery_page(&v)).into_response(),
         Ok(None) => not_found(format!("no delivery #{id}")),
@@ -98,7 +99,7 @@ async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Resp
     }
 }
 
-async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Response {
+async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<DeliveryId>) -> Response {
     let gather = async {
         let Some(r) = views::recorded(&app, id).await? else {
             return Ok(None);
@@ -119,7 +120,10 @@ async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<i64>) -> Respo
     }
 }
 
-async fn step_log(State(app): State<Arc<App>>, Path((id, step)): Path<(i64, i64)>) -> Response {
+async fn step_log(
+    State(app): State<Arc<App>>,
+    Path((id, step)): Path<(DeliveryId, i64)>,
+) -> Response {
     match app.engine.store.steps(id).await {
         Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
             Some(s) => (
@@ -146,6 +150,13 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             ecosystem: app.ecosystem(),
             leader: store.role() == crate::store::Role::Leader,
             lease: store.lease_events(),
+            discards: store
+                .discards_by_reason()
+                .await?
+                .into_iter()
+                .map(|(r, n)| (r.as_str().to_string(), n))
+                .collect(),
+            waits: store.waits().await?,
         })
     };
     match counts.await {

@@ -4,6 +4,7 @@
 use super::grid::{GridRow, grid};
 use super::{App, page};
 use crate::delivery::steps;
+use crate::domain::{DeliveryId, StepState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow, Store, now_ms};
 
 /// A delivery with what the store recorded about it, and its grid.
@@ -16,7 +17,7 @@ pub struct Recorded {
 }
 
 /// Delivery `id` with its records, if there is one.
-pub async fn recorded(app: &App, id: i64) -> anyhow::Result<Option<Recorded>> {
+pub async fn recorded(app: &App, id: DeliveryId) -> anyhow::Result<Option<Recorded>> {
     match app.engine.store.delivery(id).await? {
         Some(d) => Ok(Some(records_of(app, d).await?)),
         None => Ok(None),
@@ -43,7 +44,7 @@ async fn in_flight(app: &App, d: DeliveryRow) -> anyhow::Result<page::InFlight> 
     let current = r
         .steps
         .into_iter()
-        .filter(|s| s.outcome == "running")
+        .filter(|s| s.outcome == StepState::Running)
         .collect();
     Ok(page::InFlight {
         delivery: r.delivery,
@@ -55,11 +56,17 @@ async fn in_flight(app: &App, d: DeliveryRow) -> anyhow::Result<page::InFlight> 
 pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
     let store = &app.engine.store;
     let mut running = Vec::new();
-    for d in store.running().await? {
+    // The head first, then the candidates behind it.
+    for d in store.train().await? {
         running.push(in_flight(app, d).await?);
     }
     Ok(page::QueueView {
-        repos: app.config().repos.iter().map(|r| r.name.clone()).collect(),
+        repos: app
+            .config()
+            .repos
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect(),
         running,
         queued: store.queued().await?,
         recent: store.history(20).await?,
@@ -88,7 +95,10 @@ pub async fn read_log(store: &Store, step: &StepRow) -> String {
     }
 }
 
-pub async fn delivery_view(app: &App, id: i64) -> anyhow::Result<Option<page::DeliveryView>> {
+pub async fn delivery_view(
+    app: &App,
+    id: DeliveryId,
+) -> anyhow::Result<Option<page::DeliveryView>> {
     let Some(Recorded {
         delivery: d,
         repos,
@@ -109,7 +119,12 @@ pub async fn delivery_view(app: &App, id: i64) -> anyhow::Result<Option<page::De
         .map(|(step, log)| page::StepLog { step, log })
         .collect();
     Ok(Some(page::DeliveryView {
-        repos_all: app.config().repos.iter().map(|r| r.name.clone()).collect(),
+        repos_all: app
+            .config()
+            .repos
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect(),
         delivery: d,
         repos,
         grid,

@@ -3,8 +3,10 @@
 //! GitHub's requests are checked before anything is read from them: the signature first
 //! (`X-Hub-Signature-256`, constant time; missing or wrong → 401), then the JSON (malformed →
 //! 400 with the reason). Only `issue_comment`, `pull_request` and `pull_request_review` are
-//! acted on; every other event is answered 202 and ignored. For those three, the delivery id
-//! (`X-GitHub-Delivery`) is remembered in the store: a replay is answered and ignored.
+//! acted on; every other event is answered 202 and ignored. For those three, what the
+//! signature covers is remembered in the store: the id of the comment, the review or the pull
+//! request the event is about ([`event_key`]). A replay is answered and ignored, whatever
+//! `X-GitHub-Delivery` it comes with (that header is outside the signature).
 
 use std::sync::Arc;
 
@@ -21,7 +23,8 @@ use secrecy::ExposeSecret as _;
 use subtle::ConstantTimeEq as _;
 
 use super::{App, Handled, bot};
-use crate::github::{self, RepoName};
+use crate::domain::PrState;
+use crate::github::{self, GitHubRepo};
 
 /// The events lockstep acts on.
 const HANDLED: &[&str] = &["issue_comment", "pull_request", "pull_request_review"];
@@ -118,16 +121,43 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
             format!("lockstep: `{event}` events are ignored"),
         );
     }
-    match app.engine.store.remember_webhook(&delivery).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::info!(delivery = %delivery, event = %event, "replayed webhook ignored");
+    let parsed = match WebhookEvent::try_from_header_and_body(&event, &body) {
+        Ok(p) => p,
+        Err(e) => {
+            return reply(
+                &app,
+                "github",
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                format!("lockstep: malformed `{event}` payload: {e}"),
+            );
+        }
+    };
+    // The delivery id catches GitHub's own redeliveries for a week; the event key, inside the
+    // signed body, catches a captured body sent again under a fresh id, for good.
+    let key = event_key(&event, &parsed);
+    let store = &app.engine.store;
+    let remembered = async {
+        if !store.remember_webhook(&delivery).await? {
+            return anyhow::Ok(Some(format!("delivery `{delivery}`")));
+        }
+        if let Some(key) = &key
+            && !store.remember_event(key).await?
+        {
+            return Ok(Some(format!("`{key}`")));
+        }
+        Ok(None)
+    };
+    match remembered.await {
+        Ok(None) => {}
+        Ok(Some(what)) => {
+            tracing::info!(delivery = %delivery, event = %event, "replayed webhook ignored: {what}");
             return reply(
                 &app,
                 "github",
                 "replayed",
                 StatusCode::OK,
-                format!("lockstep: delivery `{delivery}` was already handled; ignored"),
+                format!("lockstep: {what} was already handled; ignored"),
             );
         }
         Err(e) => {
@@ -142,19 +172,9 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         }
     }
     let forget = || async {
-        let _ = app.engine.store.forget_webhook(&delivery).await;
-    };
-    let parsed = match WebhookEvent::try_from_header_and_body(&event, &body) {
-        Ok(p) => p,
-        Err(e) => {
-            forget().await;
-            return reply(
-                &app,
-                "github",
-                "bad_request",
-                StatusCode::BAD_REQUEST,
-                format!("lockstep: malformed `{event}` payload: {e}"),
-            );
+        let _ = store.forget_webhook(&delivery).await;
+        if let Some(key) = &key {
+            let _ = store.forget_event(key).await;
         }
     };
     match dispatch(&app, gh, parsed).await {
@@ -193,8 +213,32 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     }
 }
 
+/// What makes an event the one it is, inside the signed body: the comment, review or pull
+/// request it is about and what happened to it. `None` for events lockstep does not act on.
+pub fn event_key(event: &str, parsed: &WebhookEvent) -> Option<String> {
+    match &parsed.specific {
+        WebhookEventPayload::IssueComment(c) => {
+            Some(format!("{event}:{}:{:?}", c.comment.id, c.action))
+        }
+        WebhookEventPayload::PullRequestReview(r) => {
+            Some(format!("{event}:{}:{:?}", r.review.id, r.action))
+        }
+        // A pull request may be closed, reopened and closed again: each close is its own.
+        WebhookEventPayload::PullRequest(p) => Some(format!(
+            "{event}:{}:{:?}:{}",
+            p.pull_request.id,
+            p.action,
+            p.pull_request
+                .updated_at
+                .map(|t| t.timestamp_millis())
+                .unwrap_or_default()
+        )),
+        _ => None,
+    }
+}
+
 /// The repository of an event, if it is one of the ecosystem's.
-fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<RepoName, String> {
+fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<GitHubRepo, String> {
     let full = event
         .repository
         .as_ref()
@@ -209,7 +253,7 @@ fn ecosystem_repo(app: &App, event: &WebhookEvent) -> Result<RepoName, String> {
             "`{full}` is not a repository of lockstep.toml (`[[repo]] github`)"
         ));
     }
-    RepoName::parse(&full).ok_or_else(|| format!("`{full}` is not `owner/name`"))
+    GitHubRepo::parse(&full).ok_or_else(|| format!("`{full}` is not `owner/name`"))
 }
 
 async fn dispatch(app: &App, gh: &github::GitHub, event: WebhookEvent) -> anyhow::Result<Handled> {
@@ -278,8 +322,8 @@ fn pull_of(p: &octocrab::models::pulls::PullRequest) -> github::Pull {
             .and_then(|r| r.full_name.clone())
             .unwrap_or_default(),
         state: match p.state {
-            Some(octocrab::models::IssueState::Closed) => "closed".into(),
-            _ => "open".into(),
+            Some(octocrab::models::IssueState::Closed) => PrState::Closed,
+            _ => PrState::Open,
         },
     }
 }
@@ -336,6 +380,45 @@ pub async fn tracker(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    /// Issue 10: replays are recognised by what the signature covers.
+    #[test]
+    fn issue10_event_keys_name_the_comment_review_or_pull_request() {
+        let key = |event: &str, file: &str| {
+            let parsed = WebhookEvent::try_from_header_and_body(event, &sample(file)).unwrap();
+            event_key(event, &parsed)
+        };
+        let comment = key("issue_comment", "issue_comment.created.json").unwrap();
+        assert!(
+            comment.starts_with("issue_comment:") && comment.ends_with(":Created"),
+            "{comment}"
+        );
+        let review = key("pull_request_review", "pull_request_review.submitted.json").unwrap();
+        assert!(review.ends_with(":Submitted"), "{review}");
+        let closed = key("pull_request", "pull_request.closed.json").unwrap();
+        assert!(
+            closed.starts_with("pull_request:") && closed.contains(":Closed:"),
+            "{closed}"
+        );
+        assert_eq!(key("push", "push.json"), None);
+        // Another comment is another key.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&sample("issue_comment.created.json")).unwrap();
+        v["comment"]["id"] = 1.into();
+        let other = WebhookEvent::try_from_header_and_body(
+            "issue_comment",
+            &serde_json::to_vec(&v).unwrap(),
+        )
+        .unwrap();
+        assert_ne!(event_key("issue_comment", &other).unwrap(), comment);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -1,6 +1,6 @@
-//! The server's background loops: the worker that holds the queue and runs one delivery at a
-//! time, reporting each to GitHub, with the jobs the bot hands it between deliveries; and the
-//! pruner of old webhook ids.
+//! The server's background loops: the worker that holds the queue and runs it (one delivery
+//! at a time, or as a pipeline), reporting each delivery to GitHub, with the jobs the bot
+//! hands it between deliveries; and the pruner of old webhook ids.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +8,23 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
+use crate::delivery::train;
 use crate::delivery::worker;
-use crate::store::Lease;
-use crate::store::now_ms;
+use crate::domain::{DeliveryId, State};
+use crate::store::{DeliveryRow, Lease, now_ms};
+
+/// Reports the pipeline's deliveries to GitHub as they start and end.
+struct Reporter(Arc<App>);
+
+#[async_trait::async_trait]
+impl train::TrainWatcher for Reporter {
+    async fn started(&self, d: &DeliveryRow) {
+        report::started(&self.0, d).await;
+    }
+    async fn finished(&self, d: &DeliveryRow, state: State) {
+        report::finished(&self.0, d, state).await;
+    }
+}
 
 /// How a replica's spell as the queue's worker ended.
 enum Spell {
@@ -81,7 +95,7 @@ pub async fn worker_loop(
 
 /// Runs the queue while `lease` holds.
 async fn lead(
-    app: &App,
+    app: &Arc<App>,
     lease: &Lease,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     stop: &mut watch::Receiver<bool>,
@@ -96,6 +110,43 @@ async fn lead(
         }
         if let Ok(job) = jobs.try_recv() {
             run_job(app, job).await;
+            continue;
+        }
+        if app.config().delivery.window > 1 {
+            // The pipeline runs until the queue is empty; jobs wait for it.
+            let reporter = Reporter(app.clone());
+            let mut never = |_: DeliveryId, _: State| false;
+            let until = train::Until {
+                done: &mut never,
+                shutdown: Some((stop.clone(), grace)),
+            };
+            // Dropping the pipeline (a lost lease) kills its steps' process groups; what it
+            // journaled lets the replica that holds the lease now recover it.
+            let ran = tokio::select! {
+                r = train::run(&app.engine, &reporter, until) => r,
+                _ = lease.lost() => {
+                    tracing::error!(
+                        "the pipeline stopped: the lease was lost; the replica that holds it \
+                         now recovers its deliveries"
+                    );
+                    return Spell::Lost;
+                }
+            };
+            if let Err(e) = ran {
+                tracing::error!("the pipeline broke: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            if *stop.borrow() {
+                return Spell::Stopped;
+            }
+            tokio::select! {
+                _ = app.wake.notified() => {}
+                job = jobs.recv() => if let Some(job) = job { run_job(app, job).await },
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = lease.lost() => return Spell::Lost,
+                _ = stopped(stop) => return Spell::Stopped,
+            }
             continue;
         }
         let next = match app.engine.store.claim_next().await {
@@ -136,11 +187,11 @@ async fn lead(
             Ok(Err(e)) => {
                 // The line could not even journal its failure (the store is gone, or the
                 // lease was lost and the write refused).
-                tracing::error!(delivery = d.id, task = %d.task, "the delivery broke: {e:#}");
+                tracing::error!(delivery = d.id.0, task = %d.task, "the delivery broke: {e:#}");
             }
             Err(Spell::Lost) => {
                 tracing::error!(
-                    delivery = d.id,
+                    delivery = d.id.0,
                     task = %d.task,
                     "stopped: the lease was lost; the replica that holds it now recovers it"
                 );
@@ -148,7 +199,7 @@ async fn lead(
             }
             Err(Spell::Stopped) => {
                 tracing::warn!(
-                    delivery = d.id,
+                    delivery = d.id.0,
                     task = %d.task,
                     "stopped during shutdown; it is recovered at the next start"
                 );

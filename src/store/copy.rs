@@ -2,6 +2,7 @@
 //! records, the replay ids and the tracker poller's memory) copied into an empty PostgreSQL
 //! store, ids kept, so that a team grows from the embedded default without losing anything.
 
+use super::deliveries::phase_text;
 use super::{DeliveryRow, Pool, Store};
 
 /// What a copy carried over, table by table.
@@ -12,6 +13,8 @@ pub struct Copied {
     pub journal: usize,
     pub steps: usize,
     pub webhooks: usize,
+    /// The webhook events acted on (comment, review and pull request ids).
+    pub events: usize,
     pub tracker_seen: usize,
 }
 
@@ -49,6 +52,7 @@ struct Everything {
     journal: Vec<JournalRecord>,
     steps: Vec<StepRecord>,
     webhooks: Vec<(String, i64)>,
+    events: Vec<(String, i64)>,
     tracker_seen: Vec<(String, String, i64)>,
 }
 
@@ -73,7 +77,8 @@ impl Store {
         .await?;
         let used: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM deliveries) + (SELECT COUNT(*) FROM journal) \
-             + (SELECT COUNT(*) FROM webhook_deliveries) + (SELECT COUNT(*) FROM tracker_seen)",
+             + (SELECT COUNT(*) FROM webhook_deliveries) + (SELECT COUNT(*) FROM webhook_events) \
+             + (SELECT COUNT(*) FROM tracker_seen)",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -86,15 +91,17 @@ impl Store {
         for d in &all.deliveries {
             sqlx::query(
                 "INSERT INTO deliveries (id, task, state, phase, priority, source, requester, \
-                 origin, created_at, started_at, finished_at, error, cancel) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 origin, created_at, started_at, finished_at, error, cancel, candidate, held, \
+                 built_on, discards) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17)",
             )
             .bind(d.id)
             .bind(&d.task)
             .bind(d.state.as_str())
-            .bind(&d.phase)
+            .bind(phase_text(d.phase))
             .bind(d.priority)
-            .bind(&d.source)
+            .bind(d.source)
             .bind(&d.requester)
             .bind(&d.origin)
             .bind(d.created_at)
@@ -102,6 +109,10 @@ impl Store {
             .bind(d.finished_at)
             .bind(&d.error)
             .bind(d.cancel)
+            .bind(d.candidate)
+            .bind(&d.held)
+            .bind(&d.built_on)
+            .bind(d.discards)
             .execute(&mut *tx)
             .await?;
         }
@@ -166,6 +177,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        for (key, at) in &all.events {
+            sqlx::query("INSERT INTO webhook_events (key, received_at) VALUES ($1, $2)")
+                .bind(key)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+        }
         for (task, status, at) in &all.tracker_seen {
             sqlx::query("INSERT INTO tracker_seen (task, status, seen_at) VALUES ($1, $2, $3)")
                 .bind(task)
@@ -190,6 +208,7 @@ impl Store {
             journal: all.journal.len(),
             steps: all.steps.len(),
             webhooks: all.webhooks.len(),
+            events: all.events.len(),
             tracker_seen: all.tracker_seen.len(),
         })
     }
@@ -199,8 +218,9 @@ impl Store {
             let mut conn = pool.begin().await?;
             Everything {
                 deliveries: sqlx::query_as(
-                    "SELECT id, task, state, phase, priority, source, requester, origin, \
-                     created_at, started_at, finished_at, error, cancel FROM deliveries ORDER BY id",
+                    "SELECT id, task, state, NULLIF(phase, '') AS phase, priority, source, \
+                     requester, origin, created_at, started_at, finished_at, error, cancel, \
+                     candidate, held, built_on, discards FROM deliveries ORDER BY id",
                 )
                 .fetch_all(&mut *conn)
                 .await?,
@@ -227,6 +247,11 @@ impl Store {
                 )
                 .fetch_all(&mut *conn)
                 .await?,
+                events: sqlx::query_as(
+                    "SELECT key, received_at FROM webhook_events ORDER BY key",
+                )
+                .fetch_all(&mut *conn)
+                .await?,
                 tracker_seen: sqlx::query_as(
                     "SELECT task, status, seen_at FROM tracker_seen ORDER BY task",
                 )
@@ -240,8 +265,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{DeliveryId, Phase, State, StepState};
     use crate::store::testing::TestStore;
-    use crate::store::{Backend, NewDelivery, RepoRow, State};
+    use crate::store::{Backend, NewDelivery, RepoRow};
 
     #[tokio::test]
     async fn a_sqlite_store_is_copied_whole_into_an_empty_postgresql_one() {
@@ -276,14 +302,17 @@ mod tests {
         .await
         .unwrap();
         let step = s
-            .step_started(d.id, "api", "test", "logs/1/api.test.log")
+            .step_started(d.id, &"api".into(), Phase::Test, "logs/1/api.test.log")
             .await
             .unwrap();
-        s.step_finished(step, Some(0), "passed").await.unwrap();
+        s.step_finished(step, Some(0), StepState::Passed)
+            .await
+            .unwrap();
         s.set_step_log(step, "ok\n").await.unwrap();
         s.finish(d.id, State::Delivered, "").await.unwrap();
-        s.cancel(3).await.unwrap();
+        s.cancel(DeliveryId(3)).await.unwrap();
         s.remember_webhook("d-1").await.unwrap();
+        s.remember_event("issue_comment:7:created").await.unwrap();
         s.set_tracker_seen("T-9", "For Delivery").await.unwrap();
 
         let copied = s.copy_to(&target.store).await.unwrap();
@@ -295,6 +324,7 @@ mod tests {
                 journal: 6,
                 steps: 1,
                 webhooks: 1,
+                events: 1,
                 tracker_seen: 1
             }
         );
@@ -321,13 +351,17 @@ mod tests {
             !t.remember_webhook("d-1").await.unwrap(),
             "a replay is still one"
         );
+        assert!(
+            !t.remember_event("issue_comment:7:created").await.unwrap(),
+            "so is a replayed event"
+        );
         assert_eq!(t.tracker_seen().await.unwrap().len(), 1);
         // New ids go on after the copied ones.
         let new = NewDelivery {
             task: "T-4".into(),
             ..Default::default()
         };
-        assert_eq!(t.enqueue(&new).await.unwrap().id(), 4);
+        assert_eq!(t.enqueue(&new).await.unwrap().id(), DeliveryId(4));
 
         // A second copy would mix two histories: refused, nothing changed.
         let err = s.copy_to(t).await.unwrap_err();

@@ -1,62 +1,23 @@
-//! Deliveries as recorded: [`State`], [`DeliveryRow`], and the reads of the queue and its
+//! Deliveries as recorded: [`DeliveryRow`], and the reads of the queue and its
 //! history. What changes a delivery's state is in `transitions`.
 
-use std::str::FromStr;
-
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::Store;
-
-/// Where a delivery is in its life; stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
-pub enum State {
-    Queued,
-    Running,
-    Delivered,
-    Failed,
-    Cancelled,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Running => "running",
-            State::Delivered => "delivered",
-            State::Failed => "failed",
-            State::Cancelled => "cancelled",
-        }
-    }
-    pub fn is_final(self) -> bool {
-        matches!(self, State::Delivered | State::Failed | State::Cancelled)
-    }
-}
-
-impl FromStr for State {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<State> {
-        Ok(match s {
-            "queued" => State::Queued,
-            "running" => State::Running,
-            "delivered" => State::Delivered,
-            "failed" => State::Failed,
-            "cancelled" => State::Cancelled,
-            other => anyhow::bail!("unknown delivery state `{other}` in the store"),
-        })
-    }
-}
+use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
 
 /// One delivery, as recorded.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeliveryRow {
-    pub id: i64,
-    pub task: String,
+    pub id: DeliveryId,
+    pub task: TaskKey,
     pub state: State,
-    pub phase: String,
+    /// The phase it is in or resumes at; none before it first starts (stored, and shown,
+    /// as the empty text).
+    #[serde(serialize_with = "phase_or_empty")]
+    pub phase: Option<Phase>,
     pub priority: i64,
-    pub source: String,
+    pub source: Source,
     pub requester: String,
     /// Where the request came from in the requester's world (e.g. `owner/repo#12`).
     pub origin: String,
@@ -65,22 +26,43 @@ pub struct DeliveryRow {
     pub finished_at: Option<i64>,
     pub error: String,
     pub cancel: bool,
+    /// A candidate of the pipeline: prepared speculatively behind the head, never deployed.
+    /// The one running delivery that is not a candidate is the head.
+    pub candidate: bool,
+    /// A candidate's preparation failure, held unreported while deliveries ahead of it are
+    /// unresolved ("" when none).
+    pub held: String,
+    /// The deliveries ahead whose commits its bases contain, e.g. `#12, #11` ("" when none).
+    pub built_on: String,
+    /// How many of its preparations were discarded because a base changed.
+    pub discards: i64,
+}
+
+/// A delivery's phase as stored: its name, or the empty text before it first starts.
+pub(super) fn phase_text(phase: Option<Phase>) -> &'static str {
+    phase.map_or("", Phase::as_str)
+}
+
+fn phase_or_empty<S: Serializer>(phase: &Option<Phase>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(phase_text(*phase))
 }
 
 /// A `SELECT` of every column of a [`DeliveryRow`], followed by `$rest`: one string built at
-/// compile time, so no query is spliced together at run time.
+/// compile time, so no query is spliced together at run time. The phase is read as NULL before
+/// a delivery first starts.
 macro_rules! select_deliveries {
     ($rest:literal) => {
         concat!(
-            "SELECT id, task, state, phase, priority, source, requester, origin, created_at, \
-             started_at, finished_at, error, cancel FROM deliveries ",
+            "SELECT id, task, state, NULLIF(phase, '') AS phase, priority, source, requester, \
+             origin, created_at, started_at, finished_at, error, cancel, candidate, held, \
+             built_on, discards FROM deliveries ",
             $rest
         )
     };
 }
 
 impl Store {
-    pub async fn delivery(&self, id: i64) -> anyhow::Result<Option<DeliveryRow>> {
+    pub async fn delivery(&self, id: DeliveryId) -> anyhow::Result<Option<DeliveryRow>> {
         let row = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
             "WHERE id = $1"
         ))
@@ -109,6 +91,17 @@ impl Store {
         Ok(rows)
     }
 
+    /// The running deliveries in the pipeline's order: the head first, then the candidates
+    /// in queue order (priority first, then age).
+    pub async fn train(&self) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
+            "WHERE state = 'running' ORDER BY candidate, priority DESC, id ASC"
+        ))
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+
     /// The most recent finished deliveries, newest first.
     pub async fn history(&self, limit: i64) -> anyhow::Result<Vec<DeliveryRow>> {
         let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
@@ -131,7 +124,7 @@ impl Store {
         Ok(rows)
     }
 
-    pub async fn cancel_requested(&self, id: i64) -> anyhow::Result<bool> {
+    pub async fn cancel_requested(&self, id: DeliveryId) -> anyhow::Result<bool> {
         let cancel = on_pool!(self, |pool| sqlx::query_scalar(
             "SELECT cancel FROM deliveries WHERE id = $1"
         )
@@ -142,7 +135,7 @@ impl Store {
     }
 
     /// The newest delivery of a task, whatever its state.
-    pub async fn latest_of_task(&self, task: &str) -> anyhow::Result<Option<DeliveryRow>> {
+    pub async fn latest_of_task(&self, task: &TaskKey) -> anyhow::Result<Option<DeliveryRow>> {
         let row = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
             "WHERE task = $1 ORDER BY id DESC LIMIT 1"
         ))
@@ -167,15 +160,12 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::testing::both_backends;
-    use crate::store::{NewDelivery, RepoFlag, RepoRow};
+    use crate::store::{RepoFlag, RepoRow};
 
     both_backends! {
     async fn a_state_is_stored_as_its_lowercase_name(t) {
         let s = &t.store;
-        let new = NewDelivery {
-            task: "T-1".into(),
-            ..Default::default()
-        };
+        let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         for state in [
             State::Queued,
@@ -204,10 +194,7 @@ mod tests {
     async fn flags_are_stored_as_1_and_0() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).await.unwrap();
-        let new = NewDelivery {
-            task: "T-1".into(),
-            ..Default::default()
-        };
+        let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
         let repo = RepoRow {
@@ -222,13 +209,13 @@ mod tests {
             rolled_back: false,
         };
         s.set_repos(id, &[repo]).await.unwrap();
-        s.set_repo_flag(id, "api", RepoFlag::Merged, true)
+        s.set_repo_flag(id, &"api".into(), RepoFlag::Merged, true)
             .await
             .unwrap();
-        s.set_repo_flag(id, "api", RepoFlag::RolledBack, true)
+        s.set_repo_flag(id, &"api".into(), RepoFlag::RolledBack, true)
             .await
             .unwrap();
-        s.set_repo_flag(id, "api", RepoFlag::RolledBack, false)
+        s.set_repo_flag(id, &"api".into(), RepoFlag::RolledBack, false)
             .await
             .unwrap();
         s.cancel(id).await.unwrap();

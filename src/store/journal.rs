@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::Store;
+use crate::domain::DeliveryId;
 
 /// One entry of a delivery's journal.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -19,7 +20,7 @@ impl Store {
     /// Appends to a delivery's journal (fenced: see `lease`).
     pub async fn journal(
         &self,
-        id: i64,
+        id: DeliveryId,
         phase: &str,
         repo: &str,
         event: &str,
@@ -31,7 +32,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn journal_of(&self, id: i64) -> anyhow::Result<Vec<JournalRow>> {
+    pub async fn journal_of(&self, id: DeliveryId) -> anyhow::Result<Vec<JournalRow>> {
         let rows = on_pool!(self, |pool| {
             sqlx::query_as(
                 "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",

@@ -412,6 +412,7 @@ fn lock_file(state_dir: &Path) -> anyhow::Result<Option<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Phase, State};
     use crate::store::NewDelivery;
     use crate::store::testing::both_backends;
 
@@ -426,7 +427,7 @@ mod tests {
         let new = NewDelivery { task: "T-1".into(), ..Default::default() };
         let id = a.enqueue(&new).await.unwrap().id();
         a.claim_next().await.unwrap().unwrap();
-        a.set_phase(id, "test").await.unwrap();
+        a.set_phase(id, Phase::Test).await.unwrap();
 
         // Another worker takes over while `a` still believes it leads (a long pause, a cut
         // network): PostgreSQL's lease expires; SQLite's epoch moves on.
@@ -443,16 +444,16 @@ mod tests {
             }
         };
         for refused in [
-            a.set_phase(id, "deploy").await,
+            a.set_phase(id, Phase::Deploy).await,
             a.journal(id, "test", "api", "step finished", "passed").await,
-            a.finish(id, crate::store::State::Delivered, "").await,
-            a.step_started(id, "api", "deploy", "x.log").await.map(|_| ()),
+            a.finish(id, State::Delivered, "").await,
+            a.step_started(id, &"api".into(), Phase::Deploy, "x.log").await.map(|_| ()),
         ] {
             let e = refused.unwrap_err();
             assert!(e.downcast_ref::<Fenced>().is_some(), "{e:#}");
         }
         let d = b.delivery(id).await.unwrap().unwrap();
-        assert_eq!((d.state, d.phase.as_str()), (crate::store::State::Running, "test"));
+        assert_eq!((d.state, d.phase), (State::Running, Some(Phase::Test)));
         assert_eq!(b.journal_of(id).await.unwrap().len(), 3, "queued, started, test");
         // Requests are not the worker's: any replica takes them, lease or not.
         let other = NewDelivery { task: "T-2".into(), ..Default::default() };
@@ -464,7 +465,7 @@ mod tests {
             assert_eq!(a.role(), Role::Standby);
             assert_eq!(a.lease_events().losses, 1);
             // The new holder writes.
-            b.set_phase(id, "deploy").await.unwrap();
+            b.set_phase(id, Phase::Deploy).await.unwrap();
             // A clean shutdown lets the lease go at once.
             taken.release().await;
             assert!(Lease::try_acquire(&a, &t.state_dir(), lease).await.unwrap().is_some());

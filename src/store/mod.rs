@@ -9,7 +9,9 @@
 //!   (the files of `migrations/sqlite/`, applied by `sqlx::migrate!`).
 //! - `transitions`: the queue's state transitions: enqueue, claim, phase, fail, finish,
 //!   requeue, cancel.
-//! - `deliveries`: [`State`], [`DeliveryRow`], and the reads of the queue and its history.
+//! - `train`: the pipeline's: claim a candidate, promote it to head, hold its failure, record
+//!   what it is built on, discard a preparation whose base changed.
+//! - `deliveries`: [`DeliveryRow`], and the reads of the queue and its history.
 //! - `journal`: what happened to a delivery, in order.
 //! - `repos`: a delivery's repositories and how far each got.
 //! - `steps`: the step processes run for a delivery.
@@ -27,7 +29,7 @@
 //! is written once: the macros `on_pool!` and `write_tx!` compile its body once per backend
 //! (no `Any` driver: its values are converted at run time, and SQLite stays as fast as it was).
 //! The queries are portable: `$n` parameters, `RETURNING`, `ON CONFLICT`, booleans bound and
-//! read as `bool` and written as `TRUE`, [`State`] stored as text, no function of one
+//! read as `bool` and written as `TRUE`, the domain's enums stored as text, no function of one
 //! database only. What differs is in `sqlite`, `postgres` and the `lease`:
 //! - the schema: `migrations/sqlite/` declares ids `INTEGER PRIMARY KEY` (SQLite's rowid)
 //!   and booleans `BIGINT` 0/1; `migrations/postgres/` identity columns and `BOOLEAN`. Both
@@ -102,6 +104,7 @@ mod steps;
 #[cfg(test)]
 pub(crate) mod testing;
 mod tracker_seen;
+mod train;
 mod transitions;
 mod webhooks;
 
@@ -111,15 +114,17 @@ use serde::Serialize;
 
 use crate::config::Config;
 
-pub use deliveries::{DeliveryRow, State};
+#[cfg(test)]
+mod scratch;
+
+pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
 pub use steps::StepRow;
-pub use transitions::{CANCELLED_BEFORE_START, Enqueued, NewDelivery};
+pub use train::{DiscardReason, Waits};
+pub use transitions::{Enqueued, NewDelivery};
 
-pub use copy::Copied;
 pub use lease::{Fence, Fenced, Lease, LeaseEvents, Role};
-pub use postgres::redact_url;
 
 /// The pool of whichever database the store runs on.
 #[derive(Clone, Debug)]

@@ -4,11 +4,12 @@
 use serde::Serialize;
 
 use super::Store;
+use crate::domain::{DeliveryId, RepoName};
 
 /// One repository of a delivery.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RepoRow {
-    pub repo: String,
+    pub repo: RepoName,
     pub position: i64,
     pub branch: String,
     pub branch_sha: String,
@@ -17,6 +18,23 @@ pub struct RepoRow {
     pub deployed: bool,
     pub merged: bool,
     pub rolled_back: bool,
+}
+
+impl RepoRow {
+    /// What became of the repository's branch, for people: `deployed, merged, rolled back`.
+    pub fn flags(&self) -> String {
+        let mut flags = Vec::new();
+        if self.deployed {
+            flags.push("deployed");
+        }
+        if self.merged {
+            flags.push("merged");
+        }
+        if self.rolled_back {
+            flags.push("rolled back");
+        }
+        flags.join(", ")
+    }
 }
 
 /// A flag of a delivery's repository, set as the delivery gets there.
@@ -29,7 +47,7 @@ pub enum RepoFlag {
 
 impl Store {
     /// Replaces the repositories of a delivery (the rebase phase finds them).
-    pub async fn set_repos(&self, id: i64, repos: &[RepoRow]) -> anyhow::Result<()> {
+    pub async fn set_repos(&self, id: DeliveryId, repos: &[RepoRow]) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| {
             sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
                 .bind(id)
@@ -54,7 +72,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn repos(&self, id: i64) -> anyhow::Result<Vec<RepoRow>> {
+    pub async fn repos(&self, id: DeliveryId) -> anyhow::Result<Vec<RepoRow>> {
         let rows = on_pool!(self, |pool| {
             sqlx::query_as(
             "SELECT repo, position, branch, branch_sha, base_sha, rebased_sha, deployed, merged, rolled_back \
@@ -70,8 +88,8 @@ impl Store {
     /// Sets one flag (`deployed`, `merged`, `rolled_back`) of a delivery's repository.
     pub async fn set_repo_flag(
         &self,
-        id: i64,
-        repo: &str,
+        id: DeliveryId,
+        repo: &RepoName,
         flag: RepoFlag,
         value: bool,
     ) -> anyhow::Result<()> {

@@ -4,17 +4,19 @@
 use serde::Serialize;
 
 use super::{Store, now_ms};
+use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 
 /// One step process of a delivery.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StepRow {
     pub id: i64,
-    pub repo: String,
-    pub step: String,
+    pub repo: RepoName,
+    /// The phase the step ran in.
+    pub step: Phase,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub exit_code: Option<i64>,
-    pub outcome: String,
+    pub outcome: StepState,
     pub log_path: String,
     /// The step's process (and process group) id while it runs.
     pub pid: Option<i64>,
@@ -24,9 +26,9 @@ impl Store {
     /// Starts a step record; returns its id.
     pub async fn step_started(
         &self,
-        id: i64,
-        repo: &str,
-        step: &str,
+        id: DeliveryId,
+        repo: &RepoName,
+        step: Phase,
         log_path: &str,
     ) -> anyhow::Result<i64> {
         let step_id = write_tx!(self, fenced, |tx| {
@@ -62,7 +64,7 @@ impl Store {
         &self,
         step_id: i64,
         exit_code: Option<i32>,
-        outcome: &str,
+        outcome: StepState,
     ) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| sqlx::query(
             "UPDATE steps SET finished_at = $2, exit_code = $3, outcome = $4 WHERE id = $1",
@@ -102,7 +104,7 @@ impl Store {
         Ok(log.flatten())
     }
 
-    pub async fn steps(&self, id: i64) -> anyhow::Result<Vec<StepRow>> {
+    pub async fn steps(&self, id: DeliveryId) -> anyhow::Result<Vec<StepRow>> {
         let rows = on_pool!(self, |pool| sqlx::query_as(
             "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
              FROM steps WHERE delivery_id = $1 ORDER BY id",

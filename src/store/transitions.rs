@@ -2,8 +2,10 @@
 //! is one write transaction, with its journal entry: a worker that dies between two of them
 //! leaves a delivery in one state or the next, never half-way.
 
+use super::deliveries::phase_text;
 use super::journal::append;
-use super::{DeliveryRow, State, Store, now_ms};
+use super::{DeliveryRow, Store, now_ms};
+use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
 
 /// The error recorded for a delivery cancelled while it was queued.
 pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
@@ -11,9 +13,9 @@ pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
 /// A new delivery request.
 #[derive(Debug, Clone, Default)]
 pub struct NewDelivery {
-    pub task: String,
+    pub task: TaskKey,
     pub priority: i64,
-    pub source: String,
+    pub source: Source,
     pub requester: String,
     pub origin: String,
 }
@@ -21,12 +23,12 @@ pub struct NewDelivery {
 /// Whether `enqueue` added a delivery or found one for the task already waiting or running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    New(i64),
-    Existing(i64),
+    New(DeliveryId),
+    Existing(DeliveryId),
 }
 
 impl Enqueued {
-    pub fn id(&self) -> i64 {
+    pub fn id(&self) -> DeliveryId {
         match self {
             Enqueued::New(id) | Enqueued::Existing(id) => *id,
         }
@@ -50,14 +52,14 @@ impl Store {
         // once more.
         for _ in 0..3 {
             let enqueued = write_tx!(self, |tx| {
-                let id: Option<i64> = sqlx::query_scalar(
+                let id: Option<DeliveryId> = sqlx::query_scalar(
                     "INSERT INTO deliveries (task, state, priority, source, requester, origin, created_at) \
                      VALUES ($1, 'queued', $2, $3, $4, $5, $6) \
                      ON CONFLICT (task) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id",
                 )
                 .bind(&d.task)
                 .bind(d.priority)
-                .bind(&d.source)
+                .bind(d.source)
                 .bind(&d.requester)
                 .bind(&d.origin)
                 .bind(now_ms())
@@ -92,46 +94,25 @@ impl Store {
 
     /// Takes the next queued delivery and marks it running, atomically.
     pub async fn claim_next(&self) -> anyhow::Result<Option<DeliveryRow>> {
-        let claimed: Option<i64> = write_tx!(self, fenced, |tx| {
-            // A delivery requeued after a crash keeps the phase it resumes at. The state is
-            // checked again by the update itself: a cancel may have come in between.
-            let id: Option<i64> = sqlx::query_scalar(
-                "UPDATE deliveries SET state = 'running', started_at = $1, \
-                 phase = CASE WHEN phase = '' THEN 'rebase' ELSE phase END \
-                 WHERE id = (SELECT id FROM deliveries WHERE state = 'queued' \
-                             ORDER BY priority DESC, id ASC LIMIT 1) \
-                 AND state = 'queued' RETURNING id",
-            )
-            .bind(now_ms())
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = id {
-                append!(&mut *tx, id, "queue", "", "started", "");
-            }
-            id
-        });
-        match claimed {
-            Some(id) => self.delivery(id).await,
-            None => Ok(None),
-        }
+        self.claim(false).await
     }
 
     /// Records a phase transition (before the phase acts).
-    pub async fn set_phase(&self, id: i64, phase: &str) -> anyhow::Result<()> {
+    pub async fn set_phase(&self, id: DeliveryId, phase: Phase) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| {
             sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
                 .bind(id)
                 .bind(phase)
                 .execute(&mut *tx)
                 .await?;
-            append!(&mut *tx, id, phase, "", "phase", "");
+            append!(&mut *tx, id, phase.as_str(), "", "phase", "");
         });
         Ok(())
     }
 
     /// Records why a delivery failed and that it is rolling back (it stays running until the
     /// rollback is done).
-    pub async fn mark_failing(&self, id: i64, error: &str) -> anyhow::Result<()> {
+    pub async fn mark_failing(&self, id: DeliveryId, error: &str) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| {
             sqlx::query("UPDATE deliveries SET phase = 'rollback', error = $2 WHERE id = $1")
                 .bind(id)
@@ -144,7 +125,7 @@ impl Store {
     }
 
     /// Ends a delivery.
-    pub async fn finish(&self, id: i64, state: State, error: &str) -> anyhow::Result<()> {
+    pub async fn finish(&self, id: DeliveryId, state: State, error: &str) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| {
             sqlx::query(
                 "UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1",
@@ -161,14 +142,22 @@ impl Store {
     }
 
     /// Puts a running delivery back in the queue, keeping its place (after a crash);
-    /// `resume` is the phase to resume at ("" to start over).
-    pub async fn requeue(&self, id: i64, resume: &str, why: &str) -> anyhow::Result<()> {
+    /// `resume` is the phase to resume at (none to start over).
+    pub async fn requeue(
+        &self,
+        id: DeliveryId,
+        resume: Option<Phase>,
+        why: &str,
+    ) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| {
-            sqlx::query("UPDATE deliveries SET state = 'queued', phase = $2 WHERE id = $1")
-                .bind(id)
-                .bind(resume)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE deliveries SET state = 'queued', phase = $2, candidate = FALSE, \
+                 held = '', built_on = '' WHERE id = $1",
+            )
+            .bind(id)
+            .bind(phase_text(resume))
+            .execute(&mut *tx)
+            .await?;
             append!(&mut *tx, id, "queue", "", "requeued", why);
         });
         Ok(())
@@ -176,7 +165,7 @@ impl Store {
 
     /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
     /// next checkpoint. Returns the state it was in.
-    pub async fn cancel(&self, id: i64) -> anyhow::Result<Option<State>> {
+    pub async fn cancel(&self, id: DeliveryId) -> anyhow::Result<Option<State>> {
         // Each update checks the state it changes from: a worker claiming the delivery
         // meanwhile must not run a delivery that was just marked cancelled, and the cancel of
         // a delivery just claimed becomes a request to stop it.
@@ -214,12 +203,12 @@ impl Store {
                         Some(State::Running)
                     }
                     None => {
-                        let state: Option<String> =
+                        let state: Option<State> =
                             sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
                                 .bind(id)
                                 .fetch_optional(&mut *tx)
                                 .await?;
-                        state.map(|s| s.parse::<State>()).transpose()?
+                        state
                     }
                 }
             }
@@ -247,7 +236,7 @@ mod tests {
             s.enqueue(&new("T-1", 9)).await.unwrap(),
             Enqueued::Existing(a.id())
         );
-        let order: Vec<String> = s
+        let order: Vec<TaskKey> = s
             .queued()
             .await
             .unwrap()
@@ -268,7 +257,11 @@ mod tests {
         assert_eq!(s.cancel(a.id()).await.unwrap(), Some(State::Queued));
         assert!(s.claim_next().await.unwrap().is_none());
         assert_eq!(
-            s.latest_of_task("T-1").await.unwrap().unwrap().state,
+            s.latest_of_task(&"T-1".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
             State::Cancelled
         );
     }
@@ -281,7 +274,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 s.remember_webhook(&format!("d-{i}")).await?;
                 let new = NewDelivery {
-                    task: format!("T-{i}"),
+                    task: format!("T-{i}").into(),
                     ..Default::default()
                 };
                 s.enqueue(&new).await?;
@@ -310,7 +303,7 @@ mod tests {
                 let s = s.clone();
                 requests.spawn(async move {
                     let new = NewDelivery {
-                        task: format!("T-{round}"),
+                        task: format!("T-{round}").into(),
                         requester: format!("replica-{i}"),
                         ..Default::default()
                     };
@@ -339,7 +332,7 @@ mod tests {
         let other = t.reopen().await;
         for i in 0..20 {
             let new = NewDelivery {
-                task: format!("T-{i}"),
+                task: format!("T-{i}").into(),
                 ..Default::default()
             };
             let id = s.enqueue(&new).await.unwrap().id();
@@ -368,7 +361,7 @@ mod tests {
         };
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
-        s.set_phase(id, "test").await.unwrap();
+        s.set_phase(id, Phase::Test).await.unwrap();
         // The journal write fails, as it would if the process died or the disk filled up
         // between the two writes of the requeue.
         sqlx::raw_sql(
@@ -378,7 +371,7 @@ mod tests {
         .execute(s.sqlite_pool())
         .await
         .unwrap();
-        let resumed_at = "test";
+        let resumed_at = Some(Phase::Test);
         assert!(
             s.requeue(id, resumed_at, "the worker stopped")
                 .await
@@ -387,7 +380,7 @@ mod tests {
         // Not queued without a word in the journal: still running, so `recover` sees it and
         // tries again.
         let d = s.delivery(id).await.unwrap().unwrap();
-        assert_eq!((d.state, d.phase.as_str()), (State::Running, "test"));
+        assert_eq!((d.state, d.phase), (State::Running, Some(Phase::Test)));
         assert_eq!(s.running().await.unwrap().len(), 1);
         assert!(s.queued().await.unwrap().is_empty());
         sqlx::raw_sql("DROP TRIGGER journal_fails")
@@ -398,7 +391,7 @@ mod tests {
             .await
             .unwrap();
         let d = s.delivery(id).await.unwrap().unwrap();
-        assert_eq!((d.state, d.phase.as_str()), (State::Queued, "test"));
+        assert_eq!((d.state, d.phase), (State::Queued, Some(Phase::Test)));
         let last = s.journal_of(id).await.unwrap().pop().unwrap();
         assert_eq!(
             (last.event.as_str(), last.detail.as_str()),

@@ -1,5 +1,11 @@
-//! The ids of GitHub webhook deliveries already handled, so that a replayed delivery is
-//! refused, across restarts.
+//! What GitHub webhooks lockstep already acted on, so that a replay is refused, across
+//! restarts and across replicas: the delivery ids (for a week), and the events themselves
+//! (for good).
+//!
+//! The delivery id (`X-GitHub-Delivery`) is outside the signature: a captured body sent again
+//! under a fresh id passes the signature check. What the signature covers is the body, and in
+//! it the id of the comment, review or pull request: those are remembered as event keys and
+//! never pruned.
 
 use super::{Store, now_ms};
 
@@ -31,7 +37,34 @@ impl Store {
         Ok(())
     }
 
-    /// Drops webhook delivery ids received before `before_ms`.
+    /// Records an event key (`issue_comment:<comment id>:created`, …); false when it was
+    /// already recorded (a replay, whatever its delivery id, whichever replica it reached).
+    pub async fn remember_event(&self, key: &str) -> anyhow::Result<bool> {
+        let done = on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO webhook_events (key, received_at) VALUES ($1, $2) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(now_ms())
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(done == 1)
+    }
+
+    /// Forgets an event key (its handling failed, so a redelivery may retry it).
+    pub async fn forget_event(&self, key: &str) -> anyhow::Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM webhook_events WHERE key = $1"
+        )
+        .bind(key)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Drops webhook delivery ids received before `before_ms` (event keys are kept).
     pub async fn prune_webhooks(&self, before_ms: i64) -> anyhow::Result<u64> {
         let done = on_pool!(self, |pool| sqlx::query(
             "DELETE FROM webhook_deliveries WHERE received_at < $1"
@@ -73,6 +106,18 @@ mod tests {
             taken += usize::from(r.await.unwrap());
         }
         assert_eq!(taken, 1);
+    }
+
+    async fn issue10_events_are_remembered_for_good(t) {
+        let s = &t.store;
+        let key = "issue_comment:1624211474:created";
+        assert!(s.remember_event(key).await.unwrap());
+        assert!(!s.remember_event(key).await.unwrap());
+        s.prune_webhooks(now_ms() + 1).await.unwrap();
+        let s = t.reopen().await;
+        assert!(!s.remember_event(key).await.unwrap());
+        s.forget_event(key).await.unwrap();
+        assert!(s.remember_event(key).await.unwrap());
     }
     }
 }

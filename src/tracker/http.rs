@@ -148,7 +148,8 @@ pub(crate) fn parse_base_url(key: &str, url: &str) -> anyhow::Result<Url> {
     }
     if !base.username().is_empty() || base.password().is_some() {
         bail!(
-            "`tracker.{key}` carries credentials; remove them and put the secret in the variable the tracker reads"
+            "`tracker.{key}` carries credentials; remove them and put the secret in the variable \
+             the tracker reads"
         );
     }
     if base.query().is_some() || base.fragment().is_some() {

@@ -27,9 +27,7 @@ use secrecy::SecretString;
 
 use crate::config::{Config, TrackerKind};
 
-/// Durations in messages are printed by the config's duration module, next to their parser;
-/// re-exported here for the modules that print them through `tracker::humanize`.
-pub use crate::config::humanize;
+use crate::config::humanize;
 pub use cached::Cached;
 
 /// A task as lockstep sees it, whatever the tracker.

@@ -300,14 +300,17 @@ impl Tracker for Redmine {
         let mut tasks = Vec::new();
         for name in statuses {
             let status = self.status(name).await?;
-            let mut offset = 0u64;
+            // Pages are keyed on the issue id, not an offset: an issue that leaves the status
+            // while the list is read (moved by someone, or by lockstep) must not shift the
+            // pages and hide another one.
+            let mut from = 1u64;
             loop {
                 let mut url = self.http.url(&["issues.json"]);
                 {
                     let mut q = url.query_pairs_mut();
                     q.append_pair("status_id", &status.id.to_string())
                         .append_pair("sort", "id")
-                        .append_pair("offset", &offset.to_string())
+                        .append_pair("issue_id", &format!(">={from}"))
                         .append_pair("limit", &self.page_size.to_string());
                     if let Some(project) = &self.project {
                         q.append_pair("project_id", project);
@@ -336,9 +339,9 @@ impl Tracker for Redmine {
                         tasks.push(self.task_of(&issue.id.to_string(), issue));
                     }
                 }
-                offset += n;
-                if n == 0 || offset >= page.total_count {
-                    break;
+                match page.issues.iter().map(|i| i.id).max() {
+                    Some(last) if n < page.total_count => from = last + 1,
+                    _ => break,
                 }
             }
         }

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep::tracker::github::{GitHubIssues, LABEL_PREFIX};
-use lockstep::tracker::{Credential, Tracker, TrackerError, task_with_timeout};
+use lockstep::{Credential, Tracker, TrackerError, task_with_timeout};
+use lockstep::{GitHubIssues, LABEL_PREFIX};
 
 use super::{push_branch, said, sandbox_with};
 use crate::util::fake_github::{FakeGitHub, Pull};

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep::tracker::jira::Jira;
-use lockstep::tracker::{Credential, Tracker, TrackerError, task_with_timeout};
+use lockstep::Jira;
+use lockstep::{Credential, Tracker, TrackerError, task_with_timeout};
 
 use super::{push_branch, said, sandbox_with};
 use crate::util::fake_jira::{FakeJira, Flavor, parse_jql};

@@ -8,12 +8,13 @@
 
 use std::time::Duration;
 
-use lockstep::tracker::redmine::Redmine;
-use lockstep::tracker::{Credential, Tracker, TrackerError};
+use lockstep::Redmine;
+use lockstep::{Credential, Tracker, TrackerError};
 use serde_json::{Value, json};
 
 use super::{push_branch, said, sandbox_with};
 
+#[derive(Clone)]
 struct Rm {
     url: String,
     key: String,
@@ -243,6 +244,92 @@ async fn a_move_the_workflow_refuses_is_reported_and_leaves_no_note() {
     );
     assert_eq!(rm.status_of(id).await, "In Progress");
     assert!(rm.notes(id).await.is_empty());
+}
+
+/// A proxy in front of the real Redmine that, each time a page of `GET /issues.json` lists
+/// one of `watched`, moves that issue to In Progress before answering: as when someone moves a
+/// task while lockstep reads the list.
+async fn moving_proxy(rm: Rm, watched: Vec<u64>) -> String {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::Request;
+    use axum::http::Response;
+    let handler = move |req: Request| {
+        let (rm, watched) = (rm.clone(), watched.clone());
+        async move {
+            let path = req.uri().path_and_query().unwrap().as_str().to_string();
+            let mut fwd = rm
+                .http
+                .request(req.method().clone(), format!("{}{path}", rm.url));
+            if let Some(key) = req.headers().get("X-Redmine-API-Key") {
+                fwd = fwd.header("X-Redmine-API-Key", key.as_bytes());
+            }
+            let body = to_bytes(req.into_body(), 1 << 20).await.unwrap();
+            let resp = fwd.body(body).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.unwrap();
+            if path.starts_with("/issues.json?") {
+                let page: Value = serde_json::from_slice(&bytes).unwrap();
+                for issue in page["issues"].as_array().unwrap() {
+                    let id = issue["id"].as_u64().unwrap();
+                    if watched.contains(&id) {
+                        let busy = rm.status_id("In Progress").await;
+                        rm.call(
+                            &rm.admin,
+                            reqwest::Method::PUT,
+                            &format!("/issues/{id}.json"),
+                            Some(json!({ "issue": { "status_id": busy } })),
+                        )
+                        .await;
+                    }
+                }
+            }
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(bytes))
+                .unwrap()
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn an_issue_that_leaves_the_status_mid_list_hides_no_other() {
+    let Some(rm) = redmine("an_issue_that_leaves_the_status_mid_list_hides_no_other") else {
+        return;
+    };
+    // Read one issue a page: each of these that is listed leaves the status before the next
+    // page is asked for. Pages by offset would then skip the one right after it.
+    let mut ready = Vec::new();
+    for n in 0..4 {
+        ready.push(
+            rm.create(&format!("moves mid-list {n}"), "For Delivery")
+                .await,
+        );
+    }
+    let url = moving_proxy(rm.clone(), ready.clone()).await;
+    let tracker = Redmine::new(
+        &url,
+        Credential::new("REDMINE_API_KEY", &rm.key),
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap()
+    .with_page_size(1);
+    let tasks = tracker.in_statuses(&["For Delivery".into()]).await.unwrap();
+    let missed: Vec<u64> = ready
+        .iter()
+        .copied()
+        .filter(|id| !tasks.iter().any(|t| t.key == id.to_string()))
+        .collect();
+    assert!(missed.is_empty(), "not listed: {missed:?}");
+    for id in &ready {
+        assert_eq!(rm.status_of(*id).await, "In Progress");
+    }
 }
 
 #[tokio::test]

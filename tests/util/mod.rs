@@ -6,6 +6,7 @@ pub mod container;
 pub mod fake_github;
 pub mod fake_jira;
 pub mod http;
+pub mod pipeline;
 pub mod postgres;
 pub mod serve;
 pub mod webhooks;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub use lockstep::demo::{Sandbox, commit, push, sandbox_git};
+pub use lockstep::sandbox::{Sandbox, commit, push, sandbox_git};
 
 /// The all-zero object id: a created ref's old id, a deleted ref's new id.
 pub const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -97,6 +98,9 @@ impl Env {
                 toml_str(&steps.join(format!("{s}.sh")))
             )
         });
+        // The serial line, one delivery at a time: what these tests are about. The
+        // pipeline's own tests widen the window.
+        env.set_delivery("window", "1");
         if postgres::suite_on_postgres()
             && let Some(admin) = postgres::admin_url("the suite on PostgreSQL")
         {
@@ -261,8 +265,8 @@ impl Env {
             .unwrap();
     }
 
-    fn tracker(&self) -> lockstep::tracker::file::FileTracker {
-        lockstep::tracker::file::FileTracker::new(self.sb.meta.join("tasks.toml"))
+    fn tracker(&self) -> lockstep::FileTracker {
+        lockstep::FileTracker::new(self.sb.meta.join("tasks.toml"))
     }
 
     /// A task's status and notes, as the tracker holds them.
@@ -346,9 +350,7 @@ impl Env {
 
     /// The commit a ref of a bare repository points to, if any.
     pub fn rev(&self, repo: &str, rev: &str) -> Option<String> {
-        lockstep::git::Git::new(self.bare(repo))
-            .resolve(rev)
-            .unwrap()
+        lockstep::Git::new(self.bare(repo)).resolve(rev).unwrap()
     }
 
     /// Where `master` of a bare repository is.
@@ -397,7 +399,7 @@ impl Env {
         let g = git(&dir, "alice");
         g.run(&["switch", "--quiet", "-C", branch, "origin/master"])
             .unwrap();
-        let task = lockstep::config::Tasks::default()
+        let task = lockstep::Tasks::default()
             .task_of(branch)
             .unwrap_or_default()
             .to_string();
@@ -532,6 +534,19 @@ impl Drop for Env {
     }
 }
 
+/// The parent of a live process: for a step's command, the supervisor lockstep started it
+/// under (whose pid the store records).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()?
+        .rsplit_once(") ")?
+        .1
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -570,7 +585,7 @@ pub fn toml_str(p: &Path) -> String {
 }
 
 /// A clone's git, as `user`.
-pub fn git(dir: &Path, user: &str) -> lockstep::git::Git {
+pub fn git(dir: &Path, user: &str) -> lockstep::Git {
     sandbox_git(dir, user)
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::http::{self, Resp};
 use super::{Env, bin, commit, git};
-use lockstep::demo::push;
+use lockstep::sandbox::push;
 
 /// The variables the tests' configs name for secrets.
 pub const SECRET_VAR: &str = "LOCKSTEP_TEST_WEBHOOK_SECRET";

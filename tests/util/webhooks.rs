@@ -1,6 +1,8 @@
 //! GitHub webhook requests shaped exactly like GitHub's: the samples in `tests/data/`, with
 //! the fields a test cares about replaced, signed with a test secret.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde_json::Value;
 
 use super::http::{self, Resp};
@@ -17,6 +19,13 @@ pub fn sample(name: &str) -> Value {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A fresh id for each comment, review or event a test makes, as GitHub gives each its own
+/// (lockstep refuses a second event with the same one as a replay).
+fn fresh_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(4_000_000_000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 fn set_repo(v: &mut Value, repo: &str) {
     let (owner, name) = repo.split_once('/').unwrap();
     v["repository"]["full_name"] = repo.into();
@@ -29,6 +38,7 @@ pub fn comment(repo: &str, number: u64, user: &str, body: &str) -> Vec<u8> {
     let mut v = sample("issue_comment.created.json");
     set_repo(&mut v, repo);
     v["issue"]["number"] = number.into();
+    v["comment"]["id"] = fresh_id().into();
     v["comment"]["body"] = body.into();
     v["comment"]["user"]["login"] = user.into();
     v["sender"]["login"] = user.into();
@@ -47,6 +57,7 @@ pub fn review(repo: &str, number: u64, head_ref: &str, author: &str, action: &st
     let mut v = sample("pull_request_review.submitted.json");
     set_repo(&mut v, repo);
     v["action"] = action.into();
+    v["review"]["id"] = fresh_id().into();
     v["pull_request"]["number"] = number.into();
     v["pull_request"]["head"]["ref"] = head_ref.into();
     v["pull_request"]["user"]["login"] = author.into();
@@ -60,12 +71,15 @@ pub fn closed(repo: &str, number: u64, head_ref: &str) -> Vec<u8> {
     v["number"] = number.into();
     v["pull_request"]["number"] = number.into();
     v["pull_request"]["head"]["ref"] = head_ref.into();
+    // Each close of a pull request is its own event: GitHub's `updated_at` tells them apart.
+    let at = chrono::DateTime::from_timestamp(1_700_000_000 + fresh_id() as i64, 0).unwrap();
+    v["pull_request"]["updated_at"] = at.to_rfc3339().into();
     serde_json::to_vec(&v).unwrap()
 }
 
 /// Posts a webhook; `secret: None` sends no signature.
 pub fn post(base: &str, event: &str, delivery: &str, body: &[u8], secret: Option<&str>) -> Resp {
-    let sig = secret.map(|s| lockstep::github::sign(s, body));
+    let sig = secret.map(|s| lockstep::sign(s, body));
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("User-Agent", "GitHub-Hookshot/test"),

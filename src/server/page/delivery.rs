@@ -4,7 +4,8 @@
 use maud::{Markup, html};
 
 use super::{ago, clock, document, duration, grid_table, header, pill, requested, time_of_day};
-use crate::push::short;
+use crate::domain::DeliveryId;
+use crate::git::short;
 use crate::server::grid::GridRow;
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 
@@ -97,7 +98,7 @@ fn repositories(repos: &[RepoRow]) -> Markup {
                             td { code { (short(&r.branch_sha)) } }
                             td { code { (short(&r.base_sha)) } }
                             td { code { (short(&r.rebased_sha)) } }
-                            td { (flags(r)) }
+                            td { (r.flags()) }
                         }
                     }
                 }
@@ -106,22 +107,7 @@ fn repositories(repos: &[RepoRow]) -> Markup {
     }
 }
 
-/// What became of a repository's branch: deployed, merged, rolled back.
-fn flags(r: &RepoRow) -> String {
-    let mut flags = Vec::new();
-    if r.deployed {
-        flags.push("deployed");
-    }
-    if r.merged {
-        flags.push("merged");
-    }
-    if r.rolled_back {
-        flags.push("rolled back");
-    }
-    flags.join(", ")
-}
-
-fn step(delivery: i64, st: &StepLog, now_ms: i64) -> Markup {
+fn step(delivery: DeliveryId, st: &StepLog, now_ms: i64) -> Markup {
     let step = &st.step;
     let took = duration(step.finished_at.unwrap_or(now_ms) - step.started_at);
     let class = match step.outcome.as_str() {
@@ -132,7 +118,7 @@ fn step(delivery: i64, st: &StepLog, now_ms: i64) -> Markup {
     html! {
         details id={ "step-" (step.id) } open[class != "passed"] {
             summary {
-                (step.step) " " (step.repo) " · " (pill(class, &step.outcome)) " "
+                (step.step) " " (step.repo) " · " (pill(class, step.outcome.as_str())) " "
                 @if let Some(c) = step.exit_code {
                     "exit " (c)
                 }
@@ -174,9 +160,9 @@ fn journal(journal: &[JournalRow]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::State;
     use crate::server::fixtures::{config, delivery, repo, step, tags_per_line};
     use crate::server::grid::grid;
-    use crate::store::State;
 
     #[test]
     fn delivery_page_layout() {

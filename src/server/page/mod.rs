@@ -15,7 +15,8 @@ pub use queue::{InFlight, QueueView, queue_page};
 
 use maud::{Markup, PreEscaped, html};
 
-use super::grid::{GridRow, LINE};
+use super::grid::GridRow;
+use crate::domain::Phase;
 use crate::store::DeliveryRow;
 
 const CSS: &str = r#"
@@ -141,7 +142,7 @@ fn grid_table(grid: &[GridRow]) -> Markup {
             thead {
                 tr {
                     th { "repository" }
-                    @for p in LINE {
+                    @for p in Phase::LINE {
                         th style="text-align:center" { (p.as_str()) }
                     }
                 }
@@ -199,9 +200,9 @@ fn ago(now: i64, then: i64) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::State;
     use crate::server::fixtures::{config, delivery, repo, step};
     use crate::server::grid::grid;
-    use crate::store::State;
 
     #[test]
     fn untrusted_text_is_escaped() {

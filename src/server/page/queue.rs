@@ -5,6 +5,7 @@ use maud::{Markup, html};
 use serde::Serialize;
 
 use super::{ago, document, duration, grid_table, header, pill, requested};
+use crate::domain::Phase;
 use crate::server::grid::GridRow;
 use crate::store::{DeliveryRow, StepRow};
 
@@ -89,10 +90,16 @@ fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
             div class="task" {
                 a href={ "/deliveries/" (d.id) } { "#" (d.id) }
                 " " (d.task) " " (pill("running", "running"))
+                @if d.candidate {
+                    " " (pill("candidate", "candidate"))
+                }
+            }
+            @if d.candidate || !d.built_on.is_empty() || !d.held.is_empty() || d.discards > 0 {
+                (train_place(d))
             }
             div class="meta" {
                 (requested(d))
-                " · phase " b { (if d.phase.is_empty() { "-" } else { d.phase.as_str() }) }
+                " · phase " b { (d.phase.map_or("-", Phase::as_str)) }
                 " · started "
                 @match d.started_at {
                     Some(t) => (ago(now_ms, t)),
@@ -106,6 +113,25 @@ fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
                     ", running for " (duration(now_ms - step.started_at)) " · "
                     a href={ "/deliveries/" (d.id) "/steps/" (step.id) "/log" } { "live log" }
                 }
+            }
+        }
+    }
+}
+
+/// Where a delivery stands in the pipeline: what it is built on, a failure held unreported,
+/// how often it was prepared again.
+fn train_place(d: &DeliveryRow) -> Markup {
+    html! {
+        div class="meta train" {
+            @if d.candidate { "prepared behind the head" } @else { "head of the pipeline" }
+            @if !d.built_on.is_empty() {
+                " · built on " b { (d.built_on) }
+            }
+            @if d.discards > 0 {
+                " · prepared again " (d.discards) "×"
+            }
+            @if !d.held.is_empty() {
+                div class="why" { "held, not reported while deliveries ahead are unresolved: " (d.held) }
             }
         }
     }
@@ -180,11 +206,12 @@ fn recent(v: &QueueView) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::State;
+    use crate::domain::{DeliveryId, Source};
     use crate::server::fixtures::{
         config, delivery, repo, step, steps_while_testing, tags_per_line,
     };
     use crate::server::grid::grid;
-    use crate::store::State;
 
     /// A queue with a delivery in flight, two waiting (one from the tracker) and two done.
     fn busy_queue() -> QueueView {
@@ -194,17 +221,17 @@ mod tests {
         let steps = steps_while_testing();
         let mut from_tracker = delivery(State::Queued, "");
         (from_tracker.id, from_tracker.task, from_tracker.source) =
-            (9, "TASK-3".into(), "tracker".into());
+            (DeliveryId(9), "TASK-3".into(), Source::Tracker);
         (from_tracker.requester, from_tracker.origin) = (String::new(), String::new());
         (from_tracker.started_at, from_tracker.created_at) = (None, 30_000);
         let mut urgent = delivery(State::Queued, "");
-        (urgent.id, urgent.task, urgent.priority) = (8, "TASK-2".into(), 5);
+        (urgent.id, urgent.task, urgent.priority) = (DeliveryId(8), "TASK-2".into(), 5);
         (urgent.started_at, urgent.created_at) = (None, 20_000);
         let mut delivered = delivery(State::Delivered, "merge");
-        (delivered.id, delivered.task) = (6, "TASK-4".into());
+        (delivered.id, delivered.task) = (DeliveryId(6), "TASK-4".into());
         delivered.finished_at = Some(65_000);
         let mut failed = delivery(State::Failed, "deploy");
-        (failed.id, failed.task) = (5, "TASK-5".into());
+        (failed.id, failed.task) = (DeliveryId(5), "TASK-5".into());
         failed.finished_at = Some(4_000_000);
         failed.error = "delivery failed in deploy (web): `deploy` exited with 2".into();
         QueueView {
@@ -224,6 +251,31 @@ mod tests {
     #[test]
     fn queue_page_layout() {
         insta::assert_snapshot!(tags_per_line(&queue_page(&busy_queue())));
+    }
+
+    #[test]
+    fn pipelined_queue_page_layout() {
+        let mut v = busy_queue();
+        let c = config();
+        let mut candidate = delivery(State::Running, "build");
+        (candidate.id, candidate.task, candidate.candidate) =
+            (DeliveryId(8), "TASK-2".into(), true);
+        (candidate.built_on, candidate.discards) = ("#7".into(), 1);
+        let mut held = delivery(State::Running, "test");
+        (held.id, held.task, held.candidate) = (DeliveryId(9), "TASK-3".into(), true);
+        held.built_on = "#8, #7".into();
+        held.held = "delivery failed in test (web): `test` exited with 1".into();
+        for d in [candidate, held] {
+            v.running.push(InFlight {
+                grid: grid(&c, &d, &[repo("web")], &[], &[]),
+                delivery: d,
+                current: vec![],
+            });
+        }
+        v.queued.clear();
+        let page = queue_page(&v);
+        assert!(page.contains("built on <b>#8, #7</b>"), "{page}");
+        insta::assert_snapshot!(tags_per_line(&page));
     }
 
     #[test]
