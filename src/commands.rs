@@ -183,13 +183,14 @@ pub fn recover(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::try_lead(&engine).await? else {
+        let Some(lease) = worker::lead_by_hand(&engine).await? else {
             anyhow::bail!(
                 "a worker is running; it recovers by itself (stop it first to recover by hand)"
             );
         };
-        let said = worker::recover(&engine).await?;
-        if said.is_empty() {
+        let said = worker::recover(&engine).await;
+        lease.release().await;
+        if said?.is_empty() {
             say!("nothing to recover");
         }
         Ok(0)
@@ -508,28 +509,35 @@ pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i3
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::try_lead(&engine).await? else {
+        let Some(lease) = worker::lead_by_hand(&engine).await? else {
             anyhow::bail!("a worker is running a delivery; try again when it is done");
         };
-        let d = engine
-            .store
-            .delivery(id)
-            .await?
-            .with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
-        if !d.state.is_final() {
-            anyhow::bail!(
-                "#{id} is {}; cancel it with `lockstep cancel {id}`",
-                d.state.as_str()
-            );
-        }
-        if let Err(e) = engine.rollback_finished(&d, revert).await {
-            eprintln!(
-                "lockstep: #{id} {}: {}",
-                escape(&d.task),
-                escape(&format!("{e:#}"))
-            );
-            return Ok(FAILED);
-        }
-        Ok(0)
+        let outcome = rollback_led(&engine, id, revert).await;
+        lease.release().await;
+        outcome
     })
+}
+
+/// The rollback of a finished delivery, by the worker holding the lease.
+async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::Result<i32> {
+    let d = engine
+        .store
+        .delivery(id)
+        .await?
+        .with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
+    if !d.state.is_final() {
+        anyhow::bail!(
+            "#{id} is {}; cancel it with `lockstep cancel {id}`",
+            d.state.as_str()
+        );
+    }
+    if let Err(e) = engine.rollback_finished(&d, revert).await {
+        eprintln!(
+            "lockstep: #{id} {}: {}",
+            escape(&d.task),
+            escape(&format!("{e:#}"))
+        );
+        return Ok(FAILED);
+    }
+    Ok(0)
 }

@@ -282,23 +282,34 @@ fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
 }
 
 /// Replaces `post-receive` of a bare repository with one that kills the worker (its pid is in
-/// the worker lock) the first time `master` is pushed, then does what lockstep's hook does.
+/// `worker.pid`, written by [`crash_after_merging_api`]) the first time `master` is pushed,
+/// then does what lockstep's hook does.
 fn kill_worker_after_push_to_master(env: &Env, repo: &str) {
     let hook = env.bare(repo).join("hooks").join("post-receive");
     let marker = env.dir.path().join(format!("killed-in-{repo}"));
     let quote = |p: &std::path::Path| format!("'{}'", p.display());
+    let exports: String = env
+        .store_env()
+        .iter()
+        .map(|(k, v)| format!("{k}='{v}'; export {k}\n"))
+        .collect();
     let script = format!(
         "#!/bin/sh\n\
+         {exports}\
          input=$(cat)\n\
          case \"$input\" in *' refs/heads/master'*)\n\
-         \x20 if [ ! -e {marker} ]; then : > {marker}; kill -9 \"$(cat {lock})\"; fi ;;\n\
+         \x20 if [ ! -e {marker} ]; then : > {marker}; kill -9 \"$(cat {pid})\"; fi ;;\n\
          esac\n\
          printf '%s\\n' \"$input\" | exec {bin} hook post-receive\n",
         marker = quote(&marker),
-        lock = quote(&env.worker_lock()),
+        pid = quote(&worker_pid_file(env)),
         bin = quote(&bin()),
     );
     std::fs::write(&hook, script).unwrap();
+}
+
+fn worker_pid_file(env: &Env) -> std::path::PathBuf {
+    env.dir.path().join("worker.pid")
 }
 
 /// Delivers TASK-1 with a worker that is killed right after it pushed api's master; returns
@@ -308,6 +319,8 @@ fn crash_after_merging_api(env: &Env) -> Vec<String> {
     let before = env.masters();
     kill_worker_after_push_to_master(env, "api");
     let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    // Written long before the merge: the build and the tests run first.
+    std::fs::write(worker_pid_file(env), worker.id().to_string()).unwrap();
     let status = worker.wait().unwrap();
     assert_eq!(
         status.signal(),

@@ -127,6 +127,22 @@ impl Env {
         let db = postgres::Database::create(admin);
         let var = db.var.clone();
         self.edit_config(|text| format!("{text}\n[store]\nurl_env = \"{var}\"\n"));
+        // The git server gives its hooks the variable, as docs/serve.md says: here each
+        // repository's hooks are shell shims that export it before they run lockstep.
+        for (_, bare) in &self.sb.repos {
+            for hook in ["pre-receive", "update", "post-receive"] {
+                let path = bare.join("hooks").join(hook);
+                if !path.exists() {
+                    continue;
+                }
+                let shim = format!(
+                    "#!/bin/sh\n{var}='{}'; export {var}\nexec '{}' hook {hook} \"$@\"\n",
+                    db.url,
+                    bin().display()
+                );
+                std::fs::write(&path, shim).unwrap();
+            }
+        }
         self.database = Some(db);
     }
 
