@@ -145,7 +145,6 @@ fn a_killed_leader_is_replaced_within_the_lease_and_its_delivery_lands_once() {
 }
 
 #[test]
-#[ignore = "not yet seen green: run with `--ignored` against scripts/postgres.sh"]
 fn a_paused_leader_is_replaced_and_its_late_writes_are_refused() {
     let Some(env) = ready_env("partition") else {
         return;
@@ -211,25 +210,32 @@ fn a_paused_leader_is_replaced_and_its_late_writes_are_refused() {
 fn github_env(test: &str, tasks: usize) -> Option<(Env, FakeGitHub)> {
     let env = Env::on_postgres(test, &REPOS, "2s")?;
     let gh = FakeGitHub::start(TOKEN);
-    let mut tracker = String::new();
+    let tracker = |status: &str| -> String {
+        (1..=tasks)
+            .map(|n| {
+                format!(
+                    "[TASK-{n}]\nstatus = \"{status}\"\ntitle = \"task {n}\"\n\
+                     assignee = \"alice\"\n\n"
+                )
+            })
+            .collect()
+    };
+    // Branches are pushed while their tasks are In Progress, then the tasks are ready.
+    env.set_tasks(&tracker("In Progress"));
     for n in 1..=tasks {
         let branch = format!("feature/TASK-{n}-work");
         let heads = push_task_branch(&env, &branch, &["api"], &[]);
         gh.add_pull("acme/api", n as u64, "alice", &branch, &heads[0]);
         gh.review("acme/api", n as u64, "bob", "APPROVED");
         gh.review("acme/api", n as u64, "carol", "APPROVED");
-        tracker.push_str(&format!(
-            "[TASK-{n}]\nstatus = \"For Delivery\"\ntitle = \"task {n}\"\nassignee = \"alice\"\n\n"
-        ));
     }
-    env.set_tasks(&tracker);
+    env.set_tasks(&tracker("For Delivery"));
     gh.permit("acme/api", "alice", "write");
     configure(&env, "0s", &github_section(gh.url()));
     Some((env, gh))
 }
 
 #[test]
-#[ignore = "not yet seen green: run with `--ignored` against scripts/postgres.sh"]
 fn commands_sent_to_both_replicas_are_each_acted_on_once() {
     const TASKS: usize = 4;
     const COMMANDS: usize = 200;

@@ -129,6 +129,9 @@ impl Store {
     }
 }
 
+/// PostgreSQL's `lock_not_available`: a `lock_timeout` ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// Checks, in a write transaction, that the fence still holds: the lease's epoch is the one
 /// it was taken at. `$lock` is PostgreSQL's ` FOR SHARE` (a takeover waits for the write to
 /// commit) or nothing (SQLite's writers are serialized anyway).
@@ -199,7 +202,13 @@ impl Lease {
                 (epoch, Some(file))
             }
             Pool::Postgres(pool) => {
-                let epoch: Option<i64> = sqlx::query_scalar(concat!(
+                // A standby never waits on the row: a holder writing under it (or frozen in
+                // the middle of a write) makes this try fail, and the next one succeed.
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET LOCAL lock_timeout = '500ms'")
+                    .execute(&mut *tx)
+                    .await?;
+                let taken: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(concat!(
                     "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, $2, 1, ",
                     pg_now_ms!(),
                     " + $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
@@ -211,8 +220,17 @@ impl Lease {
                 .bind(QUEUE)
                 .bind(&holder)
                 .bind(millis(lease))
-                .fetch_optional(pool)
-                .await?;
+                .fetch_optional(&mut *tx)
+                .await;
+                let epoch = match taken {
+                    Err(sqlx::Error::Database(e))
+                        if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+                    {
+                        return Ok(None);
+                    }
+                    taken => taken?,
+                };
+                tx.commit().await?;
                 match epoch {
                     Some(e) => (e, None),
                     None => return Ok(None),

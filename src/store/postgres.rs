@@ -13,6 +13,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::sqlite::migrate_error;
 use super::{Pool, Store};
 
+/// How long a session may sit idle inside a transaction before the server ends it.
+const IDLE_IN_TRANSACTION: &str = "2s";
+
 /// The schema: `migrations/postgres/NNNN_*.sql`, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -35,9 +38,18 @@ impl Store {
     /// store by its URL without the password.
     pub async fn open_postgres(url: &str) -> anyhow::Result<Store> {
         let shown = redact_url(url);
-        let options = PgConnectOptions::from_str(url).map_err(|_| {
-            anyhow::anyhow!("`{shown}` is not a PostgreSQL URL; write it postgres://user:password@host:port/database")
-        })?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "`{shown}` is not a PostgreSQL URL; write it \
+                     postgres://user:password@host:port/database"
+                )
+            })?
+            // A replica frozen inside a transaction (stopped, swapped out, cut off) would hold
+            // the lease row's share lock, and with it the takeover, for as long as it stays
+            // frozen: the server ends such a session instead. lockstep's transactions never
+            // wait on anything but the database, so this never cuts a live one short.
+            .options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))

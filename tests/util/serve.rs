@@ -53,9 +53,17 @@ pub fn push_task_branch(
 ) -> Vec<String> {
     let mut heads = Vec::new();
     for repo in repos {
-        let dir = env.sb.clone_for(repo, "alice").unwrap();
+        // The first branch clones; the next ones start from upstream in the same clone.
+        let dir = env.sb.root.join("clones").join("alice").join(repo);
+        let start = if dir.exists() {
+            git(&dir, "alice").run(&["fetch", "-q", "origin"]).unwrap();
+            "origin/master"
+        } else {
+            env.sb.clone_for(repo, "alice").unwrap();
+            "HEAD"
+        };
         git(&dir, "alice")
-            .run(&["switch", "-q", "-c", branch])
+            .run(&["switch", "-q", "-c", branch, start])
             .unwrap();
         for (file, text) in extra_files {
             std::fs::write(dir.join(file), text).unwrap();
