@@ -79,7 +79,7 @@ fn assert_no_step_survives(env: &Env) {
 }
 
 #[test]
-fn crash_during_test_resumes_and_delivers_once() {
+pub(crate) fn crash_during_test_resumes_and_delivers_once() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1");
     ready(&env, "TASK-3");
@@ -237,7 +237,7 @@ fn crash_during_build_resumes_the_build_on_the_same_rebase() {
 }
 
 #[test]
-fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
+pub(crate) fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1");
     ready(&env, "TASK-3");
@@ -332,7 +332,7 @@ fn crash_after_merging_api(env: &Env) -> Vec<String> {
 }
 
 #[test]
-fn crash_between_merge_pushes_completes_every_upstream() {
+pub(crate) fn crash_between_merge_pushes_completes_every_upstream() {
     let env = Env::new(&REPOS);
     let before = crash_after_merging_api(&env);
     // The moment of the crash: api advanced, web and db not yet.

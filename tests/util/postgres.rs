@@ -2,16 +2,34 @@
 //! `scripts/postgres.sh` (its admin URL in `LOCKSTEP_TEST_ADMIN_DATABASE_URL`).
 //!
 //! The sandbox's config names a variable of its own (`url_env`), which the commands and
-//! servers the tests start get (`Env::command`, `ServeProc`); git hooks do not, so a test of
-//! `git push -o deliver` keeps its SQLite store.
+//! servers the tests start get (`Env::command`, `ServeProc`), and the bare repositories'
+//! hooks export (as a git server gives its hooks the variable).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::Connection as _;
 
-/// Whether the whole suite runs on PostgreSQL (`LOCKSTEP_TEST_BACKEND=postgres`).
+thread_local! {
+    /// Set while [`on_postgres`] runs a test on this thread.
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the sandboxes made on this thread keep their store in PostgreSQL: inside
+/// [`on_postgres`], or for the whole suite with `LOCKSTEP_TEST_BACKEND=postgres`.
 pub fn suite_on_postgres() -> bool {
-    std::env::var("LOCKSTEP_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+    ON_POSTGRES.with(std::cell::Cell::get)
+        || std::env::var("LOCKSTEP_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// Runs a test written for the default store with every sandbox it makes on PostgreSQL;
+/// skipped when there is no PostgreSQL to test with (a failure when `CI` is set).
+pub fn on_postgres(test: fn()) {
+    if admin_url("a test on PostgreSQL").is_none() {
+        return;
+    }
+    ON_POSTGRES.with(|on| on.set(true));
+    test();
+    ON_POSTGRES.with(|on| on.set(false));
 }
 
 /// The admin URL, if there is a PostgreSQL to test with; panics when `CI` is set and there
