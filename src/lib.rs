@@ -24,7 +24,7 @@
 //! - `git`: the one place that runs `git`.
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
 //! - `delivery`: the delivery line, its steps, and the worker that runs the queue.
-//! - `store`: the durable queue and journal (SQLite).
+//! - `store`: the durable queue and journal (SQLite, or PostgreSQL shared by replicas).
 //! - `verdict_counts`: the hooks' verdict counts, for the metrics.
 //! - `server`: `lockstep serve`, the bot in person: webhooks, the queue page, metrics.
 //! - `github`: the GitHub API client and GitHub's rules (signatures, approvals).

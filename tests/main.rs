@@ -17,5 +17,7 @@ mod hooks;
 mod install;
 mod pipeline;
 mod policy_test;
+mod postgres_sandboxes;
+mod replicas;
 mod serve;
 mod trackers;
