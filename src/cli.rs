@@ -165,6 +165,9 @@ pub enum Command {
     /// Run queued deliveries until the queue is empty (started in the background by
     /// `git push -o deliver`)
     Work,
+    /// The store: the queue, the history and the journal
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run the bot: the queue worker, GitHub commands (`/deliver` …), tracker-driven
     /// deliveries, the queue page and metrics, until SIGTERM or ctrl-c
     Serve {
@@ -172,6 +175,18 @@ pub enum Command {
         /// address is printed on stdout)
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the store (queue, history, journal, step records, replay ids) into an empty
+    /// PostgreSQL database, keeping ids: the way from the embedded SQLite to replicas
+    Copy {
+        /// The environment variable holding the target's postgres:// URL (the URL itself
+        /// never goes on a command line)
+        #[arg(long, value_name = "VAR")]
+        to_env: String,
     },
 }
 
@@ -314,6 +329,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Recover => commands::recover(&config_path(config)),
         Command::Work => commands::work(&config_path(config)),
+        Command::Store(StoreCommand::Copy { to_env }) => {
+            commands::store_copy(&config_path(config), &to_env)
+        }
         Command::Serve { listen } => {
             crate::server::run_cli(&config_path(config), listen.as_deref())
         }

@@ -25,7 +25,7 @@
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
 //! - `monitor`: Prometheus gates and Alertmanager alerts, the triggers of rollbacks.
 //! - `delivery`: the delivery line, its steps, and the worker that runs the queue.
-//! - `store`: the durable queue and journal (SQLite).
+//! - `store`: the durable queue and journal (SQLite, or PostgreSQL shared by replicas).
 //! - `verdict_counts`: the hooks' verdict counts, for the metrics.
 //! - `server`: `lockstep serve`, the bot in person: webhooks, the queue page, metrics.
 //! - `github`: the GitHub API client and GitHub's rules (signatures, approvals).

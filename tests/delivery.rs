@@ -187,7 +187,7 @@ fn failing_verify_rolls_back_what_was_deployed_in_reverse_order() {
 }
 
 #[test]
-fn a_failed_rollback_is_reported_and_can_be_run_again() {
+pub(crate) fn a_failed_rollback_is_reported_and_can_be_run_again() {
     let env = Env::new(&REPOS);
     ready(
         &env,
@@ -482,7 +482,7 @@ fn deliver_is_refused_unless_the_task_is_for_delivery() {
 }
 
 #[test]
-fn push_with_deliver_option_queues_and_a_background_worker_delivers() {
+pub(crate) fn push_with_deliver_option_queues_and_a_background_worker_delivers() {
     let env = Env::new(&REPOS);
     env.set_status(&[("TASK-1", "In Progress")]);
     env.task_branch("api", "feature/TASK-1-work", "TASK-1.txt", "api\n");

@@ -18,5 +18,7 @@ mod install;
 mod monitoring;
 mod pipeline;
 mod policy_test;
+mod postgres_sandboxes;
+mod replicas;
 mod serve;
 mod trackers;

@@ -9,6 +9,7 @@
 //! - `tracker`: `[tasks]` and `[tracker]`.
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
+//! - `store`: `[store]`.
 //! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
@@ -23,12 +24,14 @@ mod delivery;
 mod duration;
 mod monitor;
 mod server;
+mod store;
 mod tracker;
 
 pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use monitor::{AlertmanagerConfig, Gate, NoData, PrometheusConfig};
 pub use server::{GitHubConfig, Server};
+pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 
 /// The whole configuration, as read from `lockstep.toml`.
@@ -62,6 +65,10 @@ pub struct Config {
     /// `lockstep serve`: where it listens and how it links back to itself.
     #[serde(default)]
     pub server: Server,
+    /// Where the queue and the journal live: SQLite in `state_dir`, or a PostgreSQL shared by
+    /// several `lockstep serve` replicas.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
     pub github: Option<GitHubConfig>,
@@ -317,6 +324,7 @@ impl Config {
         if let Some(gh) = &self.github {
             gh.check()?;
         }
+        self.store.check()?;
         if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
             bail!(
                 "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \

@@ -118,6 +118,15 @@ impl App {
         &self.engine.config
     }
 
+    /// The ecosystem's name in the metrics: the meta-project's folder.
+    pub fn ecosystem(&self) -> String {
+        self.config()
+            .base_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "lockstep".into())
+    }
+
     /// The page of a delivery, for links in comments and statuses.
     pub fn delivery_url(&self, id: DeliveryId) -> String {
         format!("{}/deliveries/{id}", self.public_url)

@@ -137,7 +137,7 @@ async fn step_log(
         Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
             Some(s) => (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                read_log(s.log_path).await,
+                read_log(&app.engine.store, &s).await,
             )
                 .into_response(),
             None => not_found(format!("delivery #{id} has no step {step}")),
@@ -157,6 +157,9 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
                 let dir = app.config().state_dir();
                 tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
             },
+            ecosystem: app.ecosystem(),
+            leader: store.role() == crate::store::Role::Leader,
+            lease: store.lease_events(),
             discards: store
                 .discards_by_reason()
                 .await?
@@ -180,8 +183,14 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
-    match app.engine.store.counts().await {
-        Ok(_) => "ok\n".into_response(),
+    let store = &app.engine.store;
+    match store.counts().await {
+        Ok(_) => format!(
+            "ok\nrole: {}\nstore: {}\n",
+            store.role().as_str(),
+            store.backend().as_str()
+        )
+        .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
