@@ -17,6 +17,7 @@ use crate::git::{self, Git};
 use crate::hook;
 use crate::policy::PolicySet;
 use crate::push::{self, NewCommits, PushContext};
+use crate::text::escape;
 
 /// Exit code for usage, config and internal errors.
 pub const USAGE_OR_CONFIG: i32 = 2;
@@ -227,7 +228,8 @@ pub struct InstallArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Load and compile every policy; report every error (exit 0 valid, 1 not)
+    /// Load and compile every policy, and run every `[[gate]]` query once against Prometheus;
+    /// report every error (exit 0 valid, 1 not)
     Check,
     /// Dry-run a push and explain every rule (exit 0 would be accepted, 1 rejected)
     Test(PolicyTestArgs),
@@ -377,7 +379,7 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
                 "ok: {} rules in {folders} folder(s)",
                 set.rules.len()
             ))?;
-            Ok(0)
+            gate_check(&config)
         }
         Err(errors) => {
             for e in &errors.0 {
@@ -387,6 +389,52 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Asks Prometheus to run every gate's query once, so a typo in PromQL shows now and not in
+/// the verify phase of the first delivery that needs it.
+fn gate_check(config: &Config) -> anyhow::Result<i32> {
+    let Some(prometheus) = &config.prometheus else {
+        return Ok(0);
+    };
+    if config.gates.is_empty() {
+        return Ok(0);
+    }
+    let client = crate::monitor::Prometheus::from_config(prometheus)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut bad = 0;
+    for gate in &config.gates {
+        match rt.block_on(client.query(&gate.query)) {
+            Ok(samples) => commands::say_line(&format!(
+                "gate `{}`: Prometheus runs its query ({} series now)",
+                gate.name,
+                samples.len()
+            ))?,
+            Err(e) => {
+                // Prometheus's error body is its own text, not ours: escaped like step output.
+                eprintln!(
+                    "lockstep: gate `{}`: {}",
+                    escape(&gate.name),
+                    escape(&e.to_string())
+                );
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!(
+            "lockstep: {bad} gate(s) cannot be checked; fix them before a delivery needs them"
+        );
+        return Ok(1);
+    }
+    commands::say_line(&format!(
+        "ok: {} gate(s) against `{}`",
+        config.gates.len(),
+        client.url()
+    ))?;
+    Ok(0)
 }
 
 fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {

@@ -205,14 +205,15 @@ pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<i32> {
         let c = source.copy_to(&target).await?;
         say!(
             "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids, \
-             {} webhook events and {} tracker statuses into the store in `{var}`",
+             {} webhook events, {} tracker statuses and {} alerts into the store in `{var}`",
             c.deliveries,
             c.repos,
             c.journal,
             c.steps,
             c.webhooks,
             c.events,
-            c.tracker_seen
+            c.tracker_seen,
+            c.alerts
         );
         say!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
         Ok(0)

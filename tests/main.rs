@@ -15,6 +15,7 @@ mod hardening;
 mod help;
 mod hooks;
 mod install;
+mod monitoring;
 mod pipeline;
 mod policy_test;
 mod postgres_sandboxes;

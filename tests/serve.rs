@@ -721,14 +721,9 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
         "{failure}"
     );
     assert!(failure.contains("comment `/retry`"), "{failure}");
-    let last = gh
-        .statuses()
-        .into_iter()
-        .rfind(|s| s.sha == heads[0])
-        .unwrap();
     assert_eq!(
-        (last.state.as_str(), last.description.as_str()),
-        ("failure", "#1 failed in test")
+        gh.last_status(&heads[0]),
+        ("failure".into(), "#1 failed in test".into())
     );
     assert_eq!(task_status(&env, "TASK-2"), "In Progress");
 

@@ -10,6 +10,7 @@
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
 //! - `store`: `[store]`.
+//! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
 use std::collections::BTreeMap;
@@ -21,12 +22,14 @@ use serde::Deserialize;
 
 mod delivery;
 mod duration;
+mod monitor;
 mod server;
 mod store;
 mod tracker;
 
 pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
+pub use monitor::{AlertmanagerConfig, Gate, NoData, PrometheusConfig};
 pub use server::{GitHubConfig, Server};
 pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
@@ -69,6 +72,13 @@ pub struct Config {
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
     pub github: Option<GitHubConfig>,
+    /// Where the gates' queries go. Default none (and no gate may be declared).
+    pub prometheus: Option<PrometheusConfig>,
+    /// Metric gates every delivery passes after deploy. Default none.
+    #[serde(default, rename = "gate")]
+    pub gates: Vec<Gate>,
+    /// `POST /webhooks/alertmanager`. Default none, and that endpoint answers 404.
+    pub alertmanager: Option<AlertmanagerConfig>,
     /// The folder this file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -315,6 +325,19 @@ impl Config {
             gh.check()?;
         }
         self.store.check()?;
+        if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
+            bail!(
+                "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \
+                 or drop `watch_gates`"
+            );
+        }
+        let names: Vec<&str> = self.repos.iter().map(|r| r.name.as_str()).collect();
+        monitor::check(
+            self.prometheus.as_ref(),
+            &self.gates,
+            self.alertmanager.as_ref(),
+            &names,
+        )?;
         Ok(())
     }
 

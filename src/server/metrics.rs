@@ -83,6 +83,8 @@ pub struct Metrics {
 pub struct StoreCounts {
     /// Deliveries by state (`queued`, `running`, `delivered`, …).
     pub by_state: Vec<(String, i64)>,
+    /// Rollbacks by trigger (`gate`, `alert`, `manual`).
+    pub rollbacks: Vec<(String, i64)>,
     /// Hook decisions by rule and outcome.
     pub hook_decisions: Vec<(String, String, u64)>,
     /// The ecosystem (the meta-project's folder name) and whether this replica holds its
@@ -164,6 +166,22 @@ impl Metrics {
         s.push_str("# TYPE lockstep_deliveries_running gauge\n");
         let _ = writeln!(s, "lockstep_deliveries_running {}", state("running"));
 
+        s.push_str(
+            "# HELP lockstep_rollbacks_total Rollbacks of deliveries, by what triggered them.\n",
+        );
+        s.push_str("# TYPE lockstep_rollbacks_total counter\n");
+        for trigger in crate::delivery::Trigger::ALL {
+            let n = store
+                .rollbacks
+                .iter()
+                .find(|(t, _)| t == trigger.as_str())
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(
+                s,
+                "lockstep_rollbacks_total{{trigger=\"{}\"}} {n}",
+                trigger.as_str()
+            );
+        }
         s.push_str(
             "# HELP lockstep_leader Whether this replica works the ecosystem's queue (holds its lease).\n",
         );
@@ -298,6 +316,7 @@ mod tests {
         m.delivery_finished(&[j(0, "build", "phase"), j(2_000, "done", "delivered")]);
         let text = m.render(&StoreCounts {
             by_state: vec![("delivered".into(), 3), ("queued".into(), 2)],
+            rollbacks: vec![("alert".into(), 2)],
             hook_decisions: vec![("branch \"names\"".into(), "deny".into(), 4)],
             ecosystem: "shop".into(),
             leader: true,
@@ -315,6 +334,9 @@ mod tests {
             "lockstep_deliveries_total{outcome=\"delivered\"} 3",
             "lockstep_deliveries_total{outcome=\"failed\"} 0",
             "lockstep_queue_depth 2",
+            "lockstep_rollbacks_total{trigger=\"alert\"} 2",
+            "lockstep_rollbacks_total{trigger=\"gate\"} 0",
+            "lockstep_rollbacks_total{trigger=\"manual\"} 0",
             "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"1\"} 0",
             "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"5\"} 1",
             "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"+Inf\"} 1",

@@ -1,6 +1,7 @@
 //! The server's background loops: the worker that holds the queue and runs it (one delivery
 //! at a time, or as a pipeline), reporting each delivery to GitHub, with the jobs the bot
-//! hands it between deliveries; and the pruner of old webhook ids.
+//! hands it between deliveries (among them the rollbacks of watched deliveries, and the gates
+//! sampled during a watch); and the pruner of old webhook ids and alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
-use crate::delivery::train;
 use crate::delivery::worker;
+use crate::delivery::{Cause, train};
 use crate::domain::{DeliveryId, State};
 use crate::store::{DeliveryRow, Lease, now_ms};
 
-/// Reports the pipeline's deliveries to GitHub as they start and end.
+/// Reports the pipeline's deliveries to GitHub as they start and end, and watches the gates
+/// of those that landed.
 struct Reporter(Arc<App>);
 
 #[async_trait::async_trait]
@@ -23,6 +25,9 @@ impl train::TrainWatcher for Reporter {
     }
     async fn finished(&self, d: &DeliveryRow, state: State) {
         report::finished(&self.0, d, state).await;
+        if state == State::Delivered {
+            watch_gates(&self.0, d.id);
+        }
     }
 }
 
@@ -183,7 +188,12 @@ async fn lead(
             }
         };
         match outcome {
-            Ok(Ok(state)) => report::finished(app, &d, state).await,
+            Ok(Ok(state)) => {
+                report::finished(app, &d, state).await;
+                if state == State::Delivered {
+                    watch_gates(app, d.id);
+                }
+            }
             Ok(Err(e)) => {
                 // The line could not even journal its failure (the store is gone, or the
                 // lease was lost and the write refused).
@@ -235,15 +245,63 @@ async fn run_job(app: &App, job: Job) {
                 tracing::warn!("cannot report the rollback of #{id}: {e:#}");
             }
         }
+        Job::AlertRollback {
+            id,
+            quote,
+            fired_ms,
+        } => roll_back_watched(app, id, Cause::Alert { quote, fired_ms }).await,
+        Job::GateRollback { id, why } => roll_back_watched(app, id, Cause::Gate { why }).await,
     }
 }
 
-/// Forgets webhook delivery ids after a week (GitHub redelivers for a few days at most).
+/// Rolls back and reverts a watched delivery, then tells its pull request.
+async fn roll_back_watched(app: &App, id: DeliveryId, cause: Cause) {
+    let Ok(Some(d)) = app.engine.store.delivery(id).await else {
+        tracing::error!("no delivery #{id} to roll back");
+        return;
+    };
+    let result = app.engine.roll_back(&d, true, &cause).await;
+    if let Err(e) = &result {
+        tracing::error!(
+            delivery = id.0,
+            "the rollback of a watched delivery failed: {e:#}"
+        );
+    }
+    report::rolled_back_while_watched(app, &d, &cause, &result).await;
+}
+
+/// Samples the gates of a delivery that landed for its watch (`[delivery] watch_gates`), in
+/// the background; a failure queues its rollback.
+fn watch_gates(app: &Arc<App>, id: DeliveryId) {
+    let config = &app.config().delivery;
+    if !config.watch_gates || config.watch.is_zero() {
+        return;
+    }
+    let app = app.clone();
+    tokio::spawn(async move {
+        match app.engine.watch_gates(id).await {
+            Ok(Some(why)) => {
+                tracing::warn!(delivery = id.0, "a gate failed during the watch: {why}");
+                if app.jobs.send(Job::GateRollback { id, why }).is_ok() {
+                    app.wake.notify_one();
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(delivery = id.0, "cannot watch the gates: {e:#}"),
+        }
+    });
+}
+
+/// Forgets webhook delivery ids and alerts after a week (GitHub redelivers for a few days at
+/// most; Alertmanager repeats a firing alert every `repeat_interval`, hours by default).
 pub async fn prune_loop(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     const KEEP: i64 = 7 * 24 * 3600 * 1000;
     loop {
         if let Err(e) = app.engine.store.prune_webhooks(now_ms() - KEEP).await {
             tracing::warn!("cannot prune webhook ids: {e:#}");
+        }
+        if let Err(e) = app.engine.store.prune_alerts(now_ms() - KEEP).await {
+            tracing::warn!("cannot prune alerts: {e:#}");
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

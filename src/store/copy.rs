@@ -16,6 +16,8 @@ pub struct Copied {
     /// The webhook events acted on (comment, review and pull request ids).
     pub events: usize,
     pub tracker_seen: usize,
+    /// The alerts Alertmanager reported.
+    pub alerts: usize,
 }
 
 type RepoRecord = (
@@ -30,6 +32,7 @@ type RepoRecord = (
     bool,
     bool,
 );
+type AlertRecord = (String, String, i64, String, Option<i64>, String);
 type JournalRecord = (i64, i64, i64, String, String, String, String);
 type StepRecord = (
     i64,
@@ -54,6 +57,7 @@ struct Everything {
     webhooks: Vec<(String, i64)>,
     events: Vec<(String, i64)>,
     tracker_seen: Vec<(String, String, i64)>,
+    alerts: Vec<AlertRecord>,
 }
 
 impl Store {
@@ -78,7 +82,7 @@ impl Store {
         let used: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM deliveries) + (SELECT COUNT(*) FROM journal) \
              + (SELECT COUNT(*) FROM webhook_deliveries) + (SELECT COUNT(*) FROM webhook_events) \
-             + (SELECT COUNT(*) FROM tracker_seen)",
+             + (SELECT COUNT(*) FROM tracker_seen) + (SELECT COUNT(*) FROM alerts)",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -192,6 +196,20 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        for a in &all.alerts {
+            sqlx::query(
+                "INSERT INTO alerts (fingerprint, starts_at, received_at, name, delivery_id, \
+                 outcome) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&a.0)
+            .bind(&a.1)
+            .bind(a.2)
+            .bind(&a.3)
+            .bind(a.4)
+            .bind(&a.5)
+            .execute(&mut *tx)
+            .await?;
+        }
         // The identity columns were given their values: their sequences go on after them.
         for table in ["deliveries", "journal", "steps"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -210,6 +228,7 @@ impl Store {
             webhooks: all.webhooks.len(),
             events: all.events.len(),
             tracker_seen: all.tracker_seen.len(),
+            alerts: all.alerts.len(),
         })
     }
 
@@ -254,6 +273,12 @@ impl Store {
                 .await?,
                 tracker_seen: sqlx::query_as(
                     "SELECT task, status, seen_at FROM tracker_seen ORDER BY task",
+                )
+                .fetch_all(&mut *conn)
+                .await?,
+                alerts: sqlx::query_as(
+                    "SELECT fingerprint, starts_at, received_at, name, delivery_id, outcome \
+                     FROM alerts ORDER BY received_at",
                 )
                 .fetch_all(&mut *conn)
                 .await?,
@@ -314,6 +339,9 @@ mod tests {
         s.remember_webhook("d-1").await.unwrap();
         s.remember_event("issue_comment:7:created").await.unwrap();
         s.set_tracker_seen("T-9", "For Delivery").await.unwrap();
+        s.remember_alert("fp1", "2026-11-30T08:50:01Z", "HighErrorRate")
+            .await
+            .unwrap();
 
         let copied = s.copy_to(&target.store).await.unwrap();
         assert_eq!(
@@ -325,7 +353,8 @@ mod tests {
                 steps: 1,
                 webhooks: 1,
                 events: 1,
-                tracker_seen: 1
+                tracker_seen: 1,
+                alerts: 1
             }
         );
         let t = &target.store;
@@ -356,6 +385,12 @@ mod tests {
             "so is a replayed event"
         );
         assert_eq!(t.tracker_seen().await.unwrap().len(), 1);
+        assert!(
+            !t.remember_alert("fp1", "2026-11-30T08:50:01Z", "HighErrorRate")
+                .await
+                .unwrap(),
+            "a repeated alert is still one"
+        );
         // New ids go on after the copied ones.
         let new = NewDelivery {
             task: "T-4".into(),

@@ -145,6 +145,17 @@ impl Store {
         Ok(row)
     }
 
+    /// Deliveries that landed at or after `since_ms`, newest first: those still watched.
+    pub async fn delivered_since(&self, since_ms: i64) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
+            "WHERE state = 'delivered' AND finished_at >= $1 ORDER BY finished_at DESC, id DESC"
+        ))
+        .bind(since_ms)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+
     /// Counts of deliveries by source (for the benchmark and metrics).
     pub async fn count_by_source(&self) -> anyhow::Result<Vec<(String, i64)>> {
         let rows = on_pool!(self, |pool| sqlx::query_as(

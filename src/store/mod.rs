@@ -16,6 +16,7 @@
 //! - `repos`: a delivery's repositories and how far each got.
 //! - `steps`: the step processes run for a delivery.
 //! - `webhooks`: the ids of GitHub webhook deliveries, to refuse replays.
+//! - `alerts`: the alerts Alertmanager reported, to act once on each; rollbacks by trigger.
 //! - `tracker_seen`: what the tracker poller has seen.
 //! - `copy`: `lockstep store copy`, a whole store into an empty PostgreSQL one.
 //! - `lease`: who works the queue: the lease and its fencing epoch.
@@ -93,6 +94,7 @@ macro_rules! write_tx {
     }};
 }
 
+mod alerts;
 mod copy;
 mod deliveries;
 mod journal;

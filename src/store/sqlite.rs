@@ -319,7 +319,8 @@ DROP TABLE hook_decisions;
                 (4, false),
                 (5, true),
                 (6, true),
-                (7, true)
+                (7, true),
+                (8, true)
             ]
         );
         let delivered = s.delivery(DeliveryId(1)).await.unwrap().unwrap();
@@ -399,7 +400,8 @@ DROP TABLE hook_decisions;
                 (4, false),
                 (5, true),
                 (6, true),
-                (7, true)
+                (7, true),
+                (8, true)
             ]
         );
         assert_eq!(
@@ -427,7 +429,8 @@ DROP TABLE hook_decisions;
                 (4, true),
                 (5, true),
                 (6, true),
-                (7, true)
+                (7, true),
+                (8, true)
             ]
         );
         let fresh = tempfile::tempdir().unwrap();
@@ -445,7 +448,8 @@ DROP TABLE hook_decisions;
                 (4, true),
                 (5, true),
                 (6, true),
-                (7, true)
+                (7, true),
+                (8, true)
             ]
         );
     }

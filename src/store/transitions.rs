@@ -141,6 +141,20 @@ impl Store {
         Ok(())
     }
 
+    /// Notes on a finished delivery what became of it since (a landed delivery rolled back):
+    /// the queue page and `lockstep show` give it as the delivery's `error`.
+    pub async fn note_after(&self, id: DeliveryId, note: &str) -> anyhow::Result<()> {
+        write_tx!(self, fenced, |tx| sqlx::query(
+            "UPDATE deliveries SET error = $2 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
     /// Puts a running delivery back in the queue, keeping its place (after a crash);
     /// `resume` is the phase to resume at (none to start over).
     pub async fn requeue(

@@ -15,6 +15,8 @@ pub const TOKEN_VAR: &str = "LOCKSTEP_TEST_GITHUB_TOKEN";
 pub const TOKEN: &str = "test-github-token";
 pub const TRACKER_VAR: &str = "LOCKSTEP_TEST_TRACKER_SECRET";
 pub const TRACKER_SECRET: &str = "test-tracker-secret";
+pub const ALERTMANAGER_VAR: &str = "LOCKSTEP_TEST_ALERTMANAGER_TOKEN";
+pub const ALERTMANAGER_TOKEN: &str = "test-alertmanager-token";
 
 /// Ties each repository to `acme/<name>` on GitHub, sets the tracker's poll interval and
 /// appends `extra` (e.g. `[server]` and `[github]` sections).
@@ -198,6 +200,7 @@ impl ServeProc {
             .env(SECRET_VAR, super::webhooks::SECRET)
             .env(TOKEN_VAR, TOKEN)
             .env(TRACKER_VAR, TRACKER_SECRET)
+            .env(ALERTMANAGER_VAR, ALERTMANAGER_TOKEN)
             .envs(vars.iter().copied())
             .envs(store)
             .stdin(Stdio::null())
