@@ -17,6 +17,7 @@ use crate::git::{self, Git};
 use crate::hook;
 use crate::policy::PolicySet;
 use crate::push::{self, NewCommits, PushContext};
+use crate::text::escape;
 
 /// Exit code for usage, config and internal errors.
 pub const USAGE_OR_CONFIG: i32 = 2;
@@ -166,6 +167,9 @@ pub enum Command {
     Work,
     /// Show the decision log: every push the hooks judged, every delivery and merge decision
     Audit(AuditArgs),
+    /// The store: the queue, the history and the journal
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run the bot: the queue worker, GitHub commands (`/deliver` …), tracker-driven
     /// deliveries, the queue page and metrics, until SIGTERM or ctrl-c
     Serve {
@@ -173,6 +177,18 @@ pub enum Command {
         /// address is printed on stdout)
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Copy the store (queue, history, journal, step records, replay ids) into an empty
+    /// PostgreSQL database, keeping ids: the way from the embedded SQLite to replicas
+    Copy {
+        /// The environment variable holding the target's postgres:// URL (the URL itself
+        /// never goes on a command line)
+        #[arg(long, value_name = "VAR")]
+        to_env: String,
     },
 }
 
@@ -214,7 +230,8 @@ pub struct InstallArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Load and compile every policy; report every error (exit 0 valid, 1 not)
+    /// Load and compile every policy, and run every `[[gate]]` query once against Prometheus;
+    /// report every error (exit 0 valid, 1 not)
     Check,
     /// Dry-run a push and explain every rule (exit 0 would be accepted, 1 rejected)
     Test(PolicyTestArgs),
@@ -345,6 +362,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Recover => commands::recover(&config_path(config)),
         Command::Work => commands::work(&config_path(config)),
+        Command::Store(StoreCommand::Copy { to_env }) => {
+            commands::store_copy(&config_path(config), &to_env)
+        }
         Command::Serve { listen } => {
             crate::server::run_cli(&config_path(config), listen.as_deref())
         }
@@ -392,7 +412,7 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
                 "ok: {} rules in {folders} folder(s)",
                 set.rules.len()
             ))?;
-            Ok(0)
+            gate_check(&config)
         }
         Err(errors) => {
             for e in &errors.0 {
@@ -402,6 +422,52 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
             Ok(1)
         }
     }
+}
+
+/// Asks Prometheus to run every gate's query once, so a typo in PromQL shows now and not in
+/// the verify phase of the first delivery that needs it.
+fn gate_check(config: &Config) -> anyhow::Result<i32> {
+    let Some(prometheus) = &config.prometheus else {
+        return Ok(0);
+    };
+    if config.gates.is_empty() {
+        return Ok(0);
+    }
+    let client = crate::monitor::Prometheus::from_config(prometheus)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut bad = 0;
+    for gate in &config.gates {
+        match rt.block_on(client.query(&gate.query)) {
+            Ok(samples) => commands::say_line(&format!(
+                "gate `{}`: Prometheus runs its query ({} series now)",
+                gate.name,
+                samples.len()
+            ))?,
+            Err(e) => {
+                // Prometheus's error body is its own text, not ours: escaped like step output.
+                eprintln!(
+                    "lockstep: gate `{}`: {}",
+                    escape(&gate.name),
+                    escape(&e.to_string())
+                );
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!(
+            "lockstep: {bad} gate(s) cannot be checked; fix them before a delivery needs them"
+        );
+        return Ok(1);
+    }
+    commands::say_line(&format!(
+        "ok: {} gate(s) against `{}`",
+        config.gates.len(),
+        client.url()
+    ))?;
+    Ok(0)
 }
 
 fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {

@@ -90,8 +90,8 @@ pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow
                 "follow it with `lockstep show {id}`; it runs when a worker is free \
                  (`lockstep work`, `lockstep serve`)"
             );
-            if let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? {
-                drop(lock);
+            if let Some(lease) = worker::try_lead(&engine).await? {
+                lease.release().await;
                 worker::spawn_detached(&engine.config)?;
             }
             return Ok(DELIVERED);
@@ -115,10 +115,10 @@ async fn follow(engine: &Engine, id: DeliveryId) -> anyhow::Result<State> {
         {
             return Ok(d.state);
         }
-        if let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? {
+        if let Some(lease) = worker::try_lead(engine).await? {
             worker::recover(engine).await?;
-            worker::work(engine, |done, _| done == id).await?;
-            drop(lock);
+            worker::work(engine, &lease, |done, _| done == id).await?;
+            lease.release().await;
             if !engine.store.queued().await?.is_empty() {
                 // Nobody else may be around to run the rest.
                 worker::spawn_detached(&engine.config)?;
@@ -162,13 +162,13 @@ pub fn work(at: &Located) -> anyhow::Result<i32> {
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         loop {
-            let Some(lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+            let Some(lease) = worker::try_lead(&engine).await? else {
                 say!("another worker holds the queue; nothing to do");
                 return Ok(0);
             };
             worker::recover(&engine).await?;
-            worker::work(&engine, |_, _| false).await?;
-            drop(lock);
+            worker::work(&engine, &lease, |_, _| false).await?;
+            lease.release().await;
             // A delivery queued after the queue was found empty, but before the lock was let
             // go, has a worker started for it that found the lock taken: look once more.
             if engine.store.queued().await?.is_empty() {
@@ -183,22 +183,46 @@ pub fn recover(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+        let Some(lease) = worker::lead_by_hand(&engine).await? else {
             anyhow::bail!(
                 "a worker is running; it recovers by itself (stop it first to recover by hand)"
             );
         };
-        let said = worker::recover(&engine).await?;
-        if said.is_empty() {
+        let said = worker::recover(&engine).await;
+        lease.release().await;
+        if said?.is_empty() {
             say!("nothing to recover");
         }
         Ok(0)
     })
 }
 
+/// `lockstep store copy --to-env VAR`.
+pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<i32> {
+    runtime()?.block_on(async move {
+        let (_, source) = store_of(at).await?;
+        let target = Store::open_postgres_env(var).await?;
+        let c = source.copy_to(&target).await?;
+        say!(
+            "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids, \
+             {} webhook events, {} tracker statuses and {} alerts into the store in `{var}`",
+            c.deliveries,
+            c.repos,
+            c.journal,
+            c.steps,
+            c.webhooks,
+            c.events,
+            c.tracker_seen,
+            c.alerts
+        );
+        say!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
+        Ok(0)
+    })
+}
+
 async fn store_of(at: &Located) -> anyhow::Result<(Config, Store)> {
     let config = load(at)?;
-    let store = Store::open(&config.state_dir()).await?;
+    let store = Store::for_config(&config).await?;
     Ok((config, store))
 }
 
@@ -397,16 +421,22 @@ pub fn logs(
                 s.outcome,
                 s.exit_code.map_or("-".into(), |c| c.to_string())
             );
+            // The file when the step ran on this host, else the copy another replica kept in
+            // the store.
+            let mut out = std::io::stdout().lock();
             match std::fs::File::open(&s.log_path) {
-                Ok(file) => {
-                    let mut out = std::io::stdout().lock();
-                    if raw {
-                        std::io::copy(&mut std::io::BufReader::new(file), &mut out)?;
-                    } else {
-                        crate::text::copy_escaped(file, &mut out)?;
-                    }
+                Ok(file) if raw => {
+                    std::io::copy(&mut std::io::BufReader::new(file), &mut out)?;
                 }
-                Err(e) => say!("(log unreadable: {e})"),
+                Ok(file) => crate::text::copy_escaped(file, &mut out)?,
+                Err(e) => match store.step_log(s.id).await? {
+                    Some(text) if raw => std::io::Write::write_all(&mut out, text.as_bytes())?,
+                    Some(text) => crate::text::copy_escaped(text.as_bytes(), &mut out)?,
+                    None => {
+                        drop(out);
+                        say!("(log unreadable: {e})");
+                    }
+                },
             }
         }
         Ok(0)
@@ -480,28 +510,35 @@ pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i3
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(_lock) = worker::WorkerLock::try_acquire(&engine.config.state_dir())? else {
+        let Some(lease) = worker::lead_by_hand(&engine).await? else {
             anyhow::bail!("a worker is running a delivery; try again when it is done");
         };
-        let d = engine
-            .store
-            .delivery(id)
-            .await?
-            .with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
-        if !d.state.is_final() {
-            anyhow::bail!(
-                "#{id} is {}; cancel it with `lockstep cancel {id}`",
-                d.state.as_str()
-            );
-        }
-        if let Err(e) = engine.rollback_finished(&d, revert).await {
-            eprintln!(
-                "lockstep: #{id} {}: {}",
-                escape(&d.task),
-                escape(&format!("{e:#}"))
-            );
-            return Ok(FAILED);
-        }
-        Ok(0)
+        let outcome = rollback_led(&engine, id, revert).await;
+        lease.release().await;
+        outcome
     })
+}
+
+/// The rollback of a finished delivery, by the worker holding the lease.
+async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::Result<i32> {
+    let d = engine
+        .store
+        .delivery(id)
+        .await?
+        .with_context(|| format!("no delivery #{id}; see `lockstep queue`"))?;
+    if !d.state.is_final() {
+        anyhow::bail!(
+            "#{id} is {}; cancel it with `lockstep cancel {id}`",
+            d.state.as_str()
+        );
+    }
+    if let Err(e) = engine.rollback_finished(&d, revert).await {
+        eprintln!(
+            "lockstep: #{id} {}: {}",
+            escape(&d.task),
+            escape(&format!("{e:#}"))
+        );
+        return Ok(FAILED);
+    }
+    Ok(0)
 }

@@ -489,9 +489,10 @@ fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
                 delivery::refusal_lines(&d).join("; ")
             ),
         };
-        let _lock = worker::WorkerLock::try_acquire(&engine.config.state_dir())?
+        let lease = worker::try_lead(&engine)
+            .await?
             .context("the demo's queue is busy")?;
-        worker::work(&engine, |done, _| done == id).await?;
+        worker::work(&engine, &lease, |done, _| done == id).await?;
         let d = engine
             .store
             .delivery(id)

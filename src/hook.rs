@@ -400,7 +400,7 @@ fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow
             ..Default::default()
         };
         let requested = async {
-            let store = Store::open(&config.state_dir()).await?;
+            let store = Store::for_config(config).await?;
             delivery::request(config, &policies, tracker.as_ref(), None, &store, &req).await
         }
         .await;

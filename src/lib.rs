@@ -24,8 +24,9 @@
 //! - `install`: `install-hooks`, the shims of `hooks/`.
 //! - `git`: the one place that runs `git`.
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
+//! - `monitor`: Prometheus gates and Alertmanager alerts, the triggers of rollbacks.
 //! - `delivery`: the delivery line, its steps, and the worker that runs the queue.
-//! - `store`: the durable queue and journal (SQLite).
+//! - `store`: the durable queue and journal (SQLite, or PostgreSQL shared by replicas).
 //! - `verdict_counts`: the hooks' verdict counts, for the metrics.
 //! - `server`: `lockstep serve`, the bot in person: webhooks, the queue page, metrics.
 //! - `github`: the GitHub API client and GitHub's rules (signatures, approvals).
@@ -43,6 +44,7 @@ mod git;
 mod github;
 mod hook;
 mod install;
+mod monitor;
 mod policy;
 mod push;
 mod runtime;

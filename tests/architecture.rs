@@ -9,7 +9,7 @@ const EDGES: [&str; 7] = [
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 12] = [
+const CORE: [&str; 13] = [
     "domain",
     "config",
     "policy",
@@ -22,6 +22,7 @@ const CORE: [&str; 12] = [
     "git",
     "github",
     "tracker",
+    "monitor",
 ];
 
 fn rust_files(at: &Path, out: &mut Vec<PathBuf>) {

@@ -51,12 +51,13 @@ fn the_image_serves_healthz_as_a_non_root_user() {
     // As a user starts it: its own config, the default command, a published port.
     let c = Container::start(&["-p", "127.0.0.1::8080", image]);
     let url = c.url();
-    wait_for("/healthz in the container", || {
+    // Up first, then the leader once its worker has taken the queue's lease.
+    let health = wait_for("/healthz in the container to say it leads", || {
         http::request(&url, "GET", "/healthz", &[], b"")
             .ok()
-            .filter(|r| r.status == 200)
+            .filter(|r| r.status == 200 && r.body.contains("role: leader"))
     });
-    assert_eq!(http::get(&url, "/healthz").body, "ok\n");
+    assert_eq!(health.body, "ok\nrole: leader\nstore: sqlite\n");
     // The image's HEALTHCHECK (kept by --format docker) passes too.
     podman(&["healthcheck", "run", &c.0]);
 

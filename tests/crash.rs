@@ -79,7 +79,7 @@ fn assert_no_step_survives(env: &Env) {
 }
 
 #[test]
-fn crash_during_test_resumes_and_delivers_once() {
+pub(crate) fn crash_during_test_resumes_and_delivers_once() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1");
     ready(&env, "TASK-3");
@@ -237,7 +237,7 @@ fn crash_during_build_resumes_the_build_on_the_same_rebase() {
 }
 
 #[test]
-fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
+pub(crate) fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
     let env = Env::new(&REPOS);
     ready(&env, "TASK-1");
     ready(&env, "TASK-3");
@@ -282,23 +282,34 @@ fn crash_after_the_first_deploy_rolls_back_and_keeps_the_queue() {
 }
 
 /// Replaces `post-receive` of a bare repository with one that kills the worker (its pid is in
-/// the worker lock) the first time `master` is pushed, then does what lockstep's hook does.
+/// `worker.pid`, written by [`crash_after_merging_api`]) the first time `master` is pushed,
+/// then does what lockstep's hook does.
 fn kill_worker_after_push_to_master(env: &Env, repo: &str) {
     let hook = env.bare(repo).join("hooks").join("post-receive");
     let marker = env.dir.path().join(format!("killed-in-{repo}"));
     let quote = |p: &std::path::Path| format!("'{}'", p.display());
+    let exports: String = env
+        .store_env()
+        .iter()
+        .map(|(k, v)| format!("{k}='{v}'; export {k}\n"))
+        .collect();
     let script = format!(
         "#!/bin/sh\n\
+         {exports}\
          input=$(cat)\n\
          case \"$input\" in *' refs/heads/master'*)\n\
-         \x20 if [ ! -e {marker} ]; then : > {marker}; kill -9 \"$(cat {lock})\"; fi ;;\n\
+         \x20 if [ ! -e {marker} ]; then : > {marker}; kill -9 \"$(cat {pid})\"; fi ;;\n\
          esac\n\
          printf '%s\\n' \"$input\" | exec {bin} hook post-receive\n",
         marker = quote(&marker),
-        lock = quote(&env.worker_lock()),
+        pid = quote(&worker_pid_file(env)),
         bin = quote(&bin()),
     );
     std::fs::write(&hook, script).unwrap();
+}
+
+fn worker_pid_file(env: &Env) -> std::path::PathBuf {
+    env.dir.path().join("worker.pid")
 }
 
 /// Delivers TASK-1 with a worker that is killed right after it pushed api's master; returns
@@ -308,6 +319,8 @@ fn crash_after_merging_api(env: &Env) -> Vec<String> {
     let before = env.masters();
     kill_worker_after_push_to_master(env, "api");
     let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    // Written long before the merge: the build and the tests run first.
+    std::fs::write(worker_pid_file(env), worker.id().to_string()).unwrap();
     let status = worker.wait().unwrap();
     assert_eq!(
         status.signal(),
@@ -319,7 +332,7 @@ fn crash_after_merging_api(env: &Env) -> Vec<String> {
 }
 
 #[test]
-fn crash_between_merge_pushes_completes_every_upstream() {
+pub(crate) fn crash_between_merge_pushes_completes_every_upstream() {
     let env = Env::new(&REPOS);
     let before = crash_after_merging_api(&env);
     // The moment of the crash: api advanced, web and db not yet.

@@ -187,7 +187,7 @@ fn failing_verify_rolls_back_what_was_deployed_in_reverse_order() {
 }
 
 #[test]
-fn a_failed_rollback_is_reported_and_can_be_run_again() {
+pub(crate) fn a_failed_rollback_is_reported_and_can_be_run_again() {
     let env = Env::new(&REPOS);
     ready(
         &env,
@@ -482,7 +482,7 @@ fn deliver_is_refused_unless_the_task_is_for_delivery() {
 }
 
 #[test]
-fn push_with_deliver_option_queues_and_a_background_worker_delivers() {
+pub(crate) fn push_with_deliver_option_queues_and_a_background_worker_delivers() {
     let env = Env::new(&REPOS);
     env.set_status(&[("TASK-1", "In Progress")]);
     env.task_branch("api", "feature/TASK-1-work", "TASK-1.txt", "api\n");
@@ -587,21 +587,20 @@ fn alice_pushes_master(env: &Env, repo: &str) -> lockstep::sandbox::Pushed {
     push(&dir, "alice", &["master"]).unwrap()
 }
 
-#[test]
-fn merge_pushes_go_through_the_hooks_and_a_refusal_puts_every_upstream_back() {
-    let env = Env::new(&REPOS);
-    // A policy that the bot's push to `db` falls foul of: the hooks judge the bot too.
-    env.add_policy(
-        "90-freeze.toml",
-        r#"
+/// A policy that the bot's pushes to `db` fall foul of: the hooks judge the bot too.
+const DB_FROZEN: &str = r#"
 [[rule]]
 name = "db-frozen"
 on = ["push"]
 when = 'repo == "db" && branch == "master"'
 require = 'false'
 message = "`db` is frozen for the release; ask the release lead"
-"#,
-    );
+"#;
+
+#[test]
+fn merge_pushes_go_through_the_hooks_and_a_refusal_puts_every_upstream_back() {
+    let env = Env::new(&REPOS);
+    env.add_policy("90-freeze.toml", DB_FROZEN);
     ready(&env, "TASK-1", &REPOS, &[]);
     let before = env.masters();
 
@@ -1074,4 +1073,34 @@ fn deliver_draws_a_board_on_a_terminal_and_prints_lines_into_a_pipe() {
     }
     assert!(!last.contains("  web "), "{last}");
     assert!(last.contains("#2 TASK-2: delivered"), "{last}");
+}
+
+/// A revert is all or nothing, as a merge is: when one upstream refuses its revert, the
+/// reverts already pushed are put back, and every upstream keeps the delivery.
+#[test]
+fn a_refused_revert_puts_back_the_reverts_already_pushed() {
+    let env = Env::new(&REPOS);
+    ready(&env, "TASK-1", &REPOS, &[]);
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let delivered = env.masters();
+    env.add_policy("90-freeze.toml", DB_FROZEN);
+
+    let o = env.lockstep(&["rollback", "1", "--revert"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "lockstep: #1 TASK-1: cannot push the revert of `TASK-1` to `master` of `db`: "
+        ) && err.contains("[db-frozen] `db` is frozen for the release")
+            && err.contains("; nothing was reverted (put back `web`, `api`)"),
+        "{err}"
+    );
+    assert_eq!(env.masters(), delivered, "a revert was left pushed");
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    assert!(
+        notes.last().unwrap().contains("nothing was reverted"),
+        "{notes:?}"
+    );
 }

@@ -166,10 +166,10 @@ fn the_deployment_is_restricted_probed_and_keeps_secrets_in_the_secret() {
     let github = parsed.github.as_ref().unwrap();
     assert_eq!(github.webhook_secret_env, "LOCKSTEP_WEBHOOK_SECRET");
     assert_eq!(github.token_env.as_deref(), Some("GITHUB_TOKEN"));
-    // The PostgreSQL store's line, waiting for `[store]` to exist.
-    assert!(
-        config.contains("#   [store]\n#   url_env = \"LOCKSTEP_DATABASE_URL\"\n"),
-        "{config}"
+    // The replicas share the PostgreSQL store the Secret's URL names.
+    assert_eq!(
+        parsed.store.url_env.as_deref(),
+        Some("LOCKSTEP_DATABASE_URL")
     );
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(Duration::from_secs(grace) >= parsed.server.shutdown_grace + Duration::from_secs(5));
@@ -320,6 +320,20 @@ fn compose_parses_with_and_without_the_redmine_profile() {
     assert_eq!(
         lockstep["depends_on"]["postgres"]["condition"],
         "service_healthy"
+    );
+    // Its config keeps the queue in that PostgreSQL.
+    let command: Vec<&str> = lockstep["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(command, ["--config", "/etc/lockstep/compose.toml", "serve"]);
+    let mounted = std::fs::read_to_string(root().join("deploy/compose-lockstep.toml")).unwrap();
+    let mounted = lockstep::Config::parse_str(&mounted).unwrap();
+    assert_eq!(
+        mounted.store.url_env.as_deref(),
+        Some("LOCKSTEP_DATABASE_URL")
     );
     // It stops after the image config's grace, not before.
     let image = std::fs::read_to_string(root().join("deploy/lockstep.toml")).unwrap();

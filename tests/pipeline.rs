@@ -112,7 +112,7 @@ fn a_candidate_built_on_a_failing_delivery_is_not_blamed_and_lands() {
     // TASK-2 was discarded when TASK-1 failed, prepared again on web's master, and landed;
     // its failure while built on TASK-1 was never reported.
     let two = env.show(ids[1]);
-    assert_eq!(two["delivery"]["state"], "delivered");
+    assert_eq!(two["delivery"]["state"], "delivered", "{two:#}");
     assert_eq!(two["delivery"]["discards"], 1);
     assert_eq!(two["delivery"]["built_on"], "");
     let journal = two["journal"].as_array().unwrap();

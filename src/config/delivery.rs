@@ -50,6 +50,15 @@ pub struct Delivery {
     /// the like). Default none: secrets of the bot do not reach steps unless named here.
     #[serde(default)]
     pub pass_env: Vec<String>,
+    /// How long a delivery stays watched after it lands: a firing alert about one of its
+    /// repositories (`POST /webhooks/alertmanager`) rolls it back and reverts it. Default
+    /// `0s`: not watched.
+    #[serde(default, with = "duration")]
+    pub watch: Duration,
+    /// Keep sampling the `[[gate]]`s during the watch (`lockstep serve`): a gate that fails
+    /// rolls the delivery back as an alert would. Default false.
+    #[serde(default)]
+    pub watch_gates: bool,
 }
 
 impl Default for Delivery {
@@ -62,6 +71,8 @@ impl Default for Delivery {
             parallel: default_parallel(),
             window: default_window(),
             pass_env: Vec::new(),
+            watch: Duration::ZERO,
+            watch_gates: false,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - `tracker`: `[tasks]` and `[tracker]`.
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
+//! - `store`: `[store]`.
+//! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
@@ -21,14 +23,18 @@ use serde::Deserialize;
 
 mod delivery;
 mod duration;
+mod monitor;
 mod reviews;
 mod server;
+mod store;
 mod tracker;
 
 pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
+pub use monitor::{AlertmanagerConfig, Gate, NoData, PrometheusConfig};
 pub use reviews::{Audit, Reviews};
 pub use server::{GitHubConfig, Server};
+pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 
 /// The whole configuration, as read from `lockstep.toml`.
@@ -71,9 +77,20 @@ pub struct Config {
     /// The decision log's size and rotation.
     #[serde(default)]
     pub audit: Audit,
+    /// Where the queue and the journal live: SQLite in `state_dir`, or a PostgreSQL shared by
+    /// several `lockstep serve` replicas.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
     pub github: Option<GitHubConfig>,
+    /// Where the gates' queries go. Default none (and no gate may be declared).
+    pub prometheus: Option<PrometheusConfig>,
+    /// Metric gates every delivery passes after deploy. Default none.
+    #[serde(default, rename = "gate")]
+    pub gates: Vec<Gate>,
+    /// `POST /webhooks/alertmanager`. Default none, and that endpoint answers 404.
+    pub alertmanager: Option<AlertmanagerConfig>,
     /// The folder this file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -319,6 +336,20 @@ impl Config {
         if let Some(gh) = &self.github {
             gh.check()?;
         }
+        self.store.check()?;
+        if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
+            bail!(
+                "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \
+                 or drop `watch_gates`"
+            );
+        }
+        let names: Vec<&str> = self.repos.iter().map(|r| r.name.as_str()).collect();
+        monitor::check(
+            self.prometheus.as_ref(),
+            &self.gates,
+            self.alertmanager.as_ref(),
+            &names,
+        )?;
         Ok(())
     }
 

@@ -276,17 +276,17 @@ impl Engine {
         Ok(checkouts)
     }
 
-    /// Deploy, verify and merge prepared checkouts: the shared environment changes, then
-    /// every upstream, one repository at a time.
+    /// Deploy, verify (steps and gates) and merge prepared checkouts: the shared environment
+    /// changes, then every upstream, one repository at a time.
     pub(super) async fn release(
         &self,
         d: &DeliveryRow,
         checkouts: &[Checkout],
     ) -> Result<(), Stop> {
-        for phase in [Phase::Deploy, Phase::Verify] {
-            self.enter(d.id, phase).await?;
-            self.serial_phase(d, phase, checkouts).await?;
-        }
+        self.enter(d.id, Phase::Deploy).await?;
+        self.serial_phase(d, Phase::Deploy, checkouts).await?;
+        self.enter(d.id, Phase::Verify).await?;
+        self.verify_phase(d, checkouts).await?;
         self.checkpoint(d.id, Phase::Merge).await?;
         // Checked before the merge phase is recorded: recovery finishes a merge forward, and
         // must never do so for one the policies refused.

@@ -187,7 +187,7 @@ impl Engine {
 
     /// `git push --force-with-lease=<ref>:<expect> origin <new>:<ref>` of a checkout's
     /// upstream: moves the ref only if it still points at `expect`.
-    async fn cas_push(
+    pub(super) async fn cas_push(
         &self,
         c: &Checkout,
         expect: &str,

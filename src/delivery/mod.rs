@@ -8,13 +8,15 @@
 //! - [`line`](mod@line) is the delivery line: `engine` runs a delivery through its phases
 //!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
-//!   killed worker left; `stop` says why a line stops.
+//!   killed worker left; `stop` says why a line stops; `gate` runs the metric gates of
+//!   verify; `watch` rolls back a watched delivery when an alert fires.
 //! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
 //!   tree when it ends.
 
 mod branches;
 pub mod contain;
 mod engine;
+mod gate;
 pub mod line;
 mod merge;
 mod rebase;
@@ -25,9 +27,12 @@ mod slots;
 pub mod steps;
 mod stop;
 pub mod train;
+mod watch;
 pub mod worker;
 
 pub use branches::{BranchFacts, PrFacts, task_branches};
+pub use gate::Trigger;
+pub use rollback::Cause;
 
 use std::sync::Arc;
 

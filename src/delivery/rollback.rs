@@ -1,13 +1,15 @@
 //! Undoing a delivery: the rollback steps of what it deployed (last deployed first), when it
-//! fails and on `lockstep rollback`, and the revert commits `lockstep rollback --revert`
-//! pushes for what it merged.
+//! fails and on `lockstep rollback`, and the revert commits `lockstep rollback --revert` (and
+//! a firing alert about a watched delivery) pushes for what it merged, all or nothing.
 
 use anyhow::Context as _;
 
 use super::engine::{Checkout, Engine};
+use super::gate::{TRIGGERED, Trigger};
+use super::merge::Pushed;
 use super::stop::Stop;
 use crate::config::MergeMode;
-use crate::domain::{DeliveryId, Phase, TaskKey};
+use crate::domain::{DeliveryId, Phase, State, TaskKey};
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
 
@@ -91,9 +93,20 @@ impl Engine {
         )
     }
 
-    /// `lockstep rollback`: runs the rollback steps of a finished delivery, moves its task
-    /// back and, with `revert`, pushes revert commits of what it merged.
+    /// `lockstep rollback` and `/rollback`: [`Engine::roll_back`] on a person's request.
     pub async fn rollback_finished(&self, d: &DeliveryRow, revert: bool) -> anyhow::Result<()> {
+        self.roll_back(d, revert, &Cause::Manual).await.map(|_| ())
+    }
+
+    /// Rolls back a finished delivery: runs its rollback steps (last deployed first), moves
+    /// its task back and, with `revert`, pushes revert commits of what it merged in every
+    /// repository, all or nothing. Returns the note the task got.
+    pub async fn roll_back(
+        &self,
+        d: &DeliveryRow,
+        revert: bool,
+        cause: &Cause,
+    ) -> anyhow::Result<String> {
         // Each repository is rolled back, and reverted, once: `rollback` then `rollback
         // --revert` must not run a rollback step twice (a second one may well go back one
         // version too many).
@@ -119,94 +132,212 @@ impl Engine {
             } else {
                 "already rolled back"
             };
-            self.say(&format!("#{} {}: {what}; nothing to do", d.id, d.task));
-            return Ok(());
+            let line = format!("#{} {}: {what}; nothing to do", d.id, d.task);
+            self.say(&line);
+            return Ok(line);
         }
+        self.store
+            .journal(d.id, "rollback", "", TRIGGERED, cause.trigger().as_str())
+            .await?;
         self.store
             .journal(
                 d.id,
                 "rollback",
                 "",
                 "requested",
-                if revert { "with revert" } else { "" },
+                &match (cause, revert) {
+                    (Cause::Alert { quote, .. }, _) => format!("with revert, on the {quote}"),
+                    (Cause::Gate { why }, _) => format!("with revert, during the watch: {why}"),
+                    (Cause::Manual, true) => "with revert".into(),
+                    (Cause::Manual, false) => String::new(),
+                },
             )
             .await?;
         let failed = self.rollback_deployed(d.id, &d.task).await;
+        let mut note = match cause {
+            Cause::Manual => format!("rolled back by lockstep (#{})", d.id),
+            Cause::Alert { quote, .. } => {
+                format!("rolled back by lockstep (#{}) on the {quote}", d.id)
+            }
+            Cause::Gate { why } => {
+                format!(
+                    "rolled back by lockstep (#{}) during the watch: {why}",
+                    d.id
+                )
+            }
+        };
         let mut reverted = Vec::new();
         if revert {
-            for c in self
-                .checkouts_of(d.id)
-                .await?
+            let checkouts = self.checkouts_of(d.id).await?;
+            let merged: Vec<&Checkout> = checkouts
                 .iter()
                 .filter(|c| c.row.merged && !reverted_before.contains(c.row.repo.as_str()))
-            {
-                self.ensure_checkout(c).await?;
-                let git = self.bot_git(&c.dir);
-                let (up, base, head) = (
-                    c.repo.upstream.clone(),
-                    c.row.base_sha.clone(),
-                    c.row.rebased_sha.clone(),
-                );
-                let merge_commit = self.config.delivery.merge == MergeMode::MergeCommit;
-                let task = d.task.clone();
-                let id = d.id;
-                let pushed = blocking(move || -> anyhow::Result<String> {
-                    git.run(&["fetch", "--quiet", "origin"])?;
-                    let remote = format!("refs/remotes/origin/{up}");
-                    let tip = git.resolve(&remote)?.context("upstream vanished")?;
-                    git.run(&["checkout", "--quiet", "-B", "lockstep-revert", &tip])?;
-                    if merge_commit {
-                        git.run(&["revert", "--no-commit", "-m", "1", &head])?;
-                    } else {
-                        git.run(&["revert", "--no-commit", &format!("{base}..{head}")])?;
-                    }
-                    let msg = format!("Revert the delivery of {task} (lockstep #{id})");
-                    git.run(&["commit", "--quiet", "-m", &msg])?;
-                    let lease = format!("--force-with-lease=refs/heads/{up}:{tip}");
-                    git.run(&[
-                        "push",
-                        "--quiet",
-                        &lease,
-                        "origin",
-                        &format!("HEAD:refs/heads/{up}"),
-                    ])?;
-                    git.resolve("HEAD").map(|h| h.unwrap_or_default())
-                })
-                .await;
-                match pushed {
-                    Ok(sha) => {
-                        self.store
-                            .journal(d.id, "rollback", &c.row.repo, "reverted", &sha)
-                            .await?;
-                        reverted.push(format!("{} {}", c.row.repo, crate::git::short(&sha)));
-                    }
-                    Err(e) => {
-                        self.store
-                            .journal(
-                                d.id,
-                                "rollback",
-                                &c.row.repo,
-                                "revert failed",
-                                &format!("{e:#}"),
-                            )
-                            .await?;
-                        anyhow::bail!("cannot revert `{}` in `{}`: {e:#}", d.task, c.row.repo);
-                    }
+                .collect();
+            match self.revert_all(d, &merged).await {
+                Ok(r) => reverted = r,
+                Err(e) => {
+                    // The rollback steps ran: the task goes back, saying what is still merged.
+                    note.push_str(&format!("; {e:#}"));
+                    self.say(&format!("#{} {}: {note}", d.id, d.task));
+                    self.move_task(d, &self.config.tasks.returned, &note).await;
+                    return Err(e);
                 }
             }
         }
-        let mut note = format!("rolled back by lockstep (#{})", d.id);
         if !reverted.is_empty() {
             note.push_str(&format!("; reverted: {}", reverted.join(", ")));
+            if let Cause::Alert {
+                fired_ms: Some(fired),
+                ..
+            } = cause
+            {
+                let took = (crate::store::now_ms() - fired).max(0);
+                note.push_str(&format!(
+                    "; every upstream reverted {} after the alert fired",
+                    crate::config::humanize(std::time::Duration::from_millis(took as u64))
+                ));
+            }
         }
         if !failed.is_empty() {
             note.push_str(&format!("; {}", Self::rollback_failure(d.id, &failed)));
         }
         self.say(&format!("#{} {}: {note}", d.id, d.task));
+        if d.state == State::Delivered {
+            self.store.note_after(d.id, &note).await?;
+        }
         self.move_task(d, &self.config.tasks.returned, &note).await;
         if !failed.is_empty() {
             anyhow::bail!("{}", Self::rollback_failure(d.id, &failed));
         }
-        Ok(())
+        Ok(note)
+    }
+
+    /// Pushes a revert of the delivery in every checkout, all or nothing: each revert commit
+    /// is made first, then each upstream moves by compare-and-swap; when one push fails, the
+    /// upstreams already moved are put back. Returns `repo sha` of each revert.
+    async fn revert_all(
+        &self,
+        d: &DeliveryRow,
+        merged: &[&Checkout],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut made = Vec::new();
+        for c in merged {
+            self.ensure_checkout(c).await?;
+            let git = self.bot_git(&c.dir);
+            let (up, base, head) = (
+                c.repo.upstream.clone(),
+                c.row.base_sha.clone(),
+                c.row.rebased_sha.clone(),
+            );
+            let merge_commit = self.config.delivery.merge == MergeMode::MergeCommit;
+            let msg = format!("Revert the delivery of {} (lockstep #{})", d.task, d.id);
+            let commit = blocking(move || -> anyhow::Result<(String, String)> {
+                git.run(&["fetch", "--quiet", "origin"])?;
+                let remote = format!("refs/remotes/origin/{up}");
+                let tip = git.resolve(&remote)?.context("upstream vanished")?;
+                git.run(&["checkout", "--quiet", "-B", "lockstep-revert", &tip])?;
+                if merge_commit {
+                    git.run(&["revert", "--no-commit", "-m", "1", &head])?;
+                } else {
+                    git.run(&["revert", "--no-commit", &format!("{base}..{head}")])?;
+                }
+                git.run(&["commit", "--quiet", "-m", &msg])?;
+                Ok((tip, git.resolve("HEAD")?.unwrap_or_default()))
+            })
+            .await;
+            match commit {
+                Ok((tip, sha)) => made.push((*c, tip, sha)),
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    self.store
+                        .journal(d.id, "rollback", &c.row.repo, "revert failed", &why)
+                        .await?;
+                    anyhow::bail!(
+                        "cannot revert `{}` in `{}`: {why}; nothing was reverted",
+                        d.task,
+                        c.row.repo
+                    );
+                }
+            }
+        }
+        let mut pushed: Vec<&(&Checkout, String, String)> = Vec::new();
+        for m in &made {
+            let (c, tip, sha) = m;
+            if let Pushed::Refused(why) = self.cas_push(c, tip, sha, false).await? {
+                self.store
+                    .journal(d.id, "rollback", &c.row.repo, "revert failed", &why)
+                    .await?;
+                let failing = c.row.repo.clone();
+                let mut put_back = Vec::new();
+                for (c, tip, sha) in pushed.iter().rev() {
+                    match self.cas_push(c, sha, tip, true).await? {
+                        Pushed::Moved => {
+                            self.store
+                                .journal(d.id, "rollback", &c.row.repo, "revert undone", tip)
+                                .await?;
+                            put_back.push(format!("`{}`", c.row.repo));
+                        }
+                        Pushed::Refused(e) => anyhow::bail!(
+                            "cannot revert `{}` in `{failing}` ({why}), and the revert already \
+                             pushed to `{}` of `{}` could not be put back ({e}); reset it to \
+                             {tip} by hand",
+                            d.task,
+                            c.repo.upstream,
+                            c.row.repo
+                        ),
+                    }
+                }
+                let undone = if put_back.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (put back {})", put_back.join(", "))
+                };
+                anyhow::bail!(
+                    "cannot push the revert of `{}` to `{}` of `{}`: {why}; nothing was \
+                     reverted{undone}",
+                    d.task,
+                    c.repo.upstream,
+                    c.row.repo
+                );
+            }
+            pushed.push(m);
+        }
+        let mut reverted = Vec::new();
+        for (c, _, sha) in &made {
+            self.store
+                .journal(d.id, "rollback", &c.row.repo, "reverted", sha)
+                .await?;
+            reverted.push(format!("{} {}", c.row.repo, crate::git::short(sha)));
+        }
+        Ok(reverted)
+    }
+}
+
+/// Why a finished delivery is rolled back.
+#[derive(Debug, Clone)]
+pub enum Cause {
+    /// `lockstep rollback` or `/rollback`.
+    Manual,
+    /// A firing alert about one of its repositories, while it was watched.
+    Alert {
+        /// The alert, quoted and escaped ([`crate::monitor::alert::Alert::quote`]).
+        quote: String,
+        /// When it started firing (ms since the epoch), for the time to revert.
+        fired_ms: Option<i64>,
+    },
+    /// A gate sampled during the watch (`[delivery] watch_gates`) failed.
+    Gate {
+        /// The gate's failure, naming the gate, the query, the value and the bound.
+        why: String,
+    },
+}
+
+impl Cause {
+    pub fn trigger(&self) -> Trigger {
+        match self {
+            Cause::Manual => Trigger::Manual,
+            Cause::Alert { .. } => Trigger::Alert,
+            Cause::Gate { .. } => Trigger::Gate,
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! (the first failure stops the others), deploy and verify one repository at a time; each
 //! step journaled, logged and shown to whoever watches, with the `LOCKSTEP_*` variables.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -13,7 +14,7 @@ use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
 use crate::config::StepCommand;
 use crate::domain::{Phase, StepState};
-use crate::store::{DeliveryRow, RepoFlag};
+use crate::store::{Backend, DeliveryRow, RepoFlag};
 
 /// At most this much of a failing step's last line goes into the one-line reason.
 const WHY_BYTES: usize = 200;
@@ -152,6 +153,7 @@ impl Engine {
                 if let Some(pid) = running.pid() {
                     self.store.step_pid(step_id, pid).await?;
                 }
+                let _mirror = self.mirror_log(step_id, &log);
                 match stop {
                     Some(mut stop) => running.wait_or_stop(&mut stop).await?,
                     None => running.wait().await?,
@@ -159,6 +161,9 @@ impl Engine {
             }
             Err(outcome) => outcome,
         };
+        if self.store.backend() == Backend::Postgres {
+            self.copy_log(step_id, &log).await?;
+        }
         self.store
             .step_finished(step_id, outcome.exit_code(), outcome.state())
             .await?;
@@ -191,6 +196,33 @@ impl Engine {
         let mut failure = Failure::new(phase, Some(&c.row.repo), why);
         failure.log_tail = tail;
         Err(failure.into())
+    }
+
+    /// On PostgreSQL, where other replicas show this step too, copies the end of its log into
+    /// the store every second while it runs (stopped when the value is dropped). SQLite's
+    /// readers are on this host and read the file.
+    fn mirror_log(&self, step_id: i64, log: &Path) -> Option<AbortOnDrop> {
+        if self.store.backend() != Backend::Postgres {
+            return None;
+        }
+        let (engine, log) = (self.clone(), log.to_path_buf());
+        Some(AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if let Err(e) = engine.copy_log(step_id, &log).await {
+                    tracing::warn!("cannot copy the log of step {step_id} to the store: {e:#}");
+                }
+            }
+        })))
+    }
+
+    /// Copies the end of a step's log (its last 256 KiB) into the store.
+    async fn copy_log(&self, step_id: i64, log: &Path) -> anyhow::Result<()> {
+        let path = log.to_path_buf();
+        let text = tokio::task::spawn_blocking(move || steps::last_of_log(&path))
+            .await?
+            .unwrap_or_default();
+        self.store.set_step_log(step_id, &text).await
     }
 
     /// The variables a step gets from lockstep: the untrusted values (task key, branch name)

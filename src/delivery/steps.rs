@@ -274,6 +274,25 @@ pub async fn kill_leftover(pgid: i32, marker: &str, grace: Duration) -> bool {
     true
 }
 
+/// The most of a log's end shown or copied: 256 KiB.
+const LOG_SHOWN: u64 = 256 * 1024;
+
+/// The last 256 KiB of a log, as text, saying how much was left out before; `None` when
+/// there is no such file (here: the step ran on another replica). Blocking.
+pub fn last_of_log(path: &Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut prefix = String::new();
+    if len > LOG_SHOWN {
+        let _ = f.seek(SeekFrom::Start(len - LOG_SHOWN));
+        prefix = format!("(… the first {} bytes are left out)\n", len - LOG_SHOWN);
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(LOG_SHOWN).read_to_end(&mut buf);
+    Some(prefix + &String::from_utf8_lossy(&buf))
+}
+
 /// The end of a log, for reports, notes and comments ([`crate::text::Tail`]): the log is
 /// read a block at a time, never held whole, however much a step printed.
 pub fn tail(log: &Path) -> String {

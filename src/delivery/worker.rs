@@ -1,58 +1,65 @@
-//! The worker: one per ecosystem, holding a lock file in `state_dir`.
+//! The worker: one per ecosystem at a time, holding the queue's lease.
 //!
-//! Whoever holds the lock (a `lockstep deliver`, a detached `lockstep work`, `lockstep serve`)
-//! first recovers what a killed worker left behind, then runs queued deliveries one at a time.
-//! The lock is an OS file lock, so it is released the moment its holder dies, even by SIGKILL.
+//! Whoever holds the lease (a `lockstep deliver`, a detached `lockstep work`, one replica of
+//! `lockstep serve`) first recovers what a killed worker left behind, then runs queued
+//! deliveries one at a time. On SQLite the lease is an OS file lock in `state_dir`, released
+//! the moment its holder dies, even by SIGKILL; on PostgreSQL a lease row another replica
+//! takes over once it expires (see the store's `lease`).
 
-use std::fs::File;
-use std::io::Write as _;
-use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
 use crate::domain::{DeliveryId, State};
-use crate::store::Store;
+use crate::store::{Lease, Store};
 
 pub use super::recover::recover;
 
-/// The ecosystem's worker lock, held while this value lives.
-pub struct WorkerLock {
-    _file: File,
+/// Takes the queue's lease if no other worker holds it. While it is held, the engine's store
+/// writes under its fence.
+pub async fn try_lead(engine: &Engine) -> anyhow::Result<Option<Lease>> {
+    Lease::try_acquire(
+        &engine.store,
+        &engine.config.state_dir(),
+        engine.config.store.lease,
+    )
+    .await
 }
 
-impl WorkerLock {
-    /// Takes the lock if no other worker holds it; records this process's id in it.
-    pub fn try_acquire(state_dir: &Path) -> anyhow::Result<Option<WorkerLock>> {
-        std::fs::create_dir_all(state_dir)?;
-        let path = state_dir.join("worker.lock");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open `{}`", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {
-                file.set_len(0)?;
-                writeln!(file, "{}", std::process::id())?;
-                Ok(Some(WorkerLock { _file: file }))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("cannot lock `{}`", path.display()))
-            }
+/// Takes the queue's lease for a command a person runs by hand (`recover`, `rollback`). On
+/// PostgreSQL a worker that died keeps its lease until it expires, so the lease is asked for
+/// again until one lease period has passed: a live worker renews it meanwhile and keeps it; a
+/// dead one's lapses. SQLite's lock goes with its process: asked once.
+pub async fn lead_by_hand(engine: &Engine) -> anyhow::Result<Option<Lease>> {
+    if let Some(lease) = try_lead(engine).await? {
+        return Ok(Some(lease));
+    }
+    if engine.store.backend() != crate::store::Backend::Postgres {
+        return Ok(None);
+    }
+    let lease = engine.config.store.lease;
+    eprintln!(
+        "lockstep: another worker holds the queue's lease; waiting up to {} in case it has \
+         stopped",
+        crate::config::humanize(lease)
+    );
+    let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(lease) = try_lead(engine).await? {
+            return Ok(Some(lease));
         }
     }
+    Ok(None)
 }
 
 /// Builds the engine from a config: store, policies, tracker.
 pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine> {
     let policies = crate::policy::PolicySet::for_config(&config)?;
-    let store = Store::open(&config.state_dir()).await?;
+    let store = Store::for_config(&config).await?;
     let tracker: Arc<dyn crate::tracker::Tracker> = Arc::from(crate::tracker::open(&config)?);
     let slots = super::slots::Slots::new(config.delivery.parallel);
     Ok(Engine {
@@ -66,9 +73,12 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 }
 
 /// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty:
-/// one at a time with `[delivery] window = 1`, as a pipeline otherwise.
+/// one at a time with `[delivery] window = 1`, as a pipeline otherwise. Losing the lease
+/// stops the deliveries in progress at once (their steps are killed) and ends the work with
+/// an error: the worker that took over recovers them.
 pub async fn work(
     engine: &Engine,
+    lease: &Lease,
     mut done: impl FnMut(DeliveryId, State) -> bool + Send,
 ) -> anyhow::Result<()> {
     if engine.config.delivery.window > 1 {
@@ -76,15 +86,31 @@ pub async fn work(
             done: &mut done,
             shutdown: None,
         };
-        return super::train::run(engine, &super::train::Quiet, until).await;
+        return tokio::select! {
+            r = super::train::run(engine, &super::train::Quiet, until) => r,
+            () = lease.lost() => Err(lost_lease()),
+        };
     }
     while let Some(d) = engine.store.claim_next().await? {
-        let state = engine.deliver(&d).await?;
+        let state = tokio::select! {
+            state = engine.deliver(&d) => state?,
+            () = lease.lost() => {
+                return Err(lost_lease().context(format!("#{} {}", d.id, d.task)));
+            }
+        };
         if done(d.id, state) {
             break;
         }
     }
     Ok(())
+}
+
+/// Why the work ended when the lease went to another worker.
+fn lost_lease() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this worker lost the lease of the queue; stopped, and left to the worker that holds \
+         it now"
+    )
 }
 
 /// Starts `lockstep work` in the background, detached from the caller (a hook must not wait

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use crate::store::{JournalRow, Waits};
+use crate::store::{JournalRow, LeaseEvents, Waits};
 
 /// Upper bounds of the phase-duration buckets, in seconds.
 const BUCKETS: &[f64] = &[
@@ -83,8 +83,16 @@ pub struct Metrics {
 pub struct StoreCounts {
     /// Deliveries by state (`queued`, `running`, `delivered`, …).
     pub by_state: Vec<(String, i64)>,
+    /// Rollbacks by trigger (`gate`, `alert`, `manual`).
+    pub rollbacks: Vec<(String, i64)>,
     /// Hook decisions by rule and outcome.
     pub hook_decisions: Vec<(String, String, u64)>,
+    /// The ecosystem (the meta-project's folder name) and whether this replica holds its
+    /// queue's lease.
+    pub ecosystem: String,
+    pub leader: bool,
+    /// The lease's renewals and losses in this process.
+    pub lease: LeaseEvents,
     /// Candidates' preparations discarded, by reason.
     pub discards: Vec<(String, i64)>,
     /// How long deliveries waited in the queue and took to land.
@@ -157,6 +165,41 @@ impl Metrics {
         s.push_str("# HELP lockstep_deliveries_running Deliveries running now.\n");
         s.push_str("# TYPE lockstep_deliveries_running gauge\n");
         let _ = writeln!(s, "lockstep_deliveries_running {}", state("running"));
+
+        s.push_str(
+            "# HELP lockstep_rollbacks_total Rollbacks of deliveries, by what triggered them.\n",
+        );
+        s.push_str("# TYPE lockstep_rollbacks_total counter\n");
+        for trigger in crate::delivery::Trigger::ALL {
+            let n = store
+                .rollbacks
+                .iter()
+                .find(|(t, _)| t == trigger.as_str())
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(
+                s,
+                "lockstep_rollbacks_total{{trigger=\"{}\"}} {n}",
+                trigger.as_str()
+            );
+        }
+        s.push_str(
+            "# HELP lockstep_leader Whether this replica works the ecosystem's queue (holds its lease).\n",
+        );
+        s.push_str("# TYPE lockstep_leader gauge\n");
+        let _ = writeln!(
+            s,
+            "lockstep_leader{{ecosystem=\"{}\"}} {}",
+            label(&store.ecosystem),
+            u8::from(store.leader)
+        );
+        s.push_str(
+            "# HELP lockstep_lease_renewals_total Renewals of the queue's lease by this replica.\n",
+        );
+        s.push_str("# TYPE lockstep_lease_renewals_total counter\n");
+        let _ = writeln!(s, "lockstep_lease_renewals_total {}", store.lease.renewals);
+        s.push_str("# HELP lockstep_lease_losses_total Times this replica lost the queue's lease while it worked the queue.\n");
+        s.push_str("# TYPE lockstep_lease_losses_total counter\n");
+        let _ = writeln!(s, "lockstep_lease_losses_total {}", store.lease.losses);
 
         s.push_str(
             "# HELP lockstep_phase_duration_seconds How long each phase of a delivery took.\n",
@@ -273,7 +316,14 @@ mod tests {
         m.delivery_finished(&[j(0, "build", "phase"), j(2_000, "done", "delivered")]);
         let text = m.render(&StoreCounts {
             by_state: vec![("delivered".into(), 3), ("queued".into(), 2)],
+            rollbacks: vec![("alert".into(), 2)],
             hook_decisions: vec![("branch \"names\"".into(), "deny".into(), 4)],
+            ecosystem: "shop".into(),
+            leader: true,
+            lease: LeaseEvents {
+                renewals: 7,
+                losses: 1,
+            },
             discards: vec![("ahead_changed".into(), 2), ("upstream_moved".into(), 0)],
             waits: Waits {
                 queue_wait: vec![0.3, 12.0],
@@ -284,12 +334,18 @@ mod tests {
             "lockstep_deliveries_total{outcome=\"delivered\"} 3",
             "lockstep_deliveries_total{outcome=\"failed\"} 0",
             "lockstep_queue_depth 2",
+            "lockstep_rollbacks_total{trigger=\"alert\"} 2",
+            "lockstep_rollbacks_total{trigger=\"gate\"} 0",
+            "lockstep_rollbacks_total{trigger=\"manual\"} 0",
             "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"1\"} 0",
             "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"5\"} 1",
             "lockstep_phase_duration_seconds_bucket{phase=\"build\",le=\"+Inf\"} 1",
             "lockstep_phase_duration_seconds_sum{phase=\"build\"} 2",
             "lockstep_webhook_requests_total{source=\"github\",result=\"accepted\"} 2",
             "lockstep_hook_decisions_total{rule=\"branch \\\"names\\\"\",outcome=\"deny\"} 4",
+            "lockstep_leader{ecosystem=\"shop\"} 1",
+            "lockstep_lease_renewals_total 7",
+            "lockstep_lease_losses_total 1",
             "lockstep_candidates_discarded_total{reason=\"ahead_changed\"} 2",
             "lockstep_candidates_discarded_total{reason=\"upstream_moved\"} 0",
             "lockstep_queue_wait_seconds_bucket{le=\"0.5\"} 1",

@@ -8,7 +8,8 @@
 //!
 //! - [`command`] parses the commands of a comment (pure).
 //! - [`bot`] acts on them and words the replies.
-//! - [`webhook`] checks and routes webhook requests.
+//! - [`webhook`] checks and routes webhook requests; `alertmanager` takes Alertmanager's
+//!   notifications and queues the rollbacks of the watched deliveries they name.
 //! - [`report`] tells GitHub how a delivery goes (commit status, final comment).
 //! - [`poller`] turns tracker statuses into deliveries.
 //! - `worker_loop` runs the queue, the jobs the bot hands it, and the pruner.
@@ -27,6 +28,7 @@
 //! every transition so far already journaled) and `recover` finishes or undoes it at the next
 //! start: build and test resume, deploy and verify are rolled back, a merge is reconciled.
 
+mod alertmanager;
 pub mod bot;
 pub mod command;
 #[cfg(test)]
@@ -77,6 +79,22 @@ pub enum Job {
         repo: GitHubRepo,
         number: u64,
     },
+    /// A firing alert names a watched delivery: roll it back and revert it, then report on
+    /// the pull request it came from.
+    AlertRollback {
+        id: DeliveryId,
+        /// The alert, quoted and escaped.
+        quote: String,
+        /// When it started firing (ms since the epoch).
+        fired_ms: Option<i64>,
+    },
+    /// A gate failed during the watch of a landed delivery (`[delivery] watch_gates`): roll
+    /// it back and revert it, then report on its pull request.
+    GateRollback {
+        id: DeliveryId,
+        /// The gate's failure.
+        why: String,
+    },
 }
 
 /// What every handler shares.
@@ -85,6 +103,8 @@ pub struct App {
     pub github: Option<GitHub>,
     pub metrics: metrics::Metrics,
     pub tracker_secret: Option<SecretString>,
+    /// The bearer token of `POST /webhooks/alertmanager` (`[alertmanager] token_env`).
+    pub alertmanager_token: Option<SecretString>,
     /// Wakes the worker when a delivery was queued.
     pub wake: Notify,
     /// Serialises tracker polls (the timer and `/webhooks/tracker`).
@@ -96,6 +116,15 @@ pub struct App {
 impl App {
     pub fn config(&self) -> &Config {
         &self.engine.config
+    }
+
+    /// The ecosystem's name in the metrics: the meta-project's folder.
+    pub fn ecosystem(&self) -> String {
+        self.config()
+            .base_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "lockstep".into())
     }
 
     /// The page of a delivery, for links in comments and statuses.
@@ -126,6 +155,13 @@ pub async fn prepare(
         ),
         None => None,
     };
+    let alertmanager_token = match &config.alertmanager {
+        Some(am) => Some(
+            crate::github::secret_from_env(&am.token_env)
+                .context("the Alertmanager webhook token is missing (`alertmanager.token_env`)")?,
+        ),
+        None => None,
+    };
     let public_url = match &config.server.public_url {
         Some(_) => config.server.public_url(),
         None => format!("http://{}", listener.local_addr()?),
@@ -140,6 +176,7 @@ pub async fn prepare(
         github,
         metrics: metrics::Metrics::default(),
         tracker_secret,
+        alertmanager_token,
         wake: Notify::new(),
         poll_lock: tokio::sync::Mutex::new(()),
         jobs,

@@ -7,6 +7,7 @@
 use super::App;
 use super::markdown::{code, fenced};
 use super::origin::parse_origin;
+use crate::delivery::Cause;
 use crate::delivery::steps;
 use crate::domain::{DeliveryId, State, StepState};
 use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
@@ -87,6 +88,103 @@ pub async fn started(app: &App, d: &DeliveryRow) {
             .await
         }
         Err(e) => tracing::warn!("{e:#}"),
+    }
+}
+
+/// Sets the `lockstep` status on every delivered branch head of a delivery, and on the head
+/// of the pull request it was asked from; returns that pull request, if any.
+async fn statuses(
+    app: &App,
+    gh: &GitHub,
+    d: &DeliveryRow,
+    repos: &[RepoRow],
+    status: StatusState,
+    description: &str,
+) -> Option<(GitHubRepo, u64)> {
+    let url = app.delivery_url(d.id);
+    let origin = parse_origin(&d.origin);
+    let mut origin_covered = false;
+    for r in repos {
+        let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
+            continue;
+        };
+        let Some(gh_repo) = GitHubRepo::parse(&full) else {
+            continue;
+        };
+        if origin.as_ref().is_some_and(|(o, _)| o == &gh_repo) {
+            origin_covered = true;
+        }
+        set_status(gh, &gh_repo, &r.branch_sha, status, description, &url).await;
+    }
+    let (repo, number) = origin?;
+    if !origin_covered {
+        match gh.pull(&repo, number).await {
+            Ok(pull) => set_status(gh, &repo, &pull.head_sha, status, description, &url).await,
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+    Some((repo, number))
+}
+
+/// A watched delivery was rolled back on an alert (or a gate of the watch): the statuses turn
+/// to failure, and the pull request it was asked from gets a comment quoting the alert.
+pub async fn rolled_back_while_watched(
+    app: &App,
+    d: &DeliveryRow,
+    cause: &Cause,
+    result: &anyhow::Result<String>,
+) {
+    let Some(gh) = &app.github else { return };
+    let repos = app.engine.store.repos(d.id).await.unwrap_or_default();
+    let on = match cause {
+        Cause::Gate { .. } => "a gate",
+        _ => "an alert",
+    };
+    let description = match result {
+        Ok(_) => format!("#{} rolled back on {on}", d.id),
+        Err(_) => format!("#{}: the rollback on {on} failed", d.id),
+    };
+    let Some((repo, number)) =
+        statuses(app, gh, d, &repos, StatusState::Failure, &description).await
+    else {
+        return;
+    };
+    let body = alert_comment(&app.delivery_url(d.id), d, cause, result);
+    if let Err(e) = gh.comment(&repo, number, &body).await {
+        tracing::warn!("cannot report the rollback of #{} on an alert: {e:#}", d.id);
+    }
+}
+
+/// The comment on the pull request of a watched delivery rolled back.
+pub fn alert_comment(
+    url: &str,
+    d: &DeliveryRow,
+    cause: &Cause,
+    result: &anyhow::Result<String>,
+) -> String {
+    let what = match cause {
+        Cause::Alert { quote, .. } => format!("{} fired", code(quote)),
+        Cause::Gate { why } => format!("{} during the watch", code(&escape(why))),
+        Cause::Manual => "a rollback was asked for".into(),
+    };
+    let head = format!(
+        "🚨 {what} while {} ([#{}]({url})) was watched after it landed.",
+        code(&d.task),
+        d.id
+    );
+    match result {
+        Ok(note) => format!(
+            "{head}\n\nlockstep rolled it back: the rollback steps ran in reverse order, \
+             every repository of the delivery got a revert commit, and the task went back to \
+             its owner.\n\n> {}",
+            clip(&escape(note), REASON_BYTES).replace('\n', " ")
+        ),
+        Err(e) => format!(
+            "{head}\n\nThe rollback failed: {}\n\nSee the journal on the delivery page, fix \
+             it, then run `lockstep rollback {} --revert`.",
+            code(&clip(&escape(&format!("{e:#}")), REASON_BYTES)),
+            d.id
+        ),
     }
 }
 
@@ -233,29 +331,9 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
         ),
         _ => (StatusState::Failure, format!("#{} failed", d.id)),
     };
-    let origin = parse_origin(&d.origin);
-    let mut origin_covered = false;
-    for r in &repos {
-        let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
-            continue;
-        };
-        let Some(gh_repo) = GitHubRepo::parse(&full) else {
-            continue;
-        };
-        if origin.as_ref().is_some_and(|(o, _)| o == &gh_repo) {
-            origin_covered = true;
-        }
-        set_status(gh, &gh_repo, &r.branch_sha, status, &description, &url).await;
-    }
-    let Some((repo, number)) = origin else {
+    let Some((repo, number)) = statuses(app, gh, &d, &repos, status, &description).await else {
         return;
     };
-    if !origin_covered {
-        match gh.pull(&repo, number).await {
-            Ok(pull) => set_status(gh, &repo, &pull.head_sha, status, &description, &url).await,
-            Err(e) => tracing::warn!("{e:#}"),
-        }
-    }
     let config = app.config();
     let upstream_of = |name: &str| {
         config

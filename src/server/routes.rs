@@ -12,12 +12,17 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::views::{self, read_log};
-use super::{App, metrics, page, webhook};
+use super::{App, alertmanager, metrics, page, webhook};
 use crate::domain::DeliveryId;
 use crate::store::now_ms;
 
 /// The routes.
 pub fn router(app: Arc<App>, body_limit: usize) -> Router {
+    let alert_limit = app
+        .config()
+        .alertmanager
+        .as_ref()
+        .map_or(body_limit, |a| a.body_limit);
     Router::new()
         .route("/", get(queue_page))
         .route("/deliveries/{id}", get(delivery_page))
@@ -28,6 +33,10 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/webhooks/github", post(webhook::github))
         .route("/webhooks/tracker", post(webhook::tracker))
+        .route(
+            "/webhooks/alertmanager",
+            post(alertmanager::notify).layer(axum::extract::DefaultBodyLimit::max(alert_limit)),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
@@ -128,7 +137,7 @@ async fn step_log(
         Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
             Some(s) => (
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                read_log(s.log_path).await,
+                read_log(&app.engine.store, &s).await,
             )
                 .into_response(),
             None => not_found(format!("delivery #{id} has no step {step}")),
@@ -142,11 +151,15 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
     let counts = async {
         anyhow::Ok(metrics::StoreCounts {
             by_state: store.counts().await?,
+            rollbacks: store.rollbacks_by_trigger().await?,
             hook_decisions: {
                 // A hook may hold the counts' lock for a moment: wait off the async threads.
                 let dir = app.config().state_dir();
                 tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
             },
+            ecosystem: app.ecosystem(),
+            leader: store.role() == crate::store::Role::Leader,
+            lease: store.lease_events(),
             discards: store
                 .discards_by_reason()
                 .await?
@@ -170,8 +183,14 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {
-    match app.engine.store.counts().await {
-        Ok(_) => "ok\n".into_response(),
+    let store = &app.engine.store;
+    match store.counts().await {
+        Ok(_) => format!(
+            "ok\nrole: {}\nstore: {}\n",
+            store.role().as_str(),
+            store.backend().as_str()
+        )
+        .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

@@ -3,8 +3,9 @@
 
 use super::grid::{GridRow, grid};
 use super::{App, page};
+use crate::delivery::steps;
 use crate::domain::{DeliveryId, StepState};
-use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow, now_ms};
+use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow, Store, now_ms};
 
 /// A delivery with what the store recorded about it, and its grid.
 pub struct Recorded {
@@ -74,30 +75,24 @@ pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
     })
 }
 
-/// The last 256 KiB of a log, as text. Read off the async threads: a log on a slow or stalled
-/// disk holds its request, not the server.
-pub async fn read_log(path: String) -> String {
-    tokio::task::spawn_blocking(move || last_of_log(&path))
+/// The end of a step's log (its last 256 KiB): the file, when the step ran on this host, or
+/// else the copy in the store (a step another replica ran). The file is read off the async
+/// threads: a log on a slow or stalled disk holds its request, not the server.
+pub async fn read_log(store: &Store, step: &StepRow) -> String {
+    let path = std::path::PathBuf::from(&step.log_path);
+    let local = tokio::task::spawn_blocking(move || steps::last_of_log(&path))
         .await
-        .unwrap_or_else(|_| "(no log)".into())
-}
-
-/// The last 256 KiB of a log, read now (blocking).
-fn last_of_log(path: &str) -> String {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    const MAX: u64 = 256 * 1024;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return "(no log)".into();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut prefix = String::new();
-    if len > MAX {
-        let _ = f.seek(SeekFrom::Start(len - MAX));
-        prefix = format!("(… the first {} bytes are left out)\n", len - MAX);
+        .ok()
+        .flatten();
+    match local {
+        Some(text) => text,
+        None => store
+            .step_log(step.id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "(no log)".into()),
     }
-    let mut buf = Vec::new();
-    let _ = f.take(MAX).read_to_end(&mut buf);
-    prefix + &String::from_utf8_lossy(&buf)
 }
 
 pub async fn delivery_view(
@@ -114,12 +109,10 @@ pub async fn delivery_view(
     else {
         return Ok(None);
     };
-    let paths: Vec<String> = steps.iter().map(|s| s.log_path.clone()).collect();
-    // Off the async threads, as `read_log`: one blocking task for every log of the page.
-    let logs = tokio::task::spawn_blocking(move || {
-        paths.iter().map(|p| last_of_log(p)).collect::<Vec<_>>()
-    })
-    .await?;
+    let mut logs = Vec::with_capacity(steps.len());
+    for step in &steps {
+        logs.push(read_log(&app.engine.store, step).await);
+    }
     let steps = steps
         .into_iter()
         .zip(logs)

@@ -63,89 +63,106 @@ macro_rules! select_deliveries {
 
 impl Store {
     pub async fn delivery(&self, id: DeliveryId) -> anyhow::Result<Option<DeliveryRow>> {
-        let row = sqlx::query_as(select_deliveries!("WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
+            "WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?);
         Ok(row)
     }
 
     /// Queued deliveries in the order they will run: priority first, then age.
     pub async fn queued(&self) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query_as(select_deliveries!(
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
             "WHERE state = 'queued' ORDER BY priority DESC, id ASC"
         ))
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 
     pub async fn running(&self) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query_as(select_deliveries!("WHERE state = 'running' ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
+            "WHERE state = 'running' ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 
     /// The running deliveries in the pipeline's order: the head first, then the candidates
     /// in queue order (priority first, then age).
     pub async fn train(&self) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query_as(select_deliveries!(
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
             "WHERE state = 'running' ORDER BY candidate, priority DESC, id ASC"
         ))
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 
     /// The most recent finished deliveries, newest first.
     pub async fn history(&self, limit: i64) -> anyhow::Result<Vec<DeliveryRow>> {
-        let rows = sqlx::query_as(select_deliveries!(
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
             "WHERE state IN ('delivered', 'failed', 'cancelled') \
              ORDER BY finished_at DESC, id DESC LIMIT $1"
         ))
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 
     /// Counts of deliveries by state.
     pub async fn counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query_as(
+        let rows = on_pool!(self, |pool| sqlx::query_as(
             "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state ORDER BY state",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 
     pub async fn cancel_requested(&self, id: DeliveryId) -> anyhow::Result<bool> {
-        let cancel = sqlx::query_scalar("SELECT cancel FROM deliveries WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+        let cancel = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT cancel FROM deliveries WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await?);
         Ok(cancel)
     }
 
     /// The newest delivery of a task, whatever its state.
     pub async fn latest_of_task(&self, task: &TaskKey) -> anyhow::Result<Option<DeliveryRow>> {
-        let row = sqlx::query_as(select_deliveries!(
+        let row = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
             "WHERE task = $1 ORDER BY id DESC LIMIT 1"
         ))
         .bind(task)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await?);
         Ok(row)
+    }
+
+    /// Deliveries that landed at or after `since_ms`, newest first: those still watched.
+    pub async fn delivered_since(&self, since_ms: i64) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
+            "WHERE state = 'delivered' AND finished_at >= $1 ORDER BY finished_at DESC, id DESC"
+        ))
+        .bind(since_ms)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
     }
 
     /// Counts of deliveries by source (for the benchmark and metrics).
     pub async fn count_by_source(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query_as(
+        let rows = on_pool!(self, |pool| sqlx::query_as(
             "SELECT source, COUNT(*) AS n FROM deliveries GROUP BY source ORDER BY source",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 }
@@ -153,11 +170,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::both_backends;
     use crate::store::{RepoFlag, RepoRow};
 
-    #[tokio::test]
-    async fn a_state_is_stored_as_its_lowercase_name() {
-        let (_dir, s) = crate::store::scratch::store().await;
+    both_backends! {
+    async fn a_state_is_stored_as_its_lowercase_name(t) {
+        let s = &t.store;
         let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         for state in [
@@ -170,19 +188,23 @@ mod tests {
             if state != State::Queued {
                 s.finish(id, state, "").await.unwrap();
             }
-            let text: String = sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
-                .bind(id)
-                .fetch_one(&s.pool)
-                .await
-                .unwrap();
+            let text: String = on_pool!(s, |pool| sqlx::query_scalar(
+                "SELECT state FROM deliveries WHERE id = $1"
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap());
             assert_eq!(text, state.as_str());
             assert_eq!(s.delivery(id).await.unwrap().unwrap().state, state);
         }
     }
+    }
 
     #[tokio::test]
     async fn flags_are_stored_as_1_and_0() {
-        let (_dir, s) = crate::store::scratch::store().await;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
         let new = crate::store::scratch::request("T-1", 0);
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
@@ -212,7 +234,7 @@ mod tests {
             "SELECT r.deployed, r.merged, r.rolled_back, d.cancel \
              FROM delivery_repos r JOIN deliveries d ON d.id = r.delivery_id",
         )
-        .fetch_one(&s.pool)
+        .fetch_one(s.sqlite_pool())
         .await
         .unwrap();
         assert_eq!(stored, (0, 1, 0, 1));

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Db, Store, now_ms};
+use super::Store;
 use crate::domain::DeliveryId;
 
 /// One entry of a delivery's journal.
@@ -17,7 +17,7 @@ pub struct JournalRow {
 }
 
 impl Store {
-    /// Appends to a delivery's journal.
+    /// Appends to a delivery's journal (fenced: see `lease`).
     pub async fn journal(
         &self,
         id: DeliveryId,
@@ -26,41 +26,41 @@ impl Store {
         event: &str,
         detail: &str,
     ) -> anyhow::Result<()> {
-        append(&self.pool, id, phase, repo, event, detail).await
+        write_tx!(self, fenced, |tx| {
+            append!(&mut *tx, id, phase, repo, event, detail);
+        });
+        Ok(())
     }
 
     pub async fn journal_of(&self, id: DeliveryId) -> anyhow::Result<Vec<JournalRow>> {
-        let rows = sqlx::query_as(
-            "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT at, phase, repo, event, detail FROM journal WHERE delivery_id = $1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?
+        });
         Ok(rows)
     }
 }
 
-/// Appends one entry to a delivery's journal through `db`: the pool, or the transaction of
-/// the transition the entry records.
-pub(super) async fn append<'e>(
-    db: impl sqlx::Executor<'e, Database = Db>,
-    id: DeliveryId,
-    phase: &str,
-    repo: &str,
-    event: &str,
-    detail: &str,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO journal (delivery_id, at, phase, repo, event, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(id)
-    .bind(now_ms())
-    .bind(phase)
-    .bind(repo)
-    .bind(event)
-    .bind(detail)
-    .execute(db)
-    .await?;
-    Ok(())
+/// Appends one entry to a delivery's journal in `$tx`, the transaction of the transition the
+/// entry records.
+macro_rules! append {
+    ($tx:expr, $id:expr, $phase:expr, $repo:expr, $event:expr, $detail:expr) => {
+        sqlx::query(
+            "INSERT INTO journal (delivery_id, at, phase, repo, event, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind($id)
+        .bind($crate::store::now_ms())
+        .bind($phase)
+        .bind($repo)
+        .bind($event)
+        .bind($detail)
+        .execute($tx)
+        .await?
+    };
 }
+pub(super) use append;

@@ -16,38 +16,105 @@
 //! - `repos`: a delivery's repositories and how far each got.
 //! - `steps`: the step processes run for a delivery.
 //! - `webhooks`: the ids of GitHub webhook deliveries, to refuse replays.
+//! - `alerts`: the alerts Alertmanager reported, to act once on each; rollbacks by trigger.
 //! - `tracker_seen`: what the tracker poller has seen.
+//! - `copy`: `lockstep store copy`, a whole store into an empty PostgreSQL one.
+//! - `lease`: who works the queue: the lease and its fencing epoch.
+//! - `postgres`: opening a PostgreSQL store named by `[store] url_env`, and its schema (the
+//!   files of `migrations/postgres/`).
 //!
-//! # SQLite now, PostgreSQL later
-//! SQLite under `state_dir` (WAL mode, so readers never block the worker) is the only
-//! backend. The queries of every module but `sqlite` are written to run unchanged on
-//! PostgreSQL, though none has run on one yet: `$n` parameters, `RETURNING`, `ON CONFLICT`,
-//! booleans bound and read as `bool` and written as `TRUE`, the domain's enums stored as text, no
-//! SQLite function. What is SQLite's alone, all of it in `sqlite` but the pool's type:
+//! # Two backends, one set of queries
+//! SQLite under `state_dir` (WAL mode, so readers never block the worker) is the embedded
+//! default; PostgreSQL, when `[store] url_env` names a variable holding its URL, lets several
+//! `lockstep serve` replicas share one queue. [`Store`] holds a pool of either, and each query
+//! is written once: the macros `on_pool!` and `write_tx!` compile its body once per backend
+//! (no `Any` driver: its values are converted at run time, and SQLite stays as fast as it was).
+//! The queries are portable: `$n` parameters, `RETURNING`, `ON CONFLICT`, booleans bound and
+//! read as `bool` and written as `TRUE`, the domain's enums stored as text, no function of one
+//! database only. What differs is in `sqlite`, `postgres` and the `lease`:
 //! - the schema: `migrations/sqlite/` declares ids `INTEGER PRIMARY KEY` (SQLite's rowid)
-//!   and booleans `BIGINT` 0/1. PostgreSQL needs its own files (identity columns, `BOOLEAN`).
-//! - the write transactions: `BEGIN IMMEDIATE` takes SQLite's single write lock up front, and
-//!   the transitions that read before they write (`enqueue`'s look for a waiting delivery of
-//!   the task, `claim_next`, `cancel`) rely on writers being serialized so. PostgreSQL has no
-//!   such lock: there they need row locks (`SELECT … FOR UPDATE`) or a unique index.
-//! - opening: the database file, the lock file that serializes opening it, and the handover
-//!   of stores migrated by the hand-written `schema_version` table of earlier lockstep
-//!   versions.
-//! - the pool: [`Store`] holds a `Pool<Db>`, and `Db` (here) is SQLite.
+//!   and booleans `BIGINT` 0/1; `migrations/postgres/` identity columns and `BOOLEAN`. Both
+//!   folders have the same versions, with the same meaning.
+//! - the write transactions: SQLite's `BEGIN IMMEDIATE` takes its single write lock up front;
+//!   PostgreSQL's transactions run side by side, so no transition reads and then writes on
+//!   what it read: each is one conditional statement (`UPDATE … WHERE state = 'queued'`), or
+//!   leans on a unique index (one waiting or running delivery per task).
+//! - who works the queue: see `lease`.
+//!
+//! # Fencing
+//! A worker writes only while it holds the lease, and every write it makes (transitions,
+//! journal, steps, repositories) checks the lease's epoch in the same transaction: once
+//! another worker has taken the lease over, a late write of the old one changes nothing and
+//! fails with [`Fenced`].
 //!
 //! One difference is in the queries and harmless today: `ORDER BY` on text sorts by bytes in
 //! SQLite and by the database's collation in PostgreSQL (the order of `tracker_seen` and of
 //! the counts).
 
+/// Runs `$body` with `$pool` bound to the store's pool, whichever the backend: the body is
+/// compiled once for each.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match &$store.pool {
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` in a write transaction `$tx` of the store and commits it when the body ends
+/// without `return` or `?` (which roll it back). The body is compiled once for each backend.
+/// `fenced` (the worker's writes) first checks the lease this process holds, if any: see
+/// `lease`.
+macro_rules! write_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        write_tx!(@run $store, None::<$crate::store::Fence>, |$tx| $body)
+    };
+    ($store:expr, fenced, |$tx:ident| $body:expr) => {
+        write_tx!(@run $store, $store.fence(), |$tx| $body)
+    };
+    (@run $store:expr, $fence:expr, |$tx:ident| $body:expr) => {{
+        let fence = $fence;
+        match &$store.pool {
+            $crate::store::Pool::Sqlite(pool) => {
+                let mut $tx = $crate::store::sqlite::begin(pool).await?;
+                $crate::store::lease::check_fence!(&mut *$tx, fence.as_ref(), "");
+                let value = $body;
+                $tx.commit().await?;
+                value
+            }
+            $crate::store::Pool::Postgres(pool) => {
+                let mut $tx = pool.begin().await?;
+                $crate::store::lease::check_fence!(&mut *$tx, fence.as_ref(), " FOR SHARE");
+                let value = $body;
+                $tx.commit().await?;
+                value
+            }
+        }
+    }};
+}
+
+mod alerts;
+mod copy;
 mod deliveries;
 mod journal;
+mod lease;
+mod postgres;
 mod repos;
 mod sqlite;
 mod steps;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tracker_seen;
 mod train;
 mod transitions;
 mod webhooks;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Config;
 
 #[cfg(test)]
 mod scratch;
@@ -59,13 +126,69 @@ pub use steps::StepRow;
 pub use train::{DiscardReason, Waits};
 pub use transitions::{Enqueued, NewDelivery};
 
-/// The database the store runs on.
-type Db = sqlx::Sqlite;
+pub use lease::{Fence, Fenced, Lease, LeaseEvents, Role};
 
-/// The store: a pool of connections to the database. Cloning it is cheap (the pool is shared).
+/// The pool of whichever database the store runs on.
+#[derive(Clone, Debug)]
+pub(crate) enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Which database a store runs on, for `/healthz` and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The store: a pool of connections to the database, and the fencing epoch of the lease this
+/// process holds, if any. Cloning it is cheap (both are shared).
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: sqlx::Pool<Db>,
+    pool: Pool,
+    lease: Arc<lease::Held>,
+}
+
+impl Store {
+    fn new(pool: Pool) -> Store {
+        Store {
+            pool,
+            lease: Arc::default(),
+        }
+    }
+
+    /// Opens the store `config` names: PostgreSQL when `[store] url_env` is set, else SQLite
+    /// in `state_dir`.
+    pub async fn for_config(config: &Config) -> anyhow::Result<Store> {
+        match &config.store.url_env {
+            Some(var) => Store::open_postgres_env(var).await,
+            None => Store::open(&config.state_dir()).await,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Closes the pool's connections (a process about to end, a test about to drop its
+    /// database).
+    pub async fn close(&self) {
+        on_pool!(self, |p| p.close().await)
+    }
 }
 
 /// Milliseconds since the epoch.

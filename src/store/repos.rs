@@ -48,39 +48,40 @@ pub enum RepoFlag {
 impl Store {
     /// Replaces the repositories of a delivery (the rebase phase finds them).
     pub async fn set_repos(&self, id: DeliveryId, repos: &[RepoRow]) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        for r in repos {
-            sqlx::query(
-                "INSERT INTO delivery_repos \
-                 (delivery_id, position, repo, branch, branch_sha, base_sha, rebased_sha) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(id)
-            .bind(r.position)
-            .bind(&r.repo)
-            .bind(&r.branch)
-            .bind(&r.branch_sha)
-            .bind(&r.base_sha)
-            .bind(&r.rebased_sha)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query("DELETE FROM delivery_repos WHERE delivery_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            for r in repos {
+                sqlx::query(
+                    "INSERT INTO delivery_repos (delivery_id, position, repo, branch, branch_sha, base_sha, rebased_sha) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(id)
+                .bind(r.position)
+                .bind(&r.repo)
+                .bind(&r.branch)
+                .bind(&r.branch_sha)
+                .bind(&r.base_sha)
+                .bind(&r.rebased_sha)
+                .execute(&mut *tx)
+                .await?;
+            }
+        });
         Ok(())
     }
 
     pub async fn repos(&self, id: DeliveryId) -> anyhow::Result<Vec<RepoRow>> {
-        let rows = sqlx::query_as(
-            "SELECT repo, position, branch, branch_sha, base_sha, rebased_sha, deployed, merged, \
-             rolled_back FROM delivery_repos WHERE delivery_id = $1 ORDER BY position",
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT repo, position, branch, branch_sha, base_sha, rebased_sha, deployed, merged, rolled_back \
+             FROM delivery_repos WHERE delivery_id = $1 ORDER BY position",
         )
         .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?
+        });
         Ok(rows)
     }
 
@@ -103,12 +104,14 @@ impl Store {
                 "UPDATE delivery_repos SET rolled_back = $3 WHERE delivery_id = $1 AND repo = $2"
             }
         };
-        sqlx::query(sql)
-            .bind(id)
-            .bind(repo)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(repo)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        });
         Ok(())
     }
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-use super::{Db, Store};
+use super::{Pool, Store};
 
 /// The schema: `migrations/sqlite/NNNN_*.sql`, embedded at build time. A migration file is
 /// frozen once released (sqlx keeps its checksum); a change of schema is a new file.
@@ -58,68 +58,77 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open the state database `{}`", path.display()))?;
-        let store = Store { pool };
-        store.migrate().await?;
-        Ok(store)
+        migrate(&pool).await?;
+        Ok(Store::new(Pool::Sqlite(pool)))
     }
 
-    /// A write transaction, for every state transition. It takes SQLite's write lock up front
-    /// (`BEGIN IMMEDIATE`): a deferred one would try to upgrade its read lock at the first
-    /// write, and under concurrent writers SQLite refuses that upgrade at once with "database
-    /// is locked" instead of waiting (busy_timeout does not apply), losing the request.
-    pub(super) async fn write_tx(&self) -> anyhow::Result<sqlx::Transaction<'static, Db>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    /// Brings the schema up to date, or refuses a store a newer lockstep has migrated further.
-    async fn migrate(&self) -> anyhow::Result<()> {
-        self.carry_over_schema_version().await?;
-        MIGRATOR.run(&self.pool).await.map_err(migrate_error)
-    }
-
-    /// Hands a store migrated by the `schema_version` table over to sqlx's bookkeeping: its
-    /// versions are recorded as applied (without running them again) and the old table is
-    /// dropped, in one transaction, so this happens exactly once. The data is not touched.
-    async fn carry_over_schema_version(&self) -> anyhow::Result<()> {
-        let legacy: bool = sqlx::query_scalar(
-            "SELECT COUNT(*) > 0 FROM sqlite_master \
-             WHERE type = 'table' AND name = 'schema_version'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        if !legacy {
-            return Ok(());
+    /// The SQLite pool of a store that runs on SQLite (tests reading its tables).
+    #[cfg(test)]
+    pub(crate) fn sqlite_pool(&self) -> &SqlitePool {
+        match &self.pool {
+            Pool::Sqlite(p) => p,
+            Pool::Postgres(_) => panic!("this store runs on PostgreSQL"),
         }
-        let mut tx = self.write_tx().await?;
-        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        let version = version.unwrap_or(0);
-        if version > LAST_LEGACY_VERSION {
-            return Err(newer_lockstep(version));
-        }
-        if version > 0 {
-            MIGRATOR
-                .skip(&mut *tx, Some(version))
-                .await
-                .map_err(migrate_error)?;
-        }
-        sqlx::query("DROP TABLE schema_version")
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 
+/// A write transaction, for every state transition. It takes SQLite's write lock up front
+/// (`BEGIN IMMEDIATE`): a deferred one would try to upgrade its read lock at the first write,
+/// and under concurrent writers SQLite refuses that upgrade at once with "database is locked"
+/// instead of waiting (busy_timeout does not apply), losing the request.
+pub(super) async fn begin(
+    pool: &SqlitePool,
+) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
+/// Brings the schema up to date, or refuses a store a newer lockstep has migrated further.
+async fn migrate(pool: &SqlitePool) -> anyhow::Result<()> {
+    carry_over_schema_version(pool).await?;
+    MIGRATOR.run(pool).await.map_err(migrate_error)
+}
+
+/// Hands a store migrated by the `schema_version` table over to sqlx's bookkeeping: its
+/// versions are recorded as applied (without running them again) and the old table is
+/// dropped, in one transaction, so this happens exactly once. The data is not touched.
+async fn carry_over_schema_version(pool: &SqlitePool) -> anyhow::Result<()> {
+    let legacy: bool = sqlx::query_scalar(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !legacy {
+        return Ok(());
+    }
+    let mut tx = begin(pool).await?;
+    let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await?;
+    let version = version.unwrap_or(0);
+    if version > LAST_LEGACY_VERSION {
+        return Err(newer_lockstep(version));
+    }
+    if version > 0 {
+        MIGRATOR
+            .skip(&mut *tx, Some(version))
+            .await
+            .map_err(migrate_error)?;
+    }
+    sqlx::query("DROP TABLE schema_version")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// The refusal of a store some newer lockstep has migrated beyond what this one knows.
-fn newer_lockstep(version: i64) -> anyhow::Error {
+pub(super) fn newer_lockstep(version: i64) -> anyhow::Error {
     anyhow::anyhow!(
         "the state database is from a newer lockstep (schema {version}); upgrade lockstep"
     )
 }
 
-fn migrate_error(e: MigrateError) -> anyhow::Error {
+pub(super) fn migrate_error(e: MigrateError) -> anyhow::Error {
     match e {
         MigrateError::VersionMissing(version) => newer_lockstep(version),
         e => anyhow::Error::new(e).context("cannot migrate the state database"),
@@ -286,25 +295,32 @@ DROP TABLE hook_decisions;
         .execute(&old)
         .await
         .unwrap();
+        let before = schema(&old).await;
         old.close().await;
 
         let s = Store::open(dir.path()).await.unwrap();
-        // The versions it had are carried over, the later files run: today's schema.
+        // The schema is the one it had, plus the migrations that came after version 4.
         let fresh = tempfile::tempdir().unwrap();
-        assert_eq!(
-            schema(&s.pool).await,
-            schema(&Store::open(fresh.path()).await.unwrap().pool).await,
-            "the schema is today's"
+        let new = Store::open(fresh.path()).await.unwrap();
+        let after = schema(s.sqlite_pool()).await;
+        assert_eq!(after, schema(new.sqlite_pool()).await);
+        // Later migrations changed `steps` and `deliveries`; every other table is as it was.
+        let kept = |(name, _): &(String, String)| name != "steps" && name != "deliveries";
+        assert!(
+            before.iter().filter(|t| kept(t)).all(|t| after.contains(t)),
+            "{before:?}"
         );
         assert_eq!(
-            applied(&s.pool).await,
+            applied(s.sqlite_pool()).await,
             [
                 (1, false),
                 (2, false),
                 (3, false),
                 (4, false),
                 (5, true),
-                (6, true)
+                (6, true),
+                (7, true),
+                (8, true)
             ]
         );
         let delivered = s.delivery(DeliveryId(1)).await.unwrap().unwrap();
@@ -370,20 +386,22 @@ DROP TABLE hook_decisions;
         // nothing.
         let tables: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_version'")
-                .fetch_one(&s.pool)
+                .fetch_one(s.sqlite_pool())
                 .await
                 .unwrap();
         assert_eq!(tables, 0);
         let s = Store::open(dir.path()).await.unwrap();
         assert_eq!(
-            applied(&s.pool).await,
+            applied(s.sqlite_pool()).await,
             [
                 (1, false),
                 (2, false),
                 (3, false),
                 (4, false),
                 (5, true),
-                (6, true)
+                (6, true),
+                (7, true),
+                (8, true)
             ]
         );
         assert_eq!(
@@ -403,28 +421,35 @@ DROP TABLE hook_decisions;
         legacy_store(dir.path(), 2).await.close().await;
         let s = Store::open(dir.path()).await.unwrap();
         assert_eq!(
-            applied(&s.pool).await,
+            applied(s.sqlite_pool()).await,
             [
                 (1, false),
                 (2, false),
                 (3, true),
                 (4, true),
                 (5, true),
-                (6, true)
+                (6, true),
+                (7, true),
+                (8, true)
             ]
         );
         let fresh = tempfile::tempdir().unwrap();
         let new = Store::open(fresh.path()).await.unwrap();
-        assert_eq!(schema(&s.pool).await, schema(&new.pool).await);
         assert_eq!(
-            applied(&new.pool).await,
+            schema(s.sqlite_pool()).await,
+            schema(new.sqlite_pool()).await
+        );
+        assert_eq!(
+            applied(new.sqlite_pool()).await,
             [
                 (1, true),
                 (2, true),
                 (3, true),
                 (4, true),
                 (5, true),
-                (6, true)
+                (6, true),
+                (7, true),
+                (8, true)
             ]
         );
     }
@@ -442,7 +467,10 @@ DROP TABLE hook_decisions;
             sqlx::SqlStr::from_static("CREATE TABLE later (id BIGINT)"),
             false,
         ));
-        Migrator::with_migrations(newer).run(&s.pool).await.unwrap();
+        Migrator::with_migrations(newer)
+            .run(s.sqlite_pool())
+            .await
+            .unwrap();
         let err = Store::open(dir.path()).await.unwrap_err();
         assert_eq!(
             format!("{err:#}"),

@@ -31,28 +31,32 @@ impl Store {
         step: Phase,
         log_path: &str,
     ) -> anyhow::Result<i64> {
-        let step_id = sqlx::query_scalar(
-            "INSERT INTO steps (delivery_id, repo, step, started_at, log_path) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        let step_id = write_tx!(self, fenced, |tx| {
+            sqlx::query_scalar(
+            "INSERT INTO steps (delivery_id, repo, step, started_at, log_path) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(id)
         .bind(repo)
         .bind(step)
         .bind(now_ms())
         .bind(log_path)
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(&mut *tx)
+        .await?
+        });
         Ok(step_id)
     }
 
     /// Records the process of a running step, so that a worker taking over after a crash can
     /// stop what the dead one left running.
     pub async fn step_pid(&self, step_id: i64, pid: i32) -> anyhow::Result<()> {
-        sqlx::query("UPDATE steps SET pid = $2 WHERE id = $1")
-            .bind(step_id)
-            .bind(i64::from(pid))
-            .execute(&self.pool)
-            .await?;
+        write_tx!(self, fenced, |tx| sqlx::query(
+            "UPDATE steps SET pid = $2 WHERE id = $1"
+        )
+        .bind(step_id)
+        .bind(i64::from(pid))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
@@ -62,26 +66,52 @@ impl Store {
         exit_code: Option<i32>,
         outcome: StepState,
     ) -> anyhow::Result<()> {
-        sqlx::query(
+        write_tx!(self, fenced, |tx| sqlx::query(
             "UPDATE steps SET finished_at = $2, exit_code = $3, outcome = $4 WHERE id = $1",
         )
         .bind(step_id)
         .bind(now_ms())
         .bind(exit_code.map(i64::from))
         .bind(outcome)
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
+    /// Keeps a copy of the end of a step's log (fenced: the worker running the step writes it),
+    /// for the replicas that do not have its file.
+    pub async fn set_step_log(&self, step_id: i64, log: &str) -> anyhow::Result<()> {
+        write_tx!(self, fenced, |tx| sqlx::query(
+            "UPDATE steps SET log = $2 WHERE id = $1"
+        )
+        .bind(step_id)
+        .bind(log)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// The copy of a step's log kept by [`Store::set_step_log`], if any.
+    pub async fn step_log(&self, step_id: i64) -> anyhow::Result<Option<String>> {
+        let log: Option<Option<String>> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT log FROM steps WHERE id = $1"
+        )
+        .bind(step_id)
+        .fetch_optional(pool)
+        .await?);
+        Ok(log.flatten())
+    }
+
     pub async fn steps(&self, id: DeliveryId) -> anyhow::Result<Vec<StepRow>> {
-        let rows = sqlx::query_as(
+        let rows = on_pool!(self, |pool| sqlx::query_as(
             "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
              FROM steps WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 }

@@ -6,42 +6,47 @@ use super::{Store, now_ms};
 impl Store {
     /// The tasks the tracker poller has seen in a for-delivery status, with that status.
     pub async fn tracker_seen(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let rows = sqlx::query_as("SELECT task, status FROM tracker_seen ORDER BY task")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT task, status FROM tracker_seen ORDER BY task"
+        )
+        .fetch_all(pool)
+        .await?);
         Ok(rows)
     }
 
     pub async fn set_tracker_seen(&self, task: &str, status: &str) -> anyhow::Result<()> {
-        sqlx::query(
+        on_pool!(self, |pool| sqlx::query(
             "INSERT INTO tracker_seen (task, status, seen_at) VALUES ($1, $2, $3) \
              ON CONFLICT (task) DO UPDATE SET status = $2, seen_at = $3",
         )
         .bind(task)
         .bind(status)
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
     pub async fn forget_tracker_seen(&self, task: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM tracker_seen WHERE task = $1")
-            .bind(task)
-            .execute(&self.pool)
-            .await?;
+        on_pool!(self, |pool| sqlx::query(
+            "DELETE FROM tracker_seen WHERE task = $1"
+        )
+        .bind(task)
+        .execute(pool)
+        .await?
+        .rows_affected());
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::store::testing::both_backends;
 
-    #[tokio::test]
-    async fn tracker_seen_is_remembered_and_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
+    both_backends! {
+    async fn tracker_seen_is_remembered_and_forgotten(t) {
+        let s = &t.store;
         s.set_tracker_seen("T-1", "For Delivery").await.unwrap();
         s.set_tracker_seen("T-1", "Ready").await.unwrap();
         assert_eq!(
@@ -50,5 +55,6 @@ mod tests {
         );
         s.forget_tracker_seen("T-1").await.unwrap();
         assert!(s.tracker_seen().await.unwrap().is_empty());
+    }
     }
 }

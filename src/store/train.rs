@@ -51,70 +51,73 @@ impl Store {
     /// Takes the next queued delivery as a candidate of the pipeline (`candidate`) or as its
     /// head, and marks it running, atomically.
     pub async fn claim(&self, candidate: bool) -> anyhow::Result<Option<DeliveryRow>> {
-        let mut tx = self.write_tx().await?;
-        let next: Option<DeliveryId> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE state = 'queued' ORDER BY priority DESC, id ASC LIMIT 1",
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(id) = next else { return Ok(None) };
-        // A delivery requeued after a crash keeps the phase it resumes at.
-        sqlx::query(
-            "UPDATE deliveries SET state = 'running', started_at = $2, candidate = $3, \
-             held = '', built_on = '', \
-             phase = CASE WHEN phase = '' THEN 'rebase' ELSE phase END WHERE id = $1",
-        )
-        .bind(id)
-        .bind(now_ms())
-        .bind(candidate)
-        .execute(&mut *tx)
-        .await?;
-        let detail = if candidate { "as a candidate" } else { "" };
-        append(&mut *tx, id, "queue", "", "started", detail).await?;
-        tx.commit().await?;
-        self.delivery(id).await
+        let claimed: Option<DeliveryId> = write_tx!(self, fenced, |tx| {
+            // A delivery requeued after a crash keeps the phase it resumes at. The state is
+            // checked again by the update itself: a cancel may have come in between.
+            let id: Option<DeliveryId> = sqlx::query_scalar(
+                "UPDATE deliveries SET state = 'running', started_at = $1, candidate = $2, \
+                 held = '', built_on = '', \
+                 phase = CASE WHEN phase = '' THEN 'rebase' ELSE phase END \
+                 WHERE id = (SELECT id FROM deliveries WHERE state = 'queued' \
+                             ORDER BY priority DESC, id ASC LIMIT 1) \
+                 AND state = 'queued' RETURNING id",
+            )
+            .bind(now_ms())
+            .bind(candidate)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = id {
+                let detail = if candidate { "as a candidate" } else { "" };
+                append!(&mut *tx, id, "queue", "", "started", detail);
+            }
+            id
+        });
+        match claimed {
+            Some(id) => self.delivery(id).await,
+            None => Ok(None),
+        }
     }
 
     /// A candidate becomes the head of the pipeline: the next to deploy.
     pub async fn promote(&self, id: DeliveryId) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET candidate = FALSE WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        append(&mut *tx, id, "queue", "", "head", "next to deploy").await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query("UPDATE deliveries SET candidate = FALSE WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            append!(&mut *tx, id, "queue", "", "head", "next to deploy");
+        });
         Ok(())
     }
 
     /// Holds a candidate's failure unreported until the deliveries ahead of it are resolved.
     pub async fn hold(&self, id: DeliveryId, phase: &str, summary: &str) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET held = $2 WHERE id = $1")
-            .bind(id)
-            .bind(summary)
-            .execute(&mut *tx)
-            .await?;
-        append(&mut *tx, id, phase, "", "held", summary).await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query("UPDATE deliveries SET held = $2 WHERE id = $1")
+                .bind(id)
+                .bind(summary)
+                .execute(&mut *tx)
+                .await?;
+            append!(&mut *tx, id, phase, "", "held", summary);
+        });
         Ok(())
     }
 
     /// Records the deliveries ahead whose commits a delivery's bases contain.
     pub async fn set_built_on(&self, id: DeliveryId, built_on: &str) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET built_on = $2 WHERE id = $1")
-            .bind(id)
-            .bind(built_on)
-            .execute(&mut *tx)
-            .await?;
         let detail = if built_on.is_empty() {
             "the upstreams alone"
         } else {
             built_on
         };
-        append(&mut *tx, id, "rebase", "", "built on", detail).await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query("UPDATE deliveries SET built_on = $2 WHERE id = $1")
+                .bind(id)
+                .bind(built_on)
+                .execute(&mut *tx)
+                .await?;
+            append!(&mut *tx, id, "rebase", "", "built on", detail);
+        });
         Ok(())
     }
 
@@ -126,26 +129,27 @@ impl Store {
         reason: DiscardReason,
         why: &str,
     ) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE deliveries SET phase = '', held = '', built_on = '', \
-             discards = discards + 1 WHERE id = $1",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
         let detail = format!("{}: {why}", reason.as_str());
-        append(&mut *tx, id, "queue", "", "discarded", &detail).await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query(
+                "UPDATE deliveries SET phase = '', held = '', built_on = '', \
+                 discards = discards + 1 WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            append!(&mut *tx, id, "queue", "", "discarded", &detail);
+        });
         Ok(())
     }
 
     /// Discarded preparations by reason, from the journal (it survives restarts).
     pub async fn discards_by_reason(&self) -> anyhow::Result<Vec<(DiscardReason, i64)>> {
-        let details: Vec<String> =
-            sqlx::query_scalar("SELECT detail FROM journal WHERE event = 'discarded'")
-                .fetch_all(&self.pool)
-                .await?;
+        let details: Vec<String> = on_pool!(self, |pool| sqlx::query_scalar(
+            "SELECT detail FROM journal WHERE event = 'discarded'"
+        )
+        .fetch_all(pool)
+        .await?);
         Ok(DiscardReason::ALL
             .into_iter()
             .map(|r| {
@@ -158,12 +162,14 @@ impl Store {
 
     /// How long deliveries waited in the queue and took to land, in seconds.
     pub async fn waits(&self) -> anyhow::Result<Waits> {
-        let rows: Vec<(i64, Option<i64>, Option<i64>, String)> = sqlx::query_as(
-            "SELECT created_at, started_at, finished_at, state FROM deliveries \
-             WHERE started_at IS NOT NULL",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(i64, Option<i64>, Option<i64>, String)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+                "SELECT created_at, started_at, finished_at, state FROM deliveries \
+                 WHERE started_at IS NOT NULL",
+            )
+            .fetch_all(pool)
+            .await?
+        });
         let secs = |from: i64, to: i64| (to - from).max(0) as f64 / 1000.0;
         let mut w = Waits::default();
         for (created, started, finished, state) in rows {
@@ -182,10 +188,11 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::State;
+    use crate::store::testing::both_backends;
 
-    #[tokio::test]
-    async fn candidates_are_claimed_promoted_held_and_discarded() {
-        let (_dir, s) = crate::store::scratch::store().await;
+    both_backends! {
+    async fn candidates_are_claimed_promoted_held_and_discarded(t) {
+        let s = &t.store;
         let new = crate::store::scratch::request;
         let a = s.enqueue(&new("T-1", 0)).await.unwrap().id();
         let b = s.enqueue(&new("T-2", 0)).await.unwrap().id();
@@ -228,5 +235,6 @@ mod tests {
         assert!(by_reason.contains(&(DiscardReason::UpstreamMoved, 0)));
         let waits = s.waits().await.unwrap();
         assert_eq!((waits.queue_wait.len(), waits.lead_time.len()), (3, 1));
+    }
     }
 }

@@ -36,40 +36,60 @@ impl Enqueued {
 }
 
 impl Store {
-    /// Queues a delivery, unless one for the same task is already queued or running.
+    /// Queues a delivery, unless one for the same task is already queued or running. Safe
+    /// across processes and replicas: the unique index `deliveries_active_task` admits one
+    /// waiting or running delivery per task, so of two requests at once one inserts and the
+    /// other finds it.
     pub async fn enqueue(&self, d: &NewDelivery) -> anyhow::Result<Enqueued> {
-        let mut tx = self.write_tx().await?;
-        let existing: Option<DeliveryId> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE task = $1 AND state IN ('queued', 'running') \
-             ORDER BY id LIMIT 1",
-        )
-        .bind(&d.task)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(id) = existing {
-            return Ok(Enqueued::Existing(id));
-        }
-        let id: DeliveryId = sqlx::query_scalar(
-            "INSERT INTO deliveries (task, state, priority, source, requester, origin, created_at) \
-             VALUES ($1, 'queued', $2, $3, $4, $5, $6) RETURNING id",
-        )
-        .bind(&d.task)
-        .bind(d.priority)
-        .bind(d.source)
-        .bind(&d.requester)
-        .bind(&d.origin)
-        .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?;
         let requester = if d.requester.is_empty() {
             "unknown"
         } else {
             &d.requester
         };
         let detail = format!("by {requester} via {}", d.source);
-        append(&mut *tx, id, "queue", "", "queued", &detail).await?;
-        tx.commit().await?;
-        Ok(Enqueued::New(id))
+        // The delivery found in conflict may end between the two statements (PostgreSQL runs
+        // transactions side by side): then the task is free again, and the insert is tried
+        // once more.
+        for _ in 0..3 {
+            let enqueued = write_tx!(self, |tx| {
+                let id: Option<DeliveryId> = sqlx::query_scalar(
+                    "INSERT INTO deliveries (task, state, priority, source, requester, origin, created_at) \
+                     VALUES ($1, 'queued', $2, $3, $4, $5, $6) \
+                     ON CONFLICT (task) WHERE state IN ('queued', 'running') DO NOTHING RETURNING id",
+                )
+                .bind(&d.task)
+                .bind(d.priority)
+                .bind(d.source)
+                .bind(&d.requester)
+                .bind(&d.origin)
+                .bind(now_ms())
+                .fetch_optional(&mut *tx)
+                .await?;
+                match id {
+                    Some(id) => {
+                        append!(&mut *tx, id, "queue", "", "queued", &detail);
+                        Some(Enqueued::New(id))
+                    }
+                    // Committed by the other request (PostgreSQL waited for it to commit
+                    // before it found the conflict), so visible to this statement.
+                    None => sqlx::query_scalar(
+                        "SELECT id FROM deliveries WHERE task = $1 \
+                         AND state IN ('queued', 'running') ORDER BY id LIMIT 1",
+                    )
+                    .bind(&d.task)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(Enqueued::Existing),
+                }
+            });
+            if let Some(enqueued) = enqueued {
+                return Ok(enqueued);
+            }
+        }
+        anyhow::bail!(
+            "cannot queue `{}`: its deliveries keep changing; try again",
+            d.task
+        )
     }
 
     /// Takes the next queued delivery and marks it running, atomically.
@@ -79,43 +99,59 @@ impl Store {
 
     /// Records a phase transition (before the phase acts).
     pub async fn set_phase(&self, id: DeliveryId, phase: Phase) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
-            .bind(id)
-            .bind(phase)
-            .execute(&mut *tx)
-            .await?;
-        append(&mut *tx, id, phase.as_str(), "", "phase", "").await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query("UPDATE deliveries SET phase = $2 WHERE id = $1")
+                .bind(id)
+                .bind(phase)
+                .execute(&mut *tx)
+                .await?;
+            append!(&mut *tx, id, phase.as_str(), "", "phase", "");
+        });
         Ok(())
     }
 
     /// Records why a delivery failed and that it is rolling back (it stays running until the
     /// rollback is done).
     pub async fn mark_failing(&self, id: DeliveryId, error: &str) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET phase = 'rollback', error = $2 WHERE id = $1")
-            .bind(id)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-        append(&mut *tx, id, "rollback", "", "phase", error).await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query("UPDATE deliveries SET phase = 'rollback', error = $2 WHERE id = $1")
+                .bind(id)
+                .bind(error)
+                .execute(&mut *tx)
+                .await?;
+            append!(&mut *tx, id, "rollback", "", "phase", error);
+        });
         Ok(())
     }
 
     /// Ends a delivery.
     pub async fn finish(&self, id: DeliveryId, state: State, error: &str) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1")
+        write_tx!(self, fenced, |tx| {
+            sqlx::query(
+                "UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1",
+            )
             .bind(id)
-            .bind(state)
+            .bind(state.as_str())
             .bind(error)
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        append(&mut *tx, id, "done", "", state.as_str(), error).await?;
-        tx.commit().await?;
+            append!(&mut *tx, id, "done", "", state.as_str(), error);
+        });
+        Ok(())
+    }
+
+    /// Notes on a finished delivery what became of it since (a landed delivery rolled back):
+    /// the queue page and `lockstep show` give it as the delivery's `error`.
+    pub async fn note_after(&self, id: DeliveryId, note: &str) -> anyhow::Result<()> {
+        write_tx!(self, fenced, |tx| sqlx::query(
+            "UPDATE deliveries SET error = $2 WHERE id = $1"
+        )
+        .bind(id)
+        .bind(note)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
         Ok(())
     }
 
@@ -127,70 +163,87 @@ impl Store {
         resume: Option<Phase>,
         why: &str,
     ) -> anyhow::Result<()> {
-        let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE deliveries SET state = 'queued', phase = $2, candidate = FALSE, held = '', \
-             built_on = '' WHERE id = $1",
-        )
-        .bind(id)
-        .bind(phase_text(resume))
-        .execute(&mut *tx)
-        .await?;
-        append(&mut *tx, id, "queue", "", "requeued", why).await?;
-        tx.commit().await?;
+        write_tx!(self, fenced, |tx| {
+            sqlx::query(
+                "UPDATE deliveries SET state = 'queued', phase = $2, candidate = FALSE, \
+                 held = '', built_on = '' WHERE id = $1",
+            )
+            .bind(id)
+            .bind(phase_text(resume))
+            .execute(&mut *tx)
+            .await?;
+            append!(&mut *tx, id, "queue", "", "requeued", why);
+        });
         Ok(())
     }
 
     /// Asks for a delivery to stop: a queued one is cancelled at once, a running one at its
     /// next checkpoint. Returns the state it was in.
     pub async fn cancel(&self, id: DeliveryId) -> anyhow::Result<Option<State>> {
-        // One transaction: a worker claiming the delivery meanwhile must not run a delivery
-        // that was just marked cancelled.
-        let mut tx = self.write_tx().await?;
-        let row: Option<(State, String)> =
-            sqlx::query_as("SELECT state, phase FROM deliveries WHERE id = $1")
+        // Each update checks the state it changes from: a worker claiming the delivery
+        // meanwhile must not run a delivery that was just marked cancelled, and the cancel of
+        // a delivery just claimed becomes a request to stop it.
+        let state = write_tx!(self, |tx| {
+            let cancelled = sqlx::query(
+                "UPDATE deliveries SET state = 'cancelled', error = $2, finished_at = $3 \
+                 WHERE id = $1 AND state = 'queued'",
+            )
+            .bind(id)
+            .bind(CANCELLED_BEFORE_START)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            if cancelled.rows_affected() == 1 {
+                append!(
+                    &mut *tx,
+                    id,
+                    "done",
+                    "",
+                    "cancelled",
+                    CANCELLED_BEFORE_START
+                );
+                Some(State::Queued)
+            } else {
+                let phase: Option<String> = sqlx::query_scalar(
+                    "UPDATE deliveries SET cancel = TRUE WHERE id = $1 AND state = 'running' \
+                     RETURNING phase",
+                )
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((state, phase)) = row else {
-            return Ok(None);
-        };
-        let (journal_phase, event, detail) = match state {
-            State::Queued => {
-                sqlx::query(
-                    "UPDATE deliveries SET state = 'cancelled', error = $2, finished_at = $3 \
-                     WHERE id = $1",
-                )
-                .bind(id)
-                .bind(CANCELLED_BEFORE_START)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
-                ("done", "cancelled", CANCELLED_BEFORE_START)
+                match phase {
+                    Some(phase) => {
+                        append!(&mut *tx, id, &phase, "", "cancel requested", "");
+                        Some(State::Running)
+                    }
+                    None => {
+                        let state: Option<State> =
+                            sqlx::query_scalar("SELECT state FROM deliveries WHERE id = $1")
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        state
+                    }
+                }
             }
-            State::Running => {
-                sqlx::query("UPDATE deliveries SET cancel = TRUE WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                (phase.as_str(), "cancel requested", "")
-            }
-            _ => return Ok(Some(state)),
-        };
-        append(&mut *tx, id, journal_phase, "", event, detail).await?;
-        tx.commit().await?;
-        Ok(Some(state))
+        });
+        Ok(state)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::both_backends;
 
-    #[tokio::test]
-    async fn queue_order_dedup_and_claim() {
-        let (dir, s) = crate::store::scratch::store().await;
-        let new = crate::store::scratch::request;
+    both_backends! {
+    async fn queue_order_dedup_and_claim(t) {
+        let s = &t.store;
+        let new = |task: &str, priority| NewDelivery {
+            task: task.into(),
+            priority,
+            ..Default::default()
+        };
         let a = s.enqueue(&new("T-1", 0)).await.unwrap();
         let b = s.enqueue(&new("T-2", 5)).await.unwrap();
         assert_eq!(
@@ -209,7 +262,7 @@ mod tests {
         assert_eq!((first.id, first.state), (b.id(), State::Running));
         s.finish(first.id, State::Delivered, "").await.unwrap();
         // Re-opening keeps everything (and does not re-run the migration).
-        let s = Store::open(dir.path()).await.unwrap();
+        let s = t.reopen().await;
         assert_eq!(
             s.delivery(b.id()).await.unwrap().unwrap().state,
             State::Delivered
@@ -227,10 +280,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_enqueues_and_claims_are_never_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).await.unwrap();
+    async fn concurrent_enqueues_and_claims_are_never_refused(t) {
+        let s = &t.store;
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = s.clone();
@@ -254,10 +305,74 @@ mod tests {
         assert_eq!(counts.iter().map(|(_, n)| n).sum::<i64>(), 200);
     }
 
+    async fn one_task_is_queued_once_by_many_stores_at_once(t) {
+        // As many replicas asking at once: each with its own pool, all for the same tasks.
+        let mut stores = vec![t.store.clone()];
+        for _ in 0..3 {
+            stores.push(t.reopen().await);
+        }
+        let mut requests = tokio::task::JoinSet::new();
+        for round in 0..10 {
+            for (i, s) in stores.iter().enumerate() {
+                let s = s.clone();
+                requests.spawn(async move {
+                    let new = NewDelivery {
+                        task: format!("T-{round}").into(),
+                        requester: format!("replica-{i}"),
+                        ..Default::default()
+                    };
+                    s.enqueue(&new).await.unwrap()
+                });
+            }
+        }
+        let mut new = 0;
+        while let Some(e) = requests.join_next().await {
+            new += usize::from(matches!(e.unwrap(), Enqueued::New(_)));
+        }
+        assert_eq!(new, 10, "one new delivery per task");
+        assert_eq!(t.store.queued().await.unwrap().len(), 10);
+        // Once one ends, the task may be queued again.
+        let first = t.store.claim_next().await.unwrap().unwrap();
+        t.store.finish(first.id, State::Failed, "").await.unwrap();
+        let again = NewDelivery {
+            task: first.task.clone(),
+            ..Default::default()
+        };
+        assert!(matches!(t.store.enqueue(&again).await.unwrap(), Enqueued::New(_)));
+    }
+
+    async fn a_cancel_and_a_claim_at_once_never_run_a_cancelled_delivery(t) {
+        let s = &t.store;
+        let other = t.reopen().await;
+        for i in 0..20 {
+            let new = NewDelivery {
+                task: format!("T-{i}").into(),
+                ..Default::default()
+            };
+            let id = s.enqueue(&new).await.unwrap().id();
+            let (cancelled, claimed) = tokio::join!(other.cancel(id), s.claim_next());
+            let d = s.delivery(id).await.unwrap().unwrap();
+            match (cancelled.unwrap(), claimed.unwrap()) {
+                (Some(State::Queued), None) => assert_eq!(d.state, State::Cancelled),
+                (Some(State::Running), Some(c)) => {
+                    assert_eq!(c.id, id);
+                    assert!(d.cancel, "the running delivery is asked to stop");
+                    s.finish(id, State::Cancelled, "").await.unwrap();
+                }
+                other => panic!("#{id}: {other:?}"),
+            }
+        }
+    }
+    }
+
     #[tokio::test]
     async fn a_requeue_that_cannot_be_journaled_leaves_the_delivery_running() {
-        let (_dir, s) = crate::store::scratch::store().await;
-        let new = crate::store::scratch::request("T-1", 0);
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        let new = NewDelivery {
+            task: "T-1".into(),
+            ..Default::default()
+        };
         let id = s.enqueue(&new).await.unwrap().id();
         s.claim_next().await.unwrap().unwrap();
         s.set_phase(id, Phase::Test).await.unwrap();
@@ -267,7 +382,7 @@ mod tests {
             "CREATE TRIGGER journal_fails BEFORE INSERT ON journal WHEN NEW.event = 'requeued' \
              BEGIN SELECT RAISE(ABORT, 'disk full'); END",
         )
-        .execute(&s.pool)
+        .execute(s.sqlite_pool())
         .await
         .unwrap();
         let resumed_at = Some(Phase::Test);
@@ -283,7 +398,7 @@ mod tests {
         assert_eq!(s.running().await.unwrap().len(), 1);
         assert!(s.queued().await.unwrap().is_empty());
         sqlx::raw_sql("DROP TRIGGER journal_fails")
-            .execute(&s.pool)
+            .execute(s.sqlite_pool())
             .await
             .unwrap();
         s.requeue(id, resumed_at, "the worker stopped")

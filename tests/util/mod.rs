@@ -6,7 +6,9 @@ pub mod container;
 pub mod fake_github;
 pub mod fake_jira;
 pub mod http;
+pub mod monitoring;
 pub mod pipeline;
+pub mod postgres;
 pub mod serve;
 pub mod webhooks;
 
@@ -66,6 +68,8 @@ exec "$@"
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub sb: Sandbox,
+    /// The PostgreSQL database of the store, when it is not SQLite in `state_dir`.
+    pub database: Option<postgres::Database>,
 }
 
 impl Env {
@@ -77,7 +81,11 @@ impl Env {
         let sb = Sandbox::create(&dir.path().join("sb"), &bin(), repos).unwrap();
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         std::fs::create_dir_all(sb.root.join("gates")).unwrap();
-        let env = Env { dir, sb };
+        let mut env = Env {
+            dir,
+            sb,
+            database: None,
+        };
         env.without_approvals();
         // Every step goes through the gate wrapper (a no-op unless a test holds the step).
         let gate = env.sb.meta.join("steps").join("gate.sh");
@@ -95,7 +103,62 @@ impl Env {
         // The serial line, one delivery at a time: what these tests are about. The
         // pipeline's own tests widen the window.
         env.set_delivery("window", "1");
+        if postgres::suite_on_postgres()
+            && let Some(admin) = postgres::admin_url("the suite on PostgreSQL")
+        {
+            env.use_postgres(&admin);
+        }
         env
+    }
+
+    /// A sandbox whose store is a PostgreSQL database of its own (`lease` as given); `None`
+    /// (the test is skipped) when there is no PostgreSQL to test with, unless `CI` is set.
+    pub fn on_postgres(test: &str, repos: &[&str], lease: &str) -> Option<Env> {
+        let admin = postgres::admin_url(test)?;
+        let mut env = Env::new(repos);
+        if env.database.is_none() {
+            env.use_postgres(&admin);
+        }
+        let lease = format!("lease = \"{lease}\"\n");
+        env.edit_config(|text| text.replace("[store]\n", &format!("[store]\n{lease}")));
+        Some(env)
+    }
+
+    /// Moves the sandbox's store to a new PostgreSQL database.
+    fn use_postgres(&mut self, admin: &str) {
+        let db = postgres::Database::create(admin);
+        let var = db.var.clone();
+        self.edit_config(|text| format!("{text}\n[store]\nurl_env = \"{var}\"\n"));
+        // The git server gives its hooks the variable, as docs/serve.md says: here each
+        // repository's hooks are shell shims that export it before they run lockstep.
+        for (_, bare) in &self.sb.repos {
+            for hook in ["pre-receive", "update", "post-receive"] {
+                let path = bare.join("hooks").join(hook);
+                if !path.exists() {
+                    continue;
+                }
+                let shim = format!(
+                    "#!/bin/sh\n{var}='{}'; export {var}\nexec '{}' hook {hook} \"$@\"\n",
+                    db.url,
+                    bin().display()
+                );
+                std::fs::write(&path, shim).unwrap();
+            }
+        }
+        self.database = Some(db);
+    }
+
+    /// The variable naming the store's PostgreSQL URL, for the processes a test starts.
+    pub fn store_env(&self) -> Vec<(String, String)> {
+        self.database
+            .iter()
+            .map(|db| (db.var.clone(), db.url.clone()))
+            .collect()
+    }
+
+    /// The PostgreSQL database of a sandbox made by [`Env::on_postgres`].
+    pub fn db(&self) -> &postgres::Database {
+        self.database.as_ref().expect("a sandbox on PostgreSQL")
     }
 
     /// The sandbox's root: `$SANDBOX` of the steps.
@@ -277,6 +340,7 @@ impl Env {
             .env("XDG_CONFIG_HOME", &home)
             .env("USER", "release-lead")
             .env_remove("LOCKSTEP_CONFIG")
+            .envs(self.store_env())
             .stdin(Stdio::null());
         cmd
     }

@@ -15,6 +15,8 @@ pub const TOKEN_VAR: &str = "LOCKSTEP_TEST_GITHUB_TOKEN";
 pub const TOKEN: &str = "test-github-token";
 pub const TRACKER_VAR: &str = "LOCKSTEP_TEST_TRACKER_SECRET";
 pub const TRACKER_SECRET: &str = "test-tracker-secret";
+pub const ALERTMANAGER_VAR: &str = "LOCKSTEP_TEST_ALERTMANAGER_TOKEN";
+pub const ALERTMANAGER_TOKEN: &str = "test-alertmanager-token";
 
 /// Ties each repository to `acme/<name>` on GitHub, sets the tracker's poll interval and
 /// appends `extra` (e.g. `[server]` and `[github]` sections). With a `[github]` section, the
@@ -57,9 +59,17 @@ pub fn push_task_branch(
 ) -> Vec<String> {
     let mut heads = Vec::new();
     for repo in repos {
-        let dir = env.sb.clone_for(repo, "alice").unwrap();
+        // The first branch clones; the next ones start from upstream in the same clone.
+        let dir = env.sb.root.join("clones").join("alice").join(repo);
+        let start = if dir.exists() {
+            git(&dir, "alice").run(&["fetch", "-q", "origin"]).unwrap();
+            "origin/master"
+        } else {
+            env.sb.clone_for(repo, "alice").unwrap();
+            "HEAD"
+        };
         git(&dir, "alice")
-            .run(&["switch", "-q", "-c", branch])
+            .run(&["switch", "-q", "-c", branch, start])
             .unwrap();
         for (file, text) in extra_files {
             std::fs::write(dir.join(file), text).unwrap();
@@ -126,11 +136,61 @@ impl ServeProc {
         ServeProc::spawn(env, &[], &[("LOCKSTEP_LOG", "warn")])
     }
 
+    /// Starts one replica of several sharing the sandbox's store: its config is the
+    /// sandbox's with a state folder of its own (`.lockstep-<name>`), as on a machine of its
+    /// own; its log is `serve-<name>.log`.
+    pub fn replica(env: &Env, name: &str) -> ServeProc {
+        let config = env.sb.meta.join(format!("lockstep-{name}.toml"));
+        let text = std::fs::read_to_string(env.config()).unwrap();
+        let text = text.replacen(
+            "[bot]\n",
+            &format!("[bot]\nstate_dir = \".lockstep-{name}\"\n"),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = env.dir.path().join(format!("serve-{name}.log"));
+        ServeProc::spawn_at(&config, &log, &["-v"], &[], env.store_env())
+    }
+
+    /// The replica's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// `/healthz`'s role line: `leader` or `standby`.
+    pub fn role(&self) -> String {
+        http::request(&self.url, "GET", "/healthz", &[], b"")
+            .ok()
+            .and_then(|r| {
+                r.body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("role: ").map(str::to_string))
+            })
+            .unwrap_or_default()
+    }
+
     fn spawn(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> ServeProc {
         let log = env
             .dir
             .path()
             .join(format!("serve-{}.log", std::process::id()));
+        ServeProc::spawn_at(&env.config(), &log, args, vars, env.store_env())
+    }
+
+    fn spawn_at(
+        config: &std::path::Path,
+        log: &std::path::Path,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        store: Vec<(String, String)>,
+    ) -> ServeProc {
+        let log = log.to_path_buf();
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -138,13 +198,15 @@ impl ServeProc {
             .unwrap();
         let mut child = Command::new(bin())
             .arg("--config")
-            .arg(env.config())
+            .arg(config)
             .args(args)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env(SECRET_VAR, super::webhooks::SECRET)
             .env(TOKEN_VAR, TOKEN)
             .env(TRACKER_VAR, TRACKER_SECRET)
+            .env(ALERTMANAGER_VAR, ALERTMANAGER_TOKEN)
             .envs(vars.iter().copied())
+            .envs(store)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))

@@ -274,6 +274,16 @@ impl FakeGitHub {
         self.with(|s| s.statuses.clone())
     }
 
+    /// The last status set on `sha`: its state and description.
+    pub fn last_status(&self, sha: &str) -> (String, String) {
+        let last = self
+            .statuses()
+            .into_iter()
+            .rfind(|s| s.sha == sha)
+            .unwrap_or_else(|| panic!("no status was set on {sha}"));
+        (last.state, last.description)
+    }
+
     /// Every request received, in order.
     pub fn requests(&self) -> Vec<Received> {
         self.with(|s| s.log.clone())

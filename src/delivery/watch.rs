@@ -1,0 +1,158 @@
+//! The watch after merge: for `[delivery] watch` after it lands, a delivery is watched, and a
+//! firing alert about one of its repositories rolls it back (`Engine::roll_back` with revert).
+//! Which delivery an alert names is decided here; the server takes the alerts in. With
+//! `[delivery] watch_gates`, the delivery's gates are sampled for the watch too.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+
+use super::engine::Engine;
+use crate::config::{Gate, humanize};
+use crate::domain::DeliveryId;
+use crate::monitor::Prometheus;
+use crate::monitor::gate::{self, Watched};
+use crate::store::{DeliveryRow, now_ms};
+
+impl Engine {
+    /// The latest watched delivery that spans one of `repos`; else why there is none (`Err`,
+    /// a sentence for the answer to Alertmanager).
+    pub async fn watched_delivery(
+        &self,
+        repos: &[String],
+    ) -> anyhow::Result<Result<DeliveryRow, String>> {
+        let watch = self.config.delivery.watch;
+        let names: Vec<String> = repos.iter().map(|r| format!("`{r}`")).collect();
+        if watch.is_zero() {
+            return Ok(Err(
+                "`[delivery] watch` is not set, so no delivery is watched".into(),
+            ));
+        }
+        let since = now_ms() - i64::try_from(watch.as_millis()).unwrap_or(i64::MAX);
+        for d in self.store.delivered_since(since).await? {
+            let spans = self
+                .store
+                .repos(d.id)
+                .await?
+                .iter()
+                .any(|r| r.merged && repos.iter().any(|name| r.repo == *name));
+            if !spans {
+                continue;
+            }
+            // Rolled back already when every repository it merged was reverted (a rollback
+            // without revert leaves the code merged: an alert still reverts it).
+            let journal = self.store.journal_of(d.id).await?;
+            let rolled_back = self
+                .store
+                .repos(d.id)
+                .await?
+                .iter()
+                .filter(|r| r.merged)
+                .all(|r| {
+                    journal
+                        .iter()
+                        .any(|j| j.phase == "rollback" && j.event == "reverted" && r.repo == j.repo)
+                });
+            if rolled_back {
+                return Ok(Err(format!(
+                    "#{} of `{}`, the latest watched delivery of {}, was already rolled back",
+                    d.id,
+                    d.task,
+                    names.join(", ")
+                )));
+            }
+            return Ok(Ok(d));
+        }
+        Ok(Err(format!(
+            "no delivery of {} landed in the last {}, the watch",
+            names.join(", "),
+            watch_words(watch)
+        )))
+    }
+}
+
+impl Engine {
+    /// `[delivery] watch_gates`: samples the gates guarding a landed delivery, every `every`,
+    /// for the watch. Returns the first failure, if one comes; `None` when every gate held
+    /// (or none is to be watched).
+    pub async fn watch_gates(&self, id: DeliveryId) -> anyhow::Result<Option<String>> {
+        let watch = self.config.delivery.watch;
+        let Some(config) = &self.config.prometheus else {
+            return Ok(None);
+        };
+        if !self.config.delivery.watch_gates || watch.is_zero() {
+            return Ok(None);
+        }
+        let repos: Vec<String> = self
+            .store
+            .repos(id)
+            .await?
+            .into_iter()
+            .map(|r| r.repo.to_string())
+            .collect();
+        let gates: Vec<Gate> = self
+            .config
+            .gates
+            .iter()
+            .filter(|g| g.guards(repos.iter().map(String::as_str)))
+            .map(|g| Gate {
+                duration: watch,
+                ..g.clone()
+            })
+            .collect();
+        if gates.is_empty() {
+            return Ok(None);
+        }
+        let prometheus = Prometheus::from_config(config)?;
+        self.store
+            .journal(
+                id,
+                "watch",
+                "",
+                "gates watched",
+                &format!("for {}", watch_words(watch)),
+            )
+            .await?;
+        let mut running: FuturesUnordered<_> =
+            gates.iter().map(|g| gate::watch(&prometheus, g)).collect();
+        while let Some(watched) = running.next().await {
+            if let Watched::Failed(why) = watched {
+                self.store
+                    .journal(id, "watch", "", "gate failed", &why)
+                    .await?;
+                return Ok(Some(why));
+            }
+        }
+        self.store
+            .journal(id, "watch", "", "gates held", "")
+            .await?;
+        Ok(None)
+    }
+}
+
+/// `15m`, `90s`: the watch as the config would write it.
+fn watch_words(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() == 0 && s >= 60 && s.is_multiple_of(60) {
+        if s.is_multiple_of(3600) {
+            format!("{}h", s / 3600)
+        } else {
+            format!("{}m", s / 60)
+        }
+    } else {
+        humanize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_read_as_written() {
+        assert_eq!(watch_words(Duration::from_secs(900)), "15m");
+        assert_eq!(watch_words(Duration::from_secs(7200)), "2h");
+        assert_eq!(watch_words(Duration::from_secs(90)), "90s");
+    }
+}
