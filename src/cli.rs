@@ -109,7 +109,7 @@ pub enum Command {
     Hook(HookCommand),
     /// Put lockstep in front of bare repositories: write the hook shims, record the config
     InstallHooks(InstallArgs),
-    /// Check or try out the policies
+    /// Check the policies, try them on a push, or replay the logged pushes against candidates
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Deliver a task: queue it, then rebase, build, test, deploy, verify and merge it in every
@@ -165,6 +165,8 @@ pub enum Command {
     /// Run queued deliveries until the queue is empty (started in the background by
     /// `git push -o deliver`)
     Work,
+    /// Show the decision log: every push the hooks judged, every delivery and merge decision
+    Audit(AuditArgs),
     /// The store: the queue, the history and the journal
     #[command(subcommand)]
     Store(StoreCommand),
@@ -233,6 +235,35 @@ pub enum PolicyCommand {
     Check,
     /// Dry-run a push and explain every rule (exit 0 would be accepted, 1 rejected)
     Test(PolicyTestArgs),
+    /// Evaluate candidate policies against the logged pushes and show what would change
+    /// (exit 0 nothing would, 1 some push would be decided otherwise)
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only pushes to this repository (its name in the ecosystem)
+    #[arg(long, value_name = "NAME")]
+    pub repo: Option<String>,
+    /// Only decisions this recent, e.g. `7d`, `12h`
+    #[arg(long, value_name = "AGE")]
+    pub since: Option<String>,
+    /// Only decisions in which this rule refused, warned or failed
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+    /// One JSON object per line, as logged
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Replay the pushes this recent
+    #[arg(long, value_name = "AGE", default_value = "30d")]
+    pub since: String,
+    /// The candidate policies (default: the config's `[policies] dirs`)
+    #[arg(long, value_name = "DIR")]
+    pub policies: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +335,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::InstallHooks(args) => install_hooks(config, args),
         Command::Policy(PolicyCommand::Check) => policy_check(config),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),
+        Command::Policy(PolicyCommand::Replay(args)) => policy_replay(config, args),
+        Command::Audit(args) => audit(config, args),
         Command::Deliver {
             task,
             priority,
@@ -490,6 +523,70 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
     } else {
         1
     })
+}
+
+/// The time `age` (`7d`, `12h`) before now.
+fn since(age: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let d = crate::config::parse_duration(age).map_err(|e| anyhow::anyhow!("`--since`: {e}"))?;
+    let d = chrono::Duration::from_std(d)
+        .map_err(|_| anyhow::anyhow!("`--since {age}` is too long ago; give a shorter age"))?;
+    Ok(chrono::Utc::now() - d)
+}
+
+fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<i32> {
+    let Located { path, source } = config_path(config);
+    let config = Config::load_from(&path, source)?;
+    let filter = crate::audit::Filter {
+        repo: args.repo,
+        since: args.since.as_deref().map(since).transpose()?,
+        rule: args.rule,
+    };
+    let (entries, unreadable) = crate::audit::read(&config.state_dir(), config.audit.keep)?;
+    let picked: Vec<crate::audit::Entry> =
+        entries.into_iter().filter(|e| filter.matches(e)).collect();
+    if args.json {
+        for e in &picked {
+            println!("{}", serde_json::to_string(e)?);
+        }
+    } else {
+        print!("{}", crate::audit::render(&picked));
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "lockstep: {unreadable} line(s) of the decision log could not be read and were skipped"
+        );
+    }
+    Ok(0)
+}
+
+fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<i32> {
+    let Located { path, source } = config_path(config);
+    let config = Config::load_from(&path, source)?;
+    let loaded = if args.policies.is_empty() {
+        PolicySet::for_config(&config)
+    } else {
+        PolicySet::load_dirs(&args.policies)
+    };
+    let mut candidate = loaded.map_err(|e| {
+        anyhow::anyhow!("the candidate policies do not load:\n{e}\nfix them, then replay again")
+    })?;
+    candidate.timeout = config.policies.timeout;
+    // A hook refuses to run without a push rule: replaying such a set would show every push
+    // accepted where each would in fact be rejected.
+    if !candidate.has_push_rules() && !config.policies.allow_empty {
+        anyhow::bail!("the candidate policies: {}", crate::policy::NO_PUSH_RULE);
+    }
+    let from = since(&args.since)?;
+    let (entries, _) = crate::audit::read(&config.state_dir(), config.audit.keep)?;
+    let recent: Vec<crate::audit::Entry> = entries.into_iter().filter(|e| e.time >= from).collect();
+    let replay = crate::audit::replay(&config, &candidate, &recent);
+    println!(
+        "candidate policies {} (since {})",
+        candidate.revision,
+        from.format("%Y-%m-%d %H:%M")
+    );
+    print!("{}", replay.render());
+    Ok(if replay.changes() { 1 } else { 0 })
 }
 
 #[cfg(test)]

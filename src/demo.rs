@@ -244,6 +244,44 @@ impl Sandbox {
     }
 }
 
+/// `reviewer` approves the head of `branch` in `repo` as they fetched it, by pushing it to
+/// `refs/approvals/<task>/<reviewer>` (their clone is made or brought up to date first).
+pub fn approve(
+    sb: &Sandbox,
+    repo: &str,
+    reviewer: &str,
+    task: &str,
+    branch: &str,
+) -> anyhow::Result<Pushed> {
+    let dir = sb.root.join("clones").join(reviewer).join(repo);
+    if dir.exists() {
+        sandbox_git(&dir, reviewer).run(&["fetch", "--quiet", "origin"])?;
+    } else {
+        sb.clone_for(repo, reviewer)?;
+    }
+    push(
+        &dir,
+        reviewer,
+        &[&format!("origin/{branch}:refs/approvals/{task}/{reviewer}")],
+    )
+}
+
+/// bob and carol approve the task's branch in every repository; Err says whose was refused.
+fn approve_everywhere(sb: &Sandbox, task: &str, branch: &str) -> anyhow::Result<()> {
+    for (repo, _) in &sb.repos {
+        for reviewer in ["bob", "carol"] {
+            let p = approve(sb, repo, reviewer, task, branch)?;
+            if !p.accepted {
+                anyhow::bail!(
+                    "{reviewer}'s approval of {task} in {repo} was refused: {}",
+                    p.remote.join(" / ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A TOML basic string.
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -317,6 +355,14 @@ pub const ACTS: &[Act] = &[
     Act {
         title: "even the bot cannot force-push master",
         command: "git push --force origin master",
+    },
+    Act {
+        title: "alice approves her own TASK-1 branch: authors do not review their own work",
+        command: "git push origin origin/feature/TASK-1-login:refs/approvals/TASK-1/alice",
+    },
+    Act {
+        title: "bob and carol review TASK-1 and approve its head in api and web",
+        command: "git push origin origin/feature/TASK-1-login:refs/approvals/TASK-1/bob",
     },
     Act {
         title: "TASK-1 is moved to For Delivery; the bot delivers it across api and web",
@@ -490,7 +536,9 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("  pushing as    alice (a developer); lockstep-bot (the bot account)");
+    println!(
+        "  pushing as    alice (a developer); bob and carol (reviewers); lockstep-bot (the bot)"
+    );
 
     let mut n = Narrator::new(ACTS);
     let api = sb.clone_for("api", "alice")?;
@@ -550,6 +598,17 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
     let p = push(&bot, "lockstep-bot", &["--force", "master"])?;
     n.push_act(&p, false);
 
+    let p = approve(&sb, "api", "alice", "TASK-1", "feature/TASK-1-login")?;
+    n.push_act(&p, false);
+
+    n.begin();
+    let approved = approve_everywhere(&sb, "TASK-1", "feature/TASK-1-login");
+    n.check(
+        approved.is_ok(),
+        "approved: two reviews of each branch's head, as `two-approvals` asks",
+        &format!("{approved:?}"),
+    );
+
     println!("\n— second act: delivery, all or nothing —");
     set_status(&sb, "TASK-1", "For Delivery")?;
     n.begin();
@@ -595,6 +654,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
             );
         }
     }
+    approve_everywhere(&sb, "TASK-3", "feature/TASK-3-dark-mode")?;
     set_status(&sb, "TASK-3", "For Delivery")?;
     let before: Vec<Option<String>> = sb
         .repos

@@ -221,6 +221,58 @@ impl Git {
         })))
     }
 
+    /// The refs under `prefix` (e.g. `refs/heads/`) and the objects they point to, in one
+    /// `git for-each-ref`.
+    pub fn refs(&self, prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let out = self.run(&[
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "--end-of-options",
+            prefix,
+        ])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(oid, name)| (name.to_string(), oid.to_string()))
+            .collect())
+    }
+
+    /// Which of these objects the repository has, asked of one `git cat-file --batch-check`.
+    pub fn existing(&self, oids: &[&str]) -> anyhow::Result<std::collections::HashSet<String>> {
+        use std::io::Write as _;
+        let mut child = Reaped(
+            self.command(&["cat-file", "--batch-check=%(objectname)"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot run `git cat-file`; is git installed?")?,
+        );
+        let mut input = String::with_capacity(oids.len() * 41);
+        for oid in oids.iter().filter(|o| is_oid(o)) {
+            input.push_str(oid);
+            input.push('\n');
+        }
+        let mut stdin = child
+            .0
+            .stdin
+            .take()
+            .context("no stdin for `git cat-file`")?;
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let mut out = String::new();
+        if let Some(mut stdout) = child.0.stdout.take() {
+            std::io::Read::read_to_string(&mut stdout, &mut out)?;
+        }
+        let _ = writer.join();
+        let _ = child.0.wait();
+        // Missing objects come back as `<oid> missing`, found ones as the bare id.
+        Ok(out
+            .lines()
+            .filter(|l| is_oid(l))
+            .map(String::from)
+            .collect())
+    }
+
     /// The object id a ref points to, or None if it does not exist.
     pub fn resolve(&self, rev: &str) -> anyhow::Result<Option<String>> {
         let spec = format!("{rev}^{{commit}}");

@@ -14,6 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use crate::audit;
 use crate::config::{Config, ConfigSource};
 use crate::delivery::{self, Request, Requested, refusal_lines};
 use crate::domain::{Source, TaskKey};
@@ -64,8 +65,14 @@ pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config,
 /// How long past `[policies] timeout` a hook waits for a decision before it gives up on it.
 const HOOK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The decisions on a push, and the state folder its verdicts are counted in.
-type Decided = (Vec<RefDecision>, PathBuf);
+/// The decisions on a push, the state folder its verdicts are counted in, and its line of
+/// the decision log.
+struct Decided {
+    decisions: Vec<RefDecision>,
+    state_dir: PathBuf,
+    logged: audit::Entry,
+    limits: crate::config::Audit,
+}
 
 /// Decides a push in a hook's environment, under the policy deadline.
 fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Decided> {
@@ -93,8 +100,13 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
     // after, taking an overrunning worker with it.
     policies.deadline = Some(std::time::Instant::now() + timeout);
     let state_dir = config.state_dir();
+    let limits = config.audit.clone();
     let (tx, rx) = mpsc::channel();
     let tracker_name = tracker.name();
+    let git_dir = std::path::absolute(git.dir())
+        .unwrap_or_else(|_| git.dir().to_path_buf())
+        .to_string_lossy()
+        .into_owned();
     std::thread::spawn(move || {
         let r = push::decide(
             &config,
@@ -105,7 +117,18 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
             tracker_name,
             &tasks,
             NewCommits::NotOnAnyRef(&early),
-        );
+        )
+        .map(|decisions| {
+            let logged = audit::Entry::push(
+                &ctx,
+                &git_dir,
+                tracker_name,
+                &tasks,
+                &decisions,
+                &policies.revision,
+            );
+            (decisions, logged)
+        });
         let _ = tx.send(r);
     });
     let result = match rx.recv_timeout(timeout + HOOK_GRACE) {
@@ -115,20 +138,18 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
             crate::config::humanize(timeout)
         ),
     };
-    result.map(|decisions| (decisions, state_dir))
+    result.map(|(decisions, logged)| Decided {
+        decisions,
+        state_dir,
+        logged,
+        limits,
+    })
 }
 
 /// The metric label of a verdict: `pass`, `skip` (its `when` was false), `deny`, `warn` or
 /// `error`.
 pub fn outcome_label(v: &crate::policy::Verdict) -> &'static str {
-    use crate::policy::{Enforcement, Outcome};
-    match (&v.outcome, v.enforcement) {
-        (Outcome::NotApplicable, _) => "skip",
-        (Outcome::Pass, _) => "pass",
-        (Outcome::Fail(_), Enforcement::Deny) => "deny",
-        (Outcome::Fail(_), Enforcement::Warn) => "warn",
-        (Outcome::Error(_), _) => "error",
-    }
+    v.label()
 }
 
 /// Counts the verdicts of a push for `lockstep serve`'s metrics ([`crate::verdict_counts`]).
@@ -152,13 +173,18 @@ fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
     }
 }
 
-/// Prints the verdict, then counts it for the metrics: the pusher reads why before the
-/// hook touches the store.
+/// Prints the verdict, then counts it for the metrics and appends it to the decision log:
+/// the pusher reads why before the hook touches the disk.
 fn finish(result: anyhow::Result<Decided>) -> i32 {
     let gitlab = std::env::var_os("GL_ID").is_some();
     let mut err = std::io::stderr().lock();
     match result {
-        Ok((decisions, state_dir)) => {
+        Ok(Decided {
+            decisions,
+            state_dir,
+            logged,
+            limits,
+        }) => {
             let report = Report {
                 decisions: &decisions,
                 gitlab,
@@ -169,6 +195,9 @@ fn finish(result: anyhow::Result<Decided>) -> i32 {
             let _ = err.flush();
             drop(err);
             count_decisions(&state_dir, &decisions);
+            if let Err(e) = audit::append(&state_dir, &logged, &limits) {
+                tracing::debug!("hook decision not logged: {e:#}");
+            }
             if decisions.iter().all(|d| d.decision.accepted()) {
                 ACCEPTED
             } else {

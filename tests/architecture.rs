@@ -9,13 +9,14 @@ const EDGES: [&str; 7] = [
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 12] = [
+const CORE: [&str; 13] = [
     "domain",
     "config",
     "policy",
     "push",
     "delivery",
     "store",
+    "audit",
     "verdict_counts",
     "runtime",
     "git",

@@ -277,6 +277,7 @@ message = "{pusherr} did it"
 #[test]
 fn policy_check_passes_the_shipped_policies() {
     let env = Env::new(&[]);
+    env.require_approvals();
     let out = env.lockstep(&["policy", "check"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(

@@ -5,6 +5,7 @@
 mod util;
 
 mod architecture;
+mod audit;
 mod bad_input;
 mod container;
 mod crash;
@@ -20,5 +21,6 @@ mod pipeline;
 mod policy_test;
 mod postgres_sandboxes;
 mod replicas;
+mod reviews;
 mod serve;
 mod trackers;

@@ -822,7 +822,7 @@ fn deliveries_asked_outside_github_still_need_every_branch_reviewed() {
     let o = deliver(false);
     assert_ne!(code(&o), 0, "{}", stdout(&o));
     assert!(
-        stderr(&o).contains("cannot read the pull requests of `TASK-1`"),
+        stderr(&o).contains("cannot read the branches and approvals of `TASK-1`"),
         "{}",
         stderr(&o)
     );

@@ -1,4 +1,4 @@
-//! Durations as the config writes them: `250ms`, `2s`, `30m`, `1h`, or a bare number of
+//! Durations as the config writes them: `250ms`, `2s`, `30m`, `1h`, `7d`, or a bare number of
 //! seconds. Fields read them with `#[serde(with = "duration")]`; messages print them back in
 //! the same words with [`humanize`].
 
@@ -12,7 +12,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     parse_duration(&text).map_err(D::Error::custom)
 }
 
-/// Parses `250ms`, `2s`, `30m`, `1h`, or a bare number of seconds.
+/// Parses `250ms`, `2s`, `30m`, `1h`, `7d`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -27,9 +27,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         other => {
             return Err(format!(
-                "bad duration unit `{other}` in `{text}`; use ms, s, m or h"
+                "bad duration unit `{other}` in `{text}`; use ms, s, m, h or d"
             ));
         }
     };
@@ -59,6 +60,10 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert!(parse_duration("2 weeks").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -11,6 +11,7 @@
 //! - `server`: `[server]` and `[github]`.
 //! - `store`: `[store]`.
 //! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
+//! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 mod delivery;
 mod duration;
 mod monitor;
+mod reviews;
 mod server;
 mod store;
 mod tracker;
@@ -30,6 +32,7 @@ mod tracker;
 pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use monitor::{AlertmanagerConfig, Gate, NoData, PrometheusConfig};
+pub use reviews::{Audit, Reviews};
 pub use server::{GitHubConfig, Server};
 pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
@@ -65,6 +68,15 @@ pub struct Config {
     /// `lockstep serve`: where it listens and how it links back to itself.
     #[serde(default)]
     pub server: Server,
+    /// Who may approve a task branch with an approval ref.
+    #[serde(default)]
+    pub reviews: Reviews,
+    /// Named groups of people (`dba = ["alice", "bob"]`), the `teams` fact. Default none.
+    #[serde(default)]
+    pub teams: BTreeMap<String, Vec<String>>,
+    /// The decision log's size and rotation.
+    #[serde(default)]
+    pub audit: Audit,
     /// Where the queue and the journal live: SQLite in `state_dir`, or a PostgreSQL shared by
     /// several `lockstep serve` replicas.
     #[serde(default)]

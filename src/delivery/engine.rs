@@ -338,6 +338,7 @@ impl Engine {
         if self.config.delivery.delete_branches {
             self.delete_branches(d.id, checkouts).await;
         }
+        self.delete_approvals(d, checkouts).await;
         let _ = std::fs::remove_dir_all(self.work_dir(d.id));
         Ok(())
     }

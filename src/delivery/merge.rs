@@ -48,6 +48,17 @@ impl Engine {
             Some(d.id),
         );
         let decision = self.policies.evaluate(Stage::Merge, &facts);
+        crate::audit::record(
+            &self.config,
+            &crate::audit::Entry::delivery(
+                Stage::Merge,
+                &d.task,
+                &d.requester,
+                Some(d.id),
+                &decision,
+                &self.policies.revision,
+            ),
+        );
         if decision.accepted() {
             return Ok(());
         }
@@ -234,6 +245,48 @@ impl Engine {
                     "branch",
                     &format!("{}: {detail}", c.row.branch),
                 )
+                .await;
+        }
+    }
+}
+
+impl Engine {
+    /// Deletes the task's approval refs (`refs/approvals/<TASK>/…`) in every repository the
+    /// delivery landed in: they approved heads that are now upstream, and would otherwise
+    /// pile up. What happened is journaled; nothing stops.
+    pub(super) async fn delete_approvals(&self, d: &DeliveryRow, checkouts: &[Checkout]) {
+        for c in checkouts {
+            let git = self.bot_git(&c.dir);
+            let prefix = format!("{}{}/", crate::push::approval::PREFIX, d.task);
+            let r = blocking(move || -> anyhow::Result<Vec<String>> {
+                let pattern = format!("{prefix}*");
+                let listed = git.run(&["ls-remote", "origin", &pattern])?;
+                let refs: Vec<String> = listed
+                    .lines()
+                    .filter_map(|l| l.split_once('\t'))
+                    .map(|(_, name)| name.to_string())
+                    .filter(|name| name.starts_with(&prefix))
+                    .collect();
+                if refs.is_empty() {
+                    return Ok(refs);
+                }
+                let mut args = vec!["push".to_string(), "--quiet".into(), "origin".into()];
+                args.extend(refs.iter().map(|r| format!(":{r}")));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                match git.try_run(&args)? {
+                    (true, _, _) => Ok(refs),
+                    (false, out, err) => anyhow::bail!("{}", push_error(&out, &err)),
+                }
+            })
+            .await;
+            let detail = match r {
+                Ok(refs) if refs.is_empty() => continue,
+                Ok(refs) => format!("deleted {}", refs.join(", ")),
+                Err(e) => format!("not deleted: {e:#}"),
+            };
+            let _ = self
+                .store
+                .journal(d.id, "report", &c.row.repo, "approvals", &detail)
                 .await;
         }
     }

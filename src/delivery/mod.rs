@@ -13,6 +13,7 @@
 //! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
 //!   tree when it ends.
 
+mod branches;
 pub mod contain;
 mod engine;
 mod gate;
@@ -29,6 +30,7 @@ pub mod train;
 mod watch;
 pub mod worker;
 
+pub use branches::{BranchFacts, PrFacts, task_branches};
 pub use gate::Trigger;
 pub use rollback::Cause;
 
@@ -41,153 +43,13 @@ use anyhow::Context as _;
 use self::engine::Engine;
 use crate::config::Config;
 use crate::domain::{DeliveryId, RepoName, Source, TaskKey};
-use crate::github::{self, GitHub, GitHubRepo};
+use crate::github::GitHub;
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::store::{Enqueued, NewDelivery, Store};
 use crate::tracker::{Task, Tracker};
 
-/// What a pull request adds to the facts of a delivery request.
-#[derive(Debug, Clone, Default)]
-pub struct PrFacts {
-    /// `owner/name` on GitHub.
-    pub repo: String,
-    pub number: u64,
-    pub author: String,
-    pub head: String,
-    /// The latest review state per reviewer (`APPROVED`, `CHANGES_REQUESTED`, …).
-    pub reviews: Vec<(String, String)>,
-}
-
-impl PrFacts {
-    /// Approvals by people other than the author, counting each reviewer's latest review.
-    pub fn approvals(&self) -> i64 {
-        self.reviews
-            .iter()
-            .filter(|(user, state)| state == "APPROVED" && *user != self.author)
-            .count() as i64
-    }
-}
-
-/// A branch of the task in a repository on GitHub, and its open pull request.
-#[derive(Debug, Clone)]
-pub struct BranchFacts {
-    /// The repository's name in `lockstep.toml`.
-    pub repo: String,
-    /// `owner/name` on GitHub.
-    pub github: String,
-    pub branch: String,
-    /// The open pull request whose head is this branch of this repository (not a fork's).
-    pub pr: Option<PrFacts>,
-}
-
-impl BranchFacts {
-    fn value(&self) -> Value {
-        let pr = self.pr.as_ref().map_or(Value::Null, |pr| {
-            policy::map([
-                ("number", (pr.number as i64).into()),
-                ("author", pr.author.as_str().into()),
-                ("approvals", pr.approvals().into()),
-            ])
-        });
-        policy::map([
-            ("repo", self.repo.as_str().into()),
-            ("github", self.github.as_str().into()),
-            ("branch", self.branch.as_str().into()),
-            ("pr", pr),
-        ])
-    }
-}
-
-/// The task's branches in the repositories on GitHub (`github = "owner/name"`, with a
-/// `[github]` section: without one, lockstep does not talk to GitHub and there are none), each
-/// with its open pull request and that pull request's reviews. Without a client at hand (the
-/// command line, a hook), one is built from `[github]`.
-pub async fn task_branches_on_github(
-    config: &Config,
-    client: Option<&GitHub>,
-    key: &str,
-) -> anyhow::Result<Vec<BranchFacts>> {
-    let Some(gh_config) = &config.github else {
-        return Ok(Vec::new());
-    };
-    let on_github: Vec<(&crate::config::Repo, GitHubRepo)> = config
-        .repos
-        .iter()
-        .filter_map(|r| Some((r, GitHubRepo::parse(r.github.as_deref()?)?)))
-        .collect();
-    if on_github.is_empty() {
-        return Ok(Vec::new());
-    }
-    let built;
-    let gh = match client {
-        Some(gh) => gh,
-        None => {
-            built = GitHub::api_only(config, gh_config)?;
-            &built
-        }
-    };
-    let mut out = Vec::new();
-    for (repo, name) in on_github {
-        let branches = task_branches(config, repo, key).await?;
-        if branches.is_empty() {
-            continue;
-        }
-        let pulls = gh.open_pulls(&name).await?;
-        let full = name.to_string();
-        for branch in branches {
-            let pull = pulls
-                .iter()
-                .find(|p| p.head_ref == branch && p.head_repo.eq_ignore_ascii_case(&full));
-            let pr = match pull {
-                Some(p) => Some(PrFacts {
-                    repo: full.clone(),
-                    number: p.number,
-                    author: p.author.clone(),
-                    head: p.head_ref.clone(),
-                    reviews: github::latest_reviews(&gh.reviews(&name, p.number).await?),
-                }),
-                None => None,
-            };
-            out.push(BranchFacts {
-                repo: repo.name.to_string(),
-                github: full.clone(),
-                branch,
-                pr,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// The branches of a repository that name the task (`git ls-remote --heads`).
-async fn task_branches(
-    config: &Config,
-    repo: &crate::config::Repo,
-    key: &str,
-) -> anyhow::Result<Vec<String>> {
-    let url = line::repo_url(config, repo);
-    let git = crate::git::Git::new(config.resolve(std::path::Path::new(".")));
-    let listed = {
-        let url = url.clone();
-        crate::runtime::blocking(move || {
-            git.try_run(&["ls-remote", "--heads", "--end-of-options", &url])
-        })
-        .await?
-    };
-    let (ok, out, err) = listed;
-    if !ok {
-        anyhow::bail!("cannot list the branches of `{url}`: {}", err.trim());
-    }
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_once('\t')?.1.strip_prefix("refs/heads/"))
-        .filter(|b| config.tasks.task_of(b) == Some(key))
-        .map(String::from)
-        .collect())
-}
-
 /// The facts of a delivery request (and of the merge check). `branches` is what
-/// [`task_branches_on_github`] found, when a rule reads it.
+/// [`branches_for`] found, when a rule reads it.
 #[allow(clippy::too_many_arguments)]
 pub fn deliver_facts(
     config: &Config,
@@ -212,6 +74,7 @@ pub fn deliver_facts(
             "repos",
             repos.iter().map(RepoName::to_string).collect::<Vec<_>>(),
         )
+        .set("teams", teams_value(config))
         .set(
             "branches",
             Value::List(Arc::new(branches.iter().map(BranchFacts::value).collect())),
@@ -250,6 +113,31 @@ pub fn deliver_facts(
     f
 }
 
+/// The `teams` fact: `[teams]` as a map of lists.
+pub fn teams_value(config: &Config) -> Value {
+    let teams: std::collections::HashMap<String, Value> = config
+        .teams
+        .iter()
+        .map(|(name, people)| (name.clone(), Value::from(people.clone())))
+        .collect();
+    Value::from(teams)
+}
+
+/// The task's branches for the `on = "deliver"` rules: none unless a rule reads `branches`;
+/// the files they change only if a rule mentions `files`.
+pub async fn branches_for(
+    config: &Config,
+    policies: &PolicySet,
+    github: Option<&GitHub>,
+    key: &str,
+) -> anyhow::Result<Vec<BranchFacts>> {
+    if !policies.needs(Stage::Deliver, "branches") {
+        return Ok(Vec::new());
+    }
+    let with_files = policies.mentions(Stage::Deliver, "files");
+    task_branches(config, github, key, with_files).await
+}
+
 /// A delivery request from any source.
 #[derive(Debug, Clone, Default)]
 pub struct Request {
@@ -283,19 +171,15 @@ pub async fn request(
     let task = crate::tracker::task_with_timeout(tracker, &req.task, config.tracker.timeout)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; the delivery of `{}` was not queued", req.task))?;
-    let mut branches = if policies.needs(Stage::Deliver, "branches") {
-        task_branches_on_github(config, github, &req.task)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot read the pull requests of `{}`, which the delivery rules need; \
-                     the delivery was not queued",
-                    req.task
-                )
-            })?
-    } else {
-        Vec::new()
-    };
+    let mut branches = branches_for(config, policies, github, &req.task)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read the branches and approvals of `{}`, which the delivery rules \
+                 need; the delivery was not queued",
+                req.task
+            )
+        })?;
     // The pull request the request came from is judged even if its branch was not found
     // (a fork's, or one deleted since): asking from it must not skip its reviews.
     if let Some(pr) = &req.pr
@@ -316,7 +200,9 @@ pub async fn request(
             repo,
             github: pr.repo.clone(),
             branch: pr.head.clone(),
+            approvers: pr.approvers(),
             pr: Some(pr.clone()),
+            ..Default::default()
         });
     }
     let repos: Vec<RepoName> = config.repos.iter().map(|r| r.name.clone()).collect();
@@ -332,6 +218,17 @@ pub async fn request(
         None,
     );
     let decision = policies.evaluate(Stage::Deliver, &facts);
+    crate::audit::record(
+        config,
+        &crate::audit::Entry::delivery(
+            Stage::Deliver,
+            &req.task,
+            &req.requester,
+            None,
+            &decision,
+            &policies.revision,
+        ),
+    );
     if !decision.accepted() {
         return Ok(Requested::Refused(decision));
     }
@@ -382,26 +279,4 @@ pub fn refusal_lines(decision: &Decision) -> Vec<String> {
                 .map(move |m| format!("[{}] {m}", v.rule))
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn approvals_count_others_only() {
-        let pr = PrFacts {
-            repo: "acme/api".into(),
-            number: 1,
-            author: "alice".into(),
-            head: "feature/T-1".into(),
-            reviews: vec![
-                ("alice".into(), "APPROVED".into()),
-                ("bob".into(), "APPROVED".into()),
-                ("carol".into(), "CHANGES_REQUESTED".into()),
-                ("dave".into(), "DISMISSED".into()),
-            ],
-        };
-        assert_eq!(pr.approvals(), 1);
-    }
 }

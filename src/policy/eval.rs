@@ -78,6 +78,18 @@ impl Verdict {
             && matches!(self.outcome, Outcome::Fail(_) | Outcome::Error(_))
     }
 
+    /// `pass`, `skip` (its `when` was false), `deny`, `warn` or `error`: the verdict in a
+    /// word, for the metrics and the decision log.
+    pub fn label(&self) -> &'static str {
+        match (&self.outcome, self.enforcement) {
+            (Outcome::NotApplicable, _) => "skip",
+            (Outcome::Pass, _) => "pass",
+            (Outcome::Fail(_), Enforcement::Deny) => "deny",
+            (Outcome::Fail(_), Enforcement::Warn) => "warn",
+            (Outcome::Error(_), _) => "error",
+        }
+    }
+
     /// The lines to show for a failing verdict.
     pub fn messages(&self) -> Vec<String> {
         match &self.outcome {

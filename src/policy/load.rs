@@ -128,7 +128,9 @@ impl PolicySet {
         let env = Arc::new(policy_env());
         let mut rules: Vec<Rule> = Vec::new();
         let mut errors = LoadErrors::default();
+        let mut revision = super::Revision::default();
         for (path, text) in sources {
+            revision.add(path, text);
             let file: PolicyFile = match toml::from_str(text) {
                 Ok(f) => f,
                 Err(e) => {
@@ -161,6 +163,7 @@ impl PolicySet {
             Ok(PolicySet {
                 env,
                 rules,
+                revision: revision.finish(),
                 timeout: crate::config::Policies::default().timeout,
                 deadline: None,
             })

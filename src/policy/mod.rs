@@ -45,7 +45,7 @@ pub const MAX_EXPRESSION_LEN: usize = 4096;
 pub const MAX_REPORTED_SUBJECTS: usize = 10;
 
 /// When a rule is evaluated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// For every ref of every `git push`, in the server's hooks.
@@ -162,12 +162,35 @@ impl Rule {
 pub struct PolicySet {
     env: Arc<Env>,
     pub rules: Vec<Rule>,
+    /// The policy set's revision: a hash of its files' names and texts, for the decision log.
+    pub revision: String,
     /// How long one evaluation may take (`[policies] timeout`); a rule still running then
     /// counts as its `on_error` says.
     pub timeout: Duration,
     /// When set, evaluations end by this instant however late they start (a hook's budget
     /// for the whole push).
     pub deadline: Option<Instant>,
+}
+
+/// Hashes policy files, in the order they are loaded, into a [`PolicySet::revision`].
+#[derive(Default)]
+struct Revision(sha2::Sha256);
+
+impl Revision {
+    fn add(&mut self, path: &std::path::Path, text: &str) {
+        use sha2::Digest as _;
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        for part in [name.as_bytes(), &b"\0"[..], text.as_bytes(), &b"\0"[..]] {
+            self.0.update(part);
+        }
+    }
+
+    /// The first 12 hex digits: enough to tell revisions apart in a log.
+    fn finish(self) -> String {
+        use sha2::Digest as _;
+        let digest = hex::encode(self.0.finalize());
+        digest[..12].to_string()
+    }
 }
 
 impl fmt::Debug for PolicySet {
@@ -188,6 +211,15 @@ impl PolicySet {
     /// when a rule reads them).
     pub fn needs(&self, stage: Stage, var: &str) -> bool {
         self.rules_for(stage).any(|r| r.uses(var))
+    }
+
+    /// Whether the text of some expression of the stage's rules has this word: for a field of
+    /// a fact (`files` of `branches`), which [`PolicySet::needs`] does not see, so that it is
+    /// gathered only when a rule may read it.
+    pub fn mentions(&self, stage: Stage, word: &str) -> bool {
+        self.rules_for(stage)
+            .flat_map(|r| r.exprs())
+            .any(|e| e.source.contains(word))
     }
 
     /// Whether some rule applies to pushes: with none, every push would be accepted.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use cel::Value;
 
-use super::{PushContext, RefUpdate};
+use super::{PushContext, RefUpdate, approval};
 use crate::config::{Config, OnError};
 use crate::git::{Git, PendingCommits};
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
@@ -17,7 +17,8 @@ pub enum NewCommits<'a> {
     /// In a hook: everything not reachable from any existing ref; the listings started
     /// early are taken from `Early`.
     NotOnAnyRef(&'a Early),
-    /// In a dry run: everything not reachable from `old` or from refs other than this one.
+    /// In a dry run or a replay: everything not reachable from `old` or from refs other than
+    /// this one (approvals aside).
     AsIfPushedNow,
 }
 
@@ -109,6 +110,8 @@ pub fn decide(
     let need_rewind = policies.needs(Stage::Push, "rewind");
     let now = Value::Timestamp(chrono::Utc::now().fixed_offset());
     let mut out = Vec::with_capacity(updates.len());
+    // The repository's branches, listed once if the push brings an approval.
+    let mut heads: Option<Vec<(String, String)>> = None;
     for u in updates {
         let mut facts = Facts::default();
         facts
@@ -148,9 +151,14 @@ pub fn decide(
                 NewCommits::NotOnAnyRef(_) => vec!["--all"],
                 NewCommits::AsIfPushedNow => {
                     // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone
-                    // often is this very branch and would hide every new commit.
+                    // often is this very branch and would hide every new commit. Nor the
+                    // approvals, which point at branch heads.
                     excluded = format!("--exclude={}", u.name);
-                    let mut h = vec![excluded.as_str(), "--glob=refs/*"];
+                    let mut h = vec![
+                        excluded.as_str(),
+                        "--exclude=refs/approvals/*",
+                        "--glob=refs/*",
+                    ];
                     if !u.created() {
                         h.push(u.old.as_str());
                     }
@@ -180,6 +188,17 @@ pub fn decide(
         let mut decision = policies.evaluate(Stage::Push, &facts);
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
+        }
+        if u.name.starts_with(approval::PREFIX) {
+            if heads.is_none() {
+                heads = Some(git.refs("refs/heads/")?);
+            }
+            let heads = heads.as_deref().unwrap_or_default();
+            decision.verdicts.push(policy::Verdict {
+                rule: approval::RULE.to_string(),
+                enforcement: policy::Enforcement::Deny,
+                outcome: approval::judge(config, git, ctx, u, heads)?,
+            });
         }
         out.push(RefDecision {
             update: u.clone(),

@@ -6,17 +6,19 @@
 //!
 //! By concern:
 //! - `update`: the ref updates git hands a hook, parsed;
+//! - [`approval`]: approvals as refs (`refs/approvals/<TASK>/<name>`), judged by the hook;
 //! - `context`: who pushes, to which repository, with which push options;
 //! - `decide`: the facts of each ref gathered, and the push rules evaluated on them;
 //! - `report`: the verdicts as the pusher reads them, and as `lockstep policy test` explains
 //!   them.
 
+pub mod approval;
 mod context;
 mod decide;
 mod report;
 mod update;
 
 pub use context::{PushContext, push_options_from_env, pusher_from_env, repo_name};
-pub use decide::{Early, NewCommits, RefDecision, decide, fetch_tasks, task_keys};
+pub use decide::{Early, NewCommits, RefDecision, TaskAnswers, decide, fetch_tasks, task_keys};
 pub use report::{Report, explain, gitlab_lines};
 pub use update::{ParseError, RefUpdate, parse_updates, update_from_parts};

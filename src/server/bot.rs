@@ -455,11 +455,7 @@ pub async fn on_review(
         crate::tracker::task_with_timeout(e.tracker.as_ref(), task, e.config.tracker.timeout)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
-    let branches = if e.policies.needs(Stage::Deliver, "branches") {
-        delivery::task_branches_on_github(&e.config, Some(gh), task).await?
-    } else {
-        Vec::new()
-    };
+    let branches = delivery::branches_for(&e.config, &e.policies, Some(gh), task).await?;
     let facts = delivery::deliver_facts(
         &e.config,
         e.tracker.name(),
@@ -476,6 +472,17 @@ pub async fn on_review(
         Some(d.id),
     );
     let decision = e.policies.evaluate(Stage::Deliver, &facts);
+    crate::audit::record(
+        &e.config,
+        &crate::audit::Entry::delivery(
+            Stage::Deliver,
+            &d.task,
+            &d.requester,
+            Some(d.id),
+            &decision,
+            &e.policies.revision,
+        ),
+    );
     if decision.accepted() {
         return Ok(Handled::Ignored("the delivery rules still hold".into()));
     }

@@ -86,6 +86,7 @@ impl Env {
             sb,
             database: None,
         };
+        env.without_approvals();
         // Every step goes through the gate wrapper (a no-op unless a test holds the step).
         let gate = env.sb.meta.join("steps").join("gate.sh");
         std::fs::write(&gate, GATE).unwrap();
@@ -229,6 +230,42 @@ impl Env {
             out = out.replace(&dir.display().to_string(), "[tmp]");
         }
         redact_ids(&out)
+    }
+
+    /// Takes the shipped `two-approvals` rule out of the sandbox's policies: most tests are
+    /// about what happens to a delivery, not about its reviews, and would otherwise have to
+    /// approve every branch they push. [`Env::require_approvals`] puts it back.
+    pub fn without_approvals(&self) {
+        let path = self.sb.meta.join("policies").join("50-delivery.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text
+            .find("[[rule]]\nname = \"two-approvals\"")
+            .expect("the shipped two-approvals rule");
+        std::fs::write(&path, &text[..start]).unwrap();
+    }
+
+    /// Puts the shipped `50-delivery.toml` back whole, `two-approvals` included.
+    pub fn require_approvals(&self) {
+        std::fs::write(
+            self.sb.meta.join("policies").join("50-delivery.toml"),
+            include_str!("../../policies/50-delivery.toml"),
+        )
+        .unwrap();
+    }
+
+    /// `reviewer` approves the head of `branch` of `repo` as they fetched it, the way the
+    /// README's `git approve` alias does: `git push origin origin/<branch>:refs/approvals/…`.
+    pub fn approve(&self, repo: &str, reviewer: &str, branch: &str) -> Pushed {
+        let dir = self.clone_of(repo, reviewer);
+        let task = lockstep::Tasks::default()
+            .task_of(branch)
+            .unwrap_or_default()
+            .to_string();
+        push_as(
+            &dir,
+            reviewer,
+            &[&format!("origin/{branch}:refs/approvals/{task}/{reviewer}")],
+        )
     }
 
     /// Adds a policy file next to the shipped ones.

@@ -19,8 +19,12 @@ pub const ALERTMANAGER_VAR: &str = "LOCKSTEP_TEST_ALERTMANAGER_TOKEN";
 pub const ALERTMANAGER_TOKEN: &str = "test-alertmanager-token";
 
 /// Ties each repository to `acme/<name>` on GitHub, sets the tracker's poll interval and
-/// appends `extra` (e.g. `[server]` and `[github]` sections).
+/// appends `extra` (e.g. `[server]` and `[github]` sections). With a `[github]` section, the
+/// shipped `two-approvals` rule is put back in force, reading GitHub's reviews.
 pub fn configure(env: &Env, poll: &str, extra: &str) {
+    if extra.contains("[github]") {
+        env.require_approvals();
+    }
     env.edit_config(|text| {
         let mut text = text.to_string();
         for (name, _) in &env.sb.repos {

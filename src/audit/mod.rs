@@ -1,0 +1,303 @@
+//! The decision log: every decision lockstep takes (each push a hook judges, each delivery
+//! request, each merge check), one JSON line each in `decisions.jsonl` of the state folder,
+//! with the policy set's revision, so that "why was this let through?" has an answer, and a
+//! candidate policy set can be tried on the pushes already seen.
+//!
+//! By concern:
+//! - this file: what a line holds ([`Entry`]), and how `lockstep audit` picks and shows lines;
+//! - `log`: appending under a size bound with rotation, and reading back;
+//! - `replay`: a candidate policy set evaluated against the logged pushes.
+
+mod log;
+mod replay;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{DeliveryId, TaskKey};
+use crate::git::short;
+use crate::policy::{Decision, Stage, Verdict};
+use crate::push::{PushContext, RefDecision, TaskAnswers};
+use crate::text::escape;
+
+pub use log::{append, read, record};
+pub use replay::replay;
+
+/// One decision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub time: DateTime<Utc>,
+    pub stage: Stage,
+    /// The repository pushed to; "" for deliveries and merges.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub repo: String,
+    /// Who pushed, or who asked for the delivery; "" when unknown.
+    #[serde(default)]
+    pub pusher: String,
+    /// The task a delivery or merge decision is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryId>,
+    /// The push options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+    /// The repository's folder, where a replay reads the pushed commits.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub git_dir: String,
+    /// The tracker's name, as rules read it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracker: String,
+    /// The tracker's answers the decision read, by task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskSeen>,
+    /// A push's refs, each with its verdicts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refs: Vec<RefEntry>,
+    /// A delivery's or merge's verdicts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<VerdictEntry>,
+    pub accepted: bool,
+    /// [`crate::policy::PolicySet::revision`] of the policies that decided.
+    pub revision: String,
+}
+
+/// One ref of a push.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RefEntry {
+    #[serde(rename = "ref")]
+    pub name: String,
+    pub old: String,
+    pub new: String,
+    pub verdicts: Vec<VerdictEntry>,
+    pub accepted: bool,
+}
+
+/// One rule's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VerdictEntry {
+    pub rule: String,
+    /// `pass`, `skip`, `deny`, `warn` or `error`.
+    pub verdict: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+}
+
+/// What the tracker said about a task.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TaskSeen {
+    pub exists: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub title: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub assignee: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Why the tracker did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl VerdictEntry {
+    fn of(v: &Verdict) -> VerdictEntry {
+        VerdictEntry {
+            rule: v.rule.clone(),
+            verdict: v.label().to_string(),
+            messages: v.messages(),
+        }
+    }
+
+    /// Whether the rule fired: it refused, warned or failed to evaluate.
+    fn fired(&self) -> bool {
+        matches!(self.verdict.as_str(), "deny" | "warn" | "error")
+    }
+}
+
+fn verdicts(d: &Decision) -> Vec<VerdictEntry> {
+    d.verdicts.iter().map(VerdictEntry::of).collect()
+}
+
+impl Entry {
+    /// The line of a push a hook decided.
+    pub fn push(
+        ctx: &PushContext,
+        git_dir: &str,
+        tracker: &str,
+        tasks: &TaskAnswers,
+        decisions: &[RefDecision],
+        revision: &str,
+    ) -> Entry {
+        let tasks = tasks
+            .iter()
+            .map(|(key, answer)| {
+                let seen = match answer {
+                    Ok(Some(t)) => TaskSeen {
+                        exists: true,
+                        status: t.status.clone(),
+                        title: t.title.clone(),
+                        assignee: t.assignee.clone(),
+                        url: t.url.clone(),
+                        error: None,
+                    },
+                    Ok(None) => TaskSeen::default(),
+                    Err(e) => TaskSeen {
+                        error: Some(e.clone()),
+                        ..Default::default()
+                    },
+                };
+                (key.clone(), seen)
+            })
+            .collect();
+        Entry {
+            time: Utc::now(),
+            stage: Stage::Push,
+            repo: ctx.repo.clone(),
+            pusher: ctx.pusher.clone(),
+            task: None,
+            delivery: None,
+            options: ctx.options.clone(),
+            git_dir: git_dir.to_string(),
+            tracker: tracker.to_string(),
+            tasks,
+            refs: decisions
+                .iter()
+                .map(|d| RefEntry {
+                    name: d.update.name.clone(),
+                    old: d.update.old.clone(),
+                    new: d.update.new.clone(),
+                    verdicts: verdicts(&d.decision),
+                    accepted: d.decision.accepted(),
+                })
+                .collect(),
+            verdicts: Vec::new(),
+            accepted: decisions.iter().all(|d| d.decision.accepted()),
+            revision: revision.to_string(),
+        }
+    }
+
+    /// The line of a delivery request's or a merge check's decision.
+    pub fn delivery(
+        stage: Stage,
+        task: &TaskKey,
+        requester: &str,
+        delivery: Option<DeliveryId>,
+        decision: &Decision,
+        revision: &str,
+    ) -> Entry {
+        Entry {
+            time: Utc::now(),
+            stage,
+            repo: String::new(),
+            pusher: requester.to_string(),
+            task: Some(task.clone()),
+            delivery,
+            options: Vec::new(),
+            git_dir: String::new(),
+            tracker: String::new(),
+            tasks: BTreeMap::new(),
+            refs: Vec::new(),
+            verdicts: verdicts(decision),
+            accepted: decision.accepted(),
+            revision: revision.to_string(),
+        }
+    }
+
+    fn all_verdicts(&self) -> impl Iterator<Item = &VerdictEntry> {
+        self.refs
+            .iter()
+            .flat_map(|r| r.verdicts.iter())
+            .chain(self.verdicts.iter())
+    }
+}
+
+/// Which lines `lockstep audit` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only pushes to this repository.
+    pub repo: Option<String>,
+    /// Only decisions taken at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only decisions in which this rule refused, warned or failed to evaluate.
+    pub rule: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &Entry) -> bool {
+        self.repo.as_ref().is_none_or(|r| *r == e.repo)
+            && self.since.is_none_or(|t| e.time >= t)
+            && self
+                .rule
+                .as_ref()
+                .is_none_or(|rule| e.all_verdicts().any(|v| v.rule == *rule && v.fired()))
+    }
+}
+
+/// The lines for people: one per decision, then one per ref, then one per rule that fired.
+pub fn render(entries: &[Entry]) -> String {
+    let mut s = String::new();
+    let t = |s: &str| escape(s).into_owned();
+    for e in entries {
+        let what = match e.stage {
+            Stage::Push => t(&e.repo),
+            _ => {
+                let mut w = t(e.task.as_deref().unwrap_or_default());
+                if let Some(id) = e.delivery {
+                    let _ = write!(w, " #{id}");
+                }
+                w
+            }
+        };
+        let pusher = if e.pusher.is_empty() {
+            "(unknown)".to_string()
+        } else {
+            t(&e.pusher)
+        };
+        let verdict = match (e.stage, e.accepted) {
+            (Stage::Push, true) => "accepted",
+            (Stage::Push, false) => "rejected",
+            (_, true) => "allowed",
+            (_, false) => "refused",
+        };
+        let _ = writeln!(
+            s,
+            "{}  {:<7}  {what}  {pusher}  {verdict}  (policies {})",
+            e.time.format("%Y-%m-%d %H:%M:%S"),
+            e.stage.to_string(),
+            t(&e.revision)
+        );
+        for r in &e.refs {
+            let _ = writeln!(
+                s,
+                "  {} {} → {}{}",
+                t(&r.name),
+                short(&r.old),
+                short(&r.new),
+                if r.accepted { "" } else { "  rejected" }
+            );
+            fired(&mut s, &r.verdicts, "    ");
+        }
+        fired(&mut s, &e.verdicts, "  ");
+    }
+    s
+}
+
+fn fired(s: &mut String, verdicts: &[VerdictEntry], indent: &str) {
+    for v in verdicts.iter().filter(|v| v.fired()) {
+        let messages = if v.messages.is_empty() {
+            String::new()
+        } else {
+            format!("  {}", escape(&v.messages.join("; ")))
+        };
+        let _ = writeln!(
+            s,
+            "{indent}{:<5} [{}]{messages}",
+            v.verdict,
+            escape(&v.rule)
+        );
+    }
+}
