@@ -18,19 +18,10 @@ mod util;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use util::Env;
 use util::fake_github::FakeGitHub;
 use util::serve::{ServeProc, TOKEN, configure, github_section};
 use util::webhooks;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use util::{Env, bench_arg as arg};
 
 fn wait(what: &str, timeout: Duration, f: impl Fn() -> bool) {
     let start = Instant::now();

@@ -13,25 +13,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use util::Env;
 use util::fake_github::FakeGitHub;
 use util::serve::{ServeProc, TOKEN, configure, github_section};
 use util::webhooks;
+use util::{Env, bench_arg as arg};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
     Status,
     Ignored,
     Deliver,
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

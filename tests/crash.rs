@@ -42,16 +42,6 @@ fn assert_all_or_nothing(env: &Env, task: &str) -> bool {
     landed[0]
 }
 
-/// How many times each step ran for a delivery, e.g. `[("api", "build"), …]` counted.
-fn step_runs(env: &Env, id: i64, repo: &str, step: &str) -> usize {
-    env.show(id)["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["repo"] == repo && s["step"] == step)
-        .count()
-}
-
 /// The ids of the deliveries of a task, across the whole queue.
 fn deliveries_of(env: &Env, task: &str) -> Vec<i64> {
     let q = env.queue();
@@ -122,8 +112,8 @@ pub(crate) fn crash_during_test_resumes_and_delivers_once() {
     assert!(stdout(&o).contains("#1 TASK-1: already queued; following it"));
     assert!(assert_all_or_nothing(&env, "TASK-1"));
     // Resumed at test: the builds were not run again, the tests were.
-    assert_eq!(step_runs(&env, 1, "api", "build"), 1);
-    assert_eq!(step_runs(&env, 1, "api", "test"), 2);
+    assert_eq!(runs_of_step(&env, 1, "api", "build"), 1);
+    assert_eq!(runs_of_step(&env, 1, "api", "test"), 2);
     assert!(
         env.show(1)["journal"]
             .as_array()
@@ -140,7 +130,7 @@ pub(crate) fn crash_during_test_resumes_and_delivers_once() {
     assert!(assert_all_or_nothing(&env, "TASK-3"));
     assert_eq!(deliveries_of(&env, "TASK-1"), [1]);
     assert_eq!(deliveries_of(&env, "TASK-3"), [2]);
-    assert_eq!(step_runs(&env, 1, "api", "deploy"), 1, "deployed once");
+    assert_eq!(runs_of_step(&env, 1, "api", "deploy"), 1, "deployed once");
     assert!(env.rollbacks().is_empty());
     assert_eq!(env.task("TASK-1").0, "Closed");
 }
@@ -165,7 +155,7 @@ fn crash_during_test_with_the_checkouts_gone_starts_over() {
     assert!(has_file(&env, "web", "urgent.txt"));
     // Rebased again, so built again: nothing is deployed that was not built and tested.
     for repo in REPOS {
-        assert_eq!(step_runs(&env, 1, repo, "build"), 2, "{repo}");
+        assert_eq!(runs_of_step(&env, 1, repo, "build"), 2, "{repo}");
         let built =
             std::fs::read_to_string(env.root().join("out").join(format!("{repo}.build"))).unwrap();
         assert_eq!(
@@ -221,9 +211,9 @@ fn crash_during_build_resumes_the_build_on_the_same_rebase() {
     };
     assert_eq!(events("rebase", "rebased"), REPOS.len(), "{journal}");
     assert_eq!(events("build", "resumed"), 1, "{journal}");
-    assert_eq!(step_runs(&env, 1, "web", "build"), 2);
+    assert_eq!(runs_of_step(&env, 1, "web", "build"), 2);
     for repo in REPOS {
-        assert_eq!(step_runs(&env, 1, repo, "test"), 1, "{repo}");
+        assert_eq!(runs_of_step(&env, 1, repo, "test"), 1, "{repo}");
         let built =
             std::fs::read_to_string(env.root().join("out").join(format!("{repo}.build"))).unwrap();
         assert_eq!(

@@ -199,6 +199,18 @@ fn runaway_rule(on_error: &str) -> String {
     )
 }
 
+/// `git push origin feature/TASK-1-login` as alice, from `dir`, through the real hooks.
+fn alice_pushes_login(dir: &std::path::Path) -> Command {
+    let mut push = Command::new("git");
+    scrub(&mut push);
+    push.current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GL_USER", "alice")
+        .args(["push", "origin", "feature/TASK-1-login"]);
+    push
+}
+
 #[test]
 fn issue10_a_runaway_rule_is_cut_at_the_policy_timeout() {
     let env = Env::new(&["api"]);
@@ -211,27 +223,13 @@ fn issue10_a_runaway_rule_is_cut_at_the_policy_timeout() {
 
     // The rule runs past the timeout: it counts as its `on_error` says (pass).
     let dir = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 login");
-    let mut push = Command::new("git");
-    scrub(&mut push);
-    push.current_dir(&dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GL_USER", "alice")
-        .args(["push", "origin", "feature/TASK-1-login"]);
-    let out = output_within(push, Duration::from_secs(20));
+    let out = output_within(alice_pushes_login(&dir), Duration::from_secs(20));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 
     // And as a failure, named, when `on_error` is fail.
     env.add_policy("90-runaway.toml", &runaway_rule("fail"));
     commit(&dir, "alice", "more.txt", "more\n", "TASK-1 more").unwrap();
-    let mut push = Command::new("git");
-    scrub(&mut push);
-    push.current_dir(&dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GL_USER", "alice")
-        .args(["push", "origin", "feature/TASK-1-login"]);
-    let out = output_within(push, Duration::from_secs(20));
+    let out = output_within(alice_pushes_login(&dir), Duration::from_secs(20));
     assert_ne!(code(&out), 0, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("runaway") && stderr(&out).contains("`policies.timeout`"),

@@ -53,15 +53,6 @@ fn journal(env: &Env, id: i64) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
-fn step_runs(env: &Env, id: i64, repo: &str, step: &str) -> usize {
-    env.show(id)["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["repo"] == repo && s["step"] == step)
-        .count()
-}
-
 /// Starts replica `a`, waits until it leads, then replica `b`, standing by.
 fn two_replicas(env: &Env) -> (ServeProc, ServeProc) {
     let a = ServeProc::replica(env, "a");
@@ -122,8 +113,8 @@ fn a_killed_leader_is_replaced_within_the_lease_and_its_delivery_lands_once() {
         1,
         "one delivery: {q}"
     );
-    assert_eq!(step_runs(&env, 1, "api", "deploy"), 1, "deployed once");
-    assert_eq!(step_runs(&env, 1, "api", "test"), 2);
+    assert_eq!(runs_of_step(&env, 1, "api", "deploy"), 1, "deployed once");
+    assert_eq!(runs_of_step(&env, 1, "api", "test"), 2);
     let j = journal(&env, 1);
     assert!(
         j.iter()
@@ -200,7 +191,7 @@ fn a_paused_leader_is_replaced_and_its_late_writes_are_refused() {
     assert_eq!(finished_api_tests.len(), 1, "{j:?}");
     assert_eq!(finished_api_tests[0].3, "passed", "{j:?}");
     assert!(!j.iter().any(|(_, _, event, _)| event == "failed"), "{j:?}");
-    assert_eq!(step_runs(&env, 1, "api", "deploy"), 1);
+    assert_eq!(runs_of_step(&env, 1, "api", "deploy"), 1);
     assert!(b.stop(Duration::from_secs(10)).success());
     assert!(a.stop(Duration::from_secs(10)).success());
 }

@@ -633,6 +633,26 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// How many times `repo`'s `step` ran for delivery `id`.
+pub fn runs_of_step(env: &Env, id: i64, repo: &str, step: &str) -> usize {
+    env.show(id)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["repo"] == repo && s["step"] == step)
+        .count()
+}
+
+/// A bench's `--name N` argument, or `default`.
+pub fn bench_arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A TOML basic string.
 pub fn toml_str(p: &Path) -> String {
     toml::Value::String(p.to_string_lossy().into_owned()).to_string()
