@@ -9,7 +9,7 @@ const EDGES: [&str; 7] = [
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 13] = [
+const CORE: [&str; 14] = [
     "domain",
     "config",
     "policy",
@@ -17,6 +17,7 @@ const CORE: [&str; 13] = [
     "delivery",
     "store",
     "audit",
+    "text",
     "verdict_counts",
     "runtime",
     "git",
