@@ -20,15 +20,19 @@ pub const EXCERPT_BYTES: usize = 4000;
 /// A longer line of an excerpt keeps its last this many bytes.
 pub const EXCERPT_LINE_BYTES: usize = 400;
 
-/// Whether a character would be read by a terminal as a command rather than shown: the C0
-/// controls but newline and tab, DEL, and the C1 controls (`U+0080`–`U+009F`, which some
-/// terminals read as ESC sequences).
+/// Whether a character would be read as a command rather than shown: the C0 controls but
+/// newline and tab, DEL, the C1 controls (`U+0080`–`U+009F`, which some terminals read as ESC
+/// sequences), and the bidirectional embeddings, overrides and isolates (`U+202A`–`U+202E`,
+/// `U+2066`–`U+2069`), which reorder what is shown so that a branch name or a log line reads
+/// otherwise than it is.
 fn is_control(c: char) -> bool {
-    c.is_control() && c != '\n' && c != '\t'
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// `s` with its control characters (all but newline and tab) written out visibly: ESC as
-/// `\x1b`, a C1 control as `\u{9b}`. A text without any is returned as it is.
+/// `\x1b`, a C1 control as `\u{9b}`, a right-to-left override as `\u{202e}`. A text
+/// without any is returned as it is.
 pub fn escape(s: &str) -> Cow<'_, str> {
     if !s.chars().any(is_control) {
         return Cow::Borrowed(s);
@@ -266,5 +270,17 @@ mod tests {
     fn clip_marks_the_cut_on_a_character_boundary() {
         assert_eq!(clip("short", 10), "short");
         assert_eq!(clip("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn bidirectional_overrides_are_shown_not_obeyed() {
+        // "feature/TASK-1-\u{202e}txt.exe" would show as "feature/TASK-1-exe.txt".
+        assert_eq!(
+            escape("feature/TASK-1-\u{202e}txt.exe"),
+            "feature/TASK-1-\\u{202e}txt.exe"
+        );
+        assert_eq!(escape("a\u{2066}b\u{2069}c"), "a\\u{2066}b\\u{2069}c");
+        // Right-to-left text itself is shown as it is.
+        assert_eq!(escape("שלום"), "שלום");
     }
 }
