@@ -75,16 +75,26 @@ impl Rm {
         path: &str,
         body: Option<Value>,
     ) -> Value {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url))
-            .header("X-Redmine-API-Key", key);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
+        // The test Redmine keeps its data in SQLite: under many tests at once a write can
+        // come back 500 (its database was busy). Set-up tries such a call again, twice.
+        let mut tries = 0;
+        let (status, text) = loop {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.url))
+                .header("X-Redmine-API-Key", key);
+            if let Some(body) = &body {
+                req = req.json(body);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            tries += 1;
+            if !status.is_server_error() || tries == 3 {
+                break (status, text);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
         assert!(status.is_success(), "{method} {path}: {status} {text}");
         if text.trim().is_empty() {
             Value::Null
