@@ -14,7 +14,7 @@ use crate::config::{Config, Located};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
 use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
-use crate::store::{DeliveryRow, Store};
+use crate::store::{DeliveryRow, Lease, Store};
 use crate::text::escape;
 
 /// Prints a line on standard output, its control characters escaped; a write that fails (a
@@ -178,12 +178,39 @@ pub fn work(at: &Located) -> anyhow::Result<i32> {
     })
 }
 
+/// Takes the queue's lease for a command a person runs by hand (`recover`, `rollback`). On
+/// PostgreSQL a worker that died keeps its lease until it expires, so the lease is asked for
+/// again until one lease period has passed: a live worker renews it meanwhile and keeps it; a
+/// dead one's lapses. SQLite's lock goes with its process: asked once.
+async fn lead_by_hand(engine: &Engine) -> anyhow::Result<Option<Lease>> {
+    if let Some(lease) = worker::try_lead(engine).await? {
+        return Ok(Some(lease));
+    }
+    if engine.store.backend() != crate::store::Backend::Postgres {
+        return Ok(None);
+    }
+    let lease = engine.config.store.lease;
+    eprintln!(
+        "lockstep: another worker holds the queue's lease; waiting up to {} in case it has \
+         stopped",
+        crate::config::humanize(lease)
+    );
+    let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(lease) = worker::try_lead(engine).await? {
+            return Ok(Some(lease));
+        }
+    }
+    Ok(None)
+}
+
 /// `lockstep recover`.
 pub fn recover(at: &Located) -> anyhow::Result<i32> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(lease) = worker::lead_by_hand(&engine).await? else {
+        let Some(lease) = lead_by_hand(&engine).await? else {
             anyhow::bail!(
                 "a worker is running; it recovers by itself (stop it first to recover by hand)"
             );
@@ -510,7 +537,7 @@ pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i3
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
-        let Some(lease) = worker::lead_by_hand(&engine).await? else {
+        let Some(lease) = lead_by_hand(&engine).await? else {
             anyhow::bail!("a worker is running a delivery; try again when it is done");
         };
         let outcome = rollback_led(&engine, id, revert).await;

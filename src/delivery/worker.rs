@@ -7,7 +7,6 @@
 //! takes over once it expires (see the store's `lease`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -27,33 +26,6 @@ pub async fn try_lead(engine: &Engine) -> anyhow::Result<Option<Lease>> {
         engine.config.store.lease,
     )
     .await
-}
-
-/// Takes the queue's lease for a command a person runs by hand (`recover`, `rollback`). On
-/// PostgreSQL a worker that died keeps its lease until it expires, so the lease is asked for
-/// again until one lease period has passed: a live worker renews it meanwhile and keeps it; a
-/// dead one's lapses. SQLite's lock goes with its process: asked once.
-pub async fn lead_by_hand(engine: &Engine) -> anyhow::Result<Option<Lease>> {
-    if let Some(lease) = try_lead(engine).await? {
-        return Ok(Some(lease));
-    }
-    if engine.store.backend() != crate::store::Backend::Postgres {
-        return Ok(None);
-    }
-    let lease = engine.config.store.lease;
-    eprintln!(
-        "lockstep: another worker holds the queue's lease; waiting up to {} in case it has \
-         stopped",
-        crate::config::humanize(lease)
-    );
-    let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(1);
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Some(lease) = try_lead(engine).await? {
-            return Ok(Some(lease));
-        }
-    }
-    Ok(None)
 }
 
 /// Builds the engine from a config: store, policies, tracker.
