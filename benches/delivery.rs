@@ -111,15 +111,7 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter that is not this bench's name skips it.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    if args
-        .iter()
-        .any(|a| !a.starts_with('-') && !"delivery".contains(a.as_str()))
-    {
+    if util::bench_filtered_out("delivery") {
         return;
     }
     let runs: usize = std::env::var("LOCKSTEP_BENCH_RUNS")

@@ -52,15 +52,7 @@ fn run(window: usize, durations: Durations) -> Run {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter that is not this bench's name skips it.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| a != "--bench")
-        .collect();
-    if args
-        .iter()
-        .any(|a| !a.starts_with('-') && !"queue".contains(a.as_str()))
-    {
+    if util::bench_filtered_out("queue") {
         return;
     }
     let scale: f64 = std::env::var("LOCKSTEP_BENCH_SCALE")

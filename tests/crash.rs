@@ -378,16 +378,7 @@ fn crash_between_merge_pushes_then_a_moved_upstream_puts_every_upstream_back() {
 #[test]
 fn crash_while_rolling_back_a_refused_merge_does_not_merge_it() {
     let env = Env::new(&REPOS);
-    env.add_policy(
-        "90-freeze.toml",
-        r#"
-[[rule]]
-name = "release-freeze"
-on = ["merge"]
-require = 'false'
-message = "merges are frozen until the release is out"
-"#,
-    );
+    env.add_policy("90-freeze.toml", MERGE_FREEZE);
     ready(&env, "TASK-1");
     let before = env.masters();
     env.hold("db", "rollback");

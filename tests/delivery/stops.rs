@@ -155,16 +155,7 @@ fn assert_returned_with_nothing_merged(env: &Env) {
 #[test]
 fn a_merge_refused_by_policy_merges_nothing_and_rolls_back_every_deploy() {
     let env = Env::new(&REPOS);
-    env.add_policy(
-        "90-freeze.toml",
-        r#"
-[[rule]]
-name = "release-freeze"
-on = ["merge"]
-require = 'false'
-message = "merges are frozen until the release is out"
-"#,
-    );
+    env.add_policy("90-freeze.toml", MERGE_FREEZE);
     ready(&env, "TASK-1", &REPOS, &[]);
     let before = env.masters();
 

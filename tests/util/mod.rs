@@ -633,6 +633,24 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A merge-stage rule that refuses every merge, as a release freeze would.
+pub const MERGE_FREEZE: &str = r#"
+[[rule]]
+name = "release-freeze"
+on = ["merge"]
+require = 'false'
+message = "merges are frozen until the release is out"
+"#;
+
+/// Whether `cargo bench` was given a filter that is not this bench's `name` (then it skips).
+pub fn bench_filtered_out(name: &str) -> bool {
+    // `cargo bench` passes `--bench`; any other word that is not an option is a filter.
+    std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .any(|a| !a.starts_with('-') && !name.contains(a.as_str()))
+}
+
 /// How many times `repo`'s `step` ran for delivery `id`.
 pub fn runs_of_step(env: &Env, id: i64, repo: &str, step: &str) -> usize {
     env.show(id)["steps"]
