@@ -434,9 +434,7 @@ fn gate_check(config: &Config) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let client = crate::monitor::Prometheus::from_config(prometheus)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = crate::runtime::current_thread()?;
     let mut bad = 0;
     for gate in &config.gates {
         match rt.block_on(client.query(&gate.query)) {

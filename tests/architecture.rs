@@ -108,3 +108,32 @@ fn the_scan_sees_paths_and_groups() {
     assert!(edges_named("use crate::{config, store::Store}; crate::hooks_dir").is_empty());
     assert!(edges_named(&code_of("let x = 1; // crate::server, in a comment")).is_empty());
 }
+
+/// One way to get a tokio runtime: `src/runtime.rs` (a current-thread one for hooks, a
+/// multi-thread one for the rest). Another builder elsewhere would drift from it.
+#[test]
+fn runtimes_are_built_only_in_runtime_rs() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in &files {
+        if file.ends_with("runtime.rs") {
+            continue;
+        }
+        let code = code_of(&std::fs::read_to_string(file).unwrap());
+        for builder in ["runtime::Builder", "Builder::new_", "#[tokio::main"] {
+            if code.contains(builder) {
+                found.push(format!(
+                    "{} uses `{builder}`",
+                    file.strip_prefix(&src).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a runtime built outside src/runtime.rs (use crate::runtime):\n{}",
+        found.join("\n")
+    );
+}

@@ -498,8 +498,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert!(!held.is_lost());
         let other = t.reopen().await;
+        let again = Lease::try_acquire(&other, &t.state_dir(), Duration::from_secs(1)).await;
         assert!(
-            Lease::try_acquire(&other, &t.state_dir(), Duration::from_secs(1)).await.unwrap().is_none(),
+            again.unwrap().is_none(),
             "still held after more than twice its length"
         );
         if t.store.backend() == Backend::Postgres {
