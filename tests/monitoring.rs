@@ -486,6 +486,85 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
     assert!(serve.stop(Duration::from_secs(10)).success());
 }
 
+/// Under the pipeline (`window = 4`), an alert's revert runs as soon as nothing deploys: it
+/// does not wait for the deliveries in the queue. The head, built on the upstream the revert
+/// moved, is prepared again on the reverted upstream and lands on top of the revert.
+#[test]
+fn an_alert_reverts_at_once_while_the_pipeline_prepares() {
+    let quick = Duration::ZERO;
+    let env = crate::util::pipeline::sandbox(
+        4,
+        crate::util::pipeline::Durations {
+            build: quick,
+            test: quick,
+            deploy: quick,
+            verify: quick,
+        },
+    );
+    env.set_delivery("watch", "\"10m\"");
+    env.edit_config(|t| format!("{t}\n[alertmanager]\ntoken_env = \"{ALERTMANAGER_VAR}\"\n"));
+    let before = tree(&env, "api");
+    ready(&env, "TASK-1", &["api"], &[]);
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_ne!(tree(&env, "api"), before, "TASK-1 did not land");
+
+    // TASK-2's preparation stops at web's test, which the test holds.
+    env.hold("web", "test");
+    ready(&env, "TASK-2", &["api", "web"], &[]);
+    let serve = ServeProc::start(&env);
+    let id = crate::util::pipeline::queue(&env, "TASK-2", 0);
+    env.wait_at_gate("web", "test");
+
+    let firing = notification(
+        "firing",
+        r#""lockstep_repo":"api""#,
+        "fp-api",
+        "2026-11-30T08:50:01Z",
+    );
+    let r = post_alert(&serve, Some(ALERTMANAGER_TOKEN), &firing);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_answer_ends(
+        &r.body,
+        ": rolling back #1 of `TASK-1`: its rollback steps, then a revert in every repository\n",
+    );
+    wait_until("the revert", LONG, Some(&serve.log), || {
+        tree(&env, "api") == before
+    });
+    // Reverted while TASK-2 still waits at its held test: the revert did not wait for it.
+    assert_eq!(env.state(id), "running");
+    assert_eq!(env.rollbacks(), ["api 1"]);
+    let revert = env.master("api");
+
+    env.open_gate("web", "test");
+    wait_until("TASK-2", LONG, Some(&serve.log), || {
+        env.state(id) == "delivered"
+    });
+    let show = env.show(id);
+    let discarded = show["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["event"] == "discarded")
+        .unwrap_or_else(|| panic!("TASK-2 was not prepared again: {show}"));
+    assert!(
+        discarded["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream_moved: base changed (the upstream of `api` moved to "),
+        "{discarded}"
+    );
+    let api = show["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repo"] == "api")
+        .unwrap()
+        .clone();
+    assert_eq!(api["base_sha"], revert.as_str(), "{show}");
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}
+
 /// `[delivery] watch_gates`: the gates keep sampling after the delivery lands, and one that
 /// fails during the watch rolls the delivery back and reverts it, as an alert would.
 #[test]

@@ -69,7 +69,7 @@ pub enum Handled {
     Ignored(String),
 }
 
-/// Work the worker does besides the queue, between deliveries.
+/// Work the worker does besides the queue, whenever no delivery is deploying.
 #[derive(Debug)]
 pub enum Job {
     /// `/rollback`: run the rollback steps of a finished delivery, then report on the PR.

@@ -1,7 +1,8 @@
 //! The server's background loops: the worker that holds the queue and runs it (one delivery
 //! at a time, or as a pipeline), reporting each delivery to GitHub, with the jobs the bot
-//! hands it between deliveries (among them the rollbacks of watched deliveries, and the gates
-//! sampled during a watch); and the pruner of old webhook ids and alerts.
+//! hands it, run whenever no delivery is deploying (among them the rollbacks of watched
+//! deliveries, and the gates sampled during a watch); and the pruner of old webhook ids and
+//! alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +17,31 @@ use crate::store::{DeliveryRow, Lease, now_ms};
 
 /// Reports the pipeline's deliveries to GitHub as they start and end, and watches the gates
 /// of those that landed.
-struct Reporter(Arc<App>);
+struct Reporter<'a> {
+    app: Arc<App>,
+    /// The worker's jobs, run whenever the pipeline has nothing deploying.
+    jobs: tokio::sync::Mutex<&'a mut mpsc::UnboundedReceiver<Job>>,
+}
 
 #[async_trait::async_trait]
-impl train::TrainWatcher for Reporter {
+impl train::TrainWatcher for Reporter<'_> {
     async fn started(&self, d: &DeliveryRow) {
-        report::started(&self.0, d).await;
+        report::started(&self.app, d).await;
     }
     async fn finished(&self, d: &DeliveryRow, state: State) {
-        report::finished(&self.0, d, state).await;
+        report::finished(&self.app, d, state).await;
         if state == State::Delivered {
-            watch_gates(&self.0, d.id);
+            watch_gates(&self.app, d.id);
         }
+    }
+    async fn between(&self) -> bool {
+        let mut jobs = self.jobs.lock().await;
+        let mut ran = false;
+        while let Ok(job) = jobs.try_recv() {
+            run_job(&self.app, job).await;
+            ran = true;
+        }
+        ran
     }
 }
 
@@ -118,8 +132,12 @@ async fn lead(
             continue;
         }
         if app.config().delivery.window > 1 {
-            // The pipeline runs until the queue is empty; jobs wait for it.
-            let reporter = Reporter(app.clone());
+            // The pipeline runs until the queue is empty; jobs (rollbacks) run whenever
+            // nothing is deploying, so an alert's revert does not wait for the queue.
+            let reporter = Reporter {
+                app: app.clone(),
+                jobs: tokio::sync::Mutex::new(&mut *jobs),
+            };
             let mut never = |_: DeliveryId, _: State| false;
             let until = train::Until {
                 done: &mut never,

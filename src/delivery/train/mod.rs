@@ -39,6 +39,12 @@ const TIPS_EVERY: Duration = Duration::from_secs(2);
 pub trait TrainWatcher: Send + Sync {
     async fn started(&self, _d: &DeliveryRow) {}
     async fn finished(&self, _d: &DeliveryRow, _state: State) {}
+    /// Nothing is deploying: work that needs the shared environment to itself (a rollback)
+    /// may run now, while the candidates go on building. Returns whether any ran, so that
+    /// the upstreams it may have reverted are read again.
+    async fn between(&self) -> bool {
+        false
+    }
 }
 
 /// Nobody but the engine's own progress.
@@ -318,6 +324,13 @@ impl Train<'_> {
                 continue;
             }
             i += 1;
+        }
+        let releasing = self
+            .items
+            .iter()
+            .any(|x| matches!(x.status, Status::Releasing { .. }));
+        if !releasing && self.watcher.between().await {
+            self.tips_read = None;
         }
         if self.tips_read.is_none_or(|t| t.elapsed() >= TIPS_EVERY) {
             self.read_tips().await;
