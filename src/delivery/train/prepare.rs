@@ -115,16 +115,28 @@ impl Train<'_> {
                         self.items[i].status = Status::Prepared { checkouts };
                         Ok(None)
                     }
-                    Err(stop) if i == 0 => {
+                    Err(stop) => {
+                        self.fill_used(i).await?;
+                        // The head's failure is its own only on bases that still hold: a
+                        // candidate built on a head that failed in this same batch of
+                        // events is the head now, and is judged (discarded) next round.
+                        let own = i == 0
+                            && bases::judge(
+                                &self.items[0].used,
+                                &[],
+                                &self.tips,
+                                &self.landed,
+                                &self.overtakers,
+                            ) == Verdict::Holds;
+                        if !own {
+                            self.hold(i, stop).await?;
+                            return Ok(None);
+                        }
                         let item = self.items.remove(0);
                         let state = self.engine.report_stop(&item.d, stop).await?;
                         self.watcher.finished(&item.d, state).await;
                         self.tips_read = None;
                         Ok(Some((item.d.id, state)))
-                    }
-                    Err(stop) => {
-                        self.hold(i, stop).await?;
-                        Ok(None)
                     }
                 }
             }
@@ -152,20 +164,15 @@ impl Train<'_> {
             .position(|x| x.d.id == id && x.generation == generation)
     }
 
-    /// Holds a candidate's failure: the bases it used are recorded (a failure before the
-    /// rebase found them depends on none), and it waits to become the head.
+    /// Holds a candidate's failure: the bases it used are recorded, and it waits to become
+    /// the head.
     async fn hold(&mut self, i: usize, stop: Stop) -> anyhow::Result<()> {
         let (phase, summary) = match &stop {
             Stop::Failed(f) => (f.phase, f.summary()),
             Stop::Broken(e) => (Phase::Rebase, format!("{e:#}")),
         };
         let id = self.items[i].d.id;
-        if self.items[i].used.is_empty() {
-            // Failed in the rebase: the bases it found are in the store.
-            let rows = self.engine.store.repos(id).await?;
-            let item = &mut self.items[i];
-            item.used = used_bases(rows.iter().map(|r| (&r.repo, &r.base_sha)), &item.on);
-        }
+        self.fill_used(i).await?;
         self.engine.store.hold(id, phase.as_str(), &summary).await?;
         let d = &self.items[i].d;
         self.engine.say(&format!(
@@ -173,6 +180,17 @@ impl Train<'_> {
             d.id, d.task
         ));
         self.items[i].status = Status::Held { stop };
+        Ok(())
+    }
+
+    /// Records the bases a failed preparation used: a failure before the rebase reported
+    /// them (in the rebase itself) finds them in the store.
+    async fn fill_used(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.items[i].used.is_empty() {
+            let rows = self.engine.store.repos(self.items[i].d.id).await?;
+            let item = &mut self.items[i];
+            item.used = used_bases(rows.iter().map(|r| (&r.repo, &r.base_sha)), &item.on);
+        }
         Ok(())
     }
 
