@@ -343,3 +343,88 @@ fn sigkill_with_candidates_in_flight_then_recovery_lands_each_once() {
         assert_eq!(landed(&env, repo, &before[repo]).len(), 2, "{repo}");
     }
 }
+
+/// A candidate cancelled while it is tested: its steps are stopped (their process groups
+/// killed), it ends cancelled and its task goes back; the candidate built on it is discarded,
+/// prepared again without it, and lands. The head is not disturbed.
+#[test]
+fn cancel_of_a_candidate_stops_its_steps_and_prepares_those_behind_again() {
+    let env = sandbox(3, QUICK);
+    let tasks: [(&str, &[&str]); 3] = [
+        ("TASK-1", &["api"]),
+        ("TASK-2", &["web"]),
+        ("TASK-3", &["web"]),
+    ];
+    let before = masters(&env);
+    let ids = queue_all(&env, &tasks, None);
+    env.hold("api", "deploy");
+    env.hold("web", "test");
+    let mut worker = env.spawn("worker", &["work"]);
+    env.wait_at_gate("api", "deploy");
+    let testing = |id: i64| {
+        env.show(id)["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "test" && s["outcome"] == "running")
+    };
+    wait_for("both web tests at the gate", || {
+        (testing(ids[1]) && testing(ids[2])).then_some(())
+    });
+    assert_eq!(env.show(ids[2])["delivery"]["built_on"], "#2");
+
+    let o = env.lockstep(&["cancel", &ids[1].to_string()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    wait_for("TASK-2 cancelled", || {
+        (env.state(ids[1]) == "cancelled").then_some(())
+    });
+    // Its test was stopped at the gate, not let run: the gate is still closed.
+    let two = env.show(ids[1]);
+    let test = two["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "test")
+        .unwrap()
+        .clone();
+    assert_eq!(test["outcome"], "stopped", "{two:#}");
+    assert_eq!(env.task("TASK-2").0, "In Progress");
+    wait_for("TASK-3 discarded", || {
+        (env.show(ids[2])["delivery"]["discards"].as_i64() == Some(1)).then_some(())
+    });
+
+    env.open_gate("web", "test");
+    env.open_gate("api", "deploy");
+    assert!(
+        worker.wait().unwrap().success(),
+        "{:?}",
+        env.spawned_output("worker")
+    );
+    let three = env.show(ids[2]);
+    let discarded: Vec<&str> = three["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["event"] == "discarded")
+        .map(|j| j["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        discarded,
+        ["ahead_changed: base changed (#2, which it was built on in `web`, left the line)"]
+    );
+    assert_eq!(three["delivery"]["built_on"], "", "{three:#}");
+    assert_eq!(
+        assert_landed_as_tested(&env, &ids, &before),
+        [ids[0], ids[2]]
+    );
+    // TASK-2's test never ran: the only step runs recorded for it are its build's.
+    let runs = step_runs(&env);
+    assert!(
+        runs.iter()
+            .filter(|r| r.delivery == ids[1])
+            .all(|r| r.step == "build"),
+        "{runs:?}"
+    );
+    let web = env.git_in("web", &["ls-tree", "--name-only", "master"]);
+    assert!(!web.lines().any(|f| f == "TASK-2.txt"), "{web}");
+}
