@@ -122,6 +122,26 @@ impl Engine {
         self.progress.say(line);
     }
 
+    /// A repository passed `phase` (its rebase, its merge): the board's cell, and the story's
+    /// line `#id task: phase repo from → to`.
+    pub(super) fn passed(
+        &self,
+        d: &DeliveryRow,
+        repo: &RepoName,
+        phase: Phase,
+        from: &str,
+        to: &str,
+    ) {
+        self.progress.step(d.id, repo, phase, StepState::Passed);
+        self.say(&format!(
+            "#{} {}: {:<8} {:<12} {from} → {to}",
+            d.id,
+            d.task,
+            phase.as_str(),
+            repo
+        ));
+    }
+
     /// Where the delivery's checkouts live, one folder per repository.
     pub(super) fn work_dir(&self, id: DeliveryId) -> PathBuf {
         self.config.state_dir().join("work").join(id.to_string())

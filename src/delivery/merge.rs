@@ -4,7 +4,7 @@
 
 use super::engine::{Checkout, Engine};
 use super::stop::{Failure, Stop};
-use crate::domain::{DeliveryId, Phase, RepoName, StepState};
+use crate::domain::{DeliveryId, Phase, RepoName};
 use crate::policy::Stage;
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
@@ -101,16 +101,8 @@ impl Engine {
             self.store
                 .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
                 .await?;
-            self.progress
-                .step(d.id, &c.row.repo, Phase::Merge, StepState::Passed);
-            self.say(&format!(
-                "#{} {}: merge    {:<12} {} → {}",
-                d.id,
-                d.task,
-                c.row.repo,
-                crate::git::short(&c.row.rebased_sha),
-                c.repo.upstream
-            ));
+            let sha = crate::git::short(&c.row.rebased_sha);
+            self.passed(d, &c.row.repo, Phase::Merge, sha, &c.repo.upstream);
             pushed.push(c);
         }
         Ok(())

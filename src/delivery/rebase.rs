@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use super::engine::{Ahead, Checkout, Engine, repo_url};
 use super::stop::{Failure, Stop};
 use crate::config::{MergeMode, Repo};
-use crate::domain::{DeliveryId, Phase, StepState};
+use crate::domain::{DeliveryId, Phase};
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoRow};
 
@@ -261,16 +261,9 @@ impl Engine {
                 ),
             )
             .await?;
-        self.progress
-            .step(d.id, &c.row.repo, Phase::Rebase, StepState::Passed);
-        self.say(&format!(
-            "#{} {}: rebase   {:<12} {} → {}",
-            d.id,
-            d.task,
-            c.row.repo,
-            crate::git::short(&c.row.branch_sha),
-            crate::git::short(&c.row.rebased_sha)
-        ));
+        let (from, to) = (&c.row.branch_sha, &c.row.rebased_sha);
+        let (from, to) = (crate::git::short(from), crate::git::short(to));
+        self.passed(d, &c.row.repo, Phase::Rebase, from, to);
         Ok(())
     }
 

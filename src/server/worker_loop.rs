@@ -163,12 +163,8 @@ async fn lead(
             if *stop.borrow() {
                 return Spell::Stopped;
             }
-            tokio::select! {
-                _ = app.wake.notified() => {}
-                job = jobs.recv() => if let Some(job) = job { run_job(app, job).await },
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = lease.lost() => return Spell::Lost,
-                _ = stopped(stop) => return Spell::Stopped,
+            if let Some(spell) = idle(app, lease, jobs, stop).await {
+                return spell;
             }
             continue;
         }
@@ -181,14 +177,8 @@ async fn lead(
             }
         };
         let Some(d) = next else {
-            tokio::select! {
-                _ = app.wake.notified() => {}
-                job = jobs.recv() => if let Some(job) = job { run_job(app, job).await },
-                // Deliveries queued by other processes and replicas (`git push -o deliver`,
-                // the CLI, webhooks another replica took).
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = lease.lost() => return Spell::Lost,
-                _ = stopped(stop) => return Spell::Stopped,
+            if let Some(spell) = idle(app, lease, jobs, stop).await {
+                return spell;
             }
             continue;
         };
@@ -235,6 +225,26 @@ async fn lead(
             }
         }
     }
+}
+
+/// Waits, the queue being empty, for a delivery, a job (run here), a second to pass, or the
+/// end of this spell.
+async fn idle(
+    app: &App,
+    lease: &Lease,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Spell> {
+    tokio::select! {
+        _ = app.wake.notified() => {}
+        job = jobs.recv() => if let Some(job) = job { run_job(app, job).await },
+        // Deliveries queued by other processes and replicas (`git push -o deliver`, the CLI,
+        // webhooks another replica took).
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        _ = lease.lost() => return Some(Spell::Lost),
+        _ = stopped(stop) => return Some(Spell::Stopped),
+    }
+    None
 }
 
 async fn run_job(app: &App, job: Job) {

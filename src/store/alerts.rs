@@ -89,13 +89,11 @@ impl Store {
 
     /// How many rollbacks each trigger started (`gate`, `alert`, `manual`), from the journal.
     pub async fn rollbacks_by_trigger(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = on_pool!(self, |pool| sqlx::query_as(
+        self.counted(
             "SELECT detail, COUNT(*) AS n FROM journal WHERE event = 'rollback triggered' \
              GROUP BY detail ORDER BY detail",
         )
-        .fetch_all(pool)
-        .await?);
-        Ok(rows)
+        .await
     }
 }
 

@@ -116,12 +116,8 @@ impl Store {
 
     /// Counts of deliveries by state.
     pub async fn counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state ORDER BY state",
-        )
-        .fetch_all(pool)
-        .await?);
-        Ok(rows)
+        self.counted("SELECT state, COUNT(*) AS n FROM deliveries GROUP BY state ORDER BY state")
+            .await
     }
 
     pub async fn cancel_requested(&self, id: DeliveryId) -> anyhow::Result<bool> {
@@ -158,12 +154,8 @@ impl Store {
 
     /// Counts of deliveries by source (for the benchmark and metrics).
     pub async fn count_by_source(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT source, COUNT(*) AS n FROM deliveries GROUP BY source ORDER BY source",
-        )
-        .fetch_all(pool)
-        .await?);
-        Ok(rows)
+        self.counted("SELECT source, COUNT(*) AS n FROM deliveries GROUP BY source ORDER BY source")
+            .await
     }
 }
 

@@ -189,6 +189,12 @@ impl Store {
     pub async fn close(&self) {
         on_pool!(self, |p| p.close().await)
     }
+
+    /// The rows of a `SELECT label, COUNT(*) … GROUP BY label` query, for the metrics.
+    async fn counted(&self, sql: &'static str) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows)
+    }
 }
 
 /// Milliseconds since the epoch.

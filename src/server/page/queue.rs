@@ -47,31 +47,14 @@ pub fn queue_page(v: &QueueView) -> String {
         html! {
             (header(&v.repos, stats))
             main {
-                section id="in-flight" {
-                    h2 { "In flight" }
-                    @if v.running.is_empty() {
-                        p class="empty" { "Nothing is being delivered right now." }
-                    }
-                    @for f in &v.running {
-                        (in_flight(f, v.now_ms))
-                    }
-                }
-                section id="queue" {
-                    h2 { "Queue" }
-                    @if v.queued.is_empty() {
-                        p class="empty" { "The queue is empty." }
-                    } @else {
-                        (queued(v))
-                    }
-                }
-                section id="recent" {
-                    h2 { "Recent" }
-                    @if v.recent.is_empty() {
-                        p class="empty" { "No delivery has finished yet." }
-                    } @else {
-                        (recent(v))
-                    }
-                }
+                (listing("in-flight", "In flight", "Nothing is being delivered right now.",
+                    (!v.running.is_empty()).then(|| html! {
+                        @for f in &v.running { (in_flight(f, v.now_ms)) }
+                    })))
+                (listing("queue", "Queue", "The queue is empty.",
+                    (!v.queued.is_empty()).then(|| queued(v))))
+                (listing("recent", "Recent", "No delivery has finished yet.",
+                    (!v.recent.is_empty()).then(|| recent(v))))
             }
             footer {
                 "refreshes every " (refresh) "s · "
@@ -132,6 +115,19 @@ fn train_place(d: &DeliveryRow) -> Markup {
             }
             @if !d.held.is_empty() {
                 div class="why" { "held, not reported while deliveries ahead are unresolved: " (d.held) }
+            }
+        }
+    }
+}
+
+/// A section of the page: its heading, then `body`, or the `empty` note when it has none.
+fn listing(id: &str, title: &str, empty: &str, body: Option<Markup>) -> Markup {
+    html! {
+        section id=(id) {
+            h2 { (title) }
+            @match body {
+                Some(body) => (body),
+                None => p class="empty" { (empty) },
             }
         }
     }
