@@ -285,6 +285,32 @@ fn sigkill_with_candidates_in_flight_then_recovery_lands_each_once() {
     let text = stdout(&q);
     assert!(text.contains("head"), "{text}");
     assert!(text.contains("on #1"), "{text}");
+    // The same for scripts: every delivery in flight, which are candidates, what each is
+    // built on and its phase.
+    let q = env.lockstep(&["queue", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&q)).unwrap();
+    let running: Vec<(i64, bool, String, String)> = json["running"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_i64().unwrap(),
+                d["candidate"].as_bool().unwrap(),
+                d["built_on"].as_str().unwrap().to_string(),
+                d["phase"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        running,
+        [
+            (ids[0], false, String::new(), "test".into()),
+            (ids[1], true, "#1".into(), "test".into()),
+            (ids[2], true, "#1".into(), "test".into()),
+        ],
+        "{json:#}"
+    );
     worker.kill().unwrap();
     assert_eq!(worker.wait().unwrap().signal(), Some(9));
 
