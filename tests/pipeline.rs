@@ -86,26 +86,13 @@ fn a_candidate_built_on_a_failing_delivery_is_not_blamed_and_lands() {
     let ids = queue_all(&env, &tasks, Some("TASK-1"));
     // Both web tests wait at the gate, so that TASK-2 is tested on top of TASK-1.
     env.hold("web", "test");
-    let mut worker = env.spawn("worker", &["work"]);
+    let worker = env.spawn("worker", &["work"]);
     wait_for("both web tests at the gate", || {
-        ids[..2]
-            .iter()
-            .all(|id| {
-                env.show(*id)["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|s| s["step"] == "test" && s["outcome"] == "running")
-            })
-            .then_some(())
+        ids[..2].iter().all(|id| testing(&env, *id)).then_some(())
     });
     assert_eq!(env.show(ids[1])["delivery"]["built_on"], "#1");
     env.open_gate("web", "test");
-    assert!(
-        worker.wait().unwrap().success(),
-        "{:?}",
-        env.spawned_output("worker")
-    );
+    worker_succeeds(&env, worker);
 
     assert_eq!(env.state(ids[0]), "failed");
     assert_eq!(env.task("TASK-1").0, "In Progress");
@@ -116,13 +103,8 @@ fn a_candidate_built_on_a_failing_delivery_is_not_blamed_and_lands() {
     assert_eq!(two["delivery"]["discards"], 1);
     assert_eq!(two["delivery"]["built_on"], "");
     let journal = two["journal"].as_array().unwrap();
-    let discarded: Vec<&str> = journal
-        .iter()
-        .filter(|j| j["event"] == "discarded")
-        .map(|j| j["detail"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        discarded,
+        discards(&env, ids[1]),
         ["ahead_changed: base changed (#1, which it was built on in `web`, left the line)"]
     );
     assert!(
@@ -157,7 +139,7 @@ fn a_maintainer_push_during_the_pipeline_prepares_the_candidates_again() {
     let ids = queue_all(&env, &tasks, None);
     // The head's deploy waits while the candidates are built and tested.
     env.hold("api", "deploy");
-    let mut worker = env.spawn("worker", &["work"]);
+    let worker = env.spawn("worker", &["work"]);
     env.wait_at_gate("api", "deploy");
     wait_for("TASK-3 tested", || {
         step_runs(&env)
@@ -170,28 +152,14 @@ fn a_maintainer_push_during_the_pipeline_prepares_the_candidates_again() {
         (env.show(ids[2])["delivery"]["discards"].as_i64() == Some(1)).then_some(())
     });
     env.open_gate("api", "deploy");
-    assert!(
-        worker.wait().unwrap().success(),
-        "{:?}",
-        env.spawned_output("worker")
-    );
+    worker_succeeds(&env, worker);
     let mut before = before;
     before.insert("web".into(), hotfix.clone());
     assert_eq!(assert_landed_as_tested(&env, &ids, &before), ids);
-    let journal = env.show(ids[2])["journal"].clone();
-    let discarded = journal
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["event"] == "discarded")
-        .unwrap()
-        .clone();
+    let discarded = discards(&env, ids[2]);
     assert!(
-        discarded["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("upstream_moved: base changed (the upstream of `web` moved to "),
-        "{discarded}"
+        discarded[0].starts_with("upstream_moved: base changed (the upstream of `web` moved to "),
+        "{discarded:?}"
     );
     // TASK-3 landed on top of the maintainer's commit.
     let landed_web = env.show(ids[2])["repos"][0]["base_sha"].clone();
@@ -210,7 +178,7 @@ fn a_high_priority_delivery_overtakes_waiting_candidates_never_the_head() {
     let before = masters(&env);
     let ids = queue_all(&env, &tasks[..3], None);
     env.hold("api", "deploy");
-    let mut worker = env.spawn("worker", &["work"]);
+    let worker = env.spawn("worker", &["work"]);
     env.wait_at_gate("api", "deploy");
     // TASK-4 is asked for with a higher priority while TASK-2 and TASK-3 are prepared.
     env.set_status(&[("TASK-4", "In Progress")]);
@@ -226,11 +194,7 @@ fn a_high_priority_delivery_overtakes_waiting_candidates_never_the_head() {
         (env.state(urgent) == "running").then_some(())
     });
     env.open_gate("api", "deploy");
-    assert!(
-        worker.wait().unwrap().success(),
-        "{:?}",
-        env.spawned_output("worker")
-    );
+    worker_succeeds(&env, worker);
     // The queue's order: the head first (never overtaken), then TASK-4, then the others.
     let all = [ids[0], urgent, ids[1], ids[2]];
     assert_eq!(assert_landed_as_tested(&env, &all, &before).len(), 4);
@@ -244,15 +208,10 @@ fn a_high_priority_delivery_overtakes_waiting_candidates_never_the_head() {
         .collect();
     assert_eq!(order, [ids[0], urgent, ids[1], ids[2]]);
     // TASK-3, last of the window, went back to the queue to make room.
-    let journal = env.show(ids[2])["journal"].clone();
+    let discarded = discards(&env, ids[2]);
     assert!(
-        journal
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["event"] == "discarded"
-                && j["detail"].as_str().unwrap().starts_with("overtaken: ")),
-        "{journal}"
+        discarded.iter().any(|d| d.starts_with("overtaken: ")),
+        "{discarded:?}"
     );
 }
 
@@ -271,15 +230,7 @@ fn sigkill_with_candidates_in_flight_then_recovery_lands_each_once() {
     let mut worker = env.spawn("worker", &["work"]);
     // Every delivery has a test step running (held at its gate): the head and two candidates.
     wait_for("three deliveries testing", || {
-        ids.iter()
-            .all(|id| {
-                env.show(*id)["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|s| s["step"] == "test" && s["outcome"] == "running")
-            })
-            .then_some(())
+        ids.iter().all(|id| testing(&env, *id)).then_some(())
     });
     let q = env.lockstep(&["queue"]);
     let text = stdout(&q);
@@ -385,17 +336,10 @@ fn cancel_of_a_candidate_stops_its_steps_and_prepares_those_behind_again() {
     let ids = queue_all(&env, &tasks, None);
     env.hold("api", "deploy");
     env.hold("web", "test");
-    let mut worker = env.spawn("worker", &["work"]);
+    let worker = env.spawn("worker", &["work"]);
     env.wait_at_gate("api", "deploy");
-    let testing = |id: i64| {
-        env.show(id)["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["step"] == "test" && s["outcome"] == "running")
-    };
     wait_for("both web tests at the gate", || {
-        (testing(ids[1]) && testing(ids[2])).then_some(())
+        (testing(&env, ids[1]) && testing(&env, ids[2])).then_some(())
     });
     assert_eq!(env.show(ids[2])["delivery"]["built_on"], "#2");
 
@@ -421,21 +365,10 @@ fn cancel_of_a_candidate_stops_its_steps_and_prepares_those_behind_again() {
 
     env.open_gate("web", "test");
     env.open_gate("api", "deploy");
-    assert!(
-        worker.wait().unwrap().success(),
-        "{:?}",
-        env.spawned_output("worker")
-    );
+    worker_succeeds(&env, worker);
     let three = env.show(ids[2]);
-    let discarded: Vec<&str> = three["journal"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|j| j["event"] == "discarded")
-        .map(|j| j["detail"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        discarded,
+        discards(&env, ids[2]),
         ["ahead_changed: base changed (#2, which it was built on in `web`, left the line)"]
     );
     assert_eq!(three["delivery"]["built_on"], "", "{three:#}");

@@ -252,3 +252,32 @@ pub fn work(env: &Env) -> Output {
 pub fn exists(p: &Path) -> Option<()> {
     p.exists().then_some(())
 }
+
+/// Whether a delivery has a test step running (held at its gate, say).
+pub fn testing(env: &Env, id: i64) -> bool {
+    env.show(id)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["step"] == "test" && s["outcome"] == "running")
+}
+
+/// Why each preparation of a delivery was discarded, from its journal, oldest first.
+pub fn discards(env: &Env, id: i64) -> Vec<String> {
+    env.show(id)["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["event"] == "discarded")
+        .map(|j| j["detail"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Waits for a spawned `worker` to end, and checks it succeeded.
+pub fn worker_succeeds(env: &Env, mut worker: std::process::Child) {
+    assert!(
+        worker.wait().unwrap().success(),
+        "{:?}",
+        env.spawned_output("worker")
+    );
+}
