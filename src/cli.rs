@@ -1,8 +1,5 @@
-//! The command line: every command, its help, and its exit codes.
-//!
-//! Exit codes: 0 success (push accepted, policies valid, delivery landed); 1 refused by
-//! policy or failed (push rejected, delivery failed); 2 usage, config or internal error; 141
-//! when the reader of the output went away (`lockstep logs 1 | head`), quietly, as git does.
+//! The command line: every command, its help, and which command runs; each returns how it
+//! ended, an [`Exit`].
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -13,25 +10,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::commands;
 use crate::config::{Config, ConfigSource, Located};
 use crate::domain::DeliveryId;
+use crate::exit::Exit;
 use crate::git::{self, Git};
 use crate::hook;
 use crate::policy::PolicySet;
 use crate::push::{self, NewCommits, PushContext};
 use crate::text::escape;
-
-/// Exit code for usage, config and internal errors.
-pub const USAGE_OR_CONFIG: i32 = 2;
-/// Exit code when standard output was closed under a command: 128 + SIGPIPE, what
-/// `git log | head` ends with.
-pub const BROKEN_PIPE: i32 = 141;
-
-/// Whether an error is a write to a pipe whose reader has gone: not a failure to report.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
 
 /// lockstep: a git-native merge bot and policy engine.
 ///
@@ -321,8 +305,8 @@ pub fn config_path(explicit: Option<&Path>) -> Located {
     Located { path, source }
 }
 
-/// Runs a command; returns the exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+/// Runs a command; returns how it ended.
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Demo { keep } => crate::demo::run(keep.as_deref()),
@@ -371,7 +355,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32> {
+fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<Exit> {
     let Located { path, source } = config_path(config);
     // Refuse to point hooks at a config that does not load: every push would be rejected.
     hook::load(&path, source)
@@ -385,10 +369,10 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<i32
     for repo in &args.repos {
         commands::say_line(&crate::install::install(repo, &opts)?)?;
     }
-    Ok(0)
+    Ok(Exit::Success)
 }
 
-fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
+fn policy_check(config: Option<&Path>) -> anyhow::Result<Exit> {
     let Located { path, source } = config_path(config);
     let config = Config::load_from(&path, source)?;
     match PolicySet::for_config(&config) {
@@ -405,7 +389,7 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
             }
             if !set.has_push_rules() && !config.policies.allow_empty {
                 eprintln!("lockstep: {}", crate::policy::NO_PUSH_RULE);
-                return Ok(1);
+                return Ok(Exit::Failed);
             }
             let folders = config.policies.dirs.len();
             commands::say_line(&format!(
@@ -419,19 +403,19 @@ fn policy_check(config: Option<&Path>) -> anyhow::Result<i32> {
                 eprintln!("lockstep: {}", crate::text::escape(e));
             }
             eprintln!("lockstep: {} error(s)", errors.0.len());
-            Ok(1)
+            Ok(Exit::Failed)
         }
     }
 }
 
 /// Asks Prometheus to run every gate's query once, so a typo in PromQL shows now and not in
 /// the verify phase of the first delivery that needs it.
-fn gate_check(config: &Config) -> anyhow::Result<i32> {
+fn gate_check(config: &Config) -> anyhow::Result<Exit> {
     let Some(prometheus) = &config.prometheus else {
-        return Ok(0);
+        return Ok(Exit::Success);
     };
     if config.gates.is_empty() {
-        return Ok(0);
+        return Ok(Exit::Success);
     }
     let client = crate::monitor::Prometheus::from_config(prometheus)?;
     let rt = crate::runtime::current_thread()?;
@@ -458,17 +442,17 @@ fn gate_check(config: &Config) -> anyhow::Result<i32> {
         eprintln!(
             "lockstep: {bad} gate(s) cannot be checked; fix them before a delivery needs them"
         );
-        return Ok(1);
+        return Ok(Exit::Failed);
     }
     commands::say_line(&format!(
         "ok: {} gate(s) against `{}`",
         config.gates.len(),
         client.url()
     ))?;
-    Ok(0)
+    Ok(Exit::Success)
 }
 
-fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i32> {
+fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<Exit> {
     let Located { path, source } = config_path(config);
     let (config, policies) = hook::load(&path, source)?;
     let git = Git::new(&args.repo);
@@ -516,11 +500,9 @@ fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<i3
             crate::text::escape(&push::explain(&decisions, &ctx))
         )?;
     }
-    Ok(if decisions.iter().all(|d| d.decision.accepted()) {
-        0
-    } else {
-        1
-    })
+    Ok(Exit::success_if(
+        decisions.iter().all(|d| d.decision.accepted()),
+    ))
 }
 
 /// The time `age` (`7d`, `12h`) before now.
@@ -531,7 +513,7 @@ fn since(age: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     Ok(chrono::Utc::now() - d)
 }
 
-fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<i32> {
+fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
     let Located { path, source } = config_path(config);
     let config = Config::load_from(&path, source)?;
     let filter = crate::audit::Filter {
@@ -554,10 +536,10 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<i32> {
             "lockstep: {unreadable} line(s) of the decision log could not be read and were skipped"
         );
     }
-    Ok(0)
+    Ok(Exit::Success)
 }
 
-fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<i32> {
+fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<Exit> {
     let Located { path, source } = config_path(config);
     let config = Config::load_from(&path, source)?;
     let loaded = if args.policies.is_empty() {
@@ -584,7 +566,7 @@ fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<i32>
         from.format("%Y-%m-%d %H:%M")
     );
     print!("{}", replay.render());
-    Ok(if replay.changes() { 1 } else { 0 })
+    Ok(Exit::success_if(!replay.changes()))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use crate::config::{Config, Located};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
 use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
+use crate::exit::Exit;
 use crate::store::{DeliveryRow, Lease, Store};
 use crate::text::escape;
 
@@ -30,11 +31,6 @@ pub fn say_line(line: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     writeln!(std::io::stdout().lock(), "{}", escape(line))
 }
-
-/// Exit code of a delivery that landed.
-pub const DELIVERED: i32 = 0;
-/// Exit code of a delivery that failed, was refused or cancelled.
-pub const FAILED: i32 = 1;
 
 /// The commands' runtime: two threads are plenty for one delivery at a time.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -57,7 +53,7 @@ fn whoami() -> String {
 }
 
 /// `lockstep deliver TASK`.
-pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<i32> {
+pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow::Result<Exit> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, crate::board::for_stdout()).await?;
@@ -74,7 +70,7 @@ pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow
                 for line in delivery::refusal_lines(&d) {
                     eprintln!("  {}", escape(&line));
                 }
-                return Ok(FAILED);
+                return Ok(Exit::Failed);
             }
             Requested::Queued { id, position } => {
                 say!("#{id} {task}: queued (position {position})");
@@ -94,7 +90,7 @@ pub fn deliver(at: &Located, task: &str, priority: i64, no_wait: bool) -> anyhow
                 lease.release().await;
                 worker::spawn_detached(&engine.config)?;
             }
-            return Ok(DELIVERED);
+            return Ok(Exit::Success);
         }
         let state = follow(&engine, id).await?;
         let d = engine
@@ -133,11 +129,11 @@ async fn follow(engine: &Engine, id: DeliveryId) -> anyhow::Result<State> {
     }
 }
 
-fn report(d: &DeliveryRow, state: State) -> anyhow::Result<i32> {
+fn report(d: &DeliveryRow, state: State) -> anyhow::Result<Exit> {
     Ok(match state {
         State::Delivered => {
             say!("#{} {}: delivered", d.id, d.task);
-            DELIVERED
+            Exit::Success
         }
         _ => {
             eprintln!(
@@ -151,20 +147,20 @@ fn report(d: &DeliveryRow, state: State) -> anyhow::Result<i32> {
                 "  see `lockstep show {}` and `lockstep logs {}`",
                 d.id, d.id
             );
-            FAILED
+            Exit::Failed
         }
     })
 }
 
 /// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
-pub fn work(at: &Located) -> anyhow::Result<i32> {
+pub fn work(at: &Located) -> anyhow::Result<Exit> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
         loop {
             let Some(lease) = worker::try_lead(&engine).await? else {
                 say!("another worker holds the queue; nothing to do");
-                return Ok(0);
+                return Ok(Exit::Success);
             };
             worker::recover(&engine).await?;
             worker::work(&engine, &lease, |_, _| false).await?;
@@ -172,7 +168,7 @@ pub fn work(at: &Located) -> anyhow::Result<i32> {
             // A delivery queued after the queue was found empty, but before the lock was let
             // go, has a worker started for it that found the lock taken: look once more.
             if engine.store.queued().await?.is_empty() {
-                return Ok(0);
+                return Ok(Exit::Success);
             }
         }
     })
@@ -206,7 +202,7 @@ async fn lead_by_hand(engine: &Engine) -> anyhow::Result<Option<Lease>> {
 }
 
 /// `lockstep recover`.
-pub fn recover(at: &Located) -> anyhow::Result<i32> {
+pub fn recover(at: &Located) -> anyhow::Result<Exit> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
@@ -220,12 +216,12 @@ pub fn recover(at: &Located) -> anyhow::Result<i32> {
         if said?.is_empty() {
             say!("nothing to recover");
         }
-        Ok(0)
+        Ok(Exit::Success)
     })
 }
 
 /// `lockstep store copy --to-env VAR`.
-pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<i32> {
+pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
         let (_, source) = store_of(at).await?;
         let target = Store::open_postgres_env(var).await?;
@@ -243,7 +239,7 @@ pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<i32> {
             c.alerts
         );
         say!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
-        Ok(0)
+        Ok(Exit::Success)
     })
 }
 
@@ -263,7 +259,7 @@ fn ago(ms: Option<i64>) -> String {
 }
 
 /// `lockstep queue`.
-pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
+pub fn queue(at: &Located, json: bool) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
         let running = store.train().await?;
@@ -272,7 +268,7 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
         if json {
             let v = serde_json::json!({ "running": running, "queued": queued, "recent": history });
             say!("{}", serde_json::to_string_pretty(&v)?);
-            return Ok(0);
+            return Ok(Exit::Success);
         }
         if running.is_empty() && queued.is_empty() {
             say!("the queue is empty");
@@ -315,7 +311,7 @@ pub fn queue(at: &Located, json: bool) -> anyhow::Result<i32> {
                 );
             }
         }
-        Ok(0)
+        Ok(Exit::Success)
     })
 }
 
@@ -339,7 +335,7 @@ fn train_place(i: usize, d: &DeliveryRow) -> String {
 }
 
 /// `lockstep show ID`.
-pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
+pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
         let d = store
@@ -354,7 +350,7 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
                 "delivery": d, "repos": repos, "steps": steps, "journal": journal
             });
             say!("{}", serde_json::to_string_pretty(&v)?);
-            return Ok(0);
+            return Ok(Exit::Success);
         }
         say!(
             "#{} {}: {} (phase {})",
@@ -410,7 +406,7 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
                 j.detail
             );
         }
-        Ok(0)
+        Ok(Exit::Success)
     })
 }
 
@@ -421,7 +417,7 @@ pub fn logs(
     repo: Option<&str>,
     step: Option<&str>,
     raw: bool,
-) -> anyhow::Result<i32> {
+) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
         store
@@ -466,7 +462,7 @@ pub fn logs(
                 },
             }
         }
-        Ok(0)
+        Ok(Exit::Success)
     })
 }
 
@@ -477,7 +473,7 @@ fn stdout_is_a_file() -> bool {
 }
 
 /// `lockstep cancel ID`.
-pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
+pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
         let (config, store) = store_of(at).await?;
         match store.cancel(id).await? {
@@ -525,15 +521,15 @@ pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
             }
             Some(s) => {
                 say!("#{id}: already {}; nothing to cancel", s.as_str());
-                return Ok(FAILED);
+                return Ok(Exit::Failed);
             }
         }
-        Ok(0)
+        Ok(Exit::Success)
     })
 }
 
 /// `lockstep rollback ID [--revert]`.
-pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i32> {
+pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<Exit> {
     let config = load(at)?;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
@@ -547,7 +543,7 @@ pub fn rollback(at: &Located, id: DeliveryId, revert: bool) -> anyhow::Result<i3
 }
 
 /// The rollback of a finished delivery, by the worker holding the lease.
-async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::Result<i32> {
+async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::Result<Exit> {
     let d = engine
         .store
         .delivery(id)
@@ -565,7 +561,7 @@ async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::
             escape(&d.task),
             escape(&format!("{e:#}"))
         );
-        return Ok(FAILED);
+        return Ok(Exit::Failed);
     }
-    Ok(0)
+    Ok(Exit::Success)
 }

@@ -6,8 +6,9 @@
 //! in git's quarantine, where a ref update would be refused or, worse, point at objects that
 //! are about to vanish.
 //!
-//! Exit codes: 0 accepted, 1 rejected by policy, 2 rejected because lockstep could not decide
-//! (bad config, unreadable object, tracker down): it always fails closed.
+//! Exit codes: [`Exit::Success`] accepted, [`Exit::Failed`] rejected by policy (a rule that
+//! errs, the tracker not answering, counts as its `on_error` says), [`Exit::Error`] rejected
+//! because lockstep could not decide (bad config, unreadable object): it always fails closed.
 
 use std::ffi::OsStr;
 use std::io::{Read as _, Write as _};
@@ -18,19 +19,13 @@ use crate::audit;
 use crate::config::{Config, ConfigSource};
 use crate::delivery::{self, Request, Requested, refusal_lines};
 use crate::domain::{Source, TaskKey};
+use crate::exit::Exit;
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
 use crate::store::Store;
 use crate::text::escape;
 use crate::tracker;
-
-/// Exit code: the push was accepted.
-pub const ACCEPTED: i32 = 0;
-/// Exit code: a policy rejected the push.
-pub const REJECTED: i32 = 1;
-/// Exit code: lockstep could not decide, so the push was rejected.
-pub const BROKEN: i32 = 2;
 
 /// Finds the config: `--config`, else `LOCKSTEP_CONFIG`, else the repository's git config
 /// `lockstep.config`.
@@ -175,7 +170,7 @@ fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
 
 /// Prints the verdict, then counts it for the metrics and appends it to the decision log:
 /// the pusher reads why before the hook touches the disk.
-fn finish(result: anyhow::Result<Decided>) -> i32 {
+fn finish(result: anyhow::Result<Decided>) -> Exit {
     let gitlab = std::env::var_os("GL_ID").is_some();
     let mut err = std::io::stderr().lock();
     match result {
@@ -198,16 +193,13 @@ fn finish(result: anyhow::Result<Decided>) -> i32 {
             if let Err(e) = audit::append(&state_dir, &logged, &limits) {
                 tracing::debug!("hook decision not logged: {e:#}");
             }
-            if decisions.iter().all(|d| d.decision.accepted()) {
-                ACCEPTED
-            } else {
-                REJECTED
-            }
+            Exit::success_if(decisions.iter().all(|d| d.decision.accepted()))
         }
         Err(e) => {
             let text = format!("lockstep: push rejected: {e:#}");
             let _ = write!(err, "{}", escape(&push::gitlab_lines(&text, gitlab)));
-            BROKEN
+            // Lockstep could not decide, so the push is rejected.
+            Exit::Error
         }
     }
 }
@@ -228,7 +220,7 @@ pub fn kind_of_file(path: &Path) -> Option<&'static str> {
 
 /// `lockstep hook FILE [ARGS]...`: what the kernel runs for a hook file whose first line is
 /// `#!/path/to/lockstep hook`. Runs the hook the file stands for with git's arguments.
-pub fn from_file(config: Option<&Path>, argv: &[std::ffi::OsString]) -> i32 {
+pub fn from_file(config: Option<&Path>, argv: &[std::ffi::OsString]) -> Exit {
     let Some((file, args)) = argv.split_first() else {
         return finish(Err(anyhow::anyhow!("no hook named")));
     };
@@ -251,7 +243,7 @@ pub fn from_file(config: Option<&Path>, argv: &[std::ffi::OsString]) -> i32 {
 }
 
 /// `lockstep hook pre-receive`: reads `<old> <new> <ref>` lines from stdin.
-pub fn pre_receive(config: Option<&Path>) -> i32 {
+pub fn pre_receive(config: Option<&Path>) -> Exit {
     let mut input = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut input) {
         return finish(Err(anyhow::anyhow!("cannot read the ref updates: {e}")));
@@ -264,7 +256,7 @@ pub fn pre_receive(config: Option<&Path>) -> i32 {
 
 /// `lockstep hook update <ref> <old> <new>`: decides one ref. The arguments are taken as git
 /// passes them, so that a ref name that is not UTF-8 gets lockstep's answer, not a usage error.
-pub fn update(config: Option<&Path>, refname: &OsStr, old: &OsStr, new: &OsStr) -> i32 {
+pub fn update(config: Option<&Path>, refname: &OsStr, old: &OsStr, new: &OsStr) -> Exit {
     let parts = match (refname.to_str(), old.to_str(), new.to_str()) {
         (Some(refname), Some(old), Some(new)) => push::update_from_parts(1, old, new, refname),
         _ => Err(push::ParseError::NotUtf8 { line: 1 }),
@@ -304,10 +296,10 @@ pub fn parse_post_receive_options(options: &[String]) -> Result<PostReceiveReque
 
 /// `lockstep hook post-receive`: after an accepted push; enqueues deliveries when asked with
 /// `git push -o deliver`. It cannot undo the push, so it only reports problems.
-pub fn post_receive(config_path: Option<&Path>) -> i32 {
+pub fn post_receive(config_path: Option<&Path>) -> Exit {
     let mut input = Vec::new();
     if std::io::stdin().read_to_end(&mut input).is_err() {
-        return 0;
+        return Exit::Success;
     }
     let result = (|| -> anyhow::Result<()> {
         let updates = push::parse_updates(&input)?;
@@ -339,7 +331,7 @@ pub fn post_receive(config_path: Option<&Path>) -> i32 {
     if let Err(e) = result {
         eprintln!("lockstep: post-receive: {}", escape(&format!("{e:#}")));
     }
-    0
+    Exit::Success
 }
 
 /// The tasks a push with `-o deliver` asks to deliver: those its branches name, each once

@@ -11,7 +11,8 @@
 //! lands.
 //!
 //! # Layout
-//! - `cli`: the command line, its exit codes and its help.
+//! - `cli`: the command line and its help.
+//! - `exit`: the exit codes, one enum every command returns.
 //! - `commands`: the delivery commands (`deliver`, `queue`, `show`, `logs`, …).
 //! - `board`: the repository × phase board `deliver` draws on a terminal.
 //! - `config`: `lockstep.toml`, the meta-project's config.
@@ -40,6 +41,7 @@ mod config;
 mod delivery;
 mod demo;
 mod domain;
+mod exit;
 mod git;
 mod github;
 mod hook;
@@ -56,9 +58,10 @@ mod verdict_counts;
 
 // What the executable, the integration tests and the benches use. Everything else stays
 // inside the crate.
-pub use cli::{BROKEN_PIPE, Cli, USAGE_OR_CONFIG, init_tracing, is_broken_pipe, run};
+pub use cli::{Cli, init_tracing, run};
 pub use config::{Config, Tasks, parse_duration};
 pub use delivery::contain::{CONTAIN_ARG, supervise as supervise_step};
+pub use exit::{Exit, is_broken_pipe};
 pub use git::Git;
 pub use github::sign;
 pub use store::Store;

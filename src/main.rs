@@ -1,22 +1,26 @@
-//! The `lockstep` executable: parses arguments, sets up logging, and hands over to the library.
+//! The `lockstep` executable: parses arguments, sets up logging, and hands over to the library;
+//! how the command ended becomes the process's exit code here, and only here.
 
 use std::process::ExitCode;
 
+use lockstep::Exit;
+
 fn main() -> ExitCode {
-    // A step's supervisor: no command line to parse, no logging to set up.
+    // A step's supervisor: no command line to parse, no logging to set up. It exits with the
+    // status of the step it ran, not an outcome of lockstep's.
     let mut args = std::env::args_os();
     if args.nth(1).is_some_and(|a| a == lockstep::CONTAIN_ARG) {
         return ExitCode::from(lockstep::supervise_step(&args.collect::<Vec<_>>()));
     }
     let cli = lockstep::Cli::from_args();
     lockstep::init_tracing(&cli);
-    let code = match lockstep::run(cli) {
-        Ok(code) => code,
-        Err(e) if lockstep::is_broken_pipe(&e) => lockstep::BROKEN_PIPE,
+    let exit = match lockstep::run(cli) {
+        Ok(exit) => exit,
+        Err(e) if lockstep::is_broken_pipe(&e) => Exit::BrokenPipe,
         Err(e) => {
             eprintln!("lockstep: error: {e:#}");
-            lockstep::USAGE_OR_CONFIG
+            Exit::Error
         }
     };
-    ExitCode::from(u8::try_from(code).unwrap_or(2))
+    ExitCode::from(exit.code())
 }

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 /// The edges: what a person or a git server calls.
-const EDGES: [&str; 7] = [
-    "hook", "install", "server", "cli", "commands", "board", "demo",
+const EDGES: [&str; 8] = [
+    "hook", "install", "server", "cli", "commands", "board", "demo", "exit",
 ];
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an

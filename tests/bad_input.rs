@@ -362,6 +362,45 @@ fn missing_tasks_file_rejects_task_pushes_and_says_how_to_fix() {
     assert!(p.accepted, "{}", p.stderr);
 }
 
+/// Issue 23: a tracker that cannot answer is a rule that cannot be judged, and counts as
+/// `[tracker] on_error` says: a rejection by policy, exit 1. A tracker config that cannot work
+/// is lockstep unable to decide: exit 2.
+#[test]
+fn issue23_a_tracker_that_does_not_answer_rejects_with_exit_1() {
+    let env = Env::new(&["api"]);
+    std::fs::remove_file(env.sb.meta.join("tasks.toml")).unwrap();
+    let line = format!(
+        "{ZERO} {} refs/heads/feature/TASK-1-login\n",
+        env.master("api")
+    );
+    let hook = |env: &Env| {
+        run_hook(
+            &env.bare("api"),
+            Some(&env.config()),
+            &["pre-receive"],
+            &[("GL_USER", "alice")],
+            line.as_bytes(),
+        )
+    };
+    let out = hook(&env);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read tasks file")
+            && stderr(&out).contains("push rejected (rule task-in-progress)"),
+        "{}",
+        stderr(&out)
+    );
+
+    env.edit_config(|config| config.replace("kind = \"file\"", "kind = \"jira\""));
+    let out = hook(&env);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("`tracker.url` is required"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn unreadable_tasks_file_can_be_allowed_through_with_a_warning() {
     let env = Env::new(&["api"]);

@@ -57,3 +57,46 @@ fn version_and_usage_errors() {
         stderr(&out)
     );
 }
+
+/// The numbers of the rows of the first Markdown table after `heading` in `text`.
+fn table_codes(text: &str, heading: &str) -> Vec<u8> {
+    let after = text
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("`{heading}` not found"))
+        .1;
+    after
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|row| {
+            row.trim_start_matches('|')
+                .split('|')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Every exit code the executable can end with is a row of the README's table, and every row
+/// is one; the hooks' table in docs/install.md names only codes that exist.
+#[test]
+fn the_exit_code_tables_are_the_exit_enum() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let codes: Vec<u8> = lockstep::Exit::ALL.iter().map(|e| e.code()).collect();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert_eq!(
+        table_codes(&readme, "Exit codes, the same for every command"),
+        codes,
+        "README.md's table of exit codes"
+    );
+    let install = std::fs::read_to_string(root.join("docs/install.md")).unwrap();
+    let hook = table_codes(&install, "## What the hook does");
+    assert_eq!(
+        hook,
+        [0, 1, 2],
+        "docs/install.md's table of the hook's exit codes"
+    );
+    assert!(hook.iter().all(|c| codes.contains(c)), "{hook:?}");
+}

@@ -19,6 +19,7 @@ use sandbox::{approve, approve_everywhere};
 use crate::config::Config;
 use crate::delivery::{self, Request, Requested, worker};
 use crate::domain::{Source, State};
+use crate::exit::Exit;
 use crate::tracker::file::FileTracker;
 
 /// One act of the tour: what it shows, and the command it runs.
@@ -140,13 +141,13 @@ impl Narrator {
 
     /// The tour's last line and its exit code: how many acts ran, or what went otherwise
     /// than told, an act of the list that never began included.
-    fn closing(&self) -> (String, i32) {
+    fn closing(&self) -> (String, Exit) {
         let mut failures = self.failures.clone();
         for (i, act) in self.acts.iter().enumerate().skip(self.ran) {
             failures.push(format!("act {} did not run: {}", i + 1, act.title));
         }
         if failures.is_empty() {
-            (format!("all {} acts went as told", self.ran), 0)
+            (format!("all {} acts went as told", self.ran), Exit::Success)
         } else {
             (
                 format!(
@@ -154,7 +155,7 @@ impl Narrator {
                     failures.len(),
                     failures.join("; ")
                 ),
-                1,
+                Exit::Failed,
             )
         }
     }
@@ -204,8 +205,8 @@ fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
     })
 }
 
-/// Runs the tour; returns the exit code (0 when every act went as told).
-pub fn run(keep: Option<&Path>) -> anyhow::Result<i32> {
+/// Runs the tour; returns how it ended (success when every act went as told).
+pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
     let binary = std::env::current_exe().context("cannot find the lockstep executable")?;
     let temp;
     let root = match keep {
@@ -422,7 +423,10 @@ mod tests {
         let mut n = Narrator::new(TWO);
         play(&mut n);
         play(&mut n);
-        assert_eq!(n.closing(), ("all 2 acts went as told".to_string(), 0));
+        assert_eq!(
+            n.closing(),
+            ("all 2 acts went as told".to_string(), Exit::Success)
+        );
     }
 
     #[test]
@@ -433,7 +437,7 @@ mod tests {
             n.closing(),
             (
                 "1 act(s) did not go as told: act 2 did not run: the second act".to_string(),
-                1
+                Exit::Failed
             )
         );
     }
@@ -447,7 +451,7 @@ mod tests {
             n.closing(),
             (
                 "1 act(s) did not go as told: act 2 is missing from the list of acts".to_string(),
-                1
+                Exit::Failed
             )
         );
     }
@@ -462,7 +466,7 @@ mod tests {
             n.closing(),
             (
                 "1 act(s) did not go as told: act 2: TASK-1 was not delivered".to_string(),
-                1
+                Exit::Failed
             )
         );
     }

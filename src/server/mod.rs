@@ -244,7 +244,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// `lockstep serve`: binds the address, serves until SIGTERM or ctrl-c.
-pub fn run_cli(at: &Located, listen: Option<&str>) -> anyhow::Result<i32> {
+pub fn run_cli(at: &Located, listen: Option<&str>) -> anyhow::Result<crate::exit::Exit> {
     let config = at.load()?;
     let runtime = crate::runtime::multi_thread(None)?;
     runtime.block_on(async move {
@@ -261,7 +261,7 @@ pub fn run_cli(at: &Located, listen: Option<&str>) -> anyhow::Result<i32> {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         run(prepared, listener, shutdown_signal()).await?;
-        anyhow::Ok(0)
+        anyhow::Ok(crate::exit::Exit::Success)
     })
 }
 
