@@ -44,7 +44,9 @@ TOOLS=(kubernetes-validate==1.37.0 yamllint==1.38.0 podman-compose==1.6.0)
 
 log() { printf '[container %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
-case "${1:-base}" in
+# No argument means `base`, as the usage says; every `$1` below reads it.
+[ $# -gt 0 ] || set -- base
+case "$1" in
   env) echo "$ENVFILE"; exit 0 ;;
   install|base|image) ;;
   *) echo "usage: $0 [install|base|image|env]" >&2; exit 2 ;;
