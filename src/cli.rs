@@ -272,8 +272,16 @@ pub struct PolicyTestArgs {
     pub options: Vec<String>,
 }
 
+/// Whether the log is coloured: only on a terminal (a container's, systemd's or a file's log
+/// would keep the escape codes as text), and never when `NO_COLOR` is set to anything but
+/// the empty string (<https://no-color.org>).
+fn log_in_colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Sets up `tracing` on stderr.
 pub fn init_tracing(cli: &Cli) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     // A server's log is its only voice: `serve` says what it does by default.
     let serving = matches!(cli.command, Command::Serve { .. });
@@ -284,8 +292,13 @@ pub fn init_tracing(cli: &Cli) {
     };
     let filter =
         EnvFilter::try_from_env("LOCKSTEP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let colour = log_in_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),
@@ -609,6 +622,17 @@ mod tests {
             assert!(Cli::of_hook_file(&args).is_none(), "{args:?}");
         }
     }
+    #[test]
+    fn the_log_is_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(log_in_colour(true, None));
+        assert!(log_in_colour(true, Some(OsStr::new(""))));
+        assert!(!log_in_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_in_colour(true, Some(OsStr::new("0"))));
+        assert!(!log_in_colour(false, None));
+        assert!(!log_in_colour(false, Some(OsStr::new(""))));
+    }
+
     use clap::CommandFactory as _;
 
     #[test]

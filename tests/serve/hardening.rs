@@ -1,5 +1,7 @@
 //! What the reshaping and the hardening found in `lockstep serve`, each reproduced.
 
+use std::process::Command;
+
 use super::*;
 
 /// A `GET /metrics` that fails inside the server (a counts file the hooks did not write)
@@ -270,4 +272,71 @@ fn issue10_the_poller_leaves_a_task_with_a_delivery_in_flight_alone() {
     );
     assert_eq!(task_status(&env, "TASK-1"), "Closed");
     assert!(serve.stop(Duration::from_secs(10)).success());
+}
+
+/// Whether a log line carries a colour code (an ANSI escape sequence).
+fn coloured(line: &str) -> bool {
+    line.contains("\x1b[")
+}
+
+/// The log of `serve` read by a container runtime, systemd or from a file keeps escape codes
+/// as text: off a terminal it is plain. So is every command's (`queue`, logging to a pipe).
+#[test]
+fn the_log_has_no_colour_codes_off_a_terminal() {
+    let env = Env::new(&["api"]);
+    configure(&env, "0s", "");
+    let serve = ServeProc::start(&env);
+    assert_eq!(serve.get("/healthz").status, 200);
+    let path = serve.log.clone();
+    assert!(serve.stop(Duration::from_secs(10)).success());
+    let log = std::fs::read_to_string(path).unwrap();
+    assert!(
+        log.contains(" INFO ") && log.contains("lockstep serve stopped"),
+        "{log}"
+    );
+    assert!(!log.lines().any(coloured), "{log:?}");
+
+    let out = env
+        .command(&["queue"])
+        .env("LOCKSTEP_LOG", "debug")
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(log.contains(" DEBUG "), "{log}");
+    assert!(!log.lines().any(coloured), "{log:?}");
+}
+
+/// On a terminal the log is coloured, unless `NO_COLOR` is set (<https://no-color.org>). The
+/// terminal is a pseudo-terminal made by `script` (util-linux).
+#[test]
+fn the_log_is_coloured_on_a_terminal_unless_no_color() {
+    let env = Env::new(&["api"]);
+    let quote =
+        |p: &std::path::Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let command = format!("{} --config {} queue", quote(&bin()), quote(&env.config()));
+    let on_a_terminal = |no_color: Option<&str>| {
+        // `script` runs the command line on a terminal of its own and copies what it shows.
+        let mut script = Command::new("script");
+        copy_env(&env.command(&[]), &mut script);
+        script
+            .args(["-qec", &command, "/dev/null"])
+            .env("LOCKSTEP_LOG", "debug")
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            script.env("NO_COLOR", v);
+        }
+        let out = run(script);
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        let shown = stdout(&out);
+        let log: Vec<String> = shown
+            .lines()
+            .filter(|l| l.contains("DEBUG"))
+            .map(str::to_string)
+            .collect();
+        assert!(!log.is_empty(), "{shown}");
+        log
+    };
+    assert!(on_a_terminal(None).iter().all(|l| coloured(l)));
+    assert!(on_a_terminal(Some("")).iter().all(|l| coloured(l)));
+    assert!(!on_a_terminal(Some("1")).iter().any(|l| coloured(l)));
 }
