@@ -353,7 +353,11 @@ fn compose_parses_with_and_without_the_redmine_profile() {
 #[test]
 fn the_systemd_unit_verifies_and_is_hardened() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("skipped the_systemd_unit_verifies_and_is_hardened: no systemd-analyze here");
+        crate::util::say_skipped(
+            "the_systemd_unit_verifies_and_is_hardened",
+            "`systemd-analyze` on PATH",
+            "install systemd",
+        );
         return;
     };
     assert!(out.status.success());

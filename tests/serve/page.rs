@@ -103,12 +103,11 @@ fn queue_page_shows_the_delivery_in_flight() {
                 std::fs::copy(&shot, std::path::Path::new(&dir).join("queue.png")).unwrap();
             }
         }
-        None if std::env::var_os("CI").is_some() => {
-            panic!("chromium is missing; CI installs it (`apt-get install -y chromium`)")
-        }
-        None => {
-            eprintln!("skipped: the browser part of the queue page test (no `chromium` on PATH)")
-        }
+        None => skip(
+            "the queue page test",
+            "`chromium` on PATH for its browser part",
+            "install it (`apt-get install -y chromium`), as .ci/run does",
+        ),
     }
 
     wait_until("the delivery", LONG, Some(&serve.log), || {

@@ -621,6 +621,27 @@ pub fn redact_ids(text: &str) -> String {
     .into_owned()
 }
 
+/// Says that a test does not run for want of `needs`, and `how` to get it; fails the test
+/// instead when `CI` is set (`.ci/run` sets it and starts every service: a service missing
+/// there is a broken CI, not a skip).
+pub fn skip(test: &str, needs: &str, how: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs {needs} but CI is set: {how} (as .ci/run does)");
+    }
+    say_skipped(test, needs, how);
+}
+
+/// Writes `SKIPPED: <test> needs <what>; <how>` on the test run's standard error, where a
+/// plain `cargo test` shows it. libtest captures `eprintln!` and shows it only for a test that
+/// fails, so a skip said that way passed unseen; a write to `std::io::stderr()` itself is not
+/// captured. The test is named as libtest names its thread, the name `cargo test` takes.
+pub fn say_skipped(test: &str, needs: &str, how: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or(test);
+    let line = format!("SKIPPED: {test} needs {needs}; {how}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// Polls `f` until it gives a value, for at most 60 seconds (a loaded CI machine is slow).
 pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -23,15 +23,12 @@ pub fn binaries(test: &str) -> Option<(PathBuf, PathBuf)> {
     let alertmanager = std::env::var_os("ALERTMANAGER_BIN").map(PathBuf::from);
     match (prometheus, alertmanager) {
         (Some(p), Some(a)) if p.exists() && a.exists() => Some((p, a)),
-        _ if std::env::var_os("CI").is_some() => panic!(
-            "PROMETHEUS_BIN or ALERTMANAGER_BIN is not set but CI is: run \
-             scripts/monitoring.sh start and export the variables of its env file (as .ci/run \
-             does)"
-        ),
         _ => {
-            eprintln!(
-                "skipped {test}: run scripts/monitoring.sh start, then \
-                 `set -a; . \"$(scripts/monitoring.sh env)\"; set +a`"
+            super::skip(
+                test,
+                "Prometheus and Alertmanager (PROMETHEUS_BIN, ALERTMANAGER_BIN)",
+                "run scripts/monitoring.sh start, then \
+                 `set -a; . \"$(scripts/monitoring.sh env)\"; set +a`",
             );
             None
         }
