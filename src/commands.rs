@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::config::{Config, Located};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
-use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
+use crate::domain::{DeliveryId, Event, Phase, Source, Stage, State, TaskKey};
 use crate::store::{DeliveryRow, Lease, Store};
 use crate::text::escape;
 
@@ -404,7 +404,7 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<i32> {
             say!(
                 "  {}  {:<8} {:<10} {} {}",
                 ago(Some(j.at)),
-                j.phase,
+                j.stage,
                 j.repo,
                 j.event,
                 j.detail
@@ -504,13 +504,13 @@ pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
                 {
                     Ok(()) => {
                         store
-                            .journal(id, "report", "", "task moved", returned)
+                            .journal(id, Stage::Report, "", Event::TaskMoved, returned)
                             .await?;
                         say!("#{id} {}: moved back to {returned}", d.task);
                     }
                     Err(e) => {
                         store
-                            .journal(id, "report", "", "task not moved", &e.to_string())
+                            .journal(id, Stage::Report, "", Event::TaskNotMoved, &e.to_string())
                             .await?;
                         eprintln!(
                             "lockstep: #{id}: could not move `{}` back to {returned}: {}",

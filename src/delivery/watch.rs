@@ -10,7 +10,7 @@ use futures::stream::FuturesUnordered;
 
 use super::engine::Engine;
 use crate::config::{Gate, humanize};
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, Event, Phase, Stage};
 use crate::monitor::Prometheus;
 use crate::monitor::gate::{self, Watched};
 use crate::store::{DeliveryRow, now_ms};
@@ -50,9 +50,11 @@ impl Engine {
                 .iter()
                 .filter(|r| r.merged)
                 .all(|r| {
-                    journal
-                        .iter()
-                        .any(|j| j.phase == "rollback" && j.event == "reverted" && r.repo == j.repo)
+                    journal.iter().any(|j| {
+                        j.stage == Stage::Phase(Phase::Rollback)
+                            && j.event == Event::Reverted
+                            && r.repo == j.repo
+                    })
                 });
             if rolled_back {
                 return Ok(Err(format!(
@@ -108,9 +110,9 @@ impl Engine {
         self.store
             .journal(
                 id,
-                "watch",
+                Stage::Watch,
                 "",
-                "gates watched",
+                Event::GatesWatched,
                 &format!("for {}", watch_words(watch)),
             )
             .await?;
@@ -119,13 +121,13 @@ impl Engine {
         while let Some(watched) = running.next().await {
             if let Watched::Failed(why) = watched {
                 self.store
-                    .journal(id, "watch", "", "gate failed", &why)
+                    .journal(id, Stage::Watch, "", Event::GateFailed, &why)
                     .await?;
                 return Ok(Some(why));
             }
         }
         self.store
-            .journal(id, "watch", "", "gates held", "")
+            .journal(id, Stage::Watch, "", Event::GatesHeld, "")
             .await?;
         Ok(None)
     }

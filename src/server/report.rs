@@ -9,7 +9,7 @@ use super::markdown::{code, fenced};
 use super::origin::parse_origin;
 use crate::delivery::Cause;
 use crate::delivery::steps;
-use crate::domain::{DeliveryId, State, StepState};
+use crate::domain::{DeliveryId, Event, Stage, State, StepState};
 use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 use crate::text::{clip, escape};
@@ -202,18 +202,20 @@ pub fn failure_facts(journal: &[JournalRow], steps: &[StepRow]) -> FailureFacts 
     let Some(f) = journal
         .iter()
         .rev()
-        .find(|j| j.event == "failed" && j.phase != "done")
+        .find(|j| j.event == Event::Failed && j.stage != Stage::Done)
     else {
         return FailureFacts::default();
     };
     let log_tail = steps
         .iter()
         .rev()
-        .find(|s| s.step.as_str() == f.phase && s.repo == *f.repo && s.outcome != StepState::Passed)
+        .find(|s| {
+            Stage::Phase(s.step) == f.stage && s.repo == *f.repo && s.outcome != StepState::Passed
+        })
         .map(|s| steps::tail(std::path::Path::new(&s.log_path)))
         .unwrap_or_default();
     FailureFacts {
-        phase: f.phase.clone(),
+        phase: f.stage.to_string(),
         repo: f.repo.clone(),
         message: f.detail.clone(),
         log_tail,
@@ -349,6 +351,7 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Phase;
 
     fn d(state: State) -> DeliveryRow {
         let mut d = crate::server::fixtures::delivery(state, "test");
@@ -374,9 +377,9 @@ mod tests {
     fn failure_comment() {
         let journal = [JournalRow {
             at: 0,
-            phase: "test".into(),
+            stage: Phase::Test.into(),
             repo: "api".into(),
-            event: "failed".into(),
+            event: Event::Failed,
             detail: "`test` exited with 1".into(),
         }];
         let mut f = failure_facts(&journal, &[]);
@@ -396,9 +399,9 @@ mod tests {
         std::fs::write(&log, &text).unwrap();
         let journal = [JournalRow {
             at: 0,
-            phase: "test".into(),
+            stage: Phase::Test.into(),
             repo: "api".into(),
-            event: "failed".into(),
+            event: Event::Failed,
             detail: format!("`test` exited with 1: \x1b[2J{}", "y".repeat(100_000)),
         }];
         let steps = [StepRow {
