@@ -452,7 +452,7 @@ pub async fn on_review(
     let facts = pr_facts(gh, repo, pull).await?;
     let e = &app.engine;
     let current =
-        crate::tracker::task_with_timeout(e.tracker.as_ref(), task, e.config.tracker.timeout)
+        crate::tracker::task_with_timeout(e.tracker.as_ref(), &d.task, e.config.tracker.timeout)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
     let branches = delivery::branches_for(&e.config, &e.policies, Some(gh), task).await?;
