@@ -143,7 +143,7 @@ fn report(d: &DeliveryRow, state: State) -> anyhow::Result<i32> {
             eprintln!(
                 "lockstep: #{} {}: {}: {}",
                 d.id,
-                escape(&d.task),
+                escape(d.task.as_str()),
                 state.as_str(),
                 escape(&d.error)
             );
@@ -514,7 +514,7 @@ pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<i32> {
                             .await?;
                         eprintln!(
                             "lockstep: #{id}: could not move `{}` back to {returned}: {}",
-                            escape(&d.task),
+                            escape(d.task.as_str()),
                             escape(&e.to_string())
                         );
                     }
@@ -562,7 +562,7 @@ async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::
     if let Err(e) = engine.rollback_finished(&d, revert).await {
         eprintln!(
             "lockstep: #{id} {}: {}",
-            escape(&d.task),
+            escape(d.task.as_str()),
             escape(&format!("{e:#}"))
         );
         return Ok(FAILED);

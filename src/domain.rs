@@ -11,7 +11,6 @@
 //! types reads the same, and `--json` and `/api/*` print the same.
 
 use std::fmt;
-use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
 
@@ -437,7 +436,8 @@ impl fmt::Display for DeliveryId {
     }
 }
 
-/// A text newtype: built from any string (it is checked where it comes in), read as `&str`.
+/// A text newtype: built from any string (it is checked where it comes in), read with
+/// `as_str()`, printed with `Display`.
 macro_rules! text_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -454,13 +454,6 @@ macro_rules! text_newtype {
                 $name(s.into())
             }
             pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl Deref for $name {
-            type Target = str;
-            fn deref(&self) -> &str {
                 &self.0
             }
         }

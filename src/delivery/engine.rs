@@ -221,7 +221,7 @@ impl Engine {
             .journal(
                 d.id,
                 failure.phase,
-                failure.repo.as_deref().unwrap_or(""),
+                failure.repo.as_ref().map_or("", RepoName::as_str),
                 Event::Failed,
                 &failure.message,
             )

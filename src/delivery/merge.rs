@@ -39,7 +39,7 @@ impl Engine {
         let facts = crate::delivery::deliver_facts(
             &self.config,
             self.tracker.name(),
-            &d.task,
+            d.task.as_str(),
             task.as_ref(),
             &d.requester,
             None,
@@ -79,7 +79,7 @@ impl Engine {
                 .journal(
                     d.id,
                     Phase::Merge,
-                    &c.row.repo,
+                    c.row.repo.as_str(),
                     Event::Push,
                     &format!(
                         "{} {} → {}",
@@ -102,7 +102,7 @@ impl Engine {
                 .journal(
                     d.id,
                     Phase::Merge,
-                    &c.row.repo,
+                    c.row.repo.as_str(),
                     Event::Pushed,
                     &c.row.rebased_sha,
                 )
@@ -126,7 +126,7 @@ impl Engine {
                 .journal(
                     id,
                     Phase::Merge,
-                    &c.row.repo,
+                    c.row.repo.as_str(),
                     Event::Undo,
                     &format!(
                         "{} {} → {}",
@@ -136,7 +136,13 @@ impl Engine {
                 .await?;
             if let Pushed::Refused(why) = self.put_back(id, c).await? {
                 self.store
-                    .journal(id, Phase::Merge, &c.row.repo, Event::UndoFailed, &why)
+                    .journal(
+                        id,
+                        Phase::Merge,
+                        c.row.repo.as_str(),
+                        Event::UndoFailed,
+                        &why,
+                    )
                     .await?;
                 anyhow::bail!(
                     "`{}` of `{}` was advanced and could not be put back ({why}); \
@@ -239,7 +245,7 @@ impl Engine {
                 .journal(
                     id,
                     JournalStage::Report,
-                    &c.row.repo,
+                    c.row.repo.as_str(),
                     Event::Branch,
                     &format!("{}: {detail}", c.row.branch),
                 )
@@ -287,7 +293,7 @@ impl Engine {
                 .journal(
                     d.id,
                     JournalStage::Report,
-                    &c.row.repo,
+                    c.row.repo.as_str(),
                     Event::Approvals,
                     &detail,
                 )

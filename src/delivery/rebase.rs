@@ -259,7 +259,7 @@ impl Engine {
             .journal(
                 d.id,
                 Phase::Rebase,
-                &c.row.repo,
+                c.row.repo.as_str(),
                 Event::Rebased,
                 &format!(
                     "{} {} onto {} {}",
@@ -335,7 +335,7 @@ impl Engine {
         for row in self.store.repos(id).await? {
             let repo = self
                 .config
-                .repo(&row.repo)
+                .repo(row.repo.as_str())
                 .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
             let dir = self.work_dir(id).join(row.repo.as_str());
             out.push(Checkout {

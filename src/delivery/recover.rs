@@ -147,7 +147,13 @@ impl Engine {
                 "the worker stopped"
             };
             self.store
-                .journal(id, step.step, &step.repo, Event::StepInterrupted, detail)
+                .journal(
+                    id,
+                    step.step,
+                    step.repo.as_str(),
+                    Event::StepInterrupted,
+                    detail,
+                )
                 .await?;
             stopped += usize::from(killed);
         }
@@ -183,7 +189,7 @@ impl Engine {
         }
         let mut out = Vec::new();
         for row in rows {
-            let Some(repo) = self.config.repo(&row.repo) else {
+            let Some(repo) = self.config.repo(row.repo.as_str()) else {
                 return Ok(None);
             };
             let dir = self.work_dir(d.id).join(row.repo.as_str());
@@ -288,7 +294,13 @@ impl Engine {
         for c in &unmerged {
             if let Pushed::Refused(why) = self.push_upstream(d.id, c).await? {
                 self.store
-                    .journal(d.id, Phase::Merge, &c.row.repo, Event::PushFailed, &why)
+                    .journal(
+                        d.id,
+                        Phase::Merge,
+                        c.row.repo.as_str(),
+                        Event::PushFailed,
+                        &why,
+                    )
                     .await?;
                 self.undo_merges(d.id, &done).await?;
                 return Ok(Reconciled::PutBack(format!(
@@ -300,7 +312,7 @@ impl Engine {
                 .journal(
                     d.id,
                     Phase::Merge,
-                    &c.row.repo,
+                    c.row.repo.as_str(),
                     Event::Pushed,
                     "after recovery",
                 )

@@ -33,7 +33,7 @@ impl Engine {
         };
         let mut failed = Vec::new();
         for row in rows.iter().rev().filter(|r| r.deployed && !r.rolled_back) {
-            let Some(repo) = self.config.repo(&row.repo) else {
+            let Some(repo) = self.config.repo(row.repo.as_str()) else {
                 continue;
             };
             let c = Checkout {
@@ -44,7 +44,13 @@ impl Engine {
             let Some(command) = repo.steps.rollback.clone() else {
                 let _ = self
                     .store
-                    .journal(id, Phase::Rollback, &row.repo, Event::NoRollbackStep, "")
+                    .journal(
+                        id,
+                        Phase::Rollback,
+                        row.repo.as_str(),
+                        Event::NoRollbackStep,
+                        "",
+                    )
                     .await;
                 self.say(&format!(
                     "#{id} {task}: rollback {:<12} has no rollback step; nothing run",
@@ -58,7 +64,7 @@ impl Engine {
                     .journal(
                         id,
                         Phase::Rollback,
-                        &row.repo,
+                        row.repo.as_str(),
                         Event::NoCheckout,
                         &format!("{e:#}"),
                     )
@@ -77,7 +83,13 @@ impl Engine {
             };
             let _ = self
                 .store
-                .journal(id, Phase::Rollback, &row.repo, Event::RollbackFailed, &why)
+                .journal(
+                    id,
+                    Phase::Rollback,
+                    row.repo.as_str(),
+                    Event::RollbackFailed,
+                    &why,
+                )
                 .await;
             failed.push(row.repo.to_string());
         }
@@ -265,7 +277,7 @@ impl Engine {
                         .journal(
                             d.id,
                             Phase::Rollback,
-                            &c.row.repo,
+                            c.row.repo.as_str(),
                             Event::RevertFailed,
                             &why,
                         )
@@ -286,7 +298,7 @@ impl Engine {
                     .journal(
                         d.id,
                         Phase::Rollback,
-                        &c.row.repo,
+                        c.row.repo.as_str(),
                         Event::RevertFailed,
                         &why,
                     )
@@ -300,7 +312,7 @@ impl Engine {
                                 .journal(
                                     d.id,
                                     Phase::Rollback,
-                                    &c.row.repo,
+                                    c.row.repo.as_str(),
                                     Event::RevertUndone,
                                     tip,
                                 )
@@ -335,7 +347,13 @@ impl Engine {
         let mut reverted = Vec::new();
         for (c, _, sha) in &made {
             self.store
-                .journal(d.id, Phase::Rollback, &c.row.repo, Event::Reverted, sha)
+                .journal(
+                    d.id,
+                    Phase::Rollback,
+                    c.row.repo.as_str(),
+                    Event::Reverted,
+                    sha,
+                )
                 .await?;
             reverted.push(format!("{} {}", c.row.repo, crate::git::short(sha)));
         }

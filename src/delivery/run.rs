@@ -139,7 +139,7 @@ impl Engine {
             supervisor: steps::this_executable(),
         };
         self.store
-            .journal(d.id, step, &c.row.repo, Event::StepStarted, "")
+            .journal(d.id, step, c.row.repo.as_str(), Event::StepStarted, "")
             .await?;
         self.progress
             .step(d.id, &c.row.repo, step, StepState::Running);
@@ -171,7 +171,7 @@ impl Engine {
             .journal(
                 d.id,
                 step,
-                &c.row.repo,
+                c.row.repo.as_str(),
                 Event::StepFinished,
                 outcome.state().as_str(),
             )

@@ -132,7 +132,7 @@ async fn run(
     match cmd {
         BotCommand::Help => unreachable!("answered above"),
         BotCommand::Deliver { priority } => {
-            deliver(app, gh, repo, pull, task, user, priority).await
+            deliver(app, gh, repo, pull, task.as_str(), user, priority).await
         }
         BotCommand::Retry => {
             let last = store.latest_of_task(task).await?;
@@ -165,7 +165,8 @@ async fn run(
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
-                    let mut text = deliver(app, gh, repo, pull, task, user, d.priority).await?;
+                    let mut text =
+                        deliver(app, gh, repo, pull, task.as_str(), user, d.priority).await?;
                     text.insert_str(
                         0,
                         &format!(

@@ -128,13 +128,13 @@ pub fn grid(
                     Some(StepState::Running) => Cell::Failed,
                     Some(StepState::Passed) => Cell::Passed,
                     Some(_) => Cell::Failed,
-                    None if !has_step(config, &repo, phase) => Cell::Skipped,
+                    None if !has_step(config, repo.as_str(), phase) => Cell::Skipped,
                     None if past => Cell::Passed,
                     None if here => Cell::Running,
                     None => Cell::Pending,
                 },
             };
-            if failed(phase, &repo) || (failed_all(phase) && cell != Cell::Passed) {
+            if failed(phase, repo.as_str()) || (failed_all(phase) && cell != Cell::Passed) {
                 cell = Cell::Failed;
             }
             if d.state.is_final() && cell == Cell::Running {

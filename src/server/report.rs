@@ -105,7 +105,11 @@ async fn statuses(
     let origin = parse_origin(&d.origin);
     let mut origin_covered = false;
     for r in repos {
-        let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
+        let Some(full) = app
+            .config()
+            .repo(r.repo.as_str())
+            .and_then(|c| c.github.clone())
+        else {
             continue;
         };
         let Some(gh_repo) = GitHubRepo::parse(&full) else {
@@ -169,7 +173,7 @@ pub fn alert_comment(
     };
     let head = format!(
         "🚨 {what} while {} ([#{}]({url})) was watched after it landed.",
-        code(&d.task),
+        code(d.task.as_str()),
         d.id
     );
     match result {
@@ -245,16 +249,16 @@ pub fn outcome_comment(
             let mut s = format!(
                 "{who}✅ delivered {} ([#{}]({url})){took}: every repository advanced together.\n\n\
                  | repository | branch | landed |\n|---|---|---|\n",
-                code(&d.task),
+                code(d.task.as_str()),
                 d.id
             );
             for r in repos {
                 s.push_str(&format!(
                     "| {} | {} | {} on {} |\n",
-                    code(&r.repo),
+                    code(r.repo.as_str()),
                     code(&r.branch),
                     code(crate::git::short(&r.rebased_sha)),
-                    code(&upstream_of(&r.repo))
+                    code(&upstream_of(r.repo.as_str()))
                 ));
             }
             s
@@ -267,7 +271,7 @@ pub fn outcome_comment(
             };
             let mut s = format!(
                 "{who}{icon} the delivery of {} ([#{}]({url})) {verb}",
-                code(&d.task),
+                code(d.task.as_str()),
                 d.id
             );
             if !failure.phase.is_empty() {
