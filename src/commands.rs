@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::config::{Config, Located};
 use crate::delivery::line::{Engine, Progress};
 use crate::delivery::{self, Request, Requested, worker};
-use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
+use crate::domain::{DeliveryId, Event, Phase, Source, Stage, State, TaskKey};
 use crate::exit::Exit;
 use crate::store::{DeliveryRow, Lease, Store};
 use crate::text::escape;
@@ -139,7 +139,7 @@ fn report(d: &DeliveryRow, state: State) -> anyhow::Result<Exit> {
             eprintln!(
                 "lockstep: #{} {}: {}: {}",
                 d.id,
-                escape(&d.task),
+                escape(d.task.as_str()),
                 state.as_str(),
                 escape(&d.error)
             );
@@ -400,7 +400,7 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
             say!(
                 "  {}  {:<8} {:<10} {} {}",
                 ago(Some(j.at)),
-                j.phase,
+                j.stage,
                 j.repo,
                 j.event,
                 j.detail
@@ -500,17 +500,17 @@ pub fn cancel(at: &Located, id: DeliveryId) -> anyhow::Result<Exit> {
                 {
                     Ok(()) => {
                         store
-                            .journal(id, "report", "", "task moved", returned)
+                            .journal(id, Stage::Report, "", Event::TaskMoved, returned)
                             .await?;
                         say!("#{id} {}: moved back to {returned}", d.task);
                     }
                     Err(e) => {
                         store
-                            .journal(id, "report", "", "task not moved", &e.to_string())
+                            .journal(id, Stage::Report, "", Event::TaskNotMoved, &e.to_string())
                             .await?;
                         eprintln!(
                             "lockstep: #{id}: could not move `{}` back to {returned}: {}",
-                            escape(&d.task),
+                            escape(d.task.as_str()),
                             escape(&e.to_string())
                         );
                     }
@@ -558,7 +558,7 @@ async fn rollback_led(engine: &Engine, id: DeliveryId, revert: bool) -> anyhow::
     if let Err(e) = engine.rollback_finished(&d, revert).await {
         eprintln!(
             "lockstep: #{id} {}: {}",
-            escape(&d.task),
+            escape(d.task.as_str()),
             escape(&format!("{e:#}"))
         );
         return Ok(Exit::Failed);

@@ -5,13 +5,12 @@
 //! another's room to say what it means. Each is plain data with its parsing and formatting:
 //! no I/O, no dependency on any other module of the crate.
 //!
-//! The enums ([`Phase`], [`State`], [`StepState`], [`Source`], [`PrState`]) are stored and
-//! serialized as the lowercase text they always were, the newtypes ([`DeliveryId`],
+//! The enums ([`Phase`], [`State`], [`StepState`], [`Source`], [`PrState`], and the journal's
+//! [`Stage`] and [`Event`]) are stored and serialized as the lowercase text they always were, the newtypes ([`DeliveryId`],
 //! [`TaskKey`], [`RepoName`]) as the number or text inside: a store written before they were
 //! types reads the same, and `--json` and `/api/*` print the same.
 
 use std::fmt;
-use std::ops::Deref;
 
 use serde::{Deserialize, Serialize};
 
@@ -199,6 +198,208 @@ impl PrState {
     }
 }
 
+/// Where in a delivery's life a journal entry happened: a phase of the line, or the queue,
+/// the watch after merge, the reports to the tracker and GitHub, the end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Queue,
+    Phase(Phase),
+    /// A running delivery between two preparations (its phase was discarded): the empty text.
+    NoPhase,
+    Watch,
+    Report,
+    Done,
+    /// Text this version does not know (a store written by another version): read back and
+    /// shown as it is, matched by nothing, never written.
+    Other(String),
+}
+
+impl Stage {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Stage::Queue => "queue",
+            Stage::Phase(p) => p.as_str(),
+            Stage::NoPhase => "",
+            Stage::Watch => "watch",
+            Stage::Report => "report",
+            Stage::Done => "done",
+            Stage::Other(s) => s,
+        }
+    }
+
+    /// Reads stored text; what it does not know is kept as [`Stage::Other`].
+    pub fn parse(s: &str) -> Stage {
+        match s {
+            "queue" => Stage::Queue,
+            "" => Stage::NoPhase,
+            "watch" => Stage::Watch,
+            "report" => Stage::Report,
+            "done" => Stage::Done,
+            _ => Phase::parse(s).map_or_else(|| Stage::Other(s.to_string()), Stage::Phase),
+        }
+    }
+
+    /// The phase of the line this entry belongs to, if any.
+    pub fn phase(&self) -> Option<Phase> {
+        match self {
+            Stage::Phase(p) => Some(*p),
+            _ => None,
+        }
+    }
+}
+
+impl From<Phase> for Stage {
+    fn from(p: Phase) -> Stage {
+        Stage::Phase(p)
+    }
+}
+
+impl From<Option<Phase>> for Stage {
+    fn from(p: Option<Phase>) -> Stage {
+        p.map_or(Stage::NoPhase, Stage::Phase)
+    }
+}
+
+/// What a journal entry records. Each is stored as the text it always was; what this version
+/// does not know reads back as [`Event::Other`].
+macro_rules! events {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal,)*) => {
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum Event {
+            $($(#[$doc])* $variant,)*
+            /// Text this version does not know (a store written by another version): read
+            /// back and shown as it is, matched by nothing, never written.
+            Other(String),
+        }
+
+        impl Event {
+            pub const KNOWN: &'static [Event] = &[$(Event::$variant),*];
+
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(Event::$variant => $text,)*
+                    Event::Other(s) => s,
+                }
+            }
+
+            /// Reads stored text; what it does not know is kept as [`Event::Other`].
+            pub fn parse(s: &str) -> Event {
+                match s {
+                    $($text => Event::$variant,)*
+                    _ => Event::Other(s.to_string()),
+                }
+            }
+        }
+    };
+}
+
+events! {
+    // The queue.
+    Queued = "queued",
+    /// Claimed by a worker, as the head or a candidate.
+    Started = "started",
+    /// A candidate became the head of the pipeline.
+    Head = "head",
+    Discarded = "discarded",
+    Requeued = "requeued",
+    // Any phase.
+    /// The delivery entered the phase.
+    Phase = "phase",
+    CancelRequested = "cancel requested",
+    /// A candidate's failure, held until the deliveries ahead are resolved.
+    Held = "held",
+    /// The phase failed (in its stage) or the delivery did (in [`Stage::Done`]).
+    Failed = "failed",
+    StepStarted = "step started",
+    StepFinished = "step finished",
+    StepInterrupted = "step interrupted",
+    Recovered = "recovered",
+    Resumed = "resumed",
+    NotResumed = "not resumed",
+    // Rebase.
+    Rebased = "rebased",
+    LeftAlone = "left alone",
+    BuiltOn = "built on",
+    // Verify and the watch after merge.
+    GateStarted = "gate started",
+    GatePassed = "gate passed",
+    GateFailed = "gate failed",
+    GatesWatched = "gates watched",
+    GatesHeld = "gates held",
+    // Merge.
+    Push = "push",
+    Pushed = "pushed",
+    PushFailed = "push failed",
+    Undo = "undo",
+    UndoFailed = "undo failed",
+    Reconcile = "reconcile",
+    // Rollback.
+    /// What started a rollback (its detail: `gate`, `alert` or `manual`).
+    RollbackTriggered = "rollback triggered",
+    /// A rollback asked for after the merge, with or without revert.
+    Requested = "requested",
+    NoRollbackStep = "no rollback step",
+    NoCheckout = "no checkout",
+    RollbackFailed = "rollback failed",
+    Reverted = "reverted",
+    RevertFailed = "revert failed",
+    RevertUndone = "revert undone",
+    // Reports.
+    TaskMoved = "task moved",
+    TaskNotMoved = "task not moved",
+    Branch = "branch",
+    Approvals = "approvals",
+    // The end (with `Failed`).
+    Delivered = "delivered",
+    Cancelled = "cancelled",
+}
+
+/// [`Stage`] and [`Event`] are stored as their text in both backends, like the derived enums
+/// above, but an unknown text reads back as `Other` instead of failing the whole read.
+macro_rules! stored_as_text {
+    ($($t:ident),*) => {$(
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $t
+        where
+            for<'a> &'a str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut DB::ArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: DB::ValueRef<'r>) -> Result<$t, sqlx::error::BoxDynError> {
+                Ok($t::parse(<&'r str as sqlx::Decode<'r, DB>>::decode(value)?))
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+    )*};
+}
+stored_as_text!(Stage, Event);
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -208,7 +409,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(Phase, State, StepState, Source, PrState);
+display_as_str!(Phase, State, StepState, Source, PrState, Stage, Event);
 
 /// The id of a delivery in the store, shown as `#12`.
 #[derive(
@@ -235,7 +436,8 @@ impl fmt::Display for DeliveryId {
     }
 }
 
-/// A text newtype: built from any string (it is checked where it comes in), read as `&str`.
+/// A text newtype: built from any string (it is checked where it comes in), read with
+/// `as_str()`, printed with `Display`.
 macro_rules! text_newtype {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -252,13 +454,6 @@ macro_rules! text_newtype {
                 $name(s.into())
             }
             pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl Deref for $name {
-            type Target = str;
-            fn deref(&self) -> &str {
                 &self.0
             }
         }
@@ -361,6 +556,32 @@ mod tests {
         for s in StepState::ALL {
             assert_eq!(StepState::parse(s.as_str()), Some(s));
         }
+        for e in Event::KNOWN {
+            assert_eq!(&Event::parse(e.as_str()), e);
+        }
+        let stages = [
+            Stage::Queue,
+            Stage::NoPhase,
+            Stage::Watch,
+            Stage::Report,
+            Stage::Done,
+        ];
+        for s in stages.into_iter().chain(Phase::ALL.map(Stage::Phase)) {
+            assert_eq!(Stage::parse(s.as_str()), s);
+        }
+    }
+
+    /// A stage or an event this version does not know (an older or newer store) reads back
+    /// as itself, text for text, instead of failing the read of the whole journal.
+    #[test]
+    fn unknown_journal_text_reads_back_as_it_was() {
+        assert_eq!(Stage::parse("plan"), Stage::Other("plan".into()));
+        assert_eq!(Stage::parse("plan").to_string(), "plan");
+        assert_eq!(Event::parse("Phase"), Event::Other("Phase".into()));
+        assert_eq!(
+            serde_json::to_string(&Event::parse("tea break")).unwrap(),
+            r#""tea break""#
+        );
     }
 
     #[test]
@@ -373,10 +594,12 @@ mod tests {
             "id": DeliveryId(7),
             "task": TaskKey::new("T-1"),
             "repo": RepoName::new("api"),
+            "stage": Stage::Phase(Phase::Merge),
+            "event": Event::CancelRequested,
         });
         assert_eq!(
             json.to_string(),
-            r#"{"id":7,"phase":"rollback","repo":"api","source":"github","state":"cancelled","step":"timed out","task":"T-1"}"#
+            r#"{"event":"cancel requested","id":7,"phase":"rollback","repo":"api","source":"github","stage":"merge","state":"cancelled","step":"timed out","task":"T-1"}"#
         );
     }
 

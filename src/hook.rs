@@ -354,6 +354,7 @@ fn tasks_to_deliver<'a>(config: &Config, updates: &'a [RefUpdate]) -> Vec<&'a st
 /// so it is moved to For Delivery first; then a detached worker is started so the push does
 /// not wait for the delivery.
 fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow::Result<String> {
+    let key = &TaskKey::new(key);
     let rt = crate::runtime::current_thread()?;
     let policies = PolicySet::for_config(config)?;
     rt.block_on(async {
@@ -385,7 +386,7 @@ fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow
             moved_from = Some(t.status.clone());
         }
         let req = Request {
-            task: TaskKey::new(key),
+            task: key.clone(),
             priority,
             source: Source::Push,
             requester: requester.to_string(),

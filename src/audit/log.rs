@@ -146,7 +146,10 @@ mod tests {
         assert!(!dir.path().join(format!("{FILE}.3")).exists());
         let (read, bad) = read(dir.path(), 2).unwrap();
         assert_eq!(bad, 0);
-        let tasks: Vec<&str> = read.iter().filter_map(|e| e.task.as_deref()).collect();
+        let tasks: Vec<&str> = read
+            .iter()
+            .filter_map(|e| e.task.as_ref().map(crate::domain::TaskKey::as_str))
+            .collect();
         assert_eq!(tasks, ["T-2", "T-3", "T-4", "T-5", "T-6"]);
     }
 

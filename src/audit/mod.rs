@@ -245,7 +245,7 @@ pub fn render(entries: &[Entry]) -> String {
         let what = match e.stage {
             Stage::Push => t(&e.repo),
             _ => {
-                let mut w = t(e.task.as_deref().unwrap_or_default());
+                let mut w = t(e.task.as_ref().map_or("", TaskKey::as_str));
                 if let Some(id) = e.delivery {
                     let _ = write!(w, " #{id}");
                 }

@@ -301,9 +301,10 @@ impl Config {
     fn check(&self) -> anyhow::Result<()> {
         let mut seen = std::collections::BTreeSet::new();
         for repo in &self.repos {
-            if repo.name.is_empty()
+            if repo.name.as_str().is_empty()
                 || !repo
                     .name
+                    .as_str()
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {

@@ -14,7 +14,7 @@ use super::slots::{Rank, Slots};
 use super::stop::{Failure, Stop};
 use crate::config::{Config, Repo};
 use crate::domain::State;
-use crate::domain::{DeliveryId, Phase, RepoName, StepState};
+use crate::domain::{DeliveryId, Event, Phase, RepoName, Stage, StepState};
 use crate::git::Git;
 use crate::policy::PolicySet;
 use crate::store::{DeliveryRow, RepoRow, Store};
@@ -220,9 +220,9 @@ impl Engine {
         self.store
             .journal(
                 d.id,
-                failure.phase.as_str(),
-                failure.repo.as_deref().unwrap_or(""),
-                "failed",
+                failure.phase,
+                failure.repo.as_ref().map_or("", RepoName::as_str),
+                Event::Failed,
                 &failure.message,
             )
             .await?;
@@ -432,14 +432,14 @@ impl Engine {
             Ok(()) => {
                 let _ = self
                     .store
-                    .journal(d.id, "report", "", "task moved", status)
+                    .journal(d.id, Stage::Report, "", Event::TaskMoved, status)
                     .await;
             }
             Err(e) => {
                 tracing::warn!(delivery = d.id.0, task = %d.task, "cannot move the task: {e}");
                 let _ = self
                     .store
-                    .journal(d.id, "report", "", "task not moved", &e.to_string())
+                    .journal(d.id, Stage::Report, "", Event::TaskNotMoved, &e.to_string())
                     .await;
                 self.say(&format!(
                     "#{} {}: could not move the task to {status}: {e}",

@@ -8,7 +8,7 @@ use futures::stream::FuturesUnordered;
 use super::engine::{Checkout, Engine};
 use super::stop::{Failure, Stop};
 use crate::config::Gate;
-use crate::domain::Phase;
+use crate::domain::{Event, Phase};
 use crate::monitor::Prometheus;
 use crate::monitor::gate::{self, Watched};
 use crate::store::DeliveryRow;
@@ -35,9 +35,6 @@ impl Trigger {
         }
     }
 }
-
-/// The journal event that records a rollback's trigger (its detail is [`Trigger::as_str`]).
-pub const TRIGGERED: &str = "rollback triggered";
 
 impl Engine {
     /// The gates guarding a delivery of these checkouts.
@@ -91,9 +88,9 @@ impl Engine {
             self.store
                 .journal(
                     d.id,
-                    Phase::Verify.as_str(),
+                    Phase::Verify,
                     "",
-                    "gate started",
+                    Event::GateStarted,
                     &format!(
                         "gate `{}`: `{}` every {} for {}, {}",
                         g.name,
@@ -112,7 +109,7 @@ impl Engine {
             match watched {
                 Watched::Passed { samples, .. } => {
                     self.store
-                        .journal(d.id, Phase::Verify.as_str(), "", "gate passed", &line)
+                        .journal(d.id, Phase::Verify, "", Event::GatePassed, &line)
                         .await?;
                     self.say(&format!(
                         "#{} {}: gate     {:<12} passed ({samples} sample(s))",
@@ -121,10 +118,16 @@ impl Engine {
                 }
                 Watched::Failed(why) => {
                     self.store
-                        .journal(d.id, Phase::Verify.as_str(), "", "gate failed", &line)
+                        .journal(d.id, Phase::Verify, "", Event::GateFailed, &line)
                         .await?;
                     self.store
-                        .journal(d.id, "rollback", "", TRIGGERED, Trigger::Gate.as_str())
+                        .journal(
+                            d.id,
+                            Phase::Rollback,
+                            "",
+                            Event::RollbackTriggered,
+                            Trigger::Gate.as_str(),
+                        )
                         .await?;
                     self.say(&format!(
                         "#{} {}: gate     {:<12} failed",

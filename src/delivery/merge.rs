@@ -4,7 +4,7 @@
 
 use super::engine::{Checkout, Engine};
 use super::stop::{Failure, Stop};
-use crate::domain::{DeliveryId, Phase, RepoName};
+use crate::domain::{DeliveryId, Event, Phase, RepoName, Stage as JournalStage};
 use crate::policy::Stage;
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
@@ -39,7 +39,7 @@ impl Engine {
         let facts = crate::delivery::deliver_facts(
             &self.config,
             self.tracker.name(),
-            &d.task,
+            d.task.as_str(),
             task.as_ref(),
             &d.requester,
             None,
@@ -78,9 +78,9 @@ impl Engine {
             self.store
                 .journal(
                     d.id,
-                    "merge",
-                    &c.row.repo,
-                    "push",
+                    Phase::Merge,
+                    c.row.repo.as_str(),
+                    Event::Push,
                     &format!(
                         "{} {} → {}",
                         c.repo.upstream, c.row.base_sha, c.row.rebased_sha
@@ -99,7 +99,13 @@ impl Engine {
                 return Err(Failure::new(Phase::Merge, Some(&c.row.repo), message).into());
             }
             self.store
-                .journal(d.id, "merge", &c.row.repo, "pushed", &c.row.rebased_sha)
+                .journal(
+                    d.id,
+                    Phase::Merge,
+                    c.row.repo.as_str(),
+                    Event::Pushed,
+                    &c.row.rebased_sha,
+                )
                 .await?;
             let sha = crate::git::short(&c.row.rebased_sha);
             self.passed(d, &c.row.repo, Phase::Merge, sha, &c.repo.upstream);
@@ -119,9 +125,9 @@ impl Engine {
             self.store
                 .journal(
                     id,
-                    "merge",
-                    &c.row.repo,
-                    "undo",
+                    Phase::Merge,
+                    c.row.repo.as_str(),
+                    Event::Undo,
                     &format!(
                         "{} {} → {}",
                         c.repo.upstream, c.row.rebased_sha, c.row.base_sha
@@ -130,7 +136,13 @@ impl Engine {
                 .await?;
             if let Pushed::Refused(why) = self.put_back(id, c).await? {
                 self.store
-                    .journal(id, "merge", &c.row.repo, "undo failed", &why)
+                    .journal(
+                        id,
+                        Phase::Merge,
+                        c.row.repo.as_str(),
+                        Event::UndoFailed,
+                        &why,
+                    )
                     .await?;
                 anyhow::bail!(
                     "`{}` of `{}` was advanced and could not be put back ({why}); \
@@ -232,9 +244,9 @@ impl Engine {
                 .store
                 .journal(
                     id,
-                    "report",
-                    &c.row.repo,
-                    "branch",
+                    JournalStage::Report,
+                    c.row.repo.as_str(),
+                    Event::Branch,
                     &format!("{}: {detail}", c.row.branch),
                 )
                 .await;
@@ -278,7 +290,13 @@ impl Engine {
             };
             let _ = self
                 .store
-                .journal(d.id, "report", &c.row.repo, "approvals", &detail)
+                .journal(
+                    d.id,
+                    JournalStage::Report,
+                    c.row.repo.as_str(),
+                    Event::Approvals,
+                    &detail,
+                )
                 .await;
         }
     }

@@ -171,7 +171,7 @@ pub async fn request(
     let task = crate::tracker::task_with_timeout(tracker, &req.task, config.tracker.timeout)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; the delivery of `{}` was not queued", req.task))?;
-    let mut branches = branches_for(config, policies, github, &req.task)
+    let mut branches = branches_for(config, policies, github, req.task.as_str())
         .await
         .with_context(|| {
             format!(
@@ -209,7 +209,7 @@ pub async fn request(
     let facts = deliver_facts(
         config,
         tracker.name(),
-        &req.task,
+        req.task.as_str(),
         task.as_ref(),
         &req.requester,
         req.pr.as_ref(),

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use super::engine::{Ahead, Checkout, Engine, repo_url};
 use super::stop::{Failure, Stop};
 use crate::config::{MergeMode, Repo};
-use crate::domain::{DeliveryId, Phase};
+use crate::domain::{DeliveryId, Event, Phase};
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoRow};
 
@@ -81,7 +81,13 @@ impl Engine {
             .collect();
         if !skipped.is_empty() {
             self.store
-                .journal(d.id, "rebase", "", "left alone", &skipped.join(", "))
+                .journal(
+                    d.id,
+                    Phase::Rebase,
+                    "",
+                    Event::LeftAlone,
+                    &skipped.join(", "),
+                )
                 .await?;
         }
         Ok(found)
@@ -252,9 +258,9 @@ impl Engine {
         self.store
             .journal(
                 d.id,
-                "rebase",
-                &c.row.repo,
-                "rebased",
+                Phase::Rebase,
+                c.row.repo.as_str(),
+                Event::Rebased,
                 &format!(
                     "{} {} onto {} {}",
                     c.row.branch, c.row.branch_sha, c.repo.upstream, c.row.base_sha
@@ -329,7 +335,7 @@ impl Engine {
         for row in self.store.repos(id).await? {
             let repo = self
                 .config
-                .repo(&row.repo)
+                .repo(row.repo.as_str())
                 .with_context(|| format!("repo `{}` is no longer in lockstep.toml", row.repo))?;
             let dir = self.work_dir(id).join(row.repo.as_str());
             out.push(Checkout {

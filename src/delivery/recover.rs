@@ -5,7 +5,7 @@
 use super::engine::{Checkout, Engine};
 use super::merge::Pushed;
 use super::steps;
-use crate::domain::{DeliveryId, Phase, StepState};
+use crate::domain::{DeliveryId, Event, Phase, StepState};
 use crate::git::Git;
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
@@ -96,7 +96,7 @@ impl Engine {
                 let why =
                     format!("the worker stopped during {p}; what was deployed is rolled back");
                 self.store
-                    .journal(d.id, p.as_str(), "", "recovered", &why)
+                    .journal(d.id, p, "", Event::Recovered, &why)
                     .await?;
                 let summary = format!("delivery failed in {p}: {why}");
                 self.fail(d, &summary, "").await?;
@@ -105,7 +105,13 @@ impl Engine {
             Some(Phase::Merge) => self.recover_merge(d).await?,
             Some(Phase::Rollback) => {
                 self.store
-                    .journal(d.id, "rollback", "", "recovered", "finishing the rollback")
+                    .journal(
+                        d.id,
+                        Phase::Rollback,
+                        "",
+                        Event::Recovered,
+                        "finishing the rollback",
+                    )
                     .await?;
                 self.fail(d, &d.error, "").await?;
                 format!(
@@ -143,9 +149,9 @@ impl Engine {
             self.store
                 .journal(
                     id,
-                    step.step.as_str(),
-                    &step.repo,
-                    "step interrupted",
+                    step.step,
+                    step.repo.as_str(),
+                    Event::StepInterrupted,
                     detail,
                 )
                 .await?;
@@ -164,15 +170,13 @@ impl Engine {
     ) -> anyhow::Result<Option<Vec<Checkout>>> {
         let checkouts = self.intact_checkouts(d).await?;
         let (event, detail) = match checkouts {
-            Some(_) => ("resumed", "checkouts intact"),
+            Some(_) => (Event::Resumed, "checkouts intact"),
             None => (
-                "not resumed",
+                Event::NotResumed,
                 "the checkouts are gone or changed; starting over",
             ),
         };
-        self.store
-            .journal(d.id, phase.as_str(), "", event, detail)
-            .await?;
+        self.store.journal(d.id, phase, "", event, detail).await?;
         Ok(checkouts)
     }
 
@@ -185,7 +189,7 @@ impl Engine {
         }
         let mut out = Vec::new();
         for row in rows {
-            let Some(repo) = self.config.repo(&row.repo) else {
+            let Some(repo) = self.config.repo(row.repo.as_str()) else {
                 return Ok(None);
             };
             let dir = self.work_dir(d.id).join(row.repo.as_str());
@@ -271,9 +275,9 @@ impl Engine {
         self.store
             .journal(
                 d.id,
-                "merge",
+                Phase::Merge,
                 "",
-                "reconcile",
+                Event::Reconcile,
                 &format!(
                     "{} merged, {} not, {} moved",
                     merged.len(),
@@ -290,7 +294,13 @@ impl Engine {
         for c in &unmerged {
             if let Pushed::Refused(why) = self.push_upstream(d.id, c).await? {
                 self.store
-                    .journal(d.id, "merge", &c.row.repo, "push failed", &why)
+                    .journal(
+                        d.id,
+                        Phase::Merge,
+                        c.row.repo.as_str(),
+                        Event::PushFailed,
+                        &why,
+                    )
                     .await?;
                 self.undo_merges(d.id, &done).await?;
                 return Ok(Reconciled::PutBack(format!(
@@ -299,7 +309,13 @@ impl Engine {
                 )));
             }
             self.store
-                .journal(d.id, "merge", &c.row.repo, "pushed", "after recovery")
+                .journal(
+                    d.id,
+                    Phase::Merge,
+                    c.row.repo.as_str(),
+                    Event::Pushed,
+                    "after recovery",
+                )
                 .await?;
             done.push(c);
         }

@@ -5,11 +5,11 @@
 use anyhow::Context as _;
 
 use super::engine::{Checkout, Engine};
-use super::gate::{TRIGGERED, Trigger};
+use super::gate::Trigger;
 use super::merge::Pushed;
 use super::stop::Stop;
 use crate::config::MergeMode;
-use crate::domain::{DeliveryId, Phase, State, TaskKey};
+use crate::domain::{DeliveryId, Event, Phase, Stage, State, TaskKey};
 use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
 
@@ -33,7 +33,7 @@ impl Engine {
         };
         let mut failed = Vec::new();
         for row in rows.iter().rev().filter(|r| r.deployed && !r.rolled_back) {
-            let Some(repo) = self.config.repo(&row.repo) else {
+            let Some(repo) = self.config.repo(row.repo.as_str()) else {
                 continue;
             };
             let c = Checkout {
@@ -44,7 +44,13 @@ impl Engine {
             let Some(command) = repo.steps.rollback.clone() else {
                 let _ = self
                     .store
-                    .journal(id, "rollback", &row.repo, "no rollback step", "")
+                    .journal(
+                        id,
+                        Phase::Rollback,
+                        row.repo.as_str(),
+                        Event::NoRollbackStep,
+                        "",
+                    )
                     .await;
                 self.say(&format!(
                     "#{id} {task}: rollback {:<12} has no rollback step; nothing run",
@@ -55,7 +61,13 @@ impl Engine {
             if let Err(e) = self.ensure_checkout(&c).await {
                 let _ = self
                     .store
-                    .journal(id, "rollback", &row.repo, "no checkout", &format!("{e:#}"))
+                    .journal(
+                        id,
+                        Phase::Rollback,
+                        row.repo.as_str(),
+                        Event::NoCheckout,
+                        &format!("{e:#}"),
+                    )
                     .await;
             }
             let why = match self.exec(&d, Phase::Rollback, &command, &c, None).await {
@@ -71,7 +83,13 @@ impl Engine {
             };
             let _ = self
                 .store
-                .journal(id, "rollback", &row.repo, "rollback failed", &why)
+                .journal(
+                    id,
+                    Phase::Rollback,
+                    row.repo.as_str(),
+                    Event::RollbackFailed,
+                    &why,
+                )
                 .await;
             failed.push(row.repo.to_string());
         }
@@ -115,7 +133,7 @@ impl Engine {
             .journal_of(d.id)
             .await?
             .into_iter()
-            .filter(|j| j.phase == "rollback" && j.event == "reverted")
+            .filter(|j| j.stage == Stage::Phase(Phase::Rollback) && j.event == Event::Reverted)
             .map(|j| j.repo)
             .collect();
         let rows = self.store.repos(d.id).await?;
@@ -137,14 +155,20 @@ impl Engine {
             return Ok(line);
         }
         self.store
-            .journal(d.id, "rollback", "", TRIGGERED, cause.trigger().as_str())
+            .journal(
+                d.id,
+                Phase::Rollback,
+                "",
+                Event::RollbackTriggered,
+                cause.trigger().as_str(),
+            )
             .await?;
         self.store
             .journal(
                 d.id,
-                "rollback",
+                Phase::Rollback,
                 "",
-                "requested",
+                Event::Requested,
                 &match (cause, revert) {
                     (Cause::Alert { quote, .. }, _) => format!("with revert, on the {quote}"),
                     (Cause::Gate { why }, _) => format!("with revert, during the watch: {why}"),
@@ -250,7 +274,13 @@ impl Engine {
                 Err(e) => {
                     let why = format!("{e:#}");
                     self.store
-                        .journal(d.id, "rollback", &c.row.repo, "revert failed", &why)
+                        .journal(
+                            d.id,
+                            Phase::Rollback,
+                            c.row.repo.as_str(),
+                            Event::RevertFailed,
+                            &why,
+                        )
                         .await?;
                     anyhow::bail!(
                         "cannot revert `{}` in `{}`: {why}; nothing was reverted",
@@ -265,7 +295,13 @@ impl Engine {
             let (c, tip, sha) = m;
             if let Pushed::Refused(why) = self.cas_push(c, tip, sha, false).await? {
                 self.store
-                    .journal(d.id, "rollback", &c.row.repo, "revert failed", &why)
+                    .journal(
+                        d.id,
+                        Phase::Rollback,
+                        c.row.repo.as_str(),
+                        Event::RevertFailed,
+                        &why,
+                    )
                     .await?;
                 let failing = c.row.repo.clone();
                 let mut put_back = Vec::new();
@@ -273,7 +309,13 @@ impl Engine {
                     match self.cas_push(c, sha, tip, true).await? {
                         Pushed::Moved => {
                             self.store
-                                .journal(d.id, "rollback", &c.row.repo, "revert undone", tip)
+                                .journal(
+                                    d.id,
+                                    Phase::Rollback,
+                                    c.row.repo.as_str(),
+                                    Event::RevertUndone,
+                                    tip,
+                                )
                                 .await?;
                             put_back.push(format!("`{}`", c.row.repo));
                         }
@@ -305,7 +347,13 @@ impl Engine {
         let mut reverted = Vec::new();
         for (c, _, sha) in &made {
             self.store
-                .journal(d.id, "rollback", &c.row.repo, "reverted", sha)
+                .journal(
+                    d.id,
+                    Phase::Rollback,
+                    c.row.repo.as_str(),
+                    Event::Reverted,
+                    sha,
+                )
                 .await?;
             reverted.push(format!("{} {}", c.row.repo, crate::git::short(sha)));
         }

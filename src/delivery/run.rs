@@ -13,7 +13,7 @@ use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
 use crate::config::StepCommand;
-use crate::domain::{Phase, StepState};
+use crate::domain::{Event, Phase, StepState};
 use crate::store::{Backend, DeliveryRow, RepoFlag};
 
 /// At most this much of a failing step's last line goes into the one-line reason.
@@ -139,7 +139,7 @@ impl Engine {
             supervisor: steps::this_executable(),
         };
         self.store
-            .journal(d.id, step.as_str(), &c.row.repo, "step started", "")
+            .journal(d.id, step, c.row.repo.as_str(), Event::StepStarted, "")
             .await?;
         self.progress
             .step(d.id, &c.row.repo, step, StepState::Running);
@@ -170,9 +170,9 @@ impl Engine {
         self.store
             .journal(
                 d.id,
-                step.as_str(),
-                &c.row.repo,
-                "step finished",
+                step,
+                c.row.repo.as_str(),
+                Event::StepFinished,
                 outcome.state().as_str(),
             )
             .await?;

@@ -10,7 +10,7 @@ use futures::stream::FuturesUnordered;
 
 use super::engine::Engine;
 use crate::config::{Gate, humanize};
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, Event, Phase, RepoName, Stage};
 use crate::monitor::Prometheus;
 use crate::monitor::gate::{self, Watched};
 use crate::store::{DeliveryRow, now_ms};
@@ -20,7 +20,7 @@ impl Engine {
     /// a sentence for the answer to Alertmanager).
     pub async fn watched_delivery(
         &self,
-        repos: &[String],
+        repos: &[RepoName],
     ) -> anyhow::Result<Result<DeliveryRow, String>> {
         let watch = self.config.delivery.watch;
         let names: Vec<String> = repos.iter().map(|r| format!("`{r}`")).collect();
@@ -36,7 +36,7 @@ impl Engine {
                 .repos(d.id)
                 .await?
                 .iter()
-                .any(|r| r.merged && repos.iter().any(|name| r.repo == *name));
+                .any(|r| r.merged && repos.contains(&r.repo));
             if !spans {
                 continue;
             }
@@ -50,9 +50,11 @@ impl Engine {
                 .iter()
                 .filter(|r| r.merged)
                 .all(|r| {
-                    journal
-                        .iter()
-                        .any(|j| j.phase == "rollback" && j.event == "reverted" && r.repo == j.repo)
+                    journal.iter().any(|j| {
+                        j.stage == Stage::Phase(Phase::Rollback)
+                            && j.event == Event::Reverted
+                            && r.repo == j.repo
+                    })
                 });
             if rolled_back {
                 return Ok(Err(format!(
@@ -84,18 +86,18 @@ impl Engine {
         if !self.config.delivery.watch_gates || watch.is_zero() {
             return Ok(None);
         }
-        let repos: Vec<String> = self
+        let repos: Vec<RepoName> = self
             .store
             .repos(id)
             .await?
             .into_iter()
-            .map(|r| r.repo.to_string())
+            .map(|r| r.repo)
             .collect();
         let gates: Vec<Gate> = self
             .config
             .gates
             .iter()
-            .filter(|g| g.guards(repos.iter().map(String::as_str)))
+            .filter(|g| g.guards(repos.iter().map(RepoName::as_str)))
             .map(|g| Gate {
                 duration: watch,
                 ..g.clone()
@@ -108,9 +110,9 @@ impl Engine {
         self.store
             .journal(
                 id,
-                "watch",
+                Stage::Watch,
                 "",
-                "gates watched",
+                Event::GatesWatched,
                 &format!("for {}", watch_words(watch)),
             )
             .await?;
@@ -119,13 +121,13 @@ impl Engine {
         while let Some(watched) = running.next().await {
             if let Watched::Failed(why) = watched {
                 self.store
-                    .journal(id, "watch", "", "gate failed", &why)
+                    .journal(id, Stage::Watch, "", Event::GateFailed, &why)
                     .await?;
                 return Ok(Some(why));
             }
         }
         self.store
-            .journal(id, "watch", "", "gates held", "")
+            .journal(id, Stage::Watch, "", Event::GatesHeld, "")
             .await?;
         Ok(None)
     }

@@ -7,6 +7,7 @@ use cel::Value;
 
 use super::{PushContext, RefUpdate, approval};
 use crate::config::{Config, OnError};
+use crate::domain::TaskKey;
 use crate::git::{Git, PendingCommits};
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::tracker::{self, Task, Tracker};
@@ -83,7 +84,7 @@ pub fn task_keys(config: &Config, policies: &PolicySet, updates: &[RefUpdate]) -
 pub async fn fetch_tasks(config: &Config, tracker: &dyn Tracker, keys: &[String]) -> TaskAnswers {
     let timeout = config.tracker.timeout;
     let answers = keys.iter().map(|k| async move {
-        let r = tracker::task_with_timeout(tracker, k, timeout)
+        let r = tracker::task_with_timeout(tracker, &TaskKey::new(k.as_str()), timeout)
             .await
             .map_err(|e| e.to_string());
         (k.clone(), r)

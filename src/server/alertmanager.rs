@@ -119,10 +119,11 @@ async fn on_alert(
     let Some(config) = &app.config().alertmanager else {
         return Ok((false, String::new()));
     };
-    let repos: Vec<String> = config
+    let repos: Vec<_> = config
         .repos_of(&a.labels)
         .into_iter()
         .filter(|r| app.config().repo(r).is_some())
+        .map(crate::domain::RepoName::new)
         .collect();
     let outcome = if repos.is_empty() {
         Err(format!(

@@ -132,7 +132,7 @@ async fn run(
     match cmd {
         BotCommand::Help => unreachable!("answered above"),
         BotCommand::Deliver { priority } => {
-            deliver(app, gh, repo, pull, task, user, priority).await
+            deliver(app, gh, repo, pull, task.as_str(), user, priority).await
         }
         BotCommand::Retry => {
             let last = store.latest_of_task(task).await?;
@@ -165,7 +165,8 @@ async fn run(
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
-                    let mut text = deliver(app, gh, repo, pull, task, user, d.priority).await?;
+                    let mut text =
+                        deliver(app, gh, repo, pull, task.as_str(), user, d.priority).await?;
                     text.insert_str(
                         0,
                         &format!(
@@ -452,7 +453,7 @@ pub async fn on_review(
     let facts = pr_facts(gh, repo, pull).await?;
     let e = &app.engine;
     let current =
-        crate::tracker::task_with_timeout(e.tracker.as_ref(), task, e.config.tracker.timeout)
+        crate::tracker::task_with_timeout(e.tracker.as_ref(), &d.task, e.config.tracker.timeout)
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
     let branches = delivery::branches_for(&e.config, &e.policies, Some(gh), task).await?;

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::domain::{Phase, RepoName, State, StepState};
+use crate::domain::{Event, Phase, RepoName, Stage, State, StepState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 
 /// One cell of the repo × phase grid.
@@ -85,12 +85,12 @@ pub fn grid(
     let failed = |phase: Phase, repo: &str| {
         journal
             .iter()
-            .any(|j| j.event == "failed" && j.phase == phase.as_str() && j.repo == repo)
+            .any(|j| j.event == Event::Failed && j.stage == Stage::Phase(phase) && j.repo == repo)
     };
     let failed_all = |phase: Phase| {
-        journal
-            .iter()
-            .any(|j| j.event == "failed" && j.phase == phase.as_str() && j.repo.is_empty())
+        journal.iter().any(|j| {
+            j.event == Event::Failed && j.stage == Stage::Phase(phase) && j.repo.is_empty()
+        })
     };
     let mut rows = Vec::new();
     for (repo, branch) in names {
@@ -128,13 +128,13 @@ pub fn grid(
                     Some(StepState::Running) => Cell::Failed,
                     Some(StepState::Passed) => Cell::Passed,
                     Some(_) => Cell::Failed,
-                    None if !has_step(config, &repo, phase) => Cell::Skipped,
+                    None if !has_step(config, repo.as_str(), phase) => Cell::Skipped,
                     None if past => Cell::Passed,
                     None if here => Cell::Running,
                     None => Cell::Pending,
                 },
             };
-            if failed(phase, &repo) || (failed_all(phase) && cell != Cell::Passed) {
+            if failed(phase, repo.as_str()) || (failed_all(phase) && cell != Cell::Passed) {
                 cell = Cell::Failed;
             }
             if d.state.is_final() && cell == Cell::Running {
@@ -196,9 +196,9 @@ mod tests {
         ];
         let journal = [JournalRow {
             at: 0,
-            phase: "test".into(),
+            stage: Phase::Test.into(),
             repo: "api".into(),
-            event: "failed".into(),
+            event: Event::Failed,
             detail: String::new(),
         }];
         let g = grid(&c, &d, &[repo("api")], &steps, &journal);

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use crate::domain::{Event, Stage};
 use crate::store::{JournalRow, LeaseEvents, Waits};
 
 /// Upper bounds of the phase-duration buckets, in seconds.
@@ -112,12 +113,12 @@ pub fn phase_durations(journal: &[JournalRow]) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     let mut open: Option<(&str, i64)> = None;
     for j in journal {
-        let ends = j.event == "phase" || j.phase == "done" || j.event == "requeued";
+        let ends = matches!(j.event, Event::Phase | Event::Requeued) || j.stage == Stage::Done;
         if ends && let Some((phase, at)) = open.take() {
             out.push((phase.to_string(), (j.at - at).max(0) as f64 / 1000.0));
         }
-        if j.event == "phase" {
-            open = Some((j.phase.as_str(), j.at));
+        if j.event == Event::Phase {
+            open = Some((j.stage.as_str(), j.at));
         }
     }
     out
@@ -274,13 +275,14 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Phase;
 
-    fn j(at: i64, phase: &str, event: &str) -> JournalRow {
+    fn j(at: i64, stage: impl Into<Stage>, event: Event) -> JournalRow {
         JournalRow {
             at,
-            phase: phase.into(),
+            stage: stage.into(),
             repo: String::new(),
-            event: event.into(),
+            event,
             detail: String::new(),
         }
     }
@@ -288,14 +290,14 @@ mod tests {
     #[test]
     fn phases_from_the_journal() {
         let journal = [
-            j(0, "queue", "queued"),
-            j(10, "queue", "started"),
-            j(1_000, "rebase", "phase"),
-            j(1_500, "rebase", "rebased"),
-            j(3_000, "build", "phase"),
-            j(9_000, "test", "phase"),
-            j(9_500, "test", "failed"),
-            j(10_000, "done", "failed"),
+            j(0, Stage::Queue, Event::Queued),
+            j(10, Stage::Queue, Event::Started),
+            j(1_000, Phase::Rebase, Event::Phase),
+            j(1_500, Phase::Rebase, Event::Rebased),
+            j(3_000, Phase::Build, Event::Phase),
+            j(9_000, Phase::Test, Event::Phase),
+            j(9_500, Phase::Test, Event::Failed),
+            j(10_000, Stage::Done, Event::Failed),
         ];
         assert_eq!(
             phase_durations(&journal),
@@ -313,7 +315,10 @@ mod tests {
         m.webhook("github", "accepted");
         m.webhook("github", "accepted");
         m.webhook("github", "unauthorized");
-        m.delivery_finished(&[j(0, "build", "phase"), j(2_000, "done", "delivered")]);
+        m.delivery_finished(&[
+            j(0, Phase::Build, Event::Phase),
+            j(2_000, Stage::Done, Event::Delivered),
+        ]);
         let text = m.render(&StoreCounts {
             by_state: vec![("delivered".into(), 3), ("queued".into(), 2)],
             rollbacks: vec![("alert".into(), 2)],

@@ -110,7 +110,11 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
                 // Back to its owner with the reasons, as a failed delivery would be.
                 if let Err(err) = e
                     .tracker
-                    .move_to(&task.key, &config.tasks.returned, &crate::text::note(&note))
+                    .move_to(
+                        &TaskKey::new(task.key.as_str()),
+                        &config.tasks.returned,
+                        &crate::text::note(&note),
+                    )
                     .await
                 {
                     tracing::warn!("cannot move `{}` back: {err}", task.key);

@@ -9,7 +9,7 @@ use super::markdown::{code, fenced};
 use super::origin::parse_origin;
 use crate::delivery::Cause;
 use crate::delivery::steps;
-use crate::domain::{DeliveryId, State, StepState};
+use crate::domain::{DeliveryId, Event, Stage, State, StepState};
 use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
 use crate::text::{clip, escape};
@@ -105,7 +105,11 @@ async fn statuses(
     let origin = parse_origin(&d.origin);
     let mut origin_covered = false;
     for r in repos {
-        let Some(full) = app.config().repo(&r.repo).and_then(|c| c.github.clone()) else {
+        let Some(full) = app
+            .config()
+            .repo(r.repo.as_str())
+            .and_then(|c| c.github.clone())
+        else {
             continue;
         };
         let Some(gh_repo) = GitHubRepo::parse(&full) else {
@@ -169,7 +173,7 @@ pub fn alert_comment(
     };
     let head = format!(
         "🚨 {what} while {} ([#{}]({url})) was watched after it landed.",
-        code(&d.task),
+        code(d.task.as_str()),
         d.id
     );
     match result {
@@ -202,18 +206,20 @@ pub fn failure_facts(journal: &[JournalRow], steps: &[StepRow]) -> FailureFacts 
     let Some(f) = journal
         .iter()
         .rev()
-        .find(|j| j.event == "failed" && j.phase != "done")
+        .find(|j| j.event == Event::Failed && j.stage != Stage::Done)
     else {
         return FailureFacts::default();
     };
     let log_tail = steps
         .iter()
         .rev()
-        .find(|s| s.step.as_str() == f.phase && s.repo == *f.repo && s.outcome != StepState::Passed)
+        .find(|s| {
+            Stage::Phase(s.step) == f.stage && s.repo == *f.repo && s.outcome != StepState::Passed
+        })
         .map(|s| steps::tail(std::path::Path::new(&s.log_path)))
         .unwrap_or_default();
     FailureFacts {
-        phase: f.phase.clone(),
+        phase: f.stage.to_string(),
         repo: f.repo.clone(),
         message: f.detail.clone(),
         log_tail,
@@ -243,16 +249,16 @@ pub fn outcome_comment(
             let mut s = format!(
                 "{who}✅ delivered {} ([#{}]({url})){took}: every repository advanced together.\n\n\
                  | repository | branch | landed |\n|---|---|---|\n",
-                code(&d.task),
+                code(d.task.as_str()),
                 d.id
             );
             for r in repos {
                 s.push_str(&format!(
                     "| {} | {} | {} on {} |\n",
-                    code(&r.repo),
+                    code(r.repo.as_str()),
                     code(&r.branch),
                     code(crate::git::short(&r.rebased_sha)),
-                    code(&upstream_of(&r.repo))
+                    code(&upstream_of(r.repo.as_str()))
                 ));
             }
             s
@@ -265,7 +271,7 @@ pub fn outcome_comment(
             };
             let mut s = format!(
                 "{who}{icon} the delivery of {} ([#{}]({url})) {verb}",
-                code(&d.task),
+                code(d.task.as_str()),
                 d.id
             );
             if !failure.phase.is_empty() {
@@ -349,6 +355,7 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Phase;
 
     fn d(state: State) -> DeliveryRow {
         let mut d = crate::server::fixtures::delivery(state, "test");
@@ -374,9 +381,9 @@ mod tests {
     fn failure_comment() {
         let journal = [JournalRow {
             at: 0,
-            phase: "test".into(),
+            stage: Phase::Test.into(),
             repo: "api".into(),
-            event: "failed".into(),
+            event: Event::Failed,
             detail: "`test` exited with 1".into(),
         }];
         let mut f = failure_facts(&journal, &[]);
@@ -396,9 +403,9 @@ mod tests {
         std::fs::write(&log, &text).unwrap();
         let journal = [JournalRow {
             at: 0,
-            phase: "test".into(),
+            stage: Phase::Test.into(),
             repo: "api".into(),
-            event: "failed".into(),
+            event: Event::Failed,
             detail: format!("`test` exited with 1: \x1b[2J{}", "y".repeat(100_000)),
         }];
         let steps = [StepRow {

@@ -2,7 +2,7 @@
 //! notifications Alertmanager repeats act once, across restarts; and what became of each.
 
 use super::{Store, now_ms};
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, Event};
 
 impl Store {
     /// Records an alert; false when it was already recorded (a repeated notification).
@@ -89,11 +89,14 @@ impl Store {
 
     /// How many rollbacks each trigger started (`gate`, `alert`, `manual`), from the journal.
     pub async fn rollbacks_by_trigger(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        self.counted(
-            "SELECT detail, COUNT(*) AS n FROM journal WHERE event = 'rollback triggered' \
+        let rows = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT detail, COUNT(*) AS n FROM journal WHERE event = $1 \
              GROUP BY detail ORDER BY detail",
         )
-        .await
+        .bind(Event::RollbackTriggered)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
     }
 }
 

@@ -177,8 +177,12 @@ mod tests {
             State::Failed,
             State::Cancelled,
         ] {
-            if state != State::Queued {
-                s.finish(id, state, "").await.unwrap();
+            match state {
+                State::Queued => {}
+                State::Running => {
+                    s.claim_next().await.unwrap();
+                }
+                _ => s.finish(id, state, "").await.unwrap(),
             }
             let text: String = on_pool!(s, |pool| sqlx::query_scalar(
                 "SELECT state FROM deliveries WHERE id = $1"

@@ -4,15 +4,18 @@
 use serde::Serialize;
 
 use super::Store;
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, Event, Stage};
 
-/// One entry of a delivery's journal.
+/// One entry of a delivery's journal. The stage is stored (and serialized) as `phase`, its
+/// name before the queue, the watch and the reports had entries of their own.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JournalRow {
     pub at: i64,
-    pub phase: String,
+    #[serde(rename = "phase")]
+    #[sqlx(rename = "phase")]
+    pub stage: Stage,
     pub repo: String,
-    pub event: String,
+    pub event: Event,
     pub detail: String,
 }
 
@@ -21,13 +24,14 @@ impl Store {
     pub async fn journal(
         &self,
         id: DeliveryId,
-        phase: &str,
+        stage: impl Into<Stage>,
         repo: &str,
-        event: &str,
+        event: Event,
         detail: &str,
     ) -> anyhow::Result<()> {
+        let stage = stage.into();
         write_tx!(self, fenced, |tx| {
-            append!(&mut *tx, id, phase, repo, event, detail);
+            append!(&mut *tx, id, stage, repo, event, detail);
         });
         Ok(())
     }
@@ -46,21 +50,24 @@ impl Store {
 }
 
 /// Appends one entry to a delivery's journal in `$tx`, the transaction of the transition the
-/// entry records.
+/// entry records: `$stage` a [`Stage`] (or what converts into one, a `Phase`), `$event` an
+/// [`Event`].
 macro_rules! append {
-    ($tx:expr, $id:expr, $phase:expr, $repo:expr, $event:expr, $detail:expr) => {
+    ($tx:expr, $id:expr, $stage:expr, $repo:expr, $event:expr, $detail:expr) => {{
+        let stage: $crate::domain::Stage = ($stage).into();
+        let event: $crate::domain::Event = $event;
         sqlx::query(
             "INSERT INTO journal (delivery_id, at, phase, repo, event, detail) \
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind($id)
         .bind($crate::store::now_ms())
-        .bind($phase)
+        .bind(stage)
         .bind($repo)
-        .bind($event)
+        .bind(event)
         .bind($detail)
         .execute($tx)
         .await?
-    };
+    }};
 }
 pub(super) use append;

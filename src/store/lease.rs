@@ -430,7 +430,7 @@ fn lock_file(state_dir: &Path) -> anyhow::Result<Option<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Phase, State};
+    use crate::domain::{Event, Phase, State};
     use crate::store::NewDelivery;
     use crate::store::testing::both_backends;
 
@@ -463,7 +463,7 @@ mod tests {
         };
         for refused in [
             a.set_phase(id, Phase::Deploy).await,
-            a.journal(id, "test", "api", "step finished", "passed").await,
+            a.journal(id, Phase::Test, "api", Event::StepFinished, "passed").await,
             a.finish(id, State::Delivered, "").await,
             a.step_started(id, &"api".into(), Phase::Deploy, "x.log").await.map(|_| ()),
         ] {

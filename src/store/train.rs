@@ -4,7 +4,7 @@
 
 use super::journal::append;
 use super::{DeliveryRow, Store, now_ms};
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, Event, Phase, Stage};
 
 /// Why a candidate's preparation was thrown away; the label of
 /// `lockstep_candidates_discarded_total`.
@@ -68,7 +68,7 @@ impl Store {
             .await?;
             if let Some(id) = id {
                 let detail = if candidate { "as a candidate" } else { "" };
-                append!(&mut *tx, id, "queue", "", "started", detail);
+                append!(&mut *tx, id, Stage::Queue, "", Event::Started, detail);
             }
             id
         });
@@ -85,20 +85,27 @@ impl Store {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            append!(&mut *tx, id, "queue", "", "head", "next to deploy");
+            append!(
+                &mut *tx,
+                id,
+                Stage::Queue,
+                "",
+                Event::Head,
+                "next to deploy"
+            );
         });
         Ok(())
     }
 
     /// Holds a candidate's failure unreported until the deliveries ahead of it are resolved.
-    pub async fn hold(&self, id: DeliveryId, phase: &str, summary: &str) -> anyhow::Result<()> {
+    pub async fn hold(&self, id: DeliveryId, phase: Phase, summary: &str) -> anyhow::Result<()> {
         write_tx!(self, fenced, |tx| {
             sqlx::query("UPDATE deliveries SET held = $2 WHERE id = $1")
                 .bind(id)
                 .bind(summary)
                 .execute(&mut *tx)
                 .await?;
-            append!(&mut *tx, id, phase, "", "held", summary);
+            append!(&mut *tx, id, phase, "", Event::Held, summary);
         });
         Ok(())
     }
@@ -116,7 +123,7 @@ impl Store {
                 .bind(built_on)
                 .execute(&mut *tx)
                 .await?;
-            append!(&mut *tx, id, "rebase", "", "built on", detail);
+            append!(&mut *tx, id, Phase::Rebase, "", Event::BuiltOn, detail);
         });
         Ok(())
     }
@@ -138,7 +145,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            append!(&mut *tx, id, "queue", "", "discarded", &detail);
+            append!(&mut *tx, id, Stage::Queue, "", Event::Discarded, &detail);
         });
         Ok(())
     }
@@ -146,8 +153,9 @@ impl Store {
     /// Discarded preparations by reason, from the journal (it survives restarts).
     pub async fn discards_by_reason(&self) -> anyhow::Result<Vec<(DiscardReason, i64)>> {
         let details: Vec<String> = on_pool!(self, |pool| sqlx::query_scalar(
-            "SELECT detail FROM journal WHERE event = 'discarded'"
+            "SELECT detail FROM journal WHERE event = $1"
         )
+        .bind(Event::Discarded)
         .fetch_all(pool)
         .await?);
         Ok(DiscardReason::ALL
@@ -207,7 +215,7 @@ mod tests {
         s.finish(c, State::Delivered, "").await.unwrap();
         s.promote(a).await.unwrap();
         s.set_built_on(b, "#1").await.unwrap();
-        s.hold(b, "test", "delivery failed in test (api): no")
+        s.hold(b, Phase::Test, "delivery failed in test (api): no")
             .await
             .unwrap();
         let d = s.delivery(b).await.unwrap().unwrap();

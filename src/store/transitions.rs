@@ -5,7 +5,7 @@
 use super::deliveries::phase_text;
 use super::journal::append;
 use super::{DeliveryRow, Store, now_ms};
-use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
+use crate::domain::{DeliveryId, Event, Phase, Source, Stage, State, TaskKey};
 
 /// The error recorded for a delivery cancelled while it was queued.
 pub const CANCELLED_BEFORE_START: &str = "cancelled before it started";
@@ -67,7 +67,7 @@ impl Store {
                 .await?;
                 match id {
                     Some(id) => {
-                        append!(&mut *tx, id, "queue", "", "queued", &detail);
+                        append!(&mut *tx, id, Stage::Queue, "", Event::Queued, &detail);
                         Some(Enqueued::New(id))
                     }
                     // Committed by the other request (PostgreSQL waited for it to commit
@@ -105,7 +105,7 @@ impl Store {
                 .bind(phase)
                 .execute(&mut *tx)
                 .await?;
-            append!(&mut *tx, id, phase.as_str(), "", "phase", "");
+            append!(&mut *tx, id, phase, "", Event::Phase, "");
         });
         Ok(())
     }
@@ -119,13 +119,21 @@ impl Store {
                 .bind(error)
                 .execute(&mut *tx)
                 .await?;
-            append!(&mut *tx, id, "rollback", "", "phase", error);
+            append!(&mut *tx, id, Phase::Rollback, "", Event::Phase, error);
         });
         Ok(())
     }
 
-    /// Ends a delivery.
+    /// Ends a delivery in a final state (delivered, failed, cancelled), the journal's `done` entry.
     pub async fn finish(&self, id: DeliveryId, state: State, error: &str) -> anyhow::Result<()> {
+        let event = match state {
+            State::Delivered => Event::Delivered,
+            State::Failed => Event::Failed,
+            State::Cancelled => Event::Cancelled,
+            State::Queued | State::Running => {
+                anyhow::bail!("#{id} cannot finish as {state}: that is not a final state")
+            }
+        };
         write_tx!(self, fenced, |tx| {
             sqlx::query(
                 "UPDATE deliveries SET state = $2, error = $3, finished_at = $4 WHERE id = $1",
@@ -136,7 +144,7 @@ impl Store {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-            append!(&mut *tx, id, "done", "", state.as_str(), error);
+            append!(&mut *tx, id, Stage::Done, "", event, error);
         });
         Ok(())
     }
@@ -172,7 +180,7 @@ impl Store {
             .bind(phase_text(resume))
             .execute(&mut *tx)
             .await?;
-            append!(&mut *tx, id, "queue", "", "requeued", why);
+            append!(&mut *tx, id, Stage::Queue, "", Event::Requeued, why);
         });
         Ok(())
     }
@@ -197,23 +205,24 @@ impl Store {
                 append!(
                     &mut *tx,
                     id,
-                    "done",
+                    Stage::Done,
                     "",
-                    "cancelled",
+                    Event::Cancelled,
                     CANCELLED_BEFORE_START
                 );
                 Some(State::Queued)
             } else {
-                let phase: Option<String> = sqlx::query_scalar(
+                // The phase is empty (NULL here) between two preparations of a candidate.
+                let phase: Option<Option<Phase>> = sqlx::query_scalar(
                     "UPDATE deliveries SET cancel = TRUE WHERE id = $1 AND state = 'running' \
-                     RETURNING phase",
+                     RETURNING NULLIF(phase, '')",
                 )
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
                 match phase {
                     Some(phase) => {
-                        append!(&mut *tx, id, &phase, "", "cancel requested", "");
+                        append!(&mut *tx, id, phase, "", Event::CancelRequested, "");
                         Some(State::Running)
                     }
                     None => {

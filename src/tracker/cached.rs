@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{Task, Tracker, TrackerError};
+use crate::domain::TaskKey;
 
 /// Past this many entries, expired ones are dropped on the next insert.
 const SWEEP_ABOVE: usize = 1024;
@@ -94,10 +95,10 @@ impl Tracker for Cached {
         self.inner.name()
     }
 
-    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+    async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
         let asked_at = {
             let entries = self.lock();
-            if let Some((at, task)) = entries.tasks.get(key)
+            if let Some((at, task)) = entries.tasks.get(key.as_str())
                 && at.elapsed() < self.ttl
             {
                 return Ok(task.clone());
@@ -109,9 +110,9 @@ impl Tracker for Cached {
         Ok(answer)
     }
 
-    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError> {
+    async fn move_to(&self, key: &TaskKey, status: &str, note: &str) -> Result<(), TrackerError> {
         let result = self.inner.move_to(key, status, note).await;
-        self.forget(key);
+        self.forget(key.as_str());
         result
     }
 
@@ -148,15 +149,15 @@ mod tests {
         fn name(&self) -> &'static str {
             "counting"
         }
-        async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+        async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             Ok((key != "GONE-1").then(|| Task {
-                key: key.into(),
+                key: key.to_string(),
                 status: self.status.lock().unwrap().clone(),
                 ..Task::default()
             }))
         }
-        async fn move_to(&self, _: &str, status: &str, _: &str) -> Result<(), TrackerError> {
+        async fn move_to(&self, _: &TaskKey, status: &str, _: &str) -> Result<(), TrackerError> {
             *self.status.lock().unwrap() = status.into();
             Ok(())
         }
@@ -187,21 +188,29 @@ mod tests {
     async fn answers_are_kept_for_the_ttl() {
         let (c, reads) = cached();
         for _ in 0..3 {
-            assert_eq!(c.task("T-1").await.unwrap().unwrap().status, "In Progress");
-            assert_eq!(c.task("GONE-1").await.unwrap(), None);
+            assert_eq!(
+                c.task(&"T-1".into()).await.unwrap().unwrap().status,
+                "In Progress"
+            );
+            assert_eq!(c.task(&"GONE-1".into()).await.unwrap(), None);
         }
         assert_eq!(reads.load(Ordering::SeqCst), 2);
         tokio::time::advance(Duration::from_secs(6)).await;
-        c.task("T-1").await.unwrap();
+        c.task(&"T-1".into()).await.unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_move_is_seen_at_once() {
         let (c, reads) = cached();
-        c.task("T-1").await.unwrap();
-        c.move_to("T-1", "For Delivery", "ready").await.unwrap();
-        assert_eq!(c.task("T-1").await.unwrap().unwrap().status, "For Delivery");
+        c.task(&"T-1".into()).await.unwrap();
+        c.move_to(&"T-1".into(), "For Delivery", "ready")
+            .await
+            .unwrap();
+        assert_eq!(
+            c.task(&"T-1".into()).await.unwrap().unwrap().status,
+            "For Delivery"
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 
@@ -212,23 +221,29 @@ mod tests {
             c.in_statuses(&["In Progress".into()]).await.unwrap().len(),
             1
         );
-        assert_eq!(c.task("T-2").await.unwrap().unwrap().status, "In Progress");
+        assert_eq!(
+            c.task(&"T-2".into()).await.unwrap().unwrap().status,
+            "In Progress"
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_listing_forgets_what_left_its_statuses() {
         let (c, reads) = cached();
-        assert_eq!(c.task("T-1").await.unwrap().unwrap().status, "In Progress");
-        assert_eq!(c.task("GONE-1").await.unwrap(), None);
+        assert_eq!(
+            c.task(&"T-1".into()).await.unwrap().unwrap().status,
+            "In Progress"
+        );
+        assert_eq!(c.task(&"GONE-1".into()).await.unwrap(), None);
         // T-1 was In Progress; a listing of In Progress without it means it moved on.
         c.in_statuses(&["In Progress".into()]).await.unwrap();
-        c.task("T-1").await.unwrap();
+        c.task(&"T-1".into()).await.unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 3);
         // A listing of other statuses says nothing about T-1, nor about a missing task.
         c.in_statuses(&["Closed".into()]).await.unwrap();
-        c.task("T-1").await.unwrap();
-        c.task("GONE-1").await.unwrap();
+        c.task(&"T-1".into()).await.unwrap();
+        c.task(&"GONE-1".into()).await.unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 3);
     }
 
@@ -237,8 +252,8 @@ mod tests {
         for (ttl, asked) in [(Duration::ZERO, 2), (Duration::from_secs(1), 1)] {
             let (inner, reads) = counting();
             let t = Cached::wrap(inner, ttl);
-            t.task("T-1").await.unwrap();
-            t.task("T-1").await.unwrap();
+            t.task(&"T-1".into()).await.unwrap();
+            t.task(&"T-1".into()).await.unwrap();
             assert_eq!(reads.load(Ordering::SeqCst), asked, "{ttl:?}");
         }
     }
@@ -255,17 +270,17 @@ mod tests {
         fn name(&self) -> &'static str {
             "gated"
         }
-        async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+        async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
             let status = self.status.lock().unwrap().clone();
             self.reads.fetch_add(1, Ordering::SeqCst);
             self.go.notified().await;
             Ok(Some(Task {
-                key: key.into(),
+                key: key.to_string(),
                 status,
                 ..Task::default()
             }))
         }
-        async fn move_to(&self, _: &str, status: &str, _: &str) -> Result<(), TrackerError> {
+        async fn move_to(&self, _: &TaskKey, status: &str, _: &str) -> Result<(), TrackerError> {
             *self.status.lock().unwrap() = status.into();
             Ok(())
         }
@@ -286,18 +301,23 @@ mod tests {
         let c = Arc::new(Cached::new(Arc::new(inner), Duration::from_secs(3600)));
         let read = tokio::spawn({
             let c = c.clone();
-            async move { c.task("T-1").await }
+            async move { c.task(&"T-1".into()).await }
         });
         while reads.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
-        c.move_to("T-1", "For Delivery", "ready").await.unwrap();
+        c.move_to(&"T-1".into(), "For Delivery", "ready")
+            .await
+            .unwrap();
         go.notify_one();
         // The read in flight answers what it saw, but that answer predates the move.
         let before = read.await.unwrap().unwrap().unwrap();
         assert_eq!(before.status, "In Progress");
         go.notify_one();
-        assert_eq!(c.task("T-1").await.unwrap().unwrap().status, "For Delivery");
+        assert_eq!(
+            c.task(&"T-1".into()).await.unwrap().unwrap().status,
+            "For Delivery"
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 }

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{Task, Tracker, TrackerError};
+use crate::domain::TaskKey;
 
 const NAME: &str = "file";
 
@@ -118,11 +119,13 @@ impl Tracker for FileTracker {
         NAME
     }
 
-    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+    async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
+        let key = key.as_str();
         Ok(self.read_all()?.get(key).map(|t| self.to_task(key, t)))
     }
 
-    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError> {
+    async fn move_to(&self, key: &TaskKey, status: &str, note: &str) -> Result<(), TrackerError> {
+        let key = key.as_str();
         self.update(|tasks| {
             let task = tasks.get_mut(key).ok_or_else(|| TrackerError::NotFound {
                 tracker: NAME,
@@ -161,12 +164,14 @@ mod tests {
         .unwrap();
         let t = FileTracker::new(path.clone());
         assert_eq!(
-            t.task("TASK-1").await.unwrap().unwrap().status,
+            t.task(&"TASK-1".into()).await.unwrap().unwrap().status,
             "In Progress"
         );
-        assert_eq!(t.task("34").await.unwrap().unwrap().status, "New");
-        assert!(t.task("TASK-9").await.unwrap().is_none());
-        t.move_to("TASK-1", "For Delivery", "ready").await.unwrap();
+        assert_eq!(t.task(&"34".into()).await.unwrap().unwrap().status, "New");
+        assert!(t.task(&"TASK-9".into()).await.unwrap().is_none());
+        t.move_to(&"TASK-1".into(), "For Delivery", "ready")
+            .await
+            .unwrap();
         let ready = t.in_statuses(&["For Delivery".into()]).await.unwrap();
         assert_eq!(ready.len(), 1);
         assert!(
@@ -175,7 +180,7 @@ mod tests {
                 .contains("notes = [\"ready\"]")
         );
         assert!(matches!(
-            t.move_to("NOPE-1", "x", "").await,
+            t.move_to(&"NOPE-1".into(), "x", "").await,
             Err(TrackerError::NotFound { .. })
         ));
     }
@@ -184,13 +189,13 @@ mod tests {
     async fn missing_and_bad_files_say_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
         let t = FileTracker::new(dir.path().join("tasks.toml"));
-        let e = t.task("X-1").await.unwrap_err().to_string();
+        let e = t.task(&"X-1".into()).await.unwrap_err().to_string();
         assert!(
             e.contains("cannot read tasks file") && e.contains("tracker.path"),
             "{e}"
         );
         std::fs::write(dir.path().join("tasks.toml"), "[X-1]\nstatuz = 1\n").unwrap();
-        let e = t.task("X-1").await.unwrap_err().to_string();
+        let e = t.task(&"X-1".into()).await.unwrap_err().to_string();
         assert!(e.contains("unknown field `statuz`"), "{e}");
     }
 }

@@ -30,6 +30,7 @@ use secrecy::SecretString;
 
 use super::http::{chain, parse_base_url};
 use super::{Credential, Task, Tracker, TrackerError};
+use crate::domain::TaskKey;
 
 pub const NAME: &str = "github";
 /// The variable read for the token when `tracker.token_env` is not set.
@@ -362,7 +363,8 @@ impl Tracker for GitHubIssues {
         NAME
     }
 
-    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+    async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
+        let key = key.as_str();
         let number = issue_number(key)?;
         match self.issue(number).await? {
             None => Ok(None),
@@ -373,7 +375,8 @@ impl Tracker for GitHubIssues {
         }
     }
 
-    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError> {
+    async fn move_to(&self, key: &TaskKey, status: &str, note: &str) -> Result<(), TrackerError> {
+        let key = key.as_str();
         let number = issue_number(key)?;
         let issue = self
             .issue(number)

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use super::http::Http;
 use super::{Credential, Task, Tracker, TrackerError};
+use crate::domain::TaskKey;
 
 pub const NAME: &str = "jira";
 /// The variable read for the token when `tracker.token_env` is not set.
@@ -342,12 +343,14 @@ impl Tracker for Jira {
         NAME
     }
 
-    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+    async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
+        let key = key.as_str();
         check_key(key)?;
         Ok(self.issue(key).await?.map(|i| self.task_of(key, &i)))
     }
 
-    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError> {
+    async fn move_to(&self, key: &TaskKey, status: &str, note: &str) -> Result<(), TrackerError> {
+        let key = key.as_str();
         check_key(key)?;
         let not_found = || TrackerError::NotFound {
             tracker: NAME,

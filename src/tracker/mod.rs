@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 use crate::config::{Config, TrackerKind};
+use crate::domain::TaskKey;
 
 use crate::config::humanize;
 pub use cached::Cached;
@@ -88,10 +89,10 @@ pub trait Tracker: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Reads a task; `Ok(None)` when no such task exists.
-    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError>;
+    async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError>;
 
     /// Moves a task to a status (by name), leaving a note that says why.
-    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError>;
+    async fn move_to(&self, key: &TaskKey, status: &str, note: &str) -> Result<(), TrackerError>;
 
     /// The tasks currently in any of these statuses.
     async fn in_statuses(&self, statuses: &[String]) -> Result<Vec<Task>, TrackerError>;
@@ -178,7 +179,7 @@ impl Credential {
 /// Reads a task under a deadline, so that a slow tracker cannot hold a push.
 pub async fn task_with_timeout(
     tracker: &dyn Tracker,
-    key: &str,
+    key: &TaskKey,
     timeout: Duration,
 ) -> Result<Option<Task>, TrackerError> {
     match tokio::time::timeout(timeout, tracker.task(key)).await {

@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use super::http::Http;
 use super::{Credential, Task, Tracker, TrackerError};
+use crate::domain::TaskKey;
 
 pub const NAME: &str = "redmine";
 /// The variable read for the API key when `tracker.api_key_env` is not set.
@@ -227,12 +228,14 @@ impl Tracker for Redmine {
         NAME
     }
 
-    async fn task(&self, key: &str) -> Result<Option<Task>, TrackerError> {
+    async fn task(&self, key: &TaskKey) -> Result<Option<Task>, TrackerError> {
+        let key = key.as_str();
         let id = issue_id(key)?;
         Ok(self.issue(id, None).await?.map(|i| self.task_of(key, &i)))
     }
 
-    async fn move_to(&self, key: &str, status: &str, note: &str) -> Result<(), TrackerError> {
+    async fn move_to(&self, key: &TaskKey, status: &str, note: &str) -> Result<(), TrackerError> {
+        let key = key.as_str();
         let id = issue_id(key)?;
         let target = self.status(status).await?;
         let issue = self

@@ -65,26 +65,29 @@ async fn reads_the_status_from_the_label_or_the_state() {
     fake.update(REPO, 16, |i| i.pull = Some(Pull::default()));
     let gh = client(&fake);
 
-    let t = gh.task("12").await.unwrap().unwrap();
+    let t = gh.task(&"12".into()).await.unwrap().unwrap();
     assert_eq!(t.key, "12");
     assert_eq!(t.status, "In Progress");
     assert_eq!(t.title, "Log in with SSO");
     assert_eq!(t.assignee, "alice");
     assert_eq!(t.url, "https://github.com/acme/shop/issues/12");
-    assert_eq!(gh.task("13").await.unwrap().unwrap().status, "Open");
-    assert_eq!(gh.task("14").await.unwrap().unwrap().status, "Closed");
-    let e = gh.task("15").await.unwrap_err();
+    assert_eq!(gh.task(&"13".into()).await.unwrap().unwrap().status, "Open");
+    assert_eq!(
+        gh.task(&"14".into()).await.unwrap().unwrap().status,
+        "Closed"
+    );
+    let e = gh.task(&"15".into()).await.unwrap_err();
     assert_eq!(
         e.to_string(),
         "tracker `github`: issue #15 has several status labels (`status: To Do`, \
          `status: In Progress`); keep one"
     );
     assert_eq!(
-        gh.task("16").await.unwrap(),
+        gh.task(&"16".into()).await.unwrap(),
         None,
         "pull requests are not tasks"
     );
-    assert_eq!(gh.task("99").await.unwrap(), None);
+    assert_eq!(gh.task(&"99".into()).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -93,20 +96,25 @@ async fn a_move_replaces_the_status_label_and_comments() {
     fake.add_issue(REPO, 3, "Cart", true, &["bug", "status: In Progress"]);
     let gh = client(&fake);
 
-    gh.move_to("3", "For Delivery", "ready").await.unwrap();
+    gh.move_to(&"3".into(), "For Delivery", "ready")
+        .await
+        .unwrap();
     let i = fake.issue(REPO, 3);
     assert_eq!(i.labels, ["bug", "status: For Delivery"]);
     assert!(i.open);
 
     let note = "delivered by lockstep: api 1a2b3c → master, web 4d5e6f → master";
-    gh.move_to("3", "Closed", note).await.unwrap();
+    gh.move_to(&"3".into(), "Closed", note).await.unwrap();
     let i = fake.issue(REPO, 3);
     assert!(!i.open);
     assert_eq!(i.labels, ["bug"]);
-    assert_eq!(gh.task("3").await.unwrap().unwrap().status, "Closed");
+    assert_eq!(
+        gh.task(&"3".into()).await.unwrap().unwrap().status,
+        "Closed"
+    );
 
     let back = "delivery failed in test (web): 2 tests failed";
-    gh.move_to("3", "in progress", back).await.unwrap();
+    gh.move_to(&"3".into(), "in progress", back).await.unwrap();
     let i = fake.issue(REPO, 3);
     assert!(i.open);
     assert_eq!(
@@ -122,7 +130,7 @@ async fn a_status_without_a_label_is_named_with_the_ones_there_are() {
     let fake = fake();
     fake.add_issue(REPO, 4, "Filters", true, &["status: In Progress"]);
     let gh = client(&fake);
-    let e = gh.move_to("4", "Shipped", "x").await.unwrap_err();
+    let e = gh.move_to(&"4".into(), "Shipped", "x").await.unwrap_err();
     assert!(matches!(e, TrackerError::NoSuchStatus { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
@@ -132,7 +140,10 @@ async fn a_status_without_a_label_is_named_with_the_ones_there_are() {
     assert_eq!(fake.issue(REPO, 4).labels, ["status: In Progress"]);
     assert_eq!(fake.count("PATCH "), 0);
 
-    let e = gh.move_to("404", "For Delivery", "x").await.unwrap_err();
+    let e = gh
+        .move_to(&"404".into(), "For Delivery", "x")
+        .await
+        .unwrap_err();
     assert_eq!(e.to_string(), "task `404` does not exist in github");
 }
 
@@ -162,8 +173,10 @@ async fn a_refused_token_names_its_variable_never_its_value() {
     fake.add_issue(REPO, 1, "x", true, &["status: In Progress"]);
     let gh = client_with(&fake, "ghp_wr0ng", Duration::from_secs(2));
     for e in [
-        gh.task("1").await.unwrap_err(),
-        gh.move_to("1", "For Delivery", "x").await.unwrap_err(),
+        gh.task(&"1".into()).await.unwrap_err(),
+        gh.move_to(&"1".into(), "For Delivery", "x")
+            .await
+            .unwrap_err(),
         gh.in_statuses(&["For Delivery".into()]).await.unwrap_err(),
     ] {
         let text = format!("{e} {e:?}");
@@ -182,11 +195,11 @@ async fn a_slow_github_times_out() {
     fake.answer_slowly(REPO, 7, Duration::from_secs(5));
     let gh = client_with(&fake, TOKEN, Duration::from_millis(300));
     let started = Instant::now();
-    let e = task_with_timeout(&gh, "7", Duration::from_millis(300))
+    let e = task_with_timeout(&gh, &"7".into(), Duration::from_millis(300))
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "tracker `github` did not answer in 300ms");
-    let e = gh.task("7").await.unwrap_err();
+    let e = gh.task(&"7".into()).await.unwrap_err();
     assert!(matches!(e, TrackerError::Timeout { .. }), "{e:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),

@@ -72,14 +72,21 @@ async fn reads_a_task() {
     fake.add("SHOP-13", "To Do", "Search", None);
     let jira = client(&fake, TOKEN);
 
-    let t = jira.task("SHOP-12").await.unwrap().unwrap();
+    let t = jira.task(&"SHOP-12".into()).await.unwrap().unwrap();
     assert_eq!(t.key, "SHOP-12");
     assert_eq!(t.status, "In Progress");
     assert_eq!(t.title, "Log in with SSO");
     assert_eq!(t.assignee, "Alice Example");
     assert_eq!(t.url, format!("{}/browse/SHOP-12", fake.url()));
-    assert_eq!(jira.task("SHOP-13").await.unwrap().unwrap().assignee, "");
-    assert_eq!(jira.task("SHOP-99").await.unwrap(), None);
+    assert_eq!(
+        jira.task(&"SHOP-13".into())
+            .await
+            .unwrap()
+            .unwrap()
+            .assignee,
+        ""
+    );
+    assert_eq!(jira.task(&"SHOP-99".into()).await.unwrap(), None);
     assert_eq!(
         fake.count("GET /rest/api/2/issue/SHOP-12?fields=status%2Csummary%2Cassignee"),
         1
@@ -91,7 +98,7 @@ async fn keys_that_are_not_jira_keys_never_reach_jira() {
     let fake = fake(Flavor::Server);
     let jira = client(&fake, TOKEN);
     for key in ["shop-1", "SHOP-1/../../admin", "SHOP-1?x=1"] {
-        let e = jira.task(key).await.unwrap_err().to_string();
+        let e = jira.task(&key.into()).await.unwrap_err().to_string();
         assert!(e.contains("is not a Jira issue key like `PROJ-123`"), "{e}");
     }
     assert_eq!(fake.count(""), 0);
@@ -103,14 +110,18 @@ async fn moves_with_a_note() {
     fake.add("SHOP-1", "In Progress", "Log in", None);
     let jira = client(&fake, TOKEN);
 
-    jira.move_to("SHOP-1", "For Delivery", "ready: all repositories pushed")
-        .await
-        .unwrap();
+    jira.move_to(
+        &"SHOP-1".into(),
+        "For Delivery",
+        "ready: all repositories pushed",
+    )
+    .await
+    .unwrap();
     let note = "delivered by lockstep: api 1a2b3c → master, web 4d5e6f → master";
-    jira.move_to("SHOP-1", "Done", note).await.unwrap();
+    jira.move_to(&"SHOP-1".into(), "Done", note).await.unwrap();
 
     // Already there: nothing to transition, the note is still left.
-    jira.move_to("SHOP-1", "done", "delivered again")
+    jira.move_to(&"SHOP-1".into(), "done", "delivered again")
         .await
         .unwrap();
 
@@ -120,7 +131,10 @@ async fn moves_with_a_note() {
         issue.comments,
         ["ready: all repositories pushed", note, "delivered again"]
     );
-    assert_eq!(jira.task("SHOP-1").await.unwrap().unwrap().status, "Done");
+    assert_eq!(
+        jira.task(&"SHOP-1".into()).await.unwrap().unwrap().status,
+        "Done"
+    );
     assert_eq!(fake.count("POST /rest/api/2/issue/SHOP-1/transitions"), 2);
 }
 
@@ -131,7 +145,7 @@ async fn a_move_the_workflow_does_not_offer_is_refused() {
     let jira = client(&fake, TOKEN);
 
     let e = jira
-        .move_to("SHOP-2", "Done", "delivered by lockstep")
+        .move_to(&"SHOP-2".into(), "Done", "delivered by lockstep")
         .await
         .unwrap_err();
     assert!(matches!(e, TrackerError::Refused { .. }), "{e:?}");
@@ -152,14 +166,20 @@ async fn unknown_status_and_unknown_issue() {
     fake.add("SHOP-3", "In Progress", "Cart", None);
     let jira = client(&fake, TOKEN);
 
-    let e = jira.move_to("SHOP-3", "Dnoe", "x").await.unwrap_err();
+    let e = jira
+        .move_to(&"SHOP-3".into(), "Dnoe", "x")
+        .await
+        .unwrap_err();
     assert!(matches!(e, TrackerError::NoSuchStatus { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
         "tracker `jira` has no status `Dnoe`; its statuses are `Done`, `For Delivery`, \
          `In Progress`, `To Do`"
     );
-    let e = jira.move_to("SHOP-404", "Done", "x").await.unwrap_err();
+    let e = jira
+        .move_to(&"SHOP-404".into(), "Done", "x")
+        .await
+        .unwrap_err();
     assert_eq!(e.to_string(), "task `SHOP-404` does not exist in jira");
     assert_eq!(fake.issue("SHOP-3").status, "In Progress");
 }
@@ -170,8 +190,8 @@ async fn a_refused_token_names_its_variable_never_its_value() {
     fake.add("SHOP-1", "In Progress", "Log in", None);
     let jira = client(&fake, "not-the-t0ken");
     for e in [
-        jira.task("SHOP-1").await.unwrap_err(),
-        jira.move_to("SHOP-1", "For Delivery", "x")
+        jira.task(&"SHOP-1".into()).await.unwrap_err(),
+        jira.move_to(&"SHOP-1".into(), "For Delivery", "x")
             .await
             .unwrap_err(),
         jira.in_statuses(&["For Delivery".into()])
@@ -201,7 +221,7 @@ async fn a_data_center_token_goes_as_a_bearer_token() {
     )
     .unwrap();
     assert_eq!(
-        jira.task("OPS-7").await.unwrap().unwrap().title,
+        jira.task(&"OPS-7".into()).await.unwrap().unwrap().title,
         "Rotate keys"
     );
 }
@@ -290,12 +310,12 @@ async fn a_slow_jira_times_out() {
     )
     .unwrap();
     let started = Instant::now();
-    let e = task_with_timeout(&jira, "SHOP-7", Duration::from_millis(300))
+    let e = task_with_timeout(&jira, &"SHOP-7".into(), Duration::from_millis(300))
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "tracker `jira` did not answer in 300ms");
     // The client's own bound, without the hooks' deadline around it.
-    let e = jira.task("SHOP-7").await.unwrap_err();
+    let e = jira.task(&"SHOP-7".into()).await.unwrap_err();
     assert!(matches!(e, TrackerError::Timeout { .. }), "{e:?}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -453,11 +473,11 @@ async fn credentials_that_may_only_read_are_told_apart_from_bad_ones() {
     fake.state.lock().unwrap().read_only = true;
     let jira = client(&fake, TOKEN);
     assert_eq!(
-        jira.task("SHOP-1").await.unwrap().unwrap().status,
+        jira.task(&"SHOP-1".into()).await.unwrap().unwrap().status,
         "In Progress"
     );
     let e = jira
-        .move_to("SHOP-1", "For Delivery", "x")
+        .move_to(&"SHOP-1".into(), "For Delivery", "x")
         .await
         .unwrap_err();
     assert!(matches!(e, TrackerError::Forbidden { .. }), "{e:?}");

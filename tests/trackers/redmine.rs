@@ -195,7 +195,12 @@ async fn reads_an_issue() {
     )
     .await;
 
-    let t = rm.tracker().task(&id.to_string()).await.unwrap().unwrap();
+    let t = rm
+        .tracker()
+        .task(&id.to_string().into())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(t.key, id.to_string());
     assert_eq!(t.status, "In Progress");
     assert_eq!(t.title, "reads_an_issue: log in with SSO");
@@ -213,12 +218,19 @@ async fn moves_an_issue_with_a_note() {
     let tracker = rm.tracker();
 
     tracker
-        .move_to(&key, "For Delivery", "ready: all repositories pushed")
+        .move_to(
+            &key.as_str().into(),
+            "For Delivery",
+            "ready: all repositories pushed",
+        )
         .await
         .unwrap();
     assert_eq!(rm.status_of(id).await, "For Delivery");
     let delivered = "delivered by lockstep: api 1a2b3c → master, web 4d5e6f → master";
-    tracker.move_to(&key, "Closed", delivered).await.unwrap();
+    tracker
+        .move_to(&key.as_str().into(), "Closed", delivered)
+        .await
+        .unwrap();
     assert_eq!(rm.status_of(id).await, "Closed");
     assert_eq!(
         rm.notes(id).await,
@@ -235,7 +247,7 @@ async fn a_move_the_workflow_refuses_is_reported_and_leaves_no_note() {
     let e = rm
         .tracker()
         .move_to(
-            &id.to_string(),
+            &id.to_string().into(),
             "Rejected",
             "delivery failed in test (web): …",
         )
@@ -404,7 +416,7 @@ async fn a_bad_key_is_refused_naming_its_variable() {
         return;
     };
     let tracker = rm.tracker_with_key("0123456789abcdef-not-a-key");
-    let e = tracker.task("1").await.unwrap_err();
+    let e = tracker.task(&"1".into()).await.unwrap_err();
     assert!(matches!(e, TrackerError::Auth { .. }), "{e:?}");
     let text = format!("{e} {e:?}");
     assert_eq!(
@@ -420,16 +432,16 @@ async fn unknown_issues_statuses_and_keys() {
         return;
     };
     let tracker = rm.tracker();
-    assert_eq!(tracker.task("99999999").await.unwrap(), None);
+    assert_eq!(tracker.task(&"99999999".into()).await.unwrap(), None);
     let e = tracker
-        .move_to("99999999", "In Progress", "x")
+        .move_to(&"99999999".into(), "In Progress", "x")
         .await
         .unwrap_err();
     assert_eq!(e.to_string(), "task `99999999` does not exist in redmine");
 
     let id = rm.create("unknown status", "In Progress").await;
     let e = tracker
-        .move_to(&id.to_string(), "Shipped", "x")
+        .move_to(&id.to_string().into(), "Shipped", "x")
         .await
         .unwrap_err();
     assert!(matches!(e, TrackerError::NoSuchStatus { .. }), "{e:?}");
@@ -442,7 +454,7 @@ async fn unknown_issues_statuses_and_keys() {
     );
     assert!(text.contains("`For Delivery`"), "{text}");
 
-    let e = tracker.task("TASK-1").await.unwrap_err();
+    let e = tracker.task(&"TASK-1".into()).await.unwrap_err();
     assert!(
         e.to_string()
             .contains("task key `TASK-1` is not an issue number"),
@@ -472,7 +484,7 @@ fn pushes_follow_the_redmine_status() {
 
     rt.block_on(
         rm.tracker()
-            .move_to(&id.to_string(), "Resolved", "done, say the tests"),
+            .move_to(&id.to_string().into(), "Resolved", "done, say the tests"),
     )
     .unwrap();
     crate::util::commit(&clone, "alice", "late.txt", "late\n", "late change").unwrap();
@@ -528,7 +540,7 @@ fn deliveries_move_the_redmine_issue_on() {
     assert!(p.accepted, "{}", said(&p));
     rt.block_on(
         rm.tracker()
-            .move_to(&good.to_string(), "For Delivery", "ready"),
+            .move_to(&good.to_string().into(), "For Delivery", "ready"),
     )
     .unwrap();
     let out = deliver(&env, &rm.key, &good.to_string());
@@ -561,7 +573,7 @@ fn deliveries_move_the_redmine_issue_on() {
     assert!(p.accepted, "{}", said(&p));
     rt.block_on(
         rm.tracker()
-            .move_to(&bad.to_string(), "For Delivery", "ready"),
+            .move_to(&bad.to_string().into(), "For Delivery", "ready"),
     )
     .unwrap();
     let out = deliver(&env, &rm.key, &bad.to_string());

@@ -173,7 +173,7 @@ impl Train<'_> {
         };
         let id = self.items[i].d.id;
         self.fill_used(i).await?;
-        self.engine.store.hold(id, phase.as_str(), &summary).await?;
+        self.engine.store.hold(id, phase, &summary).await?;
         let d = &self.items[i].d;
         self.engine.say(&format!(
             "#{} {}: held, not reported while deliveries ahead are unresolved: {summary}",

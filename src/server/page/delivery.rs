@@ -145,7 +145,7 @@ fn journal(journal: &[JournalRow]) -> Markup {
                     @for j in journal {
                         tr {
                             td class="num" title=(clock(j.at)) { (time_of_day(j.at)) }
-                            td { (j.phase) }
+                            td { (j.stage) }
                             td { (j.repo) }
                             td { (j.event) }
                             td { (j.detail) }
@@ -160,7 +160,7 @@ fn journal(journal: &[JournalRow]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::State;
+    use crate::domain::{Event, Phase, State};
     use crate::server::fixtures::{config, delivery, repo, step, tags_per_line};
     use crate::server::grid::grid;
 
@@ -180,16 +180,16 @@ mod tests {
         let journal = [
             JournalRow {
                 at: 1_000,
-                phase: "rebase".into(),
+                stage: Phase::Rebase.into(),
                 repo: String::new(),
-                event: "phase".into(),
+                event: Event::Phase,
                 detail: String::new(),
             },
             JournalRow {
                 at: 93_000,
-                phase: "deploy".into(),
+                stage: Phase::Deploy.into(),
                 repo: "web".into(),
-                event: "failed".into(),
+                event: Event::Failed,
                 detail: "`deploy` exited with 2".into(),
             },
         ];
