@@ -100,7 +100,8 @@ pub enum Job {
 /// What every handler shares.
 pub struct App {
     pub engine: Engine,
-    pub github: Option<GitHub>,
+    /// Shared with the webhook extractor, which hands a verified event its client.
+    pub github: Option<Arc<GitHub>>,
     pub metrics: metrics::Metrics,
     pub tracker_secret: Option<SecretString>,
     /// The bearer token of `POST /webhooks/alertmanager` (`[alertmanager] token_env`).
@@ -145,7 +146,7 @@ pub async fn prepare(
     listener: &tokio::net::TcpListener,
 ) -> anyhow::Result<Prepared> {
     let github = match &config.github {
-        Some(gh) => Some(GitHub::from_config(&config, gh)?),
+        Some(gh) => Some(Arc::new(GitHub::from_config(&config, gh)?)),
         None => None,
     };
     let tracker_secret = match &config.server.tracker_secret_env {
