@@ -109,12 +109,19 @@ impl IntoResponse for Rejection {
 }
 
 /// A handler's answer to a webhook, counted under `source` and `result`.
-pub fn reply(app: &App, source: &str, result: &str, status: StatusCode, text: String) -> Response {
+pub(super) fn reply(
+    app: &App,
+    source: &str,
+    result: &str,
+    status: StatusCode,
+    text: String,
+) -> Response {
     app.metrics.webhook(source, result);
     (status, format!("{text}\n")).into_response()
 }
 
-pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A header's value, when it is text.
+pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -500,6 +507,40 @@ mod tests {
         )
         .unwrap();
         assert_ne!(event_key("issue_comment", &other).unwrap(), comment);
+    }
+
+    #[tokio::test]
+    async fn rejections_know_their_status_and_label() {
+        let text = || "lockstep: why".to_string();
+        for (r, status, label) in [
+            (
+                Rejection::NotConfigured(text()),
+                404,
+                Some("not_configured"),
+            ),
+            (Rejection::Unauthorized(text()), 401, Some("unauthorized")),
+            (Rejection::BadRequest(text()), 400, Some("bad_request")),
+            (
+                Rejection::Ignored(StatusCode::OK, text()),
+                200,
+                Some("ignored"),
+            ),
+            (
+                Rejection::Ignored(StatusCode::ACCEPTED, text()),
+                202,
+                Some("ignored"),
+            ),
+            (Rejection::Replayed(text()), 200, Some("replayed")),
+            (Rejection::Unavailable(text()), 503, Some("error")),
+        ] {
+            assert_eq!((r.status().as_u16(), r.label()), (status, label));
+            let response = r.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            assert_eq!(body, "lockstep: why\n");
+        }
     }
 
     #[test]
