@@ -7,8 +7,9 @@
 //! process's file limit, and the server answers no one, `/healthz` included. [`Guarded`] is
 //! the listener `axum::serve` takes instead of the bare `TcpListener`:
 //!
-//! - past the cap, a new connection is answered `503` at once and closed, so that the server
-//!   never runs out of descriptors and a client hears why;
+//! - past the cap, a new connection is answered `503` as soon as it has sent its request's
+//!   head, and closed; one that sends none within a second is closed unanswered. The server
+//!   never runs out of descriptors, and a prompt client (a health probe) hears why;
 //! - each connection it hands on is a [`Deadlines`]: a request's head (its line and headers,
 //!   up to the blank line) must arrive within `header_timeout` of the connection's start, or
 //!   of its first byte after an answer; a connection that waits for its next request, or does
@@ -16,6 +17,11 @@
 //!   cut, however long its handler takes;
 //! - on shutdown, the connections still waiting for a request's head are closed at once, so
 //!   that slow clients cannot hold up the stop.
+//!
+//! hyper's own `header_read_timeout` would need `hyper` and `hyper-util` (with its `server`
+//! features) as direct dependencies, to drive each connection by hand; this needs neither.
+//! What it does not bound: a request body sent slowly after a prompt head (its size is
+//! bounded by `body_limit`, its time by nothing but the cap).
 
 use std::collections::VecDeque;
 use std::future::Future as _;
