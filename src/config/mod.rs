@@ -324,6 +324,7 @@ impl Config {
             bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
         }
         self.tracker.check()?;
+        self.server.check()?;
         for repo in &self.repos {
             if let Some(gh) = &repo.github
                 && crate::domain::GitHubRepo::parse(gh).is_none()

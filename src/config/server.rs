@@ -33,6 +33,20 @@ pub struct Server {
     /// stopped where it is (and recovered at the next start). Default `20s`.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// How long a client has to send a request's head (its line and headers), from the
+    /// connection's start or its first byte after an answer; past that the connection is
+    /// closed. Default `10s`.
+    #[serde(default = "default_header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// How long a connection may sit without a request after an answer (keep-alive), or
+    /// without taking any of an answer, before it is closed. Default `60s`.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// The most connections held at once; past it a new connection is answered `503` and
+    /// closed. Keep it below the process's file limit (`LimitNOFILE`, `ulimit -n`), with room
+    /// for the store, logs and steps. Default 512.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Server {
@@ -44,11 +58,28 @@ impl Default for Server {
             body_limit: default_body_limit(),
             refresh: default_refresh(),
             shutdown_grace: default_shutdown_grace(),
+            header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
 
 impl Server {
+    /// Limits that would leave the server unusable are an error.
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        if self.max_connections == 0 {
+            bail!("`server.max_connections` must be at least 1 (512 by default)");
+        }
+        if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
+            bail!(
+                "`server.header_timeout` and `server.idle_timeout` must be longer than 0s \
+                 (10s and 60s by default)"
+            );
+        }
+        Ok(())
+    }
+
     /// `public_url` without a trailing slash.
     pub fn public_url(&self) -> String {
         match &self.public_url {
@@ -69,6 +100,15 @@ fn default_refresh() -> Duration {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(20)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    512
 }
 
 /// `[github]`: how `lockstep serve` talks to GitHub. Authenticate with a token (`token_env`)
@@ -146,6 +186,25 @@ mod tests {
         assert_eq!(c.repo_by_github("acme/api").unwrap().name, "api");
         let err = Config::parse_str("[github]\napp_id = 1\n").unwrap_err();
         assert!(format!("{err:#}").contains("private_key_path"), "{err:#}");
+        assert_eq!(c.server.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(c.server.max_connections, 512);
+        let c = Config::parse_str(
+            "[server]\nheader_timeout = '2s'\nidle_timeout = '5s'\nmax_connections = 20\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.server.max_connections, 20);
+        let err = Config::parse_str("[server]\nmax_connections = 0\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`server.max_connections`"),
+            "{err:#}"
+        );
+        let err = Config::parse_str("[server]\nheader_timeout = '0s'\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`server.header_timeout`"),
+            "{err:#}"
+        );
         let err = Config::parse_str("[server]\nlisten_on = 'x'\n").unwrap_err();
         assert!(format!("{err:#}").contains("unknown field `listen_on`"));
         let err = Config::parse_str("[[repo]]\nname='a'\nurl='x'\ngithub='nope'\n").unwrap_err();

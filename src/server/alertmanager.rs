@@ -1,8 +1,9 @@
 //! `POST /webhooks/alertmanager`: Alertmanager's notifications (payload version 4).
 //!
-//! Checked before anything is read: the bearer token of `[alertmanager] token_env` (constant
-//! time; missing or wrong → 401), then the body (not a version 4 notification → 400 with the
-//! reason). Each firing alert that names a repository (`[alertmanager] repo_label`, or a
+//! Checked by the [`AlertmanagerNotification`] extractor before anything is read: the bearer
+//! token of `[alertmanager] token_env` (constant time; missing or wrong → 401), then the body
+//! (not a version 4 notification → 400 with the reason); the handler receives the
+//! notification. Each firing alert that names a repository (`[alertmanager] repo_label`, or a
 //! `[[alertmanager.match]]`) rolls back the latest watched delivery of it: the worker runs
 //! its rollback steps and reverts every upstream, then the pull request hears of it. Resolved
 //! alerts do nothing; an alert is acted on once (its fingerprint and start are remembered), and
@@ -11,60 +12,65 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse as _, Response};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
 use secrecy::ExposeSecret as _;
 
-use super::webhook::token_matches;
+use super::webhook::{Rejection, header, reply, token_matches};
 use super::{App, Job};
 use crate::domain::DeliveryId;
-use crate::monitor::alert::{self, Alert, AlertStatus};
+use crate::monitor::alert::{self, Alert, AlertStatus, Notification};
 
-fn reply(app: &App, result: &str, status: StatusCode, text: String) -> Response {
-    app.metrics.webhook("alertmanager", result);
-    (status, format!("{text}\n")).into_response()
+/// A notification from Alertmanager that passed every check: the webhook is on, the bearer
+/// token is right, and the body is a version 4 notification.
+pub struct AlertmanagerNotification(pub Notification);
+
+impl FromRequest<Arc<App>> for AlertmanagerNotification {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Rejection> {
+        AlertmanagerNotification::check(req, app)
+            .await
+            .map_err(|r| r.counted(app, "alertmanager"))
+    }
 }
 
-/// `POST /webhooks/alertmanager`.
-pub async fn notify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (Some(config), Some(token)) = (&app.config().alertmanager, &app.alertmanager_token) else {
-        return reply(
-            &app,
-            "not_configured",
-            StatusCode::NOT_FOUND,
-            "lockstep: the Alertmanager webhook is off; add an `[alertmanager]` section".into(),
-        );
-    };
-    let presented = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if presented.is_empty() || !token_matches(token.expose_secret(), presented) {
-        tracing::warn!("alertmanager notification refused: missing or wrong bearer token");
-        return reply(
-            &app,
-            "unauthorized",
-            StatusCode::UNAUTHORIZED,
-            format!(
+impl AlertmanagerNotification {
+    /// The checks, in order: configuration, token, body.
+    async fn check(req: Request, app: &App) -> Result<AlertmanagerNotification, Rejection> {
+        let headers = req.headers().clone();
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(Rejection::Body)?;
+        let (Some(config), Some(token)) = (&app.config().alertmanager, &app.alertmanager_token)
+        else {
+            return Err(Rejection::NotConfigured(
+                "lockstep: the Alertmanager webhook is off; add an `[alertmanager]` section".into(),
+            ));
+        };
+        let presented = header(&headers, "authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if presented.is_empty() || !token_matches(token.expose_secret(), presented) {
+            tracing::warn!("alertmanager notification refused: missing or wrong bearer token");
+            return Err(Rejection::Unauthorized(format!(
                 "lockstep: missing or wrong `Authorization: Bearer` token; Alertmanager sends \
                  the one in `{}` with `http_config.authorization`",
                 config.token_env
-            ),
-        );
-    }
-    let notification = match alert::parse(&body) {
-        Ok(n) => n,
-        Err(e) => {
-            return reply(
-                &app,
-                "bad_request",
-                StatusCode::BAD_REQUEST,
-                format!("lockstep: {e}"),
-            );
+            )));
         }
-    };
+        let notification =
+            alert::parse(&body).map_err(|e| Rejection::BadRequest(format!("lockstep: {e}")))?;
+        Ok(AlertmanagerNotification(notification))
+    }
+}
+
+/// `POST /webhooks/alertmanager`: acts on each alert of a checked notification.
+pub async fn notify(
+    State(app): State<Arc<App>>,
+    AlertmanagerNotification(notification): AlertmanagerNotification,
+) -> Response {
     let mut lines = Vec::new();
     let mut acted = false;
     // Several alerts of one notification may name the same delivery: it is rolled back once.
@@ -80,6 +86,7 @@ pub async fn notify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
                 tracing::error!("cannot act on an alert: {e:#}");
                 return reply(
                     &app,
+                    "alertmanager",
                     "error",
                     StatusCode::SERVICE_UNAVAILABLE,
                     "lockstep: the store does not answer; Alertmanager will retry".into(),
@@ -93,6 +100,7 @@ pub async fn notify(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
     let result = if acted { "accepted" } else { "ignored" };
     reply(
         &app,
+        "alertmanager",
         result,
         StatusCode::OK,
         format!("lockstep: {}", lines.join("\nlockstep: ")),

@@ -18,12 +18,14 @@
 //! - `markdown` sets untrusted text in comments; `origin` names the pull request a delivery
 //!   was asked for from.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
+//! - `connections` caps the connections held and closes those of slow clients
+//!   (`[server] header_timeout`, `idle_timeout`, `max_connections`).
 //!
 //! This file holds what every part shares ([`App`], [`Job`], [`Handled`]) and starts the
 //! whole: [`serve`], [`run_cli`].
 //!
 //! Shutdown (SIGTERM, ctrl-c): the listener stops taking requests and lets the ones in
-//! flight finish; the worker takes no new delivery. A running delivery gets
+//! flight finish (a connection that has not sent a whole request head is closed); the worker takes no new delivery. A running delivery gets
 //! `[server] shutdown_grace` to finish; past that it is stopped where it is (its step killed,
 //! every transition so far already journaled) and `recover` finishes or undoes it at the next
 //! start: build and test resume, deploy and verify are rolled back, a merge is reconciled.
@@ -31,6 +33,7 @@
 mod alertmanager;
 pub mod bot;
 pub mod command;
+mod connections;
 #[cfg(test)]
 mod fixtures;
 mod grid;
@@ -100,7 +103,8 @@ pub enum Job {
 /// What every handler shares.
 pub struct App {
     pub engine: Engine,
-    pub github: Option<GitHub>,
+    /// Shared with the webhook extractor, which hands a verified event its client.
+    pub github: Option<Arc<GitHub>>,
     pub metrics: metrics::Metrics,
     pub tracker_secret: Option<SecretString>,
     /// The bearer token of `POST /webhooks/alertmanager` (`[alertmanager] token_env`).
@@ -145,7 +149,7 @@ pub async fn prepare(
     listener: &tokio::net::TcpListener,
 ) -> anyhow::Result<Prepared> {
     let github = match &config.github {
-        Some(gh) => Some(GitHub::from_config(&config, gh)?),
+        Some(gh) => Some(Arc::new(GitHub::from_config(&config, gh)?)),
         None => None,
     };
     let tracker_secret = match &config.server.tracker_secret_env {
@@ -193,10 +197,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Prepared { app, jobs } = prepared;
     let config = app.config();
-    let (body_limit, grace, poll_every) = (
+    let (body_limit, grace, poll_every, limits) = (
         config.server.body_limit,
         config.server.shutdown_grace,
         config.tracker.poll,
+        connections::Limits::of(&config.server),
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let worker = tokio::spawn(worker_loop::worker_loop(
@@ -220,6 +225,7 @@ pub async fn run(
         tracing::info!("shutting down: no new work; finishing requests in flight");
         let _ = stop_tx.send(true);
     };
+    let listener = connections::Guarded::new(listener, limits, stop_rx.clone());
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(stop_on_shutdown)
         .await;

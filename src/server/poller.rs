@@ -88,7 +88,7 @@ pub async fn poll_once(app: &App) -> anyhow::Result<Vec<String>> {
             config,
             &e.policies,
             e.tracker.as_ref(),
-            app.github.as_ref(),
+            app.github.as_deref(),
             &e.store,
             &req,
         )

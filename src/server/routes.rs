@@ -60,6 +60,23 @@ async fn security_headers(mut r: Response) -> Response {
     r
 }
 
+/// An error at the HTTP edge: a handler ends in `?`, and the client gets a 500 with an id
+/// ([`internal`]).
+#[derive(Debug)]
+struct AppError(anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.into())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        internal(self.0)
+    }
+}
+
 /// A 500 that shows the client an id and nothing more. The error's chain names files, SQL and
 /// hosts, and the client may be anyone: the chain goes to the log, under the same id.
 fn internal(e: anyhow::Error) -> Response {
@@ -86,100 +103,86 @@ fn not_found(what: String) -> Response {
     (StatusCode::NOT_FOUND, Html(page::not_found_page(&what))).into_response()
 }
 
-async fn queue_page(State(app): State<Arc<App>>) -> Response {
-    match views::queue_view(&app).await {
-        Ok(v) => Html(page::queue_page(&v)).into_response(),
-        Err(e) => internal(e),
-    }
+async fn queue_page(State(app): State<Arc<App>>) -> Result<Html<String>, AppError> {
+    Ok(Html(page::queue_page(&views::queue_view(&app).await?)))
 }
 
-async fn api_queue(State(app): State<Arc<App>>) -> Response {
-    match views::queue_view(&app).await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => internal(e),
-    }
+async fn api_queue(State(app): State<Arc<App>>) -> Result<Response, AppError> {
+    Ok(axum::Json(views::queue_view(&app).await?).into_response())
 }
 
-async fn delivery_page(State(app): State<Arc<App>>, Path(id): Path<DeliveryId>) -> Response {
-    match views::delivery_view(&app, id).await {
-        Ok(Some(v)) => Html(page::delivery_page(&v)).into_response(),
-        Ok(None) => not_found(format!("no delivery #{id}")),
-        Err(e) => internal(e),
-    }
+async fn delivery_page(
+    State(app): State<Arc<App>>,
+    Path(id): Path<DeliveryId>,
+) -> Result<Response, AppError> {
+    Ok(match views::delivery_view(&app, id).await? {
+        Some(v) => Html(page::delivery_page(&v)).into_response(),
+        None => not_found(format!("no delivery #{id}")),
+    })
 }
 
-async fn api_delivery(State(app): State<Arc<App>>, Path(id): Path<DeliveryId>) -> Response {
-    let gather = async {
-        let Some(r) = views::recorded(&app, id).await? else {
-            return Ok(None);
-        };
-        anyhow::Ok(Some(serde_json::json!({
-            "delivery": r.delivery, "repos": r.repos, "steps": r.steps, "journal": r.journal,
-            "grid": r.grid, "url": app.delivery_url(id),
-        })))
-    };
-    match gather.await {
-        Ok(Some(v)) => axum::Json(v).into_response(),
-        Ok(None) => (
+async fn api_delivery(
+    State(app): State<Arc<App>>,
+    Path(id): Path<DeliveryId>,
+) -> Result<Response, AppError> {
+    let Some(r) = views::recorded(&app, id).await? else {
+        return Ok((
             StatusCode::NOT_FOUND,
             axum::Json(serde_json::json!({ "error": format!("no delivery #{id}") })),
         )
-            .into_response(),
-        Err(e) => internal(e),
-    }
+            .into_response());
+    };
+    Ok(axum::Json(serde_json::json!({
+        "delivery": r.delivery, "repos": r.repos, "steps": r.steps, "journal": r.journal,
+        "grid": r.grid, "url": app.delivery_url(id),
+    }))
+    .into_response())
 }
 
 async fn step_log(
     State(app): State<Arc<App>>,
     Path((id, step)): Path<(DeliveryId, i64)>,
-) -> Response {
-    match app.engine.store.steps(id).await {
-        Ok(steps) => match steps.into_iter().find(|s| s.id == step) {
-            Some(s) => (
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                read_log(&app.engine.store, &s).await,
-            )
-                .into_response(),
-            None => not_found(format!("delivery #{id} has no step {step}")),
-        },
-        Err(e) => internal(e),
-    }
-}
-
-async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    let store = &app.engine.store;
-    let counts = async {
-        anyhow::Ok(metrics::StoreCounts {
-            by_state: store.counts().await?,
-            rollbacks: store.rollbacks_by_trigger().await?,
-            hook_decisions: {
-                // A hook may hold the counts' lock for a moment: wait off the async threads.
-                let dir = app.config().state_dir();
-                tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
-            },
-            ecosystem: app.ecosystem(),
-            leader: store.role() == crate::store::Role::Leader,
-            lease: store.lease_events(),
-            discards: store
-                .discards_by_reason()
-                .await?
-                .into_iter()
-                .map(|(r, n)| (r.as_str().to_string(), n))
-                .collect(),
-            waits: store.waits().await?,
-        })
-    };
-    match counts.await {
-        Ok(c) => (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            app.metrics.render(&c),
+) -> Result<Response, AppError> {
+    let steps = app.engine.store.steps(id).await?;
+    Ok(match steps.into_iter().find(|s| s.id == step) {
+        Some(s) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            read_log(&app.engine.store, &s).await,
         )
             .into_response(),
-        Err(e) => internal(e),
-    }
+        None => not_found(format!("delivery #{id} has no step {step}")),
+    })
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Result<Response, AppError> {
+    let store = &app.engine.store;
+    let counts = metrics::StoreCounts {
+        by_state: store.counts().await?,
+        rollbacks: store.rollbacks_by_trigger().await?,
+        hook_decisions: {
+            // A hook may hold the counts' lock for a moment: wait off the async threads.
+            let dir = app.config().state_dir();
+            tokio::task::spawn_blocking(move || crate::verdict_counts::read(&dir)).await??
+        },
+        ecosystem: app.ecosystem(),
+        leader: store.role() == crate::store::Role::Leader,
+        lease: store.lease_events(),
+        discards: store
+            .discards_by_reason()
+            .await?
+            .into_iter()
+            .map(|(r, n)| (r.as_str().to_string(), n))
+            .collect(),
+        waits: store.waits().await?,
+    };
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(&counts),
+    )
+        .into_response())
 }
 
 async fn healthz(State(app): State<Arc<App>>) -> Response {

@@ -1,17 +1,22 @@
-//! The webhook endpoints: `POST /webhooks/github` and `POST /webhooks/tracker`.
+//! The webhook endpoints: `POST /webhooks/github` and `POST /webhooks/tracker`, and what every
+//! webhook's intake shares: the [`Rejection`] of a request turned away before its handler runs.
 //!
-//! GitHub's requests are checked before anything is read from them: the signature first
-//! (`X-Hub-Signature-256`, constant time; missing or wrong → 401), then the JSON (malformed →
-//! 400 with the reason). Only `issue_comment`, `pull_request` and `pull_request_review` are
-//! acted on; every other event is answered 202 and ignored. For those three, what the
-//! signature covers is remembered in the store: the id of the comment, the review or the pull
-//! request the event is about ([`event_key`]). A replay is answered and ignored, whatever
-//! `X-GitHub-Delivery` it comes with (that header is outside the signature).
+//! GitHub's requests are checked by the [`GitHubWebhook`] extractor before anything is read
+//! from them: the signature first (`X-Hub-Signature-256`, constant time; missing or wrong →
+//! 401), then the headers, then the JSON (malformed → 400 with the reason). Only
+//! `issue_comment`, `pull_request` and `pull_request_review` are acted on; every other event is
+//! answered 202 and ignored. For those three, what the signature covers is remembered in the
+//! store: the id of the comment, the review or the pull request the event is about
+//! ([`event_key`]). A replay is answered and ignored, whatever `X-GitHub-Delivery` it comes
+//! with (that header is outside the signature). The handler receives a verified, new event and
+//! only acts on it.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use octocrab::models::webhook_events::payload::{
@@ -29,155 +34,228 @@ use crate::github::{self, GitHubRepo};
 /// The events lockstep acts on.
 const HANDLED: &[&str] = &["issue_comment", "pull_request", "pull_request_review"];
 
-fn reply(app: &App, source: &str, result: &str, status: StatusCode, text: String) -> Response {
+/// Why a webhook request was answered before its handler ran. Each kind knows its status and
+/// its `result` label in `lockstep_webhook_requests_total`; the text is the answer's body.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The endpoint is off (a section or a secret is missing): 404, `not_configured`.
+    NotConfigured(String),
+    /// A missing or wrong signature or token: 401, `unauthorized`.
+    Unauthorized(String),
+    /// Unusable headers or body: 400, `bad_request`.
+    BadRequest(String),
+    /// The body could not be read (over `body_limit`: 413): axum's own answer, not counted,
+    /// since no webhook was read.
+    Body(BytesRejection),
+    /// Nothing for lockstep to do: a `ping` (200) or an event it does not act on (202);
+    /// `ignored`.
+    Ignored(StatusCode, String),
+    /// What the signature covers was handled already: 200, `replayed`.
+    Replayed(String),
+    /// The store does not answer, so a replay cannot be told apart: 503, `error`; the sender
+    /// retries.
+    Unavailable(String),
+}
+
+impl Rejection {
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::NotConfigured(_) => StatusCode::NOT_FOUND,
+            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::Body(r) => r.status(),
+            Rejection::Ignored(status, _) => *status,
+            Rejection::Replayed(_) => StatusCode::OK,
+            Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Its `result` label in the metrics; `None` for a body that was never read.
+    pub fn label(&self) -> Option<&'static str> {
+        match self {
+            Rejection::NotConfigured(_) => Some("not_configured"),
+            Rejection::Unauthorized(_) => Some("unauthorized"),
+            Rejection::BadRequest(_) => Some("bad_request"),
+            Rejection::Body(_) => None,
+            Rejection::Ignored(..) => Some("ignored"),
+            Rejection::Replayed(_) => Some("replayed"),
+            Rejection::Unavailable(_) => Some("error"),
+        }
+    }
+
+    /// Counts the rejection of a request to `source` (`github`, `tracker`, `alertmanager`).
+    pub fn counted(self, app: &App, source: &str) -> Rejection {
+        if let Some(label) = self.label() {
+            app.metrics.webhook(source, label);
+        }
+        self
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match self {
+            Rejection::Body(r) => r.into_response(),
+            Rejection::NotConfigured(text)
+            | Rejection::Unauthorized(text)
+            | Rejection::BadRequest(text)
+            | Rejection::Ignored(_, text)
+            | Rejection::Replayed(text)
+            | Rejection::Unavailable(text) => (status, format!("{text}\n")).into_response(),
+        }
+    }
+}
+
+/// A handler's answer to a webhook, counted under `source` and `result`.
+pub(super) fn reply(
+    app: &App,
+    source: &str,
+    result: &str,
+    status: StatusCode,
+    text: String,
+) -> Response {
     app.metrics.webhook(source, result);
     (status, format!("{text}\n")).into_response()
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A header's value, when it is text.
+pub(super) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `POST /webhooks/github`.
-pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(gh) = &app.github else {
-        return reply(
-            &app,
-            "github",
-            "not_configured",
-            StatusCode::NOT_FOUND,
-            "lockstep: GitHub is not configured; add a `[github]` section to lockstep.toml".into(),
-        );
-    };
-    let Some(secret) = &gh.webhook_secret else {
-        return reply(
-            &app,
-            "github",
-            "not_configured",
-            StatusCode::NOT_FOUND,
-            "lockstep: no GitHub webhook secret; set `github.webhook_secret_env`".into(),
-        );
-    };
-    if let Err(e) = github::check_signature(secret, header(&headers, "x-hub-signature-256"), &body)
-    {
-        tracing::warn!("webhook refused: {e}");
-        return reply(
-            &app,
-            "github",
-            "unauthorized",
-            StatusCode::UNAUTHORIZED,
-            format!("lockstep: {e}"),
-        );
+/// A GitHub webhook that passed every check: signed with the webhook secret, with usable
+/// headers, a payload lockstep acts on, and not handled before (its delivery id and its
+/// [`event_key`] are now remembered in the store).
+pub struct GitHubWebhook {
+    pub gh: Arc<github::GitHub>,
+    /// `X-GitHub-Delivery`.
+    pub delivery: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    pub parsed: WebhookEvent,
+    /// What the signature covers, remembered against replays.
+    pub key: Option<String>,
+}
+
+impl FromRequest<Arc<App>> for GitHubWebhook {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, Rejection> {
+        GitHubWebhook::check(req, app)
+            .await
+            .map_err(|r| r.counted(app, "github"))
     }
-    let Some(delivery) = header(&headers, "x-github-delivery")
-        .filter(|d| !d.is_empty() && d.len() <= 100 && d.bytes().all(|b| b.is_ascii_graphic()))
-    else {
-        return reply(
-            &app,
-            "github",
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            "lockstep: no usable `X-GitHub-Delivery` header".into(),
-        );
-    };
-    let Some(event) = header(&headers, "x-github-event").filter(|e| {
-        !e.is_empty() && e.len() <= 64 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-    }) else {
-        return reply(
-            &app,
-            "github",
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            "lockstep: no usable `X-GitHub-Event` header".into(),
-        );
-    };
-    let delivery = delivery.to_string();
-    let event = event.to_string();
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return reply(
-            &app,
-            "github",
-            "bad_request",
-            StatusCode::BAD_REQUEST,
-            format!("lockstep: the body is not JSON: {e}"),
-        );
-    }
-    if event == "ping" {
-        return reply(
-            &app,
-            "github",
-            "ignored",
-            StatusCode::OK,
-            "lockstep: pong".into(),
-        );
-    }
-    // Nothing is done for other events, so there is nothing to replay either.
-    if !HANDLED.contains(&event.as_str()) {
-        return reply(
-            &app,
-            "github",
-            "ignored",
-            StatusCode::ACCEPTED,
-            format!("lockstep: `{event}` events are ignored"),
-        );
-    }
-    let parsed = match WebhookEvent::try_from_header_and_body(&event, &body) {
-        Ok(p) => p,
-        Err(e) => {
-            return reply(
-                &app,
-                "github",
-                "bad_request",
-                StatusCode::BAD_REQUEST,
-                format!("lockstep: malformed `{event}` payload: {e}"),
-            );
-        }
-    };
-    // The delivery id catches GitHub's own redeliveries for a week; the event key, inside the
-    // signed body, catches a captured body sent again under a fresh id, for good.
-    let key = event_key(&event, &parsed);
-    let store = &app.engine.store;
-    let remembered = async {
-        if !store.remember_webhook(&delivery).await? {
-            return anyhow::Ok(Some(format!("delivery `{delivery}`")));
-        }
-        if let Some(key) = &key
-            && !store.remember_event(key).await?
+}
+
+impl GitHubWebhook {
+    /// The checks, in order: configuration, signature, headers, body, replay.
+    async fn check(req: Request, app: &App) -> Result<GitHubWebhook, Rejection> {
+        let headers = &req.headers().clone();
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(Rejection::Body)?;
+        let Some(gh) = app.github.clone() else {
+            return Err(Rejection::NotConfigured(
+                "lockstep: GitHub is not configured; add a `[github]` section to lockstep.toml"
+                    .into(),
+            ));
+        };
+        let Some(secret) = &gh.webhook_secret else {
+            return Err(Rejection::NotConfigured(
+                "lockstep: no GitHub webhook secret; set `github.webhook_secret_env`".into(),
+            ));
+        };
+        if let Err(e) =
+            github::check_signature(secret, header(headers, "x-hub-signature-256"), &body)
         {
-            return Ok(Some(format!("`{key}`")));
+            tracing::warn!("webhook refused: {e}");
+            return Err(Rejection::Unauthorized(format!("lockstep: {e}")));
         }
-        Ok(None)
-    };
-    match remembered.await {
-        Ok(None) => {}
-        Ok(Some(what)) => {
-            tracing::info!(delivery = %delivery, event = %event, "replayed webhook ignored: {what}");
-            return reply(
-                &app,
-                "github",
-                "replayed",
-                StatusCode::OK,
-                format!("lockstep: {what} was already handled; ignored"),
-            );
+        let delivery = header(headers, "x-github-delivery")
+            .filter(|d| !d.is_empty() && d.len() <= 100 && d.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or_else(|| {
+                Rejection::BadRequest("lockstep: no usable `X-GitHub-Delivery` header".into())
+            })?
+            .to_string();
+        let event = header(headers, "x-github-event")
+            .filter(|e| {
+                !e.is_empty()
+                    && e.len() <= 64
+                    && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+            .ok_or_else(|| {
+                Rejection::BadRequest("lockstep: no usable `X-GitHub-Event` header".into())
+            })?
+            .to_string();
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return Err(Rejection::BadRequest(format!(
+                "lockstep: the body is not JSON: {e}"
+            )));
         }
-        Err(e) => {
-            tracing::error!("cannot record webhook `{delivery}`: {e:#}");
-            return reply(
-                &app,
-                "github",
-                "error",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "lockstep: the store does not answer; redeliver later".into(),
-            );
+        if event == "ping" {
+            return Err(Rejection::Ignored(StatusCode::OK, "lockstep: pong".into()));
+        }
+        // Nothing is done for other events, so there is nothing to replay either.
+        if !HANDLED.contains(&event.as_str()) {
+            return Err(Rejection::Ignored(
+                StatusCode::ACCEPTED,
+                format!("lockstep: `{event}` events are ignored"),
+            ));
+        }
+        let parsed = WebhookEvent::try_from_header_and_body(&event, &body).map_err(|e| {
+            Rejection::BadRequest(format!("lockstep: malformed `{event}` payload: {e}"))
+        })?;
+        // The delivery id catches GitHub's own redeliveries for a week; the event key, inside
+        // the signed body, catches a captured body sent again under a fresh id, for good.
+        let key = event_key(&event, &parsed);
+        let store = &app.engine.store;
+        let remembered = async {
+            if !store.remember_webhook(&delivery).await? {
+                return anyhow::Ok(Some(format!("delivery `{delivery}`")));
+            }
+            if let Some(key) = &key
+                && !store.remember_event(key).await?
+            {
+                return Ok(Some(format!("`{key}`")));
+            }
+            Ok(None)
+        };
+        match remembered.await {
+            Ok(None) => Ok(GitHubWebhook {
+                gh,
+                delivery,
+                event,
+                parsed,
+                key,
+            }),
+            Ok(Some(what)) => {
+                tracing::info!(delivery = %delivery, event = %event, "replayed webhook ignored: {what}");
+                Err(Rejection::Replayed(format!(
+                    "lockstep: {what} was already handled; ignored"
+                )))
+            }
+            Err(e) => {
+                tracing::error!("cannot record webhook `{delivery}`: {e:#}");
+                Err(Rejection::Unavailable(
+                    "lockstep: the store does not answer; redeliver later".into(),
+                ))
+            }
         }
     }
-    let forget = || async {
-        let _ = store.forget_webhook(&delivery).await;
-        if let Some(key) = &key {
-            let _ = store.forget_event(key).await;
-        }
-    };
-    match dispatch(&app, gh, parsed).await {
+}
+
+/// `POST /webhooks/github`: acts on a verified event.
+pub async fn github(State(app): State<Arc<App>>, hook: GitHubWebhook) -> Response {
+    let GitHubWebhook {
+        gh,
+        delivery,
+        event,
+        parsed,
+        key,
+    } = hook;
+    match dispatch(&app, &gh, parsed).await {
         Ok(Handled::Acted(what)) => {
             tracing::info!(delivery = %delivery, event = %event, "{what}");
             reply(
@@ -200,7 +278,11 @@ pub async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes
         }
         Err(e) => {
             // Let GitHub's redelivery try again.
-            forget().await;
+            let store = &app.engine.store;
+            let _ = store.forget_webhook(&delivery).await;
+            if let Some(key) = &key {
+                let _ = store.forget_event(key).await;
+            }
             tracing::error!(delivery = %delivery, event = %event, "webhook failed: {e:#}");
             reply(
                 &app,
@@ -337,27 +419,34 @@ pub fn token_matches(secret: &str, presented: &str) -> bool {
     bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
-/// `POST /webhooks/tracker`: the tracker says something changed; poll it now.
-pub async fn tracker(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let Some(secret) = &app.tracker_secret else {
-        return reply(
-            &app,
-            "tracker",
-            "not_configured",
-            StatusCode::NOT_FOUND,
-            "lockstep: the tracker webhook is off; set `server.tracker_secret_env`".into(),
-        );
-    };
-    let presented = header(&headers, "x-lockstep-token").unwrap_or_default();
-    if presented.is_empty() || !token_matches(secret.expose_secret(), presented) {
-        return reply(
-            &app,
-            "tracker",
-            "unauthorized",
-            StatusCode::UNAUTHORIZED,
-            "lockstep: missing or wrong `X-Lockstep-Token`".into(),
-        );
+/// A request to `POST /webhooks/tracker` that carries the shared secret (`X-Lockstep-Token`,
+/// compared in constant time).
+pub struct TrackerToken;
+
+impl FromRequestParts<Arc<App>> for TrackerToken {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Rejection> {
+        let checked = || {
+            let Some(secret) = &app.tracker_secret else {
+                return Err(Rejection::NotConfigured(
+                    "lockstep: the tracker webhook is off; set `server.tracker_secret_env`".into(),
+                ));
+            };
+            let presented = header(&parts.headers, "x-lockstep-token").unwrap_or_default();
+            if presented.is_empty() || !token_matches(secret.expose_secret(), presented) {
+                return Err(Rejection::Unauthorized(
+                    "lockstep: missing or wrong `X-Lockstep-Token`".into(),
+                ));
+            }
+            Ok(TrackerToken)
+        };
+        checked().map_err(|r| r.counted(app, "tracker"))
     }
+}
+
+/// `POST /webhooks/tracker`: the tracker says something changed; poll it now.
+pub async fn tracker(State(app): State<Arc<App>>, _: TrackerToken) -> Response {
     match super::poller::poll_once(&app).await {
         Ok(lines) => {
             let text = if lines.is_empty() {
@@ -418,6 +507,40 @@ mod tests {
         )
         .unwrap();
         assert_ne!(event_key("issue_comment", &other).unwrap(), comment);
+    }
+
+    #[tokio::test]
+    async fn rejections_know_their_status_and_label() {
+        let text = || "lockstep: why".to_string();
+        for (r, status, label) in [
+            (
+                Rejection::NotConfigured(text()),
+                404,
+                Some("not_configured"),
+            ),
+            (Rejection::Unauthorized(text()), 401, Some("unauthorized")),
+            (Rejection::BadRequest(text()), 400, Some("bad_request")),
+            (
+                Rejection::Ignored(StatusCode::OK, text()),
+                200,
+                Some("ignored"),
+            ),
+            (
+                Rejection::Ignored(StatusCode::ACCEPTED, text()),
+                202,
+                Some("ignored"),
+            ),
+            (Rejection::Replayed(text()), 200, Some("replayed")),
+            (Rejection::Unavailable(text()), 503, Some("error")),
+        ] {
+            assert_eq!((r.status().as_u16(), r.label()), (status, label));
+            let response = r.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            assert_eq!(body, "lockstep: why\n");
+        }
     }
 
     #[test]

@@ -175,6 +175,18 @@ impl ServeProc {
             .unwrap_or_default()
     }
 
+    /// Like `start`, under a file limit of `files` (`ulimit -n`), as a service manager sets one.
+    pub fn start_with_file_limit(env: &Env, files: u32) -> ServeProc {
+        let log = env
+            .dir
+            .path()
+            .join(format!("serve-{}.log", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\"")])
+            .arg(bin());
+        ServeProc::spawn_cmd(cmd, &env.config(), &log, &["-v"], &[], env.store_env())
+    }
+
     fn spawn(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> ServeProc {
         let log = env
             .dir
@@ -190,13 +202,24 @@ impl ServeProc {
         vars: &[(&str, &str)],
         store: Vec<(String, String)>,
     ) -> ServeProc {
+        ServeProc::spawn_cmd(Command::new(bin()), config, log, args, vars, store)
+    }
+
+    fn spawn_cmd(
+        mut cmd: Command,
+        config: &std::path::Path,
+        log: &std::path::Path,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        store: Vec<(String, String)>,
+    ) -> ServeProc {
         let log = log.to_path_buf();
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let mut child = Command::new(bin())
+        let mut child = cmd
             .arg("--config")
             .arg(config)
             .args(args)
