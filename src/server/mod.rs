@@ -15,8 +15,8 @@
 //! - `worker_loop` runs the queue, the jobs the bot hands it, and the pruner.
 //! - `routes` has the router and the read-only endpoints; `views` gathers what they show.
 //! - `grid` works out a delivery's repo × phase grid.
-//! - `markdown` sets untrusted text in comments; `origin` names the pull request a delivery
-//!   was asked for from.
+//! - `origin` names the pull request a delivery was asked for from; untrusted text in
+//!   comments is set by `crate::text::markdown`.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
 //!
 //! This file holds what every part shares ([`App`], [`Job`], [`Handled`]) and starts the
@@ -34,7 +34,6 @@ pub mod command;
 #[cfg(test)]
 mod fixtures;
 mod grid;
-mod markdown;
 pub mod metrics;
 mod origin;
 pub mod page;
