@@ -47,7 +47,8 @@ fn issue22_a_step_waits_for_its_background_job_with_no_signal_blocked() {
         u64::from_str_radix(line.trim(), 16).unwrap()
     };
     assert_eq!(mask("SigBlk:"), 0, "{signals}");
-    // 32 and 33 are the C library's own, which no program sets (and none can reset).
+    // 32 and 33 are the C library's own: its posix_spawn leaves them ignored in a child, and
+    // no program can set them (the C library takes them back as it needs them).
     assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{signals}");
 }
 
@@ -82,4 +83,42 @@ fn issue22_a_stopped_step_gets_sigterm_and_its_trap_runs() {
     wait_for("the stopped step's processes to end", || {
         env.step_processes().is_empty().then_some(())
     });
+}
+
+/// Issue 22: a worker started with signals ignored (`nohup`, a background job of a script)
+/// does not hand that to its steps: an ignored signal stays ignored across `exec`, so the
+/// step's own process puts each back to its default first.
+#[test]
+fn issue22_signals_the_worker_ignores_are_not_ignored_in_its_steps() {
+    let env = Env::new(&["api"]);
+    let signals = env.root().join("signals");
+    let script = format!(
+        "while read -r line; do case $line in SigIgn*) echo \"$line\";; esac; \\
+         done < /proc/$$/status > '{}'\n",
+        signals.display()
+    );
+    if dash_test(&env, &script).is_none() {
+        eprintln!("skipped: no dash");
+        return;
+    }
+    ready(&env, "TASK-1", &["api"], &[]);
+    let deliver = env.command(&["deliver", "TASK-1"]);
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("trap '' HUP INT QUIT USR1 TERM; exec \"$@\"")
+        .arg("sh")
+        .arg(deliver.get_program())
+        .args(deliver.get_args());
+    for (k, v) in deliver.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let line = std::fs::read_to_string(&signals).unwrap();
+    let ignored =
+        u64::from_str_radix(line.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap();
+    assert_eq!(ignored & 0x7fff_ffff, 0, "{line}");
 }
