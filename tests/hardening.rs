@@ -353,3 +353,28 @@ fn issue10_the_demo_ignores_the_callers_config_variable() {
         stdout(&out)
     );
 }
+
+/// Issue 22: a store file truncated to nothing is not taken for a new, empty store: the
+/// command fails, names the file, and says how to go on; the file stays as it was found.
+#[test]
+fn issue22_a_truncated_store_is_refused_not_started_afresh() {
+    let env = Env::new(&["api"]);
+    ready(&env);
+    let o = env.lockstep(&["deliver", "TASK-1", "--no-wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let db = env.state_dir().join("lockstep.db");
+    for f in ["lockstep.db-wal", "lockstep.db-shm"] {
+        let _ = std::fs::remove_file(env.state_dir().join(f));
+    }
+    std::fs::File::create(&db).unwrap();
+    let o = env.lockstep(&["queue"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("the state database `{}` is empty", db.display())),
+        "{err}"
+    );
+    assert!(err.contains("Restore `"), "{err}");
+    assert!(err.contains("lockstep.db.id`"), "{err}");
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
+}

@@ -320,6 +320,12 @@ fn notification(status: &str, labels: &str, fingerprint: &str, starts_at: &str) 
     )
 }
 
+/// Now, moved by `secs`, as Alertmanager writes `startsAt`.
+fn starts_at(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn post_alert(serve: &ServeProc, token: Option<&str>, body: &str) -> http::Resp {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
@@ -354,7 +360,7 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
     let delivered = env.masters();
     let serve = ServeProc::start(&env);
     let api = r#""lockstep_repo":"api""#;
-    let firing = notification("firing", api, "fp-api", "2026-11-30T08:50:01.5Z");
+    let firing = notification("firing", api, "fp-api", &starts_at(0));
 
     // Forged or unauthenticated: 401, and nothing is read.
     for token in [None, Some("wrong"), Some("")] {
@@ -452,7 +458,7 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
         "lockstep: alert `HighErrorRate` {lockstep_repo=\"api\"}: \"5xx above 5%\" was already handled; nothing to do\n"
     );
     // The same alert firing anew finds the delivery rolled back already.
-    let again = notification("firing", api, "fp-api", "2026-11-30T09:10:00Z");
+    let again = notification("firing", api, "fp-api", &starts_at(1));
     let r = post_alert(&serve, ok, &again);
     assert_answer_ends(
         &r.body,
@@ -483,6 +489,58 @@ fn alerts_roll_back_only_what_is_watched_and_only_once() {
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}
+
+/// Issue 22: an alert that started before the watched delivery landed (more than
+/// `[alertmanager] slack` before) was not its doing: it is recorded with the reason and rolls
+/// nothing back; one that started after it landed still does.
+#[test]
+fn issue22_an_alert_from_before_the_landing_rolls_nothing_back() {
+    let env = Env::new(&["api"]);
+    env.set_delivery("watch", "\"10m\"");
+    env.edit_config(|t| {
+        format!("{t}\n[alertmanager]\ntoken_env = \"{ALERTMANAGER_VAR}\"\nslack = \"30s\"\n")
+    });
+    ready(&env, "TASK-1", &["api"], &[]);
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let delivered = env.masters();
+    let serve = ServeProc::start(&env);
+    let api = r#""lockstep_repo":"api""#;
+    let ok = Some(ALERTMANAGER_TOKEN);
+
+    // Firing for an hour: long before the delivery landed.
+    let old = notification("firing", api, "fp-old", &starts_at(-3600));
+    let r = post_alert(&serve, ok, &old);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let said = "nothing rolled back: #1 of `TASK-1`, the latest watched delivery of `api`, \
+                landed at ";
+    assert!(r.body.contains(said), "{}", r.body);
+    assert_answer_ends(
+        &r.body,
+        "): more than `[alertmanager] slack` (30s), so it is not the delivery's doing\n",
+    );
+    // Recorded, as every outcome is: the next notification of it is not acted on again.
+    let r = post_alert(&serve, ok, &old);
+    assert_answer_ends(&r.body, " was already handled; nothing to do\n");
+    assert!(serve.log_text().contains(said), "{}", serve.log_text());
+    assert_eq!(env.rollbacks(), Vec::<String>::new());
+    assert_eq!(env.masters(), delivered);
+
+    // Within the slack (the clocks, the merge's last seconds): it counts.
+    let r = post_alert(
+        &serve,
+        ok,
+        &notification("firing", api, "fp-new", &starts_at(-5)),
+    );
+    assert_answer_ends(
+        &r.body,
+        ": rolling back #1 of `TASK-1`: its rollback steps, then a revert in every repository\n",
+    );
+    wait_until("the rollback", LONG, Some(&serve.log), || {
+        env.rollbacks().len() == 1
+    });
     assert!(serve.stop(Duration::from_secs(10)).success());
 }
 
@@ -520,7 +578,7 @@ fn an_alert_reverts_at_once_while_the_pipeline_prepares() {
         "firing",
         r#""lockstep_repo":"api""#,
         "fp-api",
-        "2026-11-30T08:50:01Z",
+        &starts_at(0),
     );
     let r = post_alert(&serve, Some(ALERTMANAGER_TOKEN), &firing);
     assert_eq!(r.status, 200, "{}", r.body);

@@ -156,6 +156,12 @@ pub struct AlertmanagerConfig {
     /// The largest body accepted, in bytes. Default 1 MiB.
     #[serde(default = "default_alert_body_limit")]
     pub body_limit: usize,
+    /// An alert counts against a delivery only if it started after the delivery landed, less
+    /// this much (the hosts' clocks, a release reaching production while the merge ends).
+    /// An alert that started earlier was not the delivery's doing: it is recorded, and left
+    /// alone. Default `30s`.
+    #[serde(default = "default_alert_slack", with = "duration")]
+    pub slack: Duration,
 }
 
 /// `[[alertmanager.match]]`.
@@ -173,6 +179,11 @@ fn default_repo_label() -> String {
 }
 fn default_alert_body_limit() -> usize {
     1024 * 1024
+}
+/// `[alertmanager] slack`'s default.
+pub const DEFAULT_ALERT_SLACK: Duration = Duration::from_secs(30);
+fn default_alert_slack() -> Duration {
+    DEFAULT_ALERT_SLACK
 }
 
 impl AlertmanagerConfig {

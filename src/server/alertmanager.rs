@@ -139,7 +139,7 @@ async fn on_alert(
             alert::escape(&config.repo_label, 60)
         ))
     } else {
-        app.engine.watched_delivery(&repos).await?
+        app.engine.watched_delivery(&repos, a.started_ms()).await?
     };
     let d = match outcome {
         Ok(d) => d,

@@ -8,7 +8,6 @@
 use anyhow::Context as _;
 
 use super::command::{self, BotCommand, ParseError};
-use super::markdown::code;
 use super::origin::origin;
 use super::{App, Handled, Job, report};
 use crate::delivery::{self, PrFacts, Request, Requested};
@@ -16,6 +15,7 @@ use crate::domain::{DeliveryId, Phase, PrState, Source, State, TaskKey};
 use crate::github::{self, GitHub, GitHubRepo, Pull};
 use crate::policy::Stage;
 use crate::store::DeliveryRow;
+use crate::text::markdown::{code, fenced};
 
 fn link(app: &App, id: DeliveryId) -> String {
     format!("[#{id}]({})", app.delivery_url(id))
@@ -128,6 +128,7 @@ async fn run(
     let Some(task) = task else {
         return Ok(no_task(pull, app));
     };
+    let key = code(task.as_str());
     let store = &app.engine.store;
     match cmd {
         BotCommand::Help => unreachable!("answered above"),
@@ -178,16 +179,16 @@ async fn run(
                     Ok(text)
                 }
                 Some(d) if !d.state.is_final() => Ok(format!(
-                    "`{task}` is already {} as {}; nothing to retry.",
+                    "{key} is already {} as {}; nothing to retry.",
                     d.state.as_str(),
                     link(app, d.id)
                 )),
                 Some(d) => Ok(format!(
-                    "the last delivery of `{task}` ({}) landed; nothing to retry. \
+                    "the last delivery of {key} ({}) landed; nothing to retry. \
                      Use `/rollback` to undo it.",
                     link(app, d.id)
                 )),
-                None => Ok(format!("`{task}` was never delivered; use `/deliver`.")),
+                None => Ok(format!("{key} was never delivered; use `/deliver`.")),
             }
         }
         BotCommand::Cancel => {
@@ -199,19 +200,19 @@ async fn run(
                         Some(State::Queued) => {
                             report::cancelled_while_queued(app, &d, pull, repo, user).await;
                             Ok(format!(
-                                "cancelled {} of `{task}` before it started.",
+                                "cancelled {} of {key} before it started.",
                                 link(app, d.id)
                             ))
                         }
                         _ => Ok(format!(
-                            "{} of `{task}` stops at its next step; what it deployed is rolled \
+                            "{} of {key} stops at its next step; what it deployed is rolled \
                              back and nothing is merged. I'll post the outcome here.",
                             link(app, d.id)
                         )),
                     }
                 }
                 _ => Ok(format!(
-                    "`{task}` has no queued or running delivery; nothing to cancel."
+                    "{key} has no queued or running delivery; nothing to cancel."
                 )),
             }
         }
@@ -229,20 +230,18 @@ async fn run(
                         .context("the worker is gone")?;
                     app.wake.notify_one();
                     Ok(format!(
-                        "rolling back {} of `{task}` ({}): its rollback steps run next in the \
+                        "rolling back {} of {key} ({}): its rollback steps run next in the \
                          queue. I'll post the outcome here.",
                         link(app, d.id),
                         d.state.as_str()
                     ))
                 }
                 Some(d) => Ok(format!(
-                    "{} of `{task}` is {}; `/cancel` it instead (what it deployed is rolled back).",
+                    "{} of {key} is {}; `/cancel` it instead (what it deployed is rolled back).",
                     link(app, d.id),
                     d.state.as_str()
                 )),
-                None => Ok(format!(
-                    "`{task}` was never delivered; nothing to roll back."
-                )),
+                None => Ok(format!("{key} was never delivered; nothing to roll back.")),
             }
         }
         BotCommand::Status => status(app, task).await,
@@ -259,6 +258,7 @@ async fn deliver(
     user: &str,
     priority: i64,
 ) -> anyhow::Result<String> {
+    let key = code(task);
     if pull.state != PrState::Open {
         return Ok(format!(
             "{repo}#{} is {}; only an open pull request is delivered.",
@@ -294,14 +294,14 @@ async fn deliver(
                 format!("{} deliveries ahead of it", position - 1)
             };
             format!(
-                "queued the delivery of `{task}` as {} (position {position}; {ahead}). \
+                "queued the delivery of {key} as {} (position {position}; {ahead}). \
                  Follow it on [the queue page]({}); I'll post the outcome here.",
                 link(app, id),
                 app.public_url
             )
         }
         Requested::AlreadyQueued { id } => format!(
-            "`{task}` is already queued or running as {}; I'll post its outcome.",
+            "{key} is already queued or running as {}; I'll post its outcome.",
             link(app, id)
         ),
         Requested::Refused(d) => refusal(task, &delivery::refusal_lines(&d)),
@@ -309,17 +309,19 @@ async fn deliver(
 }
 
 /// The reply to a refused delivery: one line per failed rule.
+/// The rules' messages quote what the push or the pull request says (branch names, commit
+/// subjects, statuses): they are set in a fenced block, one line each.
 pub fn refusal(task: &str, lines: &[String]) -> String {
-    let mut s = format!("the delivery of `{task}` was refused:\n");
-    for l in lines {
-        s.push_str(&format!("\n- {l}"));
-    }
-    s.push_str("\n\nFix these, then comment `/deliver` again.");
-    s
+    format!(
+        "the delivery of {} was refused:\n\n{}\n\nFix these, then comment `/deliver` again.",
+        code(task),
+        fenced(&lines.join("\n"))
+    )
 }
 
 /// `/status`: where the task's delivery is.
 async fn status(app: &App, task: &TaskKey) -> anyhow::Result<String> {
+    let key = code(task.as_str());
     let store = &app.engine.store;
     let tracker_status = match crate::tracker::task_with_timeout(
         app.engine.tracker.as_ref(),
@@ -328,9 +330,12 @@ async fn status(app: &App, task: &TaskKey) -> anyhow::Result<String> {
     )
     .await
     {
-        Ok(Some(t)) => format!("`{task}` is {} in the tracker", code(&t.status)),
-        Ok(None) => format!("`{task}` does not exist in the tracker"),
-        Err(e) => format!("the tracker did not answer about `{task}` ({e})"),
+        Ok(Some(t)) => format!("{key} is {} in the tracker", code(&t.status)),
+        Ok(None) => format!("{key} does not exist in the tracker"),
+        Err(e) => format!(
+            "the tracker did not answer about {key} ({})",
+            code(&e.to_string())
+        ),
     };
     let delivery = match store.latest_of_task(task).await? {
         None => "it has never been delivered".to_string(),
@@ -351,7 +356,12 @@ async fn status(app: &App, task: &TaskKey) -> anyhow::Result<String> {
             ),
             State::Delivered => format!("{} delivered it", link(app, d.id)),
             State::Failed | State::Cancelled => {
-                format!("{} {}: {}", link(app, d.id), d.state.as_str(), d.error)
+                format!(
+                    "{} {}: {}",
+                    link(app, d.id),
+                    d.state.as_str(),
+                    code(&crate::text::clip(&d.error, report::REASON_BYTES))
+                )
             }
         },
     };
@@ -396,9 +406,10 @@ pub async fn on_closed(
         Ok(found) => found,
         Err(ignored) => return Ok(ignored),
     };
+    let key = code(task);
     if app.engine.store.cancel(d.id).await? == Some(State::Queued) {
         let text = format!(
-            "this pull request was closed, so its queued delivery {} of `{task}` was cancelled.",
+            "this pull request was closed, so its queued delivery {} of {key} was cancelled.",
             link(app, d.id)
         );
         gh.comment(repo, number, &text).await?;
@@ -491,16 +502,17 @@ pub async fn on_review(
         return Ok(Handled::Ignored("the delivery had already started".into()));
     }
     let lines = delivery::refusal_lines(&decision);
+    let key = code(task);
     let mut text = format!(
-        "{} and the delivery rules no longer hold, so the queued delivery {} of `{task}` was \
+        "{} and the delivery rules no longer hold, so the queued delivery {} of {key} was \
          cancelled:\n",
         change.words(),
         link(app, d.id)
     );
-    for l in &lines {
-        text.push_str(&format!("\n- {l}"));
-    }
-    text.push_str("\n\nComment `/deliver` once they hold again.");
+    text.push_str(&format!(
+        "\n{}\n\nComment `/deliver` once they hold again.",
+        fenced(&lines.join("\n"))
+    ));
     gh.comment(repo, number, &text).await?;
     report::cancelled_while_queued(app, &d, pull, repo, "a review").await;
     let after = match change.by {
@@ -522,11 +534,11 @@ pub fn rollback_outcome(
 ) -> String {
     match result {
         Ok(d) => format!(
-            "@{requester} rolled back {} of `{}`: its rollback steps ran and the task was moved \
+            "@{requester} rolled back {} of {}: its rollback steps ran and the task was moved \
              back to {}. The upstream branches were not reverted; see the journal on the \
              delivery page.",
             link(app, id),
-            d.task,
+            code(d.task.as_str()),
             code(&app.config().tasks.returned)
         ),
         Err(e) => format!(
@@ -553,5 +565,28 @@ mod tests {
                     .to_string(),
             ]
         ));
+    }
+
+    /// Issue 22: a refusal quotes the rules' messages, which quote branch names and commit
+    /// subjects; an unknown argument of a command is quoted back. Neither is live Markdown.
+    #[test]
+    fn issue22_refusals_and_command_errors_are_never_live_markdown() {
+        use crate::text::markdown::{PAYLOADS, assert_inert};
+        let evil = PAYLOADS.join(" ");
+        assert_inert(&refusal(
+            &format!("TASK-1{evil}"),
+            &[
+                format!("[commit-mentions-task] commit 1a2b3c `{evil}` does not mention `TASK-1`"),
+                format!("[branch-names] branch `feature/{evil}` names no task\n# {evil}"),
+            ],
+        ));
+        for arg in ["`@org/team`", "`![x](http://127.0.0.1/x)`", "`<img`src=x>"] {
+            for line in [format!("/deliver {arg}"), format!("/cancel {arg}")] {
+                for parsed in command::parse(&line) {
+                    let e = parsed.expect_err("a bad argument");
+                    assert_inert(&unknown(&e));
+                }
+            }
+        }
     }
 }

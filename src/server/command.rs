@@ -156,6 +156,15 @@ pub fn parse(comment: &str) -> Vec<Result<BotCommand, ParseError>> {
 }
 
 /// One line: `None` unless it looks like a command (`/word …`).
+/// An argument as the reply quotes it, between single backticks: cut short, and with no
+/// backtick that could close the span early and leave the rest live Markdown.
+fn quotable(arg: &str) -> String {
+    arg.chars()
+        .take(40)
+        .map(|c| if c == '`' { '\'' } else { c })
+        .collect()
+}
+
 fn parse_line(text: &str) -> Option<Result<BotCommand, ParseError>> {
     let rest = text.strip_prefix('/')?;
     if text.len() > MAX_LINE {
@@ -179,7 +188,7 @@ fn parse_line(text: &str) -> Option<Result<BotCommand, ParseError>> {
     };
     let bad = |arg: &str| ParseError::BadArgument {
         command: usage.name,
-        arg: arg.chars().take(40).collect(),
+        arg: quotable(arg),
         usage: usage.usage,
     };
     Some(match usage.name {
@@ -195,9 +204,7 @@ fn parse_line(text: &str) -> Option<Result<BotCommand, ParseError>> {
                 match value.parse::<i64>() {
                     Ok(p) => priority = p,
                     Err(_) => {
-                        return Some(Err(ParseError::BadPriority {
-                            arg: arg.chars().take(40).collect(),
-                        }));
+                        return Some(Err(ParseError::BadPriority { arg: quotable(arg) }));
                     }
                 }
             }

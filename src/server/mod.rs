@@ -15,8 +15,8 @@
 //! - `worker_loop` runs the queue, the jobs the bot hands it, and the pruner.
 //! - `routes` has the router and the read-only endpoints; `views` gathers what they show.
 //! - `grid` works out a delivery's repo × phase grid.
-//! - `markdown` sets untrusted text in comments; `origin` names the pull request a delivery
-//!   was asked for from.
+//! - `origin` names the pull request a delivery was asked for from; untrusted text in
+//!   comments is set by `crate::text::markdown`.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
 //! - `connections` caps the connections held and closes those of slow clients
 //!   (`[server] header_timeout`, `idle_timeout`, `max_connections`).
@@ -37,7 +37,6 @@ mod connections;
 #[cfg(test)]
 mod fixtures;
 mod grid;
-mod markdown;
 pub mod metrics;
 mod origin;
 pub mod page;

@@ -5,18 +5,18 @@
 //! Reports are best effort: GitHub being down never changes a delivery; it is logged.
 
 use super::App;
-use super::markdown::{code, fenced};
 use super::origin::parse_origin;
 use crate::delivery::Cause;
 use crate::delivery::steps;
 use crate::domain::{DeliveryId, Event, Stage, State, StepState};
 use crate::github::{GitHub, GitHubRepo, Pull, StatusState};
 use crate::store::{DeliveryRow, JournalRow, RepoRow, StepRow};
+use crate::text::markdown::{cell, code, fenced};
 use crate::text::{clip, escape};
 
 /// At most this much of a failure's reason goes into a comment (its log excerpt is bounded
 /// by [`crate::text::Tail`]).
-const REASON_BYTES: usize = 1000;
+pub const REASON_BYTES: usize = 1000;
 
 async fn set_status(
     gh: &GitHub,
@@ -180,8 +180,8 @@ pub fn alert_comment(
         Ok(note) => format!(
             "{head}\n\nlockstep rolled it back: the rollback steps ran in reverse order, \
              every repository of the delivery got a revert commit, and the task went back to \
-             its owner.\n\n> {}",
-            clip(&escape(note), REASON_BYTES).replace('\n', " ")
+             its owner.\n\n{}",
+            fenced(&clip(&escape(note), REASON_BYTES))
         ),
         Err(e) => format!(
             "{head}\n\nThe rollback failed: {}\n\nSee the journal on the delivery page, fix \
@@ -255,10 +255,10 @@ pub fn outcome_comment(
             for r in repos {
                 s.push_str(&format!(
                     "| {} | {} | {} on {} |\n",
-                    code(r.repo.as_str()),
-                    code(&r.branch),
-                    code(crate::git::short(&r.rebased_sha)),
-                    code(&upstream_of(r.repo.as_str()))
+                    cell(r.repo.as_str()),
+                    cell(&r.branch),
+                    cell(crate::git::short(&r.rebased_sha)),
+                    cell(&upstream_of(r.repo.as_str()))
                 ));
             }
             s
@@ -290,8 +290,10 @@ pub fn outcome_comment(
                 &failure.message
             };
             if !why.is_empty() {
-                let why = clip(&escape(why), REASON_BYTES).replace('\n', " ");
-                s.push_str(&format!("> {why}\n\n"));
+                s.push_str(&format!(
+                    "{}\n\n",
+                    fenced(&clip(&escape(why), REASON_BYTES))
+                ));
             }
             s.push_str(
                 "Nothing was merged, and what was deployed was rolled back; the task went back \
@@ -355,7 +357,7 @@ pub async fn finished(app: &App, d: &DeliveryRow, state: State) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Phase;
+    use crate::domain::{Phase, TaskKey};
 
     fn d(state: State) -> DeliveryRow {
         let mut d = crate::server::fixtures::delivery(state, "test");
@@ -418,6 +420,92 @@ mod tests {
         assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
         assert!(text.contains("\\x1b]0;owned\\x07fake green"), "{text}");
         assert!(text.contains("[… 2999600 bytes cut] xxx"), "{text}");
+    }
+
+    /// Issue 22: every comment of this file, with untrusted text carrying a mention, an
+    /// image, a link, HTML and backticks in each place it can come from: none of it is live.
+    #[test]
+    fn issue22_untrusted_text_is_never_live_markdown() {
+        use crate::text::markdown::{PAYLOADS, assert_inert};
+        let evil = PAYLOADS.join(" ");
+        let journal = [JournalRow {
+            at: 0,
+            stage: Stage::Phase(Phase::Test),
+            repo: "api".into(),
+            event: Event::Failed,
+            detail: format!("`test` exited with 1: assertion failed: {evil}\n# {evil}"),
+        }];
+        let mut f = failure_facts(&journal, &[]);
+        f.log_tail = format!("{evil}\n```\n{evil}");
+        assert_inert(&failed_comment(&f));
+        let mut cancelled = d(State::Cancelled);
+        cancelled.error = format!("cancelled: {evil}");
+        let text = outcome_comment(
+            "http://q/deliveries/4",
+            &cancelled,
+            State::Cancelled,
+            &[],
+            &|_| "master".into(),
+            &FailureFacts::default(),
+        );
+        assert_inert(&text);
+        let mut delivered = d(State::Delivered);
+        delivered.task = TaskKey::new(format!("TASK-1{evil}"));
+        let repos = [RepoRow {
+            repo: "api".into(),
+            position: 0,
+            branch: format!("feature/TASK-1-{evil}|{evil}\\|{evil}"),
+            branch_sha: "a".repeat(40),
+            base_sha: "b".repeat(40),
+            rebased_sha: "c".repeat(40),
+            deployed: true,
+            merged: true,
+            rolled_back: false,
+        }];
+        let text = outcome_comment(
+            "http://q/deliveries/4",
+            &delivered,
+            State::Delivered,
+            &repos,
+            &|_| format!("master{evil}"),
+            &FailureFacts::default(),
+        );
+        assert_inert(&text);
+
+        let alert: crate::monitor::alert::Alert = serde_json::from_value(serde_json::json!({
+            "status": "firing",
+            "labels": {"alertname": evil, "lockstep_repo": "api", "team": evil},
+            "annotations": {"summary": evil},
+            "startsAt": "2026-11-30T08:50:01Z",
+            "fingerprint": "f",
+        }))
+        .unwrap();
+        let quote = alert.quote();
+        let causes = [
+            Cause::Alert {
+                quote: quote.clone(),
+                fired_ms: None,
+            },
+            Cause::Gate {
+                why: format!("gate `errors`: {evil}"),
+            },
+            Cause::Manual,
+        ];
+        for cause in &causes {
+            for result in [
+                Ok(format!(
+                    "rolled back by lockstep (#4) on the {quote}; reverted: api {evil}"
+                )),
+                Err(anyhow::anyhow!("cannot revert: {evil}")),
+            ] {
+                assert_inert(&alert_comment(
+                    "http://q/deliveries/4",
+                    &delivered,
+                    cause,
+                    &result,
+                ));
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,12 @@
 //! The schema is the files of `migrations/sqlite/`, applied by `sqlx::migrate!` and counted
 //! in sqlx's `_sqlx_migrations` table. Stores written before that counted their versions in a
 //! hand-written `schema_version` table; opening one hands its count over to sqlx once.
+//!
+//! A store records that it exists in a marker beside it, `lockstep.db.id` (an identity and
+//! the time it was made). A marker, not a row: a row lives in the file it would vouch for,
+//! and a file truncated to nothing, or deleted, takes the row with it, so that opening it
+//! would look like a first start and make a new, empty store without a word. With the marker,
+//! an empty or missing database where a store existed is an error that says how to go on.
 
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +53,8 @@ impl Store {
 
     async fn connect(state_dir: &Path) -> anyhow::Result<Store> {
         let path = state_dir.join("lockstep.db");
+        let marker = state_dir.join(MARKER);
+        lost_store(&path, &marker)?;
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
@@ -59,6 +67,11 @@ impl Store {
             .await
             .with_context(|| format!("cannot open the state database `{}`", path.display()))?;
         migrate(&pool).await?;
+        // A new store, or one made before stores were marked.
+        if !marker.exists() {
+            std::fs::write(&marker, identity())
+                .with_context(|| format!("cannot write `{}`", marker.display()))?;
+        }
         Ok(Store::new(Pool::Sqlite(pool)))
     }
 
@@ -70,6 +83,48 @@ impl Store {
             Pool::Postgres(_) => panic!("this store runs on PostgreSQL"),
         }
     }
+}
+
+/// The marker of a store, beside `lockstep.db` in the state folder.
+const MARKER: &str = "lockstep.db.id";
+
+/// What the marker says: an identity for this store, and when it was made.
+fn identity() -> String {
+    let now = super::now_ms();
+    format!(
+        "lockstep store {:x}-{:x}\ncreated {}\n",
+        now,
+        std::process::id(),
+        chrono::DateTime::from_timestamp_millis(now)
+            .map_or_else(|| now.to_string(), |t| t.to_rfc3339())
+    )
+}
+
+/// Refuses a database file that is missing or empty where the marker says a store was made:
+/// its history is gone, and starting afresh would hide that.
+fn lost_store(path: &Path, marker: &Path) -> anyhow::Result<()> {
+    let empty = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+    if !empty {
+        return Ok(());
+    }
+    let Ok(made) = std::fs::read_to_string(marker) else {
+        return Ok(());
+    };
+    let made = crate::text::escape(made.lines().collect::<Vec<_>>().join(", ").trim()).into_owned();
+    let what = if path.exists() {
+        "is empty"
+    } else {
+        "is missing"
+    };
+    anyhow::bail!(
+        "the state database `{}` {what}, yet `{}` says a store was made here ({made}): its \
+         queue and journal are gone. Restore `{}` from a backup, or, to start afresh with an \
+         empty store, remove `{}`",
+        path.display(),
+        marker.display(),
+        path.display(),
+        marker.display()
+    )
 }
 
 /// A write transaction, for every state transition. It takes SQLite's write lock up front
@@ -451,5 +506,57 @@ DROP TABLE hook_decisions;
             format!("{err:#}"),
             "the state database is from a newer lockstep (schema 5); upgrade lockstep"
         );
+    }
+
+    /// Issue 22: a store truncated to nothing, or deleted, is not taken for a first start; the
+    /// error names the file and the two ways on. A first start, and a store made before
+    /// stores were marked, open as before.
+    #[tokio::test]
+    async fn issue22_a_truncated_store_is_an_error_not_a_fresh_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, marker) = (dir.path().join("lockstep.db"), dir.path().join(MARKER));
+        let s = Store::open(dir.path()).await.unwrap();
+        assert!(marker.exists(), "a new store is marked");
+        s.enqueue(&crate::store::scratch::request("T-1", 0))
+            .await
+            .unwrap();
+        s.close().await;
+        for f in ["lockstep.db-wal", "lockstep.db-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(f));
+        }
+        std::fs::File::create(&db).unwrap(); // truncated to 0 bytes
+        let e = format!("{:#}", Store::open(dir.path()).await.err().unwrap());
+        assert!(e.starts_with(&format!("the state database `{}` is empty, yet `{}` says a store was made here (lockstep store ", db.display(), marker.display())), "{e}");
+        assert!(
+            e.ends_with(&format!(
+                "its queue and journal are gone. Restore `{}` from a backup, or, to start \
+                 afresh with an empty store, remove `{}`",
+                db.display(),
+                marker.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::metadata(&db).unwrap().len(),
+            0,
+            "nothing was written"
+        );
+        std::fs::remove_file(&db).unwrap();
+        let e = format!("{:#}", Store::open(dir.path()).await.err().unwrap());
+        assert!(e.contains("` is missing, yet `"), "{e}");
+        assert!(!db.exists());
+
+        // The marker removed: a new, empty store, marked again.
+        std::fs::remove_file(&marker).unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        assert!(s.queued().await.unwrap().is_empty());
+        assert!(marker.exists());
+        s.close().await;
+
+        // A store made before the marker: it is marked when opened, its data kept.
+        std::fs::remove_file(&marker).unwrap();
+        let s = Store::open(dir.path()).await.unwrap();
+        assert!(marker.exists());
+        s.close().await;
     }
 }

@@ -15,6 +15,10 @@
 //! a closed issue has the status `Closed`. Moving replaces the status label (and closes or
 //! reopens the issue) in one update, then comments. Pull requests are not tasks.
 //!
+//! A note is plain text that quotes what lockstep does not trust (step output, failure
+//! reasons, alerts, branch names) and GitHub reads a comment as Markdown: the note is posted
+//! as one fenced block, so a mention, an image or a link in it is shown, not obeyed.
+//!
 //! The client is octocrab with a configurable base URL: the same code talks to
 //! api.github.com, to GitHub Enterprise Server and to the tests' fake.
 
@@ -451,7 +455,8 @@ impl Tracker for GitHubIssues {
             "POST /repos/{}/{}/issues/{number}/comments",
             self.owner, self.repo
         );
-        match self.call(handler.create_comment(number, note)).await? {
+        let body = crate::text::markdown::fenced(note);
+        match self.call(handler.create_comment(number, body)).await? {
             Ok(_) => Ok(()),
             Err(e) => Err(match self.failure(&what, e) {
                 TrackerError::Other { message, .. } => other(format!(

@@ -5,6 +5,7 @@ use crate::util::*;
 
 mod merge;
 mod rollback;
+mod signals;
 mod stops;
 
 /// A policy that the bot's pushes to `db` fall foul of: the hooks judge the bot too.

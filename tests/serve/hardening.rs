@@ -340,3 +340,55 @@ fn the_log_is_coloured_on_a_terminal_unless_no_color() {
     assert!(on_a_terminal(Some("")).iter().all(|l| coloured(l)));
     assert!(!on_a_terminal(Some("1")).iter().any(|l| coloured(l)));
 }
+
+/// Issue 22: a test that prints a team mention, a remote image, a link and HTML fails the
+/// delivery; what it printed reaches the pull request (the failure's reason, the log's last
+/// lines, the `/status` reply) only inside code spans and fenced blocks.
+#[test]
+fn issue22_step_output_reaches_comments_only_as_code() {
+    use crate::util::markdown::{PAYLOAD, assert_inert};
+    let env = Env::new(&["api"]);
+    env.set_tasks(&TASKS_READY.replace(
+        "[TASK-2]\nstatus = \"For Delivery\"",
+        "[TASK-2]\nstatus = \"In Progress\"",
+    ));
+    let heads = push_task_branch(
+        &env,
+        "feature/TASK-2-search",
+        &["api"],
+        &[("FAIL-TEST", &format!("{PAYLOAD}\n"))],
+    );
+    env.set_tasks(TASKS_READY);
+    let gh = FakeGitHub::start(TOKEN);
+    configure(&env, "0s", &github_section(gh.url()));
+    gh.add_pull("acme/api", 8, "alice", "feature/TASK-2-search", &heads[0]);
+    gh.review("acme/api", 8, "bob", "APPROVED");
+    gh.review("acme/api", 8, "carol", "APPROVED");
+    gh.permit("acme/api", "alice", "admin");
+    let serve = ServeProc::start(&env);
+    let say = |id: &str, text: &str| {
+        let body = webhooks::comment("acme/api", 8, "alice", text);
+        let r = webhooks::post(&serve.url, "issue_comment", id, &body, Some(SECRET));
+        assert_eq!(r.status, 200, "{}", r.body);
+    };
+    let comments = || gh.comments("acme/api", 8);
+    say("p-1", "/deliver");
+    wait_until("the failure", LONG, Some(&serve.log), || {
+        comments().len() >= 2
+    });
+    let failure = &comments()[1];
+    // The reason quotes the step's last line, and the log's last lines are there too.
+    assert_eq!(
+        failure
+            .matches("assertion failed: @org/team ![x](http://127.0.0.1/x)")
+            .count(),
+        2,
+        "{failure}"
+    );
+    assert_inert(failure);
+    say("p-2", "/status");
+    let reply = &comments()[2];
+    assert!(reply.contains("assertion failed: @org/team"), "{reply}");
+    assert_inert(reply);
+    assert!(serve.stop(Duration::from_secs(10)).success());
+}

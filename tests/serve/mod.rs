@@ -269,7 +269,7 @@ fn refusals_and_ignored_events() {
     assert_eq!(r.status, 200, "{}", r.body);
     let c = gh.comments("acme/api", 8);
     assert!(
-        c[0].contains("the delivery of `TASK-2` was refused:\n\n- [two-approvals] acme/api#8 has 1 approval(s) by people other than its author; every branch needs a pull request with 2"),
+        c[0].contains("the delivery of `TASK-2` was refused:\n\n```text\n[two-approvals] acme/api#8 has 1 approval(s) by people other than its author; every branch needs a pull request with 2"),
         "{}",
         c[0]
     );
@@ -284,7 +284,7 @@ fn refusals_and_ignored_events() {
     let c = gh.comments("acme/api", 9);
     assert!(
         c[0].contains(
-            "- [task-for-delivery] task `TASK-3` is In Progress; move it to For Delivery first"
+            "\n[task-for-delivery] task `TASK-3` is In Progress; move it to For Delivery first\n"
         ),
         "{}",
         c[0]
@@ -596,7 +596,7 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
         "{reply}"
     );
     assert!(
-        reply.contains("failed: delivery failed in test (api)"),
+        reply.contains("failed: ``delivery failed in test (api)"),
         "{reply}"
     );
     assert!(

@@ -122,7 +122,26 @@ async fn a_move_replaces_the_status_label_and_comments() {
         ["bug", "status: In Progress"],
         "GitHub's spelling"
     );
-    assert_eq!(i.comments, ["ready", note, back]);
+    // GitHub reads a comment as Markdown: each note is one fenced block.
+    let fenced = |t: &str| format!("```text\n{t}\n```");
+    assert_eq!(i.comments, [fenced("ready"), fenced(note), fenced(back)]);
+}
+
+/// Issue 22: a note quoting step output leaves a comment where none of it is live Markdown.
+#[tokio::test]
+async fn issue22_a_note_is_never_live_markdown() {
+    use crate::util::markdown::{PAYLOAD, assert_inert};
+    let fake = fake();
+    fake.add_issue(REPO, 3, "Cart", true, &["status: In Progress"]);
+    let gh = client(&fake);
+    let note = format!(
+        "delivery failed in test (web): `test` exited with 1: {PAYLOAD}\n\n\
+         last lines of the log:\n```\n# {PAYLOAD}\n````\n{PAYLOAD}"
+    );
+    gh.move_to(&"3".into(), "In Progress", &note).await.unwrap();
+    let comment = fake.issue(REPO, 3).comments.pop().unwrap();
+    assert!(comment.contains(PAYLOAD), "{comment}");
+    assert_inert(&comment);
 }
 
 #[tokio::test]

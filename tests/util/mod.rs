@@ -6,6 +6,7 @@ pub mod container;
 pub mod fake_github;
 pub mod fake_jira;
 pub mod http;
+pub mod markdown;
 pub mod monitoring;
 pub mod pipeline;
 pub mod postgres;

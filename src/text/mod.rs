@@ -6,7 +6,10 @@
 //! the screen, set the window title or draw a fake status line; pasted whole into a tracker
 //! note or a pull request comment, a step that printed 50 MB makes a 50 MB note. Every place
 //! that shows such text passes it through [`escape`], and every log excerpt through
-//! [`Tail`].
+//! [`Tail`]. Text bound for GitHub, where comments are Markdown, goes through [`markdown`]:
+//! a mention, an image or a link in it would otherwise be obeyed, not shown.
+
+pub mod markdown;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
