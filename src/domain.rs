@@ -8,7 +8,7 @@
 //! The enums ([`Phase`], [`State`], [`StepState`], [`Source`], [`PrState`]) are stored and
 //! serialized as the lowercase text they always were, the newtypes ([`DeliveryId`],
 //! [`TaskKey`], [`RepoName`]) as the number or text inside: a store written before they were
-//! types reads the same, and `--json` and `/api/*` print the same.
+//! types reads the same, and `--json` and `/api/*` print the same (`store/codec.rs` says how).
 
 use std::fmt;
 use std::ops::Deref;
@@ -16,11 +16,8 @@ use std::ops::Deref;
 use serde::{Deserialize, Serialize};
 
 /// The phases of the delivery line, in their order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum Phase {
     Rebase,
     Build,
@@ -64,9 +61,8 @@ impl Phase {
 }
 
 /// Where a delivery is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum State {
     Queued,
     Running,
@@ -104,21 +100,18 @@ impl State {
 }
 
 /// Where one repository stands in one phase: how its step runs or ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum StepState {
     Running,
     Passed,
     Failed,
     #[serde(rename = "timed out")]
-    #[sqlx(rename = "timed out")]
     TimedOut,
     /// Killed because another repository's step of the same phase failed.
     Stopped,
     /// It could not be started at all.
     #[serde(rename = "not started")]
-    #[sqlx(rename = "not started")]
     NotStarted,
     /// Its worker died while it ran; the next worker stopped it.
     Interrupted,
@@ -153,9 +146,8 @@ impl StepState {
 }
 
 /// Where a delivery request came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum Source {
     /// `lockstep deliver`.
     #[default]
@@ -166,11 +158,16 @@ pub enum Source {
     Tracker,
     /// `/deliver` on a pull request.
     #[serde(rename = "github")]
-    #[sqlx(rename = "github")]
     GitHub,
 }
 
 impl Source {
+    pub const ALL: [Source; 4] = [Source::Cli, Source::Push, Source::Tracker, Source::GitHub];
+
+    pub fn parse(s: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Cli => "cli",
@@ -212,21 +209,9 @@ display_as_str!(Phase, State, StepState, Source, PrState);
 
 /// The id of a delivery in the store, shown as `#12`.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    sqlx::Type,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(transparent)]
-#[sqlx(transparent)]
 pub struct DeliveryId(pub i64);
 
 impl fmt::Display for DeliveryId {
@@ -241,10 +226,8 @@ macro_rules! text_newtype {
         $(#[$doc])*
         #[derive(
             Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-            sqlx::Type,
         )]
         #[serde(transparent)]
-        #[sqlx(transparent)]
         pub struct $name(String);
 
         impl $name {

@@ -7,7 +7,7 @@ use super::Store;
 use crate::domain::DeliveryId;
 
 /// One entry of a delivery's journal.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct JournalRow {
     pub at: i64,
     pub phase: String,
