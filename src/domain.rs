@@ -8,18 +8,15 @@
 //! The enums ([`Phase`], [`State`], [`StepState`], [`Source`], [`PrState`], and the journal's
 //! [`Stage`] and [`Event`]) are stored and serialized as the lowercase text they always were, the newtypes ([`DeliveryId`],
 //! [`TaskKey`], [`RepoName`]) as the number or text inside: a store written before they were
-//! types reads the same, and `--json` and `/api/*` print the same.
+//! types reads the same, and `--json` and `/api/*` print the same (`store/codec.rs` says how).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 /// The phases of the delivery line, in their order.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum Phase {
     Rebase,
     Build,
@@ -63,9 +60,8 @@ impl Phase {
 }
 
 /// Where a delivery is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum State {
     Queued,
     Running,
@@ -103,21 +99,18 @@ impl State {
 }
 
 /// Where one repository stands in one phase: how its step runs or ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum StepState {
     Running,
     Passed,
     Failed,
     #[serde(rename = "timed out")]
-    #[sqlx(rename = "timed out")]
     TimedOut,
     /// Killed because another repository's step of the same phase failed.
     Stopped,
     /// It could not be started at all.
     #[serde(rename = "not started")]
-    #[sqlx(rename = "not started")]
     NotStarted,
     /// Its worker died while it ran; the next worker stopped it.
     Interrupted,
@@ -152,9 +145,8 @@ impl StepState {
 }
 
 /// Where a delivery request came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum Source {
     /// `lockstep deliver`.
     #[default]
@@ -165,11 +157,16 @@ pub enum Source {
     Tracker,
     /// `/deliver` on a pull request.
     #[serde(rename = "github")]
-    #[sqlx(rename = "github")]
     GitHub,
 }
 
 impl Source {
+    pub const ALL: [Source; 4] = [Source::Cli, Source::Push, Source::Tracker, Source::GitHub];
+
+    pub fn parse(s: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Cli => "cli",
@@ -354,43 +351,10 @@ events! {
     Cancelled = "cancelled",
 }
 
-/// [`Stage`] and [`Event`] are stored as their text in both backends, like the derived enums
-/// above, but an unknown text reads back as `Other` instead of failing the whole read.
-macro_rules! stored_as_text {
+/// [`Stage`] and [`Event`] are serialized as their text (and stored so: `store/codec.rs`); an
+/// unknown text reads back as `Other` instead of failing the whole read.
+macro_rules! serialized_as_text {
     ($($t:ident),*) => {$(
-        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
-        where
-            str: sqlx::Type<DB>,
-        {
-            fn type_info() -> DB::TypeInfo {
-                <str as sqlx::Type<DB>>::type_info()
-            }
-            fn compatible(ty: &DB::TypeInfo) -> bool {
-                <str as sqlx::Type<DB>>::compatible(ty)
-            }
-        }
-
-        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $t
-        where
-            for<'a> &'a str: sqlx::Encode<'q, DB>,
-        {
-            fn encode_by_ref(
-                &self,
-                buf: &mut DB::ArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
-            }
-        }
-
-        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
-        where
-            &'r str: sqlx::Decode<'r, DB>,
-        {
-            fn decode(value: DB::ValueRef<'r>) -> Result<$t, sqlx::error::BoxDynError> {
-                Ok($t::parse(<&'r str as sqlx::Decode<'r, DB>>::decode(value)?))
-            }
-        }
-
         impl Serialize for $t {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
@@ -398,7 +362,7 @@ macro_rules! stored_as_text {
         }
     )*};
 }
-stored_as_text!(Stage, Event);
+serialized_as_text!(Stage, Event);
 
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
@@ -413,21 +377,9 @@ display_as_str!(Phase, State, StepState, Source, PrState, Stage, Event);
 
 /// The id of a delivery in the store, shown as `#12`.
 #[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    Serialize,
-    Deserialize,
-    sqlx::Type,
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 #[serde(transparent)]
-#[sqlx(transparent)]
 pub struct DeliveryId(pub i64);
 
 impl fmt::Display for DeliveryId {
@@ -443,10 +395,8 @@ macro_rules! text_newtype {
         $(#[$doc])*
         #[derive(
             Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-            sqlx::Type,
         )]
         #[serde(transparent)]
-        #[sqlx(transparent)]
         pub struct $name(String);
 
         impl $name {

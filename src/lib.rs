@@ -24,6 +24,7 @@
 //! - `hook`: the `pre-receive`, `update` and `post-receive` entry points.
 //! - `install`: `install-hooks`, the shims of `hooks/`.
 //! - `git`: the one place that runs `git`.
+//! - `tls`: the one TLS crypto provider (rustls on ring).
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
 //! - `monitor`: Prometheus gates and Alertmanager alerts, the triggers of rollbacks.
 //! - `delivery`: the delivery line, its steps, and the worker that runs the queue.
@@ -53,6 +54,7 @@ mod runtime;
 mod server;
 mod store;
 mod text;
+mod tls;
 mod tracker;
 mod verdict_counts;
 
@@ -65,6 +67,7 @@ pub use exit::{Exit, is_broken_pipe};
 pub use git::Git;
 pub use github::sign;
 pub use store::Store;
+pub use tls::install as install_tls;
 pub use tracker::file::FileTracker;
 pub use tracker::github::{GitHubIssues, LABEL_PREFIX};
 pub use tracker::jira::Jira;

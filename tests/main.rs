@@ -11,6 +11,7 @@ mod container;
 mod crash;
 mod delivery;
 mod demo;
+mod dependencies;
 mod deploy;
 mod hardening;
 mod help;

@@ -1,15 +1,15 @@
 //! The GitHub API client: reads pull requests, reviews and permissions, writes comments and
 //! commit statuses, as a token or as a GitHub App installation.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use octocrab::Octocrab;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use super::app::App;
 use super::{GitHubRepo, Permission, Pull, ReviewEntry, STATUS_CONTEXT, StatusState};
 use crate::config::{Config, GitHubConfig};
 use crate::domain::PrState;
@@ -25,11 +25,42 @@ pub fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
 /// How the client authenticates.
 enum Auth {
     Token(Octocrab),
-    App {
-        app: Octocrab,
-        /// Installation clients by repository; each caches and refreshes its own token.
-        installations: Mutex<HashMap<GitHubRepo, Octocrab>>,
-    },
+    App(Box<App>),
+}
+
+type Builder = octocrab::OctocrabBuilder<
+    octocrab::NoSvc,
+    octocrab::DefaultOctocrabBuilderConfig,
+    octocrab::NoAuth,
+    octocrab::NotLayerReady,
+>;
+
+/// Where the API is and how long to wait for it: what every client is built from.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    api_url: String,
+    timeout: Duration,
+}
+
+impl Endpoint {
+    /// A builder for a client of the API, its authentication left to the caller.
+    pub fn builder(&self) -> anyhow::Result<Builder> {
+        crate::tls::install();
+        Ok(Octocrab::builder()
+            .base_uri(self.api_url.as_str())
+            .with_context(|| format!("bad `github.api_url` `{}`", self.api_url))?
+            .set_connect_timeout(Some(self.timeout))
+            .set_read_timeout(Some(self.timeout))
+            .set_write_timeout(Some(self.timeout)))
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Endpoint {
+        Endpoint {
+            api_url: "http://127.0.0.1:9".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// The GitHub API client of `lockstep serve`, and of the commands that read pull requests.
@@ -110,11 +141,6 @@ struct PermissionJson {
     role_name: String,
 }
 
-#[derive(Deserialize)]
-struct InstallationJson {
-    id: u64,
-}
-
 /// A GitHub error in one line: the status and GitHub's message, never a backtrace.
 pub fn describe(e: &octocrab::Error) -> String {
     match e {
@@ -164,13 +190,9 @@ impl GitHub {
     /// Builds a client for the API alone (no webhooks), e.g. for `lockstep deliver` to read
     /// pull requests: it needs the token or App key of `[github]`, not the webhook secret.
     pub fn api_only(config: &Config, gh: &GitHubConfig) -> anyhow::Result<GitHub> {
-        let builder = || -> anyhow::Result<octocrab::OctocrabBuilder<_, _, _, _>> {
-            Ok(Octocrab::builder()
-                .base_uri(gh.api_url.as_str())
-                .with_context(|| format!("bad `github.api_url` `{}`", gh.api_url))?
-                .set_connect_timeout(Some(gh.timeout))
-                .set_read_timeout(Some(gh.timeout))
-                .set_write_timeout(Some(gh.timeout)))
+        let endpoint = Endpoint {
+            api_url: gh.api_url.clone(),
+            timeout: gh.timeout,
         };
         let auth = match (gh.app_id, &gh.private_key_path) {
             (Some(app_id), Some(key_path)) => {
@@ -178,22 +200,16 @@ impl GitHub {
                 let pem = std::fs::read(&path).with_context(|| {
                     format!("cannot read the GitHub App key `{}`", path.display())
                 })?;
-                let key = octocrab::jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+                let app = App::new(app_id, &pem, endpoint)
                     .with_context(|| format!("`{}` is not an RSA PEM key", path.display()))?;
-                let app = builder()?
-                    .app(app_id.into(), key)
-                    .build()
-                    .context("cannot build the GitHub client")?;
-                Auth::App {
-                    app,
-                    installations: Mutex::new(HashMap::new()),
-                }
+                Auth::App(Box::new(app))
             }
             _ => {
                 let var = gh.token_env.as_deref().unwrap_or("GITHUB_TOKEN");
                 let token = secret_from_env(var)
                     .context("the GitHub token is missing (`github.token_env`)")?;
-                let crab = builder()?
+                let crab = endpoint
+                    .builder()?
                     .personal_token(token)
                     .build()
                     .context("cannot build the GitHub client")?;
@@ -209,11 +225,8 @@ impl GitHub {
 
     /// Records the App installation a webhook came from, sparing a lookup.
     pub fn remember_installation(&self, repo: &GitHubRepo, id: u64) {
-        if let Auth::App { app, installations } = &self.auth
-            && let Ok(crab) = app.installation(id.into())
-        {
-            let mut map = installations.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(repo.clone()).or_insert(crab);
+        if let Auth::App(app) = &self.auth {
+            app.remember(repo, id);
         }
     }
 
@@ -221,30 +234,7 @@ impl GitHub {
     async fn client(&self, repo: &GitHubRepo) -> anyhow::Result<Octocrab> {
         match &self.auth {
             Auth::Token(crab) => Ok(crab.clone()),
-            Auth::App { app, installations } => {
-                if let Some(c) = installations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(repo)
-                {
-                    return Ok(c.clone());
-                }
-                let route = format!("/repos/{}/{}/installation", repo.owner, repo.name);
-                let inst: InstallationJson = app.get(route, None::<&()>).await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "the GitHub App is not installed on `{repo}`: {}",
-                        describe(&e)
-                    )
-                })?;
-                let crab = app
-                    .installation(inst.id.into())
-                    .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
-                installations
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(repo.clone(), crab.clone());
-                Ok(crab)
-            }
+            Auth::App(app) => app.client(repo).await,
         }
     }
 

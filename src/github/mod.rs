@@ -12,8 +12,10 @@
 //! - this file: pull requests, reviews, permissions and statuses as lockstep reads them, and
 //!   the rules over them (the latest review per reviewer counts).
 //! - `client`: the API client, [`GitHub`], and how it authenticates (token or App).
+//! - `app`: the GitHub App: its JWT, signed with ring, and its installations' tokens.
 //! - `signature`: webhook signatures (`X-Hub-Signature-256`).
 
+mod app;
 mod client;
 mod signature;
 

@@ -85,10 +85,7 @@ impl Prometheus {
             .map_err(|()| anyhow::anyhow!("`prometheus.url = \"{url}\"` cannot take a path"))?
             .pop_if_empty()
             .extend(["api", "v1", "query"]);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("lockstep/", env!("CARGO_PKG_VERSION")))
+        let client = crate::tls::http_client(timeout)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build an HTTP client for Prometheus: {e}"))?;
         Ok(Prometheus {

@@ -7,7 +7,7 @@ use super::Store;
 use crate::domain::{DeliveryId, Phase, Source, State, TaskKey};
 
 /// One delivery, as recorded.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct DeliveryRow {
     pub id: DeliveryId,
     pub task: TaskKey,

@@ -8,11 +8,10 @@ use crate::domain::{DeliveryId, Event, Stage};
 
 /// One entry of a delivery's journal. The stage is stored (and serialized) as `phase`, its
 /// name before the queue, the watch and the reports had entries of their own.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct JournalRow {
     pub at: i64,
     #[serde(rename = "phase")]
-    #[sqlx(rename = "phase")]
     pub stage: Stage,
     pub repo: String,
     pub event: Event,

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - `sqlite`: opening the database under `state_dir`, its write transactions, and its schema
-//!   (the files of `migrations/sqlite/`, applied by `sqlx::migrate!`).
+//!   (the files of `migrations/sqlite/`, embedded by `embed.rs`).
 //! - `transitions`: the queue's state transitions: enqueue, claim, phase, fail, finish,
 //!   requeue, cancel.
 //! - `train`: the pipeline's: claim a candidate, promote it to head, hold its failure, record
@@ -95,8 +95,10 @@ macro_rules! write_tx {
 }
 
 mod alerts;
+mod codec;
 mod copy;
 mod deliveries;
+mod embed;
 mod journal;
 mod lease;
 mod postgres;

@@ -1,6 +1,6 @@
 //! SQLite: opening the database under `state_dir`, its write transactions, and its schema.
 //!
-//! The schema is the files of `migrations/sqlite/`, applied by `sqlx::migrate!` and counted
+//! The schema is the files of `migrations/sqlite/`, embedded by `store/embed.rs` and counted
 //! in sqlx's `_sqlx_migrations` table. Stores written before that counted their versions in a
 //! hand-written `schema_version` table; opening one hands its count over to sqlx once.
 //!
@@ -11,6 +11,7 @@
 //! an empty or missing database where a store existed is an error that says how to go on.
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +22,18 @@ use super::{Pool, Store};
 
 /// The schema: `migrations/sqlite/NNNN_*.sql`, embedded at build time. A migration file is
 /// frozen once released (sqlx keeps its checksum); a change of schema is a new file.
-static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+pub(super) static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    super::embed::migrations!("sqlite":
+        "0001_deliveries_journal_steps",
+        "0002_webhook_deliveries_tracker_seen",
+        "0003_steps_pid",
+        "0004_drop_hook_decisions",
+        "0005_webhook_events",
+        "0006_pipeline",
+        "0007_leases_active_task_step_logs",
+        "0008_alerts",
+    )
+});
 
 /// The last version of the schema as the hand-written `schema_version` table counted it,
 /// before sqlx's `_sqlx_migrations` took over. Its versions 1 to 4 are the migration files

@@ -7,7 +7,7 @@ use super::{Store, now_ms};
 use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 
 /// One step process of a delivery.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StepRow {
     pub id: i64,
     pub repo: RepoName,

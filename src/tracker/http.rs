@@ -34,11 +34,8 @@ impl Http {
         headers: HeaderMap,
     ) -> anyhow::Result<Http> {
         let base = parse_base_url(key, url)?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
+        let client = crate::tls::http_client(timeout)
             .default_headers(headers)
-            .user_agent(concat!("lockstep/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| {
                 anyhow::anyhow!("tracker `{tracker}`: cannot build an HTTP client: {e}")

@@ -37,7 +37,10 @@ fn redmine(test: &str) -> Option<Rm> {
             key: var("REDMINE_API_KEY"),
             admin: var("REDMINE_ADMIN_API_KEY"),
             project: var("REDMINE_PROJECT"),
-            http: reqwest::Client::new(),
+            http: {
+                lockstep::install_tls();
+                reqwest::Client::new()
+            },
         }),
         _ => {
             crate::util::skip(

@@ -22,6 +22,8 @@ impl Resp {
 }
 
 static CLIENT: LazyLock<reqwest::blocking::Client> = LazyLock::new(|| {
+    // reqwest is built without a crypto provider of its own: lockstep installs the one.
+    lockstep::install_tls();
     reqwest::blocking::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(60))

@@ -299,6 +299,48 @@ impl FakeGitHub {
         })
     }
 }
+/// Whether `jwt` is the test App's JWT as GitHub checks one: RS256, signed by the key of
+/// `tests/data/github-app-test-key.pem`, issued for App 77, and within its lifetime.
+fn app_jwt_checks(jwt: &str) -> bool {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let pem = include_str!("../../data/github-app-test-key.pem");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key = ring::signature::RsaKeyPair::from_der(&STANDARD.decode(body).unwrap()).unwrap();
+    let Some((message, signature)) = jwt.rsplit_once('.') else {
+        return false;
+    };
+    let Ok(signature) = URL_SAFE_NO_PAD.decode(signature) else {
+        return false;
+    };
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        key.public().as_ref(),
+    );
+    if public.verify(message.as_bytes(), &signature).is_err() {
+        return false;
+    }
+    let part = |i: usize| -> Option<serde_json::Value> {
+        let raw = URL_SAFE_NO_PAD.decode(message.split('.').nth(i)?).ok()?;
+        serde_json::from_slice(&raw).ok()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    match (part(0), part(1)) {
+        (Some(header), Some(claims)) => {
+            header["alg"] == "RS256"
+                && claims["iss"] == "77"
+                && claims["iat"].as_i64().is_some_and(|t| t <= now)
+                && claims["exp"]
+                    .as_i64()
+                    .is_some_and(|t| t > now && t - now <= 600)
+        }
+        _ => false,
+    }
+}
+
 /// Logs every request and refuses those without a token the fake accepts.
 async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
@@ -313,7 +355,7 @@ async fn guard(State(state): State<Shared>, req: Request, next: Next) -> Respons
     let allowed = {
         let mut s = state.lock().unwrap();
         let allowed = match auth.strip_prefix("Bearer ") {
-            Some(jwt) if app_route => jwt.split('.').count() == 3,
+            Some(jwt) if app_route => app_jwt_checks(jwt),
             Some(token) => s.tokens.iter().any(|t| t == token),
             None => false,
         };
