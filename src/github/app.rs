@@ -23,7 +23,7 @@ use ring::signature::RsaKeyPair;
 use serde::Deserialize;
 
 use super::GitHubRepo;
-use super::client::{Endpoint, describe};
+use super::endpoint::{Endpoint, describe};
 
 /// How long before its expiry an installation token is minted again.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);

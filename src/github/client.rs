@@ -2,7 +2,6 @@
 //! commit statuses, as a token or as a GitHub App installation.
 
 use std::fmt;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use octocrab::Octocrab;
@@ -10,6 +9,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::app::App;
+use super::endpoint::{Endpoint, describe};
 use super::{GitHubRepo, Permission, Pull, ReviewEntry, STATUS_CONTEXT, StatusState};
 use crate::config::{Config, GitHubConfig};
 use crate::domain::PrState;
@@ -26,41 +26,6 @@ pub fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
 enum Auth {
     Token(Octocrab),
     App(Box<App>),
-}
-
-type Builder = octocrab::OctocrabBuilder<
-    octocrab::NoSvc,
-    octocrab::DefaultOctocrabBuilderConfig,
-    octocrab::NoAuth,
-    octocrab::NotLayerReady,
->;
-
-/// Where the API is and how long to wait for it: what every client is built from.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    api_url: String,
-    timeout: Duration,
-}
-
-impl Endpoint {
-    /// A builder for a client of the API, its authentication left to the caller.
-    pub fn builder(&self) -> anyhow::Result<Builder> {
-        crate::tls::install();
-        Ok(Octocrab::builder()
-            .base_uri(self.api_url.as_str())
-            .with_context(|| format!("bad `github.api_url` `{}`", self.api_url))?
-            .set_connect_timeout(Some(self.timeout))
-            .set_read_timeout(Some(self.timeout))
-            .set_write_timeout(Some(self.timeout)))
-    }
-
-    #[cfg(test)]
-    pub fn for_tests() -> Endpoint {
-        Endpoint {
-            api_url: "http://127.0.0.1:9".into(),
-            timeout: Duration::from_secs(1),
-        }
-    }
 }
 
 /// The GitHub API client of `lockstep serve`, and of the commands that read pull requests.
@@ -139,22 +104,6 @@ struct PermissionJson {
     permission: String,
     #[serde(default)]
     role_name: String,
-}
-
-/// A GitHub error in one line: the status and GitHub's message, never a backtrace.
-pub fn describe(e: &octocrab::Error) -> String {
-    match e {
-        octocrab::Error::GitHub { source, .. } => {
-            format!("GitHub answered {}: {}", source.status_code, source.message)
-        }
-        other => {
-            let text = other.to_string();
-            text.lines()
-                .next()
-                .unwrap_or("GitHub call failed")
-                .to_string()
-        }
-    }
 }
 
 fn status_of(e: &octocrab::Error) -> Option<u16> {

@@ -13,10 +13,12 @@
 //!   the rules over them (the latest review per reviewer counts).
 //! - `client`: the API client, [`GitHub`], and how it authenticates (token or App).
 //! - `app`: the GitHub App: its JWT, signed with ring, and its installations' tokens.
+//! - `endpoint`: where the API is, its timeout, and its errors in one line.
 //! - `signature`: webhook signatures (`X-Hub-Signature-256`).
 
 mod app;
 mod client;
+mod endpoint;
 mod signature;
 
 pub use crate::domain::GitHubRepo;
