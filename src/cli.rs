@@ -299,6 +299,9 @@ pub fn init_tracing(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
+        // A log line stderr cannot take (its reader gone, `lockstep queue 2>&1 | head`) is
+        // dropped: reporting that failure on the same stderr panics the thread that logged.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Json => builder.json().try_init(),

@@ -378,3 +378,37 @@ fn issue22_a_truncated_store_is_refused_not_started_afresh() {
     assert!(err.contains("lockstep.db.id`"), "{err}");
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0);
 }
+
+/// A log that cannot be written (stderr's reader gone, as in `lockstep queue 2>&1 | head`)
+/// is dropped: the logger's own report of the failure must not panic a worker thread and
+/// leave the command hanging.
+#[test]
+fn a_debug_log_into_a_closed_stderr_ends_the_command() {
+    let env = Env::new(&["api"]);
+    ready(&env);
+    let mut child = env
+        .command(&["queue"])
+        .env("LOCKSTEP_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`lockstep queue` with a closed stderr still ran after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        matches!(status.code(), Some(0 | 141)),
+        "`lockstep queue` with a closed stderr: {status}"
+    );
+}
