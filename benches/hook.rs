@@ -14,6 +14,10 @@
 //! - a push of 100,000 new commits (made with `git fast-import`), every one checked by the
 //!   per-commit rule `commit-mentions-task` (`each = "commit"`).
 //!
+//! - the bare start: `lockstep --version` against `/bin/true`, what every hook pays before it
+//!   reads a line (and, with `LOCKSTEP_BENCH_BASELINE=/path/to/an/older/lockstep`, that
+//!   binary's start in the same run, to compare two builds).
+//!
 //! Runs in well under three minutes; prints a table and whether the targets are met.
 
 #[path = "../tests/util/mod.rs"]
@@ -245,6 +249,38 @@ fn ms(d: Duration) -> String {
     }
 }
 
+/// Runs of the bare start, per program.
+const START_RUNS: usize = 300;
+
+/// The wall time of starting each program and waiting for it to exit, `START_RUNS` times each,
+/// alternating; the median and the minimum (the least disturbed run) of each.
+fn bare_starts(programs: &[(String, Vec<String>)]) -> Vec<(Duration, Duration)> {
+    let mut times = vec![Vec::with_capacity(START_RUNS); programs.len()];
+    for round in 0..START_RUNS + 20 {
+        for (i, (program, args)) in programs.iter().enumerate() {
+            let t = Instant::now();
+            let status = Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            let took = t.elapsed();
+            assert!(status.success(), "{program} {args:?}: {status}");
+            // The first rounds warm the page cache.
+            if round >= 20 {
+                times[i].push(took);
+            }
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            (percentile(&t, 0.5), t[0])
+        })
+        .collect()
+}
+
 fn main() {
     let started = Instant::now();
     let load_before = load();
@@ -354,5 +390,43 @@ fn main() {
         verdict(big_ok),
         ms(big_stats[0].median)
     );
+
+    let version = vec!["--version".to_string()];
+    let mut programs = vec![
+        ("/bin/true".to_string(), Vec::new()),
+        (util::bin().to_string_lossy().into_owned(), version.clone()),
+    ];
+    let baseline = std::env::var("LOCKSTEP_BENCH_BASELINE").ok();
+    if let Some(b) = &baseline {
+        programs.push((b.clone(), version));
+    }
+    let starts = bare_starts(&programs);
+    println!();
+    println!("bare start, {START_RUNS} runs each, alternating (fork, exec, exit, wait)");
+    println!(
+        "{:<48} {:>11} {:>11} {:>8}",
+        "program", "median", "min", "× true"
+    );
+    for ((program, args), (median, min)) in programs.iter().zip(&starts) {
+        let ratio = median.as_secs_f64() / starts[0].0.as_secs_f64();
+        println!(
+            "{:<48} {:>11} {:>11} {:>7.2}×",
+            format!("{program} {}", args.join(" ")),
+            ms(*median),
+            ms(*min),
+            ratio
+        );
+    }
+    let start_ratio = starts[1].0.as_secs_f64() / starts[0].0.as_secs_f64();
+    println!(
+        "target: bare start ≤ 2.5× /bin/true ........ {} ({start_ratio:.2}×)",
+        verdict(start_ratio <= 2.5)
+    );
+    if baseline.is_some() {
+        println!(
+            "this build's start / the baseline's: {:.2}× (median)",
+            starts[1].0.as_secs_f64() / starts[2].0.as_secs_f64()
+        );
+    }
     println!("total benchmark time: {}", ms(started.elapsed()));
 }
