@@ -67,6 +67,7 @@ pub use exit::{Exit, is_broken_pipe};
 pub use git::Git;
 pub use github::sign;
 pub use store::Store;
+pub use text::markdown::live_text as markdown_live_text;
 pub use tls::install as install_tls;
 pub use tracker::file::FileTracker;
 pub use tracker::github::{GitHubIssues, LABEL_PREFIX};

@@ -5,16 +5,30 @@
 //! migrated by `migrate!` open unchanged.
 //!
 //! A migration file is frozen once released (its checksum is kept in `_sqlx_migrations`); a
-//! change of schema is a new file, listed in [`migrations!`]'s two calls. A test holds the
-//! lists against the folders.
+//! change of schema is a new file in each dialect's folder, listed once in [`migrations!`]. A
+//! test holds the list against both folders.
 
 use std::borrow::Cow;
 
 use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-/// The migrations of `migrations/$dialect/`, by file name without `.sql`.
+/// The migrations of `migrations/$dialect/`: the same files, version for version, in each
+/// dialect's folder (`migrations/README.md`), by file name without `.sql`.
 macro_rules! migrations {
+    ($dialect:literal) => {
+        $crate::store::embed::migrations!(
+            $dialect:
+            "0001_deliveries_journal_steps",
+            "0002_webhook_deliveries_tracker_seen",
+            "0003_steps_pid",
+            "0004_drop_hook_decisions",
+            "0005_webhook_events",
+            "0006_pipeline",
+            "0007_leases_active_task_step_logs",
+            "0008_alerts",
+        )
+    };
     ($dialect:literal: $($file:literal),* $(,)?) => {
         $crate::store::embed::migrator(&[$(
             (

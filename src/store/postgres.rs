@@ -18,18 +18,8 @@ use super::{Pool, Store};
 const IDLE_IN_TRANSACTION: &str = "2s";
 
 /// The schema: `migrations/postgres/NNNN_*.sql`, embedded at build time.
-pub(super) static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
-    super::embed::migrations!("postgres":
-        "0001_deliveries_journal_steps",
-        "0002_webhook_deliveries_tracker_seen",
-        "0003_steps_pid",
-        "0004_drop_hook_decisions",
-        "0005_webhook_events",
-        "0006_pipeline",
-        "0007_leases_active_task_step_logs",
-        "0008_alerts",
-    )
-});
+pub(super) static MIGRATOR: LazyLock<Migrator> =
+    LazyLock::new(|| super::embed::migrations!("postgres"));
 
 impl Store {
     /// Opens the PostgreSQL store whose URL is in the variable `var`, and brings its schema up

@@ -22,18 +22,8 @@ use super::{Pool, Store};
 
 /// The schema: `migrations/sqlite/NNNN_*.sql`, embedded at build time. A migration file is
 /// frozen once released (sqlx keeps its checksum); a change of schema is a new file.
-pub(super) static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
-    super::embed::migrations!("sqlite":
-        "0001_deliveries_journal_steps",
-        "0002_webhook_deliveries_tracker_seen",
-        "0003_steps_pid",
-        "0004_drop_hook_decisions",
-        "0005_webhook_events",
-        "0006_pipeline",
-        "0007_leases_active_task_step_logs",
-        "0008_alerts",
-    )
-});
+pub(super) static MIGRATOR: LazyLock<Migrator> =
+    LazyLock::new(|| super::embed::migrations!("sqlite"));
 
 /// The last version of the schema as the hand-written `schema_version` table counted it,
 /// before sqlx's `_sqlx_migrations` took over. Its versions 1 to 4 are the migration files

@@ -347,30 +347,8 @@ fn the_log_is_coloured_on_a_terminal_unless_no_color() {
 #[test]
 fn issue22_step_output_reaches_comments_only_as_code() {
     use crate::util::markdown::{PAYLOAD, assert_inert};
-    let env = Env::new(&["api"]);
-    env.set_tasks(&TASKS_READY.replace(
-        "[TASK-2]\nstatus = \"For Delivery\"",
-        "[TASK-2]\nstatus = \"In Progress\"",
-    ));
-    let heads = push_task_branch(
-        &env,
-        "feature/TASK-2-search",
-        &["api"],
-        &[("FAIL-TEST", &format!("{PAYLOAD}\n"))],
-    );
-    env.set_tasks(TASKS_READY);
-    let gh = FakeGitHub::start(TOKEN);
-    configure(&env, "0s", &github_section(gh.url()));
-    gh.add_pull("acme/api", 8, "alice", "feature/TASK-2-search", &heads[0]);
-    gh.review("acme/api", 8, "bob", "APPROVED");
-    gh.review("acme/api", 8, "carol", "APPROVED");
-    gh.permit("acme/api", "alice", "admin");
-    let serve = ServeProc::start(&env);
-    let say = |id: &str, text: &str| {
-        let body = webhooks::comment("acme/api", 8, "alice", text);
-        let r = webhooks::post(&serve.url, "issue_comment", id, &body, Some(SECRET));
-        assert_eq!(r.status, 200, "{}", r.body);
-    };
+    let (_env, gh, serve, _) = failing_pull_request(&format!("{PAYLOAD}\n"));
+    let say = |id: &str, text: &str| alice_says(&serve, id, text);
     let comments = || gh.comments("acme/api", 8);
     say("p-1", "/deliver");
     wait_until("the failure", LONG, Some(&serve.log), || {

@@ -540,8 +540,10 @@ fn github_app_installation_tokens() {
     }
 }
 
-#[test]
-fn failed_delivery_is_reported_then_retried_and_rolled_back() {
+/// `TASK-2` on `api` with a test that fails printing `fails_with`, pull request 8 approved
+/// twice and opened by alice, an admin; `lockstep serve` running over the fake GitHub. Also
+/// the pull request's head.
+pub fn failing_pull_request(fails_with: &str) -> (Env, FakeGitHub, ServeProc, String) {
     let env = Env::new(&["api"]);
     env.set_tasks(&TASKS_READY.replace(
         "[TASK-2]\nstatus = \"For Delivery\"",
@@ -551,7 +553,7 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
         &env,
         "feature/TASK-2-search",
         &["api"],
-        &[("FAIL-TEST", "search returns nothing\n")],
+        &[("FAIL-TEST", fails_with)],
     );
     env.set_tasks(TASKS_READY);
     let gh = FakeGitHub::start(TOKEN);
@@ -561,11 +563,21 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
     gh.review("acme/api", 8, "carol", "APPROVED");
     gh.permit("acme/api", "alice", "admin");
     let serve = ServeProc::start(&env);
-    let say = |id: &str, text: &str| {
-        let body = webhooks::comment("acme/api", 8, "alice", text);
-        let r = webhooks::post(&serve.url, "issue_comment", id, &body, Some(SECRET));
-        assert_eq!(r.status, 200, "{}", r.body);
-    };
+    let head = heads[0].clone();
+    (env, gh, serve, head)
+}
+
+/// alice's comment `text` on pull request 8, as webhook `id`; the bot must take it.
+pub fn alice_says(serve: &ServeProc, id: &str, text: &str) {
+    let body = webhooks::comment("acme/api", 8, "alice", text);
+    let r = webhooks::post(&serve.url, "issue_comment", id, &body, Some(SECRET));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn failed_delivery_is_reported_then_retried_and_rolled_back() {
+    let (env, gh, serve, head) = failing_pull_request("search returns nothing\n");
+    let say = |id: &str, text: &str| alice_says(&serve, id, text);
     let comments = || gh.comments("acme/api", 8);
 
     say("f-1", "/deliver");
@@ -584,7 +596,7 @@ fn failed_delivery_is_reported_then_retried_and_rolled_back() {
     );
     assert!(failure.contains("comment `/retry`"), "{failure}");
     assert_eq!(
-        gh.last_status(&heads[0]),
+        gh.last_status(&head),
         ("failure".into(), "#1 failed in test".into())
     );
     assert_eq!(task_status(&env, "TASK-2"), "In Progress");
