@@ -1,10 +1,11 @@
 //! Deliveries: one task, several repositories, all or nothing.
 //!
 //! - [`request`] checks a delivery request against the `on = "deliver"` rules and queues it.
-//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue:
-//!   one delivery at a time (`[delivery] window = 1`), or as a pipeline ([`train`]): the head
-//!   deploys while the deliveries behind it are built and tested on top of it (`slots` shares
-//!   the step slots between them).
+//! - [`worker`] holds the ecosystem's worker lock, recovers after a crash, and works the queue
+//!   in one loop for every edge: one delivery at a time (`[delivery] window = 1`), or as a
+//!   pipeline ([`train`]): the head deploys while the deliveries behind it are built and
+//!   tested on top of it (`slots` shares the step slots between them); and the jobs the edge
+//!   hands it (the server's rollbacks) whenever nothing is deploying.
 //! - [`line`](mod@line) is the delivery line: `engine` runs a delivery through its phases
 //!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a

@@ -1,8 +1,8 @@
-//! The server's background loops: the worker that holds the queue and runs it (one delivery
-//! at a time, or as a pipeline), reporting each delivery to GitHub, with the jobs the bot
-//! hands it, run whenever no delivery is deploying (among them the rollbacks of watched
-//! deliveries, and the gates sampled during a watch); and the pruner of old webhook ids and
-//! alerts.
+//! The server's background loops: the worker's edge, which takes the queue's lease when this
+//! replica can and runs the one worker loop (`delivery::worker::run`) under it, reporting
+//! each delivery to GitHub and handing it the jobs the bot queues, run whenever no delivery
+//! is deploying (among them the rollbacks of watched deliveries, and the gates sampled during
+//! a watch); and the pruner of old webhook ids and alerts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,21 +10,26 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::{App, Job, bot, report, stopped};
-use crate::delivery::worker;
-use crate::delivery::{Cause, train};
+use crate::delivery::Cause;
+use crate::delivery::worker::{self, Cut, End, Idle};
 use crate::domain::{DeliveryId, State};
 use crate::store::{DeliveryRow, Lease, now_ms};
 
-/// Reports the pipeline's deliveries to GitHub as they start and end, and watches the gates
-/// of those that landed.
-struct Reporter<'a> {
+/// The server as the edge of the worker: it reports each delivery to GitHub and watches the
+/// gates of those that landed, runs the jobs its bot and alerts queue, waits for deliveries
+/// when the queue is empty, and stops the worker at its shutdown.
+struct Server<'a> {
     app: Arc<App>,
-    /// The worker's jobs, run whenever the pipeline has nothing deploying.
+    /// Locked by the worker alone: its one task takes jobs, waits for them, and runs them.
     jobs: tokio::sync::Mutex<&'a mut mpsc::UnboundedReceiver<Job>>,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
 }
 
 #[async_trait::async_trait]
-impl train::TrainWatcher for Reporter<'_> {
+impl worker::Edge for Server<'_> {
+    type Job = Job;
+
     async fn started(&self, d: &DeliveryRow) {
         report::started(&self.app, d).await;
     }
@@ -34,14 +39,25 @@ impl train::TrainWatcher for Reporter<'_> {
             watch_gates(&self.app, d.id);
         }
     }
-    async fn between(&self) -> bool {
+    async fn next_job(&self) -> Option<Job> {
+        self.jobs.lock().await.try_recv().ok()
+    }
+    async fn run_job(&self, job: Job) {
+        run_job(&self.app, job).await;
+    }
+    /// Waits for a delivery, a job, or a second to pass.
+    async fn idle(&self) -> Idle<Job> {
         let mut jobs = self.jobs.lock().await;
-        let mut ran = false;
-        while let Ok(job) = jobs.try_recv() {
-            run_job(&self.app, job).await;
-            ran = true;
+        tokio::select! {
+            _ = self.app.wake.notified() => Idle::Again,
+            job = jobs.recv() => job.map_or(Idle::Again, Idle::Job),
+            // Deliveries queued by other processes and replicas (`git push -o deliver`, the
+            // CLI, webhooks another replica took).
+            _ = tokio::time::sleep(Duration::from_secs(1)) => Idle::Again,
         }
-        ran
+    }
+    fn shutdown(&self) -> Option<(watch::Receiver<bool>, Duration)> {
+        Some((self.stop.clone(), self.grace))
     }
 }
 
@@ -57,8 +73,8 @@ enum Spell {
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 
 /// Works the queue whenever this replica holds the lease: stands by until it can take it,
-/// recovers what the previous worker left, then runs the queue one delivery at a time,
-/// reporting to GitHub, until the server stops (the lease is let go at once) or the lease is
+/// recovers what the previous worker left, then runs the queue (one delivery at a time, or as
+/// a pipeline), reporting to GitHub, until the server stops (the lease is let go at once) or the lease is
 /// lost (the delivery in progress is stopped, its steps killed, and the replica stands by).
 pub async fn worker_loop(
     app: Arc<App>,
@@ -97,7 +113,7 @@ pub async fn worker_loop(
             }
             Err(e) => tracing::error!("recovery failed: {e:#}"),
         }
-        match lead(&app, &lease, &mut jobs, &mut stop, grace).await {
+        match lead(&app, &lease, &mut jobs, &stop, grace).await {
             Spell::Stopped => {
                 lease.release().await;
                 return;
@@ -112,141 +128,62 @@ pub async fn worker_loop(
     }
 }
 
-/// Runs the queue while `lease` holds.
+/// Runs the queue while `lease` holds (see `worker::run`); a broken run is logged and run
+/// again a second later.
 async fn lead(
     app: &Arc<App>,
     lease: &Lease,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
-    stop: &mut watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
     grace: Duration,
 ) -> Spell {
+    let server = Server {
+        app: app.clone(),
+        jobs: tokio::sync::Mutex::new(jobs),
+        stop: stop.clone(),
+        grace,
+    };
     loop {
-        if *stop.borrow() {
-            return Spell::Stopped;
-        }
-        if lease.is_lost() {
-            return Spell::Lost;
-        }
-        if let Ok(job) = jobs.try_recv() {
-            run_job(app, job).await;
-            continue;
-        }
-        if app.config().delivery.window > 1 {
-            // The pipeline runs until the queue is empty; jobs (rollbacks) run whenever
-            // nothing is deploying, so an alert's revert does not wait for the queue.
-            let reporter = Reporter {
-                app: app.clone(),
-                jobs: tokio::sync::Mutex::new(&mut *jobs),
-            };
-            let mut never = |_: DeliveryId, _: State| false;
-            let until = train::Until {
-                done: &mut never,
-                shutdown: Some((stop.clone(), grace)),
-            };
-            // Dropping the pipeline (a lost lease) kills its steps' process groups; what it
-            // journaled lets the replica that holds the lease now recover it.
-            let ran = tokio::select! {
-                r = train::run(&app.engine, &reporter, until) => r,
-                _ = lease.lost() => {
-                    tracing::error!(
+        match worker::run(&app.engine, lease, &server).await {
+            Ok(End::Stopped { cut }) => {
+                if let Some(Cut::Delivery { id, task }) = cut {
+                    tracing::warn!(
+                        delivery = id.0,
+                        task = %task,
+                        "stopped during shutdown; it is recovered at the next start"
+                    );
+                }
+                return Spell::Stopped;
+            }
+            Ok(End::LeaseLost { cut }) => {
+                match cut {
+                    Some(Cut::Delivery { id, task }) => tracing::error!(
+                        delivery = id.0,
+                        task = %task,
+                        "stopped: the lease was lost; the replica that holds it now recovers it"
+                    ),
+                    Some(Cut::Pipeline) => tracing::error!(
                         "the pipeline stopped: the lease was lost; the replica that holds it \
                          now recovers its deliveries"
-                    );
-                    return Spell::Lost;
+                    ),
+                    None => {}
                 }
-            };
-            if let Err(e) = ran {
-                tracing::error!("the pipeline broke: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            if *stop.borrow() {
-                return Spell::Stopped;
-            }
-            if let Some(spell) = idle(app, lease, jobs, stop).await {
-                return spell;
-            }
-            continue;
-        }
-        let next = match app.engine.store.claim_next().await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!("cannot read the queue: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Some(d) = next else {
-            if let Some(spell) = idle(app, lease, jobs, stop).await {
-                return spell;
-            }
-            continue;
-        };
-        report::started(app, &d).await;
-        let delivering = app.engine.deliver(&d);
-        tokio::pin!(delivering);
-        let mut stop_seen = stop.clone();
-        // Dropping the delivery (a lost lease, a shutdown past its grace) kills its steps'
-        // process groups; what it journaled so far lets the next worker recover it.
-        let outcome = tokio::select! {
-            r = &mut delivering => Ok(r),
-            _ = lease.lost() => Err(Spell::Lost),
-            _ = async { stopped(&mut stop_seen).await; tokio::time::sleep(grace).await } => {
-                Err(Spell::Stopped)
-            }
-        };
-        match outcome {
-            Ok(Ok(state)) => {
-                report::finished(app, &d, state).await;
-                if state == State::Delivered {
-                    watch_gates(app, d.id);
-                }
-            }
-            Ok(Err(e)) => {
-                // The line could not even journal its failure (the store is gone, or the
-                // lease was lost and the write refused).
-                tracing::error!(delivery = d.id.0, task = %d.task, "the delivery broke: {e:#}");
-            }
-            Err(Spell::Lost) => {
-                tracing::error!(
-                    delivery = d.id.0,
-                    task = %d.task,
-                    "stopped: the lease was lost; the replica that holds it now recovers it"
-                );
                 return Spell::Lost;
             }
-            Err(Spell::Stopped) => {
-                tracing::warn!(
-                    delivery = d.id.0,
-                    task = %d.task,
-                    "stopped during shutdown; it is recovered at the next start"
-                );
-                return Spell::Stopped;
+            // The server's worker waits when the queue is empty; were it ever done, it looks
+            // at the queue again.
+            Ok(End::Done) => {}
+            Err(e) => {
+                // The store is gone, or the line could not even journal a failure.
+                tracing::error!("the worker broke: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// Waits, the queue being empty, for a delivery, a job (run here), a second to pass, or the
-/// end of this spell.
-async fn idle(
-    app: &App,
-    lease: &Lease,
-    jobs: &mut mpsc::UnboundedReceiver<Job>,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<Spell> {
-    tokio::select! {
-        _ = app.wake.notified() => {}
-        job = jobs.recv() => if let Some(job) = job { run_job(app, job).await },
-        // Deliveries queued by other processes and replicas (`git push -o deliver`, the CLI,
-        // webhooks another replica took).
-        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        _ = lease.lost() => return Some(Spell::Lost),
-        _ = stopped(stop) => return Some(Spell::Stopped),
-    }
-    None
-}
-
+/// Runs one of the jobs the bot and the alerts queue (a new kind of job is a variant of
+/// `Job` and its arm here).
 async fn run_job(app: &App, job: Job) {
     match job {
         Job::Rollback {

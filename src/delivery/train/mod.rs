@@ -33,8 +33,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// How often the upstreams' tips are read (`git ls-remote`) while deliveries are prepared.
 const TIPS_EVERY: Duration = Duration::from_secs(2);
 
-/// Whoever wants to know when a delivery of the pipeline starts and ends (the server reports
-/// to GitHub).
+/// Whoever wants to know when a delivery of the pipeline starts and ends, and has work for
+/// the moments nothing deploys: the worker, on behalf of its edge (`worker::Edge`).
 #[async_trait::async_trait]
 pub trait TrainWatcher: Send + Sync {
     async fn started(&self, _d: &DeliveryRow) {}
@@ -46,11 +46,6 @@ pub trait TrainWatcher: Send + Sync {
         false
     }
 }
-
-/// Nobody but the engine's own progress.
-pub struct Quiet;
-
-impl TrainWatcher for Quiet {}
 
 /// When the pipeline stops: a function of each delivery that ends (true: stop now), and a
 /// shutdown signal with the time the head gets to finish.
