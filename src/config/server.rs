@@ -29,8 +29,10 @@ pub struct Server {
     /// How often the queue page reloads itself. Default `5s`.
     #[serde(default = "default_refresh", with = "duration")]
     pub refresh: Duration,
-    /// On SIGTERM or ctrl-c, how long a running delivery may take to finish before it is
-    /// stopped where it is (and recovered at the next start). Default `20s`.
+    /// On SIGTERM or ctrl-c (of `lockstep serve` or `lockstep work`), how long what runs (a
+    /// delivery; with a pipeline, the head's release and every candidate's preparation) may
+    /// take to finish before it is stopped where it is (and recovered at the next start).
+    /// Default `20s`.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
     /// How long a client has to send a request's head (its line and headers), from the

@@ -7,8 +7,10 @@
 //! takes over once it expires (see the store's `lease`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use tokio::sync::watch;
 
 use super::line::{Engine, Progress};
 use crate::config::Config;
@@ -47,27 +49,53 @@ pub async fn engine(config: Config, progress: Progress) -> anyhow::Result<Engine
 /// Runs queued deliveries until `done` says stop (checked after each) or the queue is empty:
 /// one at a time with `[delivery] window = 1`, as a pipeline otherwise. Losing the lease
 /// stops the deliveries in progress at once (their steps are killed) and ends the work with
-/// an error: the worker that took over recovers them.
+/// an error: the worker that took over recovers them. When `shutdown` (a flag and a grace)
+/// turns true, nothing new starts and what runs gets the grace to finish; what is left then
+/// is stopped and recovered by the next worker.
 pub async fn work(
     engine: &Engine,
     lease: &Lease,
     mut done: impl FnMut(DeliveryId, State) -> bool + Send,
+    shutdown: Option<(watch::Receiver<bool>, Duration)>,
 ) -> anyhow::Result<()> {
     if engine.config.delivery.window > 1 {
         let until = super::train::Until {
             done: &mut done,
-            shutdown: None,
+            shutdown,
         };
         return tokio::select! {
             r = super::train::run(engine, &super::train::Quiet, until) => r,
             () = lease.lost() => Err(lost_lease()),
         };
     }
-    while let Some(d) = engine.store.claim_next().await? {
+    let stopping = |s: &Option<(watch::Receiver<bool>, Duration)>| {
+        s.as_ref().is_some_and(|(flag, _)| *flag.borrow())
+    };
+    while !stopping(&shutdown)
+        && let Some(d) = engine.store.claim_next().await?
+    {
+        let past_grace = async {
+            match shutdown.clone() {
+                Some((mut flag, grace)) => {
+                    let _ = flag.wait_for(|stop| *stop).await;
+                    tokio::time::sleep(grace).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         let state = tokio::select! {
             state = engine.deliver(&d) => state?,
             () = lease.lost() => {
                 return Err(lost_lease().context(format!("#{} {}", d.id, d.task)));
+            }
+            // Dropping the delivery stops its step; what it journaled lets the next worker
+            // recover it.
+            () = past_grace => {
+                engine.say(&format!(
+                    "#{} {}: stopped past the shutdown grace; it is recovered at the next start",
+                    d.id, d.task
+                ));
+                return Ok(());
             }
         };
         if done(d.id, state) {

@@ -25,10 +25,12 @@
 //! whole: [`serve`], [`run_cli`].
 //!
 //! Shutdown (SIGTERM, ctrl-c): the listener stops taking requests and lets the ones in
-//! flight finish (a connection that has not sent a whole request head is closed); the worker takes no new delivery. A running delivery gets
-//! `[server] shutdown_grace` to finish; past that it is stopped where it is (its step killed,
-//! every transition so far already journaled) and `recover` finishes or undoes it at the next
-//! start: build and test resume, deploy and verify are rolled back, a merge is reconciled.
+//! flight finish (a connection that has not sent a whole request head is closed); the worker
+//! takes no new delivery. What runs (the delivery, or with a pipeline the head's release and
+//! every candidate's preparation) gets `[server] shutdown_grace` to finish; past that it is
+//! stopped where it is (its steps stopped, every transition so far already journaled) and
+//! `recover` finishes or undoes it at the next start: build and test resume (a candidate's
+//! from its rebase), deploy and verify are rolled back, a merge is reconciled.
 
 mod alertmanager;
 pub mod bot;

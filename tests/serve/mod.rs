@@ -12,6 +12,7 @@ use crate::util::*;
 mod hardening;
 mod page;
 mod reviews;
+mod shutdown;
 mod slow_clients;
 
 const TASKS_READY: &str = r#"[TASK-1]
