@@ -18,6 +18,8 @@
 //! - `origin` names the pull request a delivery was asked for from; untrusted text in
 //!   comments is set by `crate::text::markdown`.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
+//! - `access` asks for the read token (`[server] read_token_env`) on every route but the
+//!   webhooks and `/healthz`.
 //! - `connections` caps the connections held and closes those of slow clients
 //!   (`[server] header_timeout`, `idle_timeout`, `max_connections`).
 //!
@@ -32,6 +34,7 @@
 //! `recover` finishes or undoes it at the next start: build and test resume (a candidate's
 //! from its rebase), deploy and verify are rolled back, a merge is reconciled.
 
+mod access;
 mod alertmanager;
 pub mod bot;
 pub mod command;
@@ -110,6 +113,9 @@ pub struct App {
     pub tracker_secret: Option<SecretString>,
     /// The bearer token of `POST /webhooks/alertmanager` (`[alertmanager] token_env`).
     pub alertmanager_token: Option<SecretString>,
+    /// The token every route but the webhooks and `/healthz` asks for (`[server]
+    /// read_token_env`); none: they are public.
+    pub read_token: Option<SecretString>,
     /// Wakes the worker when a delivery was queued.
     pub wake: Notify,
     /// Serialises tracker polls (the timer and `/webhooks/tracker`).
@@ -167,6 +173,13 @@ pub async fn prepare(
         ),
         None => None,
     };
+    let read_token = match &config.server.read_token_env {
+        Some(var) => Some(
+            crate::github::secret_from_env(var)
+                .context("the read token is missing (`server.read_token_env`)")?,
+        ),
+        None => None,
+    };
     let public_url = match &config.server.public_url {
         Some(_) => config.server.public_url(),
         None => format!("http://{}", listener.local_addr()?),
@@ -182,6 +195,7 @@ pub async fn prepare(
         metrics: metrics::Metrics::default(),
         tracker_secret,
         alertmanager_token,
+        read_token,
         wake: Notify::new(),
         poll_lock: tokio::sync::Mutex::new(()),
         jobs,
@@ -214,6 +228,12 @@ pub async fn run(
     let poller = tokio::spawn(poller::run(app.clone(), poll_every, stop_rx.clone()));
     let pruner = tokio::spawn(worker_loop::prune_loop(app.clone(), stop_rx.clone()));
 
+    if app.read_token.is_none() {
+        tracing::warn!(
+            "the queue page, step logs, /api/* and /metrics are public: anyone who reaches \
+             this port reads them; set `server.read_token_env` to ask for a token"
+        );
+    }
     tracing::info!(
         address = %listener.local_addr()?,
         public_url = %app.public_url,

@@ -11,6 +11,7 @@ use crate::util::*;
 
 mod hardening;
 mod page;
+mod read_token;
 mod reviews;
 mod shutdown;
 mod slow_clients;
