@@ -113,7 +113,7 @@ async fn follow(engine: &Engine, id: DeliveryId) -> anyhow::Result<State> {
         }
         if let Some(lease) = worker::try_lead(engine).await? {
             worker::recover(engine).await?;
-            worker::work(engine, &lease, |done, _| done == id).await?;
+            worker::work(engine, &lease, |done, _| done == id, None).await?;
             lease.release().await;
             if !engine.store.queued().await?.is_empty() {
                 // Nobody else may be around to run the rest.
@@ -153,18 +153,31 @@ fn report(d: &DeliveryRow, state: State) -> anyhow::Result<Exit> {
 }
 
 /// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
+/// On SIGTERM or ctrl-c it takes nothing new, gives what runs `[server] shutdown_grace` to
+/// finish, and leaves the rest to the next worker's recovery, as `lockstep serve` does.
 pub fn work(at: &Located) -> anyhow::Result<Exit> {
     let config = load(at)?;
+    let grace = config.server.shutdown_grace;
     runtime()?.block_on(async move {
         let engine = worker::engine(config, printer()).await?;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            crate::server::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
         loop {
             let Some(lease) = worker::try_lead(&engine).await? else {
                 say!("another worker holds the queue; nothing to do");
                 return Ok(Exit::Success);
             };
             worker::recover(&engine).await?;
-            worker::work(&engine, &lease, |_, _| false).await?;
+            let shutdown = Some((stop.clone(), grace));
+            worker::work(&engine, &lease, |_, _| false, shutdown).await?;
             lease.release().await;
+            if *stop.borrow() {
+                say!("stopped; a delivery left unfinished is recovered by the next worker");
+                return Ok(Exit::Success);
+            }
             // A delivery queued after the queue was found empty, but before the lock was let
             // go, has a worker started for it that found the lock taken: look once more.
             if engine.store.queued().await?.is_empty() {

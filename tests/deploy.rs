@@ -152,7 +152,8 @@ fn the_deployment_is_restricted_probed_and_keeps_secrets_in_the_secret() {
         [
             "LOCKSTEP_WEBHOOK_SECRET",
             "GITHUB_TOKEN",
-            "LOCKSTEP_DATABASE_URL"
+            "LOCKSTEP_DATABASE_URL",
+            "LOCKSTEP_READ_TOKEN"
         ]
     );
     assert!(
@@ -170,6 +171,11 @@ fn the_deployment_is_restricted_probed_and_keeps_secrets_in_the_secret() {
     assert_eq!(
         parsed.store.url_env.as_deref(),
         Some("LOCKSTEP_DATABASE_URL")
+    );
+    // The page, logs, /api and /metrics ask for the Secret's read token.
+    assert_eq!(
+        parsed.server.read_token_env.as_deref(),
+        Some("LOCKSTEP_READ_TOKEN")
     );
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(Duration::from_secs(grace) >= parsed.server.shutdown_grace + Duration::from_secs(5));

@@ -22,6 +22,11 @@ pub struct Server {
     /// The variable holding the shared secret of `POST /webhooks/tracker` (sent in the header
     /// `X-Lockstep-Token`). Default: none, and that endpoint answers 404.
     pub tracker_secret_env: Option<String>,
+    /// The variable holding the token that the queue page, step logs, `/api/*` and
+    /// `/metrics` ask for (`Authorization: Bearer <token>`, or HTTP Basic auth with the token
+    /// as password). Default: none, and they are public; the webhooks and `/healthz` never
+    /// ask for it.
+    pub read_token_env: Option<String>,
     /// The largest webhook body accepted, in bytes. Default 5 MiB (GitHub sends at most 25 MiB,
     /// but the events lockstep reads are far smaller).
     #[serde(default = "default_body_limit")]
@@ -29,8 +34,10 @@ pub struct Server {
     /// How often the queue page reloads itself. Default `5s`.
     #[serde(default = "default_refresh", with = "duration")]
     pub refresh: Duration,
-    /// On SIGTERM or ctrl-c, how long a running delivery may take to finish before it is
-    /// stopped where it is (and recovered at the next start). Default `20s`.
+    /// On SIGTERM or ctrl-c (of `lockstep serve` or `lockstep work`), how long what runs (a
+    /// delivery; with a pipeline, the head's release and every candidate's preparation) may
+    /// take to finish before it is stopped where it is (and recovered at the next start).
+    /// Default `20s`.
     #[serde(default = "default_shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
     /// How long a client has to send a request's head (its line and headers), from the
@@ -55,6 +62,7 @@ impl Default for Server {
             listen: default_listen(),
             public_url: None,
             tracker_secret_env: None,
+            read_token_env: None,
             body_limit: default_body_limit(),
             refresh: default_refresh(),
             shutdown_grace: default_shutdown_grace(),
@@ -189,12 +197,18 @@ mod tests {
         assert_eq!(c.server.header_timeout, std::time::Duration::from_secs(10));
         assert_eq!(c.server.idle_timeout, std::time::Duration::from_secs(60));
         assert_eq!(c.server.max_connections, 512);
+        assert_eq!(c.server.read_token_env, None);
         let c = Config::parse_str(
             "[server]\nheader_timeout = '2s'\nidle_timeout = '5s'\nmax_connections = 20\n",
         )
         .unwrap();
         assert_eq!(c.server.header_timeout, std::time::Duration::from_secs(2));
         assert_eq!(c.server.max_connections, 20);
+        let c = Config::parse_str("[server]\nread_token_env = 'LOCKSTEP_READ_TOKEN'\n").unwrap();
+        assert_eq!(
+            c.server.read_token_env.as_deref(),
+            Some("LOCKSTEP_READ_TOKEN")
+        );
         let err = Config::parse_str("[server]\nmax_connections = 0\n").unwrap_err();
         assert!(
             format!("{err:#}").contains("`server.max_connections`"),

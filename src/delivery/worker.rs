@@ -278,14 +278,21 @@ async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
 }
 
 /// The command line's worker: it runs no jobs, reports through the engine's progress, and
-/// ends when the queue is empty or `done` says stop.
-struct Cli<F>(F);
+/// ends when the queue is empty, `done` says stop, or its shutdown flag is raised.
+struct Cli<F> {
+    done: F,
+    shutdown: Option<(watch::Receiver<bool>, Duration)>,
+}
 
 impl<F: Fn(DeliveryId, State) -> bool + Send + Sync> Edge for Cli<F> {
     type Job = std::convert::Infallible;
 
     fn done(&self, id: DeliveryId, state: State) -> bool {
-        (self.0)(id, state)
+        (self.done)(id, state)
+    }
+
+    fn shutdown(&self) -> Option<(watch::Receiver<bool>, Duration)> {
+        self.shutdown.clone()
     }
 }
 
@@ -298,14 +305,28 @@ fn cut(d: &DeliveryRow) -> Cut {
 }
 
 /// Runs queued deliveries for the command line until `done` says stop (checked after each)
-/// or the queue is empty (see [`run`]). A lost lease ends the work with an error.
+/// or the queue is empty (see [`run`]). A lost lease ends the work with an error. When
+/// `shutdown` (a flag and a grace) turns true, nothing new starts and what runs gets the
+/// grace to finish; what is left then is stopped and recovered by the next worker.
 pub async fn work(
     engine: &Engine,
     lease: &Lease,
     done: impl Fn(DeliveryId, State) -> bool + Send + Sync,
+    shutdown: Option<(watch::Receiver<bool>, Duration)>,
 ) -> anyhow::Result<()> {
-    match run(engine, lease, &Cli(done)).await? {
-        End::Done | End::Stopped { .. } => Ok(()),
+    match run(engine, lease, &Cli { done, shutdown }).await? {
+        End::Done
+        | End::Stopped {
+            cut: None | Some(Cut::Pipeline),
+        } => Ok(()),
+        End::Stopped {
+            cut: Some(Cut::Delivery { id, task }),
+        } => {
+            engine.say(&format!(
+                "#{id} {task}: stopped past the shutdown grace; it is recovered at the next start"
+            ));
+            Ok(())
+        }
         End::LeaseLost {
             cut: Some(Cut::Delivery { id, task }),
         } => Err(lost_lease().context(format!("#{id} {task}"))),

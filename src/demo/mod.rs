@@ -195,7 +195,7 @@ fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
         let lease = worker::try_lead(&engine)
             .await?
             .context("the demo's queue is busy")?;
-        worker::work(&engine, &lease, |done, _| done == id).await?;
+        worker::work(&engine, &lease, |done, _| done == id, None).await?;
         let d = engine
             .store
             .delivery(id)

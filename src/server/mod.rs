@@ -18,6 +18,8 @@
 //! - `origin` names the pull request a delivery was asked for from; untrusted text in
 //!   comments is set by `crate::text::markdown`.
 //! - [`page`] renders the HTML; [`metrics`] the Prometheus text.
+//! - `access` asks for the read token (`[server] read_token_env`) on every route but the
+//!   webhooks and `/healthz`.
 //! - `connections` caps the connections held and closes those of slow clients
 //!   (`[server] header_timeout`, `idle_timeout`, `max_connections`).
 //!
@@ -25,11 +27,14 @@
 //! whole: [`serve`], [`run_cli`].
 //!
 //! Shutdown (SIGTERM, ctrl-c): the listener stops taking requests and lets the ones in
-//! flight finish (a connection that has not sent a whole request head is closed); the worker takes no new delivery. A running delivery gets
-//! `[server] shutdown_grace` to finish; past that it is stopped where it is (its step killed,
-//! every transition so far already journaled) and `recover` finishes or undoes it at the next
-//! start: build and test resume, deploy and verify are rolled back, a merge is reconciled.
+//! flight finish (a connection that has not sent a whole request head is closed); the worker
+//! takes no new delivery. What runs (the delivery, or with a pipeline the head's release and
+//! every candidate's preparation) gets `[server] shutdown_grace` to finish; past that it is
+//! stopped where it is (its steps stopped, every transition so far already journaled) and
+//! `recover` finishes or undoes it at the next start: build and test resume (a candidate's
+//! from its rebase), deploy and verify are rolled back, a merge is reconciled.
 
+mod access;
 mod alertmanager;
 pub mod bot;
 pub mod command;
@@ -108,6 +113,9 @@ pub struct App {
     pub tracker_secret: Option<SecretString>,
     /// The bearer token of `POST /webhooks/alertmanager` (`[alertmanager] token_env`).
     pub alertmanager_token: Option<SecretString>,
+    /// The token every route but the webhooks and `/healthz` asks for (`[server]
+    /// read_token_env`); none: they are public.
+    pub read_token: Option<SecretString>,
     /// Wakes the worker when a delivery was queued.
     pub wake: Notify,
     /// Serialises tracker polls (the timer and `/webhooks/tracker`).
@@ -165,6 +173,13 @@ pub async fn prepare(
         ),
         None => None,
     };
+    let read_token = match &config.server.read_token_env {
+        Some(var) => Some(
+            crate::github::secret_from_env(var)
+                .context("the read token is missing (`server.read_token_env`)")?,
+        ),
+        None => None,
+    };
     let public_url = match &config.server.public_url {
         Some(_) => config.server.public_url(),
         None => format!("http://{}", listener.local_addr()?),
@@ -180,6 +195,7 @@ pub async fn prepare(
         metrics: metrics::Metrics::default(),
         tracker_secret,
         alertmanager_token,
+        read_token,
         wake: Notify::new(),
         poll_lock: tokio::sync::Mutex::new(()),
         jobs,
@@ -212,6 +228,12 @@ pub async fn run(
     let poller = tokio::spawn(poller::run(app.clone(), poll_every, stop_rx.clone()));
     let pruner = tokio::spawn(worker_loop::prune_loop(app.clone(), stop_rx.clone()));
 
+    if app.read_token.is_none() {
+        tracing::warn!(
+            "the queue page, step logs, /api/* and /metrics are public: anyone who reaches \
+             this port reads them; set `server.read_token_env` to ask for a token"
+        );
+    }
     tracing::info!(
         address = %listener.local_addr()?,
         public_url = %app.public_url,

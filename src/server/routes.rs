@@ -1,6 +1,7 @@
 //! The HTTP routes of `lockstep serve`: the router with its security headers, and the
 //! read-only endpoints (the pages, `/api/*`, step logs, `/metrics`, `/healthz`). The webhooks
-//! are in `webhook`; what the pages show is gathered in `views`.
+//! are in `webhook`; what the pages show is gathered in `views`; who may read them, in
+//! `access`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::views::{self, read_log};
-use super::{App, alertmanager, metrics, page, webhook};
+use super::{App, access, alertmanager, metrics, page, webhook};
 use crate::domain::DeliveryId;
 use crate::store::now_ms;
 
@@ -23,13 +24,21 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .alertmanager
         .as_ref()
         .map_or(body_limit, |a| a.body_limit);
-    Router::new()
+    // What the server shows asks for the read token when one is set (`access`); the
+    // webhooks check their own secrets, and probes reach `/healthz` without one.
+    let read = Router::new()
         .route("/", get(queue_page))
         .route("/deliveries/{id}", get(delivery_page))
         .route("/deliveries/{id}/steps/{step}/log", get(step_log))
         .route("/api/queue", get(api_queue))
         .route("/api/deliveries/{id}", get(api_delivery))
         .route("/metrics", get(metrics_text))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            access::require_token,
+        ));
+    Router::new()
+        .merge(read)
         .route("/healthz", get(healthz))
         .route("/webhooks/github", post(webhook::github))
         .route("/webhooks/tracker", post(webhook::tracker))

@@ -11,7 +11,9 @@ use crate::util::*;
 
 mod hardening;
 mod page;
+mod read_token;
 mod reviews;
+mod shutdown;
 mod slow_clients;
 
 const TASKS_READY: &str = r#"[TASK-1]

@@ -17,6 +17,8 @@ pub const TRACKER_VAR: &str = "LOCKSTEP_TEST_TRACKER_SECRET";
 pub const TRACKER_SECRET: &str = "test-tracker-secret";
 pub const ALERTMANAGER_VAR: &str = "LOCKSTEP_TEST_ALERTMANAGER_TOKEN";
 pub const ALERTMANAGER_TOKEN: &str = "test-alertmanager-token";
+pub const READ_TOKEN_VAR: &str = "LOCKSTEP_TEST_READ_TOKEN";
+pub const READ_TOKEN: &str = "test-read-token-5e1f";
 
 /// Ties each repository to `acme/<name>` on GitHub, sets the tracker's poll interval and
 /// appends `extra` (e.g. `[server]` and `[github]` sections). With a `[github]` section, the
@@ -228,6 +230,7 @@ impl ServeProc {
             .env(TOKEN_VAR, TOKEN)
             .env(TRACKER_VAR, TRACKER_SECRET)
             .env(ALERTMANAGER_VAR, ALERTMANAGER_TOKEN)
+            .env(READ_TOKEN_VAR, READ_TOKEN)
             .envs(vars.iter().copied())
             .envs(store)
             .stdin(Stdio::null())

@@ -48,7 +48,7 @@ pub trait TrainWatcher: Send + Sync {
 }
 
 /// When the pipeline stops: a function of each delivery that ends (true: stop now), and a
-/// shutdown signal with the time the head gets to finish.
+/// shutdown signal with the time what runs gets to finish.
 pub struct Until<'a> {
     pub done: &'a mut (dyn FnMut(DeliveryId, State) -> bool + Send),
     pub shutdown: Option<(watch::Receiver<bool>, Duration)>,
@@ -91,7 +91,10 @@ enum Status {
     /// Its preparation failed; not reported while deliveries ahead are unresolved.
     Held { stop: Stop },
     /// The head, deploying, verifying and merging.
-    Releasing { checkouts: Vec<Checkout> },
+    Releasing {
+        checkouts: Vec<Checkout>,
+        handle: JoinHandle<()>,
+    },
 }
 
 struct Item {
@@ -115,7 +118,7 @@ impl Item {
                 checkouts: Some(c), ..
             }
             | Status::Prepared { checkouts: c }
-            | Status::Releasing { checkouts: c } => Some(c),
+            | Status::Releasing { checkouts: c, .. } => Some(c),
             _ => None,
         }
     }
@@ -181,6 +184,10 @@ impl Train<'_> {
             None => (None, Duration::ZERO),
         };
         loop {
+            if stopping.as_ref().is_some_and(|s| *s.borrow()) {
+                self.shut_down(&mut rx, grace).await;
+                return Ok(());
+            }
             self.fill().await?;
             if self.items.is_empty() {
                 return Ok(());
@@ -438,11 +445,11 @@ impl Train<'_> {
             Status::Prepared { checkouts } => {
                 let (engine, d, tx) = (self.engine.clone(), head.d.clone(), self.tx.clone());
                 let release = checkouts.clone();
-                tokio::spawn(async move {
+                let handle = tokio::spawn(async move {
                     let result = engine.release_and_land(&d, &release).await;
                     let _ = tx.send(Event::Released { id: d.id, result });
                 });
-                head.status = Status::Releasing { checkouts };
+                head.status = Status::Releasing { checkouts, handle };
                 self.items.insert(0, head);
                 Ok(None)
             }
@@ -487,22 +494,50 @@ impl Train<'_> {
         Ok(())
     }
 
-    /// A shutdown: the head releasing gets `grace` to finish; everything else is left to
-    /// the next worker's recovery (candidates start over from their rebase).
+    /// A shutdown: nothing new starts (no delivery is claimed, prepared or released), and
+    /// what runs, the head's release and every preparation under way with their steps, gets
+    /// `grace` to finish, whatever the window; what ends meanwhile is taken in as usual. What
+    /// still runs then is stopped (its steps get `SIGTERM`, then `SIGKILL`) and left, as
+    /// journaled, to the next worker's recovery: the head resumes its build or test or has its
+    /// release rolled back or reconciled, candidates start over from their rebase.
     async fn shut_down(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, grace: Duration) {
-        let releasing = self
-            .items
-            .iter()
-            .any(|x| matches!(x.status, Status::Releasing { .. }));
-        if releasing {
-            let _ = tokio::time::timeout(grace, async {
-                while let Some(e) = rx.recv().await {
-                    if matches!(e, Event::Released { .. }) {
-                        break;
-                    }
-                }
+        let running = |items: &[Item]| {
+            items.iter().any(|x| {
+                matches!(
+                    x.status,
+                    Status::Preparing { .. } | Status::Releasing { .. }
+                )
             })
-            .await;
+        };
+        if running(&self.items) {
+            self.engine.say(&format!(
+                "shutting down: the steps running get {} to finish",
+                crate::config::humanize(grace)
+            ));
+        }
+        let _ = tokio::time::timeout(grace, async {
+            while running(&self.items) {
+                let Some(event) = rx.recv().await else { break };
+                if let Err(e) = self.on_event(event).await {
+                    tracing::error!("the pipeline broke while shutting down: {e:#}");
+                    break;
+                }
+            }
+        })
+        .await;
+        for item in &mut self.items {
+            let handle = match std::mem::replace(&mut item.status, Status::Waiting) {
+                Status::Preparing { task, .. } => task.handle,
+                Status::Releasing { handle, .. } => handle,
+                _ => continue,
+            };
+            // Dropping the task's future stops its steps; the next worker recovers it.
+            handle.abort();
+            let _ = handle.await;
+            self.engine.say(&format!(
+                "#{} {}: stopped past the shutdown grace; it is recovered at the next start",
+                item.d.id, item.d.task
+            ));
         }
     }
 }
