@@ -282,7 +282,10 @@ fn verify_names_the_line_edited_deleted_or_inserted() {
     assert_eq!(lines.len(), 3);
     let (c, out) = verify(&env);
     assert_eq!(c, 0, "{out}");
-    assert!(out.starts_with("verified 3 entries of the decision log\n"), "{out}");
+    assert!(
+        out.starts_with("verified 3 entries of the decision log\n"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!("head {}: keep it elsewhere", line_hash(lines[2]))),
         "{out}"
@@ -317,9 +320,13 @@ fn verify_names_the_line_edited_deleted_or_inserted() {
     assert_eq!(code(&o), 0);
     let shown = stdout(&o);
     let firsts: Vec<&str> = shown.lines().filter(|l| !l.starts_with(' ')).collect();
-    assert!(firsts.iter().all(|l| l.ends_with("  unverified")), "{shown}");
     assert!(
-        stderr(&o).contains("lockstep: the decision log's chain is broken: `decisions.jsonl` line 2"),
+        firsts.iter().all(|l| l.ends_with("  unverified")),
+        "{shown}"
+    );
+    assert!(
+        stderr(&o)
+            .contains("lockstep: the decision log's chain is broken: `decisions.jsonl` line 2"),
         "{}",
         stderr(&o)
     );
@@ -367,7 +374,10 @@ fn a_log_from_before_the_chain_verifies_with_a_note() {
 
     let (c, out) = verify(&env);
     assert_eq!(c, 0, "{out}");
-    assert!(out.starts_with("verified 1 entry of the decision log\n"), "{out}");
+    assert!(
+        out.starts_with("verified 1 entry of the decision log\n"),
+        "{out}"
+    );
     assert!(
         out.contains(
             "note: cannot be verified: the first 2 entries, logged before the decision log was \
@@ -382,7 +392,11 @@ fn a_log_from_before_the_chain_verifies_with_a_note() {
     assert_eq!(verified, [false, false, true]);
     let o = env.lockstep(&["audit"]);
     let err = stderr(&o);
-    assert_eq!(err.matches("before the decision log was chained").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("before the decision log was chained").count(),
+        1,
+        "{err}"
+    );
 }
 
 /// 50 hooks deciding at once: every decision is logged, in one chain.
@@ -408,5 +422,8 @@ fn concurrent_pushes_are_all_logged_in_one_chain() {
     });
     let (c, out) = verify(&env);
     assert_eq!(c, 0, "{out}");
-    assert!(out.starts_with("verified 50 entries of the decision log\n"), "{out}");
+    assert!(
+        out.starts_with("verified 50 entries of the decision log\n"),
+        "{out}"
+    );
 }

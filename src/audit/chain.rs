@@ -184,10 +184,9 @@ pub fn check(lines: &[Line], rotated_start: bool) -> (Chain, Vec<bool>) {
                             place(j),
                             place(b)
                         ),
-                        Some(&j) => format!(
-                            "chains to {}, a later line: lines were reordered",
-                            place(j)
-                        ),
+                        Some(&j) => {
+                            format!("chains to {}, a later line: lines were reordered", place(j))
+                        }
                         None if p == GENESIS_HASH => format!(
                             "begins a new chain after {}: it was inserted, or the lines before \
                              it replaced",

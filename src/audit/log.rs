@@ -57,7 +57,10 @@ pub fn append(state_dir: &Path, entry: &Entry, limits: &Audit) -> anyhow::Result
     // last line of the newest rotated one.
     let (last, unended) = match last_line(&path)? {
         Some((line, ended)) => (Some(line), !ended),
-        None => (last_line(&rotated(state_dir, 1))?.map(|(line, _)| line), false),
+        None => (
+            last_line(&rotated(state_dir, 1))?.map(|(line, _)| line),
+            false,
+        ),
     };
     let prev = last.map_or_else(|| GENESIS.to_string(), |l| chain::hex(&chain::hash(&l)));
     let mut line = serialized(entry, prev)?;
@@ -155,11 +158,7 @@ pub fn record(config: &Config, entry: &Entry) {
 }
 
 /// Every non-empty line of the log, oldest first, with its place.
-fn lines(
-    state_dir: &Path,
-    keep: u32,
-    mut each: impl FnMut(Place, Vec<u8>),
-) -> anyhow::Result<()> {
+fn lines(state_dir: &Path, keep: u32, mut each: impl FnMut(Place, Vec<u8>)) -> anyhow::Result<()> {
     let files = (1..=keep)
         .rev()
         .map(|n| (format!("{FILE}.{n}"), rotated(state_dir, n)))
@@ -330,8 +329,14 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let prev = |l: &str| serde_json::from_str::<Entry>(l).unwrap().prev.unwrap();
         assert_eq!(prev(lines[0]), GENESIS);
-        assert_eq!(prev(lines[1]), chain::hex(&chain::hash(lines[0].as_bytes())));
-        assert_eq!(prev(lines[2]), chain::hex(&chain::hash(lines[1].as_bytes())));
+        assert_eq!(
+            prev(lines[1]),
+            chain::hex(&chain::hash(lines[0].as_bytes()))
+        );
+        assert_eq!(
+            prev(lines[2]),
+            chain::hex(&chain::hash(lines[1].as_bytes()))
+        );
         let log = intact(dir.path(), 3);
         assert_eq!(
             log.chain.head.unwrap(),
