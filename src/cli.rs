@@ -235,9 +235,13 @@ pub struct AuditArgs {
     /// Only decisions in which this rule refused, warned or failed
     #[arg(long, value_name = "NAME")]
     pub rule: Option<String>,
-    /// One JSON object per line, as logged
+    /// One JSON object per line, as logged, with `verified`
     #[arg(long)]
     pub json: bool,
+    /// Check the log's hash chain: name the first line edited, deleted, inserted or moved
+    /// (exit 1), or count the entries verified and print the head hash to keep elsewhere
+    #[arg(long, conflicts_with_all = ["repo", "since", "rule", "json"])]
+    pub verify: bool,
 }
 
 #[derive(Debug, Args)]
@@ -537,20 +541,22 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
         since: args.since.as_deref().map(since).transpose()?,
         rule: args.rule,
     };
-    let (entries, unreadable) = crate::audit::read(&config.state_dir(), config.audit.keep)?;
-    let picked: Vec<crate::audit::Entry> =
-        entries.into_iter().filter(|e| filter.matches(e)).collect();
+    let mut log = crate::audit::load(&config.state_dir(), config.audit.keep)?;
+    if args.verify {
+        print!("{}", log.chain.report());
+        return Ok(Exit::success_if(log.chain.broken.is_none()));
+    }
+    let picked: Vec<(crate::audit::Entry, bool)> = std::mem::take(&mut log.entries)
+        .into_iter()
+        .filter(|(e, _)| filter.matches(e))
+        .collect();
     if args.json {
-        for e in &picked {
-            println!("{}", serde_json::to_string(e)?);
-        }
+        print!("{}", crate::audit::json_lines(&picked)?);
     } else {
         print!("{}", crate::audit::render(&picked));
     }
-    if unreadable > 0 {
-        eprintln!(
-            "lockstep: {unreadable} line(s) of the decision log could not be read and were skipped"
-        );
+    for warning in crate::audit::warnings(&log) {
+        eprintln!("lockstep: {warning}");
     }
     Ok(Exit::Success)
 }

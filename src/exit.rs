@@ -11,7 +11,8 @@ pub enum Exit {
     Success = 0,
     /// 1: refused or failed: a push rejected by a policy (a rule that errs, the tracker not
     /// answering included), a delivery failed, refused or cancelled, policies that do not
-    /// check, a push a replay would decide otherwise, a demo act that went otherwise.
+    /// check, a push a replay would decide otherwise, a decision log whose hash chain is
+    /// broken, a demo act that went otherwise.
     Failed = 1,
     /// 2: lockstep could not do what was asked: a usage, config or internal error. A hook
     /// that cannot decide rejects the push with it: it fails closed.

@@ -250,3 +250,180 @@ fn replay_refuses_a_candidate_without_push_rules() {
         stderr(&o)
     );
 }
+
+/// The SHA-256 (hex) of a line, as the next line's `prev` names it.
+fn line_hash(line: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(line.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn verify(env: &Env) -> (i32, String) {
+    let o = env.lockstep(&["audit", "--verify"]);
+    (code(&o), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+/// Three pushes logged: the log verifies, and a line edited, deleted, or forged and inserted
+/// (well-formed and chained to the line before it) each fails `--verify`, naming the line.
+#[test]
+fn verify_names_the_line_edited_deleted_or_inserted() {
+    let env = Env::new(&["api"]);
+    let good = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 log in");
+    assert!(push_as(&good, "alice", &["feature/TASK-1-login"]).accepted);
+    let bad = env.clone_on_branch("api", "bob", "fix-login", "fix");
+    assert!(!push_as(&bad, "bob", &["fix-login"]).accepted);
+    assert!(!push_as(&bad, "bob", &["fix-login"]).accepted);
+
+    let log = env.state_dir().join("decisions.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let (c, out) = verify(&env);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.starts_with("verified 3 entries of the decision log\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("head {}: keep it elsewhere", line_hash(lines[2]))),
+        "{out}"
+    );
+    for l in audit_json(&env, &[]) {
+        assert_eq!(l["verified"], true, "{l}");
+        assert_eq!(l["prev"].as_str().unwrap().len(), 64, "{l}");
+    }
+
+    let tampered = |lines: &[String], want: &str| {
+        std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+        let (c, out) = verify(&env);
+        assert_eq!(c, 1, "{out}");
+        assert!(
+            out.starts_with(&format!("the decision log's chain is broken: {want}")),
+            "{out}"
+        );
+    };
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+
+    // Line 1 says bob was alice.
+    let mut edited = owned.clone();
+    edited[0] = edited[0].replace("\"pusher\":\"alice\"", "\"pusher\":\"bob\"");
+    assert_ne!(edited[0], owned[0]);
+    tampered(
+        &edited,
+        "`decisions.jsonl` line 2 does not chain to `decisions.jsonl` line 1: that line was \
+         edited, or a line after it deleted",
+    );
+    // Plain `audit` still shows the log, the edited line marked.
+    let o = env.lockstep(&["audit"]);
+    assert_eq!(code(&o), 0);
+    let shown = stdout(&o);
+    let firsts: Vec<&str> = shown.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert!(
+        firsts.iter().all(|l| l.ends_with("  unverified")),
+        "{shown}"
+    );
+    assert!(
+        stderr(&o)
+            .contains("lockstep: the decision log's chain is broken: `decisions.jsonl` line 2"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The second push's line is gone.
+    let mut deleted = owned.clone();
+    deleted.remove(1);
+    tampered(
+        &deleted,
+        "`decisions.jsonl` line 2 does not chain to `decisions.jsonl` line 1",
+    );
+
+    // A forged line, well-formed and chained to line 1, says alice pushed again.
+    let mut forged: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    forged["prev"] = line_hash(lines[0]).into();
+    forged["refs"][0]["ref"] = "refs/heads/master".into();
+    let mut inserted = owned.clone();
+    inserted.insert(1, forged.to_string());
+    tampered(
+        &inserted,
+        "`decisions.jsonl` line 3 chains to `decisions.jsonl` line 1, not to `decisions.jsonl` \
+         line 2: `decisions.jsonl` line 2 was inserted",
+    );
+
+    // Put back, it verifies again.
+    std::fs::write(&log, &text).unwrap();
+    assert_eq!(verify(&env).0, 0);
+}
+
+/// A log written before the chain (lines without `prev`) followed by chained lines verifies,
+/// the old lines counted apart and marked.
+#[test]
+fn a_log_from_before_the_chain_verifies_with_a_note() {
+    let env = Env::new(&["api"]);
+    let good = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 log in");
+    assert!(push_as(&good, "alice", &["feature/TASK-1-login"]).accepted);
+    // The line as this version of lockstep wrote it, less its link.
+    let log = env.state_dir().join("decisions.jsonl");
+    let mut old: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim_end()).unwrap();
+    old.as_object_mut().unwrap().remove("prev");
+    std::fs::write(&log, format!("{old}\n{old}\n")).unwrap();
+    let bad = env.clone_on_branch("api", "bob", "fix-login", "fix");
+    assert!(!push_as(&bad, "bob", &["fix-login"]).accepted);
+
+    let (c, out) = verify(&env);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.starts_with("verified 1 entry of the decision log\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "note: cannot be verified: the first 2 entries, logged before the decision log was \
+             chained"
+        ),
+        "{out}"
+    );
+    let verified: Vec<bool> = audit_json(&env, &[])
+        .iter()
+        .map(|l| l["verified"].as_bool().unwrap())
+        .collect();
+    assert_eq!(verified, [false, false, true]);
+    let o = env.lockstep(&["audit"]);
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches("before the decision log was chained").count(),
+        1,
+        "{err}"
+    );
+}
+
+/// 50 hooks deciding at once: every decision is logged, in one chain.
+#[test]
+fn concurrent_pushes_are_all_logged_in_one_chain() {
+    let env = Env::new(&["api"]);
+    let (bare, cfg, master) = (env.bare("api"), env.config(), env.master("api"));
+    std::thread::scope(|s| {
+        for i in 0..50 {
+            let (bare, cfg, master) = (&bare, &cfg, &master);
+            s.spawn(move || {
+                let input = format!("{ZERO} {master} refs/tags/v{i}\n");
+                let o = run_hook(
+                    bare,
+                    Some(cfg),
+                    &["pre-receive"],
+                    &[("GL_USER", "alice")],
+                    input.as_bytes(),
+                );
+                assert_eq!(code(&o), 0, "{}", stderr(&o));
+            });
+        }
+    });
+    let (c, out) = verify(&env);
+    assert_eq!(c, 0, "{out}");
+    assert!(
+        out.starts_with("verified 50 entries of the decision log\n"),
+        "{out}"
+    );
+}

@@ -1,13 +1,16 @@
 //! The decision log: every decision lockstep takes (each push a hook judges, each delivery
 //! request, each merge check), one JSON line each in `decisions.jsonl` of the state folder,
 //! with the policy set's revision, so that "why was this let through?" has an answer, and a
-//! candidate policy set can be tried on the pushes already seen.
+//! candidate policy set can be tried on the pushes already seen. Each line carries the hash of
+//! the line before it, so that a line edited, deleted or inserted since is told.
 //!
 //! By concern:
 //! - this file: what a line holds ([`Entry`]), and how `lockstep audit` picks and shows lines;
 //! - `log`: appending under a size bound with rotation, and reading back;
+//! - `chain`: the hash chain of the lines, and its check;
 //! - `replay`: a candidate policy set evaluated against the logged pushes.
 
+mod chain;
 mod log;
 mod replay;
 
@@ -23,7 +26,8 @@ use crate::policy::{Decision, Stage, Verdict};
 use crate::push::{PushContext, RefDecision, TaskAnswers};
 use crate::text::escape;
 
-pub use log::{append, read, record};
+pub use chain::Chain;
+pub use log::{Log, append, load, read, record};
 pub use replay::replay;
 
 /// One decision.
@@ -63,6 +67,53 @@ pub struct Entry {
     pub accepted: bool,
     /// [`crate::policy::PolicySet::revision`] of the policies that decided.
     pub revision: String,
+    /// The SHA-256 (hex) of the line before this one in the log; none on lines logged before
+    /// the log was chained. Set by [`append`], whatever the entry held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
+}
+
+/// A decision as `lockstep audit --json` shows it: as logged, with whether the chain vouches
+/// for its line.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    #[serde(flatten)]
+    entry: &'a Entry,
+    verified: bool,
+}
+
+/// `lockstep audit --json`: one JSON object per decision, as logged, with `verified`.
+pub fn json_lines(entries: &[(Entry, bool)]) -> serde_json::Result<String> {
+    let mut s = String::new();
+    for (entry, verified) in entries {
+        let shown = Shown {
+            entry,
+            verified: *verified,
+        };
+        s.push_str(&serde_json::to_string(&shown)?);
+        s.push('\n');
+    }
+    Ok(s)
+}
+
+/// What `lockstep audit` says of the log besides its entries: lines it could not read, a
+/// broken chain, the entries the chain cannot vouch for.
+pub fn warnings(log: &Log) -> Vec<String> {
+    let mut w = Vec::new();
+    if log.unreadable > 0 {
+        w.push(format!(
+            "{} line(s) of the decision log could not be read and were skipped",
+            log.unreadable
+        ));
+    }
+    if let Some(b) = &log.chain.broken {
+        w.push(format!(
+            "the decision log's chain is broken: {b}; the entries from the line before it on \
+             are shown unverified (`lockstep audit --verify`)"
+        ));
+    }
+    w.extend(log.chain.notes());
+    w
 }
 
 /// One ref of a push.
@@ -177,6 +228,7 @@ impl Entry {
             verdicts: Vec::new(),
             accepted: decisions.iter().all(|d| d.decision.accepted()),
             revision: revision.to_string(),
+            prev: None,
         }
     }
 
@@ -204,6 +256,7 @@ impl Entry {
             verdicts: verdicts(decision),
             accepted: decision.accepted(),
             revision: revision.to_string(),
+            prev: None,
         }
     }
 
@@ -237,11 +290,12 @@ impl Filter {
     }
 }
 
-/// The lines for people: one per decision, then one per ref, then one per rule that fired.
-pub fn render(entries: &[Entry]) -> String {
+/// The lines for people: one per decision (marked when the chain does not vouch for it), then
+/// one per ref, then one per rule that fired.
+pub fn render(entries: &[(Entry, bool)]) -> String {
     let mut s = String::new();
     let t = |s: &str| escape(s).into_owned();
-    for e in entries {
+    for (e, verified) in entries {
         let what = match e.stage {
             Stage::Push => t(&e.repo),
             _ => {
@@ -265,10 +319,11 @@ pub fn render(entries: &[Entry]) -> String {
         };
         let _ = writeln!(
             s,
-            "{}  {:<7}  {what}  {pusher}  {verdict}  (policies {})",
+            "{}  {:<7}  {what}  {pusher}  {verdict}  (policies {}){}",
             e.time.format("%Y-%m-%d %H:%M:%S"),
             e.stage.to_string(),
-            t(&e.revision)
+            t(&e.revision),
+            if *verified { "" } else { "  unverified" }
         );
         for r in &e.refs {
             let _ = writeln!(
@@ -299,5 +354,61 @@ fn fired(s: &mut String, verdicts: &[VerdictEntry], indent: &str) {
             v.verdict,
             escape(&v.rule)
         );
+    }
+}
+
+impl Chain {
+    /// What `lockstep audit --verify` prints: the first broken link, or how many entries the
+    /// chain vouches for and the head hash to keep elsewhere; with the notes of [`Chain::notes`].
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        match &self.broken {
+            Some(b) => {
+                let _ = writeln!(s, "the decision log's chain is broken: {b}");
+                let _ = writeln!(s, "{} verified before it", entries(self.verified));
+            }
+            None => {
+                let _ = writeln!(s, "verified {} of the decision log", entries(self.verified));
+                if let Some(head) = &self.head {
+                    let _ = writeln!(
+                        s,
+                        "head {head}: keep it elsewhere; while it is the head or a later line's \
+                         `prev`, the lines up to it are as they were"
+                    );
+                }
+            }
+        }
+        for note in self.notes() {
+            let _ = writeln!(s, "{note}");
+        }
+        s
+    }
+
+    /// What to say once of the lines the chain cannot vouch for although they are no break:
+    /// those logged before the log was chained, and lines rotated away.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.legacy > 0 {
+            notes.push(format!(
+                "note: cannot be verified: the first {}, logged before the decision log was \
+                 chained",
+                entries(self.legacy)
+            ));
+        }
+        if self.rotated_away {
+            notes.push(
+                "note: the oldest line kept follows lines rotated away past `[audit] keep`"
+                    .to_string(),
+            );
+        }
+        notes
+    }
+}
+
+fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".to_string()
+    } else {
+        format!("{n} entries")
     }
 }
