@@ -360,7 +360,9 @@ fn issue10_the_demo_ignores_the_callers_config_variable() {
 fn issue22_a_truncated_store_is_refused_not_started_afresh() {
     let env = Env::new(&["api"]);
     ready(&env);
-    let o = env.lockstep(&["deliver", "TASK-1", "--no-wait"]);
+    // Delivered in this process (not `--no-wait`, whose detached worker could still be
+    // writing the database while the test empties it).
+    let o = env.lockstep(&["deliver", "TASK-1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let db = env.state_dir().join("lockstep.db");
     for f in ["lockstep.db-wal", "lockstep.db-shm"] {
