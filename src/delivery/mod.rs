@@ -20,6 +20,7 @@ mod engine;
 mod gate;
 pub mod line;
 mod merge;
+pub mod ready;
 mod rebase;
 mod recover;
 mod rollback;
