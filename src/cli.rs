@@ -542,8 +542,23 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
         rule: args.rule,
     };
     let mut log = crate::audit::load(&config.state_dir(), config.audit.keep)?;
+    // Gaps are noted in the state folder, or in the folder of the repository pushed to: those
+    // the log names, and the ecosystem's that are folders here.
+    let local: Vec<String> = config
+        .repos
+        .iter()
+        .map(|r| config.resolve(Path::new(&r.url)))
+        .filter(|p| p.is_dir())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut git_dirs = log.git_dirs();
+    git_dirs.extend(local.iter().map(String::as_str));
+    let gaps = crate::audit::gap_warnings(&crate::audit::find_gaps(&config.state_dir(), &git_dirs));
     if args.verify {
         print!("{}", log.chain.report());
+        for warning in &gaps {
+            eprintln!("lockstep: {warning}");
+        }
         return Ok(Exit::success_if(log.chain.broken.is_none()));
     }
     let picked: Vec<(crate::audit::Entry, bool)> = std::mem::take(&mut log.entries)
@@ -555,7 +570,7 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
     } else {
         print!("{}", crate::audit::render(&picked));
     }
-    for warning in crate::audit::warnings(&log) {
+    for warning in crate::audit::warnings(&log).iter().chain(&gaps) {
         eprintln!("lockstep: {warning}");
     }
     Ok(Exit::Success)

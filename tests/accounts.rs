@@ -1,0 +1,102 @@
+//! The accounts a git server runs lockstep as: a decision that cannot be logged, a tracker
+//! file other accounts write, a repository another account owns, and `lockstep doctor`.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// `git push origin ARGS` as `push_env` runs it, but without the power to override file
+/// permissions when the tests run as root (`setpriv` drops `CAP_DAC_OVERRIDE`): a folder
+/// without write permission is then as unwritable for the hook as for any other account.
+fn push_bound_by_permissions(dir: &Path, user: &str, args: &[&str]) -> Pushed {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            "git",
+        ]);
+        c
+    } else {
+        Command::new("git")
+    };
+    scrub(&mut cmd);
+    cmd.current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GL_USER", user)
+        .args(["push", "origin"])
+        .args(args);
+    let out = run(cmd);
+    Pushed {
+        accepted: out.status.success(),
+        stderr: stderr(&out),
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The state folder is not writable by the account the hooks run as: the push is refused,
+/// naming the folder and why; with `[audit] on_error = "warn"` it goes through with a
+/// warning, and `lockstep audit` reports the gap the hook noted in the repository.
+#[test]
+fn a_decision_that_cannot_be_logged_rejects_the_push_or_warns() {
+    let env = Env::new(&["api"]);
+    let state = env.state_dir();
+    std::fs::create_dir_all(&state).unwrap();
+    chmod(&state, 0o555);
+    let clone = env.clone_on_branch("api", "alice", "feature/TASK-1-a", "TASK-1 a");
+
+    let refused = push_bound_by_permissions(&clone, "alice", &["feature/TASK-1-a"]);
+    let text = refused.remote_text();
+    assert!(!refused.accepted, "{}", refused.stderr);
+    assert!(
+        text.contains(&format!(
+            "lockstep: push rejected: its decision could not be written to the decision log \
+             in `{}`:",
+            state.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(
+        text.contains("must be able to create and write files in"),
+        "{text}"
+    );
+    assert!(text.contains("`[audit] on_error = \"warn\"`"), "{text}");
+    assert_eq!(env.rev("api", "refs/heads/feature/TASK-1-a"), None);
+
+    env.edit_config(|t| format!("{t}\n[audit]\non_error = \"warn\"\n"));
+    let warned = push_bound_by_permissions(&clone, "alice", &["feature/TASK-1-a"]);
+    let text = warned.remote_text();
+    assert!(warned.accepted, "{}", warned.stderr);
+    assert!(
+        text.contains("lockstep: warning: this push's decision was not written"),
+        "{text}"
+    );
+    // The error-level log line follows the pusher's warning.
+    assert!(text.contains("ERROR"), "{text}");
+    let noted = env.bare("api").join("lockstep-unlogged");
+    assert!(
+        text.contains(&format!("the gap is noted in `{}`", noted.display())),
+        "{text}"
+    );
+
+    chmod(&state, 0o755);
+    let o = env.lockstep(&["audit"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let warning = stderr(&o);
+    assert!(
+        warning.contains("1 push decision(s) between") && warning.contains("lockstep-unlogged"),
+        "{warning}"
+    );
+}
