@@ -603,6 +603,14 @@ fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<Exit
         from.format("%Y-%m-%d %H:%M")
     );
     print!("{}", replay.render());
+    if replay.unreadable() > 0 {
+        eprintln!(
+            "lockstep: {} push(es) could not be read, so the replay is incomplete; see \
+             \"not read\" above",
+            replay.unreadable()
+        );
+        return Ok(Exit::Error);
+    }
     Ok(Exit::success_if(!replay.changes()))
 }
 

@@ -100,3 +100,63 @@ fn a_decision_that_cannot_be_logged_rejects_the_push_or_warns() {
         "{warning}"
     );
 }
+
+fn chown_tree(p: &Path, uid: u32) {
+    let o = Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A replay run by an account that does not own the repository: git refuses to read it
+/// ("dubious ownership"), which is named with its fix, and the replay exits 2, not 0 with
+/// every push "gone". Trusting the folder (`safe.directory`) makes it whole again.
+#[test]
+fn replay_names_gits_ownership_check_and_fails() {
+    if !is_root() {
+        say_skipped(
+            "replay_names_gits_ownership_check_and_fails",
+            "root",
+            "run the tests as root, to give the repository to another account",
+        );
+        return;
+    }
+    let env = Env::new(&["api"]);
+    let clone = env.clone_on_branch("api", "alice", "feature/TASK-1-a", "TASK-1 a");
+    assert!(push_as(&clone, "alice", &["feature/TASK-1-a"]).accepted);
+    let bare = env.bare("api");
+    chown_tree(&bare, 65534);
+
+    let o = env.lockstep(&["policy", "replay"]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), 2, "{out}{}", stderr(&o));
+    let absolute = std::fs::canonicalize(&bare).unwrap();
+    assert!(out.contains("1 not read"), "{out}");
+    assert!(
+        out.contains("not read (the replay is incomplete):"),
+        "{out}"
+    );
+    assert!(out.contains("\"dubious ownership\""), "{out}");
+    assert!(
+        out.contains("`git config --global --add safe.directory /") && out.contains("api.git`"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("the replay is incomplete"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The fix the message gives, in the HOME the replay runs with.
+    std::fs::write(
+        env.home().join(".gitconfig"),
+        format!("[safe]\n\tdirectory = {}\n", absolute.display()),
+    )
+    .unwrap();
+    let o = env.lockstep(&["policy", "replay"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("0 not replayable\n"), "{}", stdout(&o));
+    chown_tree(&bare, 0);
+}
