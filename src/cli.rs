@@ -93,6 +93,18 @@ pub enum Command {
     Hook(HookCommand),
     /// Put lockstep in front of bare repositories: write the hook shims, record the config
     InstallHooks(InstallArgs),
+    /// Check repositories as a server admin would before the first push: lockstep's hooks in
+    /// place, the config and policies loading, the state folder and the tracker file writable
+    /// by the accounts that run the hooks, the pusher's identity (exit 0 nothing to fix, 1
+    /// something is)
+    #[command(
+        after_help = "Checks the running account by trying to write, the repository's \
+                      owner and each `--as` account by mode bits and ownership. The config is \
+                      the one each repository's hooks find (`lockstep.config` of its git \
+                      config, `LOCKSTEP_CONFIG`) unless `--config` names one. See \
+                      docs/accounts.md for what each account must be able to write."
+    )]
+    Doctor(DoctorArgs),
     /// Check the policies, try them on a push, or replay the logged pushes against candidates
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -208,6 +220,20 @@ pub struct InstallArgs {
     #[arg(long)]
     pub per_ref: bool,
     /// Bare repositories to guard
+    #[arg(required = true, value_name = "REPO.git")]
+    pub repos: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check that this account (the git server's, the bot's: a name or a uid) can write
+    /// what the hooks write, by mode bits and ownership; repeatable
+    #[arg(long = "as", value_name = "USER")]
+    pub accounts: Vec<String>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// Bare repositories to check
     #[arg(required = true, value_name = "REPO.git")]
     pub repos: Vec<PathBuf>,
 }
@@ -337,6 +363,14 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Hook(HookCommand::PostReceive) => Ok(hook::post_receive(config)),
         Command::Hook(HookCommand::File(argv)) => Ok(hook::from_file(config, &argv)),
         Command::InstallHooks(args) => install_hooks(config, args),
+        Command::Doctor(args) => crate::doctor::run(
+            &args.repos,
+            &crate::doctor::Options {
+                config: config.map(Path::to_path_buf),
+                accounts: args.accounts,
+                json: args.json,
+            },
+        ),
         Command::Policy(PolicyCommand::Check) => policy_check(config),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),
         Command::Policy(PolicyCommand::Replay(args)) => policy_replay(config, args),

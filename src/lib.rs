@@ -24,6 +24,7 @@
 //! - `push`: ref updates, the pusher, and the facts rules read about a push.
 //! - `hook`: the `pre-receive`, `update` and `post-receive` entry points.
 //! - `install`: `install-hooks`, the shims of `hooks/`.
+//! - `doctor`: `lockstep doctor`, a server's setup checked per repository.
 //! - `git`: the one place that runs `git`.
 //! - `tls`: the one TLS crypto provider (rustls on ring).
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
@@ -43,6 +44,7 @@ mod commands;
 mod config;
 mod delivery;
 mod demo;
+mod doctor;
 mod domain;
 mod exit;
 mod git;

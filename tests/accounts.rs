@@ -160,3 +160,79 @@ fn replay_names_gits_ownership_check_and_fails() {
     assert!(stdout(&o).contains("0 not replayable\n"), "{}", stdout(&o));
     chown_tree(&bare, 0);
 }
+
+/// `lockstep doctor` on a repository whose `post-receive` is another's, checked for an account
+/// that cannot write the state folder or the tracker file: each problem said with its fix,
+/// exit 1; the same repository set right, nothing to fix, exit 0.
+#[test]
+fn doctor_says_what_a_server_admin_must_fix() {
+    let env = Env::new(&["api"]);
+    let bare = env.bare("api");
+    std::fs::write(bare.join("hooks/post-receive"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::create_dir_all(env.state_dir()).unwrap();
+    let o = env
+        .command(&["doctor", "--as", "nobody"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_no_panic(&o);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    insta::assert_snapshot!("doctor", env.redact(&stdout(&o)));
+
+    let o = env
+        .command(&["doctor", "--json", "--as", "65534"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["problems"], 3, "{report:#}");
+    let checks = report["repos"][0]["checks"].as_array().unwrap();
+    let status = |name: &str| -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| c["check"] == name)
+            .map(|c| c["status"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(status("hooks"), ["ok", "problem"]);
+    assert_eq!(status("state_dir"), ["problem"]);
+    assert_eq!(status("tracker"), ["problem"]);
+    assert_eq!(status("identity"), ["note"]);
+
+    // Set right: lockstep's hooks, and no other account asked about.
+    let o = env
+        .command(&["install-hooks", "--force"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = env
+        .command(&["doctor"])
+        .arg(&bare)
+        .env("GL_USER", "alice")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.ends_with("1 repository checked: nothing to fix\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok      identity: `GL_USER` is set here"),
+        "{text}"
+    );
+
+    // Not a repository, and an account that does not exist.
+    let o = env.lockstep(&["doctor", "/nonexistent/x.git"]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stdout(&o).contains("is not a git repository here"),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.lockstep(&["doctor", "--as", "no-such-user-here", "x.git"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("no such account"), "{}", stderr(&o));
+}

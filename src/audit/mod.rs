@@ -29,7 +29,7 @@ use crate::push::{PushContext, RefDecision, TaskAnswers};
 use crate::text::escape;
 
 pub use chain::Chain;
-pub use gaps::{Noted, Unlogged, find as find_gaps, warnings as gap_warnings};
+pub use gaps::{Unlogged, find as find_gaps, warnings as gap_warnings};
 pub use log::{Log, append, load, read, record};
 pub use replay::replay;
 
