@@ -93,6 +93,18 @@ pub enum Command {
     Hook(HookCommand),
     /// Put lockstep in front of bare repositories: write the hook shims, record the config
     InstallHooks(InstallArgs),
+    /// Check repositories as a server admin would before the first push: lockstep's hooks in
+    /// place, the config and policies loading, the state folder and the tracker file writable
+    /// by the accounts that run the hooks, the pusher's identity (exit 0 nothing to fix, 1
+    /// something is)
+    #[command(
+        after_help = "Checks the running account by trying to write, the repository's \
+                      owner and each `--as` account by mode bits and ownership. The config is \
+                      the one each repository's hooks find (`lockstep.config` of its git \
+                      config, `LOCKSTEP_CONFIG`) unless `--config` names one. See \
+                      docs/accounts.md for what each account must be able to write."
+    )]
+    Doctor(DoctorArgs),
     /// Check the policies, try them on a push, or replay the logged pushes against candidates
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -208,6 +220,20 @@ pub struct InstallArgs {
     #[arg(long)]
     pub per_ref: bool,
     /// Bare repositories to guard
+    #[arg(required = true, value_name = "REPO.git")]
+    pub repos: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also check that this account (the git server's, the bot's: a name or a uid) can write
+    /// what the hooks write, by mode bits and ownership; repeatable
+    #[arg(long = "as", value_name = "USER")]
+    pub accounts: Vec<String>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+    /// Bare repositories to check
     #[arg(required = true, value_name = "REPO.git")]
     pub repos: Vec<PathBuf>,
 }
@@ -337,6 +363,14 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Hook(HookCommand::PostReceive) => Ok(hook::post_receive(config)),
         Command::Hook(HookCommand::File(argv)) => Ok(hook::from_file(config, &argv)),
         Command::InstallHooks(args) => install_hooks(config, args),
+        Command::Doctor(args) => crate::doctor::run(
+            &args.repos,
+            &crate::doctor::Options {
+                config: config.map(Path::to_path_buf),
+                accounts: args.accounts,
+                json: args.json,
+            },
+        ),
         Command::Policy(PolicyCommand::Check) => policy_check(config),
         Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),
         Command::Policy(PolicyCommand::Replay(args)) => policy_replay(config, args),
@@ -542,8 +576,23 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
         rule: args.rule,
     };
     let mut log = crate::audit::load(&config.state_dir(), config.audit.keep)?;
+    // Gaps are noted in the state folder, or in the folder of the repository pushed to: those
+    // the log names, and the ecosystem's that are folders here.
+    let local: Vec<String> = config
+        .repos
+        .iter()
+        .map(|r| config.resolve(Path::new(&r.url)))
+        .filter(|p| p.is_dir())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut git_dirs = log.git_dirs();
+    git_dirs.extend(local.iter().map(String::as_str));
+    let gaps = crate::audit::gap_warnings(&crate::audit::find_gaps(&config.state_dir(), &git_dirs));
     if args.verify {
         print!("{}", log.chain.report());
+        for warning in &gaps {
+            eprintln!("lockstep: {warning}");
+        }
         return Ok(Exit::success_if(log.chain.broken.is_none()));
     }
     let picked: Vec<(crate::audit::Entry, bool)> = std::mem::take(&mut log.entries)
@@ -555,7 +604,7 @@ fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
     } else {
         print!("{}", crate::audit::render(&picked));
     }
-    for warning in crate::audit::warnings(&log) {
+    for warning in crate::audit::warnings(&log).iter().chain(&gaps) {
         eprintln!("lockstep: {warning}");
     }
     Ok(Exit::Success)
@@ -588,6 +637,14 @@ fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<Exit
         from.format("%Y-%m-%d %H:%M")
     );
     print!("{}", replay.render());
+    if replay.unreadable() > 0 {
+        eprintln!(
+            "lockstep: {} push(es) could not be read, so the replay is incomplete; see \
+             \"not read\" above",
+            replay.unreadable()
+        );
+        return Ok(Exit::Error);
+    }
     Ok(Exit::success_if(!replay.changes()))
 }
 

@@ -12,10 +12,11 @@ pub enum Exit {
     /// 1: refused or failed: a push rejected by a policy (a rule that errs, the tracker not
     /// answering included), a delivery failed, refused or cancelled, policies that do not
     /// check, a push a replay would decide otherwise, a decision log whose hash chain is
-    /// broken, a demo act that went otherwise.
+    /// broken, a demo act that went otherwise, a `doctor` that finds something to fix.
     Failed = 1,
     /// 2: lockstep could not do what was asked: a usage, config or internal error. A hook
-    /// that cannot decide rejects the push with it: it fails closed.
+    /// that cannot decide, or cannot log its decision (`[audit] on_error`), rejects the push
+    /// with it: it fails closed. A replay that could not read a logged push.
     Error = 2,
     /// 141 (128 + SIGPIPE): the reader of the output went away (`lockstep logs 1 | head`);
     /// quiet, as `git log | head` is.

@@ -244,7 +244,7 @@ impl Git {
             self.command(&["cat-file", "--batch-check=%(objectname)"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .context("cannot run `git cat-file`; is git installed?")?,
         );
@@ -264,13 +264,41 @@ impl Git {
             std::io::Read::read_to_string(&mut stdout, &mut out)?;
         }
         let _ = writer.join();
-        let _ = child.0.wait();
+        let mut errors = String::new();
+        if let Some(mut stderr) = child.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut errors);
+        }
+        let status = child.0.wait()?;
+        if !status.success() {
+            bail!("{}", self.refusal(&errors));
+        }
         // Missing objects come back as `<oid> missing`, found ones as the bare id.
         Ok(out
             .lines()
             .filter(|l| is_oid(l))
             .map(String::from)
             .collect())
+    }
+
+    /// Why git would not read this repository, from its stderr: its ownership check named,
+    /// with the fix, or git's own words.
+    pub fn refusal(&self, stderr: &str) -> String {
+        let dir = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        if stderr.contains("dubious ownership") {
+            return format!(
+                "git refuses to read `{0}`: it is owned by another account than the one \
+                 running lockstep (git's \"dubious ownership\" check, safe.directory); run as \
+                 the repository's owner, or trust it with `git config --global --add \
+                 safe.directory {0}`",
+                dir.display()
+            );
+        }
+        let said = stderr.trim();
+        if said.is_empty() {
+            format!("git cannot read `{}`", dir.display())
+        } else {
+            format!("git cannot read `{}`: {said}", dir.display())
+        }
     }
 
     /// The object id a ref points to, or None if it does not exist.

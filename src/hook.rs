@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use crate::audit;
-use crate::config::{Config, ConfigSource};
+use crate::config::{AuditOnError, Config, ConfigSource};
 use crate::delivery::{self, Request, Requested, refusal_lines};
 use crate::domain::{Source, TaskKey};
 use crate::exit::Exit;
@@ -190,10 +190,27 @@ fn finish(result: anyhow::Result<Decided>) -> Exit {
             let _ = err.flush();
             drop(err);
             count_decisions(&state_dir, &decisions);
+            let accepted = decisions.iter().all(|d| d.decision.accepted());
             if let Err(e) = audit::append(&state_dir, &logged, &limits) {
-                tracing::debug!("hook decision not logged: {e:#}");
+                let lost = audit::Unlogged::new(&state_dir, &logged, &e);
+                let (text, exit) = match limits.on_error {
+                    AuditOnError::Reject => (lost.refusal(accepted), Exit::Error),
+                    AuditOnError::Warn => (
+                        lost.warning(lost.note().as_deref()),
+                        Exit::success_if(accepted),
+                    ),
+                };
+                // GitLab shows a hook's lines only on a rejection, prefixed.
+                let text = push::gitlab_lines(&text, gitlab && exit != Exit::Success);
+                let _ = write!(std::io::stderr(), "{}", escape(&text));
+                tracing::error!(
+                    "push decision not logged in `{}`: {}",
+                    state_dir.display(),
+                    escape(&lost.reason)
+                );
+                return exit;
             }
-            Exit::success_if(decisions.iter().all(|d| d.decision.accepted()))
+            Exit::success_if(accepted)
         }
         Err(e) => {
             let text = format!("lockstep: push rejected: {e:#}");

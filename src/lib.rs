@@ -19,10 +19,12 @@
 //! - `domain`: the domain's vocabulary, value types every layer names (`GitHubRepo`).
 //! - `text`: untrusted text made fit to show: control characters escaped, logs cut short.
 //! - `policy`: policy files, CEL compilation and evaluation, decisions.
+//! - `accounts`: the system's accounts, for messages about who may write what.
 //! - `audit`: the decision log, `lockstep audit`'s reading of it, and policy replay.
 //! - `push`: ref updates, the pusher, and the facts rules read about a push.
 //! - `hook`: the `pre-receive`, `update` and `post-receive` entry points.
 //! - `install`: `install-hooks`, the shims of `hooks/`.
+//! - `doctor`: `lockstep doctor`, a server's setup checked per repository.
 //! - `git`: the one place that runs `git`.
 //! - `tls`: the one TLS crypto provider (rustls on ring).
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
@@ -34,6 +36,7 @@
 //! - `github`: the GitHub API client and GitHub's rules (signatures, approvals).
 //! - `demo`: the narrated sandbox of `lockstep demo`.
 
+mod accounts;
 mod audit;
 mod board;
 mod cli;
@@ -41,6 +44,7 @@ mod commands;
 mod config;
 mod delivery;
 mod demo;
+mod doctor;
 mod domain;
 mod exit;
 mod git;

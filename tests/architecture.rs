@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 /// The edges: what a person or a git server calls.
-const EDGES: [&str; 8] = [
-    "hook", "install", "server", "cli", "commands", "board", "demo", "exit",
+const EDGES: [&str; 9] = [
+    "hook", "install", "server", "cli", "commands", "board", "demo", "exit", "doctor",
 ];
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 15] = [
+const CORE: [&str; 16] = [
     "domain",
     "config",
     "policy",
@@ -27,6 +27,7 @@ const CORE: [&str; 15] = [
     "tracker",
     "monitor",
     "tls",
+    "accounts",
 ];
 
 fn rust_files(at: &Path, out: &mut Vec<PathBuf>) {

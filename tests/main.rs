@@ -4,6 +4,7 @@
 
 mod util;
 
+mod accounts;
 mod architecture;
 mod audit;
 mod bad_input;

@@ -258,6 +258,7 @@ mod tests {
         let limits = Audit {
             max_bytes: one * 2,
             keep: 2,
+            ..Audit::default()
         };
         for i in 0..7 {
             append(dir.path(), &entry(&format!("T-{i}")), &limits).unwrap();

@@ -8,9 +8,11 @@
 //! - this file: what a line holds ([`Entry`]), and how `lockstep audit` picks and shows lines;
 //! - `log`: appending under a size bound with rotation, and reading back;
 //! - `chain`: the hash chain of the lines, and its check;
+//! - `gaps`: decisions that could not be logged, said to the pusher and noted for `audit`;
 //! - `replay`: a candidate policy set evaluated against the logged pushes.
 
 mod chain;
+mod gaps;
 mod log;
 mod replay;
 
@@ -27,6 +29,7 @@ use crate::push::{PushContext, RefDecision, TaskAnswers};
 use crate::text::escape;
 
 pub use chain::Chain;
+pub use gaps::{Unlogged, find as find_gaps, warnings as gap_warnings};
 pub use log::{Log, append, load, read, record};
 pub use replay::replay;
 
@@ -94,6 +97,20 @@ pub fn json_lines(entries: &[(Entry, bool)]) -> serde_json::Result<String> {
         s.push('\n');
     }
     Ok(s)
+}
+
+impl Log {
+    /// The repository folders the logged pushes name, each once: where gaps may be noted.
+    pub fn git_dirs(&self) -> Vec<&str> {
+        let mut dirs: Vec<&str> = self
+            .entries
+            .iter()
+            .map(|(e, _)| e.git_dir.as_str())
+            .collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        dirs
+    }
 }
 
 /// What `lockstep audit` says of the log besides its entries: lines it could not read, a

@@ -5,7 +5,8 @@
 //! are read from the repository as it is now (those not reachable from the ref's old value or
 //! from another ref), and the task facts are the tracker's answers logged with the push, so a
 //! replay asks the tracker nothing. A push whose repository or objects are gone cannot be
-//! replayed and is reported so. Pushes are replayed on every core, each repository's objects
+//! replayed and is reported so; one git will not read (another account owns it, and git's
+//! ownership check refuses it) is reported as not read, and the replay as incomplete. Pushes are replayed on every core, each repository's objects
 //! checked in one `git cat-file` first.
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +33,8 @@ pub enum Change {
     NowAccepted(Vec<RefDecision>),
     /// Not replayable: why.
     Gone(String),
+    /// Not read: git refused the repository (another account owns it) or failed; why.
+    Unreadable(String),
 }
 
 /// Picks the pushes of one section of [`Replay::render`].
@@ -48,6 +51,11 @@ impl Replay<'_> {
         self.pushes.iter().filter(|(_, c)| f(c)).count()
     }
 
+    /// Whether some push could not be read: the replay did not do what it was asked.
+    pub fn unreadable(&self) -> usize {
+        self.count(|c| matches!(c, Change::Unreadable(_)))
+    }
+
     /// Whether the candidate would decide some push otherwise.
     pub fn changes(&self) -> bool {
         self.count(|c| matches!(c, Change::NowRefused(_) | Change::NowAccepted(_))) > 0
@@ -60,13 +68,18 @@ impl Replay<'_> {
         let refused = self.count(|c| matches!(c, Change::NowRefused(_)));
         let accepted = self.count(|c| matches!(c, Change::NowAccepted(_)));
         let gone = self.count(|c| matches!(c, Change::Gone(_)));
-        let _ = writeln!(
+        let unreadable = self.unreadable();
+        let _ = write!(
             s,
             "replayed {} push(es): {refused} accepted then would be refused now, {accepted} \
              refused then would be accepted now, {gone} not replayable",
             self.pushes.len()
         );
-        let sections: [(&str, Pick); 3] = [
+        if unreadable > 0 {
+            let _ = write!(s, ", {unreadable} not read");
+        }
+        s.push('\n');
+        let sections: [(&str, Pick); 4] = [
             ("accepted then, refused now:", |c| {
                 matches!(c, Change::NowRefused(_))
             }),
@@ -74,6 +87,9 @@ impl Replay<'_> {
                 matches!(c, Change::NowAccepted(_))
             }),
             ("not replayable:", |c| matches!(c, Change::Gone(_))),
+            ("not read (the replay is incomplete):", |c| {
+                matches!(c, Change::Unreadable(_))
+            }),
         ];
         for (title, pick) in sections {
             if self.count(pick) == 0 {
@@ -93,7 +109,7 @@ impl Replay<'_> {
                     })
                 );
                 match change {
-                    Change::Gone(why) => {
+                    Change::Gone(why) | Change::Unreadable(why) => {
                         for r in &e.refs {
                             let _ = writeln!(s, "    {} {}", escape(&r.name), git::short(&r.new));
                         }
@@ -160,8 +176,9 @@ pub fn replay<'a>(config: &Config, candidate: &PolicySet, entries: &'a [Entry]) 
     Replay { pushes: out }
 }
 
-/// Per repository folder, the logged objects it still has (None: the folder is gone).
-type Present = HashMap<String, Option<std::collections::HashSet<String>>>;
+/// Per repository folder, the logged objects it still has (None: the folder is gone; an
+/// error: git would not read it).
+type Present = HashMap<String, Option<Result<std::collections::HashSet<String>, String>>>;
 
 fn objects_present(pushes: &[&Entry]) -> Present {
     let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -179,16 +196,17 @@ fn objects_present(pushes: &[&Entry]) -> Present {
         .into_iter()
         .map(|(dir, oids)| {
             let found = (!dir.is_empty() && Path::new(dir).is_dir())
-                .then(|| Git::new(dir).existing(&oids).ok())
-                .flatten();
+                .then(|| Git::new(dir).existing(&oids).map_err(|e| format!("{e:#}")));
             (dir.to_string(), found)
         })
         .collect()
 }
 
 fn replay_one(config: &Config, candidate: &PolicySet, e: &Entry, present: &Present) -> Change {
-    let Some(Some(objects)) = present.get(&e.git_dir) else {
-        return Change::Gone(format!("repository `{}` is gone", e.git_dir));
+    let objects = match present.get(&e.git_dir) {
+        Some(Some(Ok(objects))) => objects,
+        Some(Some(Err(why))) => return Change::Unreadable(why.clone()),
+        _ => return Change::Gone(format!("repository `{}` is gone", e.git_dir)),
     };
     let missing: Vec<&str> = e
         .refs

@@ -32,7 +32,7 @@ mod tracker;
 pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use monitor::{AlertmanagerConfig, DEFAULT_ALERT_SLACK, Gate, NoData, PrometheusConfig};
-pub use reviews::{Audit, Reviews};
+pub use reviews::{Audit, AuditOnError, Reviews};
 pub use server::{GitHubConfig, Server};
 pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};

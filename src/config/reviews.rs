@@ -22,6 +22,23 @@ pub struct Audit {
     /// How many rotated logs are kept (`decisions.jsonl.1` is the newest). Default 3.
     #[serde(default = "default_keep")]
     pub keep: u32,
+    /// What a hook does with a push whose decision cannot be written to the log (the state
+    /// folder not writable by the hook's account, a full disk): `reject` it (the default), or
+    /// let it through with a warning (`warn`).
+    #[serde(default)]
+    pub on_error: AuditOnError,
+}
+
+/// What a hook does when it cannot write a push's decision to the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOnError {
+    /// Reject the push, naming the folder and why (fail closed). The default.
+    #[default]
+    Reject,
+    /// Accept it as decided, warning the pusher, logging an error, and noting the gap where
+    /// `lockstep audit` finds it.
+    Warn,
 }
 
 impl Default for Audit {
@@ -29,6 +46,7 @@ impl Default for Audit {
         Audit {
             max_bytes: default_max_bytes(),
             keep: default_keep(),
+            on_error: AuditOnError::Reject,
         }
     }
 }

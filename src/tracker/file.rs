@@ -9,6 +9,9 @@
 //!
 //! Writes take an exclusive lock on a side file and replace the tasks file atomically, so a
 //! hook reading it never sees half a file and two writers never lose each other's change.
+//! The new file keeps the old one's mode, owner and group (as far as the writer may set them),
+//! and a lock file another account created is locked read-only, so the git server's account
+//! and the bot's can both write it (docs/accounts.md).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -89,11 +92,13 @@ impl FileTracker {
         change: impl FnOnce(&mut BTreeMap<String, FileTask>) -> Result<T, TrackerError>,
     ) -> Result<T, TrackerError> {
         let lock_path = self.path.with_extension("toml.lock");
+        // A lock file another account created may be read-only here: a lock needs no more.
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
+            .or_else(|e| File::open(&lock_path).map_err(|_| e))
             .map_err(|e| err(format!("cannot open lock `{}`: {e}", lock_path.display())))?;
         lock.lock()
             .map_err(|e| err(format!("cannot lock `{}`: {e}", lock_path.display())))?;
@@ -104,6 +109,7 @@ impl FileTracker {
         let mut tmp = tempfile::NamedTempFile::new_in(dir)
             .map_err(|e| err(format!("cannot write in `{}`: {e}", dir.display())))?;
         tmp.write_all(text.as_bytes())
+            .and_then(|_| keep_access(&self.path, tmp.as_file()))
             .and_then(|_| tmp.as_file().sync_all())
             .map_err(|e| err(format!("cannot write tasks: {e}")))?;
         tmp.persist(&self.path)
@@ -111,6 +117,20 @@ impl FileTracker {
         drop::<File>(lock);
         Ok(result)
     }
+}
+
+/// Gives the new tasks file the mode, owner and group of the one it replaces, so that the
+/// accounts that could write it before (the git server's, the bot's) still can. The owner is
+/// kept only by root; the group when the writer belongs to it; the mode always.
+fn keep_access(old: &Path, new: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(old) else {
+        return Ok(());
+    };
+    if std::os::unix::fs::fchown(new, Some(meta.uid()), Some(meta.gid())).is_err() {
+        let _ = std::os::unix::fs::fchown(new, None, Some(meta.gid()));
+    }
+    new.set_permissions(meta.permissions())
 }
 
 #[async_trait]
@@ -183,6 +203,34 @@ mod tests {
             t.move_to(&"NOPE-1".into(), "x", "").await,
             Err(TrackerError::NotFound { .. })
         ));
+    }
+
+    /// A status move keeps the file's mode, and its owner and group as far as the writer may
+    /// (all of them as root, as the tests run): another account that could write it still can.
+    #[tokio::test]
+    async fn a_move_keeps_the_files_mode_owner_and_group() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.toml");
+        std::fs::write(&path, "[TASK-1]\nstatus = \"In Progress\"\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        // Another owner and group, when the tests may give them (as root).
+        let other = if me == 0 { 65534 } else { me };
+        let _ = std::os::unix::fs::chown(&path, Some(other), Some(other));
+        let before = std::fs::metadata(&path).unwrap();
+        let t = FileTracker::new(path.clone());
+        t.move_to(&"TASK-1".into(), "For Delivery", "ready")
+            .await
+            .unwrap();
+        let after = std::fs::metadata(&path).unwrap();
+        assert_ne!(
+            after.ino(),
+            before.ino(),
+            "the file is replaced, not edited"
+        );
+        assert_eq!(after.mode() & 0o7777, 0o664);
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
     }
 
     #[tokio::test]
