@@ -155,9 +155,15 @@ impl Server {
         cmd
     }
 
-    /// `user`'s clone of `api` through the server, in `root/clones-<user>`.
+    /// `user`'s clone of `api` through the server, in `root/clone-<user>`, fetched up to date.
     fn clone(&self, root: &Path, user: &str) -> PathBuf {
         let dir = root.join(format!("clone-{user}"));
+        if dir.exists() {
+            let mut cmd = self.git(&dir, user);
+            cmd.args(["fetch", "--quiet", "origin"]);
+            must(cmd, &format!("{user} fetches api"));
+            return dir;
+        }
         let mut cmd = self.git(root, user);
         cmd.args(["clone", "--quiet", &self.url.replace("{user}", user)])
             .arg(&dir);
@@ -178,28 +184,53 @@ impl Server {
 
     /// alice's TASK-1 branch, one commit, pushed through the server; returns her clone.
     fn task_branch(&self, root: &Path, options: &[&str]) -> (PathBuf, Pushed) {
+        self.branch(root, BRANCH, "login.txt", options)
+    }
+
+    /// alice's `branch` from `origin/master`, one commit writing `file`, pushed through the
+    /// server; returns her clone.
+    fn branch(&self, root: &Path, branch: &str, file: &str, options: &[&str]) -> (PathBuf, Pushed) {
         let dir = self.clone(root, "alice");
         let mut cmd = self.git(&dir, "alice");
-        cmd.args(["switch", "--quiet", "-c", BRANCH]);
+        cmd.args(["switch", "--quiet", "-c", branch, "origin/master"]);
         must(cmd, "switch");
-        std::fs::write(dir.join("login.txt"), "log in\n").unwrap();
+        std::fs::write(dir.join(file), "log in\n").unwrap();
         let mut cmd = self.git(&dir, "alice");
-        cmd.args(["add", "login.txt"]);
+        cmd.args(["add", file]);
         must(cmd, "add");
+        let task = lockstep::Tasks::default()
+            .task_of(branch)
+            .unwrap_or_default()
+            .to_string();
         let mut cmd = self.git(&dir, "alice");
-        cmd.args(["commit", "--quiet", "-m", "TASK-1 log in"]);
+        cmd.args(["commit", "--quiet", "-m", &format!("{task} {file}")]);
         must(cmd, "commit");
         let mut args = options.to_vec();
-        args.push(BRANCH);
+        args.push(branch);
         let p = self.push(&dir, "alice", &args);
         (dir, p)
     }
 
-    /// `reviewer` approves the head of alice's branch through the server.
+    /// `reviewer` approves the head of alice's TASK-1 branch through the server.
     fn approve(&self, root: &Path, reviewer: &str, options: &[&str]) -> Pushed {
+        self.approve_branch(root, reviewer, BRANCH, options)
+    }
+
+    /// `reviewer` approves the head of alice's `branch` through the server.
+    fn approve_branch(
+        &self,
+        root: &Path,
+        reviewer: &str,
+        branch: &str,
+        options: &[&str],
+    ) -> Pushed {
         let dir = self.clone(root, reviewer);
+        let task = lockstep::Tasks::default()
+            .task_of(branch)
+            .unwrap_or_default()
+            .to_string();
         let mut args = options.to_vec();
-        let spec = format!("origin/{BRANCH}:refs/approvals/TASK-1/{reviewer}");
+        let spec = format!("origin/{branch}:refs/approvals/{task}/{reviewer}");
         args.push(&spec);
         self.push(&dir, reviewer, &args)
     }
@@ -445,14 +476,14 @@ fn decisions(env: &Env) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The state of the delivery of TASK-1, waited for until it is done. Read as the server's
-/// account, which owns the store: a read as root could leave files the worker cannot write.
-fn delivered(env: &Env, tools: &Tools) -> String {
-    wait_for("the delivery of TASK-1 to end", || {
+/// The state of delivery `id`, waited for until it is done. Read as the server's account,
+/// which owns the store: a read as root could leave files the worker cannot write.
+fn delivered(env: &Env, tools: &Tools, id: i64) -> String {
+    wait_for("the delivery to end", || {
         let mut cmd = as_account(tools, &bin());
         cmd.arg("--config")
             .arg(env.config())
-            .args(["show", "1", "--json"])
+            .args(["show", &id.to_string(), "--json"])
             .env("HOME", env.sb.root.join("meta"))
             .stdin(Stdio::null());
         let q = cmd.output().ok()?;
@@ -496,13 +527,34 @@ fn identity_server(tools: &Tools, env: &Env, server: &Server) {
         "{}",
         p.stderr
     );
-    assert_eq!(delivered(env, tools), "delivered");
+    assert_eq!(delivered(env, tools, 1), "delivered");
     let mut fetch = server.git(&dir, "alice");
     fetch.args(["fetch", "--quiet", "origin"]);
     must(fetch, "fetch");
     let mut show = server.git(&dir, "alice");
     show.args(["show", "origin/master:login.txt"]);
     assert_eq!(must(show, "master has alice's file"), "log in\n");
+    // A branch pushed and approved is delivered by a push to `refs/deliver/<TASK>`, which
+    // leaves no ref behind.
+    let dark = "feature/TASK-3-dark";
+    let (dir, p) = server.branch(root, dark, "dark.txt", &[]);
+    assert!(p.accepted, "{}", p.stderr);
+    for reviewer in ["bob", "carol"] {
+        let p = server.approve_branch(root, reviewer, dark, &[]);
+        assert!(p.accepted, "{}", p.stderr);
+    }
+    let p = server.push(&dir, "alice", &[&format!("{dark}:refs/deliver/TASK-3")]);
+    assert!(p.accepted, "{}", p.stderr);
+    assert!(
+        p.remote_text()
+            .contains("delivery #2 of `TASK-3` queued (position 1)"),
+        "{}",
+        p.stderr
+    );
+    assert_eq!(delivered(env, tools, 2), "delivered");
+    let mut refs = server.git(&dir, "alice");
+    refs.args(["ls-remote", "origin", "refs/deliver/*"]);
+    assert_eq!(must(refs, "ls-remote"), "");
     // (d) Who pushed reaches the decision log.
     let pushers: Vec<String> = decisions(env)
         .iter()
