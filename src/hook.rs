@@ -2,9 +2,10 @@
 //!
 //! `pre-receive` decides the whole push (one bad ref rejects all); `update` decides one ref
 //! (for servers that want per-ref decisions); `post-receive` acts on an accepted push (the
-//! `deliver` push option). Hooks never write refs: during `pre-receive` the pushed objects are
-//! in git's quarantine, where a ref update would be refused or, worse, point at objects that
-//! are about to vanish.
+//! `deliver` push option, a push to `refs/deliver/<TASK>`). The deciding hooks never write
+//! refs: during `pre-receive` the pushed objects are in git's quarantine, where a ref update
+//! would be refused or, worse, point at objects that are about to vanish. The one ref a hook
+//! writes is `post-receive` deleting a `refs/deliver/<TASK>` it has acted on.
 //!
 //! Exit codes: [`Exit::Success`] accepted, [`Exit::Failed`] rejected by policy (a rule that
 //! errs, the tracker not answering, counts as its `on_error` says), [`Exit::Error`] rejected
