@@ -219,8 +219,13 @@ pub struct InstallArgs {
     /// Decide ref by ref with the `update` hook instead of the whole push in `pre-receive`
     #[arg(long)]
     pub per_ref: bool,
+    /// Install in gitolite's folder of hooks common to every repository
+    /// (`$LOCAL_CODE/hooks/common` or `~/.gitolite/hooks/common`), as gitolite's account; then
+    /// run `gitolite setup --hooks-only`
+    #[arg(long, value_name = "DIR")]
+    pub gitolite: Option<PathBuf>,
     /// Bare repositories to guard
-    #[arg(required = true, value_name = "REPO.git")]
+    #[arg(required_unless_present = "gitolite", value_name = "REPO.git")]
     pub repos: Vec<PathBuf>,
 }
 
@@ -420,6 +425,9 @@ fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<Exi
         force: args.force,
         per_ref: args.per_ref,
     };
+    if let Some(dir) = &args.gitolite {
+        commands::say_line(&crate::install::install_gitolite(dir, &opts)?)?;
+    }
     for repo in &args.repos {
         commands::say_line(&crate::install::install(repo, &opts)?)?;
     }

@@ -2,9 +2,10 @@
 //!
 //! `pre-receive` decides the whole push (one bad ref rejects all); `update` decides one ref
 //! (for servers that want per-ref decisions); `post-receive` acts on an accepted push (the
-//! `deliver` push option). Hooks never write refs: during `pre-receive` the pushed objects are
-//! in git's quarantine, where a ref update would be refused or, worse, point at objects that
-//! are about to vanish.
+//! `deliver` push option, a push to `refs/deliver/<TASK>`). The deciding hooks never write
+//! refs: during `pre-receive` the pushed objects are in git's quarantine, where a ref update
+//! would be refused or, worse, point at objects that are about to vanish. The one ref a hook
+//! writes is `post-receive` deleting a `refs/deliver/<TASK>` it has acted on.
 //!
 //! Exit codes: [`Exit::Success`] accepted, [`Exit::Failed`] rejected by policy (a rule that
 //! errs, the tracker not answering, counts as its `on_error` says), [`Exit::Error`] rejected
@@ -22,7 +23,9 @@ use crate::domain::{Source, TaskKey};
 use crate::exit::Exit;
 use crate::git::Git;
 use crate::policy::PolicySet;
-use crate::push::{self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report};
+use crate::push::{
+    self, Early, NewCommits, PushContext, RefDecision, RefUpdate, Report, deliver_ref,
+};
 use crate::store::Store;
 use crate::text::escape;
 use crate::tracker;
@@ -312,7 +315,9 @@ pub fn parse_post_receive_options(options: &[String]) -> Result<PostReceiveReque
 }
 
 /// `lockstep hook post-receive`: after an accepted push; enqueues deliveries when asked with
-/// `git push -o deliver`. It cannot undo the push, so it only reports problems.
+/// `git push -o deliver` (of a task branch, or of an approval) or by a push to
+/// `refs/deliver/<TASK>`, which it then deletes. It cannot undo the push, so it only reports
+/// problems.
 pub fn post_receive(config_path: Option<&Path>) -> Exit {
     let mut input = Vec::new();
     if std::io::stdin().read_to_end(&mut input).is_err() {
@@ -322,19 +327,41 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
         let updates = push::parse_updates(&input)?;
         let req = parse_post_receive_options(&push::push_options_from_env())
             .map_err(anyhow::Error::msg)?;
-        let Some(priority) = req.deliver else {
-            return Ok(());
-        };
-        let git = Git::for_hook()?;
-        let (path, source) = find_config(config_path, &git)?;
-        let config = Config::load_from(&path, source)?;
-        let keys = tasks_to_deliver(&config, &updates);
-        if keys.is_empty() {
-            eprintln!("lockstep: `-o deliver` ignored: no pushed branch names a task");
+        let by_ref: Vec<&RefUpdate> = updates
+            .iter()
+            .filter(|u| !u.deleted() && u.name.starts_with(deliver_ref::PREFIX))
+            .collect();
+        if req.deliver.is_none() && by_ref.is_empty() {
             return Ok(());
         }
+        let git = Git::for_hook()?;
+        // A delivery request leaves no ref behind, whatever becomes of it. After pre-receive,
+        // the pushed objects are out of quarantine: the ref can be deleted here.
+        for u in &by_ref {
+            if let Err(e) = git.run(&["update-ref", "-d", &u.name, &u.new]) {
+                eprintln!(
+                    "lockstep: could not delete `{}`: {}",
+                    escape(&u.name),
+                    escape(&format!("{e:#}"))
+                );
+            }
+        }
+        let (path, source) = find_config(config_path, &git)?;
+        let config = Config::load_from(&path, source)?;
+        let keys = deliver_ref::tasks_asked(&config, &updates, req.deliver.is_some());
+        if keys.is_empty() {
+            eprintln!("lockstep: `-o deliver` ignored: no pushed branch or approval names a task");
+            return Ok(());
+        }
+        let requester = push::pusher_from_env(&config);
+        if requester.is_empty() {
+            // pre-receive refuses such a push; this is for a server that runs only this hook.
+            let why = deliver_ref::no_identity(&config, "ask for a delivery");
+            eprintln!("lockstep: nothing queued: {}", escape(&why));
+            return Ok(());
+        }
+        let priority = req.deliver.unwrap_or(0);
         for key in keys {
-            let requester = push::pusher_from_env(&config);
             match enqueue(&config, key, priority, &requester) {
                 Ok(msg) => eprintln!("lockstep: {}", escape(&msg)),
                 Err(e) => eprintln!(
@@ -349,22 +376,6 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
         eprintln!("lockstep: post-receive: {}", escape(&format!("{e:#}")));
     }
     Exit::Success
-}
-
-/// The tasks a push with `-o deliver` asks to deliver: those its branches name, each once
-/// however many of its branches the push brings, in the order of the push.
-fn tasks_to_deliver<'a>(config: &Config, updates: &'a [RefUpdate]) -> Vec<&'a str> {
-    let mut keys: Vec<&str> = Vec::new();
-    for key in updates
-        .iter()
-        .filter(|u| !u.deleted())
-        .filter_map(|u| config.tasks.task_of(u.branch()))
-    {
-        if !keys.contains(&key) {
-            keys.push(key);
-        }
-    }
-    keys
 }
 
 /// Queues the delivery of a task for `git push -o deliver`: the push declares the task ready,
@@ -465,24 +476,5 @@ mod tests {
         assert_eq!(o(&["ci.skip", "deliver=5"]).unwrap().deliver, Some(5));
         assert_eq!(o(&["deliver=priority=7"]).unwrap().deliver, Some(7));
         assert!(o(&["deliver=soon"]).is_err());
-    }
-
-    #[test]
-    fn each_task_is_delivered_once_in_push_order() {
-        let config = Config::parse_str("").unwrap();
-        let z = "0".repeat(40);
-        let a = "1".repeat(40);
-        let input: String = [
-            format!("{z} {a} refs/heads/bugfix/TASK-2-a"),
-            format!("{z} {a} refs/heads/feature/TASK-1-b"),
-            format!("{z} {a} refs/heads/hotfix/TASK-2-c"),
-            format!("{a} {z} refs/heads/feature/TASK-3-gone"),
-            format!("{z} {a} refs/tags/TASK-4"),
-            format!("{z} {a} refs/heads/feature/TASK-1-d"),
-        ]
-        .map(|l| l + "\n")
-        .concat();
-        let updates = push::parse_updates(input.as_bytes()).unwrap();
-        assert_eq!(tasks_to_deliver(&config, &updates), ["TASK-2", "TASK-1"]);
     }
 }

@@ -90,25 +90,52 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
     } else {
         repo.join(hooks_dir)
     };
-    std::fs::create_dir_all(&hooks_dir)
-        .with_context(|| format!("cannot create `{}`", hooks_dir.display()))?;
-    let wanted: Vec<&str> = if opts.per_ref {
-        vec!["update", "post-receive"]
+    let wanted: &[&str] = if opts.per_ref {
+        &["update", "post-receive"]
     } else {
-        vec!["pre-receive", "post-receive"]
+        &["pre-receive", "post-receive"]
     };
-    // Check every hook first, so that a refusal leaves the repository untouched.
+    let mut done = write_hooks(&hooks_dir, wanted, opts.force, |template| {
+        hook_text(template, &opts.binary)
+    })?;
+    let config = opts.config.to_string_lossy();
+    if git.config_get("lockstep.config")?.as_deref() != Some(&config) {
+        git.run(&["config", "lockstep.config", &config])?;
+        done.push("recorded lockstep.config".into());
+    }
+    if git.config_get("receive.advertisePushOptions")?.as_deref() != Some("true") {
+        git.run(&["config", "receive.advertisePushOptions", "true"])?;
+        done.push("enabled push options".into());
+    }
+    Ok(if done.is_empty() {
+        format!("{}: up to date", repo.display())
+    } else {
+        format!("{}: {}", repo.display(), done.join(", "))
+    })
+}
+
+/// Writes the hooks `wanted` into `hooks_dir` (each hook's text from its shipped template),
+/// and removes lockstep's other hooks there. Checks every hook first, so that a refusal
+/// leaves the folder untouched. Returns what it did.
+fn write_hooks(
+    hooks_dir: &Path,
+    wanted: &[&str],
+    force: bool,
+    text_of: impl Fn(&str) -> String,
+) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(hooks_dir)
+        .with_context(|| format!("cannot create `{}`", hooks_dir.display()))?;
     for (name, _) in SHIMS {
         let path = hooks_dir.join(name);
         if let Ok(existing) = std::fs::read_to_string(&path) {
-            if !existing.contains(MARKER) && !opts.force && wanted.contains(name) {
+            if !existing.contains(MARKER) && !force && wanted.contains(name) {
                 bail!(
                     "`{}` exists and was not written by lockstep; move it aside, or pass --force \
                      to replace it",
                     path.display()
                 );
             }
-        } else if path.exists() && !opts.force && wanted.contains(name) {
+        } else if path.exists() && !force && wanted.contains(name) {
             bail!(
                 "`{}` exists and cannot be read; move it aside, or pass --force",
                 path.display()
@@ -119,7 +146,7 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
     for (name, template) in SHIMS {
         let path = hooks_dir.join(name);
         if wanted.contains(name) {
-            let text = hook_text(template, &opts.binary);
+            let text = text_of(template);
             if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
                 let tmp = hooks_dir.join(format!(".{name}.lockstep-tmp"));
                 std::fs::write(&tmp, &text)
@@ -135,20 +162,60 @@ pub fn install(repo: &Path, opts: &Install) -> anyhow::Result<String> {
             done.push(format!("removed {name}"));
         }
     }
-    let config = opts.config.to_string_lossy();
-    if git.config_get("lockstep.config")?.as_deref() != Some(&config) {
-        git.run(&["config", "lockstep.config", &config])?;
-        done.push("recorded lockstep.config".into());
+    Ok(done)
+}
+
+/// The text of a hook that names its config, for hooks shared by many repositories (whose
+/// own git config lockstep does not write): always the `sh` shim, with `--config`.
+pub fn shim_with_config(template: &str, binary: &Path, config: &Path) -> String {
+    let quoted = format!(
+        "{} --config {}",
+        sh_quote(&binary.to_string_lossy()),
+        sh_quote(&config.to_string_lossy())
+    );
+    template.replace("'@LOCKSTEP_BIN@'", &quoted)
+}
+
+/// Installs the hooks in gitolite's folder of hooks common to every repository
+/// (`$LOCAL_CODE/hooks/common`, or `~/.gitolite/hooks/common`): `pre-receive` and
+/// `post-receive`, next to gitolite's own `update`, which is left alone. `gitolite setup
+/// --hooks-only` then links them into every repository, and gitolite into each new one.
+/// Push options are turned on for the account that runs it (`git config --global`), which
+/// must be gitolite's. Returns what it did and what is left to do.
+pub fn install_gitolite(hooks_dir: &Path, opts: &Install) -> anyhow::Result<String> {
+    if opts.per_ref {
+        bail!(
+            "gitolite keeps the `update` hook for its own access rules; install lockstep's \
+             `pre-receive` there (leave out --per-ref)"
+        );
     }
-    if git.config_get("receive.advertisePushOptions")?.as_deref() != Some("true") {
-        git.run(&["config", "receive.advertisePushOptions", "true"])?;
-        done.push("enabled push options".into());
+    let mut done = write_hooks(
+        hooks_dir,
+        &["pre-receive", "post-receive"],
+        opts.force,
+        |template| shim_with_config(template, &opts.binary, &opts.config),
+    )?;
+    let git = Git::new(hooks_dir);
+    let (_, current, _) = git.try_run(&[
+        "config",
+        "--global",
+        "--get",
+        "receive.advertisePushOptions",
+    ])?;
+    if current.trim() != "true" {
+        git.run(&["config", "--global", "receive.advertisePushOptions", "true"])?;
+        done.push("enabled push options for this account (git config --global)".into());
     }
-    Ok(if done.is_empty() {
-        format!("{}: up to date", repo.display())
+    let did = if done.is_empty() {
+        "up to date".to_string()
     } else {
-        format!("{}: {}", repo.display(), done.join(", "))
-    })
+        done.join(", ")
+    };
+    Ok(format!(
+        "{}: {did}; now run `gitolite setup --hooks-only` as this account to link them into \
+         every repository",
+        hooks_dir.display()
+    ))
 }
 
 #[cfg(test)]

@@ -480,9 +480,13 @@ fn unknown_pusher_is_nobody_in_particular() {
     let none: &[(&str, &str)] = &[];
     let p = push_env(&bot, none, &["master"]);
     assert!(!p.accepted);
+    // The refusal says why: the pusher is unknown, not someone who may not push here.
     assert!(
-        p.remote_text()
-            .contains("[protected-branch-writers] only `lockstep-bot` and the maintainers"),
+        p.remote_text().contains(
+            "[protected-branch-writers] no pusher identity: lockstep cannot tell who pushes, so \
+             nobody may update `master` with this push; have the git server authenticate \
+             pushers and name them (see docs/install.md#who-is-pushing)"
+        ),
         "{}",
         p.stderr
     );

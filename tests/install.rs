@@ -339,3 +339,59 @@ fn hook_files_in_a_dot_d_folder_run_as_their_folder_says() {
     assert_eq!(code(&out), 2);
     assert!(stderr(&out).contains("no such hook"), "{}", stderr(&out));
 }
+
+#[test]
+fn into_gitolites_common_hooks_both_hooks_go_next_to_gitolites_update() {
+    let env = Env::new(&[]);
+    let common = env.dir.path().join("local/hooks/common");
+    std::fs::create_dir_all(&common).unwrap();
+    std::fs::write(common.join("update"), "#!/usr/bin/perl\n# gitolite's\n").unwrap();
+    let dir = common.to_string_lossy().into_owned();
+    let o = install(&env, &["--gitolite", &dir]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "{dir}: wrote pre-receive, wrote post-receive, enabled push options for this \
+             account (git config --global); now run `gitolite setup --hooks-only` as this \
+             account to link them into every repository\n"
+        )
+    );
+    for hook in ["pre-receive", "post-receive"] {
+        let text = std::fs::read_to_string(common.join(hook)).unwrap();
+        // gitolite's repositories carry no `lockstep.config`: the hook names the config.
+        assert!(
+            text.ends_with(&format!(
+                "exec '{}' --config '{}' hook {hook} \"$@\"\n",
+                bin().display(),
+                env.config().display()
+            )),
+            "{text}"
+        );
+        let mode = std::fs::metadata(common.join(hook))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111, "{hook} is not executable");
+    }
+    assert_eq!(
+        std::fs::read_to_string(common.join("update")).unwrap(),
+        "#!/usr/bin/perl\n# gitolite's\n"
+    );
+    let global = std::fs::read_to_string(env.home().join(".gitconfig")).unwrap();
+    assert!(global.contains("advertisePushOptions = true"), "{global}");
+    // Again: nothing to do. Ref by ref: refused, gitolite keeps `update`.
+    let o = install(&env, &["--gitolite", &dir]);
+    assert!(
+        stdout(&o).starts_with(&format!("{dir}: up to date;")),
+        "{}",
+        stdout(&o)
+    );
+    let o = install(&env, &["--gitolite", &dir, "--per-ref"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("gitolite keeps the `update` hook for its own access rules"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -14,6 +14,7 @@ mod delivery;
 mod demo;
 mod dependencies;
 mod deploy;
+mod git_servers;
 mod hardening;
 mod help;
 mod hooks;

@@ -277,3 +277,122 @@ fn the_readmes_git_alias_approves() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(approval(&env, "bob"), Some(head));
 }
+
+/// Waits for delivery `id`, queued by a push, to end; returns its state.
+fn ended(env: &Env, id: i64) -> String {
+    wait_for("the delivery queued by the push to end", || {
+        let state = env.state(id);
+        (!["queued", "running"].contains(&state.as_str())).then_some(state)
+    })
+}
+
+#[test]
+fn a_push_to_refs_deliver_delivers_an_approved_branch_and_leaves_no_ref() {
+    let (env, head) = reviewed_env();
+    assert!(env.approve("api", "bob", BRANCH).accepted);
+    assert!(env.approve("api", "carol", BRANCH).accepted);
+    // The branch is pushed and approved: pushing it again updates nothing, so alice asks by
+    // pushing its head to a delivery ref.
+    let dir = env.clone_of("api", "alice");
+    let p = push_as(
+        &dir,
+        "alice",
+        &[&format!("origin/{BRANCH}:refs/deliver/TASK-1")],
+    );
+    assert!(p.accepted, "{}", p.stderr);
+    assert!(
+        p.remote_text().contains(
+            "lockstep: delivery #1 of `TASK-1` queued (position 1); follow it with \
+             `lockstep show 1`"
+        ),
+        "{}",
+        p.stderr
+    );
+    assert_eq!(env.rev("api", "refs/deliver/TASK-1"), None);
+    assert_eq!(ended(&env, 1), "delivered");
+    assert_eq!(
+        env.git_in("api", &["merge-base", "--is-ancestor", &head, "master"]),
+        ""
+    );
+    let notes = env.task("TASK-1").1;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("ready for delivery: alice pushed")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_delivery_asked_by_push_short_of_approvals_is_refused_with_the_rules_reason() {
+    let (env, _) = reviewed_env();
+    assert!(env.approve("api", "bob", BRANCH).accepted);
+    let dir = env.clone_of("api", "alice");
+    let p = push_as(
+        &dir,
+        "alice",
+        &[&format!("origin/{BRANCH}:refs/deliver/TASK-1")],
+    );
+    assert_eq!(
+        p.remote(),
+        [format!(
+            "lockstep: delivery of `TASK-1` refused: [two-approvals] `{BRANCH}` of api has 1 \
+             approval(s) of its current head; reviewers approve it with `git push origin \
+             origin/{BRANCH}:refs/approvals/TASK-1/<name>`; every branch needs 2 (task moved \
+             back to In Progress)"
+        )],
+        "{}",
+        p.stderr
+    );
+    assert_eq!(env.rev("api", "refs/deliver/TASK-1"), None);
+    assert_eq!(env.task("TASK-1").0, "In Progress");
+    // `-o deliver` on an approval that does not complete the rule: the same reason.
+    let carol = env.clone_of("api", "carol");
+    let p = push_as(
+        &carol,
+        "carol",
+        &[
+            "-o",
+            "deliver",
+            &format!("origin/{BRANCH}:refs/approvals/TASK-1/carol"),
+        ],
+    );
+    assert!(p.accepted, "{}", p.stderr);
+    assert!(
+        p.remote_text()
+            .contains("lockstep: delivery #1 of `TASK-1` queued"),
+        "the second approval completes the rule: {}",
+        p.stderr
+    );
+}
+
+#[test]
+fn only_a_task_branch_head_is_pushed_to_refs_deliver_and_only_as_they_are_named() {
+    let (env, _) = reviewed_env();
+    let dir = env.clone_of("api", "alice");
+    let p = push_as(&dir, "alice", &["origin/master:refs/deliver/TASK-1"]);
+    assert!(!p.accepted);
+    assert!(
+        p.remote_text().contains(&format!(
+            "[deliver-ref] {} is not the head of a branch of `TASK-1` (the branches of \
+             `TASK-1` are `{BRANCH}`); push the branch first, then ask for a delivery with \
+             `git push origin <branch>:refs/deliver/TASK-1`",
+            &env.master("api")[..10]
+        )),
+        "{}",
+        p.stderr
+    );
+    for odd in ["refs/deliver/TASK-1/more", "refs/deliver/nothing"] {
+        let p = push_as(&dir, "alice", &[&format!("origin/{BRANCH}:{odd}")]);
+        assert!(!p.accepted, "{odd}");
+        assert!(
+            p.remote_text().contains(&format!(
+                "  {odd}: [deliver-ref] `{odd}` is not a delivery request: they are \
+                 `refs/deliver/<TASK>`, and lockstep deletes them once queued"
+            )),
+            "{}",
+            p.stderr
+        );
+    }
+    assert_eq!(env.git_in("api", &["for-each-ref", "refs/deliver/"]), "");
+}

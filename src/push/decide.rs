@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use cel::Value;
 
-use super::{PushContext, RefUpdate, approval};
+use super::{PushContext, RefUpdate, approval, deliver_ref};
 use crate::config::{Config, OnError};
 use crate::domain::TaskKey;
 use crate::git::{Git, PendingCommits};
@@ -113,6 +113,8 @@ pub fn decide(
     let mut out = Vec::with_capacity(updates.len());
     // The repository's branches, listed once if the push brings an approval.
     let mut heads: Option<Vec<(String, String)>> = None;
+    // A push that asks the bot for something must say who asks.
+    let anonymous = deliver_ref::judge_options(config, ctx);
     for u in updates {
         let mut facts = Facts::default();
         facts
@@ -190,16 +192,28 @@ pub fn decide(
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
         }
-        if u.name.starts_with(approval::PREFIX) {
+        let own = |rule: &str, outcome| policy::Verdict {
+            rule: rule.to_string(),
+            enforcement: policy::Enforcement::Deny,
+            outcome,
+        };
+        if u.name.starts_with(approval::PREFIX) || u.name.starts_with(deliver_ref::PREFIX) {
             if heads.is_none() {
                 heads = Some(git.refs("refs/heads/")?);
             }
             let heads = heads.as_deref().unwrap_or_default();
-            decision.verdicts.push(policy::Verdict {
-                rule: approval::RULE.to_string(),
-                enforcement: policy::Enforcement::Deny,
-                outcome: approval::judge(config, git, ctx, u, heads)?,
-            });
+            decision
+                .verdicts
+                .push(if u.name.starts_with(approval::PREFIX) {
+                    own(approval::RULE, approval::judge(config, git, ctx, u, heads)?)
+                } else {
+                    own(deliver_ref::RULE, deliver_ref::judge(config, ctx, u, heads))
+                });
+        }
+        if let Some(outcome) = &anonymous {
+            decision
+                .verdicts
+                .push(own(deliver_ref::IDENTITY_RULE, outcome.clone()));
         }
         out.push(RefDecision {
             update: u.clone(),

@@ -7,6 +7,8 @@
 //! By concern:
 //! - `update`: the ref updates git hands a hook, parsed;
 //! - [`approval`]: approvals as refs (`refs/approvals/<TASK>/<name>`), judged by the hook;
+//! - [`deliver_ref`]: delivery asked for by a push (`refs/deliver/<TASK>`, `-o deliver`),
+//!   and refused to an anonymous pusher;
 //! - `context`: who pushes, to which repository, with which push options;
 //! - `decide`: the facts of each ref gathered, and the push rules evaluated on them;
 //! - `report`: the verdicts as the pusher reads them, and as `lockstep policy test` explains
@@ -15,6 +17,7 @@
 pub mod approval;
 mod context;
 mod decide;
+pub mod deliver_ref;
 mod report;
 mod update;
 
