@@ -387,32 +387,14 @@ fn enqueue(config: &Config, key: &str, priority: i64, requester: &str) -> anyhow
     let policies = PolicySet::for_config(config)?;
     rt.block_on(async {
         let tracker = tracker::open(config)?;
-        let ready = config
-            .tasks
-            .for_delivery
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "For Delivery".into());
-        let current = tracker::task_with_timeout(tracker.as_ref(), key, config.tracker.timeout)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         // The push declares the task ready: its deliver rules are judged with it so.
-        let mut moved_from = None;
-        if let Some(t) = &current
-            && !config.tasks.for_delivery.contains(&t.status)
-        {
-            let who = if requester.is_empty() {
-                "a push"
-            } else {
-                requester
-            };
-            let note = format!("ready for delivery: {who} pushed with `-o deliver`");
-            tracker
-                .move_to(key, &ready, &crate::text::note(&note))
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            moved_from = Some(t.status.clone());
-        }
+        let who = if requester.is_empty() {
+            "a push"
+        } else {
+            requester
+        };
+        let note = format!("ready for delivery: {who} pushed with `-o deliver`");
+        let moved_from = delivery::ready::mark(config, tracker.as_ref(), key, &note).await?;
         let req = Request {
             task: key.clone(),
             priority,
