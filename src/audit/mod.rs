@@ -8,10 +8,13 @@
 //! - this file: what a line holds ([`Entry`]), and how `lockstep audit` picks and shows lines;
 //! - `log`: appending under a size bound with rotation, and reading back;
 //! - `chain`: the hash chain of the lines, and its check;
+//! - `pushers`: who pushed a branch's commits, read off the logged pushes, so that those who
+//!   pushed a branch do not approve it;
 //! - `replay`: a candidate policy set evaluated against the logged pushes.
 
 mod chain;
 mod log;
+mod pushers;
 mod replay;
 
 use std::collections::BTreeMap;
@@ -28,6 +31,7 @@ use crate::text::escape;
 
 pub use chain::Chain;
 pub use log::{Log, append, load, read, record};
+pub use pushers::refuse_approvals_by_pushers;
 pub use replay::replay;
 
 /// One decision.
