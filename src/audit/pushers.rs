@@ -55,8 +55,7 @@ pub fn pushed_one<'c>(
         args.extend(hide);
         args.extend(protected);
         args.push("--");
-        let (_, out, _) = git.try_run(&args)?;
-        Ok(out.lines().map(str::to_string).collect())
+        Ok(git.run(&args)?.lines().map(str::to_string).collect())
     };
     // Everything any of their pushes reaches: usually none of the branch's commits.
     let tips: Vec<&str> = pushes.iter().map(|(_, new)| new.as_str()).collect();
