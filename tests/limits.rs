@@ -81,3 +81,100 @@ fn issue22_a_rule_that_builds_too_much_is_refused_by_name() {
     assert!(peak < 80 * 1024, "the hook peaked at {peak} KiB");
     eprintln!("the hook peaked at {} MiB", peak / 1024);
 }
+
+/// What the worker says, once, where the kernel cannot limit what steps write.
+const UNCONFINED: &str = "steps run unconfined: this kernel does not enforce Landlock";
+
+/// Issue 22: a step's `HOME` is a folder of its delivery's work folder, not the bot's; it
+/// writes its checkout, its `HOME` and a declared path (`[[repo]] writable`), but neither the
+/// bare repositories nor the state folder (the decision log), where the kernel enforces
+/// Landlock. Where it does not, the worker says so once, however many steps run.
+#[test]
+fn issue22_a_step_has_its_own_home_and_writes_only_where_it_may() {
+    let env = Env::new(&["api"]);
+    let root = env.root();
+    let cache = root.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // Not the sandbox-wide `writable` of the demo: only the cache.
+    env.edit_config(|t| {
+        t.lines()
+            .filter(|l| !l.starts_with("writable = "))
+            .map(|l| {
+                if l.starts_with("upstream = ") {
+                    format!("{l}\nwritable = [{}]\n", toml_str(&cache))
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    });
+    let script = root.join("build.sh");
+    let bare = env.bare("api");
+    let log = env.state_dir().join("decisions.jsonl");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"$HOME\" > {cache}/home\n\
+             touch \"$HOME/mine\" && echo home-written >> {cache}/home\n\
+             touch made-here && echo checkout-written >> {cache}/home\n\
+             if git --git-dir={bare} update-ref refs/heads/planted HEAD 2>/dev/null; then \
+               echo bare-written >> {cache}/home; fi\n\
+             if echo forged >> {log} 2>/dev/null; then echo state-written >> {cache}/home; fi\n\
+             exit 0\n",
+            cache = sh_quote(&cache),
+            bare = sh_quote(&bare),
+            log = sh_quote(&log),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let build = toml_str(&script);
+    env.set_steps(|step| match step {
+        "build" | "test" => format!("[{build}]"),
+        _ => "[\"true\"]".to_string(),
+    });
+    env.set_status(&[("TASK-1", "In Progress")]);
+    env.task_branch("api", "feature/TASK-1-login", "login.txt", "login\n");
+    env.set_status(&[("TASK-1", "For Delivery")]);
+
+    // The steps' temporary folder is the sandbox's `tmp`, not the `/tmp` the sandbox is in.
+    let mut deliver = env.command(&["deliver", "TASK-1"]);
+    deliver.env("TMPDIR", &tmp);
+    let out = deliver.output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "{}{err}", stdout(&out));
+
+    let said: Vec<String> = std::fs::read_to_string(cache.join("home"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // Built and tested: each step once, each with its own HOME under the work folder.
+    let home = std::path::Path::new(&said[0]);
+    assert!(
+        home.starts_with(env.state_dir().join("work")) && home.ends_with("@home/api"),
+        "{said:?}"
+    );
+    assert_ne!(home, env.home());
+    assert!(said.contains(&"home-written".to_string()), "{said:?}");
+    assert!(said.contains(&"checkout-written".to_string()), "{said:?}");
+    let planted = env.rev("api", "refs/heads/planted");
+    let forged = std::fs::read_to_string(&log).unwrap().contains("forged");
+    if err.contains(UNCONFINED) {
+        // Unconfined here: said once for the two steps, and the writes went through.
+        assert_eq!(err.matches(UNCONFINED).count(), 1, "{err}");
+        eprintln!("Landlock is not enforced here: only the warning was checked");
+        return;
+    }
+    assert!(!said.iter().any(|l| l == "bare-written"), "{said:?}");
+    assert!(!said.iter().any(|l| l == "state-written"), "{said:?}");
+    assert_eq!(planted, None);
+    assert!(!forged);
+}
+
+fn sh_quote(p: &std::path::Path) -> String {
+    format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"))
+}

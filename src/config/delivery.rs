@@ -113,6 +113,11 @@ pub struct Repo {
     /// The delivery steps. Default: none (a phase with no step passes).
     #[serde(default)]
     pub steps: Steps,
+    /// Paths its steps may write besides their checkout, their `HOME`, the temporary folder
+    /// and `/dev` (where the kernel enforces Landlock), relative to the config; no `:` in
+    /// them. Default none.
+    #[serde(default)]
+    pub writable: Vec<std::path::PathBuf>,
 }
 
 impl Repo {

@@ -332,6 +332,18 @@ impl Config {
             if !seen.insert(&repo.name) {
                 bail!("repo `{}` is declared twice", repo.name);
             }
+            if let Some(p) = repo
+                .writable
+                .iter()
+                .find(|p| p.to_string_lossy().contains(':'))
+            {
+                bail!(
+                    "repo `{}`: writable path `{}` has a `:`, which cannot be handed to a step; \
+                     move or link it to a path without one",
+                    repo.name,
+                    p.display()
+                );
+            }
         }
         if self.delivery.parallel == 0 {
             bail!("`delivery.parallel` must be at least 1");
