@@ -7,12 +7,13 @@
 //! minutes), and each comprehension is rewritten at load so that every iteration first asks
 //! [`DEADLINE_FN`] whether the rule is still within bounds; so is every `+`, `replace`,
 //! `join`, `split` and `format`. Past the deadline, or once the process has grown by more than
-//! `[policies] max_memory_mib` since the rule started, it fails, and the rule counts as its
+//! `[policies] max_memory_mib` since the rule's first measurement, it fails, and the rule counts as its
 //! `on_error` says.
 //!
 //! Memory is measured, not estimated: the process's resident size (`VmRSS` of
 //! `/proc/self/status`), read at most once every [`MEMORY_EVERY`] of evaluation so that the
-//! checks stay cheap. What grows step by step (a loop building lists or strings) is stopped
+//! checks stay cheap; a rule's first measurement, a millisecond at most into it, is its
+//! baseline (what it built before that is not counted). What grows step by step (a loop building lists or strings) is stopped
 //! within a millisecond of crossing the limit. One call between two checks is not cut in the
 //! middle: it can still allocate its own result (at most the sum of its operands for `+`; for
 //! `replace` or `join`, up to the product of theirs) before the next check stops the rule.
@@ -322,26 +323,43 @@ pub fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// What a rule's memory is measured against: the resident size when it started, and when it
-/// was last measured. Shared by the evaluation and its [`DEADLINE_FN`].
-#[derive(Debug, Default)]
+/// What a rule's memory is measured against: the resident size at its first measurement,
+/// and when the last measurement was. Shared by the evaluation and its [`DEADLINE_FN`].
+#[derive(Debug)]
 pub struct Meter {
+    /// [`UNMEASURED`] until the rule's first measurement.
     baseline: AtomicU64,
     /// Nanoseconds since `start` of the last measurement.
     last: AtomicU64,
 }
 
+/// The baseline of a rule not measured yet.
+const UNMEASURED: u64 = u64::MAX;
+
 impl Meter {
-    /// A rule starts: its memory counts from the process's size now.
+    /// A rule starts: its memory counts from its first measurement, a millisecond at most into
+    /// it. Not measured here: most rules end sooner, and a read of the process's size costs
+    /// more than many a rule.
     pub fn rebase(&self) {
-        self.baseline
-            .store(resident_bytes().unwrap_or(0), Ordering::Relaxed);
+        self.baseline.store(UNMEASURED, Ordering::Relaxed);
+    }
+
+    /// Whether a rule now at `rss` bytes has grown by more than `max` since its baseline
+    /// (which the first measurement sets).
+    fn grown_past(&self, rss: u64, max: u64) -> bool {
+        match self.baseline.load(Ordering::Relaxed) {
+            UNMEASURED => {
+                self.baseline.store(rss, Ordering::Relaxed);
+                false
+            }
+            base => rss.saturating_sub(base) > max,
+        }
     }
 }
 
 /// Adds [`DEADLINE_FN`] to an evaluation's context: it fails once `deadline` has passed,
 /// saying that the rule ran past `timeout`, or once the process has grown by more than
-/// `max_memory` bytes since [`Meter::rebase`] (no limit when the system does not tell the
+/// `max_memory` bytes since the rule's first measurement (no limit when the system does not tell the
 /// process's size).
 pub fn add_deadline(
     ctx: &mut Context,
@@ -358,8 +376,10 @@ pub fn add_deadline(
          or raise `[policies] max_memory_mib`",
         max_memory / (1024 * 1024)
     );
-    let meter = Arc::new(Meter::default());
-    meter.rebase();
+    let meter = Arc::new(Meter {
+        baseline: AtomicU64::new(UNMEASURED),
+        last: AtomicU64::new(0),
+    });
     let start = Instant::now();
     let every = MEMORY_EVERY.as_nanos() as u64;
     let m = Arc::clone(&meter);
@@ -372,10 +392,7 @@ pub fn add_deadline(
         let at = u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
         if at.saturating_sub(m.last.load(Ordering::Relaxed)) >= every {
             m.last.store(at, Ordering::Relaxed);
-            let grown = resident_bytes()
-                .map(|rss| rss.saturating_sub(m.baseline.load(Ordering::Relaxed)))
-                .unwrap_or(0);
-            if grown > max_memory {
+            if resident_bytes().is_some_and(|rss| m.grown_past(rss, max_memory)) {
                 return Err(ExecutionError::function_error(DEADLINE_FN, &too_big));
             }
         }
