@@ -45,8 +45,9 @@ fn an_author_cannot_approve_their_own_branch() {
 }
 
 /// Issue 22: the author line is whatever the committer wrote. dave commits as `erin` and
-/// pushes it himself: the decision log says he pushed it, so his approval is refused; bob and
-/// carol, who pushed none of it, approve, and their two approvals let the delivery through.
+/// pushes it himself: the decision log says he pushed it, so his approval is refused, and one
+/// planted behind the hooks' back does not count at delivery; bob and carol, who pushed none
+/// of it, approve, and their two approvals let the delivery through.
 #[test]
 fn issue22_who_pushed_a_commit_does_not_approve_it_whatever_its_author_line() {
     let (env, _) = reviewed_env();
@@ -84,10 +85,24 @@ fn issue22_who_pushed_a_commit_does_not_approve_it_whatever_its_author_line() {
     );
     assert_eq!(approval(&env, "dave"), None);
 
+    // Written behind the hooks' back, dave's approval does not count at delivery either.
+    env.git_in(
+        "api",
+        &["update-ref", "refs/approvals/TASK-1/dave", &forged],
+    );
     let before = env.master("api");
     assert!(env.approve("api", "bob", BRANCH).accepted);
-    assert!(env.approve("api", "carol", BRANCH).accepted);
     assert_eq!(approval(&env, "bob"), Some(forged));
+    let o = deliver(&env);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "`{BRANCH}` of api has 1 approval(s) of its current head"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(env.approve("api", "carol", BRANCH).accepted);
     let o = deliver(&env);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     assert_ne!(env.master("api"), before);

@@ -31,7 +31,7 @@ use crate::text::escape;
 
 pub use chain::Chain;
 pub use log::{Log, append, load, read, record};
-pub use pushers::refuse_approvals_by_pushers;
+pub use pushers::{branch_pushes, pushed_one, refuse_approvals_by_pushers};
 pub use replay::replay;
 
 /// One decision.

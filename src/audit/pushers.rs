@@ -7,10 +7,10 @@
 //! object, and neither from the old one nor from a protected branch). The people who cannot
 //! approve a branch are its authors and those pushers.
 //!
-//! Cheap on purpose: the log is read only when an approval is judged; when the approver never
-//! pushed to the repository (the usual reviewer), nothing more is asked of git; else
-//! one `git rev-list` over all their pushes, and one per push only when that finds one of the
-//! branch's commits.
+//! Cheap on purpose: the log is read only when approvals are judged (an approval pushed, or
+//! the approvers of a branch counted for a delivery); when the approver never pushed to the
+//! repository (the usual reviewer), nothing more is asked of git; else one `git rev-list`
+//! over all their pushes, and one per push only when that finds one of the branch's commits.
 
 use std::collections::BTreeSet;
 
@@ -74,9 +74,9 @@ pub fn pushed_one<'c>(
 }
 
 /// Refuses, among a push's decisions, the approvals whose approver pushed one of the approved
-/// branch's commits (the hooks' half of the rule; the approvals judged so far by their authors
-/// only, [`approval::judge`]). A log that cannot be read refuses the approval: whoever cannot
-/// be cleared does not approve.
+/// branch's commits (the approvals judged so far by their authors only, [`approval::judge`];
+/// a delivery judges both again when it counts them). A log that cannot be read refuses the
+/// approval: whoever cannot be cleared does not approve.
 pub fn refuse_approvals_by_pushers(
     config: &Config,
     git: &Git,

@@ -7,16 +7,17 @@
 //! minutes), and each comprehension is rewritten at load so that every iteration first asks
 //! [`DEADLINE_FN`] whether the rule is still within bounds; so is every `+`, `replace`,
 //! `join`, `split` and `format`. Past the deadline, or once the process has grown by more than
-//! `[policies] max_memory_mib` since the rule's first measurement, it fails, and the rule counts as its
-//! `on_error` says.
+//! `[policies] max_memory_mib` since the rule's first measurement, it fails, and the rule
+//! counts as its `on_error` says.
 //!
 //! Memory is measured, not estimated: the process's resident size (`VmRSS` of
 //! `/proc/self/status`), read at most once every [`MEMORY_EVERY`] of evaluation so that the
 //! checks stay cheap; a rule's first measurement, a millisecond at most into it, is its
-//! baseline (what it built before that is not counted). What grows step by step (a loop building lists or strings) is stopped
-//! within a millisecond of crossing the limit. One call between two checks is not cut in the
-//! middle: it can still allocate its own result (at most the sum of its operands for `+`; for
-//! `replace` or `join`, up to the product of theirs) before the next check stops the rule.
+//! baseline (what it built before that is not counted). What grows step by step (a loop
+//! building lists or strings) is stopped within a millisecond of crossing the limit. One call
+//! between two checks is not cut in the middle: it can still allocate its own result (at most
+//! the sum of its operands for `+`; for `replace` or `join`, up to the product of theirs)
+//! before the next check stops the rule.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -359,8 +360,8 @@ impl Meter {
 
 /// Adds [`DEADLINE_FN`] to an evaluation's context: it fails once `deadline` has passed,
 /// saying that the rule ran past `timeout`, or once the process has grown by more than
-/// `max_memory` bytes since the rule's first measurement (no limit when the system does not tell the
-/// process's size).
+/// `max_memory` bytes since the rule's first measurement (no limit when the system does not
+/// tell the process's size).
 pub fn add_deadline(
     ctx: &mut Context,
     deadline: Instant,
