@@ -178,3 +178,40 @@ fn issue22_a_step_has_its_own_home_and_writes_only_where_it_may() {
 fn sh_quote(p: &std::path::Path) -> String {
     format!("'{}'", p.to_string_lossy().replace('\'', r"'\''"))
 }
+
+/// `[delivery] confine_steps = false`: a step writes where the bot may (here, the state
+/// folder), still with its own `HOME`, and nothing is said about Landlock.
+#[test]
+fn issue22_confine_steps_false_lets_a_step_write_where_the_bot_may() {
+    let env = Env::new(&["api"]);
+    env.set_delivery("confine_steps", "false");
+    let root = env.root();
+    let tmp = root.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let free = env.state_dir().join("written-by-a-step");
+    let script = root.join("build.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$HOME $LOCKSTEP_CONFINE\" > {}\n",
+            sh_quote(&free)
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let build = toml_str(&script);
+    env.set_steps(|step| match step {
+        "build" => format!("[{build}]"),
+        _ => "[\"true\"]".to_string(),
+    });
+    env.set_status(&[("TASK-1", "In Progress")]);
+    env.task_branch("api", "feature/TASK-1-login", "login.txt", "login\n");
+    env.set_status(&[("TASK-1", "For Delivery")]);
+    let mut deliver = env.command(&["deliver", "TASK-1"]);
+    deliver.env("TMPDIR", &tmp);
+    let out = deliver.output().unwrap();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(!stderr(&out).contains(UNCONFINED), "{}", stderr(&out));
+    let said = std::fs::read_to_string(&free).unwrap();
+    assert!(said.trim_end().ends_with("@home/api off"), "{said}");
+}

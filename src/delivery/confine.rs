@@ -26,6 +26,10 @@ use landlock::{
 /// checkout, the temporary folder and `/dev`, separated by `:` as in `PATH`. Steps see it too.
 pub const WRITABLE_VAR: &str = "LOCKSTEP_WRITABLE";
 
+/// The variable that tells a step's supervisor not to limit what the step writes, when it is
+/// `off` (`[delivery] confine_steps = false`); set for every step, after its `vars`.
+pub const CONFINE_VAR: &str = "LOCKSTEP_CONFINE";
+
 /// The newest Landlock ABI lockstep asks for; an older kernel enforces what it knows.
 const WANTED: ABI = ABI::V5;
 

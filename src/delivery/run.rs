@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::confine::{self, WRITABLE_VAR};
+use super::confine::{self, CONFINE_VAR, WRITABLE_VAR};
 use super::engine::{Checkout, Engine};
 use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
@@ -134,7 +134,9 @@ impl Engine {
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create `{}`", home.display()))?;
         // Where the kernel cannot limit what steps write, the worker says so, once.
-        confine::enforced();
+        if self.config.delivery.confine_steps {
+            confine::enforced();
+        }
         let spec = StepSpec {
             argv: command.argv(),
             cwd: c.dir.clone(),
@@ -256,6 +258,12 @@ impl Engine {
             env.push((WRITABLE_VAR.into(), paths.to_string_lossy().into_owned()));
         }
         env.push(("HOME".into(), home.to_string_lossy().into_owned()));
+        let confined = if self.config.delivery.confine_steps {
+            "on"
+        } else {
+            "off"
+        };
+        env.push((CONFINE_VAR.into(), confined.into()));
         env
     }
 }
