@@ -253,9 +253,16 @@ impl Engine {
         let home = step_home(c);
         let mut writable = vec![home.clone()];
         writable.extend(c.repo.writable.iter().map(|p| self.config.resolve(p)));
-        // `[[repo]] writable` has no `:` (the config refuses it), nor has the state folder.
-        if let Ok(paths) = std::env::join_paths(&writable) {
-            env.push((WRITABLE_VAR.into(), paths.to_string_lossy().into_owned()));
+        // `[[repo]] writable` has no `:` (the config refuses it); a state folder with one
+        // leaves the step only its checkout and the temporary folder to write.
+        match std::env::join_paths(&writable) {
+            Ok(paths) => env.push((WRITABLE_VAR.into(), paths.to_string_lossy().into_owned())),
+            Err(e) => tracing::warn!(
+                "steps of `{}` may not write their HOME `{}`: {e}; move the state folder to a \
+                 path without `:`",
+                c.row.repo,
+                home.display()
+            ),
         }
         env.push(("HOME".into(), home.to_string_lossy().into_owned()));
         let confined = if self.config.delivery.confine_steps {
