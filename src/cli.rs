@@ -630,6 +630,7 @@ fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<Exit
         anyhow::anyhow!("the candidate policies do not load:\n{e}\nfix them, then replay again")
     })?;
     candidate.timeout = config.policies.timeout;
+    candidate.max_memory = config.policies.max_memory();
     // A hook refuses to run without a push rule: replaying such a set would show every push
     // accepted where each would in fact be rejected.
     if !candidate.has_push_rules() && !config.policies.allow_empty {

@@ -116,7 +116,10 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
             &tasks,
             NewCommits::NotOnAnyRef(&early),
         )
-        .map(|decisions| {
+        .map(|mut decisions| {
+            // The approvals the rule let through so far, judged by their authors: the pushers
+            // of the branch's commits, as the log recorded them, do not approve it either.
+            audit::refuse_approvals_by_pushers(&config, &git, &ctx, &mut decisions);
             let logged = audit::Entry::push(
                 &ctx,
                 &git_dir,

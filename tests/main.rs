@@ -19,6 +19,7 @@ mod hardening;
 mod help;
 mod hooks;
 mod install;
+mod limits;
 mod monitoring;
 mod pipeline;
 mod policy_test;

@@ -44,6 +44,70 @@ fn an_author_cannot_approve_their_own_branch() {
     assert_eq!(approval(&env, "alice"), None);
 }
 
+/// Issue 22: the author line is whatever the committer wrote. dave commits as `erin` and
+/// pushes it himself: the decision log says he pushed it, so his approval is refused, and one
+/// planted behind the hooks' back does not count at delivery; bob and carol, who pushed none
+/// of it, approve, and their two approvals let the delivery through.
+#[test]
+fn issue22_who_pushed_a_commit_does_not_approve_it_whatever_its_author_line() {
+    let (env, _) = reviewed_env();
+    let dave = env.clone_of("api", "dave");
+    let g = git(&dave, "dave");
+    g.run(&["switch", "--quiet", BRANCH]).unwrap();
+    std::fs::write(dave.join("logout.txt"), "log out\n").unwrap();
+    g.run(&["add", "logout.txt"]).unwrap();
+    g.run(&[
+        "commit",
+        "--quiet",
+        "--author=Erin <erin@example.org>",
+        "-m",
+        "TASK-1 log out",
+    ])
+    .unwrap();
+    let p = push_as(&dave, "dave", &[BRANCH]);
+    assert!(p.accepted, "{}", p.stderr);
+    let forged = head(&dave, "HEAD");
+
+    let p = env.approve("api", "dave", BRANCH);
+    assert!(!p.accepted, "{}", p.stderr);
+    assert_eq!(
+        p.remote(),
+        [
+            "lockstep: push rejected".to_string(),
+            format!(
+                "  refs/approvals/TASK-1/dave: [approvals] `dave` pushed commit {} `TASK-1 log \
+                 out` of `TASK-1` (the decision log says so, whoever its author line names), \
+                 and those who push a branch's commits do not approve it; ask someone else to \
+                 review it",
+                &forged[..10]
+            ),
+        ]
+    );
+    assert_eq!(approval(&env, "dave"), None);
+
+    // Written behind the hooks' back, dave's approval does not count at delivery either.
+    env.git_in(
+        "api",
+        &["update-ref", "refs/approvals/TASK-1/dave", &forged],
+    );
+    let before = env.master("api");
+    assert!(env.approve("api", "bob", BRANCH).accepted);
+    assert_eq!(approval(&env, "bob"), Some(forged));
+    let o = deliver(&env);
+    assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "`{BRANCH}` of api has 1 approval(s) of its current head"
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert!(env.approve("api", "carol", BRANCH).accepted);
+    let o = deliver(&env);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert_ne!(env.master("api"), before);
+}
+
 #[test]
 fn nobody_approves_in_someone_elses_name() {
     let (env, _) = reviewed_env();

@@ -9,11 +9,14 @@
 //! - `log`: appending under a size bound with rotation, and reading back;
 //! - `chain`: the hash chain of the lines, and its check;
 //! - `gaps`: decisions that could not be logged, said to the pusher and noted for `audit`;
+//! - `pushers`: who pushed a branch's commits, read off the logged pushes, so that those who
+//!   pushed a branch do not approve it;
 //! - `replay`: a candidate policy set evaluated against the logged pushes.
 
 mod chain;
 mod gaps;
 mod log;
+mod pushers;
 mod replay;
 
 use std::collections::BTreeMap;
@@ -31,6 +34,7 @@ use crate::text::escape;
 pub use chain::Chain;
 pub use gaps::{Unlogged, find as find_gaps, warnings as gap_warnings};
 pub use log::{Log, append, load, read, record};
+pub use pushers::{branch_pushes, pushed_one, refuse_approvals_by_pushers};
 pub use replay::replay;
 
 /// One decision.

@@ -59,6 +59,11 @@ pub struct Delivery {
     /// rolls the delivery back as an alert would. Default false.
     #[serde(default)]
     pub watch_gates: bool,
+    /// Limit what steps may write (their checkout, their `HOME`, the temporary folder and
+    /// `[[repo]] writable`) where the kernel enforces Landlock. Default true; false lets a
+    /// step use `sudo` (Landlock sets `no_new_privs`) and write wherever the bot may.
+    #[serde(default = "default_confine_steps")]
+    pub confine_steps: bool,
 }
 
 impl Default for Delivery {
@@ -73,6 +78,7 @@ impl Default for Delivery {
             pass_env: Vec::new(),
             watch: Duration::ZERO,
             watch_gates: false,
+            confine_steps: true,
         }
     }
 }
@@ -88,6 +94,9 @@ fn default_parallel() -> usize {
 }
 fn default_window() -> usize {
     4
+}
+fn default_confine_steps() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -113,6 +122,11 @@ pub struct Repo {
     /// The delivery steps. Default: none (a phase with no step passes).
     #[serde(default)]
     pub steps: Steps,
+    /// Paths its steps may write besides their checkout, their `HOME`, the temporary folder
+    /// and `/dev` (where the kernel enforces Landlock), relative to the config; no `:` in
+    /// them. Default none.
+    #[serde(default)]
+    pub writable: Vec<std::path::PathBuf>,
 }
 
 impl Repo {

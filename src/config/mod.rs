@@ -181,6 +181,11 @@ pub struct Policies {
     /// evaluate; a rule still running then counts as its `on_error` says. Default `5s`.
     #[serde(default = "default_policy_timeout", with = "duration")]
     pub timeout: Duration,
+    /// How much one rule may grow the process while it is evaluated, in MiB; a rule that
+    /// builds more (a loop making huge lists or strings) is stopped and counts as its
+    /// `on_error` says. Default 64.
+    #[serde(default = "default_policy_memory")]
+    pub max_memory_mib: u64,
     /// Whether the hooks may run with no rule for pushes, accepting every push. Default
     /// false: an empty or misplaced policy folder refuses every push instead.
     #[serde(default)]
@@ -193,6 +198,7 @@ impl Default for Policies {
             dirs: default_policy_dirs(),
             protected: default_protected(),
             timeout: default_policy_timeout(),
+            max_memory_mib: default_policy_memory(),
             allow_empty: false,
         }
     }
@@ -206,6 +212,16 @@ fn default_protected() -> Vec<String> {
 }
 fn default_policy_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_policy_memory() -> u64 {
+    64
+}
+
+impl Policies {
+    /// `max_memory_mib` in bytes.
+    pub fn max_memory(&self) -> u64 {
+        self.max_memory_mib.saturating_mul(1024 * 1024)
+    }
 }
 
 /// Where the path of the config came from, so that a missing file can be explained.
@@ -315,6 +331,18 @@ impl Config {
             }
             if !seen.insert(&repo.name) {
                 bail!("repo `{}` is declared twice", repo.name);
+            }
+            if let Some(p) = repo
+                .writable
+                .iter()
+                .find(|p| p.to_string_lossy().contains(':'))
+            {
+                bail!(
+                    "repo `{}`: writable path `{}` has a `:`, which cannot be handed to a step; \
+                     move or link it to a path without one",
+                    repo.name,
+                    p.display()
+                );
             }
         }
         if self.delivery.parallel == 0 {

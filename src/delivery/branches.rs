@@ -12,6 +12,7 @@ use std::path::Path;
 use cel::Value;
 
 use super::line;
+use crate::audit;
 use crate::config::{Config, Repo};
 use crate::domain::GitHubRepo;
 use crate::git::Git;
@@ -147,7 +148,10 @@ pub async fn task_branches(
                     }
                     facts.github = full;
                 }
-                None => facts.approvers = git_approvers(&listed, key, head),
+                None => {
+                    let approvers = git_approvers(&listed, key, head);
+                    facts.approvers = cleared(config, repo, &listed, head, approvers).await?;
+                }
             }
             if with_files {
                 let upstream = format!("refs/heads/{}", repo.upstream);
@@ -174,6 +178,47 @@ fn git_approvers(listed: &[(String, String)], key: &str, head: &str) -> Vec<Stri
     names.sort();
     names.dedup();
     names
+}
+
+/// Those of `approvers` of a branch who neither wrote nor pushed any of its commits, in a
+/// repository on this machine (whose hooks keep their decision log in this state folder). The
+/// hooks judged each approval so when it was pushed; here an approval ref written behind
+/// their back, or judged before the pushers' rule, is judged again. A repository elsewhere
+/// keeps its log on its own server: its approvals count as its hooks let them through.
+async fn cleared(
+    config: &Config,
+    repo: &Repo,
+    listed: &[(String, String)],
+    head: &str,
+    approvers: Vec<String>,
+) -> anyhow::Result<Vec<String>> {
+    let url = line::repo_url(config, repo);
+    if approvers.is_empty() || config.reviews.authors_may_approve || !Path::new(&url).is_dir() {
+        return Ok(approvers);
+    }
+    let protected: Vec<String> = approval::protected_heads(config, listed)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let (state_dir, keep) = (config.state_dir(), config.audit.keep);
+    let (name, head) = (repo.name.to_string(), head.to_string());
+    blocking(move || -> anyhow::Result<Vec<String>> {
+        let git = Git::new(&url);
+        let hide: Vec<&str> = protected.iter().map(String::as_str).collect();
+        let commits = git.commits(&head, &hide)?;
+        let (entries, _) = audit::read(&state_dir, keep)?;
+        let mut kept = Vec::new();
+        for a in approvers {
+            let pushes = audit::branch_pushes(&entries, &name, &a);
+            if !commits.iter().any(|c| approval::authored_by(c, &a))
+                && audit::pushed_one(&git, &commits, &pushes, &hide)?.is_none()
+            {
+                kept.push(a);
+            }
+        }
+        Ok(kept)
+    })
+    .await
 }
 
 /// A repository's branches and approval refs (`git ls-remote`), as (ref, object) pairs.

@@ -17,7 +17,8 @@
 //! `fork` and `exec`, so the supervisor starts the step through the `lockstep` executable once
 //! more (`lockstep __contain-step __exec-step PROGRAM ARGS…`), which empties its signal mask,
 //! puts every signal it inherited ignored back to its default, and `exec`s the step in its own
-//! place: the step keeps that process, its id and its group.
+//! place: the step keeps that process, its id and its group. There, too, what the step may
+//! write is limited ([`super::confine`]), so that the limit binds the step and not lockstep.
 //!
 //! Stopping is gentle first: the step's process group gets `SIGTERM` and [`TERM_GRACE`] to
 //! end (a trap can clean up), then whatever is left gets `SIGKILL`.
@@ -31,6 +32,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, raise, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+
+use super::confine;
 
 /// The first argument that makes `lockstep` the supervisor of one step.
 pub const CONTAIN_ARG: &str = "__contain-step";
@@ -148,6 +151,16 @@ fn exec_step(argv: &[OsString]) -> u8 {
     };
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None) {
         eprintln!("lockstep: cannot start the step with no signal blocked: {e}");
+        return CANNOT_START;
+    }
+    // Last: from here on this process writes only where the step may.
+    let off = std::env::var_os(confine::CONFINE_VAR).is_some_and(|v| v == "off");
+    let writable = confine::writable(std::env::var_os(confine::WRITABLE_VAR));
+    if !off && let Err(e) = confine::confine(&writable) {
+        eprintln!(
+            "{CANNOT_START_SAYS}`{}`: cannot limit what it writes (Landlock: {e})",
+            program.to_string_lossy()
+        );
         return CANNOT_START;
     }
     let e = std::process::Command::new(program).args(args).exec();

@@ -15,6 +15,7 @@
 //!   tree when it ends.
 
 mod branches;
+mod confine;
 pub mod contain;
 mod engine;
 mod gate;

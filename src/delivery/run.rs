@@ -2,12 +2,13 @@
 //! (the first failure stops the others), deploy and verify one repository at a time; each
 //! step journaled, logged and shown to whoever watches, with the `LOCKSTEP_*` variables.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use super::confine::{self, CONFINE_VAR, WRITABLE_VAR};
 use super::engine::{Checkout, Engine};
 use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
@@ -129,6 +130,13 @@ impl Engine {
     ) -> Result<(), Stop> {
         let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase);
+        let home = step_home(c);
+        std::fs::create_dir_all(&home)
+            .with_context(|| format!("cannot create `{}`", home.display()))?;
+        // Where the kernel cannot limit what steps write, the worker says so, once.
+        if self.config.delivery.confine_steps {
+            confine::enforced();
+        }
         let spec = StepSpec {
             argv: command.argv(),
             cwd: c.dir.clone(),
@@ -242,8 +250,37 @@ impl Engine {
             ),
             ("LOCKSTEP_STEP".into(), phase.as_str().into()),
         ]);
+        let home = step_home(c);
+        let mut writable = vec![home.clone()];
+        writable.extend(c.repo.writable.iter().map(|p| self.config.resolve(p)));
+        // `[[repo]] writable` has no `:` (the config refuses it); a state folder with one
+        // leaves the step only its checkout and the temporary folder to write.
+        match std::env::join_paths(&writable) {
+            Ok(paths) => env.push((WRITABLE_VAR.into(), paths.to_string_lossy().into_owned())),
+            Err(e) => tracing::warn!(
+                "steps of `{}` may not write their HOME `{}`: {e}; move the state folder to a \
+                 path without `:`",
+                c.row.repo,
+                home.display()
+            ),
+        }
+        env.push(("HOME".into(), home.to_string_lossy().into_owned()));
+        let confined = if self.config.delivery.confine_steps {
+            "on"
+        } else {
+            "off"
+        };
+        env.push((CONFINE_VAR.into(), confined.into()));
         env
     }
+}
+
+/// A step's `HOME`: a folder of the delivery's work folder, beside its checkouts (`@` is in no
+/// repository's name), so that nothing of the bot's own home (its SSH key, its tokens)
+/// reaches a step; what a step needs it gets in its environment.
+fn step_home(c: &Checkout) -> PathBuf {
+    let work = c.dir.parent().unwrap_or(&c.dir);
+    work.join("@home").join(c.row.repo.as_str())
 }
 
 /// A task aborted when dropped.

@@ -169,9 +169,12 @@ impl Sandbox {
                 "--bare",
                 "--initial-branch=master",
             ])?;
+            // The demo's steps write what they did under the sandbox (`out/`, `deployed/`, …),
+            // beside its git server: a real project declares only its steps' own outputs.
             config.push_str(&format!(
                 "\n[[repo]]\nname = \"{name}\"\nurl = \"../git/{name}.git\"\n\
-                 upstream = \"master\"\n[repo.steps]\n"
+                 upstream = \"master\"\nwritable = [{}]\n[repo.steps]\n",
+                toml_str(&root_abs.to_string_lossy())
             ));
             for step in ["build", "test", "deploy", "verify", "rollback"] {
                 let script = root_abs

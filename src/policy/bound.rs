@@ -1,21 +1,36 @@
 //! What keeps a rule within bounds without running it: the variables an expression names,
-//! read off its syntax tree, and a deadline that every loop of the expression checks.
+//! read off its syntax tree, and the checks of time and memory that every loop of the
+//! expression, and every call that builds a larger value, makes.
 //!
 //! CEL has no type checker and no cost limit. A misspelt variable is found by walking the
 //! parsed expression (never by evaluating it: a rule of nested comprehensions could run for
 //! minutes), and each comprehension is rewritten at load so that every iteration first asks
-//! [`DEADLINE_FN`] whether time is up: past the deadline it fails, and the rule counts as its
-//! `on_error` says.
+//! [`DEADLINE_FN`] whether the rule is still within bounds; so is every `+`, `replace`,
+//! `join`, `split` and `format`. Past the deadline, or once the process has grown by more than
+//! `[policies] max_memory_mib` since the rule's first measurement, it fails, and the rule
+//! counts as its `on_error` says.
+//!
+//! Memory is measured, not estimated: the process's resident size (`VmRSS` of
+//! `/proc/self/status`), read at most once every [`MEMORY_EVERY`] of evaluation so that the
+//! checks stay cheap; a rule's first measurement, a millisecond at most into it, is its
+//! baseline (what it built before that is not counted). What grows step by step (a loop
+//! building lists or strings) is stopped within a millisecond of crossing the limit. One call
+//! between two checks is not cut in the middle: it can still allocate its own result (at most
+//! the sum of its operands for `+`; for `replace` or `join`, up to the product of theirs)
+//! before the next check stops the rule.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cel::common::ast::operators::CONDITIONAL;
+use cel::common::ast::operators::{ADD, CONDITIONAL};
 use cel::common::ast::{CallExpr, EntryExpr, Expr as Node, IdedExpr, LiteralValue};
 use cel::parser::Expression;
 use cel::{Context, Env, ExecutionError};
 
-/// The function every loop calls: true, or an error once the deadline has passed. Its `@`
+/// The function every loop (and every call that builds a larger value) calls: true, or an
+/// error once the deadline has passed or the rule has used more than its memory. Its `@`
 /// cannot be written in CEL, so no rule can call it or shadow it.
 pub const DEADLINE_FN: &str = "@lockstep_deadline";
 
@@ -103,20 +118,27 @@ fn walk_entry<'e>(
     }
 }
 
-/// Rewrites every comprehension so that each iteration checks the deadline first.
+/// Member functions whose result can be larger than their operands together: each call is
+/// made to check the bounds first, as `+` is.
+const GROWING: &[&str] = &["replace", "join", "split", "format"];
+
+/// Rewrites every comprehension so that each iteration checks the bounds first, and every
+/// call that builds a larger value (`+` and [`GROWING`]) so that it checks them before it runs.
 ///
 /// A loop condition `c` becomes `@deadline() ? c : false`; an error there ends the loop at
 /// once (`cel` does not absorb it). Loops whose condition is a literal (`map`, `filter`,
 /// `exists_one`) get the check in their step instead, in a place that keeps the shape `cel`
 /// runs `map` and `filter` fast in: the guard of a guarded step (`g ? … : accu` becomes
 /// `(@deadline() ? g : false) ? … : accu`), else the whole step (`@deadline() ? step : accu`).
+/// For the same reason the step's own `accu + [x]` is left as it is: the loop checks already.
 pub fn guard_loops(e: &mut IdedExpr, next_id: &mut u64) {
+    let mut wrap = false;
     match &mut e.expr {
         Node::Comprehension(c) => {
             guard_loops(&mut c.iter_range, next_id);
             guard_loops(&mut c.accu_init, next_id);
             guard_loops(&mut c.loop_cond, next_id);
-            guard_loops(&mut c.loop_step, next_id);
+            guard_step(&mut c.loop_step, next_id);
             guard_loops(&mut c.result, next_id);
             if !matches!(c.loop_cond.expr, Node::Literal(_)) {
                 let cond = std::mem::take(&mut c.loop_cond);
@@ -137,12 +159,8 @@ pub fn guard_loops(e: &mut IdedExpr, next_id: &mut u64) {
             }
         }
         Node::Call(call) => {
-            if let Some(t) = call.target.as_deref_mut() {
-                guard_loops(t, next_id);
-            }
-            for a in &mut call.args {
-                guard_loops(a, next_id);
-            }
+            guard_args(call, next_id);
+            wrap = grows(call);
         }
         Node::List(l) => {
             for x in &mut l.elements {
@@ -161,6 +179,43 @@ pub fn guard_loops(e: &mut IdedExpr, next_id: &mut u64) {
         }
         Node::Select(s) => guard_loops(&mut s.operand, next_id),
         Node::Ident(_) | Node::Literal(_) | Node::Unspecified => {}
+    }
+    if wrap {
+        let call = std::mem::take(e);
+        *e = checked(call, literal_false(next_id), next_id);
+    }
+}
+
+/// Whether a call can build a value larger than its operands: `a + b`, `s.replace(…)`, ….
+fn grows(call: &CallExpr) -> bool {
+    (call.func_name == ADD && call.target.is_none() && call.args.len() == 2)
+        || (call.target.is_some() && GROWING.contains(&call.func_name.as_str()))
+}
+
+fn guard_args(call: &mut CallExpr, next_id: &mut u64) {
+    if let Some(t) = call.target.as_deref_mut() {
+        guard_loops(t, next_id);
+    }
+    for a in &mut call.args {
+        guard_loops(a, next_id);
+    }
+}
+
+/// A loop's step: as any expression, but its own `accu + …` (in a conditional's branch or
+/// alone) is not wrapped, which would cost `map` and `filter` their fast path.
+fn guard_step(e: &mut IdedExpr, next_id: &mut u64) {
+    match &mut e.expr {
+        Node::Call(call) if call.func_name == ADD && call.target.is_none() => {
+            guard_args(call, next_id);
+        }
+        Node::Call(call)
+            if call.func_name == CONDITIONAL && call.target.is_none() && call.args.len() == 3 =>
+        {
+            guard_loops(&mut call.args[0], next_id);
+            guard_step(&mut call.args[1], next_id);
+            guard_step(&mut call.args[2], next_id);
+        }
+        _ => guard_loops(e, next_id),
     }
 }
 
@@ -251,21 +306,100 @@ fn entry_ids(entry: &EntryExpr, see: &mut impl FnMut(&IdedExpr)) {
     }
 }
 
+/// How often, at most, a rule's memory is measured: reading it costs a few microseconds, the
+/// other checks tens of nanoseconds.
+pub const MEMORY_EVERY: Duration = Duration::from_millis(1);
+
+/// The process's resident size in bytes (`VmRSS`), if this system tells it.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// What a rule's memory is measured against: the resident size at its first measurement,
+/// and when the last measurement was. Shared by the evaluation and its [`DEADLINE_FN`].
+#[derive(Debug)]
+pub struct Meter {
+    /// [`UNMEASURED`] until the rule's first measurement.
+    baseline: AtomicU64,
+    /// Nanoseconds since `start` of the last measurement.
+    last: AtomicU64,
+}
+
+/// The baseline of a rule not measured yet.
+const UNMEASURED: u64 = u64::MAX;
+
+impl Meter {
+    /// A rule starts: its memory counts from its first measurement, a millisecond at most into
+    /// it. Not measured here: most rules end sooner, and a read of the process's size costs
+    /// more than many a rule.
+    pub fn rebase(&self) {
+        self.baseline.store(UNMEASURED, Ordering::Relaxed);
+    }
+
+    /// Whether a rule now at `rss` bytes has grown by more than `max` since its baseline
+    /// (which the first measurement sets).
+    fn grown_past(&self, rss: u64, max: u64) -> bool {
+        match self.baseline.load(Ordering::Relaxed) {
+            UNMEASURED => {
+                self.baseline.store(rss, Ordering::Relaxed);
+                false
+            }
+            base => rss.saturating_sub(base) > max,
+        }
+    }
+}
+
 /// Adds [`DEADLINE_FN`] to an evaluation's context: it fails once `deadline` has passed,
-/// saying that the rule ran past `timeout`.
-pub fn add_deadline(ctx: &mut Context, deadline: Instant, timeout: Duration) {
+/// saying that the rule ran past `timeout`, or once the process has grown by more than
+/// `max_memory` bytes since the rule's first measurement (no limit when the system does not
+/// tell the process's size).
+pub fn add_deadline(
+    ctx: &mut Context,
+    deadline: Instant,
+    timeout: Duration,
+    max_memory: u64,
+) -> Arc<Meter> {
     let said = format!(
         "ran past `policies.timeout` ({}) and was stopped",
         crate::config::humanize(timeout)
     );
+    let too_big = format!(
+        "used more than `policies.max_memory_mib` ({} MiB) and was stopped; simplify the rule \
+         or raise `[policies] max_memory_mib`",
+        max_memory / (1024 * 1024)
+    );
+    let meter = Arc::new(Meter {
+        baseline: AtomicU64::new(UNMEASURED),
+        last: AtomicU64::new(0),
+    });
+    let start = Instant::now();
+    let every = MEMORY_EVERY.as_nanos() as u64;
+    let m = Arc::clone(&meter);
     // The name is not one of cel's own: adding it cannot conflict.
     let _ = ctx.add_function(DEADLINE_FN, move || -> Result<bool, ExecutionError> {
-        if Instant::now() < deadline {
-            Ok(true)
-        } else {
-            Err(ExecutionError::function_error(DEADLINE_FN, &said))
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ExecutionError::function_error(DEADLINE_FN, &said));
         }
+        let at = u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+        if at.saturating_sub(m.last.load(Ordering::Relaxed)) >= every {
+            m.last.store(at, Ordering::Relaxed);
+            if resident_bytes().is_some_and(|rss| m.grown_past(rss, max_memory)) {
+                return Err(ExecutionError::function_error(DEADLINE_FN, &too_big));
+            }
+        }
+        Ok(true)
     });
+    meter
 }
 
 /// The message of an error raised by [`DEADLINE_FN`], if that is what `e` is.

@@ -1,6 +1,6 @@
 //! Evaluation: every rule of a stage against the facts, each into a [`Verdict`], together a
-//! [`Decision`]. An expression that fails, or runs past the deadline, counts as the rule's
-//! `on_error` says.
+//! [`Decision`]. An expression that fails, runs past the deadline or uses more than its memory
+//! ([`super::bound`]) counts as the rule's `on_error` says.
 
 use std::time::Instant;
 
@@ -15,13 +15,13 @@ use super::{
 
 impl PolicySet {
     /// Evaluates every rule of the stage against the facts, within `[policies] timeout` (or
-    /// by [`PolicySet::deadline`] when that is set).
+    /// by [`PolicySet::deadline`] when that is set) and `[policies] max_memory_mib` a rule.
     pub fn evaluate(&self, stage: Stage, facts: &Facts) -> Decision {
         let deadline = self
             .deadline
             .unwrap_or_else(|| Instant::now() + self.timeout);
         let mut ctx = Context::with_env(self.env.clone());
-        add_deadline(&mut ctx, deadline, self.timeout);
+        let meter = add_deadline(&mut ctx, deadline, self.timeout, self.max_memory);
         // Binding a value converts all of it for CEL: bind only what some expression of the
         // stage names. `commits` of a large push is read by `each = "commit"` rules one
         // commit at a time, so it is bound only if an expression names it.
@@ -36,10 +36,14 @@ impl PolicySet {
         }
         let verdicts = self
             .rules_for(stage)
-            .map(|rule| Verdict {
-                rule: rule.name.clone(),
-                enforcement: rule.enforcement,
-                outcome: evaluate_rule(rule, &ctx, facts, deadline),
+            .map(|rule| {
+                // Each rule's memory counts from its own start.
+                meter.rebase();
+                Verdict {
+                    rule: rule.name.clone(),
+                    enforcement: rule.enforcement,
+                    outcome: evaluate_rule(rule, &ctx, facts, deadline),
+                }
             })
             .collect();
         Decision { verdicts }
@@ -279,6 +283,45 @@ message = "branch `{branch}` names no task"
         }
     }
 
+    /// A rule of nested `map`s building ten million strings.
+    pub(crate) fn hog_rule(on_error: &str) -> String {
+        let list = "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]";
+        let mut expr =
+            "'a string of some length, built ten million times: ' + string(g)".to_string();
+        for v in ["g", "f", "e", "d", "c", "b", "a"] {
+            expr = format!("{list}.map({v}, {expr})");
+        }
+        format!(
+            "[[rule]]\nname='hog'\non=['push']\nrequire=\"{expr}.size() > 0\"\nmessage='m'\n\
+             on_error='{on_error}'\n"
+        )
+    }
+
+    /// Issue 22: a rule that builds more than `max_memory_mib` is stopped long before its
+    /// timeout, by name and saying which limit it hit; the next rule still runs.
+    #[test]
+    fn issue22_a_rule_that_builds_too_much_is_stopped() {
+        let text = format!(
+            "{}[[rule]]\nname='quick'\non=['push']\nrequire='branch == \"b\"'\nmessage='m'\n",
+            hog_rule("fail")
+        );
+        let mut p = set(&text).unwrap();
+        p.timeout = std::time::Duration::from_secs(120);
+        p.max_memory = 16 * 1024 * 1024;
+        let started = Instant::now();
+        let d = p.evaluate(Stage::Push, &facts("b"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        assert_eq!(d.verdicts[0].rule, "hog");
+        assert!(
+            matches!(&d.verdicts[0].outcome, Outcome::Error(e)
+                if e.ends_with("used more than `policies.max_memory_mib` (16 MiB) and was \
+                    stopped; simplify the rule or raise `[policies] max_memory_mib`")),
+            "{:?}",
+            d.verdicts[0]
+        );
+        assert_eq!(d.verdicts[1].outcome, Outcome::Pass);
+    }
+
     /// The loops made to check the deadline give the same results as before.
     #[test]
     fn guarded_loops_keep_their_meaning() {
@@ -291,6 +334,14 @@ message = "branch `{branch}` names no task"
             ("[1, 2, 3].filter(x, x != 2) == [1, 3]", true),
             ("{'a': 1}.all(k, k == 'a')", true),
             ("[[1], [2, 3]].all(l, l.exists(x, x > 0))", true),
+            ("'a' + 'b' == 'ab' && [1] + [2] == [1, 2]", true),
+            ("'aXa'.replace('X', 'b') == 'aba'", true),
+            (
+                "'a-b'.split('-') == ['a', 'b'] && ['a', 'b'].join('-') == 'a-b'",
+                true,
+            ),
+            ("[1, 2].map(x, [x] + [x]) == [[1, 1], [2, 2]]", true),
+            ("[1, 2, 3].exists_one(x, x + 1 == 3)", true),
         ] {
             let p = set(&format!(
                 "[[rule]]\nname='r'\non=['push']\nrequire='''{expr}'''\nmessage='m'\non_error='pass'\n"

@@ -77,6 +77,7 @@ impl PolicySet {
             .collect();
         let mut set = PolicySet::load_dirs(&dirs)?;
         set.timeout = config.policies.timeout;
+        set.max_memory = config.policies.max_memory();
         Ok(set)
     }
 
@@ -165,6 +166,7 @@ impl PolicySet {
                 rules,
                 revision: revision.finish(),
                 timeout: crate::config::Policies::default().timeout,
+                max_memory: crate::config::Policies::default().max_memory(),
                 deadline: None,
             })
         } else {

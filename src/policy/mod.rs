@@ -167,6 +167,9 @@ pub struct PolicySet {
     /// How long one evaluation may take (`[policies] timeout`); a rule still running then
     /// counts as its `on_error` says.
     pub timeout: Duration,
+    /// How many bytes one rule may grow the process by (`[policies] max_memory_mib`); a rule
+    /// that builds more counts as its `on_error` says.
+    pub max_memory: u64,
     /// When set, evaluations end by this instant however late they start (a hook's budget
     /// for the whole push).
     pub deadline: Option<Instant>,

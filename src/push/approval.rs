@@ -59,6 +59,30 @@ pub fn authored_by(c: &CommitInfo, person: &str) -> bool {
         .any(|s| !s.is_empty() && s.eq_ignore_ascii_case(person))
 }
 
+/// The heads of the protected branches among `heads`: a branch's own commits are those of
+/// none of them.
+pub fn protected_heads<'a>(config: &Config, heads: &'a [(String, String)]) -> Vec<&'a str> {
+    heads
+        .iter()
+        .filter(|(name, _)| {
+            name.strip_prefix("refs/heads/")
+                .is_some_and(|b| config.policies.protected.iter().any(|p| p == b))
+        })
+        .map(|(_, oid)| oid.as_str())
+        .collect()
+}
+
+/// Why `person` cannot approve a branch one of whose commits they pushed: the refusal.
+pub fn pushed_own(person: &str, commit: &CommitInfo, task: &str) -> String {
+    format!(
+        "`{person}` pushed commit {} `{}` of `{task}` (the decision log says so, whoever its \
+         author line names), and those who push a branch's commits do not approve it; ask \
+         someone else to review it",
+        short(&commit.id),
+        commit.summary()
+    )
+}
+
 /// The hook's verdict on a ref under `refs/approvals/`. `heads` are the repository's branches
 /// and their heads (`refs/heads/…`, as [`Git::refs`] lists them).
 pub fn judge(
@@ -115,16 +139,7 @@ pub fn judge(
     if config.reviews.authors_may_approve {
         return Ok(Outcome::Pass);
     }
-    // The branch's own commits: those of no protected branch.
-    let upstream: Vec<&str> = heads
-        .iter()
-        .filter(|(name, _)| {
-            name.strip_prefix("refs/heads/")
-                .is_some_and(|b| config.policies.protected.iter().any(|p| p == b))
-        })
-        .map(|(_, oid)| oid.as_str())
-        .collect();
-    let commits = git.commits(head, &upstream)?;
+    let commits = git.commits(head, &protected_heads(config, heads))?;
     if let Some(c) = commits.iter().find(|c| authored_by(c, &ctx.pusher)) {
         return fail(format!(
             "`{}` wrote commit {} `{}` of `{branch}`, and authors do not approve their own work; \
