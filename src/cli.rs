@@ -4,18 +4,14 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::commands;
-use crate::config::{Config, ConfigSource, Located};
+use crate::commands::policy::{PolicyTestArgs, ReplayArgs};
+use crate::commands::{self, AuditArgs, InstallArgs};
+use crate::config::{ConfigSource, Located};
 use crate::domain::DeliveryId;
 use crate::exit::Exit;
-use crate::git::{self, Git};
 use crate::hook;
-use crate::policy::PolicySet;
-use crate::push::{self, NewCommits, PushContext};
-use crate::text::escape;
 
 /// lockstep: a git-native merge bot and policy engine.
 ///
@@ -212,24 +208,6 @@ pub enum HookCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct InstallArgs {
-    /// Replace hooks that lockstep did not write
-    #[arg(long)]
-    pub force: bool,
-    /// Decide ref by ref with the `update` hook instead of the whole push in `pre-receive`
-    #[arg(long)]
-    pub per_ref: bool,
-    /// Install in gitolite's folder of hooks common to every repository
-    /// (`$LOCAL_CODE/hooks/common` or `~/.gitolite/hooks/common`), as gitolite's account; then
-    /// run `gitolite setup --hooks-only`
-    #[arg(long, value_name = "DIR")]
-    pub gitolite: Option<PathBuf>,
-    /// Bare repositories to guard
-    #[arg(required_unless_present = "gitolite", value_name = "REPO.git")]
-    pub repos: Vec<PathBuf>,
-}
-
-#[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Also check that this account (the git server's, the bot's: a name or a uid) can write
     /// what the hooks write, by mode bits and ownership; repeatable
@@ -253,58 +231,6 @@ pub enum PolicyCommand {
     /// Evaluate candidate policies against the logged pushes and show what would change
     /// (exit 0 nothing would, 1 some push would be decided otherwise)
     Replay(ReplayArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct AuditArgs {
-    /// Only pushes to this repository (its name in the ecosystem)
-    #[arg(long, value_name = "NAME")]
-    pub repo: Option<String>,
-    /// Only decisions this recent, e.g. `7d`, `12h`
-    #[arg(long, value_name = "AGE")]
-    pub since: Option<String>,
-    /// Only decisions in which this rule refused, warned or failed
-    #[arg(long, value_name = "NAME")]
-    pub rule: Option<String>,
-    /// One JSON object per line, as logged, with `verified`
-    #[arg(long)]
-    pub json: bool,
-    /// Check the log's hash chain: name the first line edited, deleted, inserted or moved
-    /// (exit 1), or count the entries verified and print the head hash to keep elsewhere
-    #[arg(long, conflicts_with_all = ["repo", "since", "rule", "json"])]
-    pub verify: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// Replay the pushes this recent
-    #[arg(long, value_name = "AGE", default_value = "30d")]
-    pub since: String,
-    /// The candidate policies (default: the config's `[policies] dirs`)
-    #[arg(long, value_name = "DIR")]
-    pub policies: Vec<PathBuf>,
-}
-
-#[derive(Debug, Args)]
-pub struct PolicyTestArgs {
-    /// The repository the push goes to
-    #[arg(long, value_name = "PATH")]
-    pub repo: PathBuf,
-    /// The full ref name, e.g. `refs/heads/feature/TASK-1`
-    #[arg(long = "ref", value_name = "REF")]
-    pub refname: String,
-    /// The ref's current commit (all zeros, or omitted, for a new ref)
-    #[arg(long, value_name = "SHA")]
-    pub old: Option<String>,
-    /// The commit pushed (all zeros for a deletion); a branch name or `HEAD` works too
-    #[arg(long, value_name = "SHA")]
-    pub new: String,
-    /// Who pushes (default: from the `[identity] env` variables, else unknown)
-    #[arg(long, value_name = "USER")]
-    pub pusher: Option<String>,
-    /// A push option, as with `git push -o` (repeatable)
-    #[arg(short = 'o', long = "push-option", value_name = "OPT")]
-    pub options: Vec<String>,
 }
 
 /// Whether the log is coloured: only on a terminal (a container's, systemd's or a file's log
@@ -367,7 +293,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Hook(HookCommand::PostReceive) => Ok(hook::post_receive(config)),
         Command::Hook(HookCommand::File(argv)) => Ok(hook::from_file(config, &argv)),
-        Command::InstallHooks(args) => install_hooks(config, args),
+        Command::InstallHooks(args) => commands::install_hooks(&config_path(config), args),
         Command::Doctor(args) => crate::doctor::run(
             &args.repos,
             &crate::doctor::Options {
@@ -376,10 +302,14 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
                 json: args.json,
             },
         ),
-        Command::Policy(PolicyCommand::Check) => policy_check(config),
-        Command::Policy(PolicyCommand::Test(args)) => policy_test(config, args),
-        Command::Policy(PolicyCommand::Replay(args)) => policy_replay(config, args),
-        Command::Audit(args) => audit(config, args),
+        Command::Policy(PolicyCommand::Check) => commands::policy::check(&config_path(config)),
+        Command::Policy(PolicyCommand::Test(args)) => {
+            commands::policy::test(&config_path(config), args)
+        }
+        Command::Policy(PolicyCommand::Replay(args)) => {
+            commands::policy::replay(&config_path(config), args)
+        }
+        Command::Audit(args) => commands::audit(&config_path(config), args),
         Command::Deliver {
             task,
             priority,
@@ -412,249 +342,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             crate::server::run_cli(&config_path(config), listen.as_deref())
         }
     }
-}
-
-fn install_hooks(config: Option<&Path>, args: InstallArgs) -> anyhow::Result<Exit> {
-    let Located { path, source } = config_path(config);
-    // Refuse to point hooks at a config that does not load: every push would be rejected.
-    hook::load(&path, source)
-        .with_context(|| format!("the hooks would read `{}`", path.display()))?;
-    let opts = crate::install::Install {
-        config: std::path::absolute(&path)?,
-        binary: std::env::current_exe().context("cannot find the lockstep executable")?,
-        force: args.force,
-        per_ref: args.per_ref,
-    };
-    if let Some(dir) = &args.gitolite {
-        commands::say_line(&crate::install::install_gitolite(dir, &opts)?)?;
-    }
-    for repo in &args.repos {
-        commands::say_line(&crate::install::install(repo, &opts)?)?;
-    }
-    Ok(Exit::Success)
-}
-
-fn policy_check(config: Option<&Path>) -> anyhow::Result<Exit> {
-    let Located { path, source } = config_path(config);
-    let config = Config::load_from(&path, source)?;
-    match PolicySet::for_config(&config) {
-        Ok(set) => {
-            for stage in [
-                crate::policy::Stage::Push,
-                crate::policy::Stage::Deliver,
-                crate::policy::Stage::Merge,
-            ] {
-                let names: Vec<&str> = set.rules_for(stage).map(|r| r.name.as_str()).collect();
-                if !names.is_empty() {
-                    commands::say_line(&format!("{stage}: {}", names.join(", ")))?;
-                }
-            }
-            if !set.has_push_rules() && !config.policies.allow_empty {
-                eprintln!("lockstep: {}", crate::policy::NO_PUSH_RULE);
-                return Ok(Exit::Failed);
-            }
-            let folders = config.policies.dirs.len();
-            commands::say_line(&format!(
-                "ok: {} rules in {folders} folder(s)",
-                set.rules.len()
-            ))?;
-            gate_check(&config)
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("lockstep: {}", crate::text::escape(e));
-            }
-            eprintln!("lockstep: {} error(s)", errors.0.len());
-            Ok(Exit::Failed)
-        }
-    }
-}
-
-/// Asks Prometheus to run every gate's query once, so a typo in PromQL shows now and not in
-/// the verify phase of the first delivery that needs it.
-fn gate_check(config: &Config) -> anyhow::Result<Exit> {
-    let Some(prometheus) = &config.prometheus else {
-        return Ok(Exit::Success);
-    };
-    if config.gates.is_empty() {
-        return Ok(Exit::Success);
-    }
-    let client = crate::monitor::Prometheus::from_config(prometheus)?;
-    let rt = crate::runtime::current_thread()?;
-    let mut bad = 0;
-    for gate in &config.gates {
-        match rt.block_on(client.query(&gate.query)) {
-            Ok(samples) => commands::say_line(&format!(
-                "gate `{}`: Prometheus runs its query ({} series now)",
-                gate.name,
-                samples.len()
-            ))?,
-            Err(e) => {
-                // Prometheus's error body is its own text, not ours: escaped like step output.
-                eprintln!(
-                    "lockstep: gate `{}`: {}",
-                    escape(&gate.name),
-                    escape(&e.to_string())
-                );
-                bad += 1;
-            }
-        }
-    }
-    if bad > 0 {
-        eprintln!(
-            "lockstep: {bad} gate(s) cannot be checked; fix them before a delivery needs them"
-        );
-        return Ok(Exit::Failed);
-    }
-    commands::say_line(&format!(
-        "ok: {} gate(s) against `{}`",
-        config.gates.len(),
-        client.url()
-    ))?;
-    Ok(Exit::Success)
-}
-
-fn policy_test(config: Option<&Path>, args: PolicyTestArgs) -> anyhow::Result<Exit> {
-    let Located { path, source } = config_path(config);
-    let (config, policies) = hook::load(&path, source)?;
-    let git = Git::new(&args.repo);
-    let zero = "0".repeat(40);
-    let resolve = |rev: &str| -> anyhow::Result<String> {
-        if git::is_zero(rev) || git::is_oid(rev) {
-            return Ok(rev.to_string());
-        }
-        git.resolve(rev)?
-            .with_context(|| format!("`{rev}` names no commit in `{}`", args.repo.display()))
-    };
-    let old = match &args.old {
-        Some(o) => resolve(o)?,
-        None => zero,
-    };
-    let new = resolve(&args.new)?;
-    let update = push::update_from_parts(1, &old, &new, &args.refname)?;
-    let ctx = PushContext {
-        repo: push::repo_name(&config, &args.repo),
-        pusher: args
-            .pusher
-            .unwrap_or_else(|| push::pusher_from_env(&config)),
-        options: args.options,
-    };
-    let tracker = crate::tracker::open(&config)?;
-    let updates = vec![update];
-    let keys = push::task_keys(&config, &policies, &updates);
-    let rt = crate::runtime::current_thread()?;
-    let tasks = rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys));
-    let decisions = push::decide(
-        &config,
-        &policies,
-        &git,
-        &ctx,
-        &updates,
-        tracker.name(),
-        &tasks,
-        NewCommits::AsIfPushedNow,
-    )?;
-    {
-        use std::io::Write as _;
-        write!(
-            std::io::stdout().lock(),
-            "{}",
-            crate::text::escape(&push::explain(&decisions, &ctx))
-        )?;
-    }
-    Ok(Exit::success_if(
-        decisions.iter().all(|d| d.decision.accepted()),
-    ))
-}
-
-/// The time `age` (`7d`, `12h`) before now.
-fn since(age: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    let d = crate::config::parse_duration(age).map_err(|e| anyhow::anyhow!("`--since`: {e}"))?;
-    let d = chrono::Duration::from_std(d)
-        .map_err(|_| anyhow::anyhow!("`--since {age}` is too long ago; give a shorter age"))?;
-    Ok(chrono::Utc::now() - d)
-}
-
-fn audit(config: Option<&Path>, args: AuditArgs) -> anyhow::Result<Exit> {
-    let Located { path, source } = config_path(config);
-    let config = Config::load_from(&path, source)?;
-    let filter = crate::audit::Filter {
-        repo: args.repo,
-        since: args.since.as_deref().map(since).transpose()?,
-        rule: args.rule,
-    };
-    let mut log = crate::audit::load(&config.state_dir(), config.audit.keep)?;
-    // Gaps are noted in the state folder, or in the folder of the repository pushed to: those
-    // the log names, and the ecosystem's that are folders here.
-    let local: Vec<String> = config
-        .repos
-        .iter()
-        .map(|r| config.resolve(Path::new(&r.url)))
-        .filter(|p| p.is_dir())
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
-    let mut git_dirs = log.git_dirs();
-    git_dirs.extend(local.iter().map(String::as_str));
-    let gaps = crate::audit::gap_warnings(&crate::audit::find_gaps(&config.state_dir(), &git_dirs));
-    if args.verify {
-        print!("{}", log.chain.report());
-        for warning in &gaps {
-            eprintln!("lockstep: {warning}");
-        }
-        return Ok(Exit::success_if(log.chain.broken.is_none()));
-    }
-    let picked: Vec<(crate::audit::Entry, bool)> = std::mem::take(&mut log.entries)
-        .into_iter()
-        .filter(|(e, _)| filter.matches(e))
-        .collect();
-    if args.json {
-        print!("{}", crate::audit::json_lines(&picked)?);
-    } else {
-        print!("{}", crate::audit::render(&picked));
-    }
-    for warning in crate::audit::warnings(&log).iter().chain(&gaps) {
-        eprintln!("lockstep: {warning}");
-    }
-    Ok(Exit::Success)
-}
-
-fn policy_replay(config: Option<&Path>, args: ReplayArgs) -> anyhow::Result<Exit> {
-    let Located { path, source } = config_path(config);
-    let config = Config::load_from(&path, source)?;
-    let loaded = if args.policies.is_empty() {
-        PolicySet::for_config(&config)
-    } else {
-        PolicySet::load_dirs(&args.policies)
-    };
-    let mut candidate = loaded.map_err(|e| {
-        anyhow::anyhow!("the candidate policies do not load:\n{e}\nfix them, then replay again")
-    })?;
-    candidate.timeout = config.policies.timeout;
-    candidate.max_memory = config.policies.max_memory();
-    // A hook refuses to run without a push rule: replaying such a set would show every push
-    // accepted where each would in fact be rejected.
-    if !candidate.has_push_rules() && !config.policies.allow_empty {
-        anyhow::bail!("the candidate policies: {}", crate::policy::NO_PUSH_RULE);
-    }
-    let from = since(&args.since)?;
-    let (entries, _) = crate::audit::read(&config.state_dir(), config.audit.keep)?;
-    let recent: Vec<crate::audit::Entry> = entries.into_iter().filter(|e| e.time >= from).collect();
-    let replay = crate::audit::replay(&config, &candidate, &recent);
-    println!(
-        "candidate policies {} (since {})",
-        candidate.revision,
-        from.format("%Y-%m-%d %H:%M")
-    );
-    print!("{}", replay.render());
-    if replay.unreadable() > 0 {
-        eprintln!(
-            "lockstep: {} push(es) could not be read, so the replay is incomplete; see \
-             \"not read\" above",
-            replay.unreadable()
-        );
-        return Ok(Exit::Error);
-    }
-    Ok(Exit::success_if(!replay.changes()))
 }
 
 #[cfg(test)]
