@@ -144,6 +144,7 @@ pub fn decide(
             NewCommits::NotOnAnyRef(early) if need_commits && !u.deleted() => early.take(&u.new),
             _ => None,
         };
+        crate::timings::mark("facts");
         let commits = if let Some(pending) = early {
             pending.wait()?
         } else if need_commits && !u.deleted() {
@@ -171,6 +172,7 @@ pub fn decide(
             Vec::new()
         };
         facts.set_commits(commits);
+        crate::timings::mark("git-walk");
         let mut unavailable = None;
         let task = match config.tasks.task_of(u.branch()) {
             None => Value::Null,
@@ -187,6 +189,7 @@ pub fn decide(
         };
         facts.set("task", task);
         let mut decision = policies.evaluate(Stage::Push, &facts);
+        crate::timings::mark("rules");
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
         }
