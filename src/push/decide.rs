@@ -34,8 +34,9 @@ impl Early {
     /// At most this many tips are listed early; the rest are listed when decided.
     const MAX: usize = 8;
 
-    /// Starts listing the new commits of the pushed tips (not of deletions). A listing that
-    /// cannot start is left to the decision, which reports the error itself.
+    /// Starts listing the new commits of the pushed tips (not of deletions), each on a thread
+    /// that starts git itself, so that the hook goes on loading while the kernel starts git.
+    /// A listing that cannot start says so when the decision waits for it.
     pub fn start(git: &Git, updates: &[RefUpdate]) -> Early {
         let mut started = HashMap::new();
         for u in updates.iter().filter(|u| !u.deleted()) {
@@ -43,7 +44,7 @@ impl Early {
                 break;
             }
             if !started.contains_key(&u.new)
-                && let Ok(pending) = git.start_commits(&u.new, &["--all"])
+                && let Ok(pending) = git.start_commits_in_background(&u.new, &["--all"])
             {
                 started.insert(u.new.clone(), pending);
             }
