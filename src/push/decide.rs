@@ -191,6 +191,7 @@ pub fn decide(
         facts.set("task", task);
         let mut decision = policies.evaluate(Stage::Push, &facts);
         crate::timings::mark("rules");
+        facts.drop_in_background();
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
         }
