@@ -319,8 +319,7 @@ fn breakdown(
 fn print_breakdown(title: &str, columns: &[(String, Vec<(String, f64)>)]) {
     println!();
     println!(
-        "{title}: median ms per phase ({} with {}=1)",
-        "timed runs",
+        "{title}: median ms per phase (timed runs, with {}=1)",
         lockstep::TIMINGS_VAR
     );
     let mut rows: Vec<String> = Vec::new();

@@ -24,6 +24,6 @@ fn main() -> ExitCode {
             Exit::Error
         }
     };
-    lockstep::report_timings();
+    lockstep::report_timings(&std::env::args_os().collect::<Vec<_>>());
     ExitCode::from(exit.code())
 }

@@ -61,10 +61,10 @@ pub fn mark(phase: &'static str) {
     }
 }
 
-/// The line of timings: `lockstep timings: start=0.051 config=0.210 … total=2.907` (ms).
-fn line(c: &Clock, now: Instant) -> String {
+/// The line of timings: `lockstep timings: (pre-receive) config=0.210 … total=2.907` (ms).
+fn line(c: &Clock, what: &str, now: Instant) -> String {
     let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
-    let mut out = String::from(PREFIX);
+    let mut out = format!("{PREFIX} ({what})");
     for (name, took) in &c.phases {
         out.push_str(&format!(" {name}={}", ms(*took)));
     }
@@ -75,12 +75,32 @@ fn line(c: &Clock, now: Instant) -> String {
     out
 }
 
-/// Prints the phases timed so far on stderr, in the order they first ended (nothing when the
-/// timings are off).
-pub fn report() {
+/// Prints the phases timed so far on stderr, in the order they first ended, naming what was
+/// timed: the hook of `lockstep hook FILE`, by the file's name (or its `<hook>.d` folder's),
+/// else the command. Nothing when the timings are off.
+pub fn report(args: &[std::ffi::OsString]) {
     if let Some(clock) = clock() {
         let c = clock.lock().unwrap_or_else(|e| e.into_inner());
-        eprintln!("{}", line(&c, Instant::now()));
+        eprintln!("{}", line(&c, &what(args), Instant::now()));
+    }
+}
+
+/// What a command line runs, for the timings: `pre-receive` for `lockstep hook
+/// /srv/repo.git/hooks/pre-receive` (or `…/pre-receive.d/lockstep`), else its first word.
+fn what(args: &[std::ffi::OsString]) -> String {
+    let word = |i: usize| args.get(i).map(|a| a.to_string_lossy().into_owned());
+    match (word(1).as_deref(), args.get(2)) {
+        (Some("hook"), Some(file)) => {
+            let path = std::path::Path::new(file);
+            let name = |p: Option<&std::ffi::OsStr>| p.map(|n| n.to_string_lossy().into_owned());
+            let file_name = name(path.file_name()).unwrap_or_default();
+            match name(path.parent().and_then(|p| p.file_name())) {
+                Some(dir) if dir.ends_with(".d") => dir.trim_end_matches(".d").to_string(),
+                _ => file_name,
+            }
+        }
+        (Some(command), _) => command.to_string(),
+        (None, _) => "lockstep".to_string(),
     }
 }
 
@@ -98,12 +118,35 @@ mod tests {
             phases: vec![("config", ms(2)), ("decide", ms(4))],
         };
         assert_eq!(
-            line(&c, t0 + ms(7)),
-            "lockstep timings: config=2.000 decide=4.000 rest=1.000 total=7.000"
+            line(&c, "pre-receive", t0 + ms(7)),
+            "lockstep timings: (pre-receive) config=2.000 decide=4.000 rest=1.000 total=7.000"
         );
         assert_eq!(
-            line(&c, t0 + ms(6)),
-            "lockstep timings: config=2.000 decide=4.000 total=6.000"
+            line(&c, "update", t0 + ms(6)),
+            "lockstep timings: (update) config=2.000 decide=4.000 total=6.000"
         );
+    }
+
+    #[test]
+    fn the_line_names_the_hook_by_its_file_or_folder() {
+        let what = |args: &[&str]| what(&args.iter().map(Into::into).collect::<Vec<_>>());
+        assert_eq!(
+            what(&["lockstep", "hook", "/srv/a.git/hooks/pre-receive"]),
+            "pre-receive"
+        );
+        assert_eq!(
+            what(&[
+                "lockstep",
+                "hook",
+                "/srv/a.git/custom_hooks/post-receive.d/lockstep"
+            ]),
+            "post-receive"
+        );
+        assert_eq!(
+            what(&["lockstep", "hook", "update", "r", "o", "n"]),
+            "update"
+        );
+        assert_eq!(what(&["lockstep", "policy", "check"]), "policy");
+        assert_eq!(what(&["lockstep"]), "lockstep");
     }
 }
