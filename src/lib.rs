@@ -58,6 +58,7 @@ mod runtime;
 mod server;
 mod store;
 mod text;
+mod timings;
 mod tls;
 mod tracker;
 mod verdict_counts;
@@ -72,6 +73,10 @@ pub use git::Git;
 pub use github::sign;
 pub use store::Store;
 pub use text::markdown::live_text as markdown_live_text;
+pub use timings::{
+    PREFIX as TIMINGS_PREFIX, VAR as TIMINGS_VAR, begin as begin_timings, mark as mark_timing,
+    report as report_timings,
+};
 pub use tls::install as install_tls;
 pub use tracker::file::FileTracker;
 pub use tracker::github::{GitHubIssues, LABEL_PREFIX};
