@@ -11,7 +11,7 @@ const EDGES: [&str; 8] = [
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 15] = [
+const CORE: [&str; 16] = [
     "domain",
     "config",
     "policy",
@@ -26,6 +26,7 @@ const CORE: [&str; 15] = [
     "github",
     "tracker",
     "monitor",
+    "runner",
     "tls",
 ];
 

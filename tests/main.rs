@@ -23,5 +23,6 @@ mod policy_test;
 mod postgres_sandboxes;
 mod replicas;
 mod reviews;
+mod runners;
 mod serve;
 mod trackers;

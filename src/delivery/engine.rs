@@ -359,6 +359,7 @@ impl Engine {
             self.delete_branches(d.id, checkouts).await;
         }
         self.delete_approvals(d, checkouts).await;
+        self.delete_candidates(d.id).await;
         let _ = std::fs::remove_dir_all(self.work_dir(d.id));
         Ok(())
     }
@@ -389,6 +390,7 @@ impl Engine {
             State::Failed
         };
         self.store.finish(d.id, state, summary).await?;
+        self.delete_candidates(d.id).await;
         let left: Vec<String> = self
             .store
             .repos(d.id)

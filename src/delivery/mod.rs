@@ -22,6 +22,7 @@ pub mod line;
 mod merge;
 mod rebase;
 mod recover;
+mod remote;
 mod rollback;
 mod run;
 mod slots;

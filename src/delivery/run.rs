@@ -127,6 +127,9 @@ impl Engine {
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
+        if let StepCommand::Runner(on) = command {
+            return self.exec_on_runner(d, phase, on, c, stop).await;
+        }
         let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase);
         let spec = StepSpec {

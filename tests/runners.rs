@@ -1,0 +1,286 @@
+//! Steps on a runner: a real Buildbot (`scripts/buildbot.sh`: a master and two workers on
+//! 127.0.0.1) builds and tests the candidates lockstep pushes through the real hooks. Its
+//! builders clone `repository`, check out `revision` and run the repository's
+//! `ci/<builder>.sh`, which each test commits to its own repositories.
+//!
+//! Without `BUILDBOT_URL` these tests say they are skipped, or fail when `CI` is set.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const REPOS: [&str; 2] = ["api", "web"];
+
+/// The Buildbot master's web root, or `None` (after saying the test is skipped).
+fn buildbot(test: &str) -> Option<String> {
+    match std::env::var("BUILDBOT_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            skip(
+                test,
+                "a Buildbot master (BUILDBOT_URL)",
+                "run scripts/buildbot.sh start, then \
+                 `set -a; . \"$(scripts/buildbot.sh env)\"; set +a`",
+            );
+            None
+        }
+    }
+}
+
+/// A GET of the master's REST API.
+fn api(url: &str, path: &str) -> Value {
+    let body = http::get(url, &format!("api/v2/{path}")).body;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// A sandbox of `api` and `web` whose build and test run on the Buildbot at `url`
+/// (`[runners.bb]`, with `runner` added to its table), each repository's `ci/build.sh` and
+/// `ci/test.sh` on master. The test fails when a file `BROKEN` is in the candidate.
+fn sandbox(url: &str, runner: &str) -> Env {
+    let env = Env::new(&REPOS);
+    let gate = env.sb.meta.join("steps").join("gate.sh");
+    let steps = env.sb.meta.join("steps");
+    env.set_steps(|s| match s {
+        "build" | "test" => format!("{{ runner = \"bb\", builder = \"{s}\" }}"),
+        _ => format!(
+            "[{}, \"{s}\", {}]",
+            toml_str(&gate),
+            toml_str(&steps.join(format!("{s}.sh")))
+        ),
+    });
+    env.edit_config(|t| {
+        format!("{t}\n[runners.bb]\nkind = \"buildbot\"\nurl = \"{url}\"\n{runner}\n")
+    });
+    for repo in REPOS {
+        let dir = env.clone_of(repo, "release-lead");
+        let g = git(&dir, "release-lead");
+        g.run(&["switch", "--quiet", "-C", "master", "origin/master"])
+            .unwrap();
+        std::fs::create_dir_all(dir.join("ci")).unwrap();
+        std::fs::write(
+            dir.join("ci/build.sh"),
+            "echo \"building $LOCKSTEP_REPO for $LOCKSTEP_TASK at $(git rev-parse HEAD)\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("ci/test.sh"),
+            "if [ -e BROKEN ]; then echo \"3 tests failed: $(cat BROKEN)\"; exit 1; fi\n\
+             echo \"all tests passed\"\n",
+        )
+        .unwrap();
+        g.run(&["add", "ci"]).unwrap();
+        g.run(&[
+            "commit",
+            "--quiet",
+            "-m",
+            &format!("{repo}: the CI's scripts"),
+        ])
+        .unwrap();
+        let p = push(&dir, "release-lead", &["master"]).unwrap();
+        assert!(p.accepted, "release-lead's push to {repo}: {:?}", p.remote);
+    }
+    env
+}
+
+/// Puts `task` In Progress, pushes a branch for it in each repository (`extra` files for the
+/// repository named with them), then moves it to For Delivery.
+fn ready(env: &Env, task: &str, extra: &[(&str, &str, &str)]) {
+    env.set_status(&[(task, "In Progress")]);
+    for repo in REPOS {
+        let mut files = vec![(format!("{task}.txt"), format!("{task} in {repo}\n"))];
+        for (r, file, text) in extra {
+            if *r == repo {
+                files.push((file.to_string(), text.to_string()));
+            }
+        }
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .collect();
+        env.task_branch_with(repo, &format!("feature/{task}-work"), &files, &[]);
+    }
+    env.set_status(&[(task, "For Delivery")]);
+}
+
+/// The builds a delivery's journal names: `(repo, phase, build page)`.
+fn builds(env: &Env, id: i64) -> Vec<(String, String, String)> {
+    env.show(id)["journal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["event"] == "on runner")
+        .filter_map(|j| {
+            let detail = j["detail"].as_str()?;
+            let url = detail.strip_prefix("bb: build http")?;
+            Some((
+                j["repo"].as_str()?.to_string(),
+                j["phase"].as_str()?.to_string(),
+                format!("http{url}"),
+            ))
+        })
+        .collect()
+}
+
+/// A build from its page (`…#/builders/<id>/builds/<number>`), with its properties.
+fn build_of(url: &str, page: &str) -> Value {
+    let (_, path) = page.split_once("#/").unwrap();
+    api(url, &format!("{path}?property=*"))["builds"][0].clone()
+}
+
+fn prop<'a>(build: &'a Value, name: &str) -> &'a str {
+    build["properties"][name][0].as_str().unwrap_or_default()
+}
+
+/// The candidate branches left in a repository.
+fn candidate_branches(env: &Env, repo: &str) -> String {
+    env.git_in(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(refname)",
+            "refs/heads/lockstep/",
+        ],
+    )
+}
+
+#[test]
+fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
+    let Some(url) = buildbot("a_delivery_built_and_tested_on_buildbot_lands_what_was_built") else {
+        return;
+    };
+    let env = sandbox(&url, "");
+    ready(&env, "TASK-1", &[]);
+    let before = env.masters();
+
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let after = env.masters();
+    assert_ne!(after, before);
+
+    // Every build and test ran as a Buildbot build of the sha that landed.
+    let ran = builds(&env, 1);
+    assert_eq!(ran.len(), 4, "{ran:?}");
+    for (i, repo) in REPOS.iter().enumerate() {
+        for phase in ["build", "test"] {
+            let (_, _, page) = ran
+                .iter()
+                .find(|(r, p, _)| r == repo && p == phase)
+                .unwrap_or_else(|| panic!("no {phase} build of {repo}: {ran:?}"));
+            let b = build_of(&url, page);
+            assert_eq!(b["results"], 0, "{b}");
+            assert_eq!(prop(&b, "revision"), after[i], "{repo} {phase}: {b}");
+            assert_eq!(prop(&b, "got_revision"), after[i], "{repo} {phase}: {b}");
+            assert_eq!(prop(&b, "branch"), "lockstep/1");
+            assert_eq!(prop(&b, "buildername"), phase);
+            assert_eq!(prop(&b, "lockstep_task"), "TASK-1");
+            assert_eq!(prop(&b, "lockstep_delivery"), "1");
+            assert_eq!(prop(&b, "lockstep_phase"), phase);
+            assert_eq!(prop(&b, "lockstep_repo"), *repo);
+        }
+        assert_eq!(candidate_branches(&env, repo), "", "{repo}");
+    }
+    // The step's log says where it ran.
+    let logs = stdout(&env.lockstep(&["logs", "1", "--repo", "api", "--step", "test"]));
+    assert!(logs.contains("runs on runner `bb`"), "{logs}");
+    assert!(logs.contains(&format!("build {url}#/builders/")), "{logs}");
+}
+
+#[test]
+fn a_failing_buildbot_build_fails_the_delivery_naming_the_build_and_its_step() {
+    let Some(url) =
+        buildbot("a_failing_buildbot_build_fails_the_delivery_naming_the_build_and_its_step")
+    else {
+        return;
+    };
+    let env = sandbox(&url, "");
+    ready(&env, "TASK-1", &[("web", "BROKEN", "rows mismatch\n")]);
+    let before = env.masters();
+
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(env.masters(), before, "something was merged");
+    let ran = builds(&env, 1);
+    let (_, _, page) = ran
+        .iter()
+        .find(|(r, p, _)| r == "web" && p == "test")
+        .unwrap_or_else(|| panic!("no test build of web: {ran:?}"));
+    assert_eq!(build_of(&url, page)["results"], 2);
+
+    let show = stdout(&env.lockstep(&["show", "1"]));
+    assert!(show.contains(page.as_str()), "{show}");
+    assert!(show.contains("step `test` failed"), "{show}");
+    assert!(show.contains("3 tests failed: rows mismatch"), "{show}");
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    let note = notes.last().unwrap();
+    assert!(note.contains(page.as_str()), "{note}");
+    assert!(note.contains("nothing was merged"), "{note}");
+    for repo in REPOS {
+        assert_eq!(candidate_branches(&env, repo), "", "{repo}");
+    }
+}
+
+#[test]
+fn an_unreachable_master_fails_the_step_at_once_naming_the_runner_and_url() {
+    // A port nothing listens on: what lockstep meets when the master is stopped.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    let env = sandbox(&url, "");
+    ready(&env, "TASK-1", &[]);
+    let before = env.masters();
+
+    let started = Instant::now();
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr(&o);
+    assert!(err.contains(&format!("runner `bb` ({url})")), "{err}");
+    assert!(err.contains("could not start"), "{err}");
+    assert_eq!(env.masters(), before);
+}
+
+#[test]
+fn a_build_no_worker_takes_fails_at_start_within_saying_the_ci_never_started_it() {
+    let Some(url) =
+        buildbot("a_build_no_worker_takes_fails_at_start_within_saying_the_ci_never_started_it")
+    else {
+        return;
+    };
+    let env = sandbox(&url, "start_within = \"2s\"\n");
+    // The `idle` builder's only worker never connects.
+    env.edit_config(|t| t.replace("builder = \"test\"", "builder = \"idle\""));
+    ready(&env, "TASK-1", &[]);
+
+    let started = Instant::now();
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("was never started on runner `bb`: no worker took build request"),
+        "{err}"
+    );
+    // The request was cancelled on the master.
+    let request = err
+        .split("#/buildrequests/")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .unwrap()
+        .to_string();
+    let r = &api(&url, &format!("buildrequests/{request}"))["buildrequests"][0];
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["results"], 6, "{r}");
+}
