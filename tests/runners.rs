@@ -37,7 +37,8 @@ fn api(url: &str, path: &str) -> Value {
 
 /// A sandbox of `api` and `web` whose build and test run on the Buildbot at `url`
 /// (`[runners.bb]`, with `runner` added to its table), each repository's `ci/build.sh` and
-/// `ci/test.sh` on master. The test fails when a file `BROKEN` is in the candidate.
+/// `ci/test.sh` on master. The test fails when a file `BROKEN` is in the candidate; with a
+/// file `HOLD` naming a path `P`, it creates `P.running` and waits for `P.open`.
 fn sandbox(url: &str, runner: &str) -> Env {
     let env = Env::new(&REPOS);
     let gate = env.sb.meta.join("steps").join("gate.sh");
@@ -67,6 +68,10 @@ fn sandbox(url: &str, runner: &str) -> Env {
         std::fs::write(
             dir.join("ci/test.sh"),
             "if [ -e BROKEN ]; then echo \"3 tests failed: $(cat BROKEN)\"; exit 1; fi\n\
+             if [ -e HOLD ]; then\n\
+             \x20 g=$(cat HOLD); : > \"$g.running\"; i=0\n\
+             \x20 while [ ! -e \"$g.open\" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n\
+             fi\n\
              echo \"all tests passed\"\n",
         )
         .unwrap();
@@ -283,4 +288,122 @@ fn a_build_no_worker_takes_fails_at_start_within_saying_the_ci_never_started_it(
     let r = &api(&url, &format!("buildrequests/{request}"))["buildrequests"][0];
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(r["results"], 6, "{r}");
+}
+
+/// The test builds Buildbot ran of this sandbox's `repo` for delivery `id` (found by the
+/// repository they cloned, which is in the sandbox's folder).
+fn test_builds_of(env: &Env, url: &str, repo: &str, id: i64) -> Vec<Value> {
+    let sandbox = env.dir.path().display().to_string();
+    api(
+        url,
+        "builders/test/builds?property=*&order=-buildid&limit=200",
+    )["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| {
+            prop(b, "repository").starts_with(&sandbox)
+                && prop(b, "lockstep_repo") == repo
+                && prop(b, "lockstep_delivery") == id.to_string()
+        })
+        .cloned()
+        .collect()
+}
+
+/// Delivers TASK-1 in the background with api's test build held on Buildbot; returns the
+/// worker and the gate's path once the build runs on a worker.
+fn deliver_with_a_held_test(env: &Env) -> (std::process::Child, std::path::PathBuf) {
+    let gate = env.root().join("gates").join("ci-test");
+    ready(
+        env,
+        "TASK-1",
+        &[("api", "HOLD", &gate.display().to_string())],
+    );
+    let worker = env.spawn("worker", &["deliver", "TASK-1"]);
+    let running = gate.with_extension("running");
+    wait_for("api's test build to run on a worker", || {
+        running.exists().then_some(())
+    });
+    (worker, gate)
+}
+
+#[test]
+fn cancelling_a_delivery_stops_its_buildbot_build() {
+    let Some(url) = buildbot("cancelling_a_delivery_stops_its_buildbot_build") else {
+        return;
+    };
+    let env = sandbox(&url, "");
+    let before = env.masters();
+    let (mut worker, _gate) = deliver_with_a_held_test(&env);
+
+    let o = env.lockstep(&["cancel", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let status = worker.wait().unwrap();
+    let (out, err) = env.spawned_output("worker");
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert_eq!(env.state(1), "cancelled");
+    assert!(
+        err.contains("`test` was stopped on runner `bb`: build"),
+        "{err}"
+    );
+    // Buildbot records the build cancelled.
+    let ran = builds(&env, 1);
+    let (_, _, page) = ran
+        .iter()
+        .find(|(r, p, _)| r == "api" && p == "test")
+        .unwrap_or_else(|| panic!("no test build of api: {ran:?}"));
+    let build = wait_for("Buildbot to finish the stopped build", || {
+        let b = build_of(&url, page);
+        (b["complete"] == true).then_some(b)
+    });
+    assert_eq!(build["results"], 6, "{build}");
+    assert_eq!(env.masters(), before);
+    for repo in REPOS {
+        assert_eq!(candidate_branches(&env, repo), "", "{repo}");
+    }
+}
+
+#[test]
+fn after_a_crash_recovery_follows_the_same_buildbot_build() {
+    let Some(url) = buildbot("after_a_crash_recovery_follows_the_same_buildbot_build") else {
+        return;
+    };
+    let env = sandbox(&url, "");
+    let (mut worker, gate) = deliver_with_a_held_test(&env);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(env.state(1), "running");
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("#1 TASK-1: was interrupted in test; queued again to resume it"),
+        "{}",
+        stdout(&o)
+    );
+    // The build lockstep forced before it died still runs on Buildbot; it finishes now.
+    std::fs::write(gate.with_extension("open"), "").unwrap();
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(env.state(1), "delivered");
+
+    let landed = env.master("api");
+    let tests = test_builds_of(&env, &url, "api", 1);
+    assert_eq!(tests.len(), 1, "one test build of api, not two: {tests:#?}");
+    assert_eq!(prop(&tests[0], "revision"), landed);
+    assert_eq!(tests[0]["results"], 0);
+    let journal = env.show(1)["journal"].clone();
+    assert!(
+        journal
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["event"] == "on runner"
+                && j["repo"] == "api"
+                && j["detail"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("(followed again after a restart)")),
+        "{journal:#}"
+    );
 }

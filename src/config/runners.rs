@@ -70,6 +70,13 @@ impl Runner {
     }
 
     pub(super) fn check(&self, name: &str) -> anyhow::Result<()> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!("runner name `{name}` must be letters, digits, `-`, `_` or `.`");
+        }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             bail!(
                 "runner `{name}`: `url = \"{}\"` must be the CI's web root, starting with \

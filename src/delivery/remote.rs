@@ -37,6 +37,14 @@ impl Engine {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(anyhow::Error::from)?;
         }
+        // A step a killed worker left waiting for a build of this very candidate follows
+        // that build: the CI builds each candidate once.
+        let resumed = match self.store.last_runner_build(d.id, repo, phase).await? {
+            Some((StepState::Interrupted, build)) => parse_build(&build)
+                .filter(|(runner, _, sha)| *runner == step.runner && *sha == c.row.rebased_sha)
+                .map(|(_, request, _)| request),
+            _ => None,
+        };
         self.store
             .journal(d.id, phase, repo.as_str(), Event::StepStarted, "")
             .await?;
@@ -47,7 +55,9 @@ impl Engine {
             .await?;
         let started = std::time::Instant::now();
         let mut lines = Vec::new();
-        let (outcome, why, tail) = self.on_runner(d, phase, step, c, stop, &mut lines).await?;
+        let (outcome, why, tail) = self
+            .on_runner(d, phase, step, c, stop, (step_id, resumed), &mut lines)
+            .await?;
         let _ = std::fs::write(&log, lines.join("\n") + "\n");
         if self.store.backend() == crate::store::Backend::Postgres {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -83,8 +93,10 @@ impl Engine {
         Err(failure.into())
     }
 
-    /// Pushes the candidate, forces the build and follows it: the step's outcome, the reason
-    /// it did not pass, and the end of the failing step's log. `lines` gets the local log.
+    /// Pushes the candidate, forces the build and follows it (or follows the build request
+    /// `resumed`, forced before a restart): the step's outcome, the reason it did not pass,
+    /// and the end of the failing step's log. `lines` gets the local log.
+    #[allow(clippy::too_many_arguments)]
     async fn on_runner(
         &self,
         d: &DeliveryRow,
@@ -92,6 +104,7 @@ impl Engine {
         step: &RunnerStep,
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
+        (step_id, resumed): (i64, Option<i64>),
         lines: &mut Vec<String>,
     ) -> Result<(StepOutcome, String, String), Stop> {
         let Some(config) = self.config.runners.get(&step.runner) else {
@@ -108,12 +121,6 @@ impl Engine {
         };
         let Client::Buildbot(bb) = client;
         let branch = self.config.candidate_branch(d.id);
-        if let Err(why) = self.push_candidate(c, &branch).await? {
-            let why =
-                format!("could not start: the candidate branch `{branch}` was not pushed: {why}");
-            lines.push(format!("lockstep: {why}"));
-            return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
-        }
         let job = Job {
             builder: step.builder.clone().unwrap_or_default(),
             repository: c
@@ -136,14 +143,37 @@ impl Engine {
             branch,
             job.revision
         ));
-        let request = match bb.force(&job).await {
-            Ok(r) => r,
-            Err(e) => {
-                let why = format!("could not start on {}: {e}", bb.describe());
-                lines.push(format!("lockstep: {why}"));
-                return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
+        let request = match resumed {
+            Some(request) => {
+                lines.push(format!(
+                    "lockstep: follows build request {request}, forced before a restart"
+                ));
+                request
+            }
+            None => {
+                if let Err(why) = self.push_candidate(c, &branch).await? {
+                    let why = format!(
+                        "could not start: the candidate branch `{branch}` was not pushed: {why}"
+                    );
+                    lines.push(format!("lockstep: {why}"));
+                    return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
+                }
+                match bb.force(&job).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let why = format!("could not start on {}: {e}", bb.describe());
+                        lines.push(format!("lockstep: {why}"));
+                        return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
+                    }
+                }
             }
         };
+        self.store
+            .step_runner_build(
+                step_id,
+                &format!("{} {request} {}", step.runner, job.revision),
+            )
+            .await?;
         let request_url = bb.request_url(request);
         lines.push(format!("lockstep: build request {request}: {request_url}"));
         self.store
@@ -152,7 +182,15 @@ impl Engine {
                 phase,
                 c.row.repo.as_str(),
                 Event::OnRunner,
-                &format!("{}: build request {request_url}", step.runner),
+                &format!(
+                    "{}: build request {request_url}{}",
+                    step.runner,
+                    if resumed.is_some() {
+                        " (followed again after a restart)"
+                    } else {
+                        ""
+                    }
+                ),
             )
             .await?;
         let wait = bb.wait.min(self.config.delivery.step_timeout);
@@ -342,4 +380,13 @@ impl Engine {
             }
         }
     }
+}
+
+/// A recorded `<runner> <build request> <sha>`.
+fn parse_build(text: &str) -> Option<(&str, i64, &str)> {
+    let mut parts = text.split(' ');
+    let runner = parts.next()?;
+    let request = parts.next()?.parse().ok()?;
+    let sha = parts.next()?;
+    parts.next().is_none().then_some((runner, request, sha))
 }
