@@ -407,3 +407,35 @@ fn after_a_crash_recovery_follows_the_same_buildbot_build() {
         "{journal:#}"
     );
 }
+
+/// `[delivery] push_candidates`: a command step that hands the candidate to a CI of its own
+/// (a Kubernetes Job, say) finds it pushed as the candidate branch, at the sha it runs for.
+#[test]
+fn push_candidates_hands_a_command_step_the_candidate_branch() {
+    let env = Env::new(&REPOS);
+    env.set_delivery("push_candidates", "true");
+    let check = "test \"$(git ls-remote origin \"refs/heads/$LOCKSTEP_CANDIDATE_BRANCH\" | cut -f1)\" \
+                 = \"$LOCKSTEP_SHA\" && echo \"candidate $LOCKSTEP_CANDIDATE_BRANCH at $LOCKSTEP_SHA\"";
+    let gate = env.sb.meta.join("steps").join("gate.sh");
+    let steps = env.sb.meta.join("steps");
+    env.set_steps(|s| match s {
+        "test" => format!("[\"sh\", \"-c\", {}]", toml::Value::String(check.into())),
+        _ => format!(
+            "[{}, \"{s}\", {}]",
+            toml_str(&gate),
+            toml_str(&steps.join(format!("{s}.sh")))
+        ),
+    });
+    ready(&env, "TASK-1", &[]);
+
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    for repo in REPOS {
+        let logs = stdout(&env.lockstep(&["logs", "1", "--repo", repo, "--step", "test"]));
+        assert!(
+            logs.contains(&format!("candidate lockstep/1 at {}", env.master(repo))),
+            "{repo}: {logs}"
+        );
+        assert_eq!(candidate_branches(&env, repo), "", "{repo}");
+    }
+}

@@ -67,6 +67,12 @@ pub struct Delivery {
     /// `lockstep/{delivery}`.
     #[serde(default = "super::runners::default_candidate_branch")]
     pub candidate_branch: String,
+    /// Push the candidate branch before every command step too (they get its name in
+    /// `LOCKSTEP_CANDIDATE_BRANCH`), for a step that hands the candidate to a CI of its own
+    /// (a Kubernetes Job, a Jenkins job it waits for). Default false: only before steps on a
+    /// `[runners.*]`.
+    #[serde(default)]
+    pub push_candidates: bool,
 }
 
 impl Default for Delivery {
@@ -82,6 +88,7 @@ impl Default for Delivery {
             watch: Duration::ZERO,
             watch_gates: false,
             candidate_branch: super::runners::default_candidate_branch(),
+            push_candidates: false,
         }
     }
 }

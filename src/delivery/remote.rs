@@ -346,11 +346,37 @@ impl Engine {
         })
     }
 
-    /// Deletes the delivery's candidate branch from every repository whose steps run on a
-    /// runner (best effort: a branch never pushed is no error).
+    /// Pushes the candidate branch before a command step (`[delivery] push_candidates`), for
+    /// a step that hands the candidate to a CI of its own; a refused push fails the step.
+    pub(super) async fn push_candidate_for(
+        &self,
+        d: &DeliveryRow,
+        phase: Phase,
+        c: &Checkout,
+    ) -> Result<(), Stop> {
+        let branch = self.config.candidate_branch(d.id);
+        match self.push_candidate(c, &branch).await? {
+            Ok(()) => Ok(()),
+            Err(why) => Err(Failure::new(
+                phase,
+                Some(&c.row.repo),
+                format!("`{phase}` could not start: the candidate branch `{branch}` was not pushed: {why}"),
+            )
+            .into()),
+        }
+    }
+
+    /// Deletes the delivery's candidate branch from every repository it may have been pushed
+    /// to (best effort: a branch never pushed is no error).
     pub(super) async fn delete_candidates(&self, id: DeliveryId) {
         let branch = self.config.candidate_branch(id);
-        for repo in self.config.repos.iter().filter(|r| r.steps.on_runners()) {
+        let every = self.config.delivery.push_candidates;
+        for repo in self
+            .config
+            .repos
+            .iter()
+            .filter(|r| every || r.steps.on_runners())
+        {
             let dir = self.work_dir(id).join(repo.name.as_str());
             if !dir.join(".git").exists() {
                 continue;

@@ -130,6 +130,9 @@ impl Engine {
         if let StepCommand::Runner(on) = command {
             return self.exec_on_runner(d, phase, on, c, stop).await;
         }
+        if self.config.delivery.push_candidates {
+            self.push_candidate_for(d, phase, c).await?;
+        }
         let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase);
         let spec = StepSpec {
@@ -245,6 +248,12 @@ impl Engine {
             ),
             ("LOCKSTEP_STEP".into(), phase.as_str().into()),
         ]);
+        if self.config.delivery.push_candidates {
+            env.push((
+                "LOCKSTEP_CANDIDATE_BRANCH".into(),
+                self.config.candidate_branch(d.id),
+            ));
+        }
         env
     }
 }
