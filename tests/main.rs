@@ -25,4 +25,5 @@ mod replicas;
 mod reviews;
 mod runners;
 mod serve;
+mod status_runner;
 mod trackers;

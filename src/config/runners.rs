@@ -14,12 +14,16 @@ use super::duration;
 pub enum RunnerKind {
     /// A Buildbot master: lockstep forces a build through its REST API and follows it.
     Buildbot,
+    /// Any CI that reports commit statuses (`POST /api/statuses/<sha>` on `lockstep serve`),
+    /// triggered by the candidate branch's push.
+    Status,
 }
 
 impl RunnerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RunnerKind::Buildbot => "buildbot",
+            RunnerKind::Status => "status",
         }
     }
 }
@@ -30,8 +34,11 @@ impl RunnerKind {
 pub struct Runner {
     pub kind: RunnerKind,
     /// The CI's web root, e.g. `https://ci.example.com/` (Buildbot's REST API is under
-    /// `api/v2` of it).
+    /// `api/v2` of it). Buildbot only.
+    #[serde(default)]
     pub url: String,
+    /// The variable holding the bearer token a CI posts its statuses with. Status only.
+    pub token_env: Option<String>,
     /// The ForceScheduler builds are forced through. Default `force`.
     #[serde(default = "default_scheduler")]
     pub scheduler: String,
@@ -77,6 +84,27 @@ impl Runner {
         {
             bail!("runner name `{name}` must be letters, digits, `-`, `_` or `.`");
         }
+        if self.kind == RunnerKind::Status {
+            if self.token_env.as_deref().is_none_or(str::is_empty) {
+                bail!(
+                    "runner `{name}`: a status runner needs `token_env`, the variable holding \
+                     the token the CI posts its statuses with"
+                );
+            }
+            if !self.url.is_empty() || self.user.is_some() {
+                bail!(
+                    "runner `{name}`: a status runner takes no `url` or `user`: the CI posts to \
+                     `POST /api/statuses/<sha>` of `lockstep serve`"
+                );
+            }
+            if self.wait.is_zero() || self.start_within.is_zero() {
+                bail!("runner `{name}`: `wait` and `start_within` must be longer than 0s");
+            }
+            return Ok(());
+        }
+        if self.token_env.is_some() {
+            bail!("runner `{name}`: `token_env` is for `kind = \"status\"`");
+        }
         if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             bail!(
                 "runner `{name}`: `url = \"{}\"` must be the CI's web root, starting with \
@@ -114,6 +142,8 @@ pub struct RunnerStep {
     pub runner: String,
     /// The builder a Buildbot runner forces the build on.
     pub builder: Option<String>,
+    /// The statuses a status runner waits for: every one `success` on the candidate's sha.
+    pub contexts: Option<Vec<String>>,
 }
 
 impl RunnerStep {
@@ -143,6 +173,16 @@ impl RunnerStep {
                 _ => bail!(
                     "repo `{repo}`: the {phase} step runs on the Buildbot runner `{}`; name \
                      its builder: `{{ runner = \"{}\", builder = \"...\" }}`",
+                    self.runner,
+                    self.runner
+                ),
+            },
+            // What counts is never vacuous: no context would pass with no status at all.
+            RunnerKind::Status => match &self.contexts {
+                Some(c) if !c.is_empty() && c.iter().all(|c| !c.trim().is_empty()) => Ok(()),
+                _ => bail!(
+                    "repo `{repo}`: the {phase} step runs on the status runner `{}`; list the \
+                     statuses it waits for: `{{ runner = \"{}\", contexts = [\"ci/test\"] }}`",
                     self.runner,
                     self.runner
                 ),
@@ -217,6 +257,30 @@ mod tests {
             "repo `api`: the deploy step runs on the Buildbot runner `bb`; name its builder: \
              `{ runner = \"bb\", builder = \"...\" }`"
         );
+    }
+
+    #[test]
+    fn a_status_step_lists_its_contexts() {
+        let runner = "[runners.ci]\nkind = 'status'\ntoken_env = 'CI_TOKEN'\n";
+        let c = Config::parse_str(&format!(
+            "{runner}[[repo]]\nname='api'\nurl='/x'\n[repo.steps]\n\
+             test={{ runner = 'ci', contexts = ['ci/test'] }}\n"
+        ))
+        .unwrap();
+        let test = c.repos[0].steps.test.as_ref().unwrap().runner().unwrap();
+        assert_eq!(test.contexts.as_deref(), Some(&["ci/test".to_string()][..]));
+        for contexts in ["", ", contexts = []", ", contexts = ['']"] {
+            assert_eq!(
+                err(&format!(
+                    "{runner}[[repo]]\nname='api'\nurl='/x'\n[repo.steps]\n\
+                     test={{ runner = 'ci'{contexts} }}\n"
+                )),
+                "repo `api`: the test step runs on the status runner `ci`; list the statuses \
+                 it waits for: `{ runner = \"ci\", contexts = [\"ci/test\"] }`",
+                "{contexts}"
+            );
+        }
+        assert!(err("[runners.ci]\nkind = 'status'\n").contains("needs `token_env`"));
     }
 
     #[test]

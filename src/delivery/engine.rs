@@ -337,6 +337,8 @@ impl Engine {
         checkouts: &[Checkout],
         after_restart: bool,
     ) -> anyhow::Result<()> {
+        // The candidate branches go before the delivery is seen landed.
+        self.delete_candidates(d.id).await;
         self.store.finish(d.id, State::Delivered, "").await?;
         let landed: Vec<String> = checkouts
             .iter()
@@ -359,7 +361,6 @@ impl Engine {
             self.delete_branches(d.id, checkouts).await;
         }
         self.delete_approvals(d, checkouts).await;
-        self.delete_candidates(d.id).await;
         let _ = std::fs::remove_dir_all(self.work_dir(d.id));
         Ok(())
     }
@@ -389,8 +390,8 @@ impl Engine {
         } else {
             State::Failed
         };
-        self.store.finish(d.id, state, summary).await?;
         self.delete_candidates(d.id).await;
+        self.store.finish(d.id, state, summary).await?;
         let left: Vec<String> = self
             .store
             .repos(d.id)

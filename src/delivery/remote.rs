@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use super::engine::{Checkout, Engine, repo_url};
 use super::steps::StepOutcome;
 use super::stop::{Failure, Stop};
-use crate::config::RunnerStep;
+use crate::config::{Runner, RunnerKind, RunnerStep};
 use crate::domain::{DeliveryId, Event, Phase, StepState};
-use crate::runner::{Client, Job, Outcome};
+use crate::runner::status::{self, Verdict};
+use crate::runner::{Buildbot, Job, Outcome};
 use crate::runtime::blocking;
 use crate::store::DeliveryRow;
 
@@ -20,6 +21,9 @@ const WHY_BYTES: usize = 200;
 
 /// How often a step on a runner looks for a cancel of its delivery.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
+
+/// How often a step on a status runner reads the statuses of its sha.
+const STATUS_POLL: Duration = Duration::from_millis(300);
 
 impl Engine {
     /// Runs a step of `phase` for a checkout on its runner, journaled like a local step, with
@@ -111,15 +115,19 @@ impl Engine {
             let why = format!("runs on `{}`, which is not declared", step.runner);
             return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
         };
-        let client = match Client::new(&step.runner, config) {
-            Ok(c) => c,
+        if config.kind == RunnerKind::Status {
+            return self
+                .on_status_runner(d, phase, step, config, c, stop, lines)
+                .await;
+        }
+        let bb = match Buildbot::new(&step.runner, config) {
+            Ok(bb) => bb,
             Err(e) => {
                 let why = format!("could not start: {e:#}");
                 lines.push(format!("lockstep: {why}"));
                 return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
             }
         };
-        let Client::Buildbot(bb) = client;
         let branch = self.config.candidate_branch(d.id);
         let job = Job {
             builder: step.builder.clone().unwrap_or_default(),
@@ -297,6 +305,110 @@ impl Engine {
                 (StepOutcome::Failed(None), why, String::new())
             }
         })
+    }
+
+    /// Pushes the candidate (which triggers the CI) and waits until every context the step
+    /// lists is `success` on its sha, one is `failure` or `error`, no status at all arrived
+    /// within `start_within`, or `wait` passed.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_status_runner(
+        &self,
+        d: &DeliveryRow,
+        phase: Phase,
+        step: &RunnerStep,
+        runner: &Runner,
+        c: &Checkout,
+        stop: Option<watch::Receiver<bool>>,
+        lines: &mut Vec<String>,
+    ) -> Result<(StepOutcome, String, String), Stop> {
+        let contexts = step.contexts.clone().unwrap_or_default();
+        let branch = self.config.candidate_branch(d.id);
+        let sha = c.row.rebased_sha.clone();
+        let on = format!("on runner `{}`", step.runner);
+        let listed = contexts
+            .iter()
+            .map(|c| format!("`{}`", crate::text::escape(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(format!(
+            "lockstep: {phase} waits {on} for the statuses {listed} of {sha} (pushed as {branch})"
+        ));
+        if let Err(why) = self.push_candidate(c, &branch).await? {
+            let why =
+                format!("could not start: the candidate branch `{branch}` was not pushed: {why}");
+            lines.push(format!("lockstep: {why}"));
+            return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
+        }
+        self.store
+            .journal(
+                d.id,
+                phase,
+                c.row.repo.as_str(),
+                Event::OnRunner,
+                &format!("{}: waits for {listed} on {sha}", step.runner),
+            )
+            .await?;
+        let wait = runner.wait.min(self.config.delivery.step_timeout);
+        let started = std::time::Instant::now();
+        let stopped = self.stopped(d.id, stop);
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                () = &mut stopped => {
+                    let why = format!("was stopped {on}");
+                    lines.push(format!("lockstep: {why}"));
+                    return Ok((StepOutcome::Stopped, why, String::new()));
+                }
+                () = tokio::time::sleep(STATUS_POLL) => {}
+            }
+            let statuses = self.store.commit_statuses(&sha).await?;
+            match status::judge(&contexts, &statuses) {
+                Verdict::Passed => {
+                    lines.push(format!("lockstep: every status is `success` on {sha}"));
+                    return Ok((StepOutcome::Passed, String::new(), String::new()));
+                }
+                Verdict::Failed(s) => {
+                    let mut why = format!(
+                        "failed {on}: status `{}` is `{}`",
+                        crate::text::escape(&s.context),
+                        s.state.as_str()
+                    );
+                    if let Some(text) = &s.description {
+                        why.push_str(&format!(
+                            ": {}",
+                            crate::text::clip(&crate::text::escape(text), WHY_BYTES)
+                        ));
+                    }
+                    if let Some(url) = &s.target_url {
+                        why.push_str(&format!(
+                            " ({})",
+                            crate::text::clip(&crate::text::escape(url), WHY_BYTES)
+                        ));
+                    }
+                    lines.push(format!("lockstep: {why}"));
+                    return Ok((StepOutcome::Failed(None), why, String::new()));
+                }
+                Verdict::Waiting { seen } => {
+                    let elapsed = started.elapsed();
+                    if !seen && elapsed >= runner.start_within {
+                        let why = format!(
+                            "was never started {on}: no status arrived for {sha} within {}",
+                            crate::config::humanize(runner.start_within)
+                        );
+                        lines.push(format!("lockstep: {why}"));
+                        return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
+                    }
+                    if elapsed >= wait {
+                        let why = format!(
+                            "waited {} {on} for {listed} and gave up",
+                            crate::config::humanize(wait)
+                        );
+                        lines.push(format!("lockstep: {why}"));
+                        return Ok((StepOutcome::TimedOut(wait), why, String::new()));
+                    }
+                }
+            }
+        }
     }
 
     /// Resolves when the step is to stop: `stop` turned true (another step failed, the

@@ -7,14 +7,15 @@
 //!
 //! - `buildbot`: a Buildbot master, through its REST API (`/api/v2`): a build forced through
 //!   a ForceScheduler, its build request followed to its build, stopped when asked.
+//! - `status`: the commit statuses any other CI posts to `lockstep serve`, and the judgement
+//!   of a step that waits for some of them.
 
 mod buildbot;
+pub mod status;
 
 use std::time::Duration;
 
 pub use buildbot::Buildbot;
-
-use crate::config::{Runner, RunnerKind};
 
 /// What a runner is asked to run: one step of one repository of a delivery.
 #[derive(Debug, Clone)]
@@ -68,18 +69,4 @@ pub enum Outcome {
     Stopped(Option<BuildRef>),
     /// The CI could not be reached, or answered nonsense: the reason.
     Unreachable(String),
-}
-
-/// A runner of any kind, ready to run jobs.
-pub enum Client {
-    Buildbot(Buildbot),
-}
-
-impl Client {
-    /// The client for `[runners.<name>]`; an error when its password variable is unset.
-    pub fn new(name: &str, runner: &Runner) -> anyhow::Result<Client> {
-        match runner.kind {
-            RunnerKind::Buildbot => Ok(Client::Buildbot(Buildbot::new(name, runner)?)),
-        }
-    }
 }
