@@ -58,11 +58,13 @@ impl Engine {
             .step_started(d.id, repo, phase, &log.to_string_lossy())
             .await?;
         let started = std::time::Instant::now();
-        let mut lines = Vec::new();
+        let mut lines = StepLog {
+            path: log.clone(),
+            lines: Vec::new(),
+        };
         let (outcome, why, tail) = self
             .on_runner(d, phase, step, c, stop, (step_id, resumed), &mut lines)
             .await?;
-        let _ = std::fs::write(&log, lines.join("\n") + "\n");
         if self.store.backend() == crate::store::Backend::Postgres {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             self.store.set_step_log(step_id, &text).await?;
@@ -109,7 +111,7 @@ impl Engine {
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
         (step_id, resumed): (i64, Option<i64>),
-        lines: &mut Vec<String>,
+        lines: &mut StepLog,
     ) -> Result<(StepOutcome, String, String), Stop> {
         let Some(config) = self.config.runners.get(&step.runner) else {
             let why = format!("runs on `{}`, which is not declared", step.runner);
@@ -319,7 +321,7 @@ impl Engine {
         runner: &Runner,
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
-        lines: &mut Vec<String>,
+        lines: &mut StepLog,
     ) -> Result<(StepOutcome, String, String), Stop> {
         let contexts = step.contexts.clone().unwrap_or_default();
         let branch = self.config.candidate_branch(d.id);
@@ -527,4 +529,18 @@ fn parse_build(text: &str) -> Option<(&str, i64, &str)> {
     let request = parts.next()?.parse().ok()?;
     let sha = parts.next()?;
     parts.next().is_none().then_some((runner, request, sha))
+}
+
+/// The local log of a step on a runner: where it ran and how it ended, written as it goes,
+/// so that `lockstep logs` shows the build's page while the build runs.
+struct StepLog {
+    path: std::path::PathBuf,
+    lines: Vec<String>,
+}
+
+impl StepLog {
+    fn push(&mut self, line: String) {
+        self.lines.push(line);
+        let _ = std::fs::write(&self.path, self.lines.join("\n") + "\n");
+    }
 }
