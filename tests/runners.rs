@@ -186,6 +186,16 @@ fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
         }
         assert_eq!(candidate_branches(&env, repo), "", "{repo}");
     }
+    // `show --json` (and `/api/queue`) say which runner each step ran on, and its build.
+    let steps = env.show(1)["steps"].clone();
+    for s in steps.as_array().unwrap() {
+        let build = s["runner_build"].as_str().unwrap_or_default();
+        if s["step"] == "build" || s["step"] == "test" {
+            assert!(build.starts_with("bb "), "{s}");
+        } else {
+            assert_eq!(s["runner_build"], Value::Null, "deploy runs here: {s}");
+        }
+    }
     // The step's log says where it ran.
     let logs = stdout(&env.lockstep(&["logs", "1", "--repo", "api", "--step", "test"]));
     assert!(logs.contains("runs on runner `bb`"), "{logs}");

@@ -20,6 +20,15 @@ pub struct StepRow {
     pub log_path: String,
     /// The step's process (and process group) id while it runs.
     pub pid: Option<i64>,
+    /// For a step on a runner, the build it waits for: `<runner> <build request> <sha>`.
+    pub runner_build: Option<String>,
+}
+
+impl StepRow {
+    /// The runner the step ran on, if it was not a process on this host.
+    pub fn runner(&self) -> Option<&str> {
+        self.runner_build.as_deref()?.split(' ').next()
+    }
 }
 
 impl Store {
@@ -139,13 +148,15 @@ impl Store {
     }
 
     pub async fn steps(&self, id: DeliveryId) -> anyhow::Result<Vec<StepRow>> {
-        let rows = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
-             FROM steps WHERE delivery_id = $1 ORDER BY id",
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid, \
+             runner_build FROM steps WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(pool)
-        .await?);
+        .await?
+        });
         Ok(rows)
     }
 }
