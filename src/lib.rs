@@ -28,6 +28,7 @@
 //! - `git`: the one place that runs `git`.
 //! - `tls`: the one TLS crypto provider (rustls on ring).
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
+//! - `runner`: the CI services steps may run on (Buildbot).
 //! - `monitor`: Prometheus gates and Alertmanager alerts, the triggers of rollbacks.
 //! - `delivery`: the delivery line, its steps, and the worker that runs the queue.
 //! - `store`: the durable queue and journal (SQLite, or PostgreSQL shared by replicas).
@@ -54,6 +55,7 @@ mod install;
 mod monitor;
 mod policy;
 mod push;
+mod runner;
 mod runtime;
 mod server;
 mod store;

@@ -11,7 +11,7 @@ const EDGES: [&str; 9] = [
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 17] = [
+const CORE: [&str; 18] = [
     "domain",
     "config",
     "policy",
@@ -27,6 +27,7 @@ const CORE: [&str; 17] = [
     "github",
     "tracker",
     "monitor",
+    "runner",
     "tls",
     "accounts",
 ];

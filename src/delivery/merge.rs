@@ -304,7 +304,7 @@ impl Engine {
 }
 
 /// The useful part of a failed push: the server's rejection lines, else git's error.
-fn push_error(stdout: &str, stderr: &str) -> String {
+pub(super) fn push_error(stdout: &str, stderr: &str) -> String {
     let remote: Vec<&str> = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("remote: "))

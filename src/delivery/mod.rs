@@ -25,6 +25,7 @@ mod merge;
 pub mod ready;
 mod rebase;
 mod recover;
+mod remote;
 mod request;
 mod rollback;
 mod run;

@@ -23,6 +23,7 @@ pub const FACTS: &[&str] = &[
     "bot",
     "maintainers",
     "protected",
+    "candidate_prefix",
     "task",
     "commits",
     "push_options",
@@ -60,7 +61,7 @@ impl Facts {
     }
 
     /// The facts every stage reads about the ecosystem: the bot and its maintainers, the
-    /// protected branches, the tracker (by a name fit for messages) and its statuses.
+    /// protected branches, the candidate branches' prefix, the tracker (by a name fit for messages) and its statuses.
     pub fn set_ecosystem(&mut self, config: &crate::config::Config, tracker: &str) -> &mut Self {
         let tracker = if tracker == "file" {
             "the tasks file"
@@ -70,6 +71,7 @@ impl Facts {
         self.set("bot", config.bot.user.as_str())
             .set("maintainers", config.bot.maintainers.clone())
             .set("protected", config.policies.protected.clone())
+            .set("candidate_prefix", config.candidate_prefix())
             .set("tracker", tracker)
             .set("in_progress", config.tasks.in_progress.clone())
             .set("for_delivery", config.tasks.for_delivery.clone())

@@ -48,6 +48,7 @@ pub mod page;
 pub mod poller;
 pub mod report;
 mod routes;
+mod statuses;
 mod views;
 pub mod webhook;
 mod worker_loop;
