@@ -115,10 +115,12 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
             &config,
             &policies,
             &git,
-            &ctx,
-            &updates,
-            tracker_name,
-            &tasks,
+            &push::Pushed {
+                ctx: &ctx,
+                updates: &updates,
+                tracker: tracker_name,
+                tasks: &tasks,
+            },
             NewCommits::NotOnAnyRef(&early),
         )
         .map(|mut decisions| {

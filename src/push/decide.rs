@@ -96,17 +96,31 @@ pub async fn fetch_tasks(config: &Config, tracker: &dyn Tracker, keys: &[String]
         .collect()
 }
 
+/// What a push is judged on: who pushes which updates, and what the tracker said of the
+/// tasks they name.
+#[derive(Debug, Clone, Copy)]
+pub struct Pushed<'a> {
+    pub ctx: &'a PushContext,
+    pub updates: &'a [RefUpdate],
+    /// The tracker's kind, for the `ecosystem` fact.
+    pub tracker: &'a str,
+    pub tasks: &'a TaskAnswers,
+}
+
 /// Evaluates the push rules for every ref.
 pub fn decide(
     config: &Config,
     policies: &PolicySet,
     git: &Git,
-    ctx: &PushContext,
-    updates: &[RefUpdate],
-    tracker_name: &str,
-    tasks: &TaskAnswers,
+    pushed: &Pushed<'_>,
     mode: NewCommits<'_>,
 ) -> anyhow::Result<Vec<RefDecision>> {
+    let Pushed {
+        ctx,
+        updates,
+        tracker: tracker_name,
+        tasks,
+    } = *pushed;
     let need_commits = policies.needs(Stage::Push, "commits");
     let need_ff = policies.needs(Stage::Push, "fast_forward");
     let need_rewind = policies.needs(Stage::Push, "rewind");
