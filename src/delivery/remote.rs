@@ -244,69 +244,7 @@ impl Engine {
             lines.push(format!("lockstep: build {url}"));
         }
         let on = format!("on runner `{}`", step.runner);
-        Ok(match outcome {
-            Outcome::Passed(b) => {
-                lines.push(format!("lockstep: build {} passed", b.url));
-                (StepOutcome::Passed, String::new(), String::new())
-            }
-            Outcome::Failed {
-                build,
-                result,
-                step: failed,
-                log_tail,
-            } => {
-                let mut why = match &build {
-                    Some(b) => format!("failed {on}: build {} ended in {result}", b.url),
-                    None => format!("failed {on}: build request {request_url} ended in {result}"),
-                };
-                if let Some(s) = &failed {
-                    why.push_str(&format!(", step `{}` failed", crate::text::escape(s)));
-                }
-                if let Some(last) = log_tail.lines().rev().find(|l| !l.trim().is_empty()) {
-                    why.push_str(&format!(": {}", crate::text::clip(last.trim(), WHY_BYTES)));
-                }
-                lines.push(format!("lockstep: {why}"));
-                if !log_tail.is_empty() {
-                    lines.push(log_tail.clone());
-                }
-                (StepOutcome::Failed(None), why, log_tail)
-            }
-            Outcome::NeverStarted(within) => {
-                let why = format!(
-                    "was never started {on}: no worker took build request {request_url} within \
-                     {}; it was cancelled",
-                    crate::config::humanize(within)
-                );
-                lines.push(format!("lockstep: {why}"));
-                (StepOutcome::NotStarted(why.clone()), why, String::new())
-            }
-            Outcome::TimedOut(after, build) => {
-                let why = format!(
-                    "ran past {} {on} and was stopped{}",
-                    crate::config::humanize(after),
-                    build
-                        .map(|b| format!(" (build {})", b.url))
-                        .unwrap_or_default()
-                );
-                lines.push(format!("lockstep: {why}"));
-                (StepOutcome::TimedOut(after), why, String::new())
-            }
-            Outcome::Stopped(build) => {
-                let why = format!(
-                    "was stopped {on}{}",
-                    build
-                        .map(|b| format!(": build {} stopped", b.url))
-                        .unwrap_or_default()
-                );
-                lines.push(format!("lockstep: {why}"));
-                (StepOutcome::Stopped, why, String::new())
-            }
-            Outcome::Unreachable(e) => {
-                let why = format!("failed {on}: {e}");
-                lines.push(format!("lockstep: {why}"));
-                (StepOutcome::Failed(None), why, String::new())
-            }
-        })
+        Ok(judge(outcome, &on, &request_url, lines))
     }
 
     /// Pushes the candidate (which triggers the CI) and waits until every context the step
@@ -542,5 +480,78 @@ impl StepLog {
     fn push(&mut self, line: String) {
         self.lines.push(line);
         let _ = std::fs::write(&self.path, self.lines.join("\n") + "\n");
+    }
+}
+
+/// What a followed build comes to: the step's outcome, the reason it did not pass and the end
+/// of the failing step's log; each said in the local log too.
+fn judge(
+    outcome: Outcome,
+    on: &str,
+    request_url: &str,
+    lines: &mut StepLog,
+) -> (StepOutcome, String, String) {
+    match outcome {
+        Outcome::Passed(b) => {
+            lines.push(format!("lockstep: build {} passed", b.url));
+            (StepOutcome::Passed, String::new(), String::new())
+        }
+        Outcome::Failed {
+            build,
+            result,
+            step: failed,
+            log_tail,
+        } => {
+            let mut why = match &build {
+                Some(b) => format!("failed {on}: build {} ended in {result}", b.url),
+                None => format!("failed {on}: build request {request_url} ended in {result}"),
+            };
+            if let Some(s) = &failed {
+                why.push_str(&format!(", step `{}` failed", crate::text::escape(s)));
+            }
+            if let Some(last) = log_tail.lines().rev().find(|l| !l.trim().is_empty()) {
+                why.push_str(&format!(": {}", crate::text::clip(last.trim(), WHY_BYTES)));
+            }
+            lines.push(format!("lockstep: {why}"));
+            if !log_tail.is_empty() {
+                lines.push(log_tail.clone());
+            }
+            (StepOutcome::Failed(None), why, log_tail)
+        }
+        Outcome::NeverStarted(within) => {
+            let why = format!(
+                "was never started {on}: no worker took build request {request_url} within \
+                 {}; it was cancelled",
+                crate::config::humanize(within)
+            );
+            lines.push(format!("lockstep: {why}"));
+            (StepOutcome::NotStarted(why.clone()), why, String::new())
+        }
+        Outcome::TimedOut(after, build) => {
+            let why = format!(
+                "ran past {} {on} and was stopped{}",
+                crate::config::humanize(after),
+                build
+                    .map(|b| format!(" (build {})", b.url))
+                    .unwrap_or_default()
+            );
+            lines.push(format!("lockstep: {why}"));
+            (StepOutcome::TimedOut(after), why, String::new())
+        }
+        Outcome::Stopped(build) => {
+            let why = format!(
+                "was stopped {on}{}",
+                build
+                    .map(|b| format!(": build {} stopped", b.url))
+                    .unwrap_or_default()
+            );
+            lines.push(format!("lockstep: {why}"));
+            (StepOutcome::Stopped, why, String::new())
+        }
+        Outcome::Unreachable(e) => {
+            let why = format!("failed {on}: {e}");
+            lines.push(format!("lockstep: {why}"));
+            (StepOutcome::Failed(None), why, String::new())
+        }
     }
 }
