@@ -200,6 +200,40 @@ fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
     let logs = stdout(&env.lockstep(&["logs", "1", "--repo", "api", "--step", "test"]));
     assert!(logs.contains("runs on runner `bb`"), "{logs}");
     assert!(logs.contains(&format!("build {url}#/builders/")), "{logs}");
+    // After it, fetched from the master, the end of the build's logs: the builder's output.
+    assert!(
+        logs.contains(&format!(
+            "--- from runner `bb` ({url}): the end of build {url}#/builders/"
+        )),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("--- step `test` (success) ---\nall tests passed\n"),
+        "{logs}"
+    );
+    let o = env.lockstep(&["logs", "1", "--repo", "web", "--step", "build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logs = stdout(&o);
+    assert!(
+        logs.contains(&format!(
+            "--- step `build` (success) ---\nbuilding web for TASK-1 at {}\n",
+            after[1]
+        )),
+        "{logs}"
+    );
+    // A master out of reach is said; the local log is still shown, and that is no error.
+    env.edit_config(|t| t.replace(&format!("url = \"{url}\""), "url = \"http://127.0.0.1:9/\""));
+    let o = env.lockstep(&["logs", "1", "--repo", "api", "--step", "test"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let logs = stdout(&o);
+    assert!(logs.contains("runs on runner `bb`"), "{logs}");
+    assert!(
+        logs.contains(
+            "--- the build's log on runner `bb` (http://127.0.0.1:9/) is out of reach: cannot \
+             reach http://127.0.0.1:9/api/v2/buildrequests/"
+        ),
+        "{logs}"
+    );
 }
 
 #[test]
