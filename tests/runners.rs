@@ -203,7 +203,7 @@ fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
     // After it, fetched from the master, the end of the build's logs: the builder's output.
     assert!(
         logs.contains(&format!(
-            "--- from runner `bb` ({url}): the end of build {url}#/builders/"
+            "--- from runner `bb` ({url}): build {url}#/builders/"
         )),
         "{logs}"
     );

@@ -182,7 +182,7 @@ async fn external_tail(config: &Config, build: &str, raw: bool) -> anyhow::Resul
     match fetched {
         Ok(Ok(Some((b, steps)))) => {
             put(&format!(
-                "--- from {}: the end of build {}'s logs ---\n",
+                "--- from {}: build {}, the end of its steps' logs ---\n",
                 bb.describe(),
                 b.url
             ))?;
