@@ -18,10 +18,14 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
         let repos = store.repos(id).await?;
         let journal = store.journal_of(id).await?;
         let steps = store.steps(id).await?;
+        let stages = crate::delivery::stages_of(&journal);
         if json {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "delivery": d, "repos": repos, "steps": steps, "journal": journal
             });
+            if !stages.is_empty() {
+                v["stages"] = serde_json::to_value(&stages)?;
+            }
             say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(Exit::Success);
         }
@@ -44,6 +48,9 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
         );
         if !d.error.is_empty() {
             say!("  {}", d.error);
+        }
+        if !stages.is_empty() {
+            say!("  stages: {}", crate::delivery::describe_stages(&stages));
         }
         if !d.built_on.is_empty() {
             say!("  built on {}", d.built_on);

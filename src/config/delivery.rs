@@ -30,6 +30,11 @@ pub struct Delivery {
     /// Default `production`.
     #[serde(default = "default_environment")]
     pub environment: String,
+    /// The environments a delivery is deployed to and verified in, one after the other
+    /// (`["staging", "production"]`): each stage for every repository before the next, each
+    /// with its `[environments.<stage>]`. Default none: the one `environment`.
+    #[serde(default)]
+    pub stages: Vec<String>,
     /// `fast-forward` (default) or `merge-commit`.
     #[serde(default)]
     pub merge: MergeMode,
@@ -71,6 +76,7 @@ impl Default for Delivery {
         Delivery {
             step_timeout: default_step_timeout(),
             environment: default_environment(),
+            stages: Vec::new(),
             merge: MergeMode::FastForward,
             delete_branches: false,
             parallel: default_parallel(),
@@ -81,6 +87,58 @@ impl Default for Delivery {
             confine_steps: true,
         }
     }
+}
+
+impl Delivery {
+    /// The stages a delivery goes through, in order: `stages`, or the one `environment`.
+    pub fn stages(&self) -> Vec<&str> {
+        if self.stages.is_empty() {
+            vec![self.environment.as_str()]
+        } else {
+            self.stages.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Whether a delivery goes through more than one stage (and journals each).
+    pub fn staged(&self) -> bool {
+        self.stages.len() > 1
+    }
+
+    /// The stage build and test run in (and the only one of a single-stage delivery).
+    pub fn first_stage(&self) -> &str {
+        self.stages.first().unwrap_or(&self.environment)
+    }
+}
+
+/// `[delivery] stages`: names fit for a variable and a file name, each once, each with its
+/// `[environments.<stage>]` (a stage without one would deploy with none of its variables).
+pub(super) fn check_stages(
+    delivery: &Delivery,
+    environments: &BTreeMap<String, Environment>,
+) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for stage in &delivery.stages {
+        if stage.is_empty()
+            || !stage
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            anyhow::bail!(
+                "`delivery.stages`: stage `{}` must be letters, digits, `-`, `_` or `.`",
+                stage.escape_debug()
+            );
+        }
+        if !seen.insert(stage) {
+            anyhow::bail!("`delivery.stages` names `{stage}` twice");
+        }
+        if !environments.contains_key(stage) {
+            anyhow::bail!(
+                "`delivery.stages` names `{stage}`, which has no environment: add \
+                 `[environments.{stage}]` with its `vars` (an empty `vars = {{}}` will do)"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn default_step_timeout() -> Duration {
@@ -206,6 +264,47 @@ rollback = "undeploy"
         assert_eq!(
             repo.step(Phase::Test),
             Some(&super::StepCommand::Shell("make test".into()))
+        );
+    }
+
+    #[test]
+    fn stages_default_to_the_one_environment() {
+        let c = Config::parse_str("[delivery]\nenvironment = 'live'\n").unwrap();
+        assert_eq!(c.delivery.stages(), ["live"]);
+        assert!(!c.delivery.staged());
+        assert_eq!(c.delivery.first_stage(), "live");
+        let c = Config::parse_str(
+            "[delivery]\nstages = ['staging', 'production']\n\
+             [environments.staging]\nvars = { URL = 'https://staging' }\n\
+             [environments.production]\nvars = {}\n",
+        )
+        .unwrap();
+        assert_eq!(c.delivery.stages(), ["staging", "production"]);
+        assert!(c.delivery.staged());
+        assert_eq!(c.delivery.first_stage(), "staging");
+        assert_eq!(c.stage_vars("staging")["URL"], "https://staging");
+        assert!(c.stage_vars("production").is_empty());
+    }
+
+    #[test]
+    fn a_stage_without_an_environment_says_what_to_add() {
+        let e = Config::parse_str(
+            "[delivery]\nstages = ['staging', 'production']\n\
+             [environments.production]\nvars = {}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`delivery.stages` names `staging`, which has no environment: add \
+             `[environments.staging]` with its `vars` (an empty `vars = {}` will do)"
+        );
+        let e = Config::parse_str("[delivery]\nstages = ['a', 'a']\n[environments.a]\nvars = {}\n")
+            .unwrap_err();
+        assert_eq!(e.to_string(), "`delivery.stages` names `a` twice");
+        let e = Config::parse_str("[delivery]\nstages = ['a b']\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`delivery.stages`: stage `a b` must be letters, digits, `-`, `_` or `.`"
         );
     }
 

@@ -351,6 +351,7 @@ impl Config {
         if self.delivery.window == 0 {
             bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
         }
+        delivery::check_stages(&self.delivery, &self.environments)?;
         self.tracker.check()?;
         self.server.check()?;
         for repo in &self.repos {
@@ -407,6 +408,14 @@ impl Config {
                 .as_deref()
                 .is_some_and(|g| g.eq_ignore_ascii_case(full_name))
         })
+    }
+
+    /// The variables of one stage's environment (`[environments.<stage>] vars`).
+    pub fn stage_vars(&self, stage: &str) -> BTreeMap<String, String> {
+        self.environments
+            .get(stage)
+            .map(|e| e.vars.clone())
+            .unwrap_or_default()
     }
 
     /// The variables of the delivery environment.

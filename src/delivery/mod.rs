@@ -10,7 +10,7 @@
 //!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
 //!   killed worker left; `stop` says why a line stops; `gate` runs the metric gates of
-//!   verify; `watch` rolls back a watched delivery when an alert fires.
+//!   verify; `stages` deploys and verifies stage by stage (`[delivery] stages`); `watch` rolls back a watched delivery when an alert fires.
 //! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
 //!   tree when it ends.
 
@@ -27,6 +27,7 @@ mod recover;
 mod rollback;
 mod run;
 mod slots;
+mod stages;
 pub mod steps;
 mod stop;
 pub mod train;
@@ -36,6 +37,7 @@ pub mod worker;
 pub use branches::{BranchFacts, PrFacts, task_branches};
 pub use gate::Trigger;
 pub use rollback::Cause;
+pub use stages::{describe_stages, stages_of};
 
 use std::sync::Arc;
 
