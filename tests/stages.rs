@@ -270,7 +270,10 @@ fn a_worker_killed_in_the_production_deploy_is_rolled_back_from_both_stages() {
     let o = env.lockstep(&["recover"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(
-        stdout(&o).contains("#1 TASK-1: delivery failed in deploy"),
+        stdout(&o).contains(
+            "#1 TASK-1: delivery failed in deploy: the worker stopped during deploy to \
+             production; what was deployed is rolled back"
+        ),
         "{}",
         stdout(&o)
     );

@@ -37,7 +37,7 @@ pub mod worker;
 pub use branches::{BranchFacts, PrFacts, task_branches};
 pub use gate::Trigger;
 pub use rollback::Cause;
-pub use stages::{describe_stages, stages_of};
+pub use stages::{StageReport, describe_stages, stages_of};
 
 use std::sync::Arc;
 
