@@ -308,6 +308,26 @@ rollback = "undeploy"
         );
     }
 
+    /// Every TOML block of the environments page is a valid config.
+    #[test]
+    fn the_environments_page_configs_parse() {
+        let page = include_str!("../../docs/environments.md");
+        let blocks: Vec<&str> = page
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        for block in blocks {
+            if let Err(e) = Config::parse_str(block) {
+                panic!("{e:#}\nin:\n{block}");
+            }
+        }
+        let last = page.rsplit("```toml\n").next().unwrap();
+        let example = Config::parse_str(last.split("```").next().unwrap()).unwrap();
+        assert_eq!(example.delivery.stages(), ["staging", "production"]);
+    }
+
     #[test]
     fn steps_take_argv_or_shell() {
         let c = Config::parse_str(
