@@ -2,14 +2,15 @@
 //! real step processes that record, in `$SANDBOX/stages.log`, each deploy, verify and rollback
 //! with the `LOCKSTEP_ENV` and the environment's variable they ran with.
 
+use crate::util::pipeline::{hold_worker_lock, queue, work};
 use crate::util::*;
 
 const REPOS: [&str; 2] = ["api", "web"];
 
 /// The deploy, verify and rollback step: one line `<step> <repo> <LOCKSTEP_ENV> <TARGET>` in
-/// `stages.log`; it fails when `$SANDBOX/fail-<step>-<env>-<repo>` exists, and waits while
+/// `stages.log` (and `#<delivery> <step> <repo> <LOCKSTEP_ENV>` in `by-delivery.log`); it fails when `$SANDBOX/fail-<step>-<env>-<repo>` exists, and waits while
 /// `$SANDBOX/hold-<step>-<env>-<repo>` does (saying so in `…waiting`). Build and test pass.
-const STEP: &str = r#"#!/bin/sh
+const STEP: &str = r##"#!/bin/sh
 step="$1"
 case "$step" in build|test) echo "$step ok"; exit 0 ;; esac
 mark="$step-$LOCKSTEP_ENV-$LOCKSTEP_REPO"
@@ -21,9 +22,10 @@ if [ -e "$SANDBOX/hold-$mark" ]; then
   done
 fi
 echo "$step $LOCKSTEP_REPO $LOCKSTEP_ENV $TARGET" >> "$SANDBOX/stages.log"
+echo "#$LOCKSTEP_DELIVERY $step $LOCKSTEP_REPO $LOCKSTEP_ENV" >> "$SANDBOX/by-delivery.log"
 if [ -e "$SANDBOX/fail-$mark" ]; then echo "$step failed in $LOCKSTEP_ENV"; exit 1; fi
 echo "$step $LOCKSTEP_REPO to $LOCKSTEP_ENV"
-"#;
+"##;
 
 /// A sandbox of api and web whose deliveries go through staging, then production.
 fn staged_env() -> Env {
@@ -304,4 +306,35 @@ fn a_worker_killed_in_the_production_deploy_is_rolled_back_from_both_stages() {
         "{}",
         stdout(&o)
     );
+}
+
+#[test]
+fn in_the_pipeline_the_head_goes_through_every_stage_before_the_next_deploys() {
+    let env = staged_env();
+    env.set_delivery("window", "3");
+    ready(&env, "TASK-1");
+    ready(&env, "TASK-3");
+    let lock = hold_worker_lock(&env);
+    let ids = [queue(&env, "TASK-1", 0), queue(&env, "TASK-3", 0)];
+    drop(lock);
+    work(&env);
+    assert_eq!(ids, [1, 2]);
+    assert_eq!(env.state(1), "delivered");
+    assert_eq!(env.state(2), "delivered");
+    let by_delivery: Vec<String> = std::fs::read_to_string(env.sb.root.join("by-delivery.log"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    let stages = |id: i64| -> Vec<String> {
+        ["staging", "production"]
+            .iter()
+            .flat_map(|stage| {
+                ["deploy", "verify"]
+                    .into_iter()
+                    .flat_map(move |step| REPOS.map(|repo| format!("#{id} {step} {repo} {stage}")))
+            })
+            .collect()
+    };
+    assert_eq!(by_delivery, [stages(1), stages(2)].concat());
 }
