@@ -138,6 +138,12 @@ impl Engine {
         stage: &str,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
+        if let StepCommand::Runner(on) = command {
+            return self.exec_on_runner(d, phase, on, c, stop).await;
+        }
+        if self.config.delivery.push_candidates {
+            self.push_candidate_for(d, phase, c).await?;
+        }
         let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase, stage);
         let home = step_home(c);
@@ -284,6 +290,12 @@ impl Engine {
             "off"
         };
         env.push((CONFINE_VAR.into(), confined.into()));
+        if self.config.delivery.push_candidates {
+            env.push((
+                "LOCKSTEP_CANDIDATE_BRANCH".into(),
+                self.config.candidate_branch(d.id),
+            ));
+        }
         env
     }
 }

@@ -104,6 +104,7 @@ mod lease;
 mod postgres;
 mod repos;
 mod sqlite;
+mod statuses;
 mod steps;
 #[cfg(test)]
 pub(crate) mod testing;
