@@ -141,6 +141,12 @@ fn a_two_stage_delivery_deploys_staging_then_production_in_order() {
         logs,
         ["deploy api to staging\n", "deploy api to production\n"]
     );
+    let o = env.lockstep(&["logs", "1", "--repo", "api", "--step", "deploy"]);
+    assert_eq!(
+        stdout(&o),
+        "==> api deploy staging (passed, exit 0) <==\ndeploy api to staging\n\
+         ==> api deploy production (passed, exit 0) <==\ndeploy api to production\n"
+    );
 }
 
 #[test]
@@ -268,7 +274,7 @@ fn a_worker_killed_in_the_production_deploy_is_rolled_back_from_both_stages() {
     });
     worker.kill().unwrap();
     worker.wait().unwrap();
-    std::fs::remove_file(&hold).unwrap();
+    // The held deploy outlives the worker, still waiting: recovery stops it.
     let o = env.lockstep(&["recover"]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(
@@ -306,6 +312,7 @@ fn a_worker_killed_in_the_production_deploy_is_rolled_back_from_both_stages() {
         "{}",
         stdout(&o)
     );
+    std::fs::remove_file(&hold).unwrap();
 }
 
 #[test]

@@ -118,9 +118,11 @@ pub fn logs(
         let raw = raw || stdout_is_a_file();
         for s in steps {
             say!(
-                "==> {} {} ({}, exit {}) <==",
+                "==> {} {}{} ({}, exit {}) <==",
                 s.repo,
                 s.step,
+                stage_of_log(&s.log_path, s.repo.as_str(), s.step.as_str())
+                    .map_or(String::new(), |stage| format!(" {stage}")),
                 s.outcome,
                 s.exit_code.map_or("-".into(), |c| c.to_string())
             );
@@ -144,6 +146,19 @@ pub fn logs(
         }
         Ok(Exit::Success)
     })
+}
+
+/// The stage a staged delivery's step ran for, as its log's name says it
+/// (`api.deploy.staging.log`); `None` for a step of one stage (`api.deploy.log`).
+fn stage_of_log<'a>(path: &'a str, repo: &str, step: &str) -> Option<&'a str> {
+    let name = std::path::Path::new(path).file_name()?.to_str()?;
+    let stage = name
+        .strip_prefix(repo)?
+        .strip_prefix('.')?
+        .strip_prefix(step)?
+        .strip_prefix('.')?
+        .strip_suffix(".log")?;
+    (!stage.is_empty()).then_some(stage)
 }
 
 /// Whether standard output is a regular file (`lockstep logs 1 > build.log`): the log is
