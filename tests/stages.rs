@@ -269,9 +269,25 @@ fn a_worker_killed_in_the_production_deploy_is_rolled_back_from_both_stages() {
     let hold = env.sb.root.join("hold-deploy-production-web");
     std::fs::write(&hold, "").unwrap();
     let mut worker = env.spawn("worker", &["deliver", "TASK-1"]);
-    wait_for("web's production deploy to wait", || {
-        std::fs::read_to_string(env.sb.root.join("hold-deploy-production-web.waiting")).ok()
+    let pid: i32 = wait_for("web's production deploy to wait", || {
+        std::fs::read_to_string(env.sb.root.join("hold-deploy-production-web.waiting"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
     });
+    // The worker records a step's pid (its supervisor's) just after starting it; killed
+    // before that, it would leave a step recovery cannot find.
+    let pid = parent_of(pid).expect("the held deploy is alive");
+    wait_for(
+        "web's production deploy to be recorded with its pid",
+        || {
+            env.show(1)["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["repo"] == "web" && s["step"] == "deploy" && s["pid"] == pid)
+                .then_some(())
+        },
+    );
     worker.kill().unwrap();
     worker.wait().unwrap();
     // The held deploy outlives the worker, still waiting: recovery stops it.
