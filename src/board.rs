@@ -45,6 +45,8 @@ pub fn print_line(line: &str) {
 #[derive(Debug, Default)]
 struct Grid {
     rows: Vec<Row>,
+    /// The stage each staged delivery is in (`[delivery] stages`), said under its rows.
+    stages: Vec<(DeliveryId, String)>,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,20 @@ impl Grid {
             }
         };
         self.rows[row].cells[col] = Some(state);
+    }
+
+    /// A staged delivery enters `stages[current]`: `stage 2 of 2: production (after
+    /// staging)`.
+    fn set_stage(&mut self, delivery: DeliveryId, stages: &[&str], current: usize) {
+        let Some(stage) = stages.get(current) else {
+            return;
+        };
+        let mut line = format!("stage {} of {}: {stage}", current + 1, stages.len());
+        if current > 0 {
+            line.push_str(&format!(" (after {})", stages[..current].join(", ")));
+        }
+        self.stages.retain(|(d, _)| *d != delivery);
+        self.stages.push((delivery, line));
     }
 
     fn holds(&self, delivery: DeliveryId) -> bool {
@@ -110,7 +126,14 @@ impl Grid {
             .into_iter()
             .partition(|r| ended.contains(&r.delivery));
         self.rows = live;
-        Grid { rows: gone }
+        let (gone_stages, live_stages) = std::mem::take(&mut self.stages)
+            .into_iter()
+            .partition(|(d, _)| ended.contains(d));
+        self.stages = live_stages;
+        Grid {
+            rows: gone,
+            stages: gone_stages,
+        }
     }
 
     fn deliveries(&self) -> Vec<DeliveryId> {
@@ -159,6 +182,14 @@ impl Grid {
                 }
             }
             lines.push(line.trim_end().to_string());
+        }
+        for (delivery, stage) in &self.stages {
+            let line = if several {
+                format!("  #{delivery} {stage}")
+            } else {
+                format!("  {stage}")
+            };
+            lines.push(escape(&line).chars().take(79).collect());
         }
         lines
     }
@@ -248,6 +279,10 @@ impl<W: Write + Send> Watcher for Board<W> {
             }
             d.grid.set(delivery, repo, phase, state);
         });
+    }
+
+    fn stage(&self, delivery: DeliveryId, stages: &[&str], current: usize) {
+        self.redraw(|d| d.grid.set_stage(delivery, stages, current));
     }
 }
 
@@ -371,6 +406,32 @@ mod tests {
              \x20 #2 api        ·        running  ·        ·        ·        ·\n\
              \x20 #2 web        ·        ok       ·        ·        ·        ·\n"
         );
+    }
+
+    #[test]
+    fn a_staged_delivery_says_its_stage_under_its_rows() {
+        let board = Board::new(Vec::new(), false);
+        board.put(1, "api", "deploy", "passed");
+        board.stage(DeliveryId(1), &["staging", "production"], 1);
+        board.put(1, "api", "deploy", "running");
+        let text = String::from_utf8(board.into_inner()).unwrap();
+        let after_erase = text.rsplit("\x1b[J").next().unwrap();
+        assert_eq!(
+            after_erase,
+            "                rebase   build    test     deploy   verify   merge\n\
+             \x20 api           ·        ·        ·        running  ·        ·\n\
+             \x20 stage 2 of 2: production (after staging)\n"
+        );
+        let mut g = Grid::default();
+        g.put(1, "api", "merge", "passed");
+        g.set_stage(DeliveryId(1), &["staging", "production"], 0);
+        g.put(2, "api", "build", "running");
+        let ended = g.take_ended();
+        assert_eq!(
+            ended.render(false).last().unwrap(),
+            "  stage 1 of 2: staging"
+        );
+        assert!(g.stages.is_empty());
     }
 
     #[test]

@@ -144,6 +144,33 @@ impl StepState {
     }
 }
 
+/// Where a delivery stands in one of its stages (`[delivery] stages`): read back from its
+/// journal, shown by `lockstep show`, the board and the queue page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageState {
+    /// Deploying to it or verifying there.
+    Running,
+    /// Every repository deployed to it and verified there.
+    Passed,
+    /// Its deploy or verify failed (or its worker stopped in it).
+    Failed,
+    /// What it had deployed was rolled back.
+    #[serde(rename = "rolled back")]
+    RolledBack,
+}
+
+impl StageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageState::Running => "running",
+            StageState::Passed => "passed",
+            StageState::Failed => "failed",
+            StageState::RolledBack => "rolled back",
+        }
+    }
+}
+
 /// Where a delivery request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +347,16 @@ events! {
     Rebased = "rebased",
     LeftAlone = "left alone",
     BuiltOn = "built on",
+    // Deploy and verify, stage by stage (`[delivery] stages`); detail: the stage.
+    /// A stage began: its deploy, then its verify.
+    StageStarted = "stage started",
+    /// Every repository is deployed to the stage and verified there.
+    StagePassed = "stage passed",
+    /// A repository is being deployed to the stage (journaled before its deploy step runs:
+    /// a deploy cut short is still rolled back).
+    Deploying = "deploying",
+    /// A repository's rollback step passed for the stage.
+    RolledBack = "rolled back",
     // Verify and the watch after merge.
     GateStarted = "gate started",
     GatePassed = "gate passed",
@@ -376,7 +413,9 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(Phase, State, StepState, Source, PrState, Stage, Event);
+display_as_str!(
+    Phase, State, StepState, StageState, Source, PrState, Stage, Event
+);
 
 /// The id of a delivery in the store, shown as `#12`.
 #[derive(

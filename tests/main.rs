@@ -28,5 +28,6 @@ mod replicas;
 mod reviews;
 mod runners;
 mod serve;
+mod stages;
 mod status_runner;
 mod trackers;

@@ -19,10 +19,14 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
         let repos = store.repos(id).await?;
         let journal = store.journal_of(id).await?;
         let steps = store.steps(id).await?;
+        let stages = crate::delivery::stages_of(&journal);
         if json {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "delivery": d, "repos": repos, "steps": steps, "journal": journal
             });
+            if !stages.is_empty() {
+                v["stages"] = serde_json::to_value(&stages)?;
+            }
             say!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(Exit::Success);
         }
@@ -45,6 +49,9 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
         );
         if !d.error.is_empty() {
             say!("  {}", d.error);
+        }
+        if !stages.is_empty() {
+            say!("  stages: {}", crate::delivery::describe_stages(&stages));
         }
         if !d.built_on.is_empty() {
             say!("  built on {}", d.built_on);
@@ -113,9 +120,11 @@ pub fn logs(
         let raw = raw || stdout_is_a_file();
         for s in steps {
             say!(
-                "==> {} {} ({}, exit {}) <==",
+                "==> {} {}{} ({}, exit {}) <==",
                 s.repo,
                 s.step,
+                stage_of_log(&s.log_path, s.repo.as_str(), s.step.as_str())
+                    .map_or(String::new(), |stage| format!(" {stage}")),
                 s.outcome,
                 s.exit_code.map_or("-".into(), |c| c.to_string())
             );
@@ -213,6 +222,19 @@ async fn external_tail(config: &Config, build: &str, raw: bool) -> anyhow::Resul
         ))?,
     }
     Ok(())
+}
+
+/// The stage a staged delivery's step ran for, as its log's name says it
+/// (`api.deploy.staging.log`); `None` for a step of one stage (`api.deploy.log`).
+fn stage_of_log<'a>(path: &'a str, repo: &str, step: &str) -> Option<&'a str> {
+    let name = std::path::Path::new(path).file_name()?.to_str()?;
+    let stage = name
+        .strip_prefix(repo)?
+        .strip_prefix('.')?
+        .strip_prefix(step)?
+        .strip_prefix('.')?
+        .strip_suffix(".log")?;
+    (!stage.is_empty()).then_some(stage)
 }
 
 /// Whether standard output is a regular file (`lockstep logs 1 > build.log`): the log is

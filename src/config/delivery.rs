@@ -31,6 +31,11 @@ pub struct Delivery {
     /// Default `production`.
     #[serde(default = "default_environment")]
     pub environment: String,
+    /// The environments a delivery is deployed to and verified in, one after the other
+    /// (`["staging", "production"]`): each stage for every repository before the next, each
+    /// with its `[environments.<stage>]`. Default none: the one `environment`.
+    #[serde(default)]
+    pub stages: Vec<String>,
     /// `fast-forward` (default) or `merge-commit`.
     #[serde(default)]
     pub merge: MergeMode,
@@ -85,6 +90,7 @@ impl Default for Delivery {
         Delivery {
             step_timeout: default_step_timeout(),
             environment: default_environment(),
+            stages: Vec::new(),
             merge: MergeMode::FastForward,
             delete_branches: false,
             parallel: default_parallel(),
@@ -97,6 +103,75 @@ impl Default for Delivery {
             push_candidates: false,
         }
     }
+}
+
+impl Delivery {
+    /// The stages a delivery goes through, in order: `stages`, or the one `environment`.
+    pub fn stages(&self) -> Vec<&str> {
+        if self.stages.is_empty() {
+            vec![self.environment.as_str()]
+        } else {
+            self.stages.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Whether a delivery goes through more than one stage (and journals each).
+    pub fn staged(&self) -> bool {
+        self.stages.len() > 1
+    }
+
+    /// The stage build and test run in (and the only one of a single-stage delivery).
+    pub fn first_stage(&self) -> &str {
+        self.stages.first().unwrap_or(&self.environment)
+    }
+}
+
+/// `[delivery] stages`: names fit for a variable and a file name, each once, each with its
+/// `[environments.<stage>]` (a stage without one would deploy with none of its variables);
+/// and no step that is told its stage (deploy, verify, rollback) on a runner, which is not.
+pub(super) fn check_stages(
+    delivery: &Delivery,
+    environments: &BTreeMap<String, Environment>,
+    repos: &[Repo],
+) -> anyhow::Result<()> {
+    if delivery.staged() {
+        for repo in repos {
+            let on_runner = repo.steps.all().find(|(phase, step)| {
+                matches!(*phase, "deploy" | "verify" | "rollback") && step.runner().is_some()
+            });
+            if let Some((phase, _)) = on_runner {
+                anyhow::bail!(
+                    "repo `{}`: the {phase} step runs on a runner, which is not told the stage \
+                     (`LOCKSTEP_ENV`) of a delivery with `delivery.stages`; make it a command, \
+                     or drop `stages`",
+                    repo.name
+                );
+            }
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for stage in &delivery.stages {
+        if stage.is_empty()
+            || !stage
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            anyhow::bail!(
+                "`delivery.stages`: stage `{}` must be letters, digits, `-`, `_` or `.`",
+                stage.escape_debug()
+            );
+        }
+        if !seen.insert(stage) {
+            anyhow::bail!("`delivery.stages` names `{stage}` twice");
+        }
+        if !environments.contains_key(stage) {
+            anyhow::bail!(
+                "`delivery.stages` names `{stage}`, which has no environment: add \
+                 `[environments.{stage}]` with its `vars` (an empty `vars = {{}}` will do)"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn default_step_timeout() -> Duration {
@@ -258,6 +333,91 @@ rollback = "undeploy"
             repo.step(Phase::Test),
             Some(&super::StepCommand::Shell("make test".into()))
         );
+    }
+
+    #[test]
+    fn stages_default_to_the_one_environment() {
+        let c = Config::parse_str("[delivery]\nenvironment = 'live'\n").unwrap();
+        assert_eq!(c.delivery.stages(), ["live"]);
+        assert!(!c.delivery.staged());
+        assert_eq!(c.delivery.first_stage(), "live");
+        let c = Config::parse_str(
+            "[delivery]\nstages = ['staging', 'production']\n\
+             [environments.staging]\nvars = { URL = 'https://staging' }\n\
+             [environments.production]\nvars = {}\n",
+        )
+        .unwrap();
+        assert_eq!(c.delivery.stages(), ["staging", "production"]);
+        assert!(c.delivery.staged());
+        assert_eq!(c.delivery.first_stage(), "staging");
+        assert_eq!(c.stage_vars("staging")["URL"], "https://staging");
+        assert!(c.stage_vars("production").is_empty());
+    }
+
+    #[test]
+    fn a_stage_without_an_environment_says_what_to_add() {
+        let e = Config::parse_str(
+            "[delivery]\nstages = ['staging', 'production']\n\
+             [environments.production]\nvars = {}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`delivery.stages` names `staging`, which has no environment: add \
+             `[environments.staging]` with its `vars` (an empty `vars = {}` will do)"
+        );
+        let e = Config::parse_str("[delivery]\nstages = ['a', 'a']\n[environments.a]\nvars = {}\n")
+            .unwrap_err();
+        assert_eq!(e.to_string(), "`delivery.stages` names `a` twice");
+        let e = Config::parse_str("[delivery]\nstages = ['a b']\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`delivery.stages`: stage `a b` must be letters, digits, `-`, `_` or `.`"
+        );
+    }
+
+    #[test]
+    fn a_staged_deploy_on_a_runner_is_refused() {
+        let staged = "[delivery]\nstages = ['staging', 'production']\n\
+                      [environments.staging]\nvars = {}\n[environments.production]\nvars = {}\n\
+                      [runners.bb]\nkind = 'buildbot'\nurl = 'http://127.0.0.1:8010'\n\
+                      [[repo]]\nname = 'api'\nurl = '/x'\n[repo.steps]\n";
+        let e = Config::parse_str(&format!(
+            "{staged}build = {{ runner = 'bb', builder = 'b' }}\n\
+             verify = {{ runner = 'bb', builder = 'v' }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "repo `api`: the verify step runs on a runner, which is not told the stage \
+             (`LOCKSTEP_ENV`) of a delivery with `delivery.stages`; make it a command, or drop \
+             `stages`"
+        );
+        // Build and test on a runner are fine: they run once, before the stages.
+        Config::parse_str(&format!(
+            "{staged}build = {{ runner = 'bb', builder = 'b' }}\ndeploy = './deploy.sh'\n"
+        ))
+        .unwrap();
+    }
+
+    /// Every TOML block of the environments page is a valid config.
+    #[test]
+    fn the_environments_page_configs_parse() {
+        let page = include_str!("../../docs/environments.md");
+        let blocks: Vec<&str> = page
+            .split("```toml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        for block in blocks {
+            if let Err(e) = Config::parse_str(block) {
+                panic!("{e:#}\nin:\n{block}");
+            }
+        }
+        let last = page.rsplit("```toml\n").next().unwrap();
+        let example = Config::parse_str(last.split("```").next().unwrap()).unwrap();
+        assert_eq!(example.delivery.stages(), ["staging", "production"]);
     }
 
     #[test]

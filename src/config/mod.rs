@@ -357,6 +357,7 @@ impl Config {
         if self.delivery.window == 0 {
             bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
         }
+        delivery::check_stages(&self.delivery, &self.environments, &self.repos)?;
         self.tracker.check()?;
         self.server.check()?;
         for repo in &self.repos {
@@ -424,6 +425,14 @@ impl Config {
                 .as_deref()
                 .is_some_and(|g| g.eq_ignore_ascii_case(full_name))
         })
+    }
+
+    /// The variables of one stage's environment (`[environments.<stage>] vars`).
+    pub fn stage_vars(&self, stage: &str) -> BTreeMap<String, String> {
+        self.environments
+            .get(stage)
+            .map(|e| e.vars.clone())
+            .unwrap_or_default()
     }
 
     /// The branch a delivery's candidate is pushed to for the runners' CI.

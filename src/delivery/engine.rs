@@ -28,6 +28,9 @@ pub trait Watcher: Send + Sync {
     /// `running`, then `passed`, `failed`, `timed out`, `stopped` or `not started`. The lines
     /// say the same; a watcher that draws a board of repositories × phases uses this.
     fn step(&self, _delivery: DeliveryId, _repo: &RepoName, _phase: Phase, _state: StepState) {}
+    /// A staged delivery (`[delivery] stages`) enters `stages[current]`: its deploy and
+    /// verify cells are that stage's from now on.
+    fn stage(&self, _delivery: DeliveryId, _stages: &[&str], _current: usize) {}
 }
 
 /// A function of the line is a watcher that tells only the story.
@@ -147,12 +150,27 @@ impl Engine {
         self.config.state_dir().join("work").join(id.to_string())
     }
 
-    pub(super) fn log_path(&self, id: DeliveryId, repo: &RepoName, step: Phase) -> PathBuf {
+    /// The log of a step; a staged delivery's deploy, verify and rollback steps have one per
+    /// stage (`api.deploy.staging.log`).
+    pub(super) fn log_path(
+        &self,
+        id: DeliveryId,
+        repo: &RepoName,
+        step: Phase,
+        stage: &str,
+    ) -> PathBuf {
+        let staged = self.config.delivery.staged()
+            && matches!(step, Phase::Deploy | Phase::Verify | Phase::Rollback);
+        let name = if staged {
+            format!("{repo}.{step}.{stage}.log")
+        } else {
+            format!("{repo}.{step}.log")
+        };
         self.config
             .state_dir()
             .join("logs")
             .join(id.to_string())
-            .join(format!("{repo}.{step}.log"))
+            .join(name)
     }
 
     /// A git handle acting as the bot: its identity on commits and, for hooks of local
@@ -297,16 +315,14 @@ impl Engine {
     }
 
     /// Deploy, verify (steps and gates) and merge prepared checkouts: the shared environment
-    /// changes, then every upstream, one repository at a time.
+    /// changes (stage by stage, `[delivery] stages`), then every upstream, one repository at a
+    /// time.
     pub(super) async fn release(
         &self,
         d: &DeliveryRow,
         checkouts: &[Checkout],
     ) -> Result<(), Stop> {
-        self.enter(d.id, Phase::Deploy).await?;
-        self.serial_phase(d, Phase::Deploy, checkouts).await?;
-        self.enter(d.id, Phase::Verify).await?;
-        self.verify_phase(d, checkouts).await?;
+        self.deploy_and_verify(d, checkouts).await?;
         self.checkpoint(d.id, Phase::Merge).await?;
         // Checked before the merge phase is recorded: recovery finishes a merge forward, and
         // must never do so for one the policies refused.
@@ -316,7 +332,7 @@ impl Engine {
     }
 
     /// Records that the delivery enters `phase`, unless it was asked to stop.
-    async fn enter(&self, id: DeliveryId, phase: Phase) -> Result<(), Stop> {
+    pub(super) async fn enter(&self, id: DeliveryId, phase: Phase) -> Result<(), Stop> {
         self.checkpoint(id, phase).await?;
         self.store.set_phase(id, phase).await?;
         Ok(())

@@ -46,15 +46,16 @@ impl Engine {
             .collect()
     }
 
-    /// The verify phase: the verify steps, one repository at a time, and the gates, all at
-    /// once. A failed step stops the gates; a failed gate lets the step under way finish (its
+    /// The verify phase of a stage: the verify steps, one repository at a time, and the
+    /// gates, all at once. A failed step stops the gates; a failed gate lets the step under way finish (its
     /// record stays whole), then stops the line.
     pub(super) async fn verify_phase(
         &self,
         d: &DeliveryRow,
         checkouts: &[Checkout],
+        stage: &str,
     ) -> Result<(), Stop> {
-        let steps = self.serial_phase(d, Phase::Verify, checkouts);
+        let steps = self.serial_phase(d, Phase::Verify, checkouts, stage);
         let gates = self.run_gates(d, checkouts);
         tokio::pin!(steps, gates);
         tokio::select! {

@@ -11,7 +11,7 @@
 //!   (the domain's [`Phase`](crate::domain::Phase)), `rebase` makes its checkouts, `run` runs their steps ([`steps`] runs one as a
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
 //!   killed worker left; `stop` says why a line stops; `gate` runs the metric gates of
-//!   verify; `watch` rolls back a watched delivery when an alert fires.
+//!   verify; `stages` deploys and verifies stage by stage (`[delivery] stages`); `watch` rolls back a watched delivery when an alert fires.
 //! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
 //!   tree when it ends.
 
@@ -30,6 +30,7 @@ mod request;
 mod rollback;
 mod run;
 mod slots;
+mod stages;
 pub mod steps;
 mod stop;
 pub mod train;
@@ -40,6 +41,7 @@ pub use branches::{BranchFacts, PrFacts, task_branches};
 pub use engine::{Engine, Progress, Watcher};
 pub use gate::Trigger;
 pub use rollback::Cause;
+pub use stages::{StageReport, describe_stages, stages_of};
 
 pub use facts::{Judged, branches_for, deliver_facts};
 pub use request::{Request, Requested, refusal_lines, request};

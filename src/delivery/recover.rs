@@ -25,7 +25,8 @@ enum Reconciled {
 /// - a candidate of the pipeline (never deployed): queued again, in its place, from the start;
 /// - rebase: queued again, from the start;
 /// - build or test: queued again at the head, resuming that phase;
-/// - deploy or verify: what was deployed is rolled back and the delivery fails;
+/// - deploy or verify: what was deployed is rolled back (every stage of a staged delivery,
+///   the latest first) and the delivery fails;
 /// - merge: the upstreams are read and made all-merged or none-merged;
 /// - rollback (it had failed already): the rollback is finished.
 pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
@@ -93,8 +94,16 @@ impl Engine {
                 )
             }
             Some(p @ (Phase::Deploy | Phase::Verify)) => {
-                let why =
-                    format!("the worker stopped during {p}; what was deployed is rolled back");
+                // A staged delivery: the stage it stopped in; every stage deployed is undone.
+                let journal = self.store.journal_of(d.id).await?;
+                let stage = match (super::stages::stages_of(&journal).pop(), p) {
+                    (Some(s), Phase::Deploy) => format!(" to {}", s.stage),
+                    (Some(s), _) => format!(" in {}", s.stage),
+                    (None, _) => String::new(),
+                };
+                let why = format!(
+                    "the worker stopped during {p}{stage}; what was deployed is rolled back"
+                );
                 self.store
                     .journal(d.id, p, "", Event::Recovered, &why)
                     .await?;

@@ -41,7 +41,9 @@ impl Engine {
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
         let repo = &c.row.repo;
-        let log = self.log_path(d.id, repo, phase);
+        // A staged delivery runs no step on a runner in deploy, verify or rollback (the config
+        // refuses it): build and test run in the first stage.
+        let log = self.log_path(d.id, repo, phase, self.config.delivery.first_stage());
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(anyhow::Error::from)?;
         }

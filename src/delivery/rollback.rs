@@ -1,4 +1,5 @@
-//! Undoing a delivery: the rollback steps of what it deployed (last deployed first), when it
+//! Undoing a delivery: the rollback steps of what it deployed (last deployed first, the latest
+//! stage first), when it
 //! fails and on `lockstep rollback`, and the revert commits `lockstep rollback --revert` (and
 //! a firing alert about a watched delivery) pushes for what it merged, all or nothing.
 
@@ -7,6 +8,7 @@ use anyhow::Context as _;
 use super::engine::{Checkout, Engine};
 use super::gate::Trigger;
 use super::merge::Pushed;
+use super::stages::to_roll_back;
 use super::stop::Stop;
 use crate::config::MergeMode;
 use crate::domain::{DeliveryId, Event, Phase, Stage, State, TaskKey};
@@ -14,13 +16,15 @@ use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoFlag};
 
 impl Engine {
-    /// Rolls back every deployed repository of a delivery, last deployed first.
+    /// Rolls back every deployed repository of a delivery, last deployed first; a staged
+    /// delivery stage by stage, the latest stage first, each rollback step with its stage's
+    /// `LOCKSTEP_ENV` and variables.
     ///
     /// Returns the repositories whose rollback failed (they are still deployed).
     pub(super) async fn rollback_deployed(&self, id: DeliveryId, task: &TaskKey) -> Vec<String> {
-        let rows = match self.store.repos(id).await {
-            Ok(r) => r,
-            Err(e) => {
+        let (rows, journal) = match (self.store.repos(id).await, self.store.journal_of(id).await) {
+            (Ok(r), Ok(j)) => (r, j),
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(
                     delivery = id.0,
                     "cannot read the delivery's repositories: {e:#}"
@@ -31,10 +35,29 @@ impl Engine {
         let Ok(Some(d)) = self.store.delivery(id).await else {
             return vec!["(unknown)".into()];
         };
-        let mut failed = Vec::new();
-        for row in rows.iter().rev().filter(|r| r.deployed && !r.rolled_back) {
+        let plan = to_roll_back(&journal, &rows, self.config.delivery.first_stage());
+        // A repository whose every stage is rolled back already (the worker stopped before
+        // its flag was set) is marked so.
+        for row in rows.iter().filter(|r| r.deployed && !r.rolled_back) {
+            if !plan.iter().any(|p| p.repo == row.repo) {
+                let _ = self
+                    .store
+                    .set_repo_flag(id, &row.repo, RepoFlag::RolledBack, true)
+                    .await;
+            }
+        }
+        let mut failed: Vec<String> = Vec::new();
+        for (i, at) in plan.iter().enumerate() {
+            let Some(row) = rows.iter().find(|r| r.repo == at.repo) else {
+                continue;
+            };
             let Some(repo) = self.config.repo(row.repo.as_str()) else {
                 continue;
+            };
+            let staged = if at.staged {
+                format!(" from {}", at.stage)
+            } else {
+                String::new()
             };
             let c = Checkout {
                 repo: repo.clone(),
@@ -49,11 +72,11 @@ impl Engine {
                         Phase::Rollback,
                         row.repo.as_str(),
                         Event::NoRollbackStep,
-                        "",
+                        if at.staged { &at.stage } else { "" },
                     )
                     .await;
                 self.say(&format!(
-                    "#{id} {task}: rollback {:<12} has no rollback step; nothing run",
+                    "#{id} {task}: rollback {:<12} has no rollback step; nothing run{staged}",
                     row.repo
                 ));
                 continue;
@@ -70,16 +93,41 @@ impl Engine {
                     )
                     .await;
             }
-            let why = match self.exec(&d, Phase::Rollback, &command, &c, None).await {
+            let why = match self
+                .exec(&d, Phase::Rollback, &command, &c, &at.stage, None)
+                .await
+            {
                 Ok(()) => {
-                    let _ = self
-                        .store
-                        .set_repo_flag(id, &row.repo, RepoFlag::RolledBack, true)
-                        .await;
+                    if at.staged {
+                        let _ = self
+                            .store
+                            .journal(
+                                id,
+                                Phase::Rollback,
+                                row.repo.as_str(),
+                                Event::RolledBack,
+                                &at.stage,
+                            )
+                            .await;
+                    }
+                    // The repository is rolled back once no stage of it is left to undo.
+                    let left = plan[i + 1..].iter().any(|p| p.repo == row.repo)
+                        || failed.contains(&row.repo.to_string());
+                    if !left {
+                        let _ = self
+                            .store
+                            .set_repo_flag(id, &row.repo, RepoFlag::RolledBack, true)
+                            .await;
+                    }
                     continue;
                 }
                 Err(Stop::Failed(f)) => f.message,
                 Err(Stop::Broken(e)) => format!("{e:#}"),
+            };
+            let why = if at.staged {
+                format!("{}: {why}", at.stage)
+            } else {
+                why
             };
             let _ = self
                 .store
@@ -91,7 +139,9 @@ impl Engine {
                     &why,
                 )
                 .await;
-            failed.push(row.repo.to_string());
+            if !failed.contains(&row.repo.to_string()) {
+                failed.push(row.repo.to_string());
+            }
         }
         failed
     }

@@ -56,7 +56,8 @@ impl Engine {
                 if *stopping.borrow() {
                     return Ok(());
                 }
-                engine.run_step(&d, phase, &c, Some(stopping)).await
+                let stage = engine.config.delivery.first_stage().to_string();
+                engine.run_step(&d, phase, &c, &stage, Some(stopping)).await
             });
         }
         let mut first = None;
@@ -80,13 +81,14 @@ impl Engine {
         first.map_or(Ok(()), |f| Err(f.into()))
     }
 
-    /// Deploy or verify: one repository at a time, in the order of `lockstep.toml`; a cancel
-    /// stops the line before the next repository's step.
+    /// Deploy or verify in a stage: one repository at a time, in the order of
+    /// `lockstep.toml`; a cancel stops the line before the next repository's step.
     pub(super) async fn serial_phase(
         &self,
         d: &DeliveryRow,
         phase: Phase,
         checkouts: &[Checkout],
+        stage: &str,
     ) -> Result<(), Stop> {
         for (i, c) in checkouts.iter().enumerate() {
             if i > 0 {
@@ -94,11 +96,16 @@ impl Engine {
             }
             if phase == Phase::Deploy && c.repo.step(phase).is_some() {
                 // Recorded before the step runs: a deploy cut short is still rolled back.
+                if self.config.delivery.staged() {
+                    self.store
+                        .journal(d.id, phase, c.row.repo.as_str(), Event::Deploying, stage)
+                        .await?;
+                }
                 self.store
                     .set_repo_flag(d.id, &c.row.repo, RepoFlag::Deployed, true)
                     .await?;
             }
-            self.run_step(d, phase, c, None).await?;
+            self.run_step(d, phase, c, stage, None).await?;
         }
         Ok(())
     }
@@ -110,22 +117,25 @@ impl Engine {
         d: &DeliveryRow,
         phase: Phase,
         c: &Checkout,
+        stage: &str,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
         match c.repo.step(phase) {
-            Some(command) => self.exec(d, phase, command, c, stop).await,
+            Some(command) => self.exec(d, phase, command, c, stage, stop).await,
             None => Ok(()),
         }
     }
 
-    /// Runs a command of `phase` for a checkout, journaled, with its log; a step that does not
-    /// pass is a failure of that phase in that repository, with the last lines of its log.
+    /// Runs a command of `phase` for a checkout in a stage (its `LOCKSTEP_ENV` and
+    /// `[environments.<stage>] vars`), journaled, with its log; a step that does not pass is a
+    /// failure of that phase in that repository, with the last lines of its log.
     pub(super) async fn exec(
         &self,
         d: &DeliveryRow,
         phase: Phase,
         command: &StepCommand,
         c: &Checkout,
+        stage: &str,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
         if let StepCommand::Runner(on) = command {
@@ -135,7 +145,7 @@ impl Engine {
             self.push_candidate_for(d, phase, c).await?;
         }
         let step = phase;
-        let log = self.log_path(d.id, &c.row.repo, phase);
+        let log = self.log_path(d.id, &c.row.repo, phase, stage);
         let home = step_home(c);
         std::fs::create_dir_all(&home)
             .with_context(|| format!("cannot create `{}`", home.display()))?;
@@ -146,7 +156,7 @@ impl Engine {
         let spec = StepSpec {
             argv: command.argv(),
             cwd: c.dir.clone(),
-            env: self.step_env(d, c, phase),
+            env: self.step_env(d, c, phase, stage),
             pass_env: self.config.delivery.pass_env.clone(),
             timeout: self.config.delivery.step_timeout,
             log: log.clone(),
@@ -241,8 +251,14 @@ impl Engine {
 
     /// The variables a step gets from lockstep: the untrusted values (task key, branch name)
     /// travel here, never on a command line.
-    fn step_env(&self, d: &DeliveryRow, c: &Checkout, phase: Phase) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self.config.environment_vars().into_iter().collect();
+    fn step_env(
+        &self,
+        d: &DeliveryRow,
+        c: &Checkout,
+        phase: Phase,
+        stage: &str,
+    ) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self.config.stage_vars(stage).into_iter().collect();
         env.extend([
             ("LOCKSTEP_TASK".into(), d.task.to_string()),
             ("LOCKSTEP_REPO".into(), c.row.repo.to_string()),
@@ -250,10 +266,7 @@ impl Engine {
             ("LOCKSTEP_SHA".into(), c.row.rebased_sha.clone()),
             ("LOCKSTEP_BASE_SHA".into(), c.row.base_sha.clone()),
             ("LOCKSTEP_DELIVERY".into(), d.id.to_string()),
-            (
-                "LOCKSTEP_ENV".into(),
-                self.config.delivery.environment.clone(),
-            ),
+            ("LOCKSTEP_ENV".into(), stage.to_string()),
             ("LOCKSTEP_STEP".into(), phase.as_str().into()),
         ]);
         let home = step_home(c);

@@ -47,6 +47,7 @@ async fn in_flight(app: &App, d: DeliveryRow) -> anyhow::Result<page::InFlight> 
         .filter(|s| s.outcome == StepState::Running)
         .collect();
     Ok(page::InFlight {
+        stages: crate::delivery::stages_of(&r.journal),
         delivery: r.delivery,
         grid: r.grid,
         current,

@@ -7,7 +7,7 @@ use super::Store;
 use crate::domain::{DeliveryId, RepoName};
 
 /// One repository of a delivery.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RepoRow {
     pub repo: RepoName,
     pub position: i64,

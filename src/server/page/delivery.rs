@@ -3,7 +3,9 @@
 
 use maud::{Markup, html};
 
-use super::{ago, clock, document, duration, grid_table, header, pill, requested, time_of_day};
+use super::{
+    ago, clock, document, duration, grid_table, header, pill, requested, stages_line, time_of_day,
+};
 use crate::domain::DeliveryId;
 use crate::git::short;
 use crate::server::grid::GridRow;
@@ -55,6 +57,7 @@ pub fn delivery_page(v: &DeliveryView) -> String {
                         @if !d.error.is_empty() {
                             div class="why" style="margin-top:8px" { (d.error) }
                         }
+                        (stages_line(&crate::delivery::stages_of(&v.journal)))
                         (grid_table(&v.grid))
                     }
                 }

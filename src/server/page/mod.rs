@@ -116,6 +116,23 @@ fn header(repos: &[String], stats: Markup) -> Markup {
     }
 }
 
+/// `stages: staging passed → production running`; nothing for a delivery of one stage.
+fn stages_line(stages: &[crate::delivery::StageReport]) -> Markup {
+    html! {
+        @if !stages.is_empty() {
+            div class="meta stages" {
+                "stages: "
+                @for (i, s) in stages.iter().enumerate() {
+                    @if i > 0 { " → " }
+                    span class={ "stage " (s.state.as_str().replace(' ', "-")) } {
+                        (s.stage) " " (s.state)
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn pill(class: &str, label: &str) -> Markup {
     html! { span class={ "pill " (class) } { (label) } }
 }
@@ -217,6 +234,7 @@ mod tests {
                 grid: grid(&config(), &d, std::slice::from_ref(&r), &[], &[]),
                 delivery: d.clone(),
                 current: vec![step(1, "api", "build", "running")],
+                stages: vec![],
             }],
             queued: vec![d.clone()],
             recent: vec![],

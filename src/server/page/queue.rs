@@ -4,7 +4,8 @@
 use maud::{Markup, html};
 use serde::Serialize;
 
-use super::{ago, document, duration, grid_table, header, pill, requested};
+use super::{ago, document, duration, grid_table, header, pill, requested, stages_line};
+use crate::delivery::StageReport;
 use crate::domain::Phase;
 use crate::server::grid::GridRow;
 use crate::store::{DeliveryRow, StepRow};
@@ -16,6 +17,9 @@ pub struct InFlight {
     pub grid: Vec<GridRow>,
     /// The steps running now.
     pub current: Vec<StepRow>,
+    /// Its stages and where each stands (`[delivery] stages`); none for one stage.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageReport>,
 }
 
 /// Everything the queue page shows.
@@ -89,6 +93,7 @@ fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
                     None => "-",
                 }
             }
+            (stages_line(&f.stages))
             (grid_table(&f.grid))
             @for step in &f.current {
                 div class="now" {
@@ -239,6 +244,7 @@ mod tests {
                 grid: grid(&c, &running, &repos, &steps, &[]),
                 delivery: running,
                 current: vec![step(3, "api", "test", "running")],
+                stages: vec![],
             }],
             queued: vec![urgent, from_tracker],
             recent: vec![delivered, failed],
@@ -269,12 +275,47 @@ mod tests {
                 grid: grid(&c, &d, &[repo("web")], &[], &[]),
                 delivery: d,
                 current: vec![],
+                stages: vec![],
             });
         }
         v.queued.clear();
         let page = queue_page(&v);
         assert!(page.contains("built on <b>#8, #7</b>"), "{page}");
         insta::assert_snapshot!(tags_per_line(&page));
+    }
+
+    #[test]
+    fn a_staged_delivery_shows_its_stages() {
+        let mut v = busy_queue();
+        v.running[0].stages = vec![
+            StageReport {
+                stage: "staging".into(),
+                state: crate::domain::StageState::Passed,
+            },
+            StageReport {
+                stage: "<production>".into(),
+                state: crate::domain::StageState::Running,
+            },
+        ];
+        let page = queue_page(&v);
+        assert!(
+            page.contains(
+                "<div class=\"meta stages\">stages: <span class=\"stage passed\">\
+                 staging passed</span> → <span class=\"stage running\">\
+                 &lt;production&gt; running</span></div>"
+            ),
+            "{page}"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["running"][0]["stages"][1]["state"], "running");
+        // One stage: nothing more than before, on the page or in /api/queue.
+        let v = busy_queue();
+        assert!(!queue_page(&v).contains("stages:"));
+        assert!(
+            serde_json::to_value(&v).unwrap()["running"][0]
+                .get("stages")
+                .is_none()
+        );
     }
 
     #[test]
