@@ -116,6 +116,26 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Build and test a task's branches on their own (each rebased on its upstream, never
+    /// deployed nor merged): queued for the worker, started in the background if none runs
+    Autotest {
+        /// The task, e.g. `TASK-7`
+        task: String,
+        /// Only the branch of this repository
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
+    },
+    /// Show the autotests (of one task), newest first: state, head, what it was rebased on
+    Autotests {
+        /// Only this task's
+        task: Option<String>,
+        /// Machine-readable output: one object per autotest
+        #[arg(long)]
+        json: bool,
+        /// Print the log of autotest ID instead
+        #[arg(long, value_name = "ID")]
+        log: Option<i64>,
+    },
     /// Show the queue: the delivery in flight, those waiting, the recent ones
     Queue {
         /// Machine-readable output
@@ -315,6 +335,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             priority,
             no_wait,
         } => commands::deliver(&config_path(config), &task, priority, no_wait),
+        Command::Autotest { task, repo } => {
+            commands::autotest(&config_path(config), &task, repo.as_deref())
+        }
+        Command::Autotests { task, json, log } => {
+            commands::autotests(&config_path(config), task.as_deref(), json, log)
+        }
         Command::Queue { json } => commands::queue(&config_path(config), json),
         Command::Show { id, json } => commands::show(&config_path(config), DeliveryId(id), json),
         Command::Logs {
