@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use std::time::Duration;
+
+use crate::util::serve::{ServeProc, configure, wait_until};
 use crate::util::*;
 
 const REPOS: [&str; 2] = ["api", "web"];
@@ -28,6 +31,11 @@ exec "$@"
 /// A sandbox testing every push of a task branch (`[autotest] on_push`), each step wrapped
 /// by [`PURPOSE`].
 fn sandbox() -> Env {
+    sandbox_with(true)
+}
+
+/// A sandbox whose steps are wrapped by [`PURPOSE`], with an `[autotest]` section.
+fn sandbox_with(on_push: bool) -> Env {
     let env = Env::new(&REPOS);
     let wrapper = env.sb.meta.join("steps").join("purpose.sh");
     std::fs::write(&wrapper, PURPOSE).unwrap();
@@ -45,7 +53,7 @@ fn sandbox() -> Env {
             toml_str(&steps.join(format!("{s}.sh")))
         )
     });
-    env.edit_config(|t| format!("{t}\n[autotest]\non_push = true\n"));
+    env.edit_config(|t| format!("{t}\n[autotest]\non_push = {on_push}\n"));
     env.set_status(&[("TASK-1", "In Progress")]);
     env
 }
@@ -303,4 +311,76 @@ fn ended_or_running(env: &Env, id: i64) -> String {
         .find(|a| id_of(a) == id)
         .and_then(|a| a["state"].as_str().map(String::from))
         .unwrap_or_default()
+}
+
+#[test]
+fn tasks_awaiting_autotests_move_on_when_their_branches_pass_and_back_when_one_fails() {
+    let env = sandbox_with(false);
+    env.edit_config(|t| {
+        t.replace(
+            "[autotest]\n",
+            "[autotest]\nstatuses = [\"Awaiting Autotests\"]\npassed = \"Awaiting Review\"\n",
+        )
+    });
+    configure(&env, "200ms", "");
+    let api = push_on(&env, "api", "feature/TASK-1-s", "s.txt");
+    let web = push_on(&env, "web", "feature/TASK-1-s", "s.txt");
+    assert!(autotests(&env, "TASK-1").is_empty(), "on_push is off");
+    env.set_status(&[("TASK-1", "Awaiting Autotests")]);
+    let serve = ServeProc::start(&env);
+    wait_until(
+        "TASK-1 to pass its autotests",
+        Duration::from_secs(60),
+        Some(&serve.log),
+        || env.task("TASK-1").0 == "Awaiting Review",
+    );
+    let runs = autotests(&env, "TASK-1");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs.iter()
+            .all(|a| a["state"] == "passed" && a["source"] == "tracker")
+    );
+    let mut heads: Vec<&str> = runs.iter().map(|a| a["sha"].as_str().unwrap()).collect();
+    heads.sort();
+    let mut pushed = [api.as_str(), web.as_str()];
+    pushed.sort();
+    assert_eq!(heads, pushed);
+    let note = env.task("TASK-1").1.pop().unwrap();
+    assert!(note.contains("autotests passed"), "{note}");
+
+    // A failing test sends the task back, naming the repository, the step and the log.
+    env.fail_step("web", "test", true);
+    env.set_status(&[("TASK-2", "In Progress")]);
+    let dir = env.clone_of("web", "alice");
+    let g = git(&dir, "alice");
+    g.run(&[
+        "switch",
+        "--quiet",
+        "-C",
+        "feature/TASK-2-f",
+        "origin/master",
+    ])
+    .unwrap();
+    std::fs::write(dir.join("f.txt"), "f\n").unwrap();
+    g.run(&["add", "f.txt"]).unwrap();
+    g.run(&["commit", "--quiet", "-m", "TASK-2 f"]).unwrap();
+    assert!(
+        push(&dir, "alice", &["--set-upstream", "feature/TASK-2-f"])
+            .unwrap()
+            .accepted
+    );
+    env.set_status(&[("TASK-2", "Awaiting Autotests")]);
+    wait_until(
+        "TASK-2 to be sent back",
+        Duration::from_secs(60),
+        Some(&serve.log),
+        || env.task("TASK-2").0 == "In Progress",
+    );
+    let notes = env.task("TASK-2").1;
+    assert_eq!(notes.len(), 1, "one note: {notes:?}");
+    let note = &notes[0];
+    assert!(note.contains("`web`") && note.contains("`test`"), "{note}");
+    assert!(note.contains("failing on purpose"), "{note}");
+    assert_eq!(autotests(&env, "TASK-2")[0]["state"], "failed");
+    serve.stop(Duration::from_secs(30));
 }

@@ -8,9 +8,11 @@
 //!   stopped worker left running.
 //! - `push`: the autotests a push asks for (the post-receive hook).
 //! - `run`: one autotest, from its clone to its verdict.
+//! - `statuses`: `[autotest] statuses`, the tasks whose branches are all tested, moved on.
 
 mod push;
 mod run;
+mod statuses;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,7 @@ use crate::domain::{AutotestState, RepoName, Source, TaskKey};
 use crate::store::{AutotestEnd, AutotestRow, NewAutotest, Store};
 
 pub use push::after_push;
+pub use statuses::poll;
 
 /// What the pump's set of running autotests holds while it claims one.
 const CLAIMING: i64 = 0;
@@ -239,4 +242,17 @@ async fn interrupt(engine: &Engine, a: &AutotestRow, why: &str) -> anyhow::Resul
         ));
     }
     Ok(())
+}
+
+/// The note a failed autotest leaves on its task: the repository, the step, why, the log's
+/// end.
+fn failure_note(a: &AutotestRow) -> String {
+    run::failure_note(
+        a,
+        &AutotestEnd {
+            step: a.step.clone(),
+            reason: a.reason.clone(),
+            log: a.log.clone(),
+        },
+    )
 }

@@ -304,11 +304,14 @@ fn keep_end(log: String) -> String {
 }
 
 /// Leaves a note on the task: which repository, which step, why, and the log's end. The task
-/// stays where it is (the tracker's notes go with a status: its own).
+/// stays where it is (the tracker's notes go with a status: its own); a task awaiting its
+/// autotests gets it from the poller, which moves it back.
 async fn note_failure(engine: &Engine, a: &AutotestRow, end: &AutotestEnd) {
     let text = failure_note(a, end);
     let tracker = &engine.tracker;
     let status = match tracker.task(&a.task).await {
+        // The poller of `[autotest] statuses` sends such a task back with this very note.
+        Ok(Some(t)) if engine.config.autotest.statuses.contains(&t.status) => return,
         Ok(Some(t)) => t.status,
         Ok(None) => return,
         Err(e) => {
