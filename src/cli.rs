@@ -174,8 +174,8 @@ pub enum Command {
     },
     /// Finish or undo what a killed worker left behind (`deliver`, `work` and `serve` do this first)
     Recover,
-    /// Run queued deliveries until the queue is empty (started in the background by
-    /// `git push -o deliver`)
+    /// Run queued deliveries and autotests until none is left (started in the background by
+    /// `git push -o deliver` and by the pushes that ask for autotests)
     Work,
     /// Show the decision log: every push the hooks judged, every delivery and merge decision
     Audit(AuditArgs),
