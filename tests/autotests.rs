@@ -384,3 +384,30 @@ fn tasks_awaiting_autotests_move_on_when_their_branches_pass_and_back_when_one_f
     assert_eq!(autotests(&env, "TASK-2")[0]["state"], "failed");
     serve.stop(Duration::from_secs(30));
 }
+
+#[test]
+fn the_example_rule_refuses_a_delivery_until_the_heads_passed() {
+    let env = sandbox();
+    env.add_policy(
+        "60-autotests-green.toml",
+        include_str!("../examples/policies/autotests-green.toml"),
+    );
+    std::fs::write(gate(&env, "test.hold"), "").unwrap();
+    push_on(&env, "api", "feature/TASK-1-g", "g.txt");
+    let id = id_of(&autotests(&env, "TASK-1")[0]);
+    held(&env, "test", id);
+    env.set_status(&[("TASK-1", "For Delivery")]);
+    let o = env.lockstep(&["deliver", "TASK-1", "--no-wait"]);
+    assert!(!o.status.success());
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("[autotests-green] `feature/TASK-1-g` of api: its autotest is running"),
+        "{said}"
+    );
+    std::fs::write(gate(&env, "test.open"), "").unwrap();
+    assert_eq!(ended(&env, "TASK-1", id)["state"], "passed");
+    env.set_status(&[("TASK-1", "For Delivery")]);
+    let o = env.lockstep(&["deliver", "TASK-1"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(env.git_in("api", &["log", "--format=%s", "master"]).contains("TASK-1 g.txt"));
+}

@@ -85,6 +85,7 @@ pub fn deliver_facts(
             "branches",
             Value::List(Arc::new(branches.iter().map(BranchFacts::value).collect())),
         )
+        .set("autotest", Value::List(Arc::new(Vec::new())))
         .set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
     match pr {
         Some(pr) => {
@@ -212,7 +213,7 @@ pub async fn request(
         });
     }
     let repos: Vec<RepoName> = config.repos.iter().map(|r| r.name.clone()).collect();
-    let facts = deliver_facts(
+    let mut facts = deliver_facts(
         config,
         tracker.name(),
         req.task.as_str(),
@@ -223,6 +224,14 @@ pub async fn request(
         &repos,
         None,
     );
+    if policies.needs(Stage::Deliver, "autotest") {
+        let heads = if branches.is_empty() {
+            task_branches(config, github, req.task.as_str(), false).await?
+        } else {
+            branches.clone()
+        };
+        facts.set("autotest", autotest::fact(store, &req.task, &heads).await?);
+    }
     let decision = policies.evaluate(Stage::Deliver, &facts);
     crate::audit::record(
         config,

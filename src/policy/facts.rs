@@ -37,6 +37,7 @@ pub const FACTS: &[&str] = &[
     "pr",
     "repos",
     "branches",
+    "autotest",
     "teams",
     "delivery",
 ];

@@ -6,10 +6,12 @@
 //!   it claims the autotests waiting and runs up to `[autotest] parallel` of them at once,
 //!   in slots of their own, so that they never hold up a delivery; a restart re-runs what a
 //!   stopped worker left running.
+//! - `fact`: the `autotest` fact of the deliver rules.
 //! - `push`: the autotests a push asks for (the post-receive hook).
 //! - `run`: one autotest, from its clone to its verdict.
 //! - `statuses`: `[autotest] statuses`, the tasks whose branches are all tested, moved on.
 
+mod fact;
 mod push;
 mod run;
 mod statuses;
@@ -26,6 +28,7 @@ use crate::config::Config;
 use crate::domain::{AutotestState, RepoName, Source, TaskKey};
 use crate::store::{AutotestEnd, AutotestRow, NewAutotest, Store};
 
+pub use fact::fact;
 pub use push::after_push;
 pub use statuses::poll;
 
