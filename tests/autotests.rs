@@ -409,5 +409,8 @@ fn the_example_rule_refuses_a_delivery_until_the_heads_passed() {
     env.set_status(&[("TASK-1", "For Delivery")]);
     let o = env.lockstep(&["deliver", "TASK-1"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert!(env.git_in("api", &["log", "--format=%s", "master"]).contains("TASK-1 g.txt"));
+    assert!(
+        env.git_in("api", &["log", "--format=%s", "master"])
+            .contains("TASK-1 g.txt")
+    );
 }

@@ -27,5 +27,7 @@ mod policy_test;
 mod postgres_sandboxes;
 mod replicas;
 mod reviews;
+mod runners;
 mod serve;
+mod status_runner;
 mod trackers;

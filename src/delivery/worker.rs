@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use super::autotest;
-use super::line::{Engine, Progress};
 use super::train::{self, TrainWatcher};
+use super::{Engine, Progress};
 use crate::config::Config;
 use crate::domain::{DeliveryId, State, TaskKey};
 use crate::store::{DeliveryRow, Lease, Store};

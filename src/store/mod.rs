@@ -106,6 +106,7 @@ mod lease;
 mod postgres;
 mod repos;
 mod sqlite;
+mod statuses;
 mod steps;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -179,6 +179,14 @@ async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<V
         let Some(command) = repo.step(phase) else {
             continue;
         };
+        if let Some(on) = command.runner() {
+            let why = format!(
+                "`{phase}` of `{}` runs on the runner `{}`, which autotests do not use yet; \
+                 only local steps are tested on their own",
+                repo.name, on.runner
+            );
+            return Ok(Verdict::failed(phase.as_str(), why, keep_end(log)));
+        }
         let spec = StepSpec {
             argv: command.argv(),
             cwd: dir.clone(),
