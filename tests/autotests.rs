@@ -382,6 +382,19 @@ fn tasks_awaiting_autotests_move_on_when_their_branches_pass_and_back_when_one_f
     assert!(note.contains("`web`") && note.contains("`test`"), "{note}");
     assert!(note.contains("failing on purpose"), "{note}");
     assert_eq!(autotests(&env, "TASK-2")[0]["state"], "failed");
+    // The queue page lists them.
+    let page = serve.get("/").body;
+    let section = &page[page
+        .find("<section id=\"autotests\">")
+        .expect("an autotests section")..];
+    assert!(
+        section.contains("feature/TASK-2-f") && section.contains("pill failed"),
+        "{section}"
+    );
+    assert!(
+        section.contains("feature/TASK-1-s") && section.contains("pill passed"),
+        "{section}"
+    );
     serve.stop(Duration::from_secs(30));
 }
 
