@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-use crate::util::serve::{ServeProc, configure, wait_until};
+use crate::util::fake_github::FakeGitHub;
+use crate::util::serve::{ServeProc, TOKEN, configure, github_section, wait_until};
+use crate::util::webhooks;
 use crate::util::*;
 
 const REPOS: [&str; 2] = ["api", "web"];
@@ -426,4 +428,50 @@ fn the_example_rule_refuses_a_delivery_until_the_heads_passed() {
         env.git_in("api", &["log", "--format=%s", "master"])
             .contains("TASK-1 g.txt")
     );
+}
+
+#[test]
+fn an_autotest_comment_tests_the_pull_requests_head() {
+    let env = sandbox_with(false);
+    let head = push_on(&env, "api", "feature/TASK-1-pr", "pr.txt");
+    let gh = FakeGitHub::start(TOKEN);
+    configure(
+        &env,
+        "0s",
+        &format!(
+            "[server]\npublic_url = \"http://lockstep.test/\"\n\n{}",
+            github_section(gh.url())
+        ),
+    );
+    gh.add_pull("acme/api", 7, "alice", "feature/TASK-1-pr", &head);
+    gh.permit("acme/api", "alice", "write");
+    let serve = ServeProc::start(&env);
+    let comment = webhooks::comment("acme/api", 7, "alice", "/autotest");
+    let r = webhooks::post(
+        &serve.url,
+        "issue_comment",
+        "c-1",
+        &comment,
+        Some(webhooks::SECRET),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let replies = gh.comments("acme/api", 7);
+    assert!(
+        replies
+            .iter()
+            .any(|c| c.contains("autotest #1 of `feature/TASK-1-pr`")),
+        "{replies:?}"
+    );
+    let a = ended(&env, "TASK-1", 1);
+    assert_eq!(
+        (a["state"].as_str(), a["source"].as_str()),
+        (Some("passed"), Some("github"))
+    );
+    assert_eq!(a["sha"], head.as_str());
+    assert!(
+        purposes(&env)
+            .iter()
+            .any(|l| l.starts_with("autotest test api"))
+    );
+    serve.stop(Duration::from_secs(30));
 }
