@@ -473,5 +473,16 @@ fn an_autotest_comment_tests_the_pull_requests_head() {
             .iter()
             .any(|l| l.starts_with("autotest test api"))
     );
+    // The head's commit status says so, pending then success (set right after the verdict).
+    let states = wait_for("the success status", || {
+        let states: Vec<String> = gh
+            .statuses()
+            .into_iter()
+            .filter(|st| st.context == "lockstep/autotest" && st.sha == head)
+            .map(|st| st.state)
+            .collect();
+        (states.len() == 2).then_some(states)
+    });
+    assert_eq!(states, ["pending", "success"]);
     serve.stop(Duration::from_secs(30));
 }

@@ -9,11 +9,13 @@
 //! - `fact`: the `autotest` fact of the deliver rules.
 //! - `push`: the autotests a push asks for (the post-receive hook).
 //! - `run`: one autotest, from its clone to its verdict.
+//! - `status`: the commit status `lockstep/autotest` on GitHub.
 //! - `statuses`: `[autotest] statuses`, the tasks whose branches are all tested, moved on.
 
 mod fact;
 mod push;
 mod run;
+mod status;
 mod statuses;
 
 use std::collections::BTreeSet;

@@ -51,6 +51,7 @@ impl Verdict {
 pub(super) async fn run(engine: &Engine, a: &AutotestRow) -> anyhow::Result<AutotestState> {
     let started = std::time::Instant::now();
     let work = work_dir(engine, a.id);
+    super::status::report(engine, a, AutotestState::Running, "").await;
     let verdict = match test(engine, a, &work).await {
         Ok(v) => v,
         Err(e) => Verdict::failed("", format!("{e:#}"), String::new()),
@@ -76,6 +77,7 @@ pub(super) async fn run(engine: &Engine, a: &AutotestRow) -> anyhow::Result<Auto
         a.repo,
         started.elapsed().as_secs_f64()
     ));
+    super::status::report(engine, a, state, &verdict.end.reason).await;
     if recorded && state == AutotestState::Failed {
         note_failure(engine, a, &verdict.end).await;
     }
