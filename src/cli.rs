@@ -116,6 +116,26 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Build and test a task's branches on their own (each rebased on its upstream, never
+    /// deployed nor merged): queued for the worker, started in the background if none runs
+    Autotest {
+        /// The task, e.g. `TASK-7`
+        task: String,
+        /// Only the branch of this repository
+        #[arg(long, value_name = "NAME")]
+        repo: Option<String>,
+    },
+    /// Show the autotests (of one task), newest first: state, head, what it was rebased on
+    Autotests {
+        /// Only this task's
+        task: Option<String>,
+        /// Machine-readable output: one object per autotest
+        #[arg(long)]
+        json: bool,
+        /// Print the log of autotest ID instead
+        #[arg(long, value_name = "ID")]
+        log: Option<i64>,
+    },
     /// Show the queue: the delivery in flight, those waiting, the recent ones
     Queue {
         /// Machine-readable output
@@ -155,8 +175,8 @@ pub enum Command {
     },
     /// Finish or undo what a killed worker left behind (`deliver`, `work` and `serve` do this first)
     Recover,
-    /// Run queued deliveries until the queue is empty (started in the background by
-    /// `git push -o deliver`)
+    /// Run queued deliveries and autotests until none is left (started in the background by
+    /// `git push -o deliver` and by the pushes that ask for autotests)
     Work,
     /// Show the decision log: every push the hooks judged, every delivery and merge decision
     Audit(AuditArgs),
@@ -316,6 +336,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             priority,
             no_wait,
         } => commands::deliver(&config_path(config), &task, priority, no_wait),
+        Command::Autotest { task, repo } => {
+            commands::autotest(&config_path(config), &task, repo.as_deref())
+        }
+        Command::Autotests { task, json, log } => {
+            commands::autotests(&config_path(config), task.as_deref(), json, log)
+        }
         Command::Queue { json } => commands::queue(&config_path(config), json),
         Command::Show { id, json } => commands::show(&config_path(config), DeliveryId(id), json),
         Command::Logs {

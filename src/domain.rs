@@ -204,6 +204,58 @@ impl Source {
     }
 }
 
+/// Where an autotest of a task branch's head stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutotestState {
+    /// Asked for, waiting for a slot.
+    Queued,
+    Running,
+    Passed,
+    Failed,
+    /// A newer push to the same branch replaced it; its steps were stopped.
+    Superseded,
+    /// Its worker stopped while it ran.
+    Interrupted,
+}
+
+impl AutotestState {
+    pub const ALL: [AutotestState; 6] = [
+        AutotestState::Queued,
+        AutotestState::Running,
+        AutotestState::Passed,
+        AutotestState::Failed,
+        AutotestState::Superseded,
+        AutotestState::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutotestState::Queued => "queued",
+            AutotestState::Running => "running",
+            AutotestState::Passed => "passed",
+            AutotestState::Failed => "failed",
+            AutotestState::Superseded => "superseded",
+            AutotestState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AutotestState> {
+        AutotestState::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Whether it has ended.
+    pub fn is_final(self) -> bool {
+        !matches!(self, AutotestState::Queued | AutotestState::Running)
+    }
+}
+
+impl fmt::Display for AutotestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether a pull request is open, as GitHub words it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

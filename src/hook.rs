@@ -304,13 +304,17 @@ pub fn update(config: Option<&Path>, refname: &OsStr, old: &OsStr, new: &OsStr) 
 pub struct PostReceiveRequest {
     /// `-o deliver` or `-o deliver=PRIORITY`.
     pub deliver: Option<i64>,
+    /// `-o autotest`.
+    pub autotest: bool,
 }
 
 /// Parses the push options `post-receive` acts on.
 pub fn parse_post_receive_options(options: &[String]) -> Result<PostReceiveRequest, String> {
     let mut req = PostReceiveRequest::default();
     for o in options {
-        if o == "deliver" {
+        if o == "autotest" {
+            req.autotest = true;
+        } else if o == "deliver" {
             req.deliver = Some(0);
         } else if let Some(p) = o.strip_prefix("deliver=") {
             let n = p
@@ -339,6 +343,9 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
         let updates = push::parse_updates(&input)?;
         let req = parse_post_receive_options(&push::push_options_from_env())
             .map_err(anyhow::Error::msg)?;
+        if let Err(e) = autotests_asked(config_path, &updates, req.autotest) {
+            eprintln!("lockstep: no autotest: {}", escape(&format!("{e:#}")));
+        }
         let by_ref: Vec<&RefUpdate> = updates
             .iter()
             .filter(|u| !u.deleted() && u.name.starts_with(deliver_ref::PREFIX))
@@ -388,6 +395,29 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
         eprintln!("lockstep: post-receive: {}", escape(&format!("{e:#}")));
     }
     Exit::Success
+}
+
+/// Records the autotests a push asks for: its task branches' heads, with `-o autotest` or
+/// `[autotest] on_push`. Only a push updating a branch reads the config for it.
+fn autotests_asked(path: Option<&Path>, updates: &[RefUpdate], asked: bool) -> anyhow::Result<()> {
+    if !updates
+        .iter()
+        .any(|u| !u.deleted() && u.name.starts_with("refs/heads/"))
+    {
+        return Ok(());
+    }
+    let git = Git::for_hook()?;
+    let (path, source) = find_config(path, &git)?;
+    let config = Config::load_from(&path, source)?;
+    if !(asked || config.autotest.on_push) {
+        return Ok(());
+    }
+    let repo = push::repo_name(&config, git.dir());
+    let requester = push::pusher_from_env(&config);
+    for line in delivery::autotest::after_push(&config, &repo, updates, &requester)? {
+        eprintln!("lockstep: {}", escape(&line));
+    }
+    Ok(())
 }
 
 /// Queues the delivery of a task for `git push -o deliver`: the push declares the task ready,
@@ -466,6 +496,7 @@ mod tests {
             parse_post_receive_options(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         };
         assert_eq!(o(&[]).unwrap().deliver, None);
+        assert!(o(&["autotest"]).unwrap().autotest && !o(&[]).unwrap().autotest);
         assert_eq!(o(&["deliver"]).unwrap().deliver, Some(0));
         assert_eq!(o(&["ci.skip", "deliver=5"]).unwrap().deliver, Some(5));
         assert_eq!(o(&["deliver=priority=7"]).unwrap().deliver, Some(7));

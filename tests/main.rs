@@ -7,6 +7,7 @@ mod util;
 mod accounts;
 mod architecture;
 mod audit;
+mod autotests;
 mod bad_input;
 mod container;
 mod crash;

@@ -1,5 +1,5 @@
 //! The commands a person runs, one file per family: `deliver`, `work` (and `recover`),
-//! `queue`, `show` (and `logs`), `cancel` (and `rollback`), `store`, `install` (the hooks),
+//! `autotest` (and `autotests`), `queue`, `show` (and `logs`), `cancel` (and `rollback`), `store`, `install` (the hooks),
 //! `policy` (`check`, `test`, `replay`) and `audit`. `cli` parses; these do.
 //!
 //! What they print quotes task keys, errors and step output: every line goes through
@@ -22,6 +22,7 @@ macro_rules! say {
 }
 
 mod audit;
+mod autotest;
 mod cancel;
 mod deliver;
 mod install;
@@ -32,6 +33,7 @@ mod store;
 mod work;
 
 pub use audit::{AuditArgs, audit};
+pub use autotest::{autotest, autotests};
 pub use cancel::{cancel, rollback};
 pub use deliver::deliver;
 pub use install::{InstallArgs, install_hooks};

@@ -9,7 +9,8 @@ use crate::delivery::worker;
 use crate::exit::Exit;
 use crate::store::Lease;
 
-/// `lockstep work`: runs the queue until it is empty (what `-o deliver` starts in the background).
+/// `lockstep work`: runs the queue and the autotests until both are empty (what `-o deliver`
+/// and an autotest's request start in the background).
 /// On SIGTERM or ctrl-c it takes nothing new, gives what runs `[server] shutdown_grace` to
 /// finish, and leaves the rest to the next worker's recovery, as `lockstep serve` does.
 pub fn work(at: &Located) -> anyhow::Result<Exit> {
@@ -29,7 +30,7 @@ pub fn work(at: &Located) -> anyhow::Result<Exit> {
             };
             worker::recover(&engine).await?;
             let shutdown = Some((stop.clone(), grace));
-            worker::work(&engine, &lease, |_, _| false, shutdown).await?;
+            worker::work_all(&engine, &lease, shutdown).await?;
             lease.release().await;
             if *stop.borrow() {
                 say!("stopped; a delivery left unfinished is recovered by the next worker");
@@ -37,7 +38,11 @@ pub fn work(at: &Located) -> anyhow::Result<Exit> {
             }
             // A delivery queued after the queue was found empty, but before the lock was let
             // go, has a worker started for it that found the lock taken: look once more.
-            if engine.store.queued().await?.is_empty() {
+            let autotests = engine
+                .store
+                .autotests_in(crate::domain::AutotestState::Queued)
+                .await?;
+            if engine.store.queued().await?.is_empty() && autotests.is_empty() {
                 return Ok(Exit::Success);
             }
         }

@@ -12,6 +12,7 @@
 //! - `store`: `[store]`.
 //! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
+//! - `autotest`: `[autotest]`.
 //! - `runners`: `[runners.*]`, the step that names one, and `[delivery] candidate_branch`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
@@ -22,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+mod autotest;
 mod delivery;
 mod duration;
 mod monitor;
@@ -31,6 +33,7 @@ mod server;
 mod store;
 mod tracker;
 
+pub use autotest::Autotest;
 pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use monitor::{AlertmanagerConfig, DEFAULT_ALERT_SLACK, Gate, NoData, PrometheusConfig};
@@ -84,6 +87,9 @@ pub struct Config {
     /// several `lockstep serve` replicas.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Task branches tested on their own when they change (`[autotest]`).
+    #[serde(default)]
+    pub autotest: Autotest,
     /// The GitHub side of `lockstep serve` (webhooks, comments, statuses). Default: none, and
     /// `/webhooks/github` answers 404.
     pub github: Option<GitHubConfig>,
@@ -385,6 +391,7 @@ impl Config {
         }
         runners::check_candidate_branch(&self.delivery.candidate_branch)?;
         self.store.check()?;
+        self.autotest.check()?;
         if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
             bail!(
                 "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \

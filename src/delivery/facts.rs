@@ -61,6 +61,7 @@ pub fn deliver_facts(config: &Config, judged: &Judged<'_>) -> Facts {
             "branches",
             Value::List(Arc::new(branches.iter().map(BranchFacts::value).collect())),
         )
+        .set("autotest", Value::List(Arc::new(Vec::new())))
         .set("now", Value::Timestamp(chrono::Utc::now().fixed_offset()));
     match pr {
         Some(pr) => {

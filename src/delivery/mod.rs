@@ -12,9 +12,12 @@
 //!   process), `merge` pushes the upstreams, `rollback` undoes, `recover` finishes what a
 //!   killed worker left; `stop` says why a line stops; `gate` runs the metric gates of
 //!   verify; `stages` deploys and verifies stage by stage (`[delivery] stages`); `watch` rolls back a watched delivery when an alert fires.
+//! - [`autotest`] builds and tests a task branch's head on its own when it changes, in slots
+//!   of its own beside the queue.
 //! - [`contain`] is the supervisor each step runs under, which kills the step's whole process
 //!   tree when it ends.
 
+pub mod autotest;
 mod branches;
 mod confine;
 pub mod contain;

@@ -14,7 +14,7 @@ use crate::runtime::blocking;
 use crate::store::{DeliveryRow, RepoRow};
 
 /// How a branch's rebase went.
-enum Rebased {
+pub(super) enum Rebased {
     Clean,
     /// The files git could not merge (none when git named none).
     Conflicts(Vec<String>),
@@ -198,38 +198,9 @@ impl Engine {
         let git = self.bot_git(&c.dir);
         let (branch_sha, base) = (c.row.branch_sha.clone(), c.row.base_sha.clone());
         let g = git.clone();
-        let rebased = blocking(move || -> anyhow::Result<Rebased> {
-            g.run(&[
-                "checkout",
-                "--quiet",
-                "-B",
-                "lockstep-delivery",
-                &branch_sha,
-            ])?;
-            let (ok, _, _) = g.try_run(&["rebase", "--quiet", &base])?;
-            if ok {
-                return Ok(Rebased::Clean);
-            }
-            let files = g
-                .run(&["diff", "--name-only", "--diff-filter=U"])
-                .unwrap_or_default();
-            let _ = g.try_run(&["rebase", "--abort"]);
-            Ok(Rebased::Conflicts(
-                files.lines().map(String::from).collect(),
-            ))
-        })
-        .await?;
+        let rebased = blocking(move || rebase_onto(&g, &branch_sha, &base)).await?;
         if let Rebased::Conflicts(files) = rebased {
-            let list = if files.is_empty() {
-                "(git named no file)".to_string()
-            } else {
-                files.join(", ")
-            };
-            let message = format!(
-                "`{}` does not rebase onto `{}`: conflicts in {list}; \
-                 rebase it by hand and push again",
-                c.row.branch, c.repo.upstream
-            );
+            let message = conflicts(&c.row.branch, &c.repo.upstream, &files);
             return Err(Failure::new(Phase::Rebase, Some(&c.row.repo), message).into());
         }
         if self.config.delivery.merge == MergeMode::MergeCommit {
@@ -346,6 +317,40 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// Checks out `branch_sha` on the branch `lockstep-delivery` and rebases it onto `base`, as
+/// a delivery does (and an autotest, which tests what a delivery would build). Blocking.
+pub(super) fn rebase_onto(
+    g: &crate::git::Git,
+    branch_sha: &str,
+    base: &str,
+) -> anyhow::Result<Rebased> {
+    g.run(&["checkout", "--quiet", "-B", "lockstep-delivery", branch_sha])?;
+    let (ok, _, _) = g.try_run(&["rebase", "--quiet", base])?;
+    if ok {
+        return Ok(Rebased::Clean);
+    }
+    let files = g
+        .run(&["diff", "--name-only", "--diff-filter=U"])
+        .unwrap_or_default();
+    let _ = g.try_run(&["rebase", "--abort"]);
+    Ok(Rebased::Conflicts(
+        files.lines().map(String::from).collect(),
+    ))
+}
+
+/// Why a branch does not rebase onto its upstream, naming the files in conflict.
+pub(super) fn conflicts(branch: &str, upstream: &str, files: &[String]) -> String {
+    let list = if files.is_empty() {
+        "(git named no file)".to_string()
+    } else {
+        files.join(", ")
+    };
+    format!(
+        "`{branch}` does not rebase onto `{upstream}`: conflicts in {list}; \
+         rebase it by hand and push again"
+    )
 }
 
 /// The deliveries ahead whose commits bases on them contain: every one ahead touching a

@@ -82,7 +82,7 @@ pub async fn request(
         });
     }
     let repos: Vec<RepoName> = config.repos.iter().map(|r| r.name.clone()).collect();
-    let facts = deliver_facts(
+    let mut facts = deliver_facts(
         config,
         &Judged {
             tracker: tracker.name(),
@@ -95,6 +95,17 @@ pub async fn request(
             delivery: None,
         },
     );
+    if policies.needs(Stage::Deliver, "autotest") {
+        let heads = if branches.is_empty() {
+            super::task_branches(config, github, req.task.as_str(), false).await?
+        } else {
+            branches.clone()
+        };
+        facts.set(
+            "autotest",
+            super::autotest::fact(store, &req.task, &heads).await?,
+        );
+    }
     let decision = policies.evaluate(Stage::Deliver, &facts);
     crate::audit::record(
         config,

@@ -268,10 +268,28 @@ impl Engine {
             ("LOCKSTEP_DELIVERY".into(), d.id.to_string()),
             ("LOCKSTEP_ENV".into(), stage.to_string()),
             ("LOCKSTEP_STEP".into(), phase.as_str().into()),
+            ("LOCKSTEP_PURPOSE".into(), "delivery".into()),
         ]);
-        let home = step_home(c);
-        let mut writable = vec![home.clone()];
-        writable.extend(c.repo.writable.iter().map(|p| self.config.resolve(p)));
+        self.confined_env(&c.repo, &step_home(c), &mut env);
+        if self.config.delivery.push_candidates {
+            env.push((
+                "LOCKSTEP_CANDIDATE_BRANCH".into(),
+                self.config.candidate_branch(d.id),
+            ));
+        }
+        env
+    }
+
+    /// The variables that confine a step: its `HOME`, the folders it may write besides its
+    /// checkout (`[[repo]] writable`), and whether the write limit is on.
+    pub(super) fn confined_env(
+        &self,
+        repo: &crate::config::Repo,
+        home: &Path,
+        env: &mut Vec<(String, String)>,
+    ) {
+        let mut writable = vec![home.to_path_buf()];
+        writable.extend(repo.writable.iter().map(|p| self.config.resolve(p)));
         // `[[repo]] writable` has no `:` (the config refuses it); a state folder with one
         // leaves the step only its checkout and the temporary folder to write.
         match std::env::join_paths(&writable) {
@@ -279,7 +297,7 @@ impl Engine {
             Err(e) => tracing::warn!(
                 "steps of `{}` may not write their HOME `{}`: {e}; move the state folder to a \
                  path without `:`",
-                c.row.repo,
+                repo.name,
                 home.display()
             ),
         }
@@ -290,13 +308,6 @@ impl Engine {
             "off"
         };
         env.push((CONFINE_VAR.into(), confined.into()));
-        if self.config.delivery.push_candidates {
-            env.push((
-                "LOCKSTEP_CANDIDATE_BRANCH".into(),
-                self.config.candidate_branch(d.id),
-            ));
-        }
-        env
     }
 }
 

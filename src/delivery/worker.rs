@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use super::autotest;
 use super::train::{self, TrainWatcher};
 use super::{Engine, Progress};
 use crate::config::Config;
@@ -87,6 +88,11 @@ pub trait Edge: Send + Sync {
     fn shutdown(&self) -> Option<(watch::Receiver<bool>, Duration)> {
         None
     }
+    /// Whether the worker runs the autotests requested, beside the queue (in slots of their
+    /// own, so that a delivery never waits for them). Default: yes.
+    fn autotests(&self) -> bool {
+        true
+    }
 }
 
 /// What an idle worker was woken for.
@@ -130,6 +136,25 @@ pub enum Cut {
 /// it journaled lets the worker that holds the lease now recover it. An error of the store
 /// or the line ends the run; the edge decides whether to run again.
 pub async fn run<E: Edge>(engine: &Engine, lease: &Lease, edge: &E) -> anyhow::Result<End> {
+    let autotests = match edge.autotests() {
+        true => Some(autotest::Pump::start(engine).await?),
+        false => None,
+    };
+    let end = queue(engine, lease, edge, autotests.as_ref()).await;
+    if let Some(autotests) = autotests {
+        autotests.stop().await;
+    }
+    end
+}
+
+/// The loop of [`run`], with the autotests running beside it: while any runs or waits, an
+/// edge with nothing more to do looks at the queue again instead of ending.
+async fn queue<E: Edge>(
+    engine: &Engine,
+    lease: &Lease,
+    edge: &E,
+    autotests: Option<&autotest::Pump>,
+) -> anyhow::Result<End> {
     let shutdown = edge.shutdown();
     let mut stop = shutdown.as_ref().map(|(s, _)| s.clone());
     loop {
@@ -164,7 +189,16 @@ pub async fn run<E: Edge>(engine: &Engine, lease: &Lease, edge: &E) -> anyhow::R
         match woke {
             Idle::Again => {}
             Idle::Job(job) => edge.run_job(job).await,
-            Idle::Done => return Ok(End::Done),
+            Idle::Done => match autotests {
+                Some(a) if a.busy().await => {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        () = lease.lost() => return Ok(End::LeaseLost { cut: None }),
+                        () = stopped(&mut stop) => return Ok(End::Stopped { cut: None }),
+                    }
+                }
+                _ => return Ok(End::Done),
+            },
         }
     }
 }
@@ -282,6 +316,9 @@ async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
 struct Cli<F> {
     done: F,
     shutdown: Option<(watch::Receiver<bool>, Duration)>,
+    /// Whether it runs the autotests too (`lockstep work`), or only the queue (a
+    /// `lockstep deliver` following its delivery).
+    autotests: bool,
 }
 
 impl<F: Fn(DeliveryId, State) -> bool + Send + Sync> Edge for Cli<F> {
@@ -294,6 +331,10 @@ impl<F: Fn(DeliveryId, State) -> bool + Send + Sync> Edge for Cli<F> {
     fn shutdown(&self) -> Option<(watch::Receiver<bool>, Duration)> {
         self.shutdown.clone()
     }
+
+    fn autotests(&self) -> bool {
+        self.autotests
+    }
 }
 
 /// Delivery `d`, cut short.
@@ -305,7 +346,7 @@ fn cut(d: &DeliveryRow) -> Cut {
 }
 
 /// Runs queued deliveries for the command line until `done` says stop (checked after each)
-/// or the queue is empty (see [`run`]). A lost lease ends the work with an error. When
+/// or the queue is empty (see [`run`]); autotests are left to `lockstep work`. A lost lease ends the work with an error. When
 /// `shutdown` (a flag and a grace) turns true, nothing new starts and what runs gets the
 /// grace to finish; what is left then is stopped and recovered by the next worker.
 pub async fn work(
@@ -314,7 +355,32 @@ pub async fn work(
     done: impl Fn(DeliveryId, State) -> bool + Send + Sync,
     shutdown: Option<(watch::Receiver<bool>, Duration)>,
 ) -> anyhow::Result<()> {
-    match run(engine, lease, &Cli { done, shutdown }).await? {
+    let edge = Cli {
+        done,
+        shutdown,
+        autotests: false,
+    };
+    ended(engine, run(engine, lease, &edge).await?)
+}
+
+/// Runs the queue and the autotests for `lockstep work`, until both are done or `shutdown`
+/// (see [`work`]).
+pub async fn work_all(
+    engine: &Engine,
+    lease: &Lease,
+    shutdown: Option<(watch::Receiver<bool>, Duration)>,
+) -> anyhow::Result<()> {
+    let edge = Cli {
+        done: |_, _| false,
+        shutdown,
+        autotests: true,
+    };
+    ended(engine, run(engine, lease, &edge).await?)
+}
+
+/// What the command line says of how [`run`] ended.
+fn ended(engine: &Engine, end: End) -> anyhow::Result<()> {
+    match end {
         End::Done
         | End::Stopped {
             cut: None | Some(Cut::Pipeline),

@@ -299,6 +299,20 @@ impl GitHub {
         description: &str,
         target_url: &str,
     ) -> anyhow::Result<()> {
+        self.status_of(STATUS_CONTEXT, repo, sha, state, description, target_url)
+            .await
+    }
+
+    /// Sets a commit status of `context` (`lockstep`, `lockstep/autotest`).
+    pub async fn status_of(
+        &self,
+        context: &str,
+        repo: &GitHubRepo,
+        sha: &str,
+        state: StatusState,
+        description: &str,
+        target_url: &str,
+    ) -> anyhow::Result<()> {
         anyhow::ensure!(
             crate::git::is_oid(sha),
             "`{sha}` is not a commit id; no status set"
@@ -309,7 +323,7 @@ impl GitHub {
         let description: String = description.chars().take(140).collect();
         let body = serde_json::json!({
             "state": state.as_str(),
-            "context": STATUS_CONTEXT,
+            "context": context,
             "description": description,
             "target_url": target_url,
         });

@@ -38,6 +38,7 @@ pub const FACTS: &[&str] = &[
     "pr",
     "repos",
     "branches",
+    "autotest",
     "teams",
     "delivery",
 ];

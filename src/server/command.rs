@@ -23,6 +23,8 @@ pub enum BotCommand {
     Rollback,
     /// Tell where the task's delivery is.
     Status,
+    /// Build and test the pull request's head on its own.
+    Autotest,
     /// List the commands.
     Help,
 }
@@ -64,6 +66,12 @@ pub const COMMANDS: &[Usage] = &[
         what: "say where this task's delivery is",
     },
     Usage {
+        name: "autotest",
+        usage: "/autotest",
+        what: "build and test this pull request's head rebased on its upstream, \
+               without delivering it",
+    },
+    Usage {
         name: "help",
         usage: "/help",
         what: "list these commands",
@@ -78,6 +86,7 @@ impl BotCommand {
             BotCommand::Retry => "retry",
             BotCommand::Rollback => "rollback",
             BotCommand::Status => "status",
+            BotCommand::Autotest => "autotest",
             BotCommand::Help => "help",
         }
     }
@@ -219,6 +228,7 @@ fn parse_line(text: &str) -> Option<Result<BotCommand, ParseError>> {
                 "retry" => BotCommand::Retry,
                 "rollback" => BotCommand::Rollback,
                 "status" => BotCommand::Status,
+                "autotest" => BotCommand::Autotest,
                 _ => BotCommand::Help,
             })
         }
@@ -265,6 +275,8 @@ mod tests {
             [BotCommand::Deliver { priority: 5 }, BotCommand::Status]
         );
         assert_eq!(ok("/DELIVER p=-1"), [BotCommand::Deliver { priority: -1 }]);
+        assert_eq!(ok("/autotest"), [BotCommand::Autotest]);
+        assert!(parse("/autotest now")[0].is_err());
         assert_eq!(
             ok("/cancel\n/retry\n/rollback\n/help"),
             [

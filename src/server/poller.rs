@@ -33,6 +33,13 @@ pub async fn run(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
             }
             Err(e) => tracing::warn!("cannot poll the tracker: {e:#}"),
         }
+        // `[autotest] statuses`: tasks waiting for their branches' autotests.
+        match crate::delivery::autotest::poll(&app.engine).await {
+            Ok(lines) => lines
+                .iter()
+                .for_each(|l| tracing::info!(target: "lockstep::autotest", "{l}")),
+            Err(e) => tracing::warn!("cannot poll the tasks awaiting autotests: {e:#}"),
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = super::stopped(&mut stop) => return,

@@ -10,11 +10,14 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
+use super::autotests::AutotestRow;
 use super::deliveries::DeliveryRow;
 use super::journal::JournalRow;
 use super::repos::RepoRow;
 use super::steps::StepRow;
-use crate::domain::{DeliveryId, Event, Phase, RepoName, Source, Stage, State, StepState, TaskKey};
+use crate::domain::{
+    AutotestState, DeliveryId, Event, Phase, RepoName, Source, Stage, State, StepState, TaskKey,
+};
 
 /// Stored as its text (`as_str`), read back by `$read` from the text `$s`.
 macro_rules! stored_as_text {
@@ -66,6 +69,9 @@ stored_as_text!(State, |s| State::parse(s)
     .ok_or_else(|| unknown("state", s)));
 stored_as_text!(StepState, |s| {
     StepState::parse(s).ok_or_else(|| unknown("step state", s))
+});
+stored_as_text!(AutotestState, |s| {
+    AutotestState::parse(s).ok_or_else(|| unknown("autotest state", s))
 });
 stored_as_text!(Source, |s| Source::parse(s)
     .ok_or_else(|| unknown("source", s)));
@@ -176,4 +182,23 @@ from_row!(RepoRow {
     deployed,
     merged,
     rolled_back,
+});
+from_row!(AutotestRow {
+    id,
+    task,
+    repo,
+    branch,
+    sha,
+    source,
+    requester,
+    state,
+    rebased_on,
+    tested_sha,
+    step,
+    reason,
+    log,
+    pid,
+    requested_at,
+    started_at,
+    finished_at,
 });

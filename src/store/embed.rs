@@ -29,6 +29,7 @@ macro_rules! migrations {
             "0008_alerts",
             "0009_steps_runner_build",
             "0010_commit_statuses",
+            "0011_autotests",
         )
     };
     ($dialect:literal: $($file:literal),* $(,)?) => {

@@ -18,6 +18,7 @@
 //! - `webhooks`: the ids of GitHub webhook deliveries, to refuse replays.
 //! - `alerts`: the alerts Alertmanager reported, to act once on each; rollbacks by trigger.
 //! - `tracker_seen`: what the tracker poller has seen.
+//! - `autotests`: the autotests of task branches' heads, requested, run and judged.
 //! - `copy`: `lockstep store copy`, a whole store into an empty PostgreSQL one.
 //! - `lease`: who works the queue: the lease and its fencing epoch.
 //! - `postgres`: opening a PostgreSQL store named by `[store] url_env`, and its schema (the
@@ -95,6 +96,7 @@ macro_rules! write_tx {
 }
 
 mod alerts;
+mod autotests;
 mod codec;
 mod copy;
 mod deliveries;
@@ -122,6 +124,7 @@ use crate::config::Config;
 #[cfg(test)]
 mod scratch;
 
+pub use autotests::{AutotestEnd, AutotestRow, NewAutotest};
 pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};

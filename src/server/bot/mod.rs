@@ -7,8 +7,9 @@
 
 //!
 //! Each command has its file: [`deliver`](mod@deliver), `retry`, `cancel`, `rollback`,
-//! `status`; `events` holds what a closed pull request or a changed review does.
+//! `status`, `autotest`; `events` holds what a closed pull request or a changed review does.
 
+mod autotest;
 mod cancel;
 mod deliver;
 mod events;
@@ -171,6 +172,7 @@ async fn run(
         BotCommand::Cancel => cancel::cancel(asked).await,
         BotCommand::Rollback => rollback::rollback(asked).await,
         BotCommand::Status => status::status(app, asked.task).await,
+        BotCommand::Autotest => autotest::autotest(asked).await,
     }
 }
 

@@ -7,6 +7,7 @@
 //! tools, not from us. The only text written out as it is is ours: the doctype and the style
 //! sheet (`PreEscaped`).
 
+mod autotests;
 mod delivery;
 mod queue;
 
@@ -238,6 +239,7 @@ mod tests {
             }],
             queued: vec![d.clone()],
             recent: vec![],
+            autotests: vec![],
             now_ms: 10_000,
             refresh_secs: 5,
         };

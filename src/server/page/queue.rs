@@ -8,7 +8,7 @@ use super::{ago, document, duration, grid_table, header, pill, requested, stages
 use crate::delivery::StageReport;
 use crate::domain::Phase;
 use crate::server::grid::GridRow;
-use crate::store::{DeliveryRow, StepRow};
+use crate::store::{AutotestRow, DeliveryRow, StepRow};
 
 /// The delivery in flight, ready to show.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +29,9 @@ pub struct QueueView {
     pub running: Vec<InFlight>,
     pub queued: Vec<DeliveryRow>,
     pub recent: Vec<DeliveryRow>,
+    /// The latest autotests, newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub autotests: Vec<AutotestRow>,
     pub now_ms: i64,
     #[serde(skip)]
     pub refresh_secs: u64,
@@ -59,6 +62,7 @@ pub fn queue_page(v: &QueueView) -> String {
                     (!v.queued.is_empty()).then(|| queued(v))))
                 (listing("recent", "Recent", "No delivery has finished yet.",
                     (!v.recent.is_empty()).then(|| recent(v))))
+                (super::autotests::autotests(&v.autotests, v.now_ms))
             }
             footer {
                 "refreshes every " (refresh) "s · "
@@ -248,6 +252,7 @@ mod tests {
             }],
             queued: vec![urgent, from_tracker],
             recent: vec![delivered, failed],
+            autotests: vec![],
             now_ms: 7_500_000,
             refresh_secs: 3,
         }
@@ -336,6 +341,7 @@ mod tests {
             running: vec![],
             queued: vec![],
             recent: vec![],
+            autotests: vec![],
             now_ms: 0,
             refresh_secs: 0,
         };
