@@ -9,6 +9,7 @@
 //! - `tracker`: `[tasks]` and `[tracker]`.
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
+//! - `showroom`: `[environments.showroom]`, a showroom per task.
 //! - `store`: `[store]`.
 //! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
@@ -26,6 +27,7 @@ mod duration;
 mod monitor;
 mod reviews;
 mod server;
+mod showroom;
 mod store;
 mod tracker;
 
@@ -34,6 +36,7 @@ pub use duration::{humanize, parse_duration};
 pub use monitor::{AlertmanagerConfig, DEFAULT_ALERT_SLACK, Gate, NoData, PrometheusConfig};
 pub use reviews::{Audit, AuditOnError, Reviews};
 pub use server::{GitHubConfig, Server};
+pub use showroom::{OnFull, SHOWROOM, Showroom};
 pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 
@@ -367,6 +370,7 @@ impl Config {
             gh.check()?;
         }
         self.store.check()?;
+        showroom::check(self)?;
         if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
             bail!(
                 "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \

@@ -26,6 +26,7 @@ mod rebase;
 mod recover;
 mod rollback;
 mod run;
+pub mod showroom;
 mod slots;
 pub mod steps;
 mod stop;

@@ -27,6 +27,7 @@ macro_rules! migrations {
             "0006_pipeline",
             "0007_leases_active_task_step_logs",
             "0008_alerts",
+            "0012_showrooms",
         )
     };
     ($dialect:literal: $($file:literal),* $(,)?) => {

@@ -18,6 +18,7 @@
 //! - `webhooks`: the ids of GitHub webhook deliveries, to refuse replays.
 //! - `alerts`: the alerts Alertmanager reported, to act once on each; rollbacks by trigger.
 //! - `tracker_seen`: what the tracker poller has seen.
+//! - `showrooms`: a showroom per task, beside the delivery line, and where each stands.
 //! - `copy`: `lockstep store copy`, a whole store into an empty PostgreSQL one.
 //! - `lease`: who works the queue: the lease and its fencing epoch.
 //! - `postgres`: opening a PostgreSQL store named by `[store] url_env`, and its schema (the
@@ -103,6 +104,7 @@ mod journal;
 mod lease;
 mod postgres;
 mod repos;
+mod showrooms;
 mod sqlite;
 mod steps;
 #[cfg(test)]
@@ -124,6 +126,7 @@ mod scratch;
 pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
+pub use showrooms::{ShowroomRow, ShowroomState};
 pub use steps::StepRow;
 pub use train::{DiscardReason, Waits};
 pub use transitions::{Enqueued, NewDelivery};
