@@ -27,4 +27,5 @@ mod postgres_sandboxes;
 mod replicas;
 mod reviews;
 mod serve;
+mod showrooms;
 mod trackers;
