@@ -207,3 +207,86 @@ fn a_hostile_task_key_becomes_a_safe_label() {
     assert_eq!(room["state"], "failed");
     assert!(lines(&env, "deploys.log").is_empty());
 }
+
+/// The state of a task's showroom in `lockstep showrooms --json`, if listed.
+fn state_of(env: &Env, task: &str) -> Option<String> {
+    showrooms(env)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == task)
+        .map(|r| r["state"].as_str().unwrap().to_string())
+}
+
+/// alice pushes one more commit on her branch of TASK-1 in `api`; returns its head.
+fn push_more(env: &Env, text: &str) -> String {
+    let dir = env.clone_of("api", "alice");
+    let msg = format!("TASK-1 {}", text.trim());
+    commit(&dir, "alice", "TASK-1.txt", text, &msg).unwrap();
+    let p = push(&dir, "alice", &["feature/TASK-1-work"]).unwrap();
+    assert!(p.accepted, "{:?}", p.remote);
+    head(&dir, "HEAD")
+}
+
+#[test]
+fn a_push_asks_for_a_showroom_and_a_new_push_redeploys_it() {
+    let env = sandbox("follow = true\n");
+    env.set_status(&[("TASK-1", "In Progress")]);
+    // `git push -o showroom`: the push does not wait; the showroom comes up behind it.
+    let first = env.task_branch_with(
+        "api",
+        "feature/TASK-1-work",
+        &[("TASK-1.txt", "one\n")],
+        &["-o", "showroom"],
+    );
+    wait_for("the showroom asked by the push", || {
+        (state_of(&env, "TASK-1").as_deref() == Some("up")).then_some(())
+    });
+    let deploys = lines(&env, "deploys.log");
+    assert_eq!(deploys.len(), 1, "{deploys:?}");
+    assert!(
+        deploys[0].starts_with(&format!("showroom|api|{first}|")),
+        "{deploys:?}"
+    );
+    assert_eq!(showrooms(&env)[0]["requester"], "alice");
+
+    // A new push to the task's branch deploys the showroom again, at the new head.
+    let second = push_more(&env, "two\n");
+    wait_for("the showroom following its branch", || {
+        let d = lines(&env, "deploys.log");
+        (d.len() == 2 && state_of(&env, "TASK-1").as_deref() == Some("up")).then_some(d)
+    });
+    let deploys = lines(&env, "deploys.log");
+    assert!(
+        deploys[1].starts_with(&format!("showroom|api|{second}|")),
+        "{deploys:?}"
+    );
+    assert_eq!(showrooms(&env)[0]["shas"]["api"], second.as_str());
+
+    // Without `follow`, a push leaves the showroom as it is.
+    env.edit_config(|t| t.replace("follow = true\n", ""));
+    push_more(&env, "three\n");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(lines(&env, "deploys.log").len(), 2);
+}
+
+#[test]
+fn a_showroom_past_its_ttl_is_torn_down() {
+    let env = sandbox("ttl = \"1s\"\n");
+    branches(&env, "TASK-1");
+    branches(&env, "TASK-3");
+    let o = showroom(&env, &["TASK-1"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // The next request looks at the ttl first.
+    let o = showroom(&env, &["TASK-3"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("showroom TASK-1: down (its ttl of 1s passed)"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(lines(&env, "teardowns.log").len(), 2);
+    assert_eq!(state_of(&env, "TASK-1"), None);
+    assert_eq!(state_of(&env, "TASK-3").as_deref(), Some("up"));
+}

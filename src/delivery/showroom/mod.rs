@@ -273,3 +273,39 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
     }
     Ok(said)
 }
+
+/// Starts `lockstep showroom TASK` in the background, asked by `by` (a push, which does not
+/// wait for the deploy); its output goes to `showrooms.log` in `state_dir`.
+pub fn spawn_detached(
+    config: &crate::config::Config,
+    task: &TaskKey,
+    by: &str,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the lockstep executable")?;
+    let state = config.state_dir();
+    std::fs::create_dir_all(&state)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.join("showrooms.log"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--config")
+        .arg(&config.path)
+        .arg("showroom")
+        .arg("--by")
+        .arg(by)
+        .arg("--")
+        .arg(task.as_str())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("GIT_")) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.spawn()
+        .context("cannot start `lockstep showroom` in the background")?;
+    Ok(())
+}
