@@ -290,3 +290,37 @@ fn a_showroom_past_its_ttl_is_torn_down() {
     assert_eq!(state_of(&env, "TASK-1"), None);
     assert_eq!(state_of(&env, "TASK-3").as_deref(), Some("up"));
 }
+
+#[test]
+fn a_showroom_killed_while_it_deploys_is_recorded_and_torn_down_by_recover() {
+    let env = sandbox("");
+    branches(&env, "TASK-1");
+    // `web` deploys second: its deploy is held at its gate (under the showroom's SANDBOX).
+    let gates = env.root().join("showroom").join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    std::fs::write(gates.join("web.deploy.hold"), "").unwrap();
+    let mut child = env.spawn("showroom", &["showroom", "TASK-1"]);
+    wait_for("web's deploy at its gate", || {
+        gates.join("web.deploy.waiting").exists().then_some(())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The held step gives up once its gates are gone.
+    std::fs::remove_dir_all(&gates).unwrap();
+    assert_eq!(state_of(&env, "TASK-1").as_deref(), Some("deploying"));
+
+    let o = env.lockstep(&["recover"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("showroom TASK-1: left deploying by a process that stopped; torn down"),
+        "{}",
+        stdout(&o)
+    );
+    // What it had deployed is removed: teardown ran in both repositories, the last first.
+    let torn = lines(&env, "teardowns.log");
+    assert_eq!(torn.len(), 2, "{torn:?}");
+    assert!(torn[0].starts_with("showroom|web|") && torn[1].starts_with("showroom|api|"));
+    assert_eq!(state_of(&env, "TASK-1"), None);
+    let o = env.lockstep(&["recover"]);
+    assert!(stdout(&o).contains("nothing to recover"), "{}", stdout(&o));
+}
