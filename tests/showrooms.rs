@@ -324,3 +324,58 @@ fn a_showroom_killed_while_it_deploys_is_recorded_and_torn_down_by_recover() {
     let o = env.lockstep(&["recover"]);
     assert!(stdout(&o).contains("nothing to recover"), "{}", stdout(&o));
 }
+
+#[test]
+fn tracker_statuses_bring_a_showroom_up_and_take_it_down_under_serve() {
+    use crate::util::serve::{ServeProc, configure, wait_until};
+    let long = std::time::Duration::from_secs(60);
+    let env = sandbox("statuses = [\"Awaiting Showroom\", \"In QA\"]\n");
+    branches(&env, "TASK-1");
+    configure(&env, "200ms", "");
+    let serve = ServeProc::start(&env);
+    let url = "https://task-1.show.example.com";
+
+    // Moved to Awaiting Showroom: its showroom comes up, and a note on the task says where.
+    env.set_status(&[("TASK-1", "Awaiting Showroom")]);
+    wait_until("the showroom up", long, Some(&serve.log), || {
+        state_of(&env, "TASK-1").as_deref() == Some("up")
+            && env.task("TASK-1").1.iter().any(|n| n.contains(url))
+    });
+    assert_eq!(lines(&env, "deploys.log").len(), 2);
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "Awaiting Showroom");
+    assert!(
+        notes
+            .last()
+            .unwrap()
+            .contains(&format!("showroom up at {url}")),
+        "{notes:?}"
+    );
+
+    // In QA is a showroom status too: it stays, not deployed again.
+    env.set_status(&[("TASK-1", "In QA")]);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(lines(&env, "deploys.log").len(), 2);
+    assert!(lines(&env, "teardowns.log").is_empty());
+
+    // Back to In Progress: it has left them all; its showroom is torn down, and the note says
+    // why.
+    env.set_status(&[("TASK-1", "In Progress")]);
+    wait_until("the showroom down", long, Some(&serve.log), || {
+        state_of(&env, "TASK-1").is_none()
+            && env
+                .task("TASK-1")
+                .1
+                .iter()
+                .any(|n| n.contains("taken down"))
+    });
+    assert_eq!(lines(&env, "teardowns.log").len(), 2);
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "In Progress");
+    assert!(
+        notes.last().unwrap().contains(&format!(
+            "showroom {url} taken down: the task left `Awaiting Showroom`, `In QA`"
+        )),
+        "{notes:?}"
+    );
+}

@@ -33,6 +33,7 @@ pub async fn run(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
             }
             Err(e) => tracing::warn!("cannot poll the tracker: {e:#}"),
         }
+        crate::delivery::showroom::poll_logged(&app.engine).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = super::stopped(&mut stop) => return,

@@ -6,6 +6,7 @@
 //! - this file: bringing one up ([`up`]), taking one down ([`down`]), `max`, the ttl
 //!   ([`expire`]), a delivered task's ([`finished`]) and what a killed process left
 //!   ([`recover`]);
+//! - `statuses`: the tracker's statuses bring showrooms up and take them down;
 //! - `label`: the task key made a safe DNS label, the one form of it a URL or a variable gets;
 //! - `build`: the checkouts and the steps of one showroom.
 //!
@@ -15,12 +16,14 @@
 
 mod build;
 mod label;
+mod statuses;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 
 pub use label::Label;
+pub use statuses::poll_logged;
 
 use super::engine::Engine;
 use crate::config::{OnFull, Showroom};
