@@ -351,6 +351,12 @@ fn tracker_statuses_bring_a_showroom_up_and_take_it_down_under_serve() {
             .contains(&format!("showroom up at {url}")),
         "{notes:?}"
     );
+    // The queue page lists it, with its link.
+    let page = serve.get("/").body;
+    assert!(
+        page.contains(&format!("<a href=\"{url}\">{url}</a>")),
+        "{page}"
+    );
 
     // In QA is a showroom status too: it stays, not deployed again.
     env.set_status(&[("TASK-1", "In QA")]);

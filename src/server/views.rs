@@ -70,6 +70,7 @@ pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
         running,
         queued: store.queued().await?,
         recent: store.history(20).await?,
+        showrooms: store.showrooms().await?,
         now_ms: now_ms(),
         refresh_secs: app.config().server.refresh.as_secs().max(1),
     })

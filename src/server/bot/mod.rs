@@ -14,6 +14,7 @@ mod deliver;
 mod events;
 mod retry;
 mod rollback;
+mod showroom;
 mod status;
 
 #[cfg(test)]
@@ -173,6 +174,7 @@ async fn run(
         BotCommand::Cancel => cancel::cancel(&asked).await,
         BotCommand::Rollback => rollback::rollback(&asked).await,
         BotCommand::Status => status::status(app, task).await,
+        BotCommand::Showroom { down } => showroom::showroom(&asked, down).await,
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod delivery;
 mod queue;
+mod showrooms;
 
 pub use delivery::{DeliveryView, StepLog, delivery_page};
 pub use queue::{InFlight, QueueView, queue_page};
@@ -220,6 +221,7 @@ mod tests {
             }],
             queued: vec![d.clone()],
             recent: vec![],
+            showrooms: Vec::new(),
             now_ms: 10_000,
             refresh_secs: 5,
         };

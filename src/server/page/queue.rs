@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{ago, document, duration, grid_table, header, pill, requested};
 use crate::domain::Phase;
 use crate::server::grid::GridRow;
-use crate::store::{DeliveryRow, StepRow};
+use crate::store::{DeliveryRow, ShowroomRow, StepRow};
 
 /// The delivery in flight, ready to show.
 #[derive(Debug, Clone, Serialize)]
@@ -25,6 +25,8 @@ pub struct QueueView {
     pub running: Vec<InFlight>,
     pub queued: Vec<DeliveryRow>,
     pub recent: Vec<DeliveryRow>,
+    /// The showrooms not down.
+    pub showrooms: Vec<ShowroomRow>,
     pub now_ms: i64,
     #[serde(skip)]
     pub refresh_secs: u64,
@@ -55,6 +57,10 @@ pub fn queue_page(v: &QueueView) -> String {
                     (!v.queued.is_empty()).then(|| queued(v))))
                 (listing("recent", "Recent", "No delivery has finished yet.",
                     (!v.recent.is_empty()).then(|| recent(v))))
+                @if !v.showrooms.is_empty() {
+                    (listing("showrooms", "Showrooms", "",
+                        Some(super::showrooms::showrooms(&v.showrooms, v.now_ms))))
+                }
             }
             footer {
                 "refreshes every " (refresh) "s · "
@@ -239,6 +245,7 @@ mod tests {
             }],
             queued: vec![urgent, from_tracker],
             recent: vec![delivered, failed],
+            showrooms: Vec::new(),
             now_ms: 7_500_000,
             refresh_secs: 3,
         }
@@ -281,6 +288,7 @@ mod tests {
             running: vec![],
             queued: vec![],
             recent: vec![],
+            showrooms: Vec::new(),
             now_ms: 0,
             refresh_secs: 0,
         };
