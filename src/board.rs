@@ -7,7 +7,7 @@
 use std::io::{IsTerminal as _, Write};
 use std::sync::{Arc, Mutex};
 
-use crate::delivery::line::{Progress, Watcher};
+use crate::delivery::{Progress, Watcher};
 use crate::domain::{DeliveryId, Phase, RepoName, StepState};
 use crate::text::escape;
 

@@ -310,6 +310,9 @@ events! {
     StepStarted = "step started",
     StepFinished = "step finished",
     StepInterrupted = "step interrupted",
+    /// Where a step runs on a `[runners.*]` CI (its detail: the runner, the build request or
+    /// the build's page).
+    OnRunner = "on runner",
     Recovered = "recovered",
     Resumed = "resumed",
     NotResumed = "not resumed",

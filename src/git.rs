@@ -203,21 +203,46 @@ impl Git {
     /// Starts listing the commits of [`Git::commits`] and reads them on a thread of their own,
     /// so that the caller can do other work meanwhile; `PendingCommits::wait` gives them.
     pub fn start_commits(&self, new: &str, hide: &[&str]) -> anyhow::Result<PendingCommits> {
+        let child = self.rev_list(new, hide)?;
+        let new = new.to_string();
+        Ok(PendingCommits(std::thread::spawn(move || {
+            read_commits(child, &new)
+        })))
+    }
+
+    /// `git rev-list --header NEW --not HIDE...`, started.
+    fn rev_list(&self, new: &str, hide: &[&str]) -> anyhow::Result<Reaped> {
         if !is_oid(new) {
             bail!("`{new}` is not an object id");
         }
         let mut args = vec!["rev-list", "--header", new, "--not"];
         args.extend_from_slice(hide);
-        let child = Reaped(
+        Ok(Reaped(
             self.command(&args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .context("cannot run `git rev-list`; is git installed?")?,
-        );
+        ))
+    }
+
+    /// [`Git::start_commits`] with git itself started on the reading thread too: the caller
+    /// goes on at once, not after the kernel has started git (which a hook's first
+    /// milliseconds would otherwise wait for). Not starting git is an error of the listing.
+    pub fn start_commits_in_background(
+        &self,
+        new: &str,
+        hide: &[&str],
+    ) -> anyhow::Result<PendingCommits> {
+        if !is_oid(new) {
+            bail!("`{new}` is not an object id");
+        }
+        let git = self.clone();
         let new = new.to_string();
+        let hide: Vec<String> = hide.iter().map(|h| h.to_string()).collect();
         Ok(PendingCommits(std::thread::spawn(move || {
-            read_commits(child, &new)
+            let hide: Vec<&str> = hide.iter().map(String::as_str).collect();
+            read_commits(git.rev_list(&new, &hide)?, &new)
         })))
     }
 

@@ -30,7 +30,7 @@ use crate::push::{
 };
 use crate::store::Store;
 use crate::text::escape;
-use crate::tracker;
+use crate::{timings, tracker};
 
 /// Finds the config: `--config`, else `LOCKSTEP_CONFIG`, else the repository's git config
 /// `lockstep.config`.
@@ -55,7 +55,9 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBu
 /// `[policies] allow_empty = true`.
 pub fn load(config_path: &Path, source: ConfigSource) -> anyhow::Result<(Config, PolicySet)> {
     let config = Config::load_from(config_path, source)?;
+    timings::mark("config");
     let policies = PolicySet::for_config(&config)?;
+    timings::mark("policies");
     if !policies.has_push_rules() && !config.policies.allow_empty {
         anyhow::bail!("{}", crate::policy::NO_PUSH_RULE);
     }
@@ -76,9 +78,11 @@ struct Decided {
 
 /// Decides a push in a hook's environment, under the policy deadline.
 fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow::Result<Decided> {
+    timings::mark("read-push");
     let git = Git::for_hook()?;
     // git walks the new commits while the config, the policies and the tracker load.
     let early = Early::start(&git, &updates);
+    timings::mark("git-spawn");
     let (path, source) = find_config(config_path, &git)?;
     let (config, mut policies) = load(&path, source)?;
     let ctx = PushContext {
@@ -94,6 +98,7 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
         let rt = crate::runtime::current_thread()?;
         rt.block_on(push::fetch_tasks(&config, tracker.as_ref(), &keys))
     };
+    timings::mark("tracker");
     let timeout = config.policies.timeout;
     // Every rule stops at the deadline and counts as its `on_error` says. What else deciding
     // does (reading commits) is bounded by giving up a moment later: the process exits right
@@ -112,10 +117,12 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
             &config,
             &policies,
             &git,
-            &ctx,
-            &updates,
-            tracker_name,
-            &tasks,
+            &push::Pushed {
+                ctx: &ctx,
+                updates: &updates,
+                tracker: tracker_name,
+                tasks: &tasks,
+            },
             NewCommits::NotOnAnyRef(&early),
         )
         .map(|mut decisions| {
@@ -130,6 +137,7 @@ fn decide_in_hook(config_path: Option<&Path>, updates: Vec<RefUpdate>) -> anyhow
                 &decisions,
                 &policies.revision,
             );
+            timings::mark("log-entry");
             (decisions, logged)
         });
         let _ = tx.send(r);
@@ -159,6 +167,7 @@ pub fn outcome_label(v: &crate::policy::Verdict) -> &'static str {
 /// Only when the state folder exists (a hook never creates it), within a short deadline, and
 /// never with any effect on the push: a failure here is logged at debug level and forgotten.
 fn count_decisions(state_dir: &Path, decisions: &[RefDecision]) {
+    timings::mark("report");
     if !state_dir.is_dir() {
         return;
     }

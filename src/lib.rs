@@ -28,6 +28,7 @@
 //! - `git`: the one place that runs `git`.
 //! - `tls`: the one TLS crypto provider (rustls on ring).
 //! - `tracker`: task trackers (file, Redmine, Jira, GitHub Issues).
+//! - `runner`: the CI services steps may run on (Buildbot).
 //! - `monitor`: Prometheus gates and Alertmanager alerts, the triggers of rollbacks.
 //! - `delivery`: the delivery line, its steps, and the worker that runs the queue.
 //! - `store`: the durable queue and journal (SQLite, or PostgreSQL shared by replicas).
@@ -54,10 +55,12 @@ mod install;
 mod monitor;
 mod policy;
 mod push;
+mod runner;
 mod runtime;
 mod server;
 mod store;
 mod text;
+mod timings;
 mod tls;
 mod tracker;
 mod verdict_counts;
@@ -72,6 +75,10 @@ pub use git::Git;
 pub use github::sign;
 pub use store::Store;
 pub use text::markdown::live_text as markdown_live_text;
+pub use timings::{
+    PREFIX as TIMINGS_PREFIX, VAR as TIMINGS_VAR, begin as begin_timings, mark as mark_timing,
+    report as report_timings,
+};
 pub use tls::install as install_tls;
 pub use tracker::file::FileTracker;
 pub use tracker::github::{GitHubIssues, LABEL_PREFIX};

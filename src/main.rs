@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use lockstep::Exit;
 
 fn main() -> ExitCode {
+    lockstep::begin_timings();
     // A step's supervisor: no command line to parse, no logging to set up. It exits with the
     // status of the step it ran, not an outcome of lockstep's.
     let mut args = std::env::args_os();
@@ -14,6 +15,7 @@ fn main() -> ExitCode {
     }
     let cli = lockstep::Cli::from_args();
     lockstep::init_tracing(&cli);
+    lockstep::mark_timing("init");
     let exit = match lockstep::run(cli) {
         Ok(exit) => exit,
         Err(e) if lockstep::is_broken_pipe(&e) => Exit::BrokenPipe,
@@ -22,5 +24,6 @@ fn main() -> ExitCode {
             Exit::Error
         }
     };
+    lockstep::report_timings(&std::env::args_os().collect::<Vec<_>>());
     ExitCode::from(exit.code())
 }

@@ -51,6 +51,7 @@ pub fn add(state_dir: &Path, verdicts: &[(String, String)], wait: Duration) -> i
     if (new.len() as u64) < text.len() as u64 {
         file.set_len(new.len() as u64)?;
     }
+    crate::timings::mark("verdict-counts");
     Ok(())
     // The lock is released when `file` is closed.
 }

@@ -11,7 +11,7 @@ const EDGES: [&str; 9] = [
 
 /// The core, the domain and the adapters: files and folders of `src/` that must not name an
 /// edge.
-const CORE: [&str; 16] = [
+const CORE: [&str; 18] = [
     "domain",
     "config",
     "policy",
@@ -21,11 +21,13 @@ const CORE: [&str; 16] = [
     "audit",
     "text",
     "verdict_counts",
+    "timings",
     "runtime",
     "git",
     "github",
     "tracker",
     "monitor",
+    "runner",
     "tls",
     "accounts",
 ];

@@ -283,9 +283,9 @@ fn policy_check_passes_the_shipped_policies() {
     assert_eq!(
         stdout(&out),
         "push: branch-names-a-task, task-in-progress, protected-branch-writers, \
-         protected-branch-history, tags-stay-put, commit-mentions-task\n\
+         protected-branch-history, candidate-branches, tags-stay-put, commit-mentions-task\n\
          deliver: task-for-delivery, two-approvals\n\
-         ok: 8 rules in 1 folder(s)\n"
+         ok: 9 rules in 1 folder(s)\n"
     );
 }
 

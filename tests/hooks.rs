@@ -91,6 +91,62 @@ fn task_branch_in_progress_is_accepted_quietly() {
     );
 }
 
+/// `LOCKSTEP_HOOK_TIMINGS=1` on the server makes each hook say where its time went, in one
+/// line of phases the pusher sees; `0` (or unset, above) says nothing.
+#[test]
+fn hook_timings_are_printed_only_when_asked() {
+    let env = Env::new(&["api"]);
+    let api = env.clone_on_branch("api", "alice", "feature/TASK-1-login", "TASK-1 log in");
+    let p = push_env(
+        &api,
+        &[("GL_USER", "alice"), ("LOCKSTEP_HOOK_TIMINGS", "1")],
+        &["feature/TASK-1-login"],
+    );
+    assert!(p.accepted, "{}", p.stderr);
+    // post-receive, with nothing asked of it, only starts and stops.
+    let lines = p.remote();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let post = lines[1]
+        .strip_prefix("lockstep timings: (post-receive) init=")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(!post.contains("config="), "{post}");
+    let phases = lines[0]
+        .strip_prefix("lockstep timings: (pre-receive) ")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let names: Vec<&str> = phases
+        .split(' ')
+        .map(|kv| {
+            let (name, ms) = kv.split_once('=').unwrap();
+            assert!(ms.parse::<f64>().is_ok_and(|ms| ms >= 0.0), "{kv}");
+            name
+        })
+        .collect();
+    for phase in [
+        "init",
+        "read-push",
+        "git-spawn",
+        "config",
+        "policies",
+        "tracker",
+        "git-walk",
+        "rules",
+        "decision-log",
+        "total",
+    ] {
+        assert!(names.contains(&phase), "{phase} missing from {names:?}");
+    }
+    assert_eq!(names.last(), Some(&"total"));
+
+    commit(&api, "alice", "more.txt", "more\n", "TASK-1 more").unwrap();
+    let p = push_env(
+        &api,
+        &[("GL_USER", "alice"), ("LOCKSTEP_HOOK_TIMINGS", "0")],
+        &["feature/TASK-1-login"],
+    );
+    assert!(p.accepted, "{}", p.stderr);
+    assert_eq!(p.remote(), Vec::<String>::new());
+}
+
 #[test]
 fn commit_that_forgets_its_task_is_accepted_with_a_warning() {
     let env = Env::new(&["api"]);

@@ -26,6 +26,8 @@ mod policy_test;
 mod postgres_sandboxes;
 mod replicas;
 mod reviews;
+mod runners;
 mod serve;
 mod showrooms;
+mod status_runner;
 mod trackers;

@@ -98,6 +98,43 @@ fn explains_protected_branches_by_pusher() {
     }
 }
 
+/// The candidate branches a runner's CI builds (`lockstep/<delivery>`) name no task, and
+/// only the bot writes them: what the CI builds is what the bot would land.
+#[test]
+fn only_the_bot_writes_candidate_branches() {
+    let env = Env::new(&["api"]);
+    let api = env.sb.clone_for("api", "alice").unwrap();
+    commit(&api, "alice", "a.txt", "a\n", "TASK-1 a").unwrap();
+    let new = head(&api, "HEAD");
+    let with = |pusher: &str| {
+        let args = [
+            "--ref",
+            "refs/heads/lockstep/7",
+            "--old",
+            ZERO,
+            "--new",
+            &new,
+            "--pusher",
+            pusher,
+        ];
+        dry_run(&env, &api, &args)
+    };
+    let out = with("alice");
+    assert_eq!(code(&out), 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "  FAIL  candidate-branches        `lockstep/7` is a candidate branch, written \
+             only by `lockstep-bot`; push your work to a task branch"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("  n/a   branch-names-a-task\n"), "{text}");
+    let out = with("lockstep-bot");
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    assert!(stdout(&out).contains("  pass  candidate-branches\n"));
+}
+
 #[test]
 fn explains_deletions_rewinds_and_push_options() {
     let env = Env::new(&["api"]);

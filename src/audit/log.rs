@@ -82,6 +82,7 @@ pub fn append(state_dir: &Path, entry: &Entry, limits: &Audit) -> anyhow::Result
     }
     let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
     file.write_all(&line)?;
+    crate::timings::mark("decision-log");
     Ok(())
 }
 

@@ -240,10 +240,12 @@ fn replay_one(config: &Config, candidate: &PolicySet, e: &Entry, present: &Prese
         config,
         candidate,
         &Git::new(&e.git_dir),
-        &ctx,
-        &updates,
-        &e.tracker,
-        &tasks,
+        &push::Pushed {
+            ctx: &ctx,
+            updates: &updates,
+            tracker: &e.tracker,
+            tasks: &tasks,
+        },
         NewCommits::AsIfPushedNow,
     );
     match decided {

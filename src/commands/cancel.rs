@@ -4,7 +4,7 @@ use anyhow::Context as _;
 
 use super::{load, printer, runtime, say_line, store_of, whoami};
 use crate::config::Located;
-use crate::delivery::line::Engine;
+use crate::delivery::Engine;
 use crate::delivery::worker;
 use crate::domain::{DeliveryId, Event, Stage, State};
 use crate::exit::Exit;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::{load, runtime, say_line, whoami};
 use crate::config::Located;
-use crate::delivery::line::Engine;
+use crate::delivery::Engine;
 use crate::delivery::{self, Request, Requested, worker};
 use crate::domain::{DeliveryId, Source, State, TaskKey};
 use crate::exit::Exit;

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, Located};
-use crate::delivery::line::Progress;
+use crate::delivery::Progress;
 use crate::store::Store;
 use crate::text::escape;
 

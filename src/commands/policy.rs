@@ -161,10 +161,12 @@ pub fn test(at: &Located, args: PolicyTestArgs) -> anyhow::Result<Exit> {
         &config,
         &policies,
         &git,
-        &ctx,
-        &updates,
-        tracker.name(),
-        &tasks,
+        &push::Pushed {
+            ctx: &ctx,
+            updates: &updates,
+            tracker: tracker.name(),
+            tasks: &tasks,
+        },
         NewCommits::AsIfPushedNow,
     )?;
     {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{load, printer, runtime, say_line};
 use crate::config::Located;
-use crate::delivery::line::Engine;
+use crate::delivery::Engine;
 use crate::delivery::worker;
 use crate::exit::Exit;
 use crate::store::Lease;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
+use super::runners::RunnerStep;
 use crate::domain::{Phase, RepoName};
 
 /// How a delivery lands on upstream.
@@ -64,6 +65,19 @@ pub struct Delivery {
     /// step use `sudo` (Landlock sets `no_new_privs`) and write wherever the bot may.
     #[serde(default = "default_confine_steps")]
     pub confine_steps: bool,
+    /// The branch a candidate is pushed to, for a step that runs on a `[runners.*]` CI to
+    /// fetch: the commit that would land, pushed before such a step and deleted when the
+    /// delivery lands, fails or is discarded. `{delivery}` is the delivery's number; only
+    /// the bot may write under the prefix before it (`policies/30-protected.toml`). Default
+    /// `lockstep/{delivery}`.
+    #[serde(default = "super::runners::default_candidate_branch")]
+    pub candidate_branch: String,
+    /// Push the candidate branch before every command step too (they get its name in
+    /// `LOCKSTEP_CANDIDATE_BRANCH`), for a step that hands the candidate to a CI of its own
+    /// (a Kubernetes Job, a Jenkins job it waits for). Default false: only before steps on a
+    /// `[runners.*]`.
+    #[serde(default)]
+    pub push_candidates: bool,
 }
 
 impl Default for Delivery {
@@ -79,6 +93,8 @@ impl Default for Delivery {
             watch: Duration::ZERO,
             watch_gates: false,
             confine_steps: true,
+            candidate_branch: super::runners::default_candidate_branch(),
+            push_candidates: false,
         }
     }
 }
@@ -135,6 +151,9 @@ pub struct Repo {
     pub upstream: String,
     /// `owner/name` of the GitHub counterpart, if any.
     pub github: Option<String>,
+    /// Where a `[runners.*]` CI clones the repository from, when not from `url` (the CI's
+    /// own mirror, another host name). Default: `url`.
+    pub ci_url: Option<String>,
     /// The delivery steps. Default: none (a phase with no step passes).
     #[serde(default)]
     pub steps: Steps,
@@ -175,20 +194,52 @@ pub struct Steps {
     pub teardown: Option<StepCommand>,
 }
 
-/// A step's command: an argv list, or a string run by `sh -c`.
+impl Steps {
+    /// Every step declared, with its phase's name.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &StepCommand)> {
+        [
+            ("build", &self.build),
+            ("test", &self.test),
+            ("deploy", &self.deploy),
+            ("verify", &self.verify),
+            ("rollback", &self.rollback),
+        ]
+        .into_iter()
+        .filter_map(|(phase, step)| step.as_ref().map(|s| (phase, s)))
+    }
+
+    /// Whether any step runs on a runner (the candidate is then pushed for the CI).
+    pub fn on_runners(&self) -> bool {
+        self.all().any(|(_, s)| s.runner().is_some())
+    }
+}
+
+/// A step's command: an argv list, a string run by `sh -c`, or a runner that runs it on a
+/// CI (`{ runner = "bb", builder = "api-test" }`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum StepCommand {
     Shell(String),
     Argv(Vec<String>),
+    Runner(RunnerStep),
 }
 
 impl StepCommand {
-    /// The program and its arguments, as handed to the operating system.
+    /// The program and its arguments, as handed to the operating system; empty for a step
+    /// on a runner, which runs no process here.
     pub fn argv(&self) -> Vec<String> {
         match self {
             StepCommand::Shell(s) => vec!["sh".into(), "-c".into(), s.clone()],
             StepCommand::Argv(v) => v.clone(),
+            StepCommand::Runner(_) => Vec::new(),
+        }
+    }
+
+    /// The runner it runs on, if it is not a local command.
+    pub fn runner(&self) -> Option<&RunnerStep> {
+        match self {
+            StepCommand::Runner(r) => Some(r),
+            _ => None,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - `store`: `[store]`.
 //! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
+//! - `runners`: `[runners.*]`, the step that names one, and `[delivery] candidate_branch`.
 //! - `duration`: the `30s` / `250ms` durations every section writes.
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ mod delivery;
 mod duration;
 mod monitor;
 mod reviews;
+mod runners;
 mod server;
 mod showroom;
 mod store;
@@ -35,6 +37,7 @@ pub use delivery::{Delivery, Environment, MergeMode, Repo, StepCommand};
 pub use duration::{humanize, parse_duration};
 pub use monitor::{AlertmanagerConfig, DEFAULT_ALERT_SLACK, Gate, NoData, PrometheusConfig};
 pub use reviews::{Audit, AuditOnError, Reviews};
+pub use runners::{Runner, RunnerKind, RunnerStep};
 pub use server::{GitHubConfig, Server};
 pub use showroom::{OnFull, SHOWROOM, Showroom};
 pub use store::StoreConfig;
@@ -94,6 +97,9 @@ pub struct Config {
     pub gates: Vec<Gate>,
     /// `POST /webhooks/alertmanager`. Default none, and that endpoint answers 404.
     pub alertmanager: Option<AlertmanagerConfig>,
+    /// The CI services steps may run on, by name. Default none: every step runs here.
+    #[serde(default)]
+    pub runners: BTreeMap<String, Runner>,
     /// The folder this file was read from; relative paths resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -369,6 +375,17 @@ impl Config {
         if let Some(gh) = &self.github {
             gh.check()?;
         }
+        for (name, runner) in &self.runners {
+            runner.check(name)?;
+        }
+        for repo in &self.repos {
+            for (phase, step) in repo.steps.all() {
+                if let Some(r) = step.runner() {
+                    r.check(repo.name.as_str(), phase, &self.runners)?;
+                }
+            }
+        }
+        runners::check_candidate_branch(&self.delivery.candidate_branch)?;
         self.store.check()?;
         showroom::check(self)?;
         if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
@@ -411,6 +428,22 @@ impl Config {
                 .as_deref()
                 .is_some_and(|g| g.eq_ignore_ascii_case(full_name))
         })
+    }
+
+    /// The branch a delivery's candidate is pushed to for the runners' CI.
+    pub fn candidate_branch(&self, id: crate::domain::DeliveryId) -> String {
+        self.delivery
+            .candidate_branch
+            .replace("{delivery}", &id.to_string())
+    }
+
+    /// The fixed start of every candidate branch (the `candidate_branches` fact).
+    pub fn candidate_prefix(&self) -> &str {
+        self.delivery
+            .candidate_branch
+            .split('{')
+            .next()
+            .unwrap_or_default()
     }
 
     /// The variables of the delivery environment.

@@ -76,6 +76,16 @@ pub(super) fn check(config: &Config) -> anyhow::Result<()> {
             );
         }
     }
+    for repo in &config.repos {
+        if let Some(r) = repo.steps.teardown.as_ref().and_then(|s| s.runner()) {
+            bail!(
+                "repo `{}`: `teardown` runs on lockstep's own host, not on the runner `{}`; \
+                 make it a command",
+                repo.name,
+                r.runner
+            );
+        }
+    }
     if let Some(s) = config.showroom() {
         if s.max == 0 {
             bail!("`environments.showroom.max` must be at least 1");

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use cel::Value;
 
-use super::line;
+use super::engine::repo_url;
 use crate::audit;
 use crate::config::{Config, Repo};
 use crate::domain::GitHubRepo;
@@ -192,7 +192,7 @@ async fn cleared(
     head: &str,
     approvers: Vec<String>,
 ) -> anyhow::Result<Vec<String>> {
-    let url = line::repo_url(config, repo);
+    let url = repo_url(config, repo);
     if approvers.is_empty() || config.reviews.authors_may_approve || !Path::new(&url).is_dir() {
         return Ok(approvers);
     }
@@ -223,7 +223,7 @@ async fn cleared(
 
 /// A repository's branches and approval refs (`git ls-remote`), as (ref, object) pairs.
 async fn list_refs(config: &Config, repo: &Repo) -> anyhow::Result<Vec<(String, String)>> {
-    let url = line::repo_url(config, repo);
+    let url = repo_url(config, repo);
     let git = Git::new(config.resolve(Path::new(".")));
     let listed = {
         let url = url.clone();
@@ -257,7 +257,7 @@ async fn changed_files(
     base: &str,
     branch: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let url = line::repo_url(config, repo);
+    let url = repo_url(config, repo);
     let (base, branch) = (base.to_string(), branch.to_string());
     blocking(move || -> anyhow::Result<Vec<String>> {
         let scratch;
@@ -336,16 +336,16 @@ mod tests {
                 approvers: approvers.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             };
+            let branches = [branch];
             let facts = super::super::deliver_facts(
                 config,
-                "file",
-                "T-1",
-                None,
-                "bob",
-                None,
-                &[branch],
-                &[],
-                None,
+                &super::super::Judged {
+                    tracker: "file",
+                    key: "T-1",
+                    requester: "bob",
+                    branches: &branches,
+                    ..Default::default()
+                },
             );
             policies.evaluate(Stage::Deliver, &facts)
         };

@@ -337,6 +337,8 @@ impl Engine {
         checkouts: &[Checkout],
         after_restart: bool,
     ) -> anyhow::Result<()> {
+        // The candidate branches go before the delivery is seen landed.
+        self.delete_candidates(d.id).await;
         self.store.finish(d.id, State::Delivered, "").await?;
         let landed: Vec<String> = checkouts
             .iter()
@@ -388,6 +390,7 @@ impl Engine {
         } else {
             State::Failed
         };
+        self.delete_candidates(d.id).await;
         self.store.finish(d.id, state, summary).await?;
         let left: Vec<String> = self
             .store

@@ -38,14 +38,15 @@ impl Engine {
             .collect();
         let facts = crate::delivery::deliver_facts(
             &self.config,
-            self.tracker.name(),
-            d.task.as_str(),
-            task.as_ref(),
-            &d.requester,
-            None,
-            &[],
-            &repos,
-            Some(d.id),
+            &crate::delivery::Judged {
+                tracker: self.tracker.name(),
+                key: d.task.as_str(),
+                task: task.as_ref(),
+                requester: &d.requester,
+                repos: &repos,
+                delivery: Some(d.id),
+                ..Default::default()
+            },
         );
         let decision = self.policies.evaluate(Stage::Merge, &facts);
         crate::audit::record(
@@ -303,7 +304,7 @@ impl Engine {
 }
 
 /// The useful part of a failed push: the server's rejection lines, else git's error.
-fn push_error(stdout: &str, stderr: &str) -> String {
+pub(super) fn push_error(stdout: &str, stderr: &str) -> String {
     let remote: Vec<&str> = stderr
         .lines()
         .filter_map(|l| l.strip_prefix("remote: "))

@@ -128,6 +128,12 @@ impl Engine {
         c: &Checkout,
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
+        if let StepCommand::Runner(on) = command {
+            return self.exec_on_runner(d, phase, on, c, stop).await;
+        }
+        if self.config.delivery.push_candidates {
+            self.push_candidate_for(d, phase, c).await?;
+        }
         let step = phase;
         let log = self.log_path(d.id, &c.row.repo, phase);
         let home = step_home(c);
@@ -271,6 +277,12 @@ impl Engine {
             "off"
         };
         env.push((CONFINE_VAR.into(), confined.into()));
+        if self.config.delivery.push_candidates {
+            env.push((
+                "LOCKSTEP_CANDIDATE_BRANCH".into(),
+                self.config.candidate_branch(d.id),
+            ));
+        }
         env
     }
 }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::line::{Engine, Progress};
 use super::train::{self, TrainWatcher};
+use super::{Engine, Progress};
 use crate::config::Config;
 use crate::domain::{DeliveryId, State, TaskKey};
 use crate::store::{DeliveryRow, Lease, Store};

@@ -10,7 +10,7 @@ use super::bound::{add_deadline, past_deadline};
 use super::message::render_message;
 use super::{
     Each, Enforcement, Expr, FACTS, Facts, MAX_REPORTED_SUBJECTS, OnEvalError, PolicySet, Rule,
-    Stage, commit_val, commit_value, did_you_mean, show,
+    Stage, commit_val_of, commit_value, did_you_mean, show,
 };
 
 impl PolicySet {
@@ -168,6 +168,7 @@ fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts, deadline: Instant) -
         Some(Each::Commit) => {
             let mut failing = Vec::new();
             let mut count = 0usize;
+            let fields = super::fields::commit_fields(rule);
             for commit in facts.commits() {
                 if Instant::now() >= deadline {
                     return on_error(format!(
@@ -176,7 +177,7 @@ fn evaluate_rule(rule: &Rule, ctx: &Context, facts: &Facts, deadline: Instant) -
                     ));
                 }
                 let mut scope = ctx.new_inner_scope();
-                scope.add_variable_as_val("commit", commit_val(commit));
+                scope.add_variable_as_val("commit", commit_val_of(commit, fields.as_deref()));
                 match eval_bool(&rule.require, &scope) {
                     Ok(true) => {}
                     Ok(false) => {

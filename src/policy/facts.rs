@@ -23,6 +23,7 @@ pub const FACTS: &[&str] = &[
     "bot",
     "maintainers",
     "protected",
+    "candidate_prefix",
     "task",
     "commits",
     "push_options",
@@ -44,7 +45,7 @@ pub const FACTS: &[&str] = &[
 /// The named values a rule is evaluated against.
 ///
 /// The new commits are kept as plain data: a push can bring a hundred thousand of them, and
-/// an `each = "commit"` rule sees them one at a time, borrowed ([`commit_val`]). The CEL list
+/// an `each = "commit"` rule sees them one at a time, borrowed ([`commit_val_of`]). The CEL list
 /// `commits` is built only if something reads it.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
@@ -60,7 +61,7 @@ impl Facts {
     }
 
     /// The facts every stage reads about the ecosystem: the bot and its maintainers, the
-    /// protected branches, the tracker (by a name fit for messages) and its statuses.
+    /// protected branches, the candidate branches' prefix, the tracker (by a name fit for messages) and its statuses.
     pub fn set_ecosystem(&mut self, config: &crate::config::Config, tracker: &str) -> &mut Self {
         let tracker = if tracker == "file" {
             "the tasks file"
@@ -70,6 +71,7 @@ impl Facts {
         self.set("bot", config.bot.user.as_str())
             .set("maintainers", config.bot.maintainers.clone())
             .set("protected", config.policies.protected.clone())
+            .set("candidate_prefix", config.candidate_prefix())
             .set("tracker", tracker)
             .set("in_progress", config.tasks.in_progress.clone())
             .set("for_delivery", config.tasks.for_delivery.clone())
@@ -102,6 +104,18 @@ impl Facts {
             .map(String::as_str)
             .chain(self.commits.is_some().then_some("commits"))
     }
+
+    /// Drops the facts on a thread of their own when they hold many commits: freeing a
+    /// hundred thousand commits takes a push's hook about twenty milliseconds it need not
+    /// wait for (the hook's process exits without waiting for that thread).
+    pub fn drop_in_background(self) {
+        if self.commits().len() >= Facts::MANY_COMMITS {
+            std::thread::spawn(move || drop(self));
+        }
+    }
+
+    /// How many commits [`Facts::drop_in_background`] leaves to a thread.
+    const MANY_COMMITS: usize = 10_000;
 
     /// The new commits, if gathered.
     pub fn commits(&self) -> &[crate::git::CommitInfo] {
@@ -154,28 +168,58 @@ pub fn commit_value(c: &crate::git::CommitInfo) -> Value {
 
 /// One element of the `commits` fact, bound straight to CEL for an `each = "commit"` rule:
 /// the same map as [`commit_value`], its strings borrowed rather than copied twice over.
-pub fn commit_val(c: &crate::git::CommitInfo) -> Box<dyn Val + '_> {
+/// With `fields`, only those (the ones the rule reads, see `fields`): what a rule does not
+/// read it cannot tell from the whole map.
+pub fn commit_val_of<'c>(
+    c: &'c crate::git::CommitInfo,
+    fields: Option<&'c [String]>,
+) -> Box<dyn Val + 'c> {
     use cel::common::types::{CelBool, CelList, CelMap, CelMapKey, CelString};
     fn s(v: &str) -> Box<dyn Val + '_> {
         Box::new(CelString::from(v))
     }
-    let parents: Vec<Box<dyn Val + '_>> = c.parents.iter().map(|p| s(p)).collect();
-    let entries: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = [
-        ("id", s(&c.id)),
-        ("short_id", s(c.id.get(..10).unwrap_or(&c.id))),
-        ("summary", s(c.summary())),
-        ("message", s(&c.message)),
-        ("author_name", s(&c.author_name)),
-        ("author_email", s(&c.author_email)),
-        ("committer_email", s(&c.committer_email)),
-        ("parents", Box::new(CelList::from(parents))),
-        ("signed", Box::new(CelBool::from(c.signed))),
-    ]
-    .into_iter()
-    .map(|(k, v)| (CelMapKey::from(k), v))
-    .collect();
+    let field = |name: &str| -> Option<Box<dyn Val + 'c>> {
+        Some(match name {
+            "id" => s(&c.id),
+            "short_id" => s(c.id.get(..10).unwrap_or(&c.id)),
+            "summary" => s(c.summary()),
+            "message" => s(&c.message),
+            "author_name" => s(&c.author_name),
+            "author_email" => s(&c.author_email),
+            "committer_email" => s(&c.committer_email),
+            "parents" => {
+                let parents: Vec<Box<dyn Val + 'c>> = c.parents.iter().map(|p| s(p)).collect();
+                Box::new(CelList::from(parents))
+            }
+            "signed" => Box::new(CelBool::from(c.signed)),
+            _ => return None,
+        })
+    };
+    let entries: HashMap<CelMapKey<'_>, Box<dyn Val + 'c>> = match fields {
+        Some(names) => names
+            .iter()
+            .filter_map(|n| Some((CelMapKey::from(n.as_str()), field(n)?)))
+            .collect(),
+        None => COMMIT_FIELDS
+            .iter()
+            .filter_map(|n| Some((CelMapKey::from(*n), field(n)?)))
+            .collect(),
+    };
     Box::new(CelMap::from(entries))
 }
+
+/// The fields of a commit, as [`commit_value`] has them.
+const COMMIT_FIELDS: [&str; 9] = [
+    "id",
+    "short_id",
+    "summary",
+    "message",
+    "author_name",
+    "author_email",
+    "committer_email",
+    "parents",
+    "signed",
+];
 
 #[cfg(test)]
 mod tests {
@@ -217,7 +261,7 @@ mod tests {
             let mut a = Context::with_env(env.clone());
             a.add_variable_from_value("commit", commit_value(&c));
             let mut b = Context::with_env(env.clone());
-            b.add_variable_as_val("commit", commit_val(&c));
+            b.add_variable_as_val("commit", commit_val_of(&c, None));
             let (a, b) = (Value::resolve(&ast, &a), Value::resolve(&ast, &b));
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{src}");
         }

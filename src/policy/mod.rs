@@ -12,6 +12,7 @@
 //! - `load`: reading policy files and compiling their rules, or saying what is wrong in them;
 //! - `bound`: the variables an expression names, and the deadline every loop of it checks;
 //! - `facts`: the named values rules read, and the CEL values a task or a commit becomes;
+//! - `fields`: the fields of `commit` a per-commit rule reads, so that only those are bound;
 //! - `eval`: a stage's rules evaluated against the facts, into a [`Decision`];
 //! - `message`: the text a failing rule shows (placeholders, `message_expression`);
 //! - `suggest`: the did-you-mean hint for a misspelt name.
@@ -19,6 +20,7 @@
 mod bound;
 mod eval;
 mod facts;
+mod fields;
 mod load;
 mod message;
 mod suggest;
@@ -33,7 +35,7 @@ use cel::{Context, Env, ExecutionError, Value};
 use serde::Deserialize;
 
 pub use eval::{Decision, Outcome, Verdict};
-pub use facts::{FACTS, Facts, commit_val, commit_value, map, task_value};
+pub use facts::{FACTS, Facts, commit_val_of, commit_value, map, task_value};
 pub use message::show;
 pub use suggest::did_you_mean;
 

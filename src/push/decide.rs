@@ -34,8 +34,9 @@ impl Early {
     /// At most this many tips are listed early; the rest are listed when decided.
     const MAX: usize = 8;
 
-    /// Starts listing the new commits of the pushed tips (not of deletions). A listing that
-    /// cannot start is left to the decision, which reports the error itself.
+    /// Starts listing the new commits of the pushed tips (not of deletions), each on a thread
+    /// that starts git itself, so that the hook goes on loading while the kernel starts git.
+    /// A listing that cannot start says so when the decision waits for it.
     pub fn start(git: &Git, updates: &[RefUpdate]) -> Early {
         let mut started = HashMap::new();
         for u in updates.iter().filter(|u| !u.deleted()) {
@@ -43,7 +44,7 @@ impl Early {
                 break;
             }
             if !started.contains_key(&u.new)
-                && let Ok(pending) = git.start_commits(&u.new, &["--all"])
+                && let Ok(pending) = git.start_commits_in_background(&u.new, &["--all"])
             {
                 started.insert(u.new.clone(), pending);
             }
@@ -95,17 +96,31 @@ pub async fn fetch_tasks(config: &Config, tracker: &dyn Tracker, keys: &[String]
         .collect()
 }
 
+/// What a push is judged on: who pushes which updates, and what the tracker said of the
+/// tasks they name.
+#[derive(Debug, Clone, Copy)]
+pub struct Pushed<'a> {
+    pub ctx: &'a PushContext,
+    pub updates: &'a [RefUpdate],
+    /// The tracker's kind, for the `ecosystem` fact.
+    pub tracker: &'a str,
+    pub tasks: &'a TaskAnswers,
+}
+
 /// Evaluates the push rules for every ref.
 pub fn decide(
     config: &Config,
     policies: &PolicySet,
     git: &Git,
-    ctx: &PushContext,
-    updates: &[RefUpdate],
-    tracker_name: &str,
-    tasks: &TaskAnswers,
+    pushed: &Pushed<'_>,
     mode: NewCommits<'_>,
 ) -> anyhow::Result<Vec<RefDecision>> {
+    let Pushed {
+        ctx,
+        updates,
+        tracker: tracker_name,
+        tasks,
+    } = *pushed;
     let need_commits = policies.needs(Stage::Push, "commits");
     let need_ff = policies.needs(Stage::Push, "fast_forward");
     let need_rewind = policies.needs(Stage::Push, "rewind");
@@ -146,6 +161,7 @@ pub fn decide(
             NewCommits::NotOnAnyRef(early) if need_commits && !u.deleted() => early.take(&u.new),
             _ => None,
         };
+        crate::timings::mark("facts");
         let commits = if let Some(pending) = early {
             pending.wait()?
         } else if need_commits && !u.deleted() {
@@ -173,6 +189,7 @@ pub fn decide(
             Vec::new()
         };
         facts.set_commits(commits);
+        crate::timings::mark("git-walk");
         let mut unavailable = None;
         let task = match config.tasks.task_of(u.branch()) {
             None => Value::Null,
@@ -189,6 +206,8 @@ pub fn decide(
         };
         facts.set("task", task);
         let mut decision = policies.evaluate(Stage::Push, &facts);
+        crate::timings::mark("rules");
+        facts.drop_in_background();
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
         }

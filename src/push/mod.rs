@@ -22,6 +22,8 @@ mod report;
 mod update;
 
 pub use context::{PushContext, push_options_from_env, pusher_from_env, repo_name};
-pub use decide::{Early, NewCommits, RefDecision, TaskAnswers, decide, fetch_tasks, task_keys};
+pub use decide::{
+    Early, NewCommits, Pushed, RefDecision, TaskAnswers, decide, fetch_tasks, task_keys,
+};
 pub use report::{Report, explain, gitlab_lines};
 pub use update::{ParseError, RefUpdate, parse_updates, update_from_parts};

@@ -56,6 +56,7 @@ pub fn step(id: i64, repo: &str, step: &str, outcome: &str) -> StepRow {
         outcome: StepState::parse(outcome).expect("a step state"),
         log_path: String::new(),
         pid: None,
+        runner_build: None,
     }
 }
 

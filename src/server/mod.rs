@@ -48,6 +48,7 @@ pub mod page;
 pub mod poller;
 pub mod report;
 mod routes;
+mod statuses;
 mod views;
 pub mod webhook;
 mod worker_loop;
@@ -62,7 +63,7 @@ use secrecy::SecretString;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{Config, Located};
-use crate::delivery::line::Engine;
+use crate::delivery::Engine;
 use crate::delivery::worker;
 use crate::domain::DeliveryId;
 use crate::github::{GitHub, GitHubRepo};
@@ -184,7 +185,7 @@ pub async fn prepare(
         Some(_) => config.server.public_url(),
         None => format!("http://{}", listener.local_addr()?),
     };
-    let progress: crate::delivery::line::Progress =
+    let progress: crate::delivery::Progress =
         Arc::new(|line: &str| tracing::info!(target: "lockstep::delivery", "{line}"));
     let mut engine = worker::engine(config, progress).await?;
     engine.tracker = crate::tracker::Cached::wrap(engine.tracker, engine.config.tracker.cache);

@@ -1,6 +1,6 @@
 //! The HTTP routes of `lockstep serve`: the router with its security headers, and the
 //! read-only endpoints (the pages, `/api/*`, step logs, `/metrics`, `/healthz`). The webhooks
-//! are in `webhook`; what the pages show is gathered in `views`; who may read them, in
+//! are in `webhook`, the CIs' commit statuses in `statuses`; what the pages show is gathered in `views`; who may read them, in
 //! `access`.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::views::{self, read_log};
-use super::{App, access, alertmanager, metrics, page, webhook};
+use super::{App, access, alertmanager, metrics, page, statuses, webhook};
 use crate::domain::DeliveryId;
 use crate::store::now_ms;
 
@@ -42,6 +42,7 @@ pub fn router(app: Arc<App>, body_limit: usize) -> Router {
         .route("/healthz", get(healthz))
         .route("/webhooks/github", post(webhook::github))
         .route("/webhooks/tracker", post(webhook::tracker))
+        .route("/api/statuses/{sha}", post(statuses::post))
         .route(
             "/webhooks/alertmanager",
             post(alertmanager::notify).layer(axum::extract::DefaultBodyLimit::max(alert_limit)),

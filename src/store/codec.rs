@@ -164,6 +164,7 @@ from_row!(StepRow {
     outcome,
     log_path,
     pid,
+    runner_build,
 });
 from_row!(RepoRow {
     repo,

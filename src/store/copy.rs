@@ -46,6 +46,7 @@ type StepRecord = (
     String,
     Option<i64>,
     Option<String>,
+    Option<String>,
 );
 
 /// Everything a store holds, read in one go.
@@ -157,8 +158,8 @@ impl Store {
         for s in &all.steps {
             sqlx::query(
                 "INSERT INTO steps (id, delivery_id, repo, step, started_at, finished_at, \
-                 exit_code, outcome, log_path, pid, log) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 exit_code, outcome, log_path, pid, log, runner_build) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(s.0)
             .bind(s.1)
@@ -171,6 +172,7 @@ impl Store {
             .bind(&s.8)
             .bind(s.9)
             .bind(&s.10)
+            .bind(&s.11)
             .execute(&mut *tx)
             .await?;
         }
@@ -257,7 +259,7 @@ impl Store {
                 .await?,
                 steps: sqlx::query_as(
                     "SELECT id, delivery_id, repo, step, started_at, finished_at, exit_code, \
-                     outcome, log_path, pid, log FROM steps ORDER BY id",
+                     outcome, log_path, pid, log, runner_build FROM steps ORDER BY id",
                 )
                 .fetch_all(&mut *conn)
                 .await?,

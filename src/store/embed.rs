@@ -27,6 +27,8 @@ macro_rules! migrations {
             "0006_pipeline",
             "0007_leases_active_task_step_logs",
             "0008_alerts",
+            "0009_steps_runner_build",
+            "0010_commit_statuses",
             "0012_showrooms",
         )
     };

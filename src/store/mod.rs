@@ -106,6 +106,7 @@ mod postgres;
 mod repos;
 mod showrooms;
 mod sqlite;
+mod statuses;
 mod steps;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -20,6 +20,15 @@ pub struct StepRow {
     pub log_path: String,
     /// The step's process (and process group) id while it runs.
     pub pid: Option<i64>,
+    /// For a step on a runner, the build it waits for: `<runner> <build request> <sha>`.
+    pub runner_build: Option<String>,
+}
+
+impl StepRow {
+    /// The runner the step ran on, if it was not a process on this host.
+    pub fn runner(&self) -> Option<&str> {
+        self.runner_build.as_deref()?.split(' ').next()
+    }
 }
 
 impl Store {
@@ -79,6 +88,40 @@ impl Store {
         Ok(())
     }
 
+    /// Records the build a step on a runner waits for (`<runner> <build request> <sha>`), so
+    /// that a worker resuming after a crash follows it instead of forcing another.
+    pub async fn step_runner_build(&self, step_id: i64, build: &str) -> anyhow::Result<()> {
+        write_tx!(self, fenced, |tx| sqlx::query(
+            "UPDATE steps SET runner_build = $2 WHERE id = $1"
+        )
+        .bind(step_id)
+        .bind(build)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// The build the latest step of a delivery's repository in a phase waited for, if it was
+    /// on a runner, with how that step ended.
+    pub async fn last_runner_build(
+        &self,
+        id: DeliveryId,
+        repo: &RepoName,
+        step: Phase,
+    ) -> anyhow::Result<Option<(StepState, String)>> {
+        let row: Option<(StepState, Option<String>)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT outcome, runner_build FROM steps \
+             WHERE delivery_id = $1 AND repo = $2 AND step = $3 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(id)
+        .bind(repo)
+        .bind(step)
+        .fetch_optional(pool)
+        .await?);
+        Ok(row.and_then(|(state, build)| Some((state, build?))))
+    }
+
     /// Keeps a copy of the end of a step's log (fenced: the worker running the step writes it),
     /// for the replicas that do not have its file.
     pub async fn set_step_log(&self, step_id: i64, log: &str) -> anyhow::Result<()> {
@@ -105,13 +148,15 @@ impl Store {
     }
 
     pub async fn steps(&self, id: DeliveryId) -> anyhow::Result<Vec<StepRow>> {
-        let rows = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid \
-             FROM steps WHERE delivery_id = $1 ORDER BY id",
+        let rows = on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT id, repo, step, started_at, finished_at, exit_code, outcome, log_path, pid, \
+             runner_build FROM steps WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(id)
         .fetch_all(pool)
-        .await?);
+        .await?
+        });
         Ok(rows)
     }
 }

@@ -133,6 +133,11 @@ impl ServeProc {
         ServeProc::spawn(env, &["-v"], &[])
     }
 
+    /// Like `start`, with `vars` in its environment too.
+    pub fn start_with(env: &Env, vars: &[(&str, &str)]) -> ServeProc {
+        ServeProc::spawn(env, &["-v"], vars)
+    }
+
     /// Like `start`, logging warnings only: what a load test measures is not the log.
     pub fn start_quiet(env: &Env) -> ServeProc {
         ServeProc::spawn(env, &[], &[("LOCKSTEP_LOG", "warn")])

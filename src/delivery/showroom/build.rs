@@ -305,6 +305,13 @@ impl<'a> Room<'a> {
     /// Runs one step of a checkout; why it failed, with the last line of its log.
     async fn run(&self, c: &Checkout<'_>, step: &str, command: &StepCommand) -> Result<(), String> {
         let engine = self.engine;
+        if let Some(r) = command.runner() {
+            return Err(format!(
+                "`{step}` of `{}` runs on the runner `{}`; a showroom runs its steps on \
+                 lockstep's own host only: give the repository a local `{step}` command",
+                c.repo.name, r.runner
+            ));
+        }
         let log = self
             .folder
             .join("logs")

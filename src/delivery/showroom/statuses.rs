@@ -7,7 +7,7 @@
 //! task delivered, or its ttl passed.
 
 use super::{Outcome, down, expire, up};
-use crate::delivery::line::Engine;
+use crate::delivery::Engine;
 use crate::domain::TaskKey;
 use crate::store::ShowroomState;
 

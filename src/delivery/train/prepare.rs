@@ -216,6 +216,7 @@ impl Train<'_> {
             },
         );
         self.stop_task(&mut item).await;
+        self.engine.delete_candidates(item.d.id).await;
         self.engine.store.discard(item.d.id, reason, why).await?;
         self.engine.say(&format!(
             "#{} {}: discarded: {why}; it is prepared again",

@@ -109,20 +109,19 @@ pub async fn on_review(
             .await
             .map_err(|err| anyhow::anyhow!("{err}"))?;
     let branches = delivery::branches_for(&e.config, &e.policies, Some(gh), task).await?;
+    let repos: Vec<_> = e.config.repos.iter().map(|r| r.name.clone()).collect();
     let facts = delivery::deliver_facts(
         &e.config,
-        e.tracker.name(),
-        task,
-        current.as_ref(),
-        &d.requester,
-        Some(&facts),
-        &branches,
-        &e.config
-            .repos
-            .iter()
-            .map(|r| r.name.clone())
-            .collect::<Vec<_>>(),
-        Some(d.id),
+        &delivery::Judged {
+            tracker: e.tracker.name(),
+            key: task,
+            task: current.as_ref(),
+            requester: &d.requester,
+            pr: Some(&facts),
+            branches: &branches,
+            repos: &repos,
+            delivery: Some(d.id),
+        },
     );
     let decision = e.policies.evaluate(Stage::Deliver, &facts);
     crate::audit::record(

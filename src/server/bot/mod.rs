@@ -91,6 +91,14 @@ pub async fn on_comment(
     }
     let pull = gh.pull(repo, number).await?;
     let task = app.config().tasks.task_of(&pull.head_ref).map(TaskKey::new);
+    let asked = task.as_ref().map(|task| Asked {
+        app,
+        gh,
+        repo,
+        pull: &pull,
+        task,
+        user,
+    });
     let mut sections = Vec::new();
     let mut done = Vec::new();
     for c in &commands {
@@ -98,7 +106,7 @@ pub async fn on_comment(
             Err(e) => unknown(e),
             Ok(cmd) => {
                 done.push(cmd.to_string());
-                run(app, gh, repo, &pull, task.as_ref(), user, *cmd).await?
+                run(app, &pull, asked.as_ref(), *cmd).await?
             }
         };
         sections.push(section);
@@ -143,38 +151,28 @@ impl Asked<'_> {
     }
 }
 
-/// Runs one command; returns its part of the reply.
+/// Runs one command; returns its part of the reply. `asked` is `None` when the pull
+/// request's branch names no task.
 async fn run(
     app: &App,
-    gh: &GitHub,
-    repo: &GitHubRepo,
     pull: &Pull,
-    task: Option<&TaskKey>,
-    user: &str,
+    asked: Option<&Asked<'_>>,
     cmd: BotCommand,
 ) -> anyhow::Result<String> {
     if cmd == BotCommand::Help {
         return Ok(command::help());
     }
-    let Some(task) = task else {
+    let Some(asked) = asked else {
         return Ok(no_task(pull, app));
-    };
-    let asked = Asked {
-        app,
-        gh,
-        repo,
-        pull,
-        task,
-        user,
     };
     match cmd {
         BotCommand::Help => Ok(command::help()),
-        BotCommand::Deliver { priority } => deliver::deliver(&asked, priority).await,
-        BotCommand::Retry => retry::retry(&asked).await,
-        BotCommand::Cancel => cancel::cancel(&asked).await,
-        BotCommand::Rollback => rollback::rollback(&asked).await,
-        BotCommand::Status => status::status(app, task).await,
-        BotCommand::Showroom { down } => showroom::showroom(&asked, down).await,
+        BotCommand::Deliver { priority } => deliver::deliver(asked, priority).await,
+        BotCommand::Retry => retry::retry(asked).await,
+        BotCommand::Cancel => cancel::cancel(asked).await,
+        BotCommand::Rollback => rollback::rollback(asked).await,
+        BotCommand::Status => status::status(app, asked.task).await,
+        BotCommand::Showroom { down } => showroom::showroom(asked, down).await,
     }
 }
 

@@ -99,6 +99,9 @@ fn in_flight(f: &InFlight, now_ms: i64) -> Markup {
             @for step in &f.current {
                 div class="now" {
                     "now: " b { (step.step) } " of " b { (step.repo) }
+                    @if let Some(runner) = step.runner() {
+                        " on runner " b { (runner) }
+                    }
                     ", running for " (duration(now_ms - step.started_at)) " · "
                     a href={ "/deliveries/" (d.id) "/steps/" (step.id) "/log" } { "live log" }
                 }
@@ -279,6 +282,17 @@ mod tests {
         let page = queue_page(&v);
         assert!(page.contains("built on <b>#8, #7</b>"), "{page}");
         insta::assert_snapshot!(tags_per_line(&page));
+    }
+
+    #[test]
+    fn a_step_on_a_runner_says_which() {
+        let mut v = busy_queue();
+        v.running[0].current[0].runner_build = Some(format!("bb 27 {}", "a".repeat(40)));
+        let page = queue_page(&v);
+        assert!(
+            page.contains("now: <b>test</b> of <b>api</b> on runner <b>bb</b>, running for"),
+            "{page}"
+        );
     }
 
     #[test]
