@@ -212,6 +212,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Copies every showroom of this store into a PostgreSQL transaction (`lockstep store
+    /// copy`); returns how many.
+    pub(super) async fn copy_showrooms(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> anyhow::Result<usize> {
+        let rows: Vec<Raw> = on_pool!(self, |pool| sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM showrooms ORDER BY task"
+        ))
+        .fetch_all(pool)
+        .await?);
+        for r in &rows {
+            sqlx::query(concat!(
+                "INSERT INTO showrooms (",
+                columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            ))
+            .bind(&r.0)
+            .bind(&r.1)
+            .bind(&r.2)
+            .bind(&r.3)
+            .bind(&r.4)
+            .bind(&r.5)
+            .bind(&r.6)
+            .bind(r.7)
+            .bind(r.8)
+            .bind(r.9)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(rows.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ShowroomState;
