@@ -303,10 +303,15 @@ fn a_showroom_killed_while_it_deploys_is_recorded_and_torn_down_by_recover() {
     wait_for("web's deploy at its gate", || {
         gates.join("web.deploy.waiting").exists().then_some(())
     });
+    let step: i32 = std::fs::read_to_string(gates.join("web.deploy.waiting"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    // The held step gives up once its gates are gone.
-    std::fs::remove_dir_all(&gates).unwrap();
+    // The held step outlives the process that started it.
+    assert!(std::path::Path::new(&format!("/proc/{step}")).exists());
     assert_eq!(state_of(&env, "TASK-1").as_deref(), Some("deploying"));
 
     let o = env.lockstep(&["recover"]);
@@ -321,6 +326,15 @@ fn a_showroom_killed_while_it_deploys_is_recorded_and_torn_down_by_recover() {
     assert_eq!(torn.len(), 2, "{torn:?}");
     assert!(torn[0].starts_with("showroom|web|") && torn[1].starts_with("showroom|api|"));
     assert_eq!(state_of(&env, "TASK-1"), None);
+    // The step left running was stopped, before the teardown: web's deploy never ran.
+    wait_for("the leftover step gone", || {
+        (!std::path::Path::new(&format!("/proc/{step}")).exists()).then_some(())
+    });
+    assert!(
+        lines(&env, "deploys.log")
+            .iter()
+            .all(|l| !l.contains("|web|"))
+    );
     let o = env.lockstep(&["recover"]);
     assert!(stdout(&o).contains("nothing to recover"), "{}", stdout(&o));
 }

@@ -332,8 +332,18 @@ impl<'a> Room<'a> {
             supervisor: steps::this_executable(),
         };
         let started = std::time::Instant::now();
+        // The supervisor's pid, while the step runs: what `recover` stops if this process
+        // dies meanwhile.
+        let running_file = super::running_file(&self.folder);
         let outcome = match steps::start(&spec).map_err(|e| format!("{e:#}"))? {
-            Ok(running) => running.wait().await.map_err(|e| format!("{e:#}"))?,
+            Ok(running) => {
+                if let Some(pid) = running.pid() {
+                    let _ = std::fs::write(&running_file, pid.to_string());
+                }
+                let waited = running.wait().await;
+                let _ = std::fs::remove_file(&running_file);
+                waited.map_err(|e| format!("{e:#}"))?
+            }
             Err(outcome) => outcome,
         };
         engine.say(&format!(

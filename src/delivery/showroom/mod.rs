@@ -60,6 +60,11 @@ fn folder(engine: &Engine, label: &Label) -> PathBuf {
         .join(label.as_str())
 }
 
+/// The file holding the pid of the step a showroom runs now (its supervisor's).
+fn running_file(folder: &std::path::Path) -> PathBuf {
+    folder.join("running")
+}
+
 /// The showroom's URL: the template with `{task}` made the label.
 pub fn url_of(template: &str, label: &Label) -> String {
     template.replace("{task}", label.as_str())
@@ -263,6 +268,16 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
             continue;
         }
         let why = format!("left {} by a process that stopped", row.state);
+        // The step it was running outlives it (its supervisor is in a group of its own).
+        let running = running_file(&folder(engine, &label));
+        if let Some(pid) = std::fs::read_to_string(&running)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            let marker = format!("LOCKSTEP_SHOWROOM={label}");
+            super::steps::kill_leftover(pid, &marker, std::time::Duration::from_secs(5)).await;
+            let _ = std::fs::remove_file(&running);
+        }
         engine
             .store
             .set_showroom_state(task.as_str(), ShowroomState::Failed, &why)
