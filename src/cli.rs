@@ -129,7 +129,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the logs of a delivery's steps
+    /// Print the logs of a delivery's steps (for a step on Buildbot, also the end of its
+    /// build's logs, fetched from the master)
     Logs {
         id: i64,
         /// Only this repository

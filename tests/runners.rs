@@ -200,6 +200,40 @@ fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
     let logs = stdout(&env.lockstep(&["logs", "1", "--repo", "api", "--step", "test"]));
     assert!(logs.contains("runs on runner `bb`"), "{logs}");
     assert!(logs.contains(&format!("build {url}#/builders/")), "{logs}");
+    // After it, fetched from the master, the end of the build's logs: the builder's output.
+    assert!(
+        logs.contains(&format!(
+            "--- from runner `bb` ({url}): build {url}#/builders/"
+        )),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("--- step `test` (success) ---\nall tests passed\n"),
+        "{logs}"
+    );
+    let o = env.lockstep(&["logs", "1", "--repo", "web", "--step", "build"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logs = stdout(&o);
+    assert!(
+        logs.contains(&format!(
+            "--- step `build` (success) ---\nbuilding web for TASK-1 at {}\n",
+            after[1]
+        )),
+        "{logs}"
+    );
+    // A master out of reach is said; the local log is still shown, and that is no error.
+    env.edit_config(|t| t.replace(&format!("url = \"{url}\""), "url = \"http://127.0.0.1:9/\""));
+    let o = env.lockstep(&["logs", "1", "--repo", "api", "--step", "test"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let logs = stdout(&o);
+    assert!(logs.contains("runs on runner `bb`"), "{logs}");
+    assert!(
+        logs.contains(
+            "--- the build's log on runner `bb` (http://127.0.0.1:9/) is out of reach: cannot \
+             reach http://127.0.0.1:9/api/v2/buildrequests/"
+        ),
+        "{logs}"
+    );
 }
 
 #[test]
@@ -448,4 +482,108 @@ fn push_candidates_hands_a_command_step_the_candidate_branch() {
         );
         assert_eq!(candidate_branches(&env, repo), "", "{repo}");
     }
+}
+
+/// A TCP proxy on 127.0.0.1 to the master at `url`, which the test can cut: from then on
+/// every open connection is closed and new ones are accepted but never answered, as a master
+/// that stopped, or a network that went silent, looks from lockstep.
+struct Proxy {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(url: &str) -> Proxy {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let target = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let proxy = Proxy {
+            url: format!("http://{}/", listener.local_addr().unwrap()),
+            cut: Default::default(),
+            open: Default::default(),
+        };
+        let (cut, open) = (proxy.cut.clone(), proxy.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::SeqCst) {
+                    // Accepted, never answered.
+                    open.lock().unwrap().push(client);
+                    continue;
+                }
+                let Ok(master) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                {
+                    let mut open = open.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(master.try_clone().unwrap());
+                }
+                pipe(client.try_clone().unwrap(), master.try_clone().unwrap());
+                pipe(master, client);
+            }
+        });
+        proxy
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn a_master_lost_mid_build_fails_the_step_within_its_bound_naming_the_runner_and_url() {
+    let Some(url) = buildbot(
+        "a_master_lost_mid_build_fails_the_step_within_its_bound_naming_the_runner_and_url",
+    ) else {
+        return;
+    };
+    // lockstep reaches the shared master through a proxy of this test's own, which the test
+    // cuts while api's test build runs: the master itself is not disturbed.
+    let proxy = Proxy::start(&url);
+    let env = sandbox(&proxy.url, "");
+    let before = env.masters();
+    let (mut worker, gate) = deliver_with_a_held_test(&env);
+    proxy.cut();
+    let cut_at = Instant::now();
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        // The bound: 30 s without an answer, plus one request's own 10 s timeout.
+        if cut_at.elapsed() > Duration::from_secs(55) {
+            let _ = worker.kill();
+            std::fs::write(gate.with_extension("open"), "").unwrap();
+            panic!("the delivery still waits for a master lost 55 s ago");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = cut_at.elapsed();
+    // Let the held build end on the master.
+    std::fs::write(gate.with_extension("open"), "").unwrap();
+    let (out, err) = env.spawned_output("worker");
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(took >= Duration::from_secs(25), "{took:?}: {err}");
+    assert!(
+        err.contains(&format!(
+            "`test` failed on runner `bb`: lost runner `bb` ({}) while following build request",
+            proxy.url
+        )),
+        "{err}"
+    );
+    assert_eq!(env.masters(), before, "nothing merged");
 }

@@ -3,9 +3,10 @@
 use anyhow::Context as _;
 
 use super::{ago, runtime, say_line, store_of};
-use crate::config::Located;
+use crate::config::{Config, Located, RunnerKind};
 use crate::domain::{DeliveryId, Phase};
 use crate::exit::Exit;
+use crate::runner::Buildbot;
 
 /// `lockstep show ID`.
 pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
@@ -83,7 +84,8 @@ pub fn show(at: &Located, id: DeliveryId, json: bool) -> anyhow::Result<Exit> {
     })
 }
 
-/// `lockstep logs ID`.
+/// `lockstep logs ID`: each step's local log, then, for a step on a Buildbot runner, the end
+/// of its build's logs fetched from the master.
 pub fn logs(
     at: &Located,
     id: DeliveryId,
@@ -92,7 +94,7 @@ pub fn logs(
     raw: bool,
 ) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
-        let (_, store) = store_of(at).await?;
+        let (config, store) = store_of(at).await?;
         store
             .delivery(id)
             .await?
@@ -134,9 +136,83 @@ pub fn logs(
                     }
                 },
             }
+            if let Some(build) = &s.runner_build {
+                external_tail(&config, build, raw).await?;
+            }
         }
         Ok(Exit::Success)
     })
+}
+
+/// The longest `lockstep logs` waits for a CI's log tail of one step.
+const EXTERNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After the local log of a step that ran on a Buildbot runner (`build` is its recorded
+/// `<runner> <build request> <sha>`): the end of each step's log of its build, fetched from
+/// the master, saying where it came from. A master out of reach is said, not an error.
+async fn external_tail(config: &Config, build: &str, raw: bool) -> anyhow::Result<()> {
+    let mut parts = build.split(' ');
+    let (Some(name), Some(Ok(request))) = (parts.next(), parts.next().map(str::parse::<i64>))
+    else {
+        return Ok(());
+    };
+    let Some(runner) = config
+        .runners
+        .get(name)
+        .filter(|r| r.kind == RunnerKind::Buildbot)
+    else {
+        return Ok(());
+    };
+    let bb = match Buildbot::new(name, runner) {
+        Ok(bb) => bb,
+        Err(e) => {
+            say!("--- the build's log on {name} cannot be read: {e:#} ---");
+            return Ok(());
+        }
+    };
+    let fetched = tokio::time::timeout(EXTERNAL_WAIT, bb.log_tails(request)).await;
+    let mut out = std::io::stdout().lock();
+    let mut put = |text: &str| -> std::io::Result<()> {
+        if raw {
+            std::io::Write::write_all(&mut out, text.as_bytes())
+        } else {
+            crate::text::copy_escaped(text.as_bytes(), &mut out)
+        }
+    };
+    match fetched {
+        Ok(Ok(Some((b, steps)))) => {
+            put(&format!(
+                "--- from {}: build {}, the end of its steps' logs ---\n",
+                bb.describe(),
+                b.url
+            ))?;
+            for step in steps {
+                put(&format!(
+                    "--- step `{}` ({}) ---\n",
+                    step.name,
+                    step.result.as_deref().unwrap_or("running")
+                ))?;
+                put(&step.tail)?;
+                if !step.tail.is_empty() && !step.tail.ends_with('\n') {
+                    put("\n")?;
+                }
+            }
+        }
+        Ok(Ok(None)) => put(&format!(
+            "--- from {}: no worker took build request {request} yet ---\n",
+            bb.describe()
+        ))?,
+        Ok(Err(e)) => put(&format!(
+            "--- the build's log on {} is out of reach: {e} ---\n",
+            bb.describe()
+        ))?,
+        Err(_) => put(&format!(
+            "--- the build's log on {} is out of reach: no answer within {} ---\n",
+            bb.describe(),
+            crate::config::humanize(EXTERNAL_WAIT)
+        ))?,
+    }
+    Ok(())
 }
 
 /// Whether standard output is a regular file (`lockstep logs 1 > build.log`): the log is

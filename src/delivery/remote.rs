@@ -25,6 +25,10 @@ const CANCEL_POLL: Duration = Duration::from_secs(1);
 /// How often a step on a status runner reads the statuses of its sha.
 const STATUS_POLL: Duration = Duration::from_millis(300);
 
+/// How often it reads GitHub's statuses and check runs of the sha (two requests a time,
+/// well within GitHub's hourly limit for a window of steps).
+const GITHUB_POLL: Duration = Duration::from_secs(3);
+
 impl Engine {
     /// Runs a step of `phase` for a checkout on its runner, journaled like a local step, with
     /// a local log that says where it ran; `stop` stops the build on the CI.
@@ -288,6 +292,30 @@ impl Engine {
                 &format!("{}: waits for {listed} on {sha}", step.runner),
             )
             .await?;
+        // A repository on GitHub also has GitHub's statuses and check runs of the sha read.
+        let github = match (&self.config.github, c.repo.github.as_deref()) {
+            (Some(gh), Some(name)) => match (
+                crate::github::GitHub::api_only(&self.config, gh),
+                crate::github::GitHubRepo::parse(name),
+            ) {
+                (Ok(client), Some(name)) => {
+                    lines.push(format!(
+                        "lockstep: reads the statuses and check runs of {name}@{sha} on GitHub too"
+                    ));
+                    Some((client, name))
+                }
+                (Err(e), _) => {
+                    let why = format!("could not start: cannot read GitHub's checks: {e:#}");
+                    lines.push(format!("lockstep: {why}"));
+                    return Ok((StepOutcome::NotStarted(why.clone()), why, String::new()));
+                }
+                (_, None) => None,
+            },
+            _ => None,
+        };
+        let mut on_github = Vec::new();
+        let mut github_read: Option<std::time::Instant> = None;
+        let mut github_error = String::new();
         let wait = runner.wait.min(self.config.delivery.step_timeout);
         let started = std::time::Instant::now();
         let stopped = self.stopped(d.id, stop);
@@ -301,7 +329,26 @@ impl Engine {
                 }
                 () = tokio::time::sleep(STATUS_POLL) => {}
             }
-            let statuses = self.store.commit_statuses(&sha).await?;
+            if let Some((gh, name)) = &github
+                && github_read.is_none_or(|t| t.elapsed() >= GITHUB_POLL)
+            {
+                github_read = Some(std::time::Instant::now());
+                match gh.checks(name, &sha).await {
+                    Ok(checks) => {
+                        on_github = status::from_github(checks);
+                        github_error.clear();
+                    }
+                    // Said once in the log; the statuses posted to lockstep still count.
+                    Err(e) => {
+                        let e = crate::text::escape(&format!("{e:#}")).to_string();
+                        if e != github_error {
+                            lines.push(format!("lockstep: {e}"));
+                            github_error = e;
+                        }
+                    }
+                }
+            }
+            let statuses = status::merge(self.store.commit_statuses(&sha).await?, &on_github);
             match status::judge(&contexts, &statuses) {
                 Verdict::Passed => {
                     lines.push(format!("lockstep: every status is `success` on {sha}"));

@@ -180,7 +180,7 @@ impl GitHub {
     }
 
     /// The client to act on a repository with.
-    async fn client(&self, repo: &GitHubRepo) -> anyhow::Result<Octocrab> {
+    pub(super) async fn client(&self, repo: &GitHubRepo) -> anyhow::Result<Octocrab> {
         match &self.auth {
             Auth::Token(crab) => Ok(crab.clone()),
             Auth::App(app) => app.client(repo).await,

@@ -12,17 +12,20 @@
 //! - this file: pull requests, reviews, permissions and statuses as lockstep reads them, and
 //!   the rules over them (the latest review per reviewer counts).
 //! - `client`: the API client, [`GitHub`], and how it authenticates (token or App).
+//! - `checks`: a commit's statuses and check runs, as a status runner's step reads them.
 //! - `app`: the GitHub App: its JWT, signed with ring, and its installations' tokens.
 //! - `endpoint`: where the API is, its timeout, and its errors in one line.
 //! - `signature`: webhook signatures (`X-Hub-Signature-256`).
 
 mod app;
+mod checks;
 mod client;
 mod endpoint;
 mod signature;
 
 pub use crate::domain::GitHubRepo;
 use crate::domain::PrState;
+pub use checks::Check;
 pub use client::{GitHub, secret_from_env};
 pub use signature::{check_signature, sign};
 

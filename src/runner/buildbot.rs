@@ -6,6 +6,8 @@
 //! - follow: `buildrequests/<id>` (claimed, complete, results) and its `builds`, until the
 //!   request is complete; then the build's `got_revision`, and for a failure its steps, the
 //!   first that failed and the end of its `stdio` log (`logs/<id>/contents`).
+//! - log tails: each step of a request's latest build and the end of its log, for
+//!   `lockstep logs`.
 //! - halt: `stop` on the build, or `cancel` on a request no worker took yet.
 //!
 //! Buildbot's result codes: 0 success, 1 warnings, 2 failure, 3 skipped, 4 exception,
@@ -49,6 +51,15 @@ struct Request {
     results: Option<i64>,
     /// Its latest build: id, number, builder.
     build: Option<(i64, i64, i64)>,
+}
+
+/// One step of a build as `lockstep logs` shows it: its name, its result once it ended, and
+/// the end of its log.
+#[derive(Debug, Clone)]
+pub struct StepTail {
+    pub name: String,
+    pub result: Option<String>,
+    pub tail: String,
 }
 
 /// Buildbot's name of a result code.
@@ -287,7 +298,12 @@ impl Buildbot {
         let Some(id) = step.get("stepid").and_then(Value::as_i64) else {
             return Ok((name, String::new()));
         };
-        let logs = self.get(&format!("steps/{id}/logs")).await?;
+        Ok((name, self.step_tail(id).await?))
+    }
+
+    /// The end of a step's `stdio` log (else its first log), its output lines only.
+    async fn step_tail(&self, step: i64) -> Result<String, String> {
+        let logs = self.get(&format!("steps/{step}/logs")).await?;
         let logs = logs.get("logs").and_then(Value::as_array);
         let log = logs.and_then(|ls| {
             ls.iter()
@@ -300,7 +316,7 @@ impl Buildbot {
                 l.get("num_lines").and_then(Value::as_i64).unwrap_or(0),
             ))
         }) else {
-            return Ok((name, String::new()));
+            return Ok(String::new());
         };
         let offset = (lines - TAIL_LINES).max(0);
         let chunks = self
@@ -316,7 +332,43 @@ impl Buildbot {
             let content = chunk.get("content").and_then(Value::as_str).unwrap_or("");
             tail.push(output_lines(content).as_bytes());
         }
-        Ok((name, tail.finish()))
+        Ok(tail.finish())
+    }
+
+    /// The latest build of a build request and the end of each of its steps' logs, as far
+    /// as they ran (`lockstep logs`); `None` while no worker took the request.
+    pub async fn log_tails(
+        &self,
+        request: i64,
+    ) -> Result<Option<(BuildRef, Vec<StepTail>)>, String> {
+        let Some((id, number, builder)) = self.request(request).await?.build else {
+            return Ok(None);
+        };
+        let steps = self.get(&format!("builds/{id}/steps")).await?;
+        let mut out = Vec::new();
+        for step in steps
+            .get("steps")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(stepid) = step.get("stepid").and_then(Value::as_i64) else {
+                continue;
+            };
+            out.push(StepTail {
+                name: step
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string(),
+                result: step
+                    .get("results")
+                    .and_then(Value::as_i64)
+                    .map(|r| result_name(r).to_string()),
+                tail: self.step_tail(stepid).await?,
+            });
+        }
+        Ok(Some((self.build_ref(id, number, builder), out)))
     }
 
     /// Stops the build, or cancels the request no worker took yet (best effort: the master

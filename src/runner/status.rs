@@ -1,6 +1,7 @@
 //! Commit statuses: what a CI that reports them (Jenkins, GitLab CI, GitHub Actions,
 //! TeamCity, Buildkite) posts to `POST /api/statuses/<sha>` in GitHub's commit-status shape,
-//! and the judgement of a step that waits for some of them on its candidate's sha.
+//! and the judgement of a step that waits for some of them on its candidate's sha. For a
+//! repository on GitHub, the statuses and check runs GitHub has for the sha count too.
 
 use serde::Deserialize;
 
@@ -89,6 +90,37 @@ pub fn judge(contexts: &[String], statuses: &[CommitStatus]) -> Verdict {
     }
 }
 
+/// GitHub's statuses and check runs of a sha, as commit statuses: a check run's `name` is
+/// its context, its page (`html_url`, else `details_url`) its target URL.
+pub fn from_github(checks: Vec<crate::github::Check>) -> Vec<CommitStatus> {
+    use crate::github::StatusState;
+    checks
+        .into_iter()
+        .map(|c| CommitStatus {
+            state: match c.state {
+                StatusState::Pending => CommitState::Pending,
+                StatusState::Success => CommitState::Success,
+                StatusState::Failure => CommitState::Failure,
+                StatusState::Error => CommitState::Error,
+            },
+            context: c.context,
+            target_url: c.target_url,
+            description: c.description,
+        })
+        .collect()
+}
+
+/// The statuses posted to lockstep, then those of `more` (GitHub's) whose context none of
+/// them has: what a CI posted to lockstep is its latest word on that context.
+pub fn merge(mut posted: Vec<CommitStatus>, more: &[CommitStatus]) -> Vec<CommitStatus> {
+    for s in more {
+        if !posted.iter().any(|p| p.context == s.context) {
+            posted.push(s.clone());
+        }
+    }
+    posted
+}
+
 /// Whether `sha` is a full commit id (40 or 64 hex digits).
 pub fn is_sha(sha: &str) -> bool {
     matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit())
@@ -127,6 +159,17 @@ mod tests {
         }
         // Nothing to wait for never passes.
         assert_eq!(judge(&[], &all), Verdict::Waiting { seen: true });
+    }
+
+    #[test]
+    fn a_posted_status_wins_over_githubs_of_the_same_context() {
+        use CommitState::*;
+        let posted = vec![status("ci/test", Success)];
+        let github = [status("ci/test", Failure), status("ci/lint", Pending)];
+        assert_eq!(
+            merge(posted, &github),
+            [status("ci/test", Success), status("ci/lint", Pending)]
+        );
     }
 
     #[test]

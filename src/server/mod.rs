@@ -23,7 +23,7 @@
 //! - `connections` caps the connections held and closes those of slow clients
 //!   (`[server] header_timeout`, `idle_timeout`, `max_connections`).
 //!
-//! This file holds what every part shares ([`App`], [`Job`], [`Handled`]) and starts the
+//! `app` holds what every part shares ([`App`], [`Job`], [`Handled`]); this file starts the
 //! whole: [`serve`], [`run_cli`].
 //!
 //! Shutdown (SIGTERM, ctrl-c): the listener stops taking requests and lets the ones in
@@ -36,6 +36,7 @@
 
 mod access;
 mod alertmanager;
+mod app;
 pub mod bot;
 pub mod command;
 mod connections;
@@ -53,97 +54,18 @@ mod views;
 pub mod webhook;
 mod worker_loop;
 
+pub use app::{App, Handled, Job};
 pub use routes::router;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use secrecy::SecretString;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::{Config, Located};
-use crate::delivery::Engine;
 use crate::delivery::worker;
-use crate::domain::DeliveryId;
-use crate::github::{GitHub, GitHubRepo};
-
-/// What became of a webhook, for the answer and the metrics.
-#[derive(Debug)]
-pub enum Handled {
-    /// Something was done (a reply posted, a delivery queued, …).
-    Acted(String),
-    /// Nothing to do for lockstep.
-    Ignored(String),
-}
-
-/// Work the worker does besides the queue, whenever no delivery is deploying.
-#[derive(Debug)]
-pub enum Job {
-    /// `/rollback`: run the rollback steps of a finished delivery, then report on the PR.
-    Rollback {
-        id: DeliveryId,
-        requester: String,
-        repo: GitHubRepo,
-        number: u64,
-    },
-    /// A firing alert names a watched delivery: roll it back and revert it, then report on
-    /// the pull request it came from.
-    AlertRollback {
-        id: DeliveryId,
-        /// The alert, quoted and escaped.
-        quote: String,
-        /// When it started firing (ms since the epoch).
-        fired_ms: Option<i64>,
-    },
-    /// A gate failed during the watch of a landed delivery (`[delivery] watch_gates`): roll
-    /// it back and revert it, then report on its pull request.
-    GateRollback {
-        id: DeliveryId,
-        /// The gate's failure.
-        why: String,
-    },
-}
-
-/// What every handler shares.
-pub struct App {
-    pub engine: Engine,
-    /// Shared with the webhook extractor, which hands a verified event its client.
-    pub github: Option<Arc<GitHub>>,
-    pub metrics: metrics::Metrics,
-    pub tracker_secret: Option<SecretString>,
-    /// The bearer token of `POST /webhooks/alertmanager` (`[alertmanager] token_env`).
-    pub alertmanager_token: Option<SecretString>,
-    /// The token every route but the webhooks and `/healthz` asks for (`[server]
-    /// read_token_env`); none: they are public.
-    pub read_token: Option<SecretString>,
-    /// Wakes the worker when a delivery was queued.
-    pub wake: Notify,
-    /// Serialises tracker polls (the timer and `/webhooks/tracker`).
-    pub poll_lock: tokio::sync::Mutex<()>,
-    pub jobs: mpsc::UnboundedSender<Job>,
-    pub public_url: String,
-}
-
-impl App {
-    pub fn config(&self) -> &Config {
-        &self.engine.config
-    }
-
-    /// The ecosystem's name in the metrics: the meta-project's folder.
-    pub fn ecosystem(&self) -> String {
-        self.config()
-            .base_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "lockstep".into())
-    }
-
-    /// The page of a delivery, for links in comments and statuses.
-    pub fn delivery_url(&self, id: DeliveryId) -> String {
-        format!("{}/deliveries/{id}", self.public_url)
-    }
-}
+use crate::github::GitHub;
 
 /// The bot, ready to run: its secrets read, its store open.
 pub struct Prepared {

@@ -11,7 +11,8 @@
 //! Routes under `/repos/{owner}/{repo}`: `GET /issues` (`state`, `labels`, `per_page`,
 //! `page`), `GET|PATCH /issues/{n}`, `POST /issues/{n}/comments`, `GET /labels`,
 //! `GET /labels/{name}`, `GET /pulls` (`state`), `GET /pulls/{n}`, `GET /pulls/{n}/reviews`,
-//! `GET /collaborators/{user}/permission`, `POST /statuses/{sha}`, `GET /installation`; and
+//! `GET /collaborators/{user}/permission`, `POST /statuses/{sha}`, `GET /commits/{sha}/status`
+//! (the combined status), `GET /commits/{sha}/check-runs`, `GET /installation`; and
 //! `POST /app/installations/{id}/access_tokens`. Every request is logged. A request must carry
 //! `Authorization: Bearer <token>` with the token the fake was started with or one it minted
 //! for an App installation; the App's own routes want a JWT instead. Else 401.
@@ -71,6 +72,20 @@ pub struct StatusSet {
     pub target_url: String,
 }
 
+/// A check run a CI (a GitHub App, e.g. GitHub Actions) reported on a commit.
+#[derive(Debug, Clone)]
+pub struct CheckRun {
+    pub repo: String,
+    pub head_sha: String,
+    pub name: String,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// Set once completed: `success`, `failure`, `neutral`, `cancelled`, `skipped`,
+    /// `timed_out`, `action_required`.
+    pub conclusion: Option<String>,
+    pub details_url: String,
+}
+
 /// A request the fake received.
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -93,6 +108,7 @@ struct GitHubState {
     /// `owner/name` → repository.
     repos: BTreeMap<String, Repo>,
     statuses: Vec<StatusSet>,
+    check_runs: Vec<CheckRun>,
     log: Vec<Received>,
     /// The tokens a request may carry: the one the fake started with, then minted ones.
     tokens: Vec<String>,
@@ -129,6 +145,7 @@ impl FakeGitHub {
         let state = Arc::new(Mutex::new(GitHubState {
             repos: BTreeMap::new(),
             statuses: Vec::new(),
+            check_runs: Vec::new(),
             log: Vec::new(),
             tokens: vec![token.to_string()],
             slow: None,
@@ -154,6 +171,14 @@ impl FakeGitHub {
                 get(permission),
             )
             .route("/repos/{owner}/{repo}/statuses/{sha}", post(status))
+            .route(
+                "/repos/{owner}/{repo}/commits/{reference}/status",
+                get(combined_status),
+            )
+            .route(
+                "/repos/{owner}/{repo}/commits/{reference}/check-runs",
+                get(check_runs),
+            )
             .route("/repos/{owner}/{repo}/installation", get(installation))
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .fallback(|| async { not_found() })
@@ -267,6 +292,12 @@ impl FakeGitHub {
                 .map(|i| i.comments.clone())
                 .unwrap_or_default()
         })
+    }
+
+    /// Reports a check run on `sha` (a later run of the same name supersedes it, as a re-run
+    /// does on GitHub).
+    pub fn check_run(&self, run: CheckRun) {
+        self.with(|s| s.check_runs.push(run));
     }
 
     /// Every commit status set, in order.

@@ -330,6 +330,99 @@ pub(super) async fn status(
     )
 }
 
+/// `GET /repos/{o}/{r}/commits/{ref}/status`: the latest status of each context of a
+/// commit, and their combined state (failure if any failed or errored, pending if any is
+/// pending or there is none, else success).
+pub(super) async fn combined_status(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let s = state.lock().unwrap();
+    let mut latest: Vec<(usize, &StatusSet)> = Vec::new();
+    for (i, set) in s.statuses.iter().enumerate().rev() {
+        if set.repo == full
+            && set.sha == sha
+            && !latest.iter().any(|(_, l)| l.context == set.context)
+        {
+            latest.push((i + 1, set));
+        }
+    }
+    let states: Vec<&str> = latest.iter().map(|(_, l)| l.state.as_str()).collect();
+    let combined = if states.iter().any(|s| *s == "failure" || *s == "error") {
+        "failure"
+    } else if states.is_empty() || states.contains(&"pending") {
+        "pending"
+    } else {
+        "success"
+    };
+    let statuses: Vec<Value> = latest
+        .iter()
+        .map(|(id, l)| {
+            json!({
+                "url": format!("https://api.github.com/repos/{full}/statuses/{sha}"),
+                "avatar_url": "https://avatars.githubusercontent.com/u/1?v=4",
+                "id": id, "node_id": "SC_fake", "state": l.state,
+                "description": if l.description.is_empty() { Value::Null } else { json!(l.description) },
+                "target_url": if l.target_url.is_empty() { Value::Null } else { json!(l.target_url) },
+                "context": l.context,
+                "created_at": "2024-05-01T12:00:00Z", "updated_at": "2024-05-01T12:00:00Z"
+            })
+        })
+        .collect();
+    answer(
+        StatusCode::OK,
+        &json!({
+            "state": combined, "statuses": statuses, "sha": sha,
+            "total_count": statuses.len(), "repository": render::repository(&full),
+            "commit_url": format!("https://api.github.com/repos/{full}/commits/{sha}"),
+            "url": format!("https://api.github.com/repos/{full}/commits/{sha}/status")
+        }),
+    )
+}
+
+/// `GET /repos/{o}/{r}/commits/{ref}/check-runs`: the latest run of each name on a commit
+/// (GitHub's default `filter=latest`), newest first.
+pub(super) async fn check_runs(
+    State(state): State<Shared>,
+    Path((owner, repo, sha)): Path<(String, String, String)>,
+) -> Response {
+    let full = format!("{owner}/{repo}");
+    let s = state.lock().unwrap();
+    let mut runs: Vec<Value> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for (i, run) in s.check_runs.iter().enumerate().rev() {
+        if run.repo != full || run.head_sha != sha || names.contains(&run.name.as_str()) {
+            continue;
+        }
+        names.push(&run.name);
+        let id = 4000 + i;
+        let completed = run.status == "completed";
+        runs.push(json!({
+            "id": id, "head_sha": run.head_sha, "node_id": "CR_fake", "external_id": "",
+            "url": format!("https://api.github.com/repos/{full}/check-runs/{id}"),
+            "html_url": format!("https://github.com/{full}/runs/{id}"),
+            "details_url": run.details_url,
+            "status": run.status, "conclusion": run.conclusion,
+            "started_at": "2024-05-01T12:00:00Z",
+            "completed_at": if completed { json!("2024-05-01T12:05:00Z") } else { Value::Null },
+            "output": {
+                "title": run.conclusion.as_ref().map(|c| format!("{} {c}", run.name)),
+                "summary": null, "text": null, "annotations_count": 0,
+                "annotations_url": format!("https://api.github.com/repos/{full}/check-runs/{id}/annotations")
+            },
+            "name": run.name, "check_suite": { "id": 5000 + i },
+            "app": { "id": 15368, "slug": "github-actions", "node_id": "A_fake",
+                     "owner": render::user("github"), "name": "GitHub Actions" },
+            "pull_requests": []
+        }));
+    }
+    answer(
+        StatusCode::OK,
+        &json!({ "total_count": runs.len(), "check_runs": runs }),
+    )
+}
+
 pub(super) async fn installation(Path((owner, _repo)): Path<(String, String)>) -> Response {
     answer(
         StatusCode::OK,
