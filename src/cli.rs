@@ -183,6 +183,21 @@ pub enum Command {
     /// The store: the queue, the history and the journal
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Bring up a task's showroom: its branches rebased on upstream, built and deployed with
+    /// `[environments.showroom]`, beside the delivery line (nothing merged); or take it down
+    #[command(
+        after_help = "The URL is `[environments.showroom] url` with `{task}` the task \
+                      key made a DNS label (`TASK-1` is `task-1`). Past `max` showrooms the \
+                      oldest is torn down, or the request refused (`on_full`). Exit 0 up or \
+                      down, 1 failed or refused. See docs/showrooms.md."
+    )]
+    Showroom(commands::ShowroomArgs),
+    /// List the showrooms: task, state, URL, the commit of each repository, age, who asked
+    Showrooms {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the bot: the queue worker, GitHub commands (`/deliver` …), tracker-driven
     /// deliveries, the queue page and metrics, until SIGTERM or ctrl-c
     Serve {
@@ -365,6 +380,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Store(StoreCommand::Copy { to_env }) => {
             commands::store_copy(&config_path(config), &to_env)
         }
+        Command::Showroom(args) => commands::showroom(&config_path(config), &args),
+        Command::Showrooms { json } => commands::showrooms(&config_path(config), json),
         Command::Serve { listen } => {
             crate::server::run_cli(&config_path(config), listen.as_deref())
         }

@@ -16,6 +16,8 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+mod showroom;
+
 use crate::audit;
 use crate::config::{AuditOnError, Config, ConfigSource};
 use crate::delivery::{self, Request, Requested, refusal_lines};
@@ -341,6 +343,10 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
     }
     let result = (|| -> anyhow::Result<()> {
         let updates = push::parse_updates(&input)?;
+        showroom::after_push(&updates, &push::push_options_from_env(), || {
+            let (path, source) = find_config(config_path, &Git::for_hook()?)?;
+            Config::load_from(&path, source)
+        });
         let req = parse_post_receive_options(&push::push_options_from_env())
             .map_err(anyhow::Error::msg)?;
         if let Err(e) = autotests_asked(config_path, &updates, req.autotest) {

@@ -29,6 +29,7 @@ mod replicas;
 mod reviews;
 mod runners;
 mod serve;
+mod showrooms;
 mod stages;
 mod status_runner;
 mod trackers;

@@ -1,6 +1,7 @@
 //! The commands a person runs, one file per family: `deliver`, `work` (and `recover`),
-//! `autotest` (and `autotests`), `queue`, `show` (and `logs`), `cancel` (and `rollback`), `store`, `install` (the hooks),
-//! `policy` (`check`, `test`, `replay`) and `audit`. `cli` parses; these do.
+//! `autotest` (and `autotests`), `queue`, `show` (and `logs`), `cancel` (and `rollback`),
+//! `showroom` (and `showrooms`), `store`, `install` (the hooks), `policy` (`check`, `test`,
+//! `replay`) and `audit`. `cli` parses; these do.
 //!
 //! What they print quotes task keys, errors and step output: every line goes through
 //! [`crate::text::escape`] (the `say!` macro). A reader gone away (`lockstep logs 1 | head`) makes the
@@ -29,6 +30,7 @@ mod install;
 pub mod policy;
 mod queue;
 mod show;
+mod showroom;
 mod store;
 mod work;
 
@@ -39,6 +41,7 @@ pub use deliver::deliver;
 pub use install::{InstallArgs, install_hooks};
 pub use queue::queue;
 pub use show::{logs, show};
+pub use showroom::{ShowroomArgs, showroom, showrooms};
 pub use store::store_copy;
 pub use work::{recover, work};
 

@@ -13,7 +13,8 @@ pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<Exit> {
         let c = source.copy_to(&target).await?;
         say!(
             "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids, \
-             {} webhook events, {} tracker statuses and {} alerts into the store in `{var}`",
+             {} webhook events, {} tracker statuses, {} alerts and {} showrooms into the store \
+             in `{var}`",
             c.deliveries,
             c.repos,
             c.journal,
@@ -21,7 +22,8 @@ pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<Exit> {
             c.webhooks,
             c.events,
             c.tracker_seen,
-            c.alerts
+            c.alerts,
+            c.showrooms
         );
         say!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
         Ok(Exit::Success)

@@ -196,6 +196,22 @@ pub struct Environment {
     /// Variables handed to every step. Default none.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    // `[environments.showroom]` only (`config/showroom.rs` reads and checks them).
+    /// The showroom's URL, `{task}` its task's safe label. Default none.
+    pub url: Option<String>,
+    /// How many showrooms at once. Default 5.
+    pub max: Option<usize>,
+    /// Past `max`: `evict-oldest` (default) or `refuse`.
+    pub on_full: Option<super::showroom::OnFull>,
+    /// A showroom older than this is torn down. Default none.
+    #[serde(default, deserialize_with = "super::showroom::ttl")]
+    pub ttl: Option<Duration>,
+    /// The tracker statuses in which a task has a showroom (`lockstep serve`). Default none.
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    /// A push to the task's branch redeploys its showroom. Default false.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +265,8 @@ pub struct Steps {
     pub deploy: Option<StepCommand>,
     pub verify: Option<StepCommand>,
     pub rollback: Option<StepCommand>,
+    /// Removes a task's showroom, given the variables its deploy had.
+    pub teardown: Option<StepCommand>,
 }
 
 impl Steps {

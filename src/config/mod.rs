@@ -9,6 +9,7 @@
 //! - `tracker`: `[tasks]` and `[tracker]`.
 //! - `delivery`: `[delivery]`, `[environments.*]` and `[[repo]]` with their steps.
 //! - `server`: `[server]` and `[github]`.
+//! - `showroom`: `[environments.showroom]`, a showroom per task.
 //! - `store`: `[store]`.
 //! - `monitor`: `[prometheus]`, `[[gate]]` and `[alertmanager]`.
 //! - `reviews`: `[reviews]`, `[teams]` and `[audit]`.
@@ -30,6 +31,7 @@ mod monitor;
 mod reviews;
 mod runners;
 mod server;
+mod showroom;
 mod store;
 mod tracker;
 
@@ -40,6 +42,7 @@ pub use monitor::{AlertmanagerConfig, DEFAULT_ALERT_SLACK, Gate, NoData, Prometh
 pub use reviews::{Audit, AuditOnError, Reviews};
 pub use runners::{Runner, RunnerKind, RunnerStep};
 pub use server::{GitHubConfig, Server};
+pub use showroom::{OnFull, SHOWROOM, Showroom};
 pub use store::StoreConfig;
 pub use tracker::{OnError, Tasks, TrackerConfig, TrackerKind};
 
@@ -392,6 +395,7 @@ impl Config {
         runners::check_candidate_branch(&self.delivery.candidate_branch)?;
         self.store.check()?;
         self.autotest.check()?;
+        showroom::check(self)?;
         if self.delivery.watch_gates && (self.delivery.watch.is_zero() || self.gates.is_empty()) {
             bail!(
                 "`delivery.watch_gates` samples the `[[gate]]`s for `delivery.watch`; set both, \

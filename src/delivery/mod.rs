@@ -32,6 +32,7 @@ mod remote;
 mod request;
 mod rollback;
 mod run;
+pub mod showroom;
 mod slots;
 mod stages;
 pub mod steps;

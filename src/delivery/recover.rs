@@ -45,6 +45,7 @@ pub async fn recover(engine: &Engine) -> anyhow::Result<Vec<String>> {
         engine.say(&line);
         said.push(line);
     }
+    said.extend(super::showroom::recover(engine).await?);
     Ok(said)
 }
 
@@ -228,6 +229,7 @@ impl Engine {
         let summary = match self.reconcile_merge(d).await {
             Ok(Reconciled::Merged(checkouts)) => {
                 self.land(d, &checkouts, true).await?;
+                super::showroom::finished(self, d, crate::domain::State::Delivered).await;
                 return Ok(format!(
                     "#{} {}: was interrupted in merge; every upstream now has it: delivered",
                     d.id, d.task

@@ -239,6 +239,7 @@ async fn serial<E: Edge>(
             return Ok(Turn::Ended(End::Stopped { cut: Some(cut(&d)) }));
         }
     };
+    super::showroom::finished(engine, &d, state).await;
     edge.finished(&d, state).await;
     Ok(if edge.done(d.id, state) {
         Turn::Ended(End::Done)

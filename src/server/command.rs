@@ -1,5 +1,5 @@
 //! The bot's commands in pull request comments: `/deliver`, `/cancel`, `/retry`,
-//! `/rollback`, `/status`, `/help`.
+//! `/rollback`, `/status`, `/showroom`, `/help`.
 //!
 //! A command is a line of its own whose first word starts with `/`, anywhere in the comment,
 //! except inside code (``` or ~~~ fences, lines indented four spaces or a tab), quotes (`>`)
@@ -25,6 +25,8 @@ pub enum BotCommand {
     Status,
     /// Build and test the pull request's head on its own.
     Autotest,
+    /// Bring up (or deploy again) the task's showroom; with `down`, tear it down.
+    Showroom { down: bool },
     /// List the commands.
     Help,
 }
@@ -70,6 +72,9 @@ pub const COMMANDS: &[Usage] = &[
         usage: "/autotest",
         what: "build and test this pull request's head rebased on its upstream, \
                without delivering it",
+        name: "showroom",
+        usage: "/showroom [down]",
+        what: "deploy this task's showroom beside the delivery line (or tear it down)",
     },
     Usage {
         name: "help",
@@ -87,6 +92,7 @@ impl BotCommand {
             BotCommand::Rollback => "rollback",
             BotCommand::Status => "status",
             BotCommand::Autotest => "autotest",
+            BotCommand::Showroom { .. } => "showroom",
             BotCommand::Help => "help",
         }
     }
@@ -219,6 +225,11 @@ fn parse_line(text: &str) -> Option<Result<BotCommand, ParseError>> {
             }
             Ok(BotCommand::Deliver { priority })
         }
+        "showroom" => match args.as_slice() {
+            [] => Ok(BotCommand::Showroom { down: false }),
+            ["down"] => Ok(BotCommand::Showroom { down: true }),
+            [arg, ..] => Err(bad(arg)),
+        },
         name => {
             if let Some(arg) = args.first() {
                 return Some(Err(bad(arg)));
@@ -254,6 +265,7 @@ impl fmt::Display for BotCommand {
             BotCommand::Deliver { priority } if *priority != 0 => {
                 write!(f, "/deliver priority={priority}")
             }
+            BotCommand::Showroom { down: true } => write!(f, "/showroom down"),
             other => write!(f, "/{}", other.name()),
         }
     }
@@ -262,6 +274,21 @@ impl fmt::Display for BotCommand {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn showroom_takes_down_and_nothing_else() {
+        assert_eq!(ok("/showroom"), [BotCommand::Showroom { down: false }]);
+        assert_eq!(ok("/showroom down"), [BotCommand::Showroom { down: true }]);
+        assert_eq!(
+            BotCommand::Showroom { down: true }.to_string(),
+            "/showroom down"
+        );
+        let e = parse("/showroom up").remove(0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`/showroom` takes no `up`; write it as `/showroom [down]`"
+        );
+    }
 
     fn ok(comment: &str) -> Vec<BotCommand> {
         parse(comment).into_iter().map(|r| r.unwrap()).collect()
@@ -337,7 +364,10 @@ I ran `/deliver` earlier; see /usr/bin/env and https://x/deliver
     #[test]
     fn every_command_parses_from_its_help_line() {
         for u in COMMANDS {
-            let line = u.usage.replace("[priority=N]", "priority=3");
+            let line = u
+                .usage
+                .replace("[priority=N]", "priority=3")
+                .replace("[down]", "down");
             let cmd = ok(&line);
             assert_eq!(cmd.len(), 1, "{line}");
             assert_eq!(cmd[0].name(), u.name);

@@ -40,6 +40,7 @@ pub async fn run(app: Arc<App>, every: Duration, mut stop: watch::Receiver<bool>
                 .for_each(|l| tracing::info!(target: "lockstep::autotest", "{l}")),
             Err(e) => tracing::warn!("cannot poll the tasks awaiting autotests: {e:#}"),
         }
+        crate::delivery::showroom::poll_logged(&app.engine).await;
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = super::stopped(&mut stop) => return,

@@ -72,6 +72,7 @@ pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
         queued: store.queued().await?,
         recent: store.history(20).await?,
         autotests: store.autotests(None, 10).await?,
+        showrooms: store.showrooms().await?,
         now_ms: now_ms(),
         refresh_secs: app.config().server.refresh.as_secs().max(1),
     })

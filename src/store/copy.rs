@@ -18,6 +18,8 @@ pub struct Copied {
     pub tracker_seen: usize,
     /// The alerts Alertmanager reported.
     pub alerts: usize,
+    /// The showrooms, whatever their state.
+    pub showrooms: usize,
 }
 
 type RepoRecord = (
@@ -212,6 +214,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let showrooms = self.copy_showrooms(&mut tx).await?;
         // The identity columns were given their values: their sequences go on after them.
         for table in ["deliveries", "journal", "steps"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -231,6 +234,7 @@ impl Store {
             events: all.events.len(),
             tracker_seen: all.tracker_seen.len(),
             alerts: all.alerts.len(),
+            showrooms,
         })
     }
 
@@ -344,6 +348,9 @@ mod tests {
         s.remember_alert("fp1", "2026-11-30T08:50:01Z", "HighErrorRate")
             .await
             .unwrap();
+        s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann")
+            .await
+            .unwrap();
 
         let copied = s.copy_to(&target.store).await.unwrap();
         assert_eq!(
@@ -356,7 +363,8 @@ mod tests {
                 webhooks: 1,
                 events: 1,
                 tracker_seen: 1,
-                alerts: 1
+                alerts: 1,
+                showrooms: 1
             }
         );
         let t = &target.store;
@@ -387,6 +395,10 @@ mod tests {
             "so is a replayed event"
         );
         assert_eq!(t.tracker_seen().await.unwrap().len(), 1);
+        assert_eq!(
+            serde_json::to_value(t.showrooms().await.unwrap()).unwrap(),
+            serde_json::to_value(s.showrooms().await.unwrap()).unwrap()
+        );
         assert!(
             !t.remember_alert("fp1", "2026-11-30T08:50:01Z", "HighErrorRate")
                 .await

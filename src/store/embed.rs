@@ -30,6 +30,7 @@ macro_rules! migrations {
             "0009_steps_runner_build",
             "0010_commit_statuses",
             "0011_autotests",
+            "0012_showrooms",
         )
     };
     ($dialect:literal: $($file:literal),* $(,)?) => {

@@ -19,6 +19,7 @@
 //! - `alerts`: the alerts Alertmanager reported, to act once on each; rollbacks by trigger.
 //! - `tracker_seen`: what the tracker poller has seen.
 //! - `autotests`: the autotests of task branches' heads, requested, run and judged.
+//! - `showrooms`: a showroom per task, beside the delivery line, and where each stands.
 //! - `copy`: `lockstep store copy`, a whole store into an empty PostgreSQL one.
 //! - `lease`: who works the queue: the lease and its fencing epoch.
 //! - `postgres`: opening a PostgreSQL store named by `[store] url_env`, and its schema (the
@@ -105,6 +106,7 @@ mod journal;
 mod lease;
 mod postgres;
 mod repos;
+mod showrooms;
 mod sqlite;
 mod statuses;
 mod steps;
@@ -128,6 +130,7 @@ pub use autotests::{AutotestEnd, AutotestRow, NewAutotest};
 pub use deliveries::DeliveryRow;
 pub use journal::JournalRow;
 pub use repos::{RepoFlag, RepoRow};
+pub use showrooms::{ShowroomRow, ShowroomState};
 pub use steps::StepRow;
 pub use train::{DiscardReason, Waits};
 pub use transitions::{Enqueued, NewDelivery};

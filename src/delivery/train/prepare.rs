@@ -149,6 +149,7 @@ impl Train<'_> {
                 if state == State::Delivered {
                     self.landed.insert(id);
                 }
+                crate::delivery::showroom::finished(&self.engine, &item.d, state).await;
                 self.watcher.finished(&item.d, state).await;
                 // The upstreams moved (or were put back): read them before judging again.
                 self.tips_read = None;

@@ -15,6 +15,7 @@ mod deliver;
 mod events;
 mod retry;
 mod rollback;
+mod showroom;
 mod status;
 
 #[cfg(test)]
@@ -173,6 +174,7 @@ async fn run(
         BotCommand::Rollback => rollback::rollback(asked).await,
         BotCommand::Status => status::status(app, asked.task).await,
         BotCommand::Autotest => autotest::autotest(asked).await,
+        BotCommand::Showroom { down } => showroom::showroom(asked, down).await,
     }
 }
 

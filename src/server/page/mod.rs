@@ -10,6 +10,7 @@
 mod autotests;
 mod delivery;
 mod queue;
+mod showrooms;
 
 pub use delivery::{DeliveryView, StepLog, delivery_page};
 pub use queue::{InFlight, QueueView, queue_page};
@@ -240,6 +241,7 @@ mod tests {
             queued: vec![d.clone()],
             recent: vec![],
             autotests: vec![],
+            showrooms: Vec::new(),
             now_ms: 10_000,
             refresh_secs: 5,
         };

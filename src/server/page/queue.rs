@@ -8,7 +8,7 @@ use super::{ago, document, duration, grid_table, header, pill, requested, stages
 use crate::delivery::StageReport;
 use crate::domain::Phase;
 use crate::server::grid::GridRow;
-use crate::store::{AutotestRow, DeliveryRow, StepRow};
+use crate::store::{AutotestRow, DeliveryRow, ShowroomRow, StepRow};
 
 /// The delivery in flight, ready to show.
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +32,8 @@ pub struct QueueView {
     /// The latest autotests, newest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub autotests: Vec<AutotestRow>,
+    /// The showrooms not down.
+    pub showrooms: Vec<ShowroomRow>,
     pub now_ms: i64,
     #[serde(skip)]
     pub refresh_secs: u64,
@@ -63,6 +65,10 @@ pub fn queue_page(v: &QueueView) -> String {
                 (listing("recent", "Recent", "No delivery has finished yet.",
                     (!v.recent.is_empty()).then(|| recent(v))))
                 (super::autotests::autotests(&v.autotests, v.now_ms))
+                @if !v.showrooms.is_empty() {
+                    (listing("showrooms", "Showrooms", "",
+                        Some(super::showrooms::showrooms(&v.showrooms, v.now_ms))))
+                }
             }
             footer {
                 "refreshes every " (refresh) "s · "
@@ -253,6 +259,7 @@ mod tests {
             queued: vec![urgent, from_tracker],
             recent: vec![delivered, failed],
             autotests: vec![],
+            showrooms: Vec::new(),
             now_ms: 7_500_000,
             refresh_secs: 3,
         }
@@ -342,6 +349,7 @@ mod tests {
             queued: vec![],
             recent: vec![],
             autotests: vec![],
+            showrooms: Vec::new(),
             now_ms: 0,
             refresh_secs: 0,
         };
