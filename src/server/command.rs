@@ -72,6 +72,8 @@ pub const COMMANDS: &[Usage] = &[
         usage: "/autotest",
         what: "build and test this pull request's head rebased on its upstream, \
                without delivering it",
+    },
+    Usage {
         name: "showroom",
         usage: "/showroom [down]",
         what: "deploy this task's showroom beside the delivery line (or tear it down)",

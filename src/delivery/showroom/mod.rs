@@ -299,31 +299,10 @@ pub fn spawn_detached(
     task: &TaskKey,
     by: &str,
 ) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the lockstep executable")?;
-    let state = config.state_dir();
-    std::fs::create_dir_all(&state)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state.join("showrooms.log"))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--config")
-        .arg(&config.path)
-        .arg("showroom")
-        .arg("--by")
-        .arg(by)
-        .arg("--")
-        .arg(task.as_str())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::from(log.try_clone()?))
-        .stderr(std::process::Stdio::from(log));
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(|k| k.starts_with("GIT_")) {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.spawn()
-        .context("cannot start `lockstep showroom` in the background")?;
-    Ok(())
+    crate::delivery::worker::spawn_lockstep(
+        config,
+        &["showroom", "--by", by, "--", task.as_str()],
+        "showrooms.log",
+    )
+    .context("cannot start `lockstep showroom` in the background")
 }
