@@ -13,8 +13,8 @@ pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<Exit> {
         let c = source.copy_to(&target).await?;
         say!(
             "copied {} deliveries ({} repositories, {} journal entries, {} steps), {} webhook ids, \
-             {} webhook events, {} tracker statuses, {} alerts and {} showrooms into the store \
-             in `{var}`",
+             {} webhook events, {} tracker statuses, {} alerts, {} showrooms and {} autotests \
+             into the store in `{var}`",
             c.deliveries,
             c.repos,
             c.journal,
@@ -23,7 +23,8 @@ pub fn store_copy(at: &Located, var: &str) -> anyhow::Result<Exit> {
             c.events,
             c.tracker_seen,
             c.alerts,
-            c.showrooms
+            c.showrooms,
+            c.autotests
         );
         say!("next: set `[store] url_env = \"{var}\"` in lockstep.toml");
         Ok(Exit::Success)

@@ -412,33 +412,6 @@ fn lost_lease() -> anyhow::Error {
 /// Starts `lockstep work` in the background, detached from the caller (a hook must not wait
 /// for a delivery, and git waits for a hook's output streams to close).
 pub fn spawn_detached(config: &Config) -> anyhow::Result<()> {
-    spawn_lockstep(config, &["work"], "worker.log").context("cannot start a background worker")
-}
-
-/// Starts `lockstep --config <config> ARGS…` in its own process group, detached from the
-/// caller, its output appended to `log` in `state_dir`, and without the `GIT_*` variables of
-/// the hook that may have started it.
-pub fn spawn_lockstep(config: &Config, args: &[&str], log: &str) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the lockstep executable")?;
-    let state = config.state_dir();
-    std::fs::create_dir_all(&state)?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state.join(log))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--config")
-        .arg(&config.path)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::from(log.try_clone()?))
-        .stderr(std::process::Stdio::from(log));
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    for (k, _) in std::env::vars_os() {
-        if k.to_str().is_some_and(|k| k.starts_with("GIT_")) {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.spawn()?;
-    Ok(())
+    crate::runtime::spawn_lockstep(config, &["work"], "worker.log")
+        .context("cannot start a background worker")
 }

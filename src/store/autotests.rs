@@ -258,6 +258,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Copies every autotest into `tx` on a PostgreSQL store (`lockstep store copy`), ids
+    /// kept; returns how many.
+    pub(super) async fn copy_autotests(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> anyhow::Result<usize> {
+        let rows = self.autotests(None, i64::MAX).await?;
+        for r in rows.iter().rev() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO autotests ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17)"
+            )))
+            .bind(r.id)
+            .bind(&r.task)
+            .bind(&r.repo)
+            .bind(&r.branch)
+            .bind(&r.sha)
+            .bind(r.source)
+            .bind(&r.requester)
+            .bind(r.state)
+            .bind(&r.rebased_on)
+            .bind(&r.tested_sha)
+            .bind(&r.step)
+            .bind(&r.reason)
+            .bind(&r.log)
+            .bind(r.pid)
+            .bind(r.requested_at)
+            .bind(r.started_at)
+            .bind(r.finished_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(rows.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

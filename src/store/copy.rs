@@ -20,6 +20,8 @@ pub struct Copied {
     pub alerts: usize,
     /// The showrooms, whatever their state.
     pub showrooms: usize,
+    /// The autotests, whatever their state.
+    pub autotests: usize,
 }
 
 type RepoRecord = (
@@ -215,8 +217,9 @@ impl Store {
             .await?;
         }
         let showrooms = self.copy_showrooms(&mut tx).await?;
+        let autotests = self.copy_autotests(&mut tx).await?;
         // The identity columns were given their values: their sequences go on after them.
-        for table in ["deliveries", "journal", "steps"] {
+        for table in ["deliveries", "journal", "steps", "autotests"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
                  COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
@@ -235,6 +238,7 @@ impl Store {
             tracker_seen: all.tracker_seen.len(),
             alerts: all.alerts.len(),
             showrooms,
+            autotests,
         })
     }
 
@@ -351,6 +355,16 @@ mod tests {
         s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann")
             .await
             .unwrap();
+        s.request_autotest(&crate::store::NewAutotest {
+            task: "T-1".into(),
+            repo: "api".into(),
+            branch: "feature/T-1".into(),
+            sha: "a".repeat(40),
+            source: crate::domain::Source::Push,
+            requester: "ann".into(),
+        })
+        .await
+        .unwrap();
 
         let copied = s.copy_to(&target.store).await.unwrap();
         assert_eq!(
@@ -364,7 +378,8 @@ mod tests {
                 events: 1,
                 tracker_seen: 1,
                 alerts: 1,
-                showrooms: 1
+                showrooms: 1,
+                autotests: 1,
             }
         );
         let t = &target.store;
@@ -398,6 +413,10 @@ mod tests {
         assert_eq!(
             serde_json::to_value(t.showrooms().await.unwrap()).unwrap(),
             serde_json::to_value(s.showrooms().await.unwrap()).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(t.autotests(None, 10).await.unwrap()).unwrap(),
+            serde_json::to_value(s.autotests(None, 10).await.unwrap()).unwrap()
         );
         assert!(
             !t.remember_alert("fp1", "2026-11-30T08:50:01Z", "HighErrorRate")

@@ -299,7 +299,7 @@ pub fn spawn_detached(
     task: &TaskKey,
     by: &str,
 ) -> anyhow::Result<()> {
-    crate::delivery::worker::spawn_lockstep(
+    crate::runtime::spawn_lockstep(
         config,
         &["showroom", "--by", by, "--", task.as_str()],
         "showrooms.log",
