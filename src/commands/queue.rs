@@ -10,11 +10,7 @@ use crate::store::DeliveryRow;
 pub fn queue(at: &Located, json: bool) -> anyhow::Result<Exit> {
     runtime()?.block_on(async move {
         let (_, store) = store_of(at).await?;
-        // Read in the order a delivery moves (queued, running, finished), so that one the
-        // worker moves while this reads is seen at least once: shown where it went.
-        let mut queued = store.queued().await?;
-        let running = store.train().await?;
-        queued.retain(|q| !running.iter().any(|r| r.id == q.id));
+        let (running, queued) = store.line().await?;
         let history = store.history(10).await?;
         if json {
             let v = serde_json::json!({ "running": running, "queued": queued, "recent": history });

@@ -56,9 +56,10 @@ async fn in_flight(app: &App, d: DeliveryRow) -> anyhow::Result<page::InFlight> 
 
 pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
     let store = &app.engine.store;
+    let (train, queued) = store.line().await?;
     let mut running = Vec::new();
     // The head first, then the candidates behind it.
-    for d in store.train().await? {
+    for d in train {
         running.push(in_flight(app, d).await?);
     }
     Ok(page::QueueView {
@@ -69,7 +70,7 @@ pub async fn queue_view(app: &App) -> anyhow::Result<page::QueueView> {
             .map(|r| r.name.to_string())
             .collect(),
         running,
-        queued: store.queued().await?,
+        queued,
         recent: store.history(20).await?,
         autotests: store.autotests(None, 10).await?,
         showrooms: store.showrooms().await?,

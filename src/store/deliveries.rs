@@ -91,6 +91,17 @@ impl Store {
         Ok(rows)
     }
 
+    /// The line as it stands: the running deliveries ([`Store::train`]) and those waiting
+    /// ([`Store::queued`]). Read in the order a delivery moves (waiting, then running), so
+    /// that one the worker claims meanwhile is seen, where it went, and never missed; a
+    /// history read after these sees any that finished meanwhile.
+    pub async fn line(&self) -> anyhow::Result<(Vec<DeliveryRow>, Vec<DeliveryRow>)> {
+        let mut queued = self.queued().await?;
+        let running = self.train().await?;
+        queued.retain(|q| !running.iter().any(|r| r.id == q.id));
+        Ok((running, queued))
+    }
+
     /// The running deliveries in the pipeline's order: the head first, then the candidates
     /// in queue order (priority first, then age).
     pub async fn train(&self) -> anyhow::Result<Vec<DeliveryRow>> {
