@@ -4,12 +4,12 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::commands::policy::{PolicyTestArgs, ReplayArgs};
-use crate::commands::{self, AuditArgs, InstallArgs};
+use crate::commands::{self, AuditArgs, InstallArgs, LogFilter, LogsOf};
 use crate::config::{ConfigSource, Located};
-use crate::domain::DeliveryId;
+use crate::domain::{DeliveryId, TaskKey};
 use crate::exit::Exit;
 use crate::hook;
 
@@ -132,7 +132,8 @@ pub enum Command {
         /// Machine-readable output: one object per autotest
         #[arg(long)]
         json: bool,
-        /// Print the log of autotest ID instead
+        /// Print the log of autotest ID instead (the end of it the store keeps; `lockstep logs
+        /// --autotest ID` prints each step's whole log)
         #[arg(long, value_name = "ID")]
         log: Option<i64>,
     },
@@ -142,21 +143,49 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show one delivery: its repositories, shas and journal
+    /// Show one delivery (its repositories, shas and journal), or all of a task: its
+    /// deliveries, its autotests and its showroom
+    #[command(
+        after_help = "A number is a delivery's id, anything else a task key: `lockstep \
+                            show 12`, `lockstep show TASK-7`. With task keys that are numbers \
+                            (Redmine's), `--task` reads it as one: `lockstep show 34 --task`. \
+                            A task lockstep knows nothing of is an error (exit 2) that says \
+                            what to run."
+    )]
     Show {
-        id: i64,
-        /// Machine-readable output
+        /// A delivery's id, or a task key
+        #[arg(value_name = "ID|TASK")]
+        what: String,
+        /// Read the argument as a task key even when it is a number
+        #[arg(long)]
+        task: bool,
+        /// Machine-readable output: the delivery, its repos, steps and journal; or, for a
+        /// task, an object with its `task`, `deliveries`, `autotests` and `showroom`
         #[arg(long)]
         json: bool,
     },
-    /// Print the logs of a delivery's steps (for a step on Buildbot, also the end of its
-    /// build's logs, fetched from the master)
+    /// Print the logs of a delivery's steps, of an autotest's or of a showroom's (for a
+    /// delivery's step on Buildbot, also the end of its build's logs, fetched from the master)
+    #[command(
+        group(ArgGroup::new("whose").required(true).args(["id", "autotest", "showroom"])),
+        after_help = "Name one of them: `lockstep logs 12` (delivery 12), `lockstep logs \
+                      --autotest 5` (autotest 5, as `lockstep autotests` lists them), \
+                      `lockstep logs --showroom TASK-7` (the build and deploy steps of the \
+                      showroom's last deploy, and the teardown if one ran since)."
+    )]
     Logs {
-        id: i64,
+        /// The delivery
+        id: Option<i64>,
+        /// The steps of this autotest instead of a delivery's
+        #[arg(long, value_name = "ID")]
+        autotest: Option<i64>,
+        /// The steps of this task's showroom instead of a delivery's
+        #[arg(long, value_name = "TASK")]
+        showroom: Option<String>,
         /// Only this repository
         #[arg(long)]
         repo: Option<String>,
-        /// Only this step (build, test, deploy, verify, rollback)
+        /// Only this step (build, test, deploy, verify, rollback; a showroom's teardown)
         #[arg(long)]
         step: Option<String>,
         /// Print the logs as the steps wrote them, control characters included (the default
@@ -358,19 +387,30 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             commands::autotests(&config_path(config), task.as_deref(), json, log)
         }
         Command::Queue { json } => commands::queue(&config_path(config), json),
-        Command::Show { id, json } => commands::show(&config_path(config), DeliveryId(id), json),
+        Command::Show { what, task, json } => {
+            commands::show(&config_path(config), &what, task, json)
+        }
         Command::Logs {
             id,
+            autotest,
+            showroom,
             repo,
             step,
             raw,
-        } => commands::logs(
-            &config_path(config),
-            DeliveryId(id),
-            repo.as_deref(),
-            step.as_deref(),
-            raw,
-        ),
+        } => {
+            let of = match (id, autotest, showroom) {
+                (Some(id), None, None) => LogsOf::Delivery(DeliveryId(id)),
+                (None, Some(id), None) => LogsOf::Autotest(id),
+                (None, None, Some(task)) => LogsOf::Showroom(TaskKey::new(task.trim())),
+                _ => anyhow::bail!("name one of ID, `--autotest ID` or `--showroom TASK`"),
+            };
+            let filter = LogFilter {
+                repo: repo.as_deref(),
+                step: step.as_deref(),
+                raw,
+            };
+            commands::logs(&config_path(config), &of, filter)
+        }
         Command::Cancel { id } => commands::cancel(&config_path(config), DeliveryId(id)),
         Command::Rollback { id, revert } => {
             commands::rollback(&config_path(config), DeliveryId(id), revert)

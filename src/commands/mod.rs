@@ -1,7 +1,8 @@
 //! The commands a person runs, one file per family: `deliver`, `work` (and `recover`),
-//! `autotest` (and `autotests`), `queue`, `show` (and `logs`), `cancel` (and `rollback`),
-//! `showroom` (and `showrooms`), `store`, `install` (the hooks), `policy` (`check`, `test`,
-//! `replay`) and `audit`. `cli` parses; these do.
+//! `autotest` (and `autotests`), `queue`, `show` (a delivery; `task`: all of a task), `logs`
+//! (a delivery's, an autotest's, a showroom's), `cancel` (and `rollback`), `showroom` (and
+//! `showrooms`), `store`, `install` (the hooks), `policy` (`check`, `test`, `replay`) and
+//! `audit`. `cli` parses; these do.
 //!
 //! What they print quotes task keys, errors and step output: every line goes through
 //! [`crate::text::escape`] (the `say!` macro). A reader gone away (`lockstep logs 1 | head`) makes the
@@ -27,11 +28,13 @@ mod autotest;
 mod cancel;
 mod deliver;
 mod install;
+mod logs;
 pub mod policy;
 mod queue;
 mod show;
 mod showroom;
 mod store;
+mod task;
 mod work;
 
 pub use audit::{AuditArgs, audit};
@@ -39,8 +42,9 @@ pub use autotest::{autotest, autotests};
 pub use cancel::{cancel, rollback};
 pub use deliver::deliver;
 pub use install::{InstallArgs, install_hooks};
+pub use logs::{LogFilter, LogsOf, logs};
 pub use queue::queue;
-pub use show::{logs, show};
+pub use show::show;
 pub use showroom::{ShowroomArgs, showroom, showrooms};
 pub use store::store_copy;
 pub use work::{recover, work};

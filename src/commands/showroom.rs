@@ -103,7 +103,7 @@ pub fn showrooms(at: &Located, json: bool) -> anyhow::Result<Exit> {
 }
 
 /// An age in its largest unit: `42s`, `5m`, `3h`, `2d`.
-fn age(ms: i64) -> String {
+pub(super) fn age(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
         0..60 => format!("{s}s"),

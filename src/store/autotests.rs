@@ -178,6 +178,22 @@ impl Store {
         Ok(rows)
     }
 
+    /// The newest autotest of each branch of a task (of each repository and branch), the
+    /// newest first: where each of its branches stands, however many runs came before.
+    pub async fn latest_autotests_of(&self, task: &TaskKey) -> anyhow::Result<Vec<AutotestRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM autotests WHERE id IN (SELECT MAX(id) FROM autotests \
+             WHERE task = $1 GROUP BY repo, branch) ORDER BY id DESC"
+        );
+        let rows = on_pool!(self, |pool| sqlx::query_as(sqlx::AssertSqlSafe(
+            sql.as_str()
+        ))
+        .bind(task)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+
     /// The autotests in a state (oldest first).
     pub async fn autotests_in(&self, state: AutotestState) -> anyhow::Result<Vec<AutotestRow>> {
         let sql = format!("SELECT {COLUMNS} FROM autotests WHERE state = $1 ORDER BY id");
@@ -337,6 +353,12 @@ mod tests {
         assert_eq!(all[0].rebased_on, "base");
         assert!(s.autotests(Some(&TaskKey::new("PROJ-2")), 10).await.unwrap().is_empty());
         assert_eq!(s.autotests(None, 10).await.unwrap().len(), 2);
+        let web = NewAutotest { repo: RepoName::new("web"), ..new("c3") };
+        let (third, _) = s.request_autotest(&web).await.unwrap();
+        let latest = s.latest_autotests_of(&TaskKey::new("PROJ-1")).await.unwrap();
+        let ids: Vec<i64> = latest.iter().map(|a| a.id).collect();
+        assert_eq!(ids, [third, second]);
+        assert!(s.latest_autotests_of(&TaskKey::new("PROJ-2")).await.unwrap().is_empty());
     }
     }
 }

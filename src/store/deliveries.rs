@@ -152,6 +152,22 @@ impl Store {
         Ok(row)
     }
 
+    /// The deliveries of a task, newest first (at most `limit`).
+    pub async fn deliveries_of_task(
+        &self,
+        task: &TaskKey,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DeliveryRow>> {
+        let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
+            "WHERE task = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(task)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+        Ok(rows)
+    }
+
     /// Deliveries that landed at or after `since_ms`, newest first: those still watched.
     pub async fn delivered_since(&self, since_ms: i64) -> anyhow::Result<Vec<DeliveryRow>> {
         let rows = on_pool!(self, |pool| sqlx::query_as(select_deliveries!(
@@ -205,6 +221,30 @@ mod tests {
             assert_eq!(text, state.as_str());
             assert_eq!(s.delivery(id).await.unwrap().unwrap().state, state);
         }
+    }
+    }
+
+    both_backends! {
+    async fn a_tasks_deliveries_are_read_newest_first(t) {
+        let s = &t.store;
+        let mut ids = Vec::new();
+        for task in ["T-1", "T-2", "T-1"] {
+            let new = crate::store::scratch::request(task, 0);
+            let id = s.enqueue(&new).await.unwrap().id();
+            // One delivery of a task at a time: each ends before the next is asked for.
+            s.finish(id, State::Failed, "").await.unwrap();
+            ids.push(id);
+        }
+        let mine: Vec<DeliveryId> = s
+            .deliveries_of_task(&TaskKey::new("T-1"), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(mine, [ids[2], ids[0]]);
+        assert_eq!(s.deliveries_of_task(&TaskKey::new("T-1"), 1).await.unwrap().len(), 1);
+        assert!(s.deliveries_of_task(&TaskKey::new("T-3"), 10).await.unwrap().is_empty());
     }
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use super::engine::Engine;
 use super::steps;
 use crate::config::Config;
-use crate::domain::{AutotestState, RepoName, Source, TaskKey};
+use crate::domain::{AutotestState, Phase, RepoName, Source, TaskKey};
 use crate::store::{AutotestEnd, AutotestRow, NewAutotest, Store};
 
 pub use fact::fact;
@@ -39,6 +39,21 @@ const CLAIMING: i64 = 0;
 
 /// How often an idle pump looks for autotests requested meanwhile.
 const POLL: Duration = Duration::from_millis(250);
+
+/// The steps an autotest runs, in their order.
+pub const STEPS: [Phase; 2] = [Phase::Build, Phase::Test];
+
+/// Where the log of `phase` of autotest `id` of `repo` is kept on the host that ran it:
+/// `<state_dir>/logs/autotests/<id>/<repo>.<phase>.log` (`run` writes it, `lockstep logs
+/// --autotest` reads it).
+pub fn step_log(config: &Config, id: i64, repo: &RepoName, phase: Phase) -> std::path::PathBuf {
+    config
+        .state_dir()
+        .join("logs")
+        .join("autotests")
+        .join(id.to_string())
+        .join(format!("{repo}.{phase}.log"))
+}
 
 /// Records an autotest request of a task branch's head; returns its id, and false when that
 /// head already waits or runs. An older request for the branch is superseded.
