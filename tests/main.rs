@@ -33,3 +33,4 @@ mod showrooms;
 mod stages;
 mod status_runner;
 mod trackers;
+mod views;
