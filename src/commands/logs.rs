@@ -189,8 +189,11 @@ fn autotest_heading(a: &AutotestRow) -> String {
 /// folder was cleared): the end of them the store keeps, when its steps ran.
 fn autotest_kept(a: &AutotestRow, filter: LogFilter<'_>) -> anyhow::Result<Exit> {
     if a.log.is_empty() {
+        let ran = autotest::STEPS.iter().any(|p| a.step == p.as_str());
         match a.state {
             AutotestState::Queued => say!("no step has run yet: it waits for a slot"),
+            AutotestState::Running => say!("no step has written a log yet"),
+            _ if !ran => say!("no step ran"),
             _ => say!("no step log on this host, and none kept in the store"),
         }
         return Ok(Exit::Success);
@@ -270,11 +273,16 @@ struct ShowroomLog {
     written: std::time::SystemTime,
 }
 
+/// How much earlier than the clock a file's modification time may read: the kernel stamps
+/// files with a coarse clock, a tick behind the one `now` reads.
+const MTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The logs `<repo>.<step>.log` in `dir` written at or after `since`, oldest first.
 fn showroom_logs(dir: &Path, since: std::time::SystemTime) -> Vec<ShowroomLog> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    let since = since.checked_sub(MTIME_SLACK).unwrap_or(since);
     let mut logs: Vec<ShowroomLog> = entries
         .filter_map(|e| {
             let e = e.ok()?;
@@ -426,6 +434,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         write("web.teardown.log");
+        std::thread::sleep(std::time::Duration::from_millis(200));
         let since = std::time::SystemTime::now();
         write("api.build.log");
         write("api.deploy.log");
