@@ -172,6 +172,22 @@ struct Train<'a> {
     overtakers: BTreeSet<DeliveryId>,
 }
 
+/// A train dropped with work under way (its worker lost the lease, or was stopped past its
+/// grace) stops that work: an aborted task drops its steps, which kills their process groups,
+/// and what they journaled lets the replica that takes over recover them. Without this, the
+/// spawned preparations and releases would run on, unowned.
+impl Drop for Train<'_> {
+    fn drop(&mut self) {
+        for item in &self.items {
+            match &item.status {
+                Status::Preparing { task, .. } => task.handle.abort(),
+                Status::Releasing { handle, .. } => handle.abort(),
+                _ => {}
+            }
+        }
+    }
+}
+
 impl Train<'_> {
     async fn drive(
         &mut self,
