@@ -1,5 +1,10 @@
 //! Showrooms: `lockstep showroom` against real repositories guarded by the real hooks, with
 //! real deploy and teardown steps that write what they were given under the sandbox.
+//!
+//! `life`: a showroom follows its task (returned, closed, a failed delivery) and `/showroom`
+//! on a pull request.
+
+mod life;
 
 use crate::util::*;
 
