@@ -134,7 +134,7 @@ pub async fn up(engine: &Engine, task: &TaskKey, requester: &str) -> anyhow::Res
                     settings.max
                 );
                 engine.say(&format!("showroom {}: {why}", oldest.task));
-                down(engine, &TaskKey::new(&oldest.task), &why).await?;
+                task::tear_noted(engine, &TaskKey::new(&oldest.task), &oldest.url, &why).await?;
             }
         }
     }
@@ -241,8 +241,9 @@ pub async fn expire(engine: &Engine) -> anyhow::Result<Vec<String>> {
     for row in engine.store.showrooms().await? {
         if now.saturating_sub(row.created_at) >= ttl_ms && row.state.occupies() {
             let why = format!("its ttl of {} passed", crate::config::humanize(ttl));
-            down(engine, &TaskKey::new(&row.task), &why).await?;
-            gone.push(row.task);
+            if task::tear_noted(engine, &TaskKey::new(&row.task), &row.url, &why).await? {
+                gone.push(row.task);
+            }
         }
     }
     Ok(gone)

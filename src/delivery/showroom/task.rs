@@ -16,7 +16,8 @@
 //! not hold the task), the first status a poll reads is taken as the one it had; a task the
 //! tracker never knew is never "gone". A poll the tracker does not answer changes nothing.
 //!
-//! Each teardown leaves a note on the task saying why (none on a task that is gone).
+//! Each teardown leaves a note on the task saying why (none on a task that is gone), as do the
+//! ttl's and an eviction's ([`tear_noted`]).
 
 use super::{Engine, tear};
 use crate::domain::{State, TaskKey};
@@ -43,6 +44,22 @@ pub(super) async fn note(engine: &Engine, task: &TaskKey, note: &str) {
     if let Err(e) = engine.tracker.move_to(task, &status, &note).await {
         tracing::warn!("cannot leave a note on `{task}`: {e}");
     }
+}
+
+/// Tears down the showroom of `task` (at `url`) for `why` unless it is down by then, and
+/// leaves a note on the task that says so (its ttl passed, it was evicted). Returns whether
+/// it tore it down.
+pub(super) async fn tear_noted(
+    engine: &Engine,
+    task: &TaskKey,
+    url: &str,
+    why: &str,
+) -> anyhow::Result<bool> {
+    let torn = tear(engine, task, why, false).await?;
+    if torn {
+        note(engine, task, &format!("showroom {url} taken down: {why}")).await;
+    }
+    Ok(torn)
 }
 
 /// Why a delivery that ended in `state` takes its task's showroom down (`None`: it does not).
