@@ -189,6 +189,12 @@ impl Drop for Train<'_> {
 }
 
 impl Train<'_> {
+    /// A delivery ended: its task's showroom follows (torn down), then the watcher is told.
+    async fn ended(&self, d: &DeliveryRow, state: State) {
+        crate::delivery::showroom::finished(&self.engine, d, state).await;
+        self.watcher.finished(d, state).await;
+    }
+
     async fn drive(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
@@ -337,7 +343,7 @@ impl Train<'_> {
                 let phase = item.d.phase.unwrap_or(Phase::Rebase);
                 let stop = Failure::new(phase, None, "cancelled on request").into();
                 let state = self.engine.report_stop(&item.d, stop).await?;
-                self.watcher.finished(&item.d, state).await;
+                self.ended(&item.d, state).await;
                 ended.push((item.d.id, state));
                 continue;
             }
@@ -454,7 +460,7 @@ impl Train<'_> {
         match std::mem::replace(&mut head.status, Status::Waiting) {
             Status::Held { stop } => {
                 let state = self.engine.report_stop(&head.d, stop).await?;
-                self.watcher.finished(&head.d, state).await;
+                self.ended(&head.d, state).await;
                 self.tips_read = None;
                 Ok(Some((head.d.id, state)))
             }
