@@ -453,6 +453,19 @@ impl Config {
             .replace("{delivery}", &id.to_string())
     }
 
+    /// The branch an autotest's candidate is pushed to for the runners' CI: under the same
+    /// prefix, so that the same policies guard it, and never a delivery's (whose part after
+    /// the prefix starts with its id's digits).
+    pub fn autotest_candidate(&self, id: i64) -> String {
+        format!("{}autotest-{id}", self.candidate_prefix())
+    }
+
+    /// The branch a showroom's candidate is pushed to for the runners' CI, by its label (a
+    /// DNS label: letters, digits and `-`).
+    pub fn showroom_candidate(&self, label: &str) -> String {
+        format!("{}showroom-{label}", self.candidate_prefix())
+    }
+
     /// The fixed start of every candidate branch (the `candidate_branches` fact).
     pub fn candidate_prefix(&self) -> &str {
         self.delivery
