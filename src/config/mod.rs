@@ -366,7 +366,7 @@ impl Config {
         if self.delivery.window == 0 {
             bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
         }
-        delivery::check_stages(&self.delivery, &self.environments, &self.repos)?;
+        delivery::check_stages(&self.delivery, &self.environments)?;
         self.tracker.check()?;
         self.server.check()?;
         for repo in &self.repos {
@@ -393,6 +393,7 @@ impl Config {
             }
         }
         runners::check_candidate_branch(&self.delivery.candidate_branch)?;
+        runners::check_status_steps(self)?;
         self.store.check()?;
         self.autotest.check()?;
         showroom::check(self)?;
