@@ -304,3 +304,72 @@ fn a_two_stage_delivery_deploys_on_buildbot_to_staging_then_production() {
         assert_eq!(candidate_branches(&env, repo), "", "{repo}");
     }
 }
+
+#[test]
+fn a_newer_push_stops_the_superseded_autotests_build_on_buildbot() {
+    let Some(url) = buildbot("a_newer_push_stops_the_superseded_autotests_build_on_buildbot")
+    else {
+        return;
+    };
+    let env = sandbox(&url, "");
+    env.edit_config(|t| format!("{t}\n[autotest]\non_push = true\n"));
+    env.set_status(&[("TASK-1", "In Progress")]);
+    // The first head's test build holds at a gate of this test's own.
+    let gate = env.root().join("gates").join("ci-test");
+    let branch = "feature/TASK-1-z";
+    env.task_branch_with(
+        "api",
+        branch,
+        &[("z.txt", "z\n"), ("HOLD", &gate.display().to_string())],
+        &[],
+    );
+    let first = wait_for("the first autotest", || {
+        autotests(&env, "TASK-1").first().map(|a| a["id"].as_i64())
+    })
+    .unwrap();
+    let running = gate.with_extension("running");
+    wait_for("its test build to run on a worker", || {
+        running.exists().then_some(())
+    });
+
+    // A newer push of the branch (without the hold) supersedes it.
+    let dir = env.clone_of("api", "alice");
+    let g = git(&dir, "alice");
+    g.run(&[
+        "switch",
+        "--quiet",
+        "-C",
+        branch,
+        &format!("origin/{branch}"),
+    ])
+    .unwrap();
+    g.run(&["rm", "--quiet", "HOLD"]).unwrap();
+    g.run(&["commit", "--quiet", "-m", "TASK-1 no hold"])
+        .unwrap();
+    let p = push(&dir, "alice", &[branch]).unwrap();
+    assert!(p.accepted, "alice's push: {:?}", p.remote);
+
+    let a = wait_for("the first autotest to end", || {
+        autotests(&env, "TASK-1")
+            .into_iter()
+            .find(|a| a["id"] == first && a["state"] != "running")
+    });
+    assert_eq!(a["state"], "superseded", "{a}");
+    // Its build was stopped on Buildbot, which records it cancelled.
+    let stopped = wait_for("Buildbot to finish the stopped build", || {
+        builds_for(&env, &url, "autotest").into_iter().find(|b| {
+            prop(b, "buildername") == "test"
+                && prop(b, "branch") == format!("lockstep/autotest-{first}")
+                && b["complete"] == true
+        })
+    });
+    std::fs::write(gate.with_extension("open"), "").unwrap();
+    assert_eq!(stopped["results"], 6, "{stopped}");
+    let b = wait_for("the newer autotest to end", || {
+        autotests(&env, "TASK-1").into_iter().find(|a| {
+            a["id"] != first && !["queued", "running"].contains(&a["state"].as_str().unwrap_or(""))
+        })
+    });
+    assert_eq!(b["state"], "passed", "{b}");
+    assert_eq!(candidate_branches(&env, "api"), "");
+}
