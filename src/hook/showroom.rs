@@ -54,8 +54,10 @@ fn act(load: Load<'_, '_>, updates: &[RefUpdate], asked: bool) -> anyhow::Result
     if !asked && !settings.follow {
         return Ok(());
     }
+    // A candidate branch the bot pushed for a CI (a showroom's own, too) names no task.
     let mut tasks: Vec<&str> = branches
         .iter()
+        .filter(|b| !b.starts_with(config.candidate_prefix()))
         .filter_map(|b| config.tasks.task_of(b))
         .collect();
     tasks.sort_unstable();
