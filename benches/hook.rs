@@ -16,7 +16,8 @@
 //!
 //! - the bare start: `lockstep --version` against `/bin/true`, what every hook pays before it
 //!   reads a line; and `lockstep hook post-receive` on a push that asks nothing of it, what
-//!   every accepted push pays after.
+//!   every accepted push pays after: with no ref to act on, and with a task branch's line
+//!   (for which it reads the config: autotests and showrooms may follow the branch).
 //!
 //! With `LOCKSTEP_BENCH_BASELINE=/path/to/an/older/lockstep`, that binary runs too, as a third
 //! hook (`#!/path/to/an/older/lockstep hook`) and a third bare start, in the same rounds: two
@@ -370,20 +371,39 @@ const START_RUNS: usize = 300;
 
 /// The wall time of starting each program and waiting for it to exit, `START_RUNS` times each,
 /// alternating; the median and the minimum (the least disturbed run) of each.
-fn bare_starts(programs: &[(String, Vec<String>)]) -> Vec<(Duration, Duration)> {
+/// One program of the bare-start table: what it is, and for a hook run in the repository,
+/// the folder it runs in and the line it reads.
+struct Start {
+    program: String,
+    args: Vec<String>,
+    input: Option<(PathBuf, String)>,
+}
+
+fn bare_starts(programs: &[Start]) -> Vec<(Duration, Duration)> {
     let mut times = vec![Vec::with_capacity(START_RUNS); programs.len()];
     for round in 0..START_RUNS + 20 {
-        for (i, (program, args)) in programs.iter().enumerate() {
-            let t = Instant::now();
-            let status = Command::new(program)
-                .args(args)
+        for (i, p) in programs.iter().enumerate() {
+            let mut cmd = Command::new(&p.program);
+            cmd.args(&p.args)
                 .env_remove("GIT_PUSH_OPTION_COUNT")
-                .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .status()
-                .unwrap_or_else(|e| panic!("{program}: {e}"));
+                .stderr(Stdio::null());
+            if let Some((dir, _)) = &p.input {
+                cmd.current_dir(dir)
+                    .env("GIT_DIR", ".")
+                    .stdin(Stdio::piped());
+            } else {
+                cmd.stdin(Stdio::null());
+            }
+            let t = Instant::now();
+            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{}: {e}", p.program));
+            if let Some((_, line)) = &p.input {
+                let mut stdin = child.stdin.take().expect("piped");
+                stdin.write_all(line.as_bytes()).unwrap();
+            }
+            let status = child.wait().unwrap();
             let took = t.elapsed();
-            assert!(status.success(), "{program} {args:?}: {status}");
+            assert!(status.success(), "{} {:?}: {status}", p.program, p.args);
             // The first rounds warm the page cache.
             if round >= 20 {
                 times[i].push(took);
@@ -548,21 +568,30 @@ fn main() {
         }
     }
 
-    let version = vec!["--version".to_string()];
     let bin = util::bin().to_string_lossy().into_owned();
-    let mut programs = vec![
-        ("/bin/true".to_string(), Vec::new()),
-        (bin.clone(), version.clone()),
-    ];
-    if let Some(b) = &baseline {
-        programs.push((b.clone(), version));
+    let builds: Vec<String> = std::iter::once(bin).chain(baseline.clone()).collect();
+    let start = |program: &str, args: &[&str], input: Option<(PathBuf, String)>| Start {
+        program: program.to_string(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        input,
+    };
+    let mut programs = vec![start("/bin/true", &[], None)];
+    for b in &builds {
+        programs.push(start(b, &["--version"], None));
     }
     // post-receive on a push that asks nothing of it (no `-o deliver`): what every push pays
-    // after it is accepted.
-    let post_receive = vec!["hook".to_string(), "post-receive".to_string()];
-    programs.push((bin, post_receive.clone()));
-    if let Some(b) = &baseline {
-        programs.push((b.clone(), post_receive));
+    // after it is accepted; first with no ref to act on, then for a task branch, which has it
+    // read the config (autotests and showrooms may follow a branch).
+    for b in &builds {
+        programs.push(start(b, &["hook", "post-receive"], None));
+    }
+    let branch_line = format!("{}\n", one.line.trim_end());
+    for b in &builds {
+        programs.push(start(
+            b,
+            &["hook", "post-receive"],
+            Some((bare.clone(), branch_line.clone())),
+        ));
     }
     let starts = bare_starts(&programs);
     println!();
@@ -571,11 +600,16 @@ fn main() {
         "{:<48} {:>11} {:>11} {:>8}",
         "program", "median", "min", "× true"
     );
-    for ((program, args), (median, min)) in programs.iter().zip(&starts) {
+    for (p, (median, min)) in programs.iter().zip(&starts) {
         let ratio = median.as_secs_f64() / starts[0].0.as_secs_f64();
+        let what = if p.input.is_some() {
+            " < a task branch's line"
+        } else {
+            ""
+        };
         println!(
             "{:<48} {:>11} {:>11} {:>7.2}×",
-            format!("{program} {}", args.join(" ")),
+            format!("{} {}{what}", p.program, p.args.join(" ")),
             ms(*median),
             ms(*min),
             ratio

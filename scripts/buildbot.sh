@@ -5,11 +5,14 @@
 # `buildbot-worker` from PyPI, and runs one master and two workers on 127.0.0.1, all in the
 # state dir. The master's `master.cfg` is written by this script (see MASTER_CFG below):
 #   - a ForceScheduler `force` that declares the properties lockstep sends (`lockstep_task`,
-#     `lockstep_delivery`, `lockstep_phase`, `lockstep_repo`) and takes `repository`,
-#     `branch` and `revision`;
+#     `lockstep_delivery`, `lockstep_phase`, `lockstep_repo`, `lockstep_purpose`,
+#     `lockstep_env`, `lockstep_vars`) and takes `repository`, `branch` and `revision`;
 #   - builders `build`, `test` and `deploy` on both workers: each clones `repository`,
 #     checks out `revision` and runs the repository's own `ci/<builder>.sh`, as a team's
-#     builders run the scripts kept in its repositories;
+#     builders run the scripts kept in its repositories; the script gets the properties as
+#     LOCKSTEP_TASK, LOCKSTEP_DELIVERY, LOCKSTEP_PHASE, LOCKSTEP_REPO, LOCKSTEP_PURPOSE,
+#     LOCKSTEP_ENV and LOCKSTEP_VARS (the JSON object), and each of the environment's vars
+#     as a variable of its own, as lockstep's local steps get them;
 #   - a builder `idle` whose only worker never connects: a build request nobody takes;
 #   - the web server with its REST API at /api/v2, no login.
 # Idempotent: re-running it skips the work already done and leaves one master and two
@@ -133,6 +136,8 @@ command -v git >/dev/null || die "the workers clone with git, which is not on PA
 #    config differs is restarted.
 MASTER_CFG=$(cat <<PY
 # Written by scripts/buildbot.sh: the test master of lockstep's runner tests.
+import json
+
 from buildbot.plugins import schedulers, steps, util, worker
 
 c = BuildmasterConfig = {}
@@ -166,9 +171,33 @@ c['schedulers'] = [
             util.StringParameter(name='lockstep_delivery', default=''),
             util.StringParameter(name='lockstep_phase', default=''),
             util.StringParameter(name='lockstep_repo', default=''),
+            # Why (delivery, autotest, showroom), where (the stage, or showroom), and that
+            # environment's vars as a JSON object of strings.
+            util.StringParameter(name='lockstep_purpose', default=''),
+            util.StringParameter(name='lockstep_env', default=''),
+            util.StringParameter(name='lockstep_vars', default='{}'),
         ],
     )
 ]
+
+
+@util.renderer
+def lockstep_env(props):
+    """The build's variables: the environment's vars (lockstep_vars, a JSON object of
+    strings), then lockstep's own, which a var cannot override."""
+    raw = props.getProperty('lockstep_vars') or '{}'
+    try:
+        given = json.loads(raw)
+    except ValueError:
+        given = {}
+    env = {}
+    if isinstance(given, dict):
+        env.update({k: v for k, v in given.items()
+                    if isinstance(k, str) and isinstance(v, str) and k.isidentifier()})
+    for prop in ('task', 'delivery', 'phase', 'repo', 'purpose', 'env'):
+        env['LOCKSTEP_' + prop.upper()] = props.getProperty('lockstep_' + prop) or ''
+    env['LOCKSTEP_VARS'] = raw
+    return env
 
 
 def factory(name):
@@ -176,13 +205,8 @@ def factory(name):
     f = util.BuildFactory()
     f.addStep(steps.Git(repourl=util.Property('repository'), mode='full', method='clobber',
                         name='checkout'))
-    f.addStep(steps.ShellCommand(
-        name=name,
-        command=['sh', 'ci/%s.sh' % name],
-        env={'LOCKSTEP_TASK': util.Property('lockstep_task'),
-             'LOCKSTEP_DELIVERY': util.Property('lockstep_delivery'),
-             'LOCKSTEP_PHASE': util.Property('lockstep_phase'),
-             'LOCKSTEP_REPO': util.Property('lockstep_repo')}))
+    f.addStep(steps.ShellCommand(name=name, command=['sh', 'ci/%s.sh' % name],
+                                 env=lockstep_env))
     return f
 
 

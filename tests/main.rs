@@ -27,6 +27,7 @@ mod policy_test;
 mod postgres_sandboxes;
 mod replicas;
 mod reviews;
+mod runner_purposes;
 mod runners;
 mod serve;
 mod showrooms;

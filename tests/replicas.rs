@@ -136,6 +136,51 @@ fn a_killed_leader_is_replaced_within_the_lease_and_its_delivery_lands_once() {
 }
 
 #[test]
+fn a_leader_that_loses_its_lease_stops_its_pipelines_steps() {
+    let Some(env) = ready_env("lost-lease-pipeline") else {
+        return;
+    };
+    // The pipeline runs each delivery's preparation as a task of its own.
+    env.set_delivery("window", "2");
+    env.hold("api", "test");
+    let a = ServeProc::replica(&env, "a");
+    wait_until("replica a to lead", LONG, Some(&a.log), || {
+        a.role() == "leader"
+    });
+    let o = env.lockstep(&["deliver", "TASK-1", "--no-wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let step = env.wait_at_gate("api", "test");
+
+    // Another holder takes the lease (no replica here would kill the step for it): the
+    // leader finds its lease gone at its next renewal and must stop its own work.
+    let taken = env.db().execute(
+        "UPDATE leases SET holder = 'elsewhere', epoch = epoch + 1, \
+         expires_at = (extract(epoch from clock_timestamp()) * 1000)::bigint + 600000",
+    );
+    assert!(taken >= 1, "no lease row to take");
+    wait_until("replica a to notice", LONG, Some(&a.log), || {
+        a.log_text().contains("lost the lease of the queue")
+    });
+    // Stopped by the replica itself, at once: nothing else here would stop it (a step left
+    // running holds its gate until the sandbox goes).
+    let stopped_within = Duration::from_secs(15);
+    wait_until(
+        "the step of the lost lease to be stopped",
+        stopped_within,
+        Some(&a.log),
+        || {
+            std::fs::read_to_string(format!("/proc/{step}/stat"))
+                .map_or(true, |stat| stat.contains(") Z"))
+        },
+    );
+    wait_until("every step process to end", LONG, Some(&a.log), || {
+        env.step_processes().is_empty()
+    });
+    assert_eq!(landed(&env, "TASK-1"), [false, false]);
+    assert!(a.stop(Duration::from_secs(10)).success());
+}
+
+#[test]
 fn a_paused_leader_is_replaced_and_its_late_writes_are_refused() {
     let Some(env) = ready_env("partition") else {
         return;

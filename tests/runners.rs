@@ -11,10 +11,10 @@ use serde_json::Value;
 
 use crate::util::*;
 
-const REPOS: [&str; 2] = ["api", "web"];
+pub(crate) const REPOS: [&str; 2] = ["api", "web"];
 
 /// The Buildbot master's web root, or `None` (after saying the test is skipped).
-fn buildbot(test: &str) -> Option<String> {
+pub(crate) fn buildbot(test: &str) -> Option<String> {
     match std::env::var("BUILDBOT_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
@@ -30,16 +30,16 @@ fn buildbot(test: &str) -> Option<String> {
 }
 
 /// A GET of the master's REST API.
-fn api(url: &str, path: &str) -> Value {
+pub(crate) fn api(url: &str, path: &str) -> Value {
     let body = http::get(url, &format!("api/v2/{path}")).body;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
 /// A sandbox of `api` and `web` whose build and test run on the Buildbot at `url`
-/// (`[runners.bb]`, with `runner` added to its table), each repository's `ci/build.sh` and
-/// `ci/test.sh` on master. The test fails when a file `BROKEN` is in the candidate; with a
+/// (`[runners.bb]`, with `runner` added to its table), each repository's `ci/build.sh`,
+/// `ci/test.sh` and `ci/deploy.sh` on master. The test fails when a file `BROKEN` is in the candidate; with a
 /// file `HOLD` naming a path `P`, it creates `P.running` and waits for `P.open`.
-fn sandbox(url: &str, runner: &str) -> Env {
+pub(crate) fn sandbox(url: &str, runner: &str) -> Env {
     let env = Env::new(&REPOS);
     let gate = env.sb.meta.join("steps").join("gate.sh");
     let steps = env.sb.meta.join("steps");
@@ -62,7 +62,17 @@ fn sandbox(url: &str, runner: &str) -> Env {
         std::fs::create_dir_all(dir.join("ci")).unwrap();
         std::fs::write(
             dir.join("ci/build.sh"),
-            "echo \"building $LOCKSTEP_REPO for $LOCKSTEP_TASK at $(git rev-parse HEAD)\"\n",
+            "echo \"building $LOCKSTEP_REPO for $LOCKSTEP_TASK at $(git rev-parse HEAD)\"\n\
+             echo \"for a $LOCKSTEP_PURPOSE in $LOCKSTEP_ENV\"\n",
+        )
+        .unwrap();
+        // A deploy records what it was told in `$SANDBOX/ci-deploys.log`: `SANDBOX` comes
+        // with the environment's vars, and without it the deploy fails.
+        std::fs::write(
+            dir.join("ci/deploy.sh"),
+            "echo \"$LOCKSTEP_PURPOSE|$LOCKSTEP_ENV|$LOCKSTEP_REPO|$(git rev-parse HEAD)|\
+             $LOCKSTEP_URL|$LOCKSTEP_SHOWROOM|$TARGET\" >> \"${SANDBOX:?not given}/ci-deploys.log\"\n\
+             echo \"deployed $LOCKSTEP_REPO to $LOCKSTEP_ENV\"\n",
         )
         .unwrap();
         std::fs::write(
@@ -91,7 +101,7 @@ fn sandbox(url: &str, runner: &str) -> Env {
 
 /// Puts `task` In Progress, pushes a branch for it in each repository (`extra` files for the
 /// repository named with them), then moves it to For Delivery.
-fn ready(env: &Env, task: &str, extra: &[(&str, &str, &str)]) {
+pub(crate) fn ready(env: &Env, task: &str, extra: &[(&str, &str, &str)]) {
     env.set_status(&[(task, "In Progress")]);
     for repo in REPOS {
         let mut files = vec![(format!("{task}.txt"), format!("{task} in {repo}\n"))];
@@ -110,7 +120,7 @@ fn ready(env: &Env, task: &str, extra: &[(&str, &str, &str)]) {
 }
 
 /// The builds a delivery's journal names: `(repo, phase, build page)`.
-fn builds(env: &Env, id: i64) -> Vec<(String, String, String)> {
+pub(crate) fn builds(env: &Env, id: i64) -> Vec<(String, String, String)> {
     env.show(id)["journal"]
         .as_array()
         .unwrap()
@@ -129,17 +139,17 @@ fn builds(env: &Env, id: i64) -> Vec<(String, String, String)> {
 }
 
 /// A build from its page (`…#/builders/<id>/builds/<number>`), with its properties.
-fn build_of(url: &str, page: &str) -> Value {
+pub(crate) fn build_of(url: &str, page: &str) -> Value {
     let (_, path) = page.split_once("#/").unwrap();
     api(url, &format!("{path}?property=*"))["builds"][0].clone()
 }
 
-fn prop<'a>(build: &'a Value, name: &str) -> &'a str {
+pub(crate) fn prop<'a>(build: &'a Value, name: &str) -> &'a str {
     build["properties"][name][0].as_str().unwrap_or_default()
 }
 
 /// The candidate branches left in a repository.
-fn candidate_branches(env: &Env, repo: &str) -> String {
+pub(crate) fn candidate_branches(env: &Env, repo: &str) -> String {
     env.git_in(
         repo,
         &[
@@ -183,6 +193,8 @@ fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
             assert_eq!(prop(&b, "lockstep_delivery"), "1");
             assert_eq!(prop(&b, "lockstep_phase"), phase);
             assert_eq!(prop(&b, "lockstep_repo"), *repo);
+            assert_eq!(prop(&b, "lockstep_purpose"), "delivery");
+            assert_eq!(prop(&b, "lockstep_env"), "production");
         }
         assert_eq!(candidate_branches(&env, repo), "", "{repo}");
     }
@@ -216,7 +228,8 @@ fn a_delivery_built_and_tested_on_buildbot_lands_what_was_built() {
     let logs = stdout(&o);
     assert!(
         logs.contains(&format!(
-            "--- step `build` (success) ---\nbuilding web for TASK-1 at {}\n",
+            "--- step `build` (success) ---\nbuilding web for TASK-1 at {}\n\
+             for a delivery in production\n",
             after[1]
         )),
         "{logs}"

@@ -127,28 +127,11 @@ impl Delivery {
 }
 
 /// `[delivery] stages`: names fit for a variable and a file name, each once, each with its
-/// `[environments.<stage>]` (a stage without one would deploy with none of its variables);
-/// and no step that is told its stage (deploy, verify, rollback) on a runner, which is not.
+/// `[environments.<stage>]` (a stage without one would deploy with none of its variables).
 pub(super) fn check_stages(
     delivery: &Delivery,
     environments: &BTreeMap<String, Environment>,
-    repos: &[Repo],
 ) -> anyhow::Result<()> {
-    if delivery.staged() {
-        for repo in repos {
-            let on_runner = repo.steps.all().find(|(phase, step)| {
-                matches!(*phase, "deploy" | "verify" | "rollback") && step.runner().is_some()
-            });
-            if let Some((phase, _)) = on_runner {
-                anyhow::bail!(
-                    "repo `{}`: the {phase} step runs on a runner, which is not told the stage \
-                     (`LOCKSTEP_ENV`) of a delivery with `delivery.stages`; make it a command, \
-                     or drop `stages`",
-                    repo.name
-                );
-            }
-        }
-    }
     let mut seen = std::collections::BTreeSet::new();
     for stage in &delivery.stages {
         if stage.is_empty()
@@ -392,30 +375,6 @@ rollback = "undeploy"
             e.to_string(),
             "`delivery.stages`: stage `a b` must be letters, digits, `-`, `_` or `.`"
         );
-    }
-
-    #[test]
-    fn a_staged_deploy_on_a_runner_is_refused() {
-        let staged = "[delivery]\nstages = ['staging', 'production']\n\
-                      [environments.staging]\nvars = {}\n[environments.production]\nvars = {}\n\
-                      [runners.bb]\nkind = 'buildbot'\nurl = 'http://127.0.0.1:8010'\n\
-                      [[repo]]\nname = 'api'\nurl = '/x'\n[repo.steps]\n";
-        let e = Config::parse_str(&format!(
-            "{staged}build = {{ runner = 'bb', builder = 'b' }}\n\
-             verify = {{ runner = 'bb', builder = 'v' }}\n"
-        ))
-        .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "repo `api`: the verify step runs on a runner, which is not told the stage \
-             (`LOCKSTEP_ENV`) of a delivery with `delivery.stages`; make it a command, or drop \
-             `stages`"
-        );
-        // Build and test on a runner are fine: they run once, before the stages.
-        Config::parse_str(&format!(
-            "{staged}build = {{ runner = 'bb', builder = 'b' }}\ndeploy = './deploy.sh'\n"
-        ))
-        .unwrap();
     }
 
     /// Every TOML block of the environments page is a valid config.

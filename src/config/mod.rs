@@ -366,7 +366,7 @@ impl Config {
         if self.delivery.window == 0 {
             bail!("`delivery.window` must be at least 1 (1 delivers one task at a time)");
         }
-        delivery::check_stages(&self.delivery, &self.environments, &self.repos)?;
+        delivery::check_stages(&self.delivery, &self.environments)?;
         self.tracker.check()?;
         self.server.check()?;
         for repo in &self.repos {
@@ -393,6 +393,7 @@ impl Config {
             }
         }
         runners::check_candidate_branch(&self.delivery.candidate_branch)?;
+        runners::check_status_steps(self)?;
         self.store.check()?;
         self.autotest.check()?;
         showroom::check(self)?;
@@ -451,6 +452,19 @@ impl Config {
         self.delivery
             .candidate_branch
             .replace("{delivery}", &id.to_string())
+    }
+
+    /// The branch an autotest's candidate is pushed to for the runners' CI: under the same
+    /// prefix, so that the same policies guard it, and never a delivery's (whose part after
+    /// the prefix starts with its id's digits).
+    pub fn autotest_candidate(&self, id: i64) -> String {
+        format!("{}autotest-{id}", self.candidate_prefix())
+    }
+
+    /// The branch a showroom's candidate is pushed to for the runners' CI, by its label (a
+    /// DNS label: letters, digits and `-`).
+    pub fn showroom_candidate(&self, label: &str) -> String {
+        format!("{}showroom-{label}", self.candidate_prefix())
     }
 
     /// The fixed start of every candidate branch (the `candidate_branches` fact).

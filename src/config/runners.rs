@@ -191,6 +191,46 @@ impl RunnerStep {
     }
 }
 
+/// A status runner's CI is triggered by the candidate branch's push and told nothing else:
+/// no step that must know its stage (deploy, verify or rollback of a delivery with
+/// `delivery.stages`) or that it deploys a showroom runs on one. A Buildbot runner is told
+/// both (`lockstep_env`, `lockstep_purpose`).
+pub(super) fn check_status_steps(config: &super::Config) -> anyhow::Result<()> {
+    for repo in &config.repos {
+        for (phase, step) in repo.steps.all() {
+            let Some(r) = step.runner().filter(|r| {
+                config
+                    .runners
+                    .get(&r.runner)
+                    .is_some_and(|r| r.kind == RunnerKind::Status)
+            }) else {
+                continue;
+            };
+            if config.delivery.staged() && matches!(phase, "deploy" | "verify" | "rollback") {
+                bail!(
+                    "repo `{}`: the {phase} step runs on the status runner `{}`, which only the \
+                     candidate branch's push starts and which is not told the stage \
+                     (`LOCKSTEP_ENV`) of a delivery with `delivery.stages`; run it on a Buildbot \
+                     runner (told it as `lockstep_env`), make it a command, or drop `stages`",
+                    repo.name,
+                    r.runner
+                );
+            }
+            if config.showroom().is_some() && phase == "deploy" {
+                bail!(
+                    "repo `{}`: the deploy step runs on the status runner `{}`, which only the \
+                     candidate branch's push starts and which is not told that it deploys a \
+                     showroom; run it on a Buildbot runner (told it as `lockstep_purpose`), \
+                     make it a command, or drop `[environments.showroom]`",
+                    repo.name,
+                    r.runner
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The default `[delivery] candidate_branch`.
 pub(super) fn default_candidate_branch() -> String {
     "lockstep/{delivery}".into()
@@ -281,6 +321,80 @@ mod tests {
             );
         }
         assert!(err("[runners.ci]\nkind = 'status'\n").contains("needs `token_env`"));
+    }
+
+    #[test]
+    fn a_status_runner_is_refused_where_it_would_need_its_stage_or_purpose() {
+        let runners = "[runners.bb]\nkind = 'buildbot'\nurl = 'http://127.0.0.1:8010'\n\
+                       [runners.ci]\nkind = 'status'\ntoken_env = 'CI_TOKEN'\n";
+        let staged = format!(
+            "[delivery]\nstages = ['staging', 'production']\n\
+             [environments.staging]\nvars = {{}}\n[environments.production]\nvars = {{}}\n\
+             {runners}[[repo]]\nname = 'api'\nurl = '/x'\n[repo.steps]\n"
+        );
+        assert_eq!(
+            err(&format!(
+                "{staged}build = {{ runner = 'ci', contexts = ['ci/build'] }}\n\
+                 verify = {{ runner = 'ci', contexts = ['ci/verify'] }}\n"
+            )),
+            "repo `api`: the verify step runs on the status runner `ci`, which only the \
+             candidate branch's push starts and which is not told the stage (`LOCKSTEP_ENV`) \
+             of a delivery with `delivery.stages`; run it on a Buildbot runner (told it as \
+             `lockstep_env`), make it a command, or drop `stages`"
+        );
+        // Every stage's deploy and verify on Buildbot is told its stage; build and test on a
+        // status runner run once, before the stages.
+        let c = Config::parse_str(&format!(
+            "{staged}build = {{ runner = 'ci', contexts = ['ci/build'] }}\n\
+             deploy = {{ runner = 'bb', builder = 'deploy' }}\n\
+             verify = {{ runner = 'bb', builder = 'verify' }}\n\
+             rollback = {{ runner = 'bb', builder = 'rollback' }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.delivery.stages(), ["staging", "production"]);
+
+        let showroom = format!(
+            "[environments.showroom]\nurl = 'https://{{task}}.show.example.com'\n\
+             {runners}[[repo]]\nname = 'api'\nurl = '/x'\n[repo.steps]\n"
+        );
+        assert_eq!(
+            err(&format!(
+                "{showroom}deploy = {{ runner = 'ci', contexts = ['ci/deploy'] }}\n"
+            )),
+            "repo `api`: the deploy step runs on the status runner `ci`, which only the \
+             candidate branch's push starts and which is not told that it deploys a showroom; \
+             run it on a Buildbot runner (told it as `lockstep_purpose`), make it a command, \
+             or drop `[environments.showroom]`"
+        );
+        Config::parse_str(&format!(
+            "{showroom}build = {{ runner = 'ci', contexts = ['ci/build'] }}\n\
+             test = {{ runner = 'ci', contexts = ['ci/test'] }}\n\
+             deploy = {{ runner = 'bb', builder = 'deploy' }}\n"
+        ))
+        .unwrap();
+        // Without stages or a showroom, the one deploy needs to be told nothing.
+        Config::parse_str(&format!(
+            "{runners}[[repo]]\nname = 'api'\nurl = '/x'\n[repo.steps]\n\
+             deploy = {{ runner = 'ci', contexts = ['ci/deploy'] }}\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn candidates_of_autotests_and_showrooms_are_under_the_prefix_and_never_a_deliverys() {
+        let c = Config::parse_str("").unwrap();
+        assert_eq!(c.autotest_candidate(5), "lockstep/autotest-5");
+        assert_eq!(c.showroom_candidate("task-1"), "lockstep/showroom-task-1");
+        let c = Config::parse_str("[delivery]\ncandidate_branch = 'ci/cand-{delivery}'\n").unwrap();
+        assert_eq!(c.autotest_candidate(5), "ci/cand-autotest-5");
+        assert_eq!(c.showroom_candidate("task-1"), "ci/cand-showroom-task-1");
+        // A delivery's part after the prefix starts with its id's digits, theirs with a letter.
+        for id in [1, 5, 42] {
+            let d = c.candidate_branch(crate::domain::DeliveryId(id));
+            assert!(d.starts_with(c.candidate_prefix()));
+            assert_ne!(d, c.autotest_candidate(id));
+            assert!(d[c.candidate_prefix().len()..].starts_with(|ch: char| ch.is_ascii_digit()));
+        }
     }
 
     #[test]

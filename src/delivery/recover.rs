@@ -109,7 +109,7 @@ impl Engine {
                     .journal(d.id, p, "", Event::Recovered, &why)
                     .await?;
                 let summary = format!("delivery failed in {p}: {why}");
-                self.fail(d, &summary, "").await?;
+                self.fail_recovered(d, &summary).await?;
                 format!("#{} {}: {summary}", d.id, d.task)
             }
             Some(Phase::Merge) => self.recover_merge(d).await?,
@@ -123,7 +123,7 @@ impl Engine {
                         "finishing the rollback",
                     )
                     .await?;
-                self.fail(d, &d.error, "").await?;
+                self.fail_recovered(d, &d.error).await?;
                 format!(
                     "#{} {}: was interrupted while rolling back; rolled back: {}",
                     d.id, d.task, d.error
@@ -242,8 +242,16 @@ impl Engine {
                 "delivery failed in merge: cannot reconcile the upstreams after a restart: {e:#}"
             ),
         };
-        self.fail(d, &summary, "").await?;
+        self.fail_recovered(d, &summary).await?;
         Ok(format!("#{} {}: {summary}", d.id, d.task))
+    }
+
+    /// Fails a delivery recovery could not finish (its task goes back), and takes down its
+    /// task's showroom, as a delivery that fails under a worker does.
+    async fn fail_recovered(&self, d: &DeliveryRow, summary: &str) -> anyhow::Result<()> {
+        let state = self.fail(d, summary, "").await?;
+        super::showroom::finished(self, d, state).await;
+        Ok(())
     }
 
     /// Reads every upstream of a delivery interrupted in merge. When some have it and the

@@ -139,7 +139,7 @@ impl Engine {
         stop: Option<watch::Receiver<bool>>,
     ) -> Result<(), Stop> {
         if let StepCommand::Runner(on) = command {
-            return self.exec_on_runner(d, phase, on, c, stop).await;
+            return self.exec_on_runner(d, phase, on, c, stage, stop).await;
         }
         if self.config.delivery.push_candidates {
             self.push_candidate_for(d, phase, c).await?;

@@ -50,6 +50,35 @@ pub fn find_config(explicit: Option<&Path>, git: &Git) -> anyhow::Result<(PathBu
     }
 }
 
+/// The config of `post-receive`, found and read the first time something asks for it, then
+/// shared: a push that asks nothing of the hook never reads it.
+struct OnceConfig<'a> {
+    explicit: Option<&'a Path>,
+    read: std::cell::OnceCell<Result<Config, String>>,
+}
+
+impl<'a> OnceConfig<'a> {
+    fn new(explicit: Option<&'a Path>) -> OnceConfig<'a> {
+        OnceConfig {
+            explicit,
+            read: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The config, or why it could not be read (the same reason every time).
+    fn get(&self) -> anyhow::Result<&Config> {
+        self.read
+            .get_or_init(|| {
+                let found = Git::for_hook().and_then(|git| find_config(self.explicit, &git));
+                found
+                    .and_then(|(path, source)| Config::load_from(&path, source))
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+}
+
 /// Loads the config and compiles the policies it names. A set with no rule for pushes would
 /// accept every push (an empty or misplaced policy folder): refused unless the config says
 /// `[policies] allow_empty = true`.
@@ -343,13 +372,12 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
     }
     let result = (|| -> anyhow::Result<()> {
         let updates = push::parse_updates(&input)?;
-        showroom::after_push(&updates, &push::push_options_from_env(), || {
-            let (path, source) = find_config(config_path, &Git::for_hook()?)?;
-            Config::load_from(&path, source)
-        });
+        // Showrooms, autotests and deliveries each may need the config: it is read once.
+        let config = OnceConfig::new(config_path);
+        showroom::after_push(&updates, &push::push_options_from_env(), || config.get());
         let req = parse_post_receive_options(&push::push_options_from_env())
             .map_err(anyhow::Error::msg)?;
-        if let Err(e) = autotests_asked(config_path, &updates, req.autotest) {
+        if let Err(e) = autotests_asked(&config, &updates, req.autotest) {
             eprintln!("lockstep: no autotest: {}", escape(&format!("{e:#}")));
         }
         let by_ref: Vec<&RefUpdate> = updates
@@ -371,23 +399,22 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
                 );
             }
         }
-        let (path, source) = find_config(config_path, &git)?;
-        let config = Config::load_from(&path, source)?;
-        let keys = deliver_ref::tasks_asked(&config, &updates, req.deliver.is_some());
+        let config = config.get()?;
+        let keys = deliver_ref::tasks_asked(config, &updates, req.deliver.is_some());
         if keys.is_empty() {
             eprintln!("lockstep: `-o deliver` ignored: no pushed branch or approval names a task");
             return Ok(());
         }
-        let requester = push::pusher_from_env(&config);
+        let requester = push::pusher_from_env(config);
         if requester.is_empty() {
             // pre-receive refuses such a push; this is for a server that runs only this hook.
-            let why = deliver_ref::no_identity(&config, "ask for a delivery");
+            let why = deliver_ref::no_identity(config, "ask for a delivery");
             eprintln!("lockstep: nothing queued: {}", escape(&why));
             return Ok(());
         }
         let priority = req.deliver.unwrap_or(0);
         for key in keys {
-            match enqueue(&config, key, priority, &requester) {
+            match enqueue(config, key, priority, &requester) {
                 Ok(msg) => eprintln!("lockstep: {}", escape(&msg)),
                 Err(e) => eprintln!(
                     "lockstep: could not queue the delivery of `{key}`: {}",
@@ -405,22 +432,25 @@ pub fn post_receive(config_path: Option<&Path>) -> Exit {
 
 /// Records the autotests a push asks for: its task branches' heads, with `-o autotest` or
 /// `[autotest] on_push`. Only a push updating a branch reads the config for it.
-fn autotests_asked(path: Option<&Path>, updates: &[RefUpdate], asked: bool) -> anyhow::Result<()> {
+fn autotests_asked(
+    config: &OnceConfig<'_>,
+    updates: &[RefUpdate],
+    asked: bool,
+) -> anyhow::Result<()> {
     if !updates
         .iter()
         .any(|u| !u.deleted() && u.name.starts_with("refs/heads/"))
     {
         return Ok(());
     }
-    let git = Git::for_hook()?;
-    let (path, source) = find_config(path, &git)?;
-    let config = Config::load_from(&path, source)?;
+    let config = config.get()?;
     if !(asked || config.autotest.on_push) {
         return Ok(());
     }
-    let repo = push::repo_name(&config, git.dir());
-    let requester = push::pusher_from_env(&config);
-    for line in delivery::autotest::after_push(&config, &repo, updates, &requester)? {
+    let git = Git::for_hook()?;
+    let repo = push::repo_name(config, git.dir());
+    let requester = push::pusher_from_env(config);
+    for line in delivery::autotest::after_push(config, &repo, updates, &requester)? {
         eprintln!("lockstep: {}", escape(&line));
     }
     Ok(())

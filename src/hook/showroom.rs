@@ -14,15 +14,15 @@ use crate::text::escape;
 const OPTION: &str = "showroom";
 
 /// The config, found as the hook finds it.
-type Load<'a> = &'a dyn Fn() -> anyhow::Result<Config>;
+type Load<'a, 'c> = &'a dyn Fn() -> anyhow::Result<&'c Config>;
 
 /// Acts on an accepted push for showrooms (`load` reads the config, when a pushed branch may
 /// name a task); says what it did or why it could not on stderr (the pusher's terminal), and
 /// never fails the hook.
-pub(super) fn after_push(
+pub(super) fn after_push<'c>(
     updates: &[RefUpdate],
     options: &[String],
-    load: impl Fn() -> anyhow::Result<Config>,
+    load: impl Fn() -> anyhow::Result<&'c Config>,
 ) {
     let asked = options.iter().any(|o| o == OPTION);
     if let Err(e) = act(&load, updates, asked) {
@@ -30,7 +30,7 @@ pub(super) fn after_push(
     }
 }
 
-fn act(load: Load<'_>, updates: &[RefUpdate], asked: bool) -> anyhow::Result<()> {
+fn act(load: Load<'_, '_>, updates: &[RefUpdate], asked: bool) -> anyhow::Result<()> {
     let branches: Vec<&str> = updates
         .iter()
         .filter(|u| !u.deleted())
@@ -54,8 +54,10 @@ fn act(load: Load<'_>, updates: &[RefUpdate], asked: bool) -> anyhow::Result<()>
     if !asked && !settings.follow {
         return Ok(());
     }
+    // A candidate branch the bot pushed for a CI (a showroom's own, too) names no task.
     let mut tasks: Vec<&str> = branches
         .iter()
+        .filter(|b| !b.starts_with(config.candidate_prefix()))
         .filter_map(|b| config.tasks.task_of(b))
         .collect();
     tasks.sort_unstable();
@@ -69,12 +71,12 @@ fn act(load: Load<'_>, updates: &[RefUpdate], asked: bool) -> anyhow::Result<()>
     let followed = if asked {
         tasks.clone()
     } else {
-        up_of(&config, &tasks)?
+        up_of(config, &tasks)?
     };
-    let by = push::pusher_from_env(&config);
+    let by = push::pusher_from_env(config);
     for task in followed {
         let key = TaskKey::new(task);
-        showroom::spawn_detached(&config, &key, &by)?;
+        showroom::spawn_detached(config, &key, &by)?;
         eprintln!(
             "lockstep: the showroom of `{}` is being deployed; `lockstep showrooms` shows it",
             escape(task)

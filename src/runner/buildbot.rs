@@ -136,6 +136,9 @@ impl Buildbot {
             "lockstep_delivery": job.delivery,
             "lockstep_phase": job.phase,
             "lockstep_repo": job.repo,
+            "lockstep_purpose": job.purpose,
+            "lockstep_env": job.env,
+            "lockstep_vars": job.vars,
         });
         let path = format!("forceschedulers/{}", self.scheduler);
         let result = self.control(&path, "force", params).await?;

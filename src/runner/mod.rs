@@ -17,7 +17,8 @@ use std::time::Duration;
 
 pub use buildbot::Buildbot;
 
-/// What a runner is asked to run: one step of one repository of a delivery.
+/// What a runner is asked to run: one step of one repository, for a delivery, an autotest or
+/// a showroom.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// The builder (Buildbot) that runs it.
@@ -31,9 +32,16 @@ pub struct Job {
     /// Why the build runs, for the CI's pages.
     pub reason: String,
     pub task: String,
+    /// The delivery's id; empty for an autotest or a showroom.
     pub delivery: String,
     pub phase: String,
     pub repo: String,
+    /// What the step runs for: `delivery`, `autotest` or `showroom`.
+    pub purpose: String,
+    /// The environment it runs in: the delivery's stage, or `showroom`.
+    pub env: String,
+    /// That environment's variables, as a JSON object of strings.
+    pub vars: String,
 }
 
 /// A build the CI took: where a person reads it.

@@ -352,7 +352,7 @@ mod tests {
         s.remember_alert("fp1", "2026-11-30T08:50:01Z", "HighErrorRate")
             .await
             .unwrap();
-        s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann")
+        s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann", Some("In QA"))
             .await
             .unwrap();
         s.request_autotest(&crate::store::NewAutotest {

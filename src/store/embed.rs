@@ -31,6 +31,7 @@ macro_rules! migrations {
             "0010_commit_statuses",
             "0011_autotests",
             "0012_showrooms",
+            "0013_showrooms_task_status",
         )
     };
     ($dialect:literal: $($file:literal),* $(,)?) => {

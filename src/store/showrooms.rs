@@ -74,6 +74,9 @@ pub struct ShowroomRow {
     pub updated_at: i64,
     /// When its last deploy passed.
     pub deployed_at: Option<i64>,
+    /// Its task's status in the tracker when it was last deployed, or when the poller last
+    /// saw the task move; `None` when the tracker did not say.
+    pub task_status: Option<String>,
 }
 
 type Raw = (
@@ -87,12 +90,14 @@ type Raw = (
     i64,
     i64,
     Option<i64>,
+    Option<String>,
 );
 
 /// The columns of [`Raw`], in order.
 macro_rules! columns {
     () => {
-        "task, label, url, shas, requester, state, reason, created_at, updated_at, deployed_at"
+        "task, label, url, shas, requester, state, reason, created_at, updated_at, deployed_at, \
+         task_status"
     };
 }
 
@@ -110,6 +115,7 @@ fn row(r: Raw) -> anyhow::Result<ShowroomRow> {
         created_at: r.7,
         updated_at: r.8,
         deployed_at: r.9,
+        task_status: r.10,
     })
 }
 
@@ -139,21 +145,25 @@ impl Store {
         raw.into_iter().map(row).collect()
     }
 
-    /// Records a showroom about to deploy (a new one, or one deployed again): `deploying`. A
-    /// showroom that was down starts its age again.
+    /// Records a showroom about to deploy (a new one, or one deployed again): `deploying`, with
+    /// its task's status now (`None`: not known). A showroom that was down starts its age
+    /// again.
     pub async fn showroom_deploying(
         &self,
         task: &str,
         label: &str,
         url: &str,
         requester: &str,
+        task_status: Option<&str>,
     ) -> anyhow::Result<()> {
         let now = now_ms();
         on_pool!(self, |pool| sqlx::query(
-            "INSERT INTO showrooms (task, label, url, requester, state, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'deploying', $5, $5) \
+            "INSERT INTO showrooms \
+             (task, label, url, requester, state, created_at, updated_at, task_status) \
+             VALUES ($1, $2, $3, $4, 'deploying', $5, $5, $6) \
              ON CONFLICT (task) DO UPDATE SET label = $2, url = $3, requester = $4, \
-             state = 'deploying', reason = '', updated_at = $5, created_at = CASE \
+             state = 'deploying', reason = '', updated_at = $5, task_status = $6, \
+             created_at = CASE \
              WHEN showrooms.state IN ('down', 'failed') THEN $5 ELSE showrooms.created_at END",
         )
         .bind(task)
@@ -161,6 +171,7 @@ impl Store {
         .bind(url)
         .bind(requester)
         .bind(now)
+        .bind(task_status)
         .execute(pool)
         .await?
         .rows_affected());
@@ -179,6 +190,20 @@ impl Store {
             "UPDATE showrooms SET shas = $1, updated_at = $2 WHERE task = $3"
         )
         .bind(&text)
+        .bind(now_ms())
+        .bind(task)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
+    /// Records the status its task was seen in (the poller saw it move).
+    pub async fn set_showroom_task_status(&self, task: &str, status: &str) -> anyhow::Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE showrooms SET task_status = $1, updated_at = $2 WHERE task = $3"
+        )
+        .bind(status)
         .bind(now_ms())
         .bind(task)
         .execute(pool)
@@ -230,7 +255,7 @@ impl Store {
             sqlx::query(concat!(
                 "INSERT INTO showrooms (",
                 columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             ))
             .bind(&r.0)
             .bind(&r.1)
@@ -242,6 +267,7 @@ impl Store {
             .bind(r.7)
             .bind(r.8)
             .bind(r.9)
+            .bind(&r.10)
             .execute(&mut *tx)
             .await?;
         }
@@ -257,7 +283,9 @@ mod tests {
     both_backends! {
     async fn a_showroom_is_recorded_moved_and_listed(t) {
         let s = &t.store;
-        s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann").await.unwrap();
+        s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann", Some("In Progress"))
+            .await
+            .unwrap();
         let shas = [("api".to_string(), "abc".to_string())].into();
         s.set_showroom_shas("T-1", &shas).await.unwrap();
         s.set_showroom_state("T-1", ShowroomState::Up, "").await.unwrap();
@@ -265,7 +293,15 @@ mod tests {
         assert_eq!(r.state, ShowroomState::Up);
         assert_eq!(r.shas, shas);
         assert!(r.deployed_at.is_some());
+        assert_eq!(r.task_status.as_deref(), Some("In Progress"));
         assert_eq!(s.showrooms().await.unwrap().len(), 1);
+        s.set_showroom_task_status("T-1", "In QA").await.unwrap();
+        let r = s.showroom("T-1").await.unwrap().unwrap();
+        assert_eq!(r.task_status.as_deref(), Some("In QA"));
+        // Deployed again, it takes its task's status then; not known is `None`.
+        s.showroom_deploying("T-1", "t-1", "https://t-1.show", "ann", None).await.unwrap();
+        assert_eq!(s.showroom("T-1").await.unwrap().unwrap().task_status, None);
+        s.set_showroom_state("T-1", ShowroomState::Up, "").await.unwrap();
         s.set_showroom_state("T-1", ShowroomState::Down, "delivered").await.unwrap();
         assert!(s.showrooms().await.unwrap().is_empty());
         assert_eq!(s.showroom("T-1").await.unwrap().unwrap().reason, "delivered");

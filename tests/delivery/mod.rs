@@ -354,7 +354,8 @@ fn a_failing_test_stops_the_other_repositories_tests() {
 #[test]
 fn step_timeout_kills_the_process_group_and_fails() {
     let env = Env::new(&REPOS);
-    env.set_delivery("step_timeout", "\"1s\"");
+    // Long enough for every other step on a loaded machine, far shorter than the slow test.
+    env.set_delivery("step_timeout", "\"4s\"");
     ready(&env, "TASK-1", &REPOS, &[("web", "SLOW-TEST", "600")]);
     let before = env.masters();
 
@@ -366,7 +367,7 @@ fn step_timeout_kills_the_process_group_and_fails() {
         "the slow test was not cut short"
     );
     assert!(
-        stderr(&o).contains("delivery failed in test (web): `test` ran past 1s and was killed"),
+        stderr(&o).contains("delivery failed in test (web): `test` ran past 4s and was killed"),
         "{}",
         stderr(&o)
     );

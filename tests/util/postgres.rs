@@ -103,6 +103,25 @@ impl Database {
     }
 }
 
+impl Database {
+    /// Runs one statement on the database, as an operator (or a fault) would.
+    pub fn execute(&self, sql: &str) -> u64 {
+        let (url, sql) = (self.url.clone(), sql.to_string());
+        std::thread::spawn(move || {
+            block_on(async {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            })
+        })
+        .join()
+        .unwrap()
+    }
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
         let (admin, name) = (self.admin.clone(), self.name.clone());

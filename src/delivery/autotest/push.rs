@@ -25,6 +25,10 @@ pub fn after_push(
         .filter(|u| !u.deleted())
         .filter_map(|u| {
             let branch = u.name.strip_prefix("refs/heads/")?;
+            // A candidate branch the bot pushed for a CI (an autotest's own, too) is no task's.
+            if branch.starts_with(config.candidate_prefix()) {
+                return None;
+            }
             let task = config.tasks.task_of(branch)?;
             Some((TaskKey::new(task), branch, u.new.as_str()))
         })

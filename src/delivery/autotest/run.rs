@@ -1,7 +1,9 @@
 //! One autotest: the branch's head cloned into a workspace of its own, rebased onto its
 //! upstream as a delivery would rebase it (a conflict is a failure naming the files), then
 //! the repository's `build` and `test` steps, each a real process under its supervisor, with
-//! `LOCKSTEP_PURPOSE=autotest`. Nothing is deployed, merged or pushed.
+//! `LOCKSTEP_PURPOSE=autotest`, or a build on the step's runner (`lockstep_purpose =
+//! autotest`, the candidate pushed as `<prefix>autotest-<id>` and deleted at the end).
+//! Nothing is deployed or merged.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +13,7 @@ use tokio::sync::watch;
 
 use super::super::engine::{Engine, repo_url};
 use super::super::rebase::{Rebased, conflicts, rebase_onto};
+use super::super::remote::{Purpose, RemoteStep};
 use super::super::steps::{self, StepOutcome, StepSpec};
 use crate::config::Repo;
 use crate::domain::{AutotestState, Phase};
@@ -176,37 +179,90 @@ async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<V
         a.id,
         stop_tx,
     )));
+    let checkout = Tested {
+        repo: &repo,
+        dir: &dir,
+        base: &base,
+        sha: &tested,
+    };
+    let verdict = steps_of(engine, a, &checkout, stop).await;
+    if repo.steps.on_runners() {
+        let branch = engine.config.autotest_candidate(a.id);
+        engine
+            .delete_candidate(&dir, repo.name.as_str(), &branch)
+            .await;
+    }
+    verdict
+}
+
+/// The checkout an autotest tests: its repository, folder, base and rebased commit.
+struct Tested<'a> {
+    repo: &'a Repo,
+    dir: &'a Path,
+    base: &'a str,
+    sha: &'a str,
+}
+
+/// Runs the `build` and `test` steps of the rebased checkout, here or on their runner; the
+/// first that does not pass ends the autotest.
+async fn steps_of(
+    engine: &Engine,
+    a: &AutotestRow,
+    c: &Tested<'_>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Verdict> {
     let mut log = String::new();
     for phase in [Phase::Build, Phase::Test] {
-        let Some(command) = repo.step(phase) else {
+        let Some(command) = c.repo.step(phase) else {
             continue;
         };
-        if let Some(on) = command.runner() {
-            let why = format!(
-                "`{phase}` of `{}` runs on the runner `{}`, which autotests do not use yet; \
-                 only local steps are tested on their own",
-                repo.name, on.runner
-            );
-            return Ok(Verdict::failed(phase.as_str(), why, keep_end(log)));
-        }
-        let spec = StepSpec {
-            argv: command.argv(),
-            cwd: dir.clone(),
-            env: step_env(engine, a, &repo, &dir, phase, &base, &tested),
-            pass_env: engine.config.delivery.pass_env.clone(),
-            timeout: engine.config.delivery.step_timeout,
-            log: log_path(engine, a, phase),
-            supervisor: steps::this_executable(),
-        };
-        let outcome = match steps::start(&spec)? {
-            Ok(running) => {
-                engine.store.autotest_pid(a.id, running.pid()).await?;
-                let mut stop = stop.clone();
-                running.wait_or_stop(&mut stop).await?
+        let path = log_path(engine, a, phase);
+        let (outcome, why) = match command.runner() {
+            Some(on) => {
+                let config = &engine.config;
+                let step = RemoteStep {
+                    purpose: Purpose::Autotest(a.id),
+                    task: &a.task,
+                    repo: c.repo,
+                    dir: c.dir,
+                    sha: c.sha,
+                    phase,
+                    env: &config.delivery.environment,
+                    vars: config.environment_vars(),
+                    branch: config.autotest_candidate(a.id),
+                    log: path.clone(),
+                    stop: Some(stop.clone()),
+                };
+                let ran = engine.run_remote(on, step).await?;
+                (ran.outcome, format!("`{phase}` {}", ran.why))
             }
-            Err(outcome) => outcome,
+            None => {
+                let spec = StepSpec {
+                    argv: command.argv(),
+                    cwd: c.dir.to_path_buf(),
+                    env: step_env(engine, a, c, phase),
+                    pass_env: engine.config.delivery.pass_env.clone(),
+                    timeout: engine.config.delivery.step_timeout,
+                    log: path.clone(),
+                    supervisor: steps::this_executable(),
+                };
+                let outcome = match steps::start(&spec)? {
+                    Ok(running) => {
+                        engine.store.autotest_pid(a.id, running.pid()).await?;
+                        let mut stop = stop.clone();
+                        running.wait_or_stop(&mut stop).await?
+                    }
+                    Err(outcome) => outcome,
+                };
+                let mut why = format!("`{phase}` {}", outcome.describe());
+                let tail = steps::tail(&path);
+                if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
+                    why.push_str(&format!(": {}", crate::text::clip(last.trim(), 200)));
+                }
+                (outcome, why)
+            }
         };
-        let text = steps::last_of_log(&spec.log).unwrap_or_default();
+        let text = steps::last_of_log(&path).unwrap_or_default();
         log.push_str(&format!("== {phase} ({}) ==\n{text}\n", outcome.describe()));
         if outcome == StepOutcome::Passed {
             continue;
@@ -221,11 +277,6 @@ async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<V
                     log,
                 },
             });
-        }
-        let mut why = format!("`{phase}` {}", outcome.describe());
-        let tail = steps::tail(&spec.log);
-        if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
-            why.push_str(&format!(": {}", crate::text::clip(last.trim(), 200)));
         }
         return Ok(Verdict::failed(phase.as_str(), why, log));
     }
@@ -243,20 +294,18 @@ async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<V
 fn step_env(
     engine: &Engine,
     a: &AutotestRow,
-    repo: &Repo,
-    dir: &Path,
+    c: &Tested<'_>,
     phase: Phase,
-    base: &str,
-    tested: &str,
 ) -> Vec<(String, String)> {
+    let (repo, dir) = (c.repo, c.dir);
     let mut env: Vec<(String, String)> = engine.config.environment_vars().into_iter().collect();
     env.extend([
         ("LOCKSTEP_TASK".into(), a.task.to_string()),
         ("LOCKSTEP_REPO".into(), a.repo.to_string()),
         ("LOCKSTEP_BRANCH".into(), a.branch.clone()),
-        ("LOCKSTEP_SHA".into(), tested.to_string()),
+        ("LOCKSTEP_SHA".into(), c.sha.to_string()),
         ("LOCKSTEP_HEAD_SHA".into(), a.sha.clone()),
-        ("LOCKSTEP_BASE_SHA".into(), base.to_string()),
+        ("LOCKSTEP_BASE_SHA".into(), c.base.to_string()),
         (
             "LOCKSTEP_ENV".into(),
             engine.config.delivery.environment.clone(),

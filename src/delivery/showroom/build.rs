@@ -1,7 +1,9 @@
 //! One showroom's checkouts and steps: each repository with a branch for the task is cloned
 //! into the showroom's folder and its branch rebased on its upstream, as a delivery's is
-//! (nothing is pushed); its `build` and `deploy` steps, or its `teardown`, then run as a
-//! delivery's steps run: under their supervisor, confined, with a clean environment.
+//! (nothing is pushed but a runner's candidate); its `build` and `deploy` steps, or its
+//! `teardown`, then run as a delivery's steps run: under their supervisor, confined, with a
+//! clean environment, or `build` and `deploy` on their runner (`lockstep_purpose =
+//! showroom`, the candidate pushed as `<prefix>showroom-<label>`, deleted when they end).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,11 @@ use anyhow::Context as _;
 
 use super::super::confine::{self, CONFINE_VAR, WRITABLE_VAR};
 use super::super::engine::{Engine, repo_url};
+use super::super::remote::{Purpose, RemoteStep};
 use super::super::steps::{self, StepOutcome, StepSpec};
 use super::Label;
-use crate::config::{Repo, SHOWROOM, StepCommand};
-use crate::domain::TaskKey;
+use crate::config::{Repo, RunnerStep, SHOWROOM, StepCommand};
+use crate::domain::{Phase, TaskKey};
 use crate::runtime::blocking;
 use crate::store::ShowroomRow;
 
@@ -87,7 +90,19 @@ impl<'a> Room<'a> {
             .set_showroom_shas(self.task.as_str(), &shas)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        for c in &checkouts {
+        let ran = self.build_and_deploy(&checkouts).await;
+        // The CI fetched what it builds: the candidate branches go when the steps end.
+        let branch = self.engine.config.showroom_candidate(self.label.as_str());
+        for c in checkouts.iter().filter(|c| c.repo.steps.on_runners()) {
+            self.engine
+                .delete_candidate(&c.dir, c.repo.name.as_str(), &branch)
+                .await;
+        }
+        ran
+    }
+
+    async fn build_and_deploy(&self, checkouts: &[Checkout<'_>]) -> Result<(), String> {
+        for c in checkouts {
             for (step, command) in [
                 ("build", &c.repo.steps.build),
                 ("deploy", &c.repo.steps.deploy),
@@ -305,17 +320,13 @@ impl<'a> Room<'a> {
     /// Runs one step of a checkout; why it failed, with the last line of its log.
     async fn run(&self, c: &Checkout<'_>, step: &str, command: &StepCommand) -> Result<(), String> {
         let engine = self.engine;
-        if let Some(r) = command.runner() {
-            return Err(format!(
-                "`{step}` of `{}` runs on the runner `{}`; a showroom runs its steps on \
-                 lockstep's own host only: give the repository a local `{step}` command",
-                c.repo.name, r.runner
-            ));
-        }
         let log = self
             .folder
             .join("logs")
             .join(format!("{}.{step}.log", c.repo.name));
+        if let Some(on) = command.runner() {
+            return self.run_remote(c, step, on, log).await;
+        }
         let home = self.folder.join("@home").join(c.repo.name.as_str());
         std::fs::create_dir_all(&home)
             .map_err(|e| format!("cannot create `{}`: {e}", home.display()))?;
@@ -362,6 +373,76 @@ impl<'a> Room<'a> {
             why.push_str(&format!(": {}", crate::text::clip(last.trim(), WHY_BYTES)));
         }
         Err(why)
+    }
+
+    /// Runs `build` or `deploy` of a checkout on its runner (a `teardown` runs here: the
+    /// config refuses one on a runner), told it is for the showroom, with its variables.
+    async fn run_remote(
+        &self,
+        c: &Checkout<'_>,
+        step: &str,
+        on: &RunnerStep,
+        log: PathBuf,
+    ) -> Result<(), String> {
+        let phase = match step {
+            "build" => Phase::Build,
+            "deploy" => Phase::Deploy,
+            _ => {
+                return Err(format!(
+                    "`{step}` of `{}` runs on the runner `{}`; a showroom's `{step}` runs on \
+                     lockstep's own host: make it a command",
+                    c.repo.name, on.runner
+                ));
+            }
+        };
+        let config = &self.engine.config;
+        let started = std::time::Instant::now();
+        let ran = self
+            .engine
+            .run_remote(
+                on,
+                RemoteStep {
+                    purpose: Purpose::Showroom(self.label.to_string()),
+                    task: self.task,
+                    repo: c.repo,
+                    dir: &c.dir,
+                    sha: &c.sha,
+                    phase,
+                    env: SHOWROOM,
+                    vars: self.vars(),
+                    branch: config.showroom_candidate(self.label.as_str()),
+                    log,
+                    stop: None,
+                },
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.engine.say(&format!(
+            "showroom {}: {step:<8} {:<12} {} on {} ({:.1}s)",
+            self.task,
+            c.repo.name,
+            ran.outcome.state(),
+            on.runner,
+            started.elapsed().as_secs_f64()
+        ));
+        if ran.outcome == StepOutcome::Passed {
+            return Ok(());
+        }
+        Err(format!("`{step}` of `{}` {}", c.repo.name, ran.why))
+    }
+
+    /// The showroom environment's `vars` and the showroom's own: `LOCKSTEP_URL` and
+    /// `LOCKSTEP_SHOWROOM` (the label), as a runner is told them (`lockstep_vars`).
+    fn vars(&self) -> BTreeMap<String, String> {
+        let mut vars = self
+            .engine
+            .config
+            .showroom()
+            .map(|s| s.vars.clone())
+            .unwrap_or_default();
+        vars.insert("LOCKSTEP_URL".into(), self.url.clone());
+        vars.insert("LOCKSTEP_SHOWROOM".into(), self.label.to_string());
+        vars
     }
 
     /// The variables of a showroom's step: the showroom environment's `vars`, the

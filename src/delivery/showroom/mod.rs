@@ -4,9 +4,10 @@
 //! the same confinement as a delivery's steps.
 //!
 //! - this file: bringing one up ([`up`]), taking one down ([`down`]), `max`, the ttl
-//!   ([`expire`]), a delivered task's ([`finished`]) and what a killed process left
-//!   ([`recover`]);
+//!   ([`expire`]) and what a killed process left ([`recover`]);
 //! - `statuses`: the tracker's statuses bring showrooms up and take them down;
+//! - `task`: a showroom follows its task: torn down when its delivery ends ([`finished`]), or
+//!   when the task is returned, closed or gone, with a note on the task that says so;
 //! - `label`: the task key made a safe DNS label, the one form of it a URL or a variable gets;
 //! - `build`: the checkouts and the steps of one showroom.
 //!
@@ -17,6 +18,7 @@
 mod build;
 mod label;
 mod statuses;
+mod task;
 
 use std::path::PathBuf;
 
@@ -24,11 +26,12 @@ use anyhow::Context as _;
 
 pub use label::Label;
 pub use statuses::poll_logged;
+pub use task::finished;
 
 use super::engine::Engine;
 use crate::config::{OnFull, Showroom};
-use crate::domain::{State, TaskKey};
-use crate::store::{DeliveryRow, ShowroomRow, ShowroomState};
+use crate::domain::TaskKey;
+use crate::store::{ShowroomRow, ShowroomState};
 
 /// What became of a request for a showroom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,14 +134,21 @@ pub async fn up(engine: &Engine, task: &TaskKey, requester: &str) -> anyhow::Res
                     settings.max
                 );
                 engine.say(&format!("showroom {}: {why}", oldest.task));
-                down(engine, &TaskKey::new(&oldest.task), &why).await?;
+                task::tear_noted(engine, &TaskKey::new(&oldest.task), &oldest.url, &why).await?;
             }
         }
     }
+    let status = task::status_of(engine, task).await;
     let _lock = lock(engine, &label).await?;
     engine
         .store
-        .showroom_deploying(task.as_str(), label.as_str(), &url, requester)
+        .showroom_deploying(
+            task.as_str(),
+            label.as_str(),
+            &url,
+            requester,
+            status.as_deref(),
+        )
         .await?;
     engine.say(&format!("showroom {task}: deploying at {url}"));
     let room = build::Room::new(engine, task, &label, &url, folder(engine, &label));
@@ -170,14 +180,30 @@ pub async fn up(engine: &Engine, task: &TaskKey, requester: &str) -> anyhow::Res
 /// Tears down the showroom of `task` (its `teardown` steps), for `reason`. A showroom the
 /// store does not know is an error; one already down is left as it is.
 pub async fn down(engine: &Engine, task: &TaskKey, reason: &str) -> anyhow::Result<Outcome> {
-    let Some(row) = engine.store.showroom(task.as_str()).await? else {
+    if engine.store.showroom(task.as_str()).await?.is_none() {
         anyhow::bail!("`{task}` has no showroom (`lockstep showrooms` lists them)");
-    };
-    if row.state == ShowroomState::Down {
-        return Ok(Outcome::Down);
     }
+    tear(engine, task, reason, false).await?;
+    Ok(Outcome::Down)
+}
+
+/// Tears down the showroom of `task` for `reason`, once its lock is held and the store read
+/// again under it: nothing (false) when it is down by then, or, with `only_up`, not up (another
+/// process tore it down or is deploying it again while this one waited).
+async fn tear(
+    engine: &Engine,
+    task: &TaskKey,
+    reason: &str,
+    only_up: bool,
+) -> anyhow::Result<bool> {
     let label = Label::of(task)?;
     let _lock = lock(engine, &label).await?;
+    let Some(row) = engine.store.showroom(task.as_str()).await? else {
+        return Ok(false);
+    };
+    if row.state == ShowroomState::Down || (only_up && row.state != ShowroomState::Up) {
+        return Ok(false);
+    }
     engine
         .store
         .set_showroom_state(task.as_str(), ShowroomState::TearingDown, reason)
@@ -191,7 +217,7 @@ pub async fn down(engine: &Engine, task: &TaskKey, reason: &str) -> anyhow::Resu
                 .await?;
             engine.say(&format!("showroom {task}: down ({reason})"));
             let _ = std::fs::remove_dir_all(room.work());
-            Ok(Outcome::Down)
+            Ok(true)
         }
         Err(e) => {
             let why = format!("teardown failed: {e}");
@@ -201,29 +227,6 @@ pub async fn down(engine: &Engine, task: &TaskKey, reason: &str) -> anyhow::Resu
                 .await?;
             anyhow::bail!("the showroom of `{task}` was not torn down: {why}")
         }
-    }
-}
-
-/// A delivery ended in `state`: a delivered task's showroom has served, and is torn down
-/// (nothing when it has none). What goes wrong is said, and does not undo the delivery.
-pub async fn finished(engine: &Engine, d: &DeliveryRow, state: State) {
-    if state != State::Delivered || engine.config.showroom().is_none() {
-        return;
-    }
-    let task = &d.task;
-    let torn = async {
-        match engine.store.showroom(task.as_str()).await? {
-            Some(row) if row.state != ShowroomState::Down => {
-                down(engine, task, "the task was delivered").await?;
-                Ok(())
-            }
-            _ => anyhow::Ok(()),
-        }
-    };
-    if let Err(e) = torn.await {
-        engine.say(&format!(
-            "showroom {task}: not torn down after its delivery: {e:#}"
-        ));
     }
 }
 
@@ -238,8 +241,9 @@ pub async fn expire(engine: &Engine) -> anyhow::Result<Vec<String>> {
     for row in engine.store.showrooms().await? {
         if now.saturating_sub(row.created_at) >= ttl_ms && row.state.occupies() {
             let why = format!("its ttl of {} passed", crate::config::humanize(ttl));
-            down(engine, &TaskKey::new(&row.task), &why).await?;
-            gone.push(row.task);
+            if task::tear_noted(engine, &TaskKey::new(&row.task), &row.url, &why).await? {
+                gone.push(row.task);
+            }
         }
     }
     Ok(gone)

@@ -4,7 +4,7 @@
 //!
 //! Only the showrooms the statuses brought up (asked by [`BY_STATUS`]) are taken down when
 //! their task leaves the statuses: one asked for by hand stays until it is taken down, its
-//! task delivered, or its ttl passed.
+//! task returned, closed or delivered (`task.rs`, polled here too), or its ttl passed.
 
 use super::{Outcome, down, expire, up};
 use crate::delivery::Engine;
@@ -36,13 +36,19 @@ pub async fn poll(engine: &Engine) -> anyhow::Result<Vec<String>> {
         .into_iter()
         .map(|t| format!("showroom {t}: down, its ttl passed"))
         .collect();
-    if settings.statuses.is_empty() {
-        return Ok(said);
+    if !settings.statuses.is_empty() {
+        said.extend(by_statuses(engine, settings.statuses).await?);
     }
-    let statuses = settings.statuses.to_vec();
+    said.extend(super::task::follow(engine).await?);
+    Ok(said)
+}
+
+/// The showrooms the statuses bring up and take down; a line per task.
+async fn by_statuses(engine: &Engine, statuses: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut said = Vec::new();
     let tasks = engine
         .tracker
-        .in_statuses(&statuses)
+        .in_statuses(statuses)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let rooms = engine.store.showrooms().await?;
@@ -83,11 +89,7 @@ pub async fn poll(engine: &Engine) -> anyhow::Result<Vec<String>> {
             Ok(_) => format!("showroom {} taken down: {why}", room.url),
             Err(e) => format!("showroom {} not taken down: {e:#}", room.url),
         };
-        let status = match engine.tracker.task(&key).await {
-            Ok(Some(t)) => t.status,
-            _ => continue,
-        };
-        note_on(engine, &key, &status, &note).await;
+        super::task::note(engine, &key, &note).await;
         said.push(format!("showroom {}: {note}", room.task));
     }
     Ok(said)

@@ -172,7 +172,29 @@ struct Train<'a> {
     overtakers: BTreeSet<DeliveryId>,
 }
 
+/// A train dropped with work under way (its worker lost the lease, or was stopped past its
+/// grace) stops that work: an aborted task drops its steps, which kills their process groups,
+/// and what they journaled lets the replica that takes over recover them. Without this, the
+/// spawned preparations and releases would run on, unowned.
+impl Drop for Train<'_> {
+    fn drop(&mut self) {
+        for item in &self.items {
+            match &item.status {
+                Status::Preparing { task, .. } => task.handle.abort(),
+                Status::Releasing { handle, .. } => handle.abort(),
+                _ => {}
+            }
+        }
+    }
+}
+
 impl Train<'_> {
+    /// A delivery ended: its task's showroom follows (torn down), then the watcher is told.
+    async fn ended(&self, d: &DeliveryRow, state: State) {
+        crate::delivery::showroom::finished(&self.engine, d, state).await;
+        self.watcher.finished(d, state).await;
+    }
+
     async fn drive(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Event>,
@@ -321,7 +343,7 @@ impl Train<'_> {
                 let phase = item.d.phase.unwrap_or(Phase::Rebase);
                 let stop = Failure::new(phase, None, "cancelled on request").into();
                 let state = self.engine.report_stop(&item.d, stop).await?;
-                self.watcher.finished(&item.d, state).await;
+                self.ended(&item.d, state).await;
                 ended.push((item.d.id, state));
                 continue;
             }
@@ -438,7 +460,7 @@ impl Train<'_> {
         match std::mem::replace(&mut head.status, Status::Waiting) {
             Status::Held { stop } => {
                 let state = self.engine.report_stop(&head.d, stop).await?;
-                self.watcher.finished(&head.d, state).await;
+                self.ended(&head.d, state).await;
                 self.tips_read = None;
                 Ok(Some((head.d.id, state)))
             }

@@ -134,7 +134,7 @@ impl Train<'_> {
                         }
                         let item = self.items.remove(0);
                         let state = self.engine.report_stop(&item.d, stop).await?;
-                        self.watcher.finished(&item.d, state).await;
+                        self.ended(&item.d, state).await;
                         self.tips_read = None;
                         Ok(Some((item.d.id, state)))
                     }
@@ -149,8 +149,7 @@ impl Train<'_> {
                 if state == State::Delivered {
                     self.landed.insert(id);
                 }
-                crate::delivery::showroom::finished(&self.engine, &item.d, state).await;
-                self.watcher.finished(&item.d, state).await;
+                self.ended(&item.d, state).await;
                 // The upstreams moved (or were put back): read them before judging again.
                 self.tips_read = None;
                 Ok(Some((id, state)))

@@ -52,6 +52,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             deployed_at: Some(0),
+            task_status: Some("In Progress".into()),
         };
         let html = super::showrooms(&[row], 60_000).into_string();
         assert!(

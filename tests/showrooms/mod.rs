@@ -1,5 +1,10 @@
 //! Showrooms: `lockstep showroom` against real repositories guarded by the real hooks, with
 //! real deploy and teardown steps that write what they were given under the sandbox.
+//!
+//! `life`: a showroom follows its task (returned, closed, a failed delivery) and `/showroom`
+//! on a pull request.
+
+mod life;
 
 use crate::util::*;
 
@@ -145,6 +150,13 @@ fn a_showroom_is_up_with_the_showroom_variables_and_delivery_tears_it_down() {
         ]
     );
     assert!(showrooms(&env).as_array().unwrap().is_empty());
+    let (status, notes) = env.task("TASK-1");
+    assert_eq!(status, "Closed");
+    assert_eq!(
+        notes.last().unwrap(),
+        &format!("showroom {url} taken down: the task was delivered (lockstep #1)"),
+        "{notes:?}"
+    );
 }
 
 #[test]
@@ -169,6 +181,12 @@ fn max_evicts_the_oldest_or_refuses() {
         .map(|r| r["task"].as_str().unwrap())
         .collect();
     assert_eq!(tasks, ["TASK-3"]);
+    // The evicted task's note says why.
+    assert_eq!(
+        env.task("TASK-1").1.last().unwrap(),
+        "showroom https://task-1.show.example.com taken down: evicted to make room for \
+         `TASK-3` (`max = 1`)"
+    );
 
     // With `on_full = "refuse"`, the request is refused and nothing is torn down.
     env.edit_config(|t| t.replace("max = 1\n", "max = 1\non_full = \"refuse\"\n"));
@@ -289,6 +307,10 @@ fn a_showroom_past_its_ttl_is_torn_down() {
     assert_eq!(lines(&env, "teardowns.log").len(), 2);
     assert_eq!(state_of(&env, "TASK-1"), None);
     assert_eq!(state_of(&env, "TASK-3").as_deref(), Some("up"));
+    assert_eq!(
+        env.task("TASK-1").1.last().unwrap(),
+        "showroom https://task-1.show.example.com taken down: its ttl of 1s passed"
+    );
 }
 
 #[test]
