@@ -228,12 +228,7 @@ async fn showroom(
         heading.push_str(&format!(" ({})", row.reason));
     }
     say!("{heading}");
-    // The folder the showroom's steps write their logs in (`showroom/build.rs`).
-    let dir = config
-        .state_dir()
-        .join("showrooms")
-        .join(Label::of(task)?.as_str())
-        .join("logs");
+    let dir = crate::delivery::showroom::logs_dir(config, &Label::of(task)?);
     let since = std::time::UNIX_EPOCH
         + std::time::Duration::from_millis(u64::try_from(row.created_at).unwrap_or(0));
     let mut logs = showroom_logs(&dir, since);

@@ -96,17 +96,6 @@ fn work_dir(engine: &Engine, id: i64) -> PathBuf {
         .join(id.to_string())
 }
 
-/// Where the log of one step of autotest `id` goes.
-fn log_path(engine: &Engine, a: &AutotestRow, phase: Phase) -> PathBuf {
-    engine
-        .config
-        .state_dir()
-        .join("logs")
-        .join("autotests")
-        .join(a.id.to_string())
-        .join(format!("{}.{phase}.log", a.repo))
-}
-
 /// Clones, rebases and runs the steps; an error is a failure of the autotest itself.
 async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<Verdict> {
     let Some(repo) = engine.config.repo(a.repo.as_str()).cloned() else {
@@ -216,7 +205,7 @@ async fn steps_of(
         let Some(command) = c.repo.step(phase) else {
             continue;
         };
-        let path = log_path(engine, a, phase);
+        let path = super::step_log(&engine.config, a.id, &a.repo, phase);
         let (outcome, why) = match command.runner() {
             Some(on) => {
                 let config = &engine.config;

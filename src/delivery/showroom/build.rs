@@ -322,7 +322,7 @@ impl<'a> Room<'a> {
         let engine = self.engine;
         let log = self
             .folder
-            .join("logs")
+            .join(super::LOGS)
             .join(format!("{}.{step}.log", c.repo.name));
         if let Some(on) = command.runner() {
             return self.run_remote(c, step, on, log).await;

@@ -56,12 +56,22 @@ fn settings(engine: &Engine) -> anyhow::Result<Showroom<'_>> {
 
 /// The folder of a showroom's checkouts, logs and lock under `state_dir`.
 fn folder(engine: &Engine, label: &Label) -> PathBuf {
-    engine
-        .config
-        .state_dir()
-        .join("showrooms")
-        .join(label.as_str())
+    folder_of(&engine.config, label)
 }
+
+/// The same, from the config alone.
+fn folder_of(config: &crate::config::Config, label: &Label) -> PathBuf {
+    config.state_dir().join("showrooms").join(label.as_str())
+}
+
+/// The folder a showroom's steps write their logs in (`build.rs`), which `lockstep logs
+/// --showroom` reads.
+pub fn logs_dir(config: &crate::config::Config, label: &Label) -> PathBuf {
+    folder_of(config, label).join(LOGS)
+}
+
+/// The name of that folder under the showroom's.
+const LOGS: &str = "logs";
 
 /// The file holding the pid of the step a showroom runs now (its supervisor's).
 fn running_file(folder: &std::path::Path) -> PathBuf {
