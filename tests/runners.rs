@@ -35,6 +35,13 @@ pub(crate) fn api(url: &str, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
 }
 
+/// The same, `None` when the master, busy with other tests' builds, answers no JSON this
+/// time: for a test that polls.
+pub(crate) fn try_api(url: &str, path: &str) -> Option<Value> {
+    let body = http::get(url, &format!("api/v2/{path}")).body;
+    serde_json::from_str(&body).ok()
+}
+
 /// A sandbox of `api` and `web` whose build and test run on the Buildbot at `url`
 /// (`[runners.bb]`, with `runner` added to its table), each repository's `ci/build.sh`,
 /// `ci/test.sh` and `ci/deploy.sh` on master. The test fails when a file `BROKEN` is in the candidate; with a
