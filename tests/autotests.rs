@@ -301,10 +301,12 @@ fn an_autotest_cut_by_a_killed_worker_is_interrupted_and_run_again() {
     assert_eq!(runs[0]["state"], "passed", "{runs:?}");
     assert_eq!(runs[0]["sha"], first["sha"]);
     assert!(runs.iter().all(|a| a["state"] != "running"), "{runs:?}");
-    // What the killed worker left running was stopped.
+    // What the killed worker left running was stopped, and its workspace removed.
     wait_for("the orphaned step to be stopped", || {
         (!alive(step)).then_some(())
     });
+    let left = env.state_dir().join("autotests").join(id.to_string());
+    assert!(!left.exists(), "{} is left", left.display());
 }
 
 fn ended_or_running(env: &Env, id: i64) -> String {

@@ -236,6 +236,7 @@ async fn interrupt(engine: &Engine, a: &AutotestRow, why: &str) -> anyhow::Resul
         let marker = format!("{}={}", run::MARKER_VAR, a.id);
         steps::kill_leftover(pid, &marker, Duration::from_secs(10)).await;
     }
+    run::clear_left(engine, a).await;
     let end = AutotestEnd {
         reason: why.to_string(),
         log: a.log.clone(),

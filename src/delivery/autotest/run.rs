@@ -96,6 +96,28 @@ fn work_dir(engine: &Engine, id: i64) -> PathBuf {
         .join(id.to_string())
 }
 
+/// What a killed worker left of autotest `a`: the candidate branch it may have pushed for a
+/// runner (deleted, as its own end would have) and its workspace (removed). Best effort.
+pub(super) async fn clear_left(engine: &Engine, a: &AutotestRow) {
+    let work = work_dir(engine, a.id);
+    let dir = work.join(a.repo.as_str());
+    if engine
+        .config
+        .repo(a.repo.as_str())
+        .is_some_and(|r| r.steps.on_runners())
+    {
+        let branch = engine.config.autotest_candidate(a.id);
+        engine
+            .delete_candidate(&dir, a.repo.as_str(), &branch)
+            .await;
+    }
+    if let Err(e) = std::fs::remove_dir_all(&work)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("cannot remove `{}`: {e}", work.display());
+    }
+}
+
 /// Clones, rebases and runs the steps; an error is a failure of the autotest itself.
 async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<Verdict> {
     let Some(repo) = engine.config.repo(a.repo.as_str()).cloned() else {
