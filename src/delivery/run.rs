@@ -14,7 +14,7 @@ use super::slots::Rank;
 use super::steps::{self, StepOutcome, StepSpec};
 use super::stop::{Failure, Stop};
 use crate::config::StepCommand;
-use crate::domain::{Event, Phase, StepState};
+use crate::domain::{DeliveryId, Event, Phase, RepoName, StepState};
 use crate::store::{Backend, DeliveryRow, RepoFlag};
 
 /// At most this much of a failing step's last line goes into the one-line reason.
@@ -162,15 +162,7 @@ impl Engine {
             log: log.clone(),
             supervisor: steps::this_executable(),
         };
-        self.store
-            .journal(d.id, step, c.row.repo.as_str(), Event::StepStarted, "")
-            .await?;
-        self.progress
-            .step(d.id, &c.row.repo, step, StepState::Running);
-        let step_id = self
-            .store
-            .step_started(d.id, &c.row.repo, step, &log.to_string_lossy())
-            .await?;
+        let step_id = self.step_begun(d.id, &c.row.repo, step, &log).await?;
         let started = std::time::Instant::now();
         let outcome = match steps::start(&spec)? {
             Ok(running) => {
@@ -185,22 +177,8 @@ impl Engine {
             }
             Err(outcome) => outcome,
         };
-        if self.store.backend() == Backend::Postgres {
-            self.copy_log(step_id, &log).await?;
-        }
-        self.store
-            .step_finished(step_id, outcome.exit_code(), outcome.state())
+        self.step_ended(d.id, step_id, &c.row.repo, step, &log, &outcome)
             .await?;
-        self.store
-            .journal(
-                d.id,
-                step,
-                c.row.repo.as_str(),
-                Event::StepFinished,
-                outcome.state().as_str(),
-            )
-            .await?;
-        self.progress.step(d.id, &c.row.repo, step, outcome.state());
         self.say(&format!(
             "#{} {}: {step:<8} {:<12} {} ({:.1}s)",
             d.id,
@@ -238,6 +216,53 @@ impl Engine {
                 }
             }
         })))
+    }
+    /// A delivery's step starts, here or on a runner: journaled, shown, and its row of the
+    /// steps table (with where its log goes) made. Returns that row's id.
+    pub(super) async fn step_begun(
+        &self,
+        id: DeliveryId,
+        repo: &RepoName,
+        phase: Phase,
+        log: &Path,
+    ) -> anyhow::Result<i64> {
+        self.store
+            .journal(id, phase, repo.as_str(), Event::StepStarted, "")
+            .await?;
+        self.progress.step(id, repo, phase, StepState::Running);
+        self.store
+            .step_started(id, repo, phase, &log.to_string_lossy())
+            .await
+    }
+
+    /// A delivery's step ended with `outcome`: its log copied to the store for the other
+    /// replicas (on PostgreSQL), its row and the journal written, and the board told.
+    pub(super) async fn step_ended(
+        &self,
+        id: DeliveryId,
+        step_id: i64,
+        repo: &RepoName,
+        phase: Phase,
+        log: &Path,
+        outcome: &StepOutcome,
+    ) -> anyhow::Result<()> {
+        if self.store.backend() == Backend::Postgres {
+            self.copy_log(step_id, log).await?;
+        }
+        self.store
+            .step_finished(step_id, outcome.exit_code(), outcome.state())
+            .await?;
+        self.store
+            .journal(
+                id,
+                phase,
+                repo.as_str(),
+                Event::StepFinished,
+                outcome.state().as_str(),
+            )
+            .await?;
+        self.progress.step(id, repo, phase, outcome.state());
+        Ok(())
     }
 
     /// Copies the end of a step's log (its last 256 KiB) into the store.

@@ -9,7 +9,7 @@ use super::super::steps::StepOutcome;
 use super::super::stop::{Failure, Stop};
 use super::{Purpose, RemoteStep};
 use crate::config::RunnerStep;
-use crate::domain::{DeliveryId, Event, Phase, StepState};
+use crate::domain::{DeliveryId, Phase, StepState};
 use crate::store::DeliveryRow;
 
 impl Engine {
@@ -34,14 +34,7 @@ impl Engine {
                 .map(|(_, request, _)| request),
             _ => None,
         };
-        self.store
-            .journal(d.id, phase, repo.as_str(), Event::StepStarted, "")
-            .await?;
-        self.progress.step(d.id, repo, phase, StepState::Running);
-        let step_id = self
-            .store
-            .step_started(d.id, repo, phase, &log.to_string_lossy())
-            .await?;
+        let step_id = self.step_begun(d.id, repo, phase, &log).await?;
         let started = std::time::Instant::now();
         let ran = self
             .run_remote(
@@ -66,23 +59,8 @@ impl Engine {
             )
             .await?;
         let outcome = ran.outcome;
-        if self.store.backend() == crate::store::Backend::Postgres {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            self.store.set_step_log(step_id, &text).await?;
-        }
-        self.store
-            .step_finished(step_id, outcome.exit_code(), outcome.state())
+        self.step_ended(d.id, step_id, repo, phase, &log, &outcome)
             .await?;
-        self.store
-            .journal(
-                d.id,
-                phase,
-                repo.as_str(),
-                Event::StepFinished,
-                outcome.state().as_str(),
-            )
-            .await?;
-        self.progress.step(d.id, repo, phase, outcome.state());
         self.say(&format!(
             "#{} {}: {phase:<8} {:<12} {} on {} ({:.1}s)",
             d.id,
