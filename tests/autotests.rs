@@ -60,17 +60,10 @@ fn sandbox_with(on_push: bool) -> Env {
     env
 }
 
-/// `lockstep autotests [TASK] --json`.
-fn autotests(env: &Env, task: &str) -> Vec<serde_json::Value> {
-    let o = env.lockstep(&["autotests", task, "--json"]);
-    assert!(o.status.success(), "autotests: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// Waits until autotest `id` of `task` has ended; returns it.
 fn ended(env: &Env, task: &str, id: i64) -> serde_json::Value {
     wait_for(&format!("autotest #{id} to end"), || {
-        autotests(env, task).into_iter().find(|a| {
+        env.autotests(task).into_iter().find(|a| {
             a["id"] == id && !["queued", "running"].contains(&a["state"].as_str().unwrap_or(""))
         })
     })
@@ -133,7 +126,7 @@ fn a_push_builds_and_tests_its_head_rebased_on_upstream_and_merges_nothing() {
     let env = sandbox();
     let head = push_on(&env, "api", "feature/TASK-1-x", "x.txt");
     let before = env.masters();
-    let runs = autotests(&env, "TASK-1");
+    let runs = env.autotests("TASK-1");
     assert_eq!(runs.len(), 1, "{runs:?}");
     let a = ended(&env, "TASK-1", id_of(&runs[0]));
     assert_eq!(a["state"], "passed", "{a}");
@@ -165,7 +158,7 @@ fn a_push_builds_and_tests_its_head_rebased_on_upstream_and_merges_nothing() {
     let o = env.lockstep(&["autotest", "TASK-1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("autotest #"), "{}", stdout(&o));
-    let runs = autotests(&env, "TASK-1");
+    let runs = env.autotests("TASK-1");
     let again = ended(&env, "TASK-1", id_of(&runs[0]));
     assert_eq!(again["state"], "passed", "{again}");
     assert_eq!(again["source"], "cli");
@@ -182,7 +175,7 @@ fn a_failing_test_is_failed_with_its_log_and_a_note_on_the_task() {
     let env = sandbox();
     env.fail_step("web", "test", true);
     push_on(&env, "web", "feature/TASK-1-y", "y.txt");
-    let id = id_of(&autotests(&env, "TASK-1")[0]);
+    let id = id_of(&env.autotests("TASK-1")[0]);
     let a = ended(&env, "TASK-1", id);
     assert_eq!(a["state"], "failed", "{a}");
     assert_eq!(a["step"], "test");
@@ -217,7 +210,7 @@ fn a_newer_push_supersedes_the_running_autotest_and_stops_its_steps() {
     let env = sandbox();
     std::fs::write(gate(&env, "build.hold"), "").unwrap();
     push_on(&env, "api", "feature/TASK-1-z", "one.txt");
-    let first = id_of(&autotests(&env, "TASK-1")[0]);
+    let first = id_of(&env.autotests("TASK-1")[0]);
     let pid = held(&env, "build", first);
     let second_head = push_on(&env, "api", "feature/TASK-1-z", "two.txt");
     let a = ended(&env, "TASK-1", first);
@@ -225,7 +218,7 @@ fn a_newer_push_supersedes_the_running_autotest_and_stops_its_steps() {
     wait_for("the superseded step to be stopped", || {
         (!alive(pid)).then_some(())
     });
-    let runs = autotests(&env, "TASK-1");
+    let runs = env.autotests("TASK-1");
     let second = id_of(&runs[0]);
     assert_ne!(second, first);
     assert_eq!(runs[0]["sha"], second_head.as_str());
@@ -247,7 +240,7 @@ fn a_delivery_queued_while_an_autotest_runs_starts_at_once_and_lands() {
     let env = sandbox();
     std::fs::write(gate(&env, "test.hold"), "").unwrap();
     push_on(&env, "web", "feature/TASK-1-w", "w.txt");
-    let id = id_of(&autotests(&env, "TASK-1")[0]);
+    let id = id_of(&env.autotests("TASK-1")[0]);
     held(&env, "test", id);
     env.set_status(&[("TASK-1", "For Delivery")]);
     let o = env.lockstep(&["deliver", "TASK-1", "--no-wait"]);
@@ -265,7 +258,7 @@ fn a_delivery_queued_while_an_autotest_runs_starts_at_once_and_lands() {
         env.git_in("web", &["log", "--format=%s", "master"])
             .contains("TASK-1 w.txt")
     );
-    let a = autotests(&env, "TASK-1");
+    let a = env.autotests("TASK-1");
     assert_eq!(a[0]["state"], "running", "{a:?}");
     std::fs::write(gate(&env, "test.open"), "").unwrap();
     assert_eq!(ended(&env, "TASK-1", id)["state"], "passed");
@@ -281,7 +274,7 @@ fn an_autotest_cut_by_a_killed_worker_is_interrupted_and_run_again() {
     let env = sandbox();
     std::fs::write(gate(&env, "build.hold"), "").unwrap();
     push_on(&env, "api", "feature/TASK-1-k", "k.txt");
-    let id = id_of(&autotests(&env, "TASK-1")[0]);
+    let id = id_of(&env.autotests("TASK-1")[0]);
     let step = held(&env, "build", id);
     let lock = std::fs::read_to_string(env.worker_lock()).unwrap();
     let worker: i32 = lock.trim().parse().unwrap();
@@ -295,7 +288,7 @@ fn an_autotest_cut_by_a_killed_worker_is_interrupted_and_run_again() {
     let _ = std::fs::remove_file(gate(&env, "build.hold"));
     let o = env.lockstep(&["work"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let runs = autotests(&env, "TASK-1");
+    let runs = env.autotests("TASK-1");
     let first = runs.iter().find(|a| id_of(a) == id).unwrap();
     assert_eq!(first["state"], "interrupted", "{runs:?}");
     assert_eq!(runs[0]["state"], "passed", "{runs:?}");
@@ -310,7 +303,7 @@ fn an_autotest_cut_by_a_killed_worker_is_interrupted_and_run_again() {
 }
 
 fn ended_or_running(env: &Env, id: i64) -> String {
-    autotests(env, "TASK-1")
+    env.autotests("TASK-1")
         .into_iter()
         .find(|a| id_of(a) == id)
         .and_then(|a| a["state"].as_str().map(String::from))
@@ -329,7 +322,7 @@ fn tasks_awaiting_autotests_move_on_when_their_branches_pass_and_back_when_one_f
     configure(&env, "200ms", "");
     let api = push_on(&env, "api", "feature/TASK-1-s", "s.txt");
     let web = push_on(&env, "web", "feature/TASK-1-s", "s.txt");
-    assert!(autotests(&env, "TASK-1").is_empty(), "on_push is off");
+    assert!(env.autotests("TASK-1").is_empty(), "on_push is off");
     env.set_status(&[("TASK-1", "Awaiting Autotests")]);
     let serve = ServeProc::start(&env);
     wait_until(
@@ -338,7 +331,7 @@ fn tasks_awaiting_autotests_move_on_when_their_branches_pass_and_back_when_one_f
         Some(&serve.log),
         || env.task("TASK-1").0 == "Awaiting Review",
     );
-    let runs = autotests(&env, "TASK-1");
+    let runs = env.autotests("TASK-1");
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(
         runs.iter()
@@ -385,7 +378,7 @@ fn tasks_awaiting_autotests_move_on_when_their_branches_pass_and_back_when_one_f
     let note = &notes[0];
     assert!(note.contains("`web`") && note.contains("`test`"), "{note}");
     assert!(note.contains("failing on purpose"), "{note}");
-    assert_eq!(autotests(&env, "TASK-2")[0]["state"], "failed");
+    assert_eq!(env.autotests("TASK-2")[0]["state"], "failed");
     // The queue page lists them.
     let page = serve.get("/").body;
     let section = &page[page
@@ -411,7 +404,7 @@ fn the_example_rule_refuses_a_delivery_until_the_heads_passed() {
     );
     std::fs::write(gate(&env, "test.hold"), "").unwrap();
     push_on(&env, "api", "feature/TASK-1-g", "g.txt");
-    let id = id_of(&autotests(&env, "TASK-1")[0]);
+    let id = id_of(&env.autotests("TASK-1")[0]);
     held(&env, "test", id);
     env.set_status(&[("TASK-1", "For Delivery")]);
     let o = env.lockstep(&["deliver", "TASK-1", "--no-wait"]);

@@ -71,17 +71,10 @@ fn wait_on_ci<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// `lockstep autotests TASK --json`.
-fn autotests(env: &Env, task: &str) -> Vec<Value> {
-    let o = env.lockstep(&["autotests", task, "--json"]);
-    assert!(o.status.success(), "autotests: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// Waits until the autotest of `repo` of `task` has ended; returns it.
 fn ended(env: &Env, task: &str, repo: &str) -> Value {
     wait_on_ci(&format!("the autotest of {repo} to end"), || {
-        autotests(env, task).into_iter().find(|a| {
+        env.autotests(task).into_iter().find(|a| {
             a["repo"] == repo && !["queued", "running"].contains(&a["state"].as_str().unwrap_or(""))
         })
     })
@@ -344,7 +337,7 @@ fn a_newer_push_stops_the_superseded_autotests_build_on_buildbot() {
         &[],
     );
     let first = wait_on_ci("the first autotest", || {
-        autotests(&env, "TASK-1").first().map(|a| a["id"].as_i64())
+        env.autotests("TASK-1").first().map(|a| a["id"].as_i64())
     })
     .unwrap();
     let running = gate.with_extension("running");
@@ -370,7 +363,7 @@ fn a_newer_push_stops_the_superseded_autotests_build_on_buildbot() {
     assert!(p.accepted, "alice's push: {:?}", p.remote);
 
     let a = wait_on_ci("the first autotest to end", || {
-        autotests(&env, "TASK-1")
+        env.autotests("TASK-1")
             .into_iter()
             .find(|a| a["id"] == first && a["state"] != "running")
     });
@@ -386,7 +379,7 @@ fn a_newer_push_stops_the_superseded_autotests_build_on_buildbot() {
     std::fs::write(gate.with_extension("open"), "").unwrap();
     assert_eq!(stopped["results"], 6, "{stopped}");
     let b = wait_on_ci("the newer autotest to end", || {
-        autotests(&env, "TASK-1").into_iter().find(|a| {
+        env.autotests("TASK-1").into_iter().find(|a| {
             a["id"] != first && !["queued", "running"].contains(&a["state"].as_str().unwrap_or(""))
         })
     });

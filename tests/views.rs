@@ -23,13 +23,6 @@ fn sandbox() -> Env {
     env
 }
 
-/// `lockstep autotests TASK --json`.
-fn autotests(env: &Env, task: &str) -> Vec<serde_json::Value> {
-    let o = env.lockstep(&["autotests", task, "--json"]);
-    assert!(o.status.success(), "autotests: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// `lockstep show TASK --json`.
 fn show_json(env: &Env, task: &str) -> serde_json::Value {
     let o = env.lockstep(&["show", task, "--json"]);
@@ -78,7 +71,7 @@ fn show_task_gathers_deliveries_autotests_and_the_showroom_and_logs_read_them() 
     let o = env.lockstep(&["autotest", "TASK-1"]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
     let runs = wait_for("both autotests to end", || {
-        let runs = autotests(&env, "TASK-1");
+        let runs = env.autotests("TASK-1");
         (runs.len() == 2
             && runs
                 .iter()

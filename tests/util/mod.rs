@@ -388,6 +388,13 @@ impl Env {
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
+    /// `lockstep autotests TASK --json`: the task's autotests, newest first.
+    pub fn autotests(&self, task: &str) -> Vec<serde_json::Value> {
+        let o = self.lockstep(&["autotests", task, "--json"]);
+        assert!(o.status.success(), "autotests: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
     /// `lockstep queue --json`.
     pub fn queue(&self) -> serde_json::Value {
         let o = self.lockstep(&["queue", "--json"]);
