@@ -309,8 +309,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn exposition() {
+    /// Metrics and counts that give every family at least one series.
+    fn sample() -> (Metrics, StoreCounts) {
         let m = Metrics::default();
         m.webhook("github", "accepted");
         m.webhook("github", "accepted");
@@ -319,7 +319,7 @@ mod tests {
             j(0, Phase::Build, Event::Phase),
             j(2_000, Stage::Done, Event::Delivered),
         ]);
-        let text = m.render(&StoreCounts {
+        let counts = StoreCounts {
             by_state: vec![("delivered".into(), 3), ("queued".into(), 2)],
             rollbacks: vec![("alert".into(), 2)],
             hook_decisions: vec![("branch \"names\"".into(), "deny".into(), 4)],
@@ -334,7 +334,14 @@ mod tests {
                 queue_wait: vec![0.3, 12.0],
                 lead_time: vec![40.0],
             },
-        });
+        };
+        (m, counts)
+    }
+
+    #[test]
+    fn exposition() {
+        let (m, counts) = sample();
+        let text = m.render(&counts);
         for line in [
             "lockstep_deliveries_total{outcome=\"delivered\"} 3",
             "lockstep_deliveries_total{outcome=\"failed\"} 0",
@@ -362,5 +369,13 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    /// The whole exposition, byte for byte: the order of the families, their help and type
+    /// lines, and every series.
+    #[test]
+    fn the_whole_exposition() {
+        let (m, counts) = sample();
+        insta::assert_snapshot!(m.render(&counts));
     }
 }
