@@ -8,7 +8,7 @@
 
 mod sandbox;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -205,29 +205,77 @@ fn deliver(sb: &Sandbox, task: &str) -> anyhow::Result<(State, String)> {
     })
 }
 
+/// Where the sandbox lives: the folder `--keep` names, or a temporary one removed on drop.
+struct Root {
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Root {
+    /// The folder `--keep` names (new or empty), or a new temporary folder.
+    fn new(keep: Option<&Path>) -> anyhow::Result<Root> {
+        match keep {
+            Some(dir) => {
+                if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+                    anyhow::bail!(
+                        "`{}` is not empty; name a new folder for `--keep`",
+                        dir.display()
+                    );
+                }
+                std::fs::create_dir_all(dir)?;
+                Ok(Root {
+                    path: std::path::absolute(dir)?,
+                    _temp: None,
+                })
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("lockstep-demo-")
+                    .tempdir()?;
+                Ok(Root {
+                    path: temp.path().to_path_buf(),
+                    _temp: Some(temp),
+                })
+            }
+        }
+    }
+}
+
+/// Alice's clones of the two repositories.
+struct Clones {
+    api: PathBuf,
+    web: PathBuf,
+}
+
 /// Runs the tour; returns how it ended (success when every act went as told).
 pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
     let binary = std::env::current_exe().context("cannot find the lockstep executable")?;
-    let temp;
-    let root = match keep {
-        Some(dir) => {
-            if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                anyhow::bail!(
-                    "`{}` is not empty; name a new folder for `--keep`",
-                    dir.display()
-                );
-            }
-            std::fs::create_dir_all(dir)?;
-            std::path::absolute(dir)?
-        }
-        None => {
-            temp = tempfile::Builder::new()
-                .prefix("lockstep-demo-")
-                .tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
-    let sb = Sandbox::create(&root, &binary, &["api", "web"])?;
+    let dir = Root::new(keep)?;
+    let root = dir.path.as_path();
+    let sb = Sandbox::create(root, &binary, &["api", "web"])?;
+    introduce();
+    let mut n = Narrator::new(ACTS);
+    let clones = alice_pushes(&sb, &mut n)?;
+    bot_pushes(&sb, &mut n)?;
+    approval_acts(&sb, &mut n)?;
+    println!("\n— second act: delivery, all or nothing —");
+    delivery_act(&sb, &mut n)?;
+    prepare_task_3(&sb, &clones)?;
+    failed_delivery_act(&sb, root, &mut n)?;
+    println!();
+    if keep.is_some() {
+        println!("the sandbox stays in {}", root.display());
+        let config = sb.meta.join("lockstep.toml");
+        println!("try: lockstep --config {} queue", config.display());
+        println!("     lockstep --config {} show 2", config.display());
+    }
+    let (closing, code) = n.closing();
+    println!("{closing}");
+    Ok(code)
+}
+
+/// The tour's opening lines: what the sandbox holds and who pushes.
+fn introduce() {
     println!("lockstep demo: two services, one task tracker, policies in force on every push");
     println!("  repositories  api.git, web.git (hooks installed by `lockstep install-hooks`)");
     println!("  tracker       tasks.toml: TASK-1 In Progress, TASK-2 To Do");
@@ -242,8 +290,11 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
     println!(
         "  pushing as    alice (a developer); bob and carol (reviewers); lockstep-bot (the bot)"
     );
+}
 
-    let mut n = Narrator::new(ACTS);
+/// Alice's pushes: a branch with no task, a task not started, TASK-1 to both repositories,
+/// and straight to master. Returns her clones.
+fn alice_pushes(sb: &Sandbox, n: &mut Narrator) -> anyhow::Result<Clones> {
     let api = sb.clone_for("api", "alice")?;
     let web = sb.clone_for("web", "alice")?;
 
@@ -284,7 +335,11 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
     commit(&api, "alice", "hotfix.txt", "quick\n", "quick fix")?;
     let p = push(&api, "alice", &["master"])?;
     n.push_act(&p, false);
+    Ok(Clones { api, web })
+}
 
+/// The bot's pushes to master: a commit, accepted; a force-push, rejected.
+fn bot_pushes(sb: &Sandbox, n: &mut Narrator) -> anyhow::Result<()> {
     let bot = sb.clone_for("api", "lockstep-bot")?;
     commit(
         &bot,
@@ -300,22 +355,29 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
     bgit.run(&["reset", "--quiet", "--hard", "HEAD~1"])?;
     let p = push(&bot, "lockstep-bot", &["--force", "master"])?;
     n.push_act(&p, false);
+    Ok(())
+}
 
-    let p = approve(&sb, "api", "alice", "TASK-1", "feature/TASK-1-login")?;
+/// The approvals of TASK-1: the author's own, rejected; the reviewers', accepted.
+fn approval_acts(sb: &Sandbox, n: &mut Narrator) -> anyhow::Result<()> {
+    let p = approve(sb, "api", "alice", "TASK-1", "feature/TASK-1-login")?;
     n.push_act(&p, false);
 
     n.begin();
-    let approved = approve_everywhere(&sb, "TASK-1", "feature/TASK-1-login");
+    let approved = approve_everywhere(sb, "TASK-1", "feature/TASK-1-login");
     n.check(
         approved.is_ok(),
         "approved: two reviews of each branch's head, as `two-approvals` asks",
         &format!("{approved:?}"),
     );
+    Ok(())
+}
 
-    println!("\n— second act: delivery, all or nothing —");
-    set_status(&sb, "TASK-1", "For Delivery")?;
+/// TASK-1 moved to For Delivery and delivered across both repositories.
+fn delivery_act(sb: &Sandbox, n: &mut Narrator) -> anyhow::Result<()> {
+    set_status(sb, "TASK-1", "For Delivery")?;
     n.begin();
-    let (state, _) = deliver(&sb, "TASK-1")?;
+    let (state, _) = deliver(sb, "TASK-1")?;
     let api_master = sandbox_git(&sb.repos[0].1, "admin")
         .resolve("refs/heads/master")?
         .unwrap_or_default();
@@ -327,8 +389,14 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
         "TASK-1 was not delivered",
     );
     println!("   api master is now: {}", api_has.trim());
+    Ok(())
+}
 
-    for (dir, file) in [(&api, "theme.txt"), (&web, "theme.css")] {
+/// TASK-3's branches pushed, approved and moved to For Delivery; web's breaks its smoke test
+/// once deployed.
+fn prepare_task_3(sb: &Sandbox, clones: &Clones) -> anyhow::Result<()> {
+    let (api, web) = (&clones.api, &clones.web);
+    for (dir, file) in [(api, "theme.txt"), (web, "theme.css")] {
         let g = sandbox_git(dir, "alice");
         g.run(&["fetch", "--quiet", "origin"])?;
         g.run(&[
@@ -342,13 +410,13 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
     }
     // web's change breaks its smoke test once deployed.
     commit(
-        &web,
+        web,
         "alice",
         "FAIL-VERIFY",
         "the login page renders blank\n",
         "TASK-3 new layout",
     )?;
-    for dir in [&api, &web] {
+    for dir in [api, web] {
         let p = push(dir, "alice", &["feature/TASK-3-dark-mode"])?;
         if !p.accepted {
             anyhow::bail!(
@@ -357,20 +425,16 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
             );
         }
     }
-    approve_everywhere(&sb, "TASK-3", "feature/TASK-3-dark-mode")?;
-    set_status(&sb, "TASK-3", "For Delivery")?;
-    let before: Vec<Option<String>> = sb
-        .repos
-        .iter()
-        .map(|(_, bare)| sandbox_git(bare, "admin").resolve("refs/heads/master"))
-        .collect::<anyhow::Result<_>>()?;
+    approve_everywhere(sb, "TASK-3", "feature/TASK-3-dark-mode")?;
+    set_status(sb, "TASK-3", "For Delivery")
+}
+
+/// TASK-3's delivery fails: nothing merged, both deploys rolled back, the task back.
+fn failed_delivery_act(sb: &Sandbox, root: &Path, n: &mut Narrator) -> anyhow::Result<()> {
+    let before = masters(sb)?;
     n.begin();
-    let (state, error) = deliver(&sb, "TASK-3")?;
-    let after: Vec<Option<String>> = sb
-        .repos
-        .iter()
-        .map(|(_, bare)| sandbox_git(bare, "admin").resolve("refs/heads/master"))
-        .collect::<anyhow::Result<_>>()?;
+    let (state, error) = deliver(sb, "TASK-3")?;
+    let after = masters(sb)?;
     let rollbacks = std::fs::read_to_string(root.join("rollbacks.log")).unwrap_or_default();
     let task3 = FileTracker::new(sb.meta.join("tasks.toml"))
         .read_all()?
@@ -385,17 +449,15 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<Exit> {
         "the failed delivery did not leave everything as it was",
     );
     println!("   why: {error}");
+    Ok(())
+}
 
-    println!();
-    if keep.is_some() {
-        println!("the sandbox stays in {}", root.display());
-        let config = sb.meta.join("lockstep.toml");
-        println!("try: lockstep --config {} queue", config.display());
-        println!("     lockstep --config {} show 2", config.display());
-    }
-    let (closing, code) = n.closing();
-    println!("{closing}");
-    Ok(code)
+/// Where each repository's master is.
+fn masters(sb: &Sandbox) -> anyhow::Result<Vec<Option<String>>> {
+    sb.repos
+        .iter()
+        .map(|(_, bare)| sandbox_git(bare, "admin").resolve("refs/heads/master"))
+        .collect()
 }
 
 #[cfg(test)]

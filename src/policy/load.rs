@@ -194,65 +194,35 @@ pub(super) fn parse(source: &str) -> Result<Expression, ParseErrors> {
         .parse(source)
 }
 
+/// Compiles one rule of a policy file, or lists everything wrong with it, in the order of
+/// its fields.
 fn compile_rule(env: &Env, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<String>> {
-    let mut errors = Vec::new();
-    let rule_name = spec.name.clone();
-    let at = |field: &str| format!("{}: rule `{}`, `{field}`", path.display(), rule_name);
+    let mut e = RuleErrors {
+        path,
+        rule: spec.name.clone(),
+        errors: Vec::new(),
+    };
     if spec.name.trim().is_empty() {
-        errors.push(format!("{}: a rule has an empty `name`", path.display()));
+        e.errors
+            .push(format!("{}: a rule has an empty `name`", path.display()));
     }
     if spec.on.is_empty() {
-        errors.push(format!(
-            "{} is empty; name a stage: push, deliver or merge",
-            at("on")
+        let at = e.at("on");
+        e.errors.push(format!(
+            "{at} is empty; name a stage: push, deliver or merge"
         ));
     }
-    let mut compile = |field: &str, source: &str| -> Option<Expr> {
-        if source.len() > MAX_EXPRESSION_LEN {
-            errors.push(format!(
-                "{} is {} bytes; the limit is {MAX_EXPRESSION_LEN}",
-                at(field),
-                source.len()
-            ));
-            return None;
-        }
-        match parse(source) {
-            Ok(ast) => Some(Expr::new(source, ast, env)),
-            Err(e) => {
-                let detail = e
-                    .errors
-                    .iter()
-                    .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1, pe.msg))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                errors.push(format!(
-                    "{}: syntax error at {detail}\n  | {source}",
-                    at(field)
-                ));
-                None
-            }
-        }
-    };
-    let when = spec.when.as_deref().map(|s| compile("when", s));
-    let require = compile("require", &spec.require);
+    let when = spec.when.as_deref().map(|s| e.compile(env, "when", s));
+    let require = e.compile(env, "require", &spec.require);
     let message_expression = spec
         .message_expression
         .as_deref()
-        .map(|s| compile("message_expression", s));
-    for p in placeholders(&spec.message) {
-        let root = p.split('.').next().unwrap_or_default();
-        if !FACTS.contains(&root) {
-            errors.push(format!(
-                "{} names `{{{p}}}`, which is no fact{}",
-                at("message"),
-                did_you_mean(root, FACTS)
-            ));
-        }
-    }
+        .map(|s| e.compile(env, "message_expression", s));
+    e.check_message(&spec.message);
     if spec.each.is_some() && spec.on.iter().any(|s| *s != Stage::Push) {
-        errors.push(format!(
-            "{}: `each = \"commit\"` applies only to `on = [\"push\"]`",
-            at("each")
+        let at = e.at("each");
+        e.errors.push(format!(
+            "{at}: `each = \"commit\"` applies only to `on = [\"push\"]`"
         ));
     }
     let (Some(require), Some(when), Some(message_expression)) = (
@@ -260,7 +230,7 @@ fn compile_rule(env: &Env, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<Stri
         when.map_or(Some(None), |w| w.map(Some)),
         message_expression.map_or(Some(None), |m| m.map(Some)),
     ) else {
-        return Err(errors);
+        return Err(e.errors);
     };
     let rule = Rule {
         name: spec.name,
@@ -274,29 +244,89 @@ fn compile_rule(env: &Env, path: &Path, spec: RuleSpec) -> Result<Rule, Vec<Stri
         on_error: spec.on_error,
         each: spec.each,
     };
-    // CEL has no type checker: every variable an expression reads must be a fact, found in
-    // its syntax tree. Running the expression against sample facts would find them too, but
-    // with no bound on how long that takes.
-    let fields = [
-        ("when", rule.when.as_ref()),
-        ("require", Some(&rule.require)),
-        ("message_expression", rule.message_expression.as_ref()),
-    ];
-    for (field, expr) in fields {
-        for var in expr.iter().flat_map(|e| e.vars.iter()) {
-            if !FACTS.contains(&var.as_str()) && var != "commit" {
-                errors.push(format!(
-                    "{}: unknown variable `{var}`{}",
-                    at(field),
-                    did_you_mean(var, FACTS)
+    e.check_variables(&rule);
+    if e.errors.is_empty() {
+        Ok(rule)
+    } else {
+        Err(e.errors)
+    }
+}
+
+/// The mistakes found in one rule so far, each naming its file, rule and field.
+struct RuleErrors<'a> {
+    path: &'a Path,
+    rule: String,
+    errors: Vec<String>,
+}
+
+impl RuleErrors<'_> {
+    /// Where a mistake is: the file, the rule and the field.
+    fn at(&self, field: &str) -> String {
+        format!("{}: rule `{}`, `{field}`", self.path.display(), self.rule)
+    }
+
+    /// Compiles the expression of `field`; `None`, and the mistake noted, when it is too long
+    /// or does not parse.
+    fn compile(&mut self, env: &Env, field: &str, source: &str) -> Option<Expr> {
+        if source.len() > MAX_EXPRESSION_LEN {
+            let at = self.at(field);
+            self.errors.push(format!(
+                "{at} is {} bytes; the limit is {MAX_EXPRESSION_LEN}",
+                source.len()
+            ));
+            return None;
+        }
+        match parse(source) {
+            Ok(ast) => Some(Expr::new(source, ast, env)),
+            Err(e) => {
+                let detail = e
+                    .errors
+                    .iter()
+                    .map(|pe| format!("line {} column {}: {}", pe.pos.0, pe.pos.1, pe.msg))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let at = self.at(field);
+                self.errors
+                    .push(format!("{at}: syntax error at {detail}\n  | {source}"));
+                None
+            }
+        }
+    }
+
+    /// Every placeholder of the message must name a fact.
+    fn check_message(&mut self, message: &str) {
+        for p in placeholders(message) {
+            let root = p.split('.').next().unwrap_or_default();
+            if !FACTS.contains(&root) {
+                let at = self.at("message");
+                self.errors.push(format!(
+                    "{at} names `{{{p}}}`, which is no fact{}",
+                    did_you_mean(root, FACTS)
                 ));
             }
         }
     }
-    if errors.is_empty() {
-        Ok(rule)
-    } else {
-        Err(errors)
+
+    /// CEL has no type checker: every variable an expression reads must be a fact, found in
+    /// its syntax tree. Running the expression against sample facts would find them too, but
+    /// with no bound on how long that takes.
+    fn check_variables(&mut self, rule: &Rule) {
+        let fields = [
+            ("when", rule.when.as_ref()),
+            ("require", Some(&rule.require)),
+            ("message_expression", rule.message_expression.as_ref()),
+        ];
+        for (field, expr) in fields {
+            for var in expr.iter().flat_map(|e| e.vars.iter()) {
+                if !FACTS.contains(&var.as_str()) && var != "commit" {
+                    let at = self.at(field);
+                    self.errors.push(format!(
+                        "{at}: unknown variable `{var}`{}",
+                        did_you_mean(var, FACTS)
+                    ));
+                }
+            }
+        }
     }
 }
 

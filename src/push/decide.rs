@@ -8,7 +8,7 @@ use cel::Value;
 use super::{PushContext, RefUpdate, approval, deliver_ref};
 use crate::config::{Config, OnError};
 use crate::domain::TaskKey;
-use crate::git::{Git, PendingCommits};
+use crate::git::{CommitInfo, Git, PendingCommits};
 use crate::policy::{self, Decision, Facts, PolicySet, Stage};
 use crate::tracker::{self, Task, Tracker};
 
@@ -121,15 +121,21 @@ pub fn decide(
         tracker: tracker_name,
         tasks,
     } = *pushed;
-    let need_commits = policies.needs(Stage::Push, "commits");
-    let need_ff = policies.needs(Stage::Push, "fast_forward");
-    let need_rewind = policies.needs(Stage::Push, "rewind");
+    let needs = Needs {
+        commits: policies.needs(Stage::Push, "commits"),
+        fast_forward: policies.needs(Stage::Push, "fast_forward"),
+        rewind: policies.needs(Stage::Push, "rewind"),
+    };
     let now = Value::Timestamp(chrono::Utc::now().fixed_offset());
     let mut out = Vec::with_capacity(updates.len());
-    // The repository's branches, listed once if the push brings an approval.
-    let mut heads: Option<Vec<(String, String)>> = None;
-    // A push that asks the bot for something must say who asks.
-    let anonymous = deliver_ref::judge_options(config, ctx);
+    let mut own = OwnRules {
+        config,
+        git,
+        ctx,
+        heads: None,
+        // A push that asks the bot for something must say who asks.
+        anonymous: deliver_ref::judge_options(config, ctx),
+    };
     for u in updates {
         let mut facts = Facts::default();
         facts
@@ -145,65 +151,11 @@ pub fn decide(
             .set_ecosystem(config, tracker_name)
             .set("push_options", ctx.options.clone())
             .set("now", now.clone());
-        let ff = if need_ff && !u.created() && !u.deleted() {
-            git.is_ancestor(&u.old, &u.new)?
-        } else {
-            !u.deleted()
-        };
-        facts.set("fast_forward", ff);
-        let rewind = need_rewind
-            && !ff
-            && !u.created()
-            && !u.deleted()
-            && git.is_ancestor(&u.new, &u.old)?;
-        facts.set("rewind", rewind);
-        let early = match mode {
-            NewCommits::NotOnAnyRef(early) if need_commits && !u.deleted() => early.take(&u.new),
-            _ => None,
-        };
-        crate::timings::mark("facts");
-        let commits = if let Some(pending) = early {
-            pending.wait()?
-        } else if need_commits && !u.deleted() {
-            let excluded;
-            let hide: Vec<&str> = match mode {
-                NewCommits::NotOnAnyRef(_) => vec!["--all"],
-                NewCommits::AsIfPushedNow => {
-                    // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone
-                    // often is this very branch and would hide every new commit. Nor the
-                    // approvals, which point at branch heads.
-                    excluded = format!("--exclude={}", u.name);
-                    let mut h = vec![
-                        excluded.as_str(),
-                        "--exclude=refs/approvals/*",
-                        "--glob=refs/*",
-                    ];
-                    if !u.created() {
-                        h.push(u.old.as_str());
-                    }
-                    h
-                }
-            };
-            git.commits(&u.new, &hide)?
-        } else {
-            Vec::new()
-        };
+        set_history(&mut facts, git, u, needs)?;
+        let commits = new_commits(git, u, mode, needs.commits)?;
         facts.set_commits(commits);
         crate::timings::mark("git-walk");
-        let mut unavailable = None;
-        let task = match config.tasks.task_of(u.branch()) {
-            None => Value::Null,
-            Some(key) => match tasks.get(key) {
-                Some(Ok(Some(t))) => {
-                    policy::task_value(&t.key, true, &t.status, &t.title, &t.assignee, &t.url)
-                }
-                Some(Ok(None)) | None => policy::task_value(key, false, "", "", "", ""),
-                Some(Err(e)) => {
-                    unavailable = Some(e.clone());
-                    policy::task_value(key, false, "", "", "", "")
-                }
-            },
-        };
+        let (task, unavailable) = task_fact(config, tasks, u);
         facts.set("task", task);
         let mut decision = policies.evaluate(Stage::Push, &facts);
         crate::timings::mark("rules");
@@ -211,35 +163,141 @@ pub fn decide(
         if let Some(reason) = unavailable {
             mark_unavailable(policies, &mut decision, &reason, config.tracker.on_error);
         }
-        let own = |rule: &str, outcome| policy::Verdict {
-            rule: rule.to_string(),
-            enforcement: policy::Enforcement::Deny,
-            outcome,
-        };
-        if u.name.starts_with(approval::PREFIX) || u.name.starts_with(deliver_ref::PREFIX) {
-            if heads.is_none() {
-                heads = Some(git.refs("refs/heads/")?);
-            }
-            let heads = heads.as_deref().unwrap_or_default();
-            decision
-                .verdicts
-                .push(if u.name.starts_with(approval::PREFIX) {
-                    own(approval::RULE, approval::judge(config, git, ctx, u, heads)?)
-                } else {
-                    own(deliver_ref::RULE, deliver_ref::judge(config, ctx, u, heads))
-                });
-        }
-        if let Some(outcome) = &anonymous {
-            decision
-                .verdicts
-                .push(own(deliver_ref::IDENTITY_RULE, outcome.clone()));
-        }
+        own.judge(u, &mut decision)?;
         out.push(RefDecision {
             update: u.clone(),
             decision,
         });
     }
     Ok(out)
+}
+
+/// Which of the costly facts the push rules read.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    commits: bool,
+    fast_forward: bool,
+    rewind: bool,
+}
+
+/// Sets `fast_forward` and `rewind`, asking git only when a rule reads them.
+fn set_history(facts: &mut Facts, git: &Git, u: &RefUpdate, needs: Needs) -> anyhow::Result<()> {
+    let ff = if needs.fast_forward && !u.created() && !u.deleted() {
+        git.is_ancestor(&u.old, &u.new)?
+    } else {
+        !u.deleted()
+    };
+    facts.set("fast_forward", ff);
+    let rewind =
+        needs.rewind && !ff && !u.created() && !u.deleted() && git.is_ancestor(&u.new, &u.old)?;
+    facts.set("rewind", rewind);
+    Ok(())
+}
+
+/// The new commits of a ref (none when no rule reads `commits`): the early listing when
+/// there is one, else listed now as `mode` says.
+fn new_commits(
+    git: &Git,
+    u: &RefUpdate,
+    mode: NewCommits<'_>,
+    needed: bool,
+) -> anyhow::Result<Vec<CommitInfo>> {
+    let early = match mode {
+        NewCommits::NotOnAnyRef(early) if needed && !u.deleted() => early.take(&u.new),
+        _ => None,
+    };
+    crate::timings::mark("facts");
+    if let Some(pending) = early {
+        return pending.wait();
+    }
+    if !needed || u.deleted() {
+        return Ok(Vec::new());
+    }
+    let excluded;
+    let hide: Vec<&str> = match mode {
+        NewCommits::NotOnAnyRef(_) => vec!["--all"],
+        NewCommits::AsIfPushedNow => {
+            // Every ref but this one. Not `--all`: it adds `HEAD`, which in a clone often is
+            // this very branch and would hide every new commit. Nor the approvals, which
+            // point at branch heads.
+            excluded = format!("--exclude={}", u.name);
+            let mut h = vec![
+                excluded.as_str(),
+                "--exclude=refs/approvals/*",
+                "--glob=refs/*",
+            ];
+            if !u.created() {
+                h.push(u.old.as_str());
+            }
+            h
+        }
+    };
+    git.commits(&u.new, &hide)
+}
+
+/// The `task` fact of a ref, from the tracker's answers, and why the tracker could not
+/// answer, if it could not.
+fn task_fact(config: &Config, tasks: &TaskAnswers, u: &RefUpdate) -> (Value, Option<String>) {
+    let Some(key) = config.tasks.task_of(u.branch()) else {
+        return (Value::Null, None);
+    };
+    match tasks.get(key) {
+        Some(Ok(Some(t))) => (
+            policy::task_value(&t.key, true, &t.status, &t.title, &t.assignee, &t.url),
+            None,
+        ),
+        Some(Ok(None)) | None => (policy::task_value(key, false, "", "", "", ""), None),
+        Some(Err(e)) => (
+            policy::task_value(key, false, "", "", "", ""),
+            Some(e.clone()),
+        ),
+    }
+}
+
+/// The rules lockstep itself holds a push to: who may approve, who may ask for a delivery,
+/// and that such a request names who asks.
+struct OwnRules<'a> {
+    config: &'a Config,
+    git: &'a Git,
+    ctx: &'a PushContext,
+    /// The repository's branches, listed once if the push brings an approval.
+    heads: Option<Vec<(String, String)>>,
+    /// The verdict on a push that asks the bot for something and names nobody.
+    anonymous: Option<policy::Outcome>,
+}
+
+impl OwnRules<'_> {
+    /// Adds lockstep's own verdicts on `u` to its decision.
+    fn judge(&mut self, u: &RefUpdate, decision: &mut Decision) -> anyhow::Result<()> {
+        let own = |rule: &str, outcome| policy::Verdict {
+            rule: rule.to_string(),
+            enforcement: policy::Enforcement::Deny,
+            outcome,
+        };
+        if u.name.starts_with(approval::PREFIX) || u.name.starts_with(deliver_ref::PREFIX) {
+            if self.heads.is_none() {
+                self.heads = Some(self.git.refs("refs/heads/")?);
+            }
+            let heads = self.heads.as_deref().unwrap_or_default();
+            decision
+                .verdicts
+                .push(if u.name.starts_with(approval::PREFIX) {
+                    let outcome = approval::judge(self.config, self.git, self.ctx, u, heads)?;
+                    own(approval::RULE, outcome)
+                } else {
+                    own(
+                        deliver_ref::RULE,
+                        deliver_ref::judge(self.config, self.ctx, u, heads),
+                    )
+                });
+        }
+        if let Some(outcome) = &self.anonymous {
+            decision
+                .verdicts
+                .push(own(deliver_ref::IDENTITY_RULE, outcome.clone()));
+        }
+        Ok(())
+    }
 }
 
 /// Rules that read `task` cannot be trusted when the tracker did not answer: they become

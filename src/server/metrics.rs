@@ -72,6 +72,128 @@ impl Histogram {
     }
 }
 
+/// What kind of series a family holds, as its `# TYPE` line says.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// The word of the `# TYPE` line.
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family: its name, its kind and the sentence of its `# HELP` line.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+}
+
+const DELIVERIES: Family = Family {
+    name: "lockstep_deliveries_total",
+    kind: Kind::Counter,
+    help: "Deliveries that ended, by outcome.",
+};
+const QUEUE_DEPTH: Family = Family {
+    name: "lockstep_queue_depth",
+    kind: Kind::Gauge,
+    help: "Deliveries waiting in the queue.",
+};
+const RUNNING: Family = Family {
+    name: "lockstep_deliveries_running",
+    kind: Kind::Gauge,
+    help: "Deliveries running now.",
+};
+const ROLLBACKS: Family = Family {
+    name: "lockstep_rollbacks_total",
+    kind: Kind::Counter,
+    help: "Rollbacks of deliveries, by what triggered them.",
+};
+const LEADER: Family = Family {
+    name: "lockstep_leader",
+    kind: Kind::Gauge,
+    help: "Whether this replica works the ecosystem's queue (holds its lease).",
+};
+const LEASE_RENEWALS: Family = Family {
+    name: "lockstep_lease_renewals_total",
+    kind: Kind::Counter,
+    help: "Renewals of the queue's lease by this replica.",
+};
+const LEASE_LOSSES: Family = Family {
+    name: "lockstep_lease_losses_total",
+    kind: Kind::Counter,
+    help: "Times this replica lost the queue's lease while it worked the queue.",
+};
+const PHASE_DURATION: Family = Family {
+    name: "lockstep_phase_duration_seconds",
+    kind: Kind::Histogram,
+    help: "How long each phase of a delivery took.",
+};
+const DISCARDED: Family = Family {
+    name: "lockstep_candidates_discarded_total",
+    kind: Kind::Counter,
+    help: "Preparations of pipeline candidates thrown away because a base changed, by reason.",
+};
+const QUEUE_WAIT: Family = Family {
+    name: "lockstep_queue_wait_seconds",
+    kind: Kind::Histogram,
+    help: "Time from a delivery's request to its start.",
+};
+const LEAD_TIME: Family = Family {
+    name: "lockstep_lead_time_seconds",
+    kind: Kind::Histogram,
+    help: "Time from a delivery's request to its landing.",
+};
+const WEBHOOKS: Family = Family {
+    name: "lockstep_webhook_requests_total",
+    kind: Kind::Counter,
+    help: "Webhook requests, by source and result.",
+};
+const HOOK_DECISIONS: Family = Family {
+    name: "lockstep_hook_decisions_total",
+    kind: Kind::Counter,
+    help: "Policy verdicts of the git hooks, by rule and outcome.",
+};
+
+/// The exposition being written: families one after the other, each its header then its
+/// series.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// Begins a family: its `# HELP` and `# TYPE` lines.
+    fn family(&mut self, f: &Family) -> &mut Exposition {
+        let _ = writeln!(self.0, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(self.0, "# TYPE {} {}", f.name, f.kind.as_str());
+        self
+    }
+
+    /// One series of family `f`: its labels (values escaped) and its value.
+    fn series(&mut self, f: &Family, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.0, "{}", f.name);
+        for (i, (key, v)) in labels.iter().enumerate() {
+            let open = if i == 0 { "{" } else { "," };
+            let _ = write!(self.0, "{open}{key}=\"{}\"", label(v));
+        }
+        let close = if labels.is_empty() { "" } else { "}" };
+        let _ = writeln!(self.0, "{close} {value}");
+    }
+
+    /// One histogram of family `f`, with `labels` (`phase="build"`, or empty).
+    fn histogram(&mut self, f: &Family, labels: &str, h: &Histogram) {
+        h.write(&mut self.0, f.name, labels);
+    }
+}
+
 /// The in-memory series.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -141,135 +263,79 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition.
+    /// The whole exposition: the families the store counts, then the ones held in memory.
     pub fn render(&self, store: &StoreCounts) -> String {
-        let mut s = String::new();
-        let state = |name: &str| {
-            store
-                .by_state
-                .iter()
-                .find(|(s, _)| s == name)
-                .map_or(0, |(_, n)| *n)
-        };
-        s.push_str("# HELP lockstep_deliveries_total Deliveries that ended, by outcome.\n");
-        s.push_str("# TYPE lockstep_deliveries_total counter\n");
-        for outcome in ["delivered", "failed", "cancelled"] {
-            let _ = writeln!(
-                s,
-                "lockstep_deliveries_total{{outcome=\"{outcome}\"}} {}",
-                state(outcome)
-            );
-        }
-        s.push_str("# HELP lockstep_queue_depth Deliveries waiting in the queue.\n");
-        s.push_str("# TYPE lockstep_queue_depth gauge\n");
-        let _ = writeln!(s, "lockstep_queue_depth {}", state("queued"));
-        s.push_str("# HELP lockstep_deliveries_running Deliveries running now.\n");
-        s.push_str("# TYPE lockstep_deliveries_running gauge\n");
-        let _ = writeln!(s, "lockstep_deliveries_running {}", state("running"));
-
-        s.push_str(
-            "# HELP lockstep_rollbacks_total Rollbacks of deliveries, by what triggered them.\n",
-        );
-        s.push_str("# TYPE lockstep_rollbacks_total counter\n");
-        for trigger in crate::delivery::Trigger::ALL {
-            let n = store
-                .rollbacks
-                .iter()
-                .find(|(t, _)| t == trigger.as_str())
-                .map_or(0, |(_, n)| *n);
-            let _ = writeln!(
-                s,
-                "lockstep_rollbacks_total{{trigger=\"{}\"}} {n}",
-                trigger.as_str()
-            );
-        }
-        s.push_str(
-            "# HELP lockstep_leader Whether this replica works the ecosystem's queue (holds its lease).\n",
-        );
-        s.push_str("# TYPE lockstep_leader gauge\n");
-        let _ = writeln!(
-            s,
-            "lockstep_leader{{ecosystem=\"{}\"}} {}",
-            label(&store.ecosystem),
-            u8::from(store.leader)
-        );
-        s.push_str(
-            "# HELP lockstep_lease_renewals_total Renewals of the queue's lease by this replica.\n",
-        );
-        s.push_str("# TYPE lockstep_lease_renewals_total counter\n");
-        let _ = writeln!(s, "lockstep_lease_renewals_total {}", store.lease.renewals);
-        s.push_str("# HELP lockstep_lease_losses_total Times this replica lost the queue's lease while it worked the queue.\n");
-        s.push_str("# TYPE lockstep_lease_losses_total counter\n");
-        let _ = writeln!(s, "lockstep_lease_losses_total {}", store.lease.losses);
-
-        s.push_str(
-            "# HELP lockstep_phase_duration_seconds How long each phase of a delivery took.\n",
-        );
-        s.push_str("# TYPE lockstep_phase_duration_seconds histogram\n");
+        let mut x = Exposition::default();
+        write_queue(&mut x, store);
+        write_lease(&mut x, store);
+        x.family(&PHASE_DURATION);
         {
             let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
             for (phase, h) in phases.iter() {
-                h.write(
-                    &mut s,
-                    "lockstep_phase_duration_seconds",
-                    &format!("phase=\"{}\"", label(phase)),
-                );
+                x.histogram(&PHASE_DURATION, &format!("phase=\"{}\"", label(phase)), h);
             }
         }
-
-        s.push_str(
-            "# HELP lockstep_candidates_discarded_total Preparations of pipeline candidates thrown away because a base changed, by reason.\n",
-        );
-        s.push_str("# TYPE lockstep_candidates_discarded_total counter\n");
+        x.family(&DISCARDED);
         for (reason, n) in &store.discards {
-            let _ = writeln!(
-                s,
-                "lockstep_candidates_discarded_total{{reason=\"{}\"}} {n}",
-                label(reason)
-            );
+            x.series(&DISCARDED, &[("reason", reason)], n);
         }
-        s.push_str(
-            "# HELP lockstep_queue_wait_seconds Time from a delivery's request to its start.\n",
-        );
-        s.push_str("# TYPE lockstep_queue_wait_seconds histogram\n");
-        Histogram::of(&store.waits.queue_wait).write(&mut s, "lockstep_queue_wait_seconds", "");
-        s.push_str(
-            "# HELP lockstep_lead_time_seconds Time from a delivery's request to its landing.\n",
-        );
-        s.push_str("# TYPE lockstep_lead_time_seconds histogram\n");
-        Histogram::of(&store.waits.lead_time).write(&mut s, "lockstep_lead_time_seconds", "");
-
-        s.push_str(
-            "# HELP lockstep_webhook_requests_total Webhook requests, by source and result.\n",
-        );
-        s.push_str("# TYPE lockstep_webhook_requests_total counter\n");
+        x.family(&QUEUE_WAIT)
+            .histogram(&QUEUE_WAIT, "", &Histogram::of(&store.waits.queue_wait));
+        x.family(&LEAD_TIME)
+            .histogram(&LEAD_TIME, "", &Histogram::of(&store.waits.lead_time));
+        x.family(&WEBHOOKS);
         {
             let hooks = self.webhooks.lock().unwrap_or_else(|e| e.into_inner());
             for ((source, result), n) in hooks.iter() {
-                let _ = writeln!(
-                    s,
-                    "lockstep_webhook_requests_total{{source=\"{}\",result=\"{}\"}} {n}",
-                    label(source),
-                    label(result)
-                );
+                x.series(&WEBHOOKS, &[("source", source), ("result", result)], n);
             }
         }
-
-        s.push_str(
-            "# HELP lockstep_hook_decisions_total Policy verdicts of the git hooks, by rule and \
-             outcome.\n",
-        );
-        s.push_str("# TYPE lockstep_hook_decisions_total counter\n");
+        x.family(&HOOK_DECISIONS);
         for (rule, outcome, n) in &store.hook_decisions {
-            let _ = writeln!(
-                s,
-                "lockstep_hook_decisions_total{{rule=\"{}\",outcome=\"{}\"}} {n}",
-                label(rule),
-                label(outcome)
-            );
+            x.series(&HOOK_DECISIONS, &[("rule", rule), ("outcome", outcome)], n);
         }
-        s
+        x.0
     }
+}
+
+/// The deliveries by outcome, the queue's depth, the deliveries running, the rollbacks.
+fn write_queue(x: &mut Exposition, store: &StoreCounts) {
+    let state = |name: &str| {
+        store
+            .by_state
+            .iter()
+            .find(|(s, _)| s == name)
+            .map_or(0, |(_, n)| *n)
+    };
+    x.family(&DELIVERIES);
+    for outcome in ["delivered", "failed", "cancelled"] {
+        x.series(&DELIVERIES, &[("outcome", outcome)], state(outcome));
+    }
+    x.family(&QUEUE_DEPTH)
+        .series(&QUEUE_DEPTH, &[], state("queued"));
+    x.family(&RUNNING).series(&RUNNING, &[], state("running"));
+    x.family(&ROLLBACKS);
+    for trigger in crate::delivery::Trigger::ALL {
+        let n = store
+            .rollbacks
+            .iter()
+            .find(|(t, _)| t == trigger.as_str())
+            .map_or(0, |(_, n)| *n);
+        x.series(&ROLLBACKS, &[("trigger", trigger.as_str())], n);
+    }
+}
+
+/// Whether this replica holds the queue's lease, and how often it renewed and lost it.
+fn write_lease(x: &mut Exposition, store: &StoreCounts) {
+    x.family(&LEADER).series(
+        &LEADER,
+        &[("ecosystem", &store.ecosystem)],
+        u8::from(store.leader),
+    );
+    x.family(&LEASE_RENEWALS)
+        .series(&LEASE_RENEWALS, &[], store.lease.renewals);
+    x.family(&LEASE_LOSSES)
+        .series(&LEASE_LOSSES, &[], store.lease.losses);
 }
 
 #[cfg(test)]
@@ -309,8 +375,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn exposition() {
+    /// Metrics and counts that give every family at least one series.
+    fn sample() -> (Metrics, StoreCounts) {
         let m = Metrics::default();
         m.webhook("github", "accepted");
         m.webhook("github", "accepted");
@@ -319,7 +385,7 @@ mod tests {
             j(0, Phase::Build, Event::Phase),
             j(2_000, Stage::Done, Event::Delivered),
         ]);
-        let text = m.render(&StoreCounts {
+        let counts = StoreCounts {
             by_state: vec![("delivered".into(), 3), ("queued".into(), 2)],
             rollbacks: vec![("alert".into(), 2)],
             hook_decisions: vec![("branch \"names\"".into(), "deny".into(), 4)],
@@ -334,7 +400,14 @@ mod tests {
                 queue_wait: vec![0.3, 12.0],
                 lead_time: vec![40.0],
             },
-        });
+        };
+        (m, counts)
+    }
+
+    #[test]
+    fn exposition() {
+        let (m, counts) = sample();
+        let text = m.render(&counts);
         for line in [
             "lockstep_deliveries_total{outcome=\"delivered\"} 3",
             "lockstep_deliveries_total{outcome=\"failed\"} 0",
@@ -362,5 +435,13 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    /// The whole exposition, byte for byte: the order of the families, their help and type
+    /// lines, and every series.
+    #[test]
+    fn the_whole_exposition() {
+        let (m, counts) = sample();
+        insta::assert_snapshot!(m.render(&counts));
     }
 }

@@ -77,156 +77,16 @@ impl Store {
         };
         let all = self.everything().await?;
         let mut tx = pool.begin().await?;
-        // Nobody else writes to the target meanwhile.
-        sqlx::query(
-            "LOCK TABLE deliveries, delivery_repos, journal, steps, webhook_deliveries, \
-             tracker_seen IN EXCLUSIVE MODE",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let used: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM deliveries) + (SELECT COUNT(*) FROM journal) \
-             + (SELECT COUNT(*) FROM webhook_deliveries) + (SELECT COUNT(*) FROM webhook_events) \
-             + (SELECT COUNT(*) FROM tracker_seen) + (SELECT COUNT(*) FROM alerts)",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if used > 0 {
-            anyhow::bail!(
-                "the target store is not empty ({used} rows); copy into a new database, or \
-                 empty this one first"
-            );
-        }
-        for d in &all.deliveries {
-            sqlx::query(
-                "INSERT INTO deliveries (id, task, state, phase, priority, source, requester, \
-                 origin, created_at, started_at, finished_at, error, cancel, candidate, held, \
-                 built_on, discards) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17)",
-            )
-            .bind(d.id)
-            .bind(&d.task)
-            .bind(d.state.as_str())
-            .bind(phase_text(d.phase))
-            .bind(d.priority)
-            .bind(d.source)
-            .bind(&d.requester)
-            .bind(&d.origin)
-            .bind(d.created_at)
-            .bind(d.started_at)
-            .bind(d.finished_at)
-            .bind(&d.error)
-            .bind(d.cancel)
-            .bind(d.candidate)
-            .bind(&d.held)
-            .bind(&d.built_on)
-            .bind(d.discards)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for r in &all.repos {
-            sqlx::query(
-                "INSERT INTO delivery_repos (delivery_id, position, repo, branch, branch_sha, \
-                 base_sha, rebased_sha, deployed, merged, rolled_back) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(r.0)
-            .bind(r.1)
-            .bind(&r.2)
-            .bind(&r.3)
-            .bind(&r.4)
-            .bind(&r.5)
-            .bind(&r.6)
-            .bind(r.7)
-            .bind(r.8)
-            .bind(r.9)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for j in &all.journal {
-            sqlx::query(
-                "INSERT INTO journal (id, delivery_id, at, phase, repo, event, detail) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(j.0)
-            .bind(j.1)
-            .bind(j.2)
-            .bind(&j.3)
-            .bind(&j.4)
-            .bind(&j.5)
-            .bind(&j.6)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for s in &all.steps {
-            sqlx::query(
-                "INSERT INTO steps (id, delivery_id, repo, step, started_at, finished_at, \
-                 exit_code, outcome, log_path, pid, log, runner_build) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(s.0)
-            .bind(s.1)
-            .bind(&s.2)
-            .bind(&s.3)
-            .bind(s.4)
-            .bind(s.5)
-            .bind(s.6)
-            .bind(&s.7)
-            .bind(&s.8)
-            .bind(s.9)
-            .bind(&s.10)
-            .bind(&s.11)
-            .execute(&mut *tx)
-            .await?;
-        }
-        for (id, at) in &all.webhooks {
-            sqlx::query("INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2)")
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (key, at) in &all.events {
-            sqlx::query("INSERT INTO webhook_events (key, received_at) VALUES ($1, $2)")
-                .bind(key)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (task, status, at) in &all.tracker_seen {
-            sqlx::query("INSERT INTO tracker_seen (task, status, seen_at) VALUES ($1, $2, $3)")
-                .bind(task)
-                .bind(status)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for a in &all.alerts {
-            sqlx::query(
-                "INSERT INTO alerts (fingerprint, starts_at, received_at, name, delivery_id, \
-                 outcome) VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&a.0)
-            .bind(&a.1)
-            .bind(a.2)
-            .bind(&a.3)
-            .bind(a.4)
-            .bind(&a.5)
-            .execute(&mut *tx)
-            .await?;
-        }
+        lock_empty_target(&mut tx).await?;
+        insert_deliveries(&mut tx, &all.deliveries).await?;
+        insert_repos(&mut tx, &all.repos).await?;
+        insert_journal(&mut tx, &all.journal).await?;
+        insert_steps(&mut tx, &all.steps).await?;
+        insert_replay_ids(&mut tx, &all).await?;
+        insert_alerts(&mut tx, &all.alerts).await?;
         let showrooms = self.copy_showrooms(&mut tx).await?;
         let autotests = self.copy_autotests(&mut tx).await?;
-        // The identity columns were given their values: their sequences go on after them.
-        for table in ["deliveries", "journal", "steps", "autotests"] {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-                 COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
-            )))
-            .execute(&mut *tx)
-            .await?;
-        }
+        continue_sequences(&mut tx).await?;
         tx.commit().await?;
         Ok(Copied {
             deliveries: all.deliveries.len(),
@@ -242,6 +102,7 @@ impl Store {
         })
     }
 
+    /// Reads every table the copy carries, in one transaction of this store.
     async fn everything(&self) -> anyhow::Result<Everything> {
         Ok(on_pool!(self, |pool| {
             let mut conn = pool.begin().await?;
@@ -295,6 +156,200 @@ impl Store {
             }
         }))
     }
+}
+
+/// Locks the target's tables, so that nobody else writes to them meanwhile, and refuses a
+/// target that holds anything already.
+async fn lock_empty_target(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::query(
+        "LOCK TABLE deliveries, delivery_repos, journal, steps, webhook_deliveries, \
+         tracker_seen IN EXCLUSIVE MODE",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let used: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM deliveries) + (SELECT COUNT(*) FROM journal) \
+         + (SELECT COUNT(*) FROM webhook_deliveries) + (SELECT COUNT(*) FROM webhook_events) \
+         + (SELECT COUNT(*) FROM tracker_seen) + (SELECT COUNT(*) FROM alerts)",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if used > 0 {
+        anyhow::bail!(
+            "the target store is not empty ({used} rows); copy into a new database, or \
+             empty this one first"
+        );
+    }
+    Ok(())
+}
+
+/// Inserts the deliveries, ids kept.
+async fn insert_deliveries(
+    tx: &mut sqlx::PgConnection,
+    deliveries: &[DeliveryRow],
+) -> anyhow::Result<()> {
+    for d in deliveries {
+        sqlx::query(
+            "INSERT INTO deliveries (id, task, state, phase, priority, source, requester, \
+             origin, created_at, started_at, finished_at, error, cancel, candidate, held, \
+             built_on, discards) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17)",
+        )
+        .bind(d.id)
+        .bind(&d.task)
+        .bind(d.state.as_str())
+        .bind(phase_text(d.phase))
+        .bind(d.priority)
+        .bind(d.source)
+        .bind(&d.requester)
+        .bind(&d.origin)
+        .bind(d.created_at)
+        .bind(d.started_at)
+        .bind(d.finished_at)
+        .bind(&d.error)
+        .bind(d.cancel)
+        .bind(d.candidate)
+        .bind(&d.held)
+        .bind(&d.built_on)
+        .bind(d.discards)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the repositories of each delivery.
+async fn insert_repos(tx: &mut sqlx::PgConnection, repos: &[RepoRecord]) -> anyhow::Result<()> {
+    for r in repos {
+        sqlx::query(
+            "INSERT INTO delivery_repos (delivery_id, position, repo, branch, branch_sha, \
+             base_sha, rebased_sha, deployed, merged, rolled_back) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(r.0)
+        .bind(r.1)
+        .bind(&r.2)
+        .bind(&r.3)
+        .bind(&r.4)
+        .bind(&r.5)
+        .bind(&r.6)
+        .bind(r.7)
+        .bind(r.8)
+        .bind(r.9)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the journal, ids kept.
+async fn insert_journal(
+    tx: &mut sqlx::PgConnection,
+    journal: &[JournalRecord],
+) -> anyhow::Result<()> {
+    for j in journal {
+        sqlx::query(
+            "INSERT INTO journal (id, delivery_id, at, phase, repo, event, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(j.0)
+        .bind(j.1)
+        .bind(j.2)
+        .bind(&j.3)
+        .bind(&j.4)
+        .bind(&j.5)
+        .bind(&j.6)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the step records, ids and logs kept.
+async fn insert_steps(tx: &mut sqlx::PgConnection, steps: &[StepRecord]) -> anyhow::Result<()> {
+    for s in steps {
+        sqlx::query(
+            "INSERT INTO steps (id, delivery_id, repo, step, started_at, finished_at, \
+             exit_code, outcome, log_path, pid, log, runner_build) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(s.0)
+        .bind(s.1)
+        .bind(&s.2)
+        .bind(&s.3)
+        .bind(s.4)
+        .bind(s.5)
+        .bind(s.6)
+        .bind(&s.7)
+        .bind(&s.8)
+        .bind(s.9)
+        .bind(&s.10)
+        .bind(&s.11)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts what makes a replay recognised: the webhook deliveries and events acted on, and
+/// the tracker poller's memory.
+async fn insert_replay_ids(tx: &mut sqlx::PgConnection, all: &Everything) -> anyhow::Result<()> {
+    for (id, at) in &all.webhooks {
+        sqlx::query("INSERT INTO webhook_deliveries (id, received_at) VALUES ($1, $2)")
+            .bind(id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (key, at) in &all.events {
+        sqlx::query("INSERT INTO webhook_events (key, received_at) VALUES ($1, $2)")
+            .bind(key)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (task, status, at) in &all.tracker_seen {
+        sqlx::query("INSERT INTO tracker_seen (task, status, seen_at) VALUES ($1, $2, $3)")
+            .bind(task)
+            .bind(status)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the alerts Alertmanager reported.
+async fn insert_alerts(tx: &mut sqlx::PgConnection, alerts: &[AlertRecord]) -> anyhow::Result<()> {
+    for a in alerts {
+        sqlx::query(
+            "INSERT INTO alerts (fingerprint, starts_at, received_at, name, delivery_id, \
+             outcome) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&a.0)
+        .bind(&a.1)
+        .bind(a.2)
+        .bind(&a.3)
+        .bind(a.4)
+        .bind(&a.5)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The identity columns were given their values: their sequences go on after them.
+async fn continue_sequences(tx: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    for table in ["deliveries", "journal", "steps", "autotests"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+             COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
