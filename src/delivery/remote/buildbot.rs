@@ -28,32 +28,7 @@ impl Engine {
             }
         };
         let phase = r.phase;
-        let job = Job {
-            builder: on.builder.clone().unwrap_or_default(),
-            repository: r
-                .repo
-                .ci_url
-                .clone()
-                .unwrap_or_else(|| repo_url(&self.config, r.repo)),
-            branch: r.branch.clone(),
-            revision: r.sha.to_string(),
-            reason: format!(
-                "lockstep {} {}: {phase} of {}",
-                r.purpose.describe(),
-                r.task,
-                r.repo.name
-            ),
-            task: r.task.to_string(),
-            delivery: match &r.purpose {
-                Purpose::Delivery { id, .. } => id.to_string(),
-                _ => String::new(),
-            },
-            phase: phase.as_str().into(),
-            repo: r.repo.name.to_string(),
-            purpose: r.purpose.as_str().into(),
-            env: r.env.to_string(),
-            vars: vars_json(&r.vars),
-        };
+        let job = self.job_of(on, &r);
         lines.push(format!(
             "lockstep: {phase} runs on {}, builder `{}`, of {} at {} ({} in `{}`)",
             bb.describe(),
@@ -111,31 +86,7 @@ impl Engine {
         let wait = bb.wait.min(self.config.delivery.step_timeout);
         // Each build the request gets is journaled (a delivery's) as soon as the master names
         // it, and said in the local log when it ends.
-        let (built_tx, mut built_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let journal = {
-            let store = self.store.clone();
-            let delivery = match r.purpose {
-                Purpose::Delivery { id, .. } => Some(id),
-                _ => None,
-            };
-            let (repo, runner) = (r.repo.name.to_string(), on.runner.clone());
-            tokio::spawn(async move {
-                let mut urls = Vec::new();
-                while let Some(url) = built_rx.recv().await {
-                    if let Some(id) = delivery {
-                        let detail = format!("{runner}: build {url}");
-                        if let Err(e) = store
-                            .journal(id, phase, &repo, Event::OnRunner, &detail)
-                            .await
-                        {
-                            tracing::warn!("cannot journal the build {url}: {e:#}");
-                        }
-                    }
-                    urls.push(url);
-                }
-                urls
-            })
-        };
+        let (built_tx, journal) = self.journal_builds(&r, &on.runner);
         let outcome = bb
             .follow(request, &job.revision, wait, self.stopped(&r), |b| {
                 let _ = built_tx.send(b.url.clone());
@@ -147,6 +98,74 @@ impl Engine {
         }
         let on = format!("on runner `{}`", on.runner);
         Ok(judge(outcome, &on, &request_url, lines))
+    }
+
+    /// The job a step is for the CI: the candidate, why it runs, and who and where it is for.
+    fn job_of(&self, on: &RunnerStep, r: &RemoteStep<'_>) -> Job {
+        let phase = r.phase;
+        Job {
+            builder: on.builder.clone().unwrap_or_default(),
+            repository: r
+                .repo
+                .ci_url
+                .clone()
+                .unwrap_or_else(|| repo_url(&self.config, r.repo)),
+            branch: r.branch.clone(),
+            revision: r.sha.to_string(),
+            reason: format!(
+                "lockstep {} {}: {phase} of {}",
+                r.purpose.describe(),
+                r.task,
+                r.repo.name
+            ),
+            task: r.task.to_string(),
+            delivery: match &r.purpose {
+                Purpose::Delivery { id, .. } => id.to_string(),
+                _ => String::new(),
+            },
+            phase: phase.as_str().into(),
+            repo: r.repo.name.to_string(),
+            purpose: r.purpose.as_str().into(),
+            env: r.env.to_string(),
+            vars: vars_json(&r.vars),
+        }
+    }
+
+    /// A channel for the builds a request gets, and the task that journals each (for a
+    /// delivery) as soon as the master names it; the task returns their URLs once the
+    /// channel closes.
+    fn journal_builds(
+        &self,
+        r: &RemoteStep<'_>,
+        runner: &str,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<String>,
+        tokio::task::JoinHandle<Vec<String>>,
+    ) {
+        let (built_tx, mut built_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let store = self.store.clone();
+        let delivery = match r.purpose {
+            Purpose::Delivery { id, .. } => Some(id),
+            _ => None,
+        };
+        let (phase, repo, runner) = (r.phase, r.repo.name.to_string(), runner.to_string());
+        let journal = tokio::spawn(async move {
+            let mut urls = Vec::new();
+            while let Some(url) = built_rx.recv().await {
+                if let Some(id) = delivery {
+                    let detail = format!("{runner}: build {url}");
+                    if let Err(e) = store
+                        .journal(id, phase, &repo, Event::OnRunner, &detail)
+                        .await
+                    {
+                        tracing::warn!("cannot journal the build {url}: {e:#}");
+                    }
+                }
+                urls.push(url);
+            }
+            urls
+        });
+        (built_tx, journal)
     }
 }
 

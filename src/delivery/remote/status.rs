@@ -47,29 +47,10 @@ impl Engine {
         self.note(&r, &format!("{}: waits for {listed} on {sha}", step.runner))
             .await?;
         // A repository on GitHub also has GitHub's statuses and check runs of the sha read.
-        let github = match (&self.config.github, r.repo.github.as_deref()) {
-            (Some(gh), Some(name)) => match (
-                crate::github::GitHub::api_only(&self.config, gh),
-                crate::github::GitHubRepo::parse(name),
-            ) {
-                (Ok(client), Some(name)) => {
-                    lines.push(format!(
-                        "lockstep: reads the statuses and check runs of {name}@{sha} on GitHub too"
-                    ));
-                    Some((client, name))
-                }
-                (Err(e), _) => {
-                    let why = format!("could not start: cannot read GitHub's checks: {e:#}");
-                    lines.push(format!("lockstep: {why}"));
-                    return Ok(Ran::not_started(why));
-                }
-                (_, None) => None,
-            },
-            _ => None,
+        let mut github = match self.github_checks(&r, &sha, lines) {
+            Ok(g) => g,
+            Err(ran) => return Ok(ran),
         };
-        let mut on_github = Vec::new();
-        let mut github_read: Option<std::time::Instant> = None;
-        let mut github_error = String::new();
         let wait = runner.wait.min(self.config.delivery.step_timeout);
         let started = std::time::Instant::now();
         let stopped = self.stopped(&r);
@@ -89,26 +70,11 @@ impl Engine {
                 }
                 () = tokio::time::sleep(STATUS_POLL) => {}
             }
-            if let Some((gh, name)) = &github
-                && github_read.is_none_or(|t| t.elapsed() >= GITHUB_POLL)
-            {
-                github_read = Some(std::time::Instant::now());
-                match gh.checks(name, &sha).await {
-                    Ok(checks) => {
-                        on_github = status::from_github(checks);
-                        github_error.clear();
-                    }
-                    // Said once in the log; the statuses posted to lockstep still count.
-                    Err(e) => {
-                        let e = crate::text::escape(&format!("{e:#}")).to_string();
-                        if e != github_error {
-                            lines.push(format!("lockstep: {e}"));
-                            github_error = e;
-                        }
-                    }
-                }
+            if let Some(g) = &mut github {
+                g.read(&sha, lines).await;
             }
-            let statuses = status::merge(self.store.commit_statuses(&sha).await?, &on_github);
+            let on_github = github.as_ref().map_or(&[][..], |g| &g.seen[..]);
+            let statuses = status::merge(self.store.commit_statuses(&sha).await?, on_github);
             match status::judge(&contexts, &statuses) {
                 Verdict::Passed => {
                     lines.push(format!("lockstep: every status is `success` on {sha}"));
@@ -119,24 +85,7 @@ impl Engine {
                     });
                 }
                 Verdict::Failed(s) => {
-                    let mut why = format!(
-                        "failed {on}: status `{}` is `{}`",
-                        crate::text::escape(&s.context),
-                        s.state.as_str()
-                    );
-                    if let Some(text) = &s.description {
-                        why.push_str(&format!(
-                            ": {}",
-                            crate::text::clip(&crate::text::escape(text), WHY_BYTES)
-                        ));
-                    }
-                    if let Some(url) = &s.target_url {
-                        why.push_str(&format!(
-                            " ({})",
-                            crate::text::clip(&crate::text::escape(url), WHY_BYTES)
-                        ));
-                    }
-                    return ended(StepOutcome::Failed(None), why, lines);
+                    return ended(StepOutcome::Failed(None), failed_why(&on, &s), lines);
                 }
                 Verdict::Waiting { seen } => {
                     let elapsed = started.elapsed();
@@ -158,4 +107,98 @@ impl Engine {
             }
         }
     }
+}
+
+impl Engine {
+    /// The reader of GitHub's statuses and check runs of the candidate, for a repository on
+    /// GitHub when the config has `[github]`; `Err` with the step's end when it cannot be made.
+    fn github_checks(
+        &self,
+        r: &RemoteStep<'_>,
+        sha: &str,
+        lines: &mut StepLog,
+    ) -> Result<Option<GitHubChecks>, Ran> {
+        let (Some(gh), Some(name)) = (&self.config.github, r.repo.github.as_deref()) else {
+            return Ok(None);
+        };
+        match (
+            crate::github::GitHub::api_only(&self.config, gh),
+            crate::github::GitHubRepo::parse(name),
+        ) {
+            (Ok(client), Some(name)) => {
+                lines.push(format!(
+                    "lockstep: reads the statuses and check runs of {name}@{sha} on GitHub too"
+                ));
+                Ok(Some(GitHubChecks {
+                    client,
+                    name,
+                    seen: Vec::new(),
+                    read_at: None,
+                    error: String::new(),
+                }))
+            }
+            (Err(e), _) => {
+                let why = format!("could not start: cannot read GitHub's checks: {e:#}");
+                lines.push(format!("lockstep: {why}"));
+                Err(Ran::not_started(why))
+            }
+            (_, None) => Ok(None),
+        }
+    }
+}
+
+/// GitHub's statuses and check runs of a sha, read every [`GITHUB_POLL`]: what was seen last,
+/// and the last error (said once in the log; the statuses posted to lockstep still count).
+struct GitHubChecks {
+    client: crate::github::GitHub,
+    name: crate::github::GitHubRepo,
+    seen: Vec<status::CommitStatus>,
+    read_at: Option<std::time::Instant>,
+    error: String,
+}
+
+impl GitHubChecks {
+    /// Reads them again if [`GITHUB_POLL`] has passed since the last read.
+    async fn read(&mut self, sha: &str, lines: &mut StepLog) {
+        if self.read_at.is_some_and(|t| t.elapsed() < GITHUB_POLL) {
+            return;
+        }
+        self.read_at = Some(std::time::Instant::now());
+        match self.client.checks(&self.name, sha).await {
+            Ok(checks) => {
+                self.seen = status::from_github(checks);
+                self.error.clear();
+            }
+            Err(e) => {
+                let e = crate::text::escape(&format!("{e:#}")).to_string();
+                if e != self.error {
+                    lines.push(format!("lockstep: {e}"));
+                    self.error = e;
+                }
+            }
+        }
+    }
+}
+
+/// Why a step failed on a status `s` that is `failure` or `error`: its context, state,
+/// description and link, escaped and clipped.
+fn failed_why(on: &str, s: &status::CommitStatus) -> String {
+    let mut why = format!(
+        "failed {on}: status `{}` is `{}`",
+        crate::text::escape(&s.context),
+        s.state.as_str()
+    );
+    if let Some(text) = &s.description {
+        why.push_str(&format!(
+            ": {}",
+            crate::text::clip(&crate::text::escape(text), WHY_BYTES)
+        ));
+    }
+    if let Some(url) = &s.target_url {
+        why.push_str(&format!(
+            " ({})",
+            crate::text::clip(&crate::text::escape(url), WHY_BYTES)
+        ));
+    }
+    why
 }
