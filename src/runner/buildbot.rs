@@ -170,6 +170,16 @@ impl Buildbot {
         loop {
             tokio::select! {
                 () = &mut stop => {
+                    // A build a worker started since the last look is named, and stopped as
+                    // the build it is.
+                    if build.is_none()
+                        && let Ok(Request { build: Some((id, number, builder)), .. }) =
+                            self.request(request).await
+                    {
+                        let b = self.build_ref(id, number, builder);
+                        on_build(&b);
+                        build = Some((id, b));
+                    }
                     self.halt(request, build.as_ref().map(|b| b.0), "stopped by lockstep").await;
                     return Outcome::Stopped(build.map(|b| b.1));
                 }
