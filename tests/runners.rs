@@ -38,8 +38,8 @@ pub(crate) fn api(url: &str, path: &str) -> Value {
 /// The same, `None` when the master, busy with other tests' builds, answers no JSON this
 /// time: for a test that polls.
 pub(crate) fn try_api(url: &str, path: &str) -> Option<Value> {
-    let body = http::get(url, &format!("api/v2/{path}")).body;
-    serde_json::from_str(&body).ok()
+    let resp = http::request(url, "GET", &format!("api/v2/{path}"), &[], b"").ok()?;
+    serde_json::from_str(&resp.body).ok()
 }
 
 /// A sandbox of `api` and `web` whose build and test run on the Buildbot at `url`
