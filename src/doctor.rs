@@ -254,7 +254,7 @@ fn check_hooks(repo: &Path, git: &Git) -> Vec<Check> {
     };
     let install = format!(
         "run `lockstep install-hooks {}` (or see docs/install.md for your server)",
-        repo.display()
+        crate::text::shell_word(&repo.to_string_lossy())
     );
     let [pre, update, post] =
         ["pre-receive", "update", "post-receive"].map(|k| hook_state(&hooks, k));

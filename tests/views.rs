@@ -256,6 +256,14 @@ fn a_hostile_task_key_is_escaped_in_show_and_logs() {
         "{}",
         stderr(&o)
     );
+    // The commands it suggests take the key as one quoted word, safe to paste in a shell.
+    let o = env.lockstep(&["show", "TASK-1;rm -rf ~"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("`lockstep deliver 'TASK-1;rm -rf ~'`"),
+        "{}",
+        stderr(&o)
+    );
     // A showroom asked for it (it has no branch: it fails, and is recorded).
     let o = env.lockstep(&["showroom", hostile]);
     assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));

@@ -220,7 +220,7 @@ async fn showroom(
             "`{}` has no showroom; `lockstep showrooms` lists them, `lockstep showroom {}` \
              brings one up",
             crate::text::escape(task.as_str()),
-            crate::text::escape(task.as_str())
+            crate::text::shell_word(task.as_str())
         );
     };
     let mut heading = format!("showroom of {}: {} at {}", row.task, row.state, row.url);

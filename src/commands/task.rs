@@ -68,9 +68,10 @@ pub async fn show(store: &Store, task: TaskKey, json: bool) -> anyhow::Result<Ex
     let view = TaskView::read(store, task).await?;
     if view.is_unknown() {
         let t = crate::text::escape(view.task.as_str());
+        let w = crate::text::shell_word(view.task.as_str());
         anyhow::bail!(
             "lockstep knows no delivery, autotest or showroom of task `{t}`: `lockstep deliver \
-             {t}`, `lockstep autotest {t}` or `lockstep showroom {t}` makes one (`lockstep \
+             {w}`, `lockstep autotest {w}` or `lockstep showroom {w}` makes one (`lockstep \
              queue`, `lockstep autotests` and `lockstep showrooms` list those there are)"
         );
     }
@@ -79,9 +80,10 @@ pub async fn show(store: &Store, task: TaskKey, json: bool) -> anyhow::Result<Ex
         return Ok(Exit::Success);
     }
     let task = &view.task;
+    let word = crate::text::shell_word(task.as_str());
     say!("task {task}");
     if view.deliveries.is_empty() {
-        say!("deliveries: none (`lockstep deliver {task}` asks for one)");
+        say!("deliveries: none (`lockstep deliver {word}` asks for one)");
     } else {
         say!("deliveries (newest first):");
     }
@@ -89,7 +91,7 @@ pub async fn show(store: &Store, task: TaskKey, json: bool) -> anyhow::Result<Ex
         say!("{}", delivery_line(d));
     }
     if view.autotests.is_empty() {
-        say!("autotests: none (`lockstep autotest {task}` asks for them)");
+        say!("autotests: none (`lockstep autotest {word}` asks for them)");
     } else {
         say!("autotests (the latest of each branch first):");
     }
@@ -105,7 +107,7 @@ pub async fn show(store: &Store, task: TaskKey, json: bool) -> anyhow::Result<Ex
         }
     }
     match &view.showroom {
-        None => say!("showroom: none (`lockstep showroom {task}` brings one up)"),
+        None => say!("showroom: none (`lockstep showroom {word}` brings one up)"),
         Some(r) => {
             say!("showroom: {} at {}", r.state, r.url);
             let shas: Vec<String> = r

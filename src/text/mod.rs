@@ -194,6 +194,19 @@ pub fn note(text: &str) -> String {
     clip(&escape(text), NOTE_BYTES).into_owned()
 }
 
+/// `s` as one word of a command a person may copy into a shell: as it is when it is made of
+/// letters, digits and `-_.,:/@%+=`, else single-quoted (a `'` as `'\''`); then escaped for a
+/// terminal. For untrusted values (task keys, paths) in the commands a message suggests.
+pub fn shell_word(s: &str) -> Cow<'_, str> {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/@%+=".contains(c));
+    if plain {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(escape(&format!("'{}'", s.replace('\'', "'\\''"))).into_owned())
+}
+
 /// `s` cut to at most `max` bytes (on a character boundary), `…` marking the cut.
 pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
     if s.len() <= max {
@@ -208,6 +221,17 @@ pub fn clip(s: &str, max: usize) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shell_word_is_quoted_only_when_a_shell_would_read_more_into_it() {
+        assert_eq!(super::shell_word("TASK-1"), "TASK-1");
+        assert_eq!(super::shell_word("/srv/git/api.git"), "/srv/git/api.git");
+        assert_eq!(super::shell_word("TASK-1;rm -rf"), "'TASK-1;rm -rf'");
+        assert_eq!(super::shell_word("it's $(x)"), "'it'\\''s $(x)'");
+        assert_eq!(super::shell_word(""), "''");
+        // Quoted, and still escaped for the terminal.
+        assert_eq!(super::shell_word("a\x1b[2Jb"), "'a\\x1b[2Jb'");
+    }
+
     use super::*;
 
     #[test]

@@ -121,9 +121,9 @@ pub async fn up(engine: &Engine, task: &TaskKey, requester: &str) -> anyhow::Res
         anyhow::bail!(
             "`{}` would share the showroom `{label}` of `{}`; take that one down first \
              (`lockstep showroom {} --down`)",
-            task,
-            twin.task,
-            twin.task
+            crate::text::escape(task.as_str()),
+            crate::text::escape(&twin.task),
+            crate::text::shell_word(&twin.task)
         );
     }
     let mut occupied: Vec<&ShowroomRow> = others.iter().filter(|s| s.state.occupies()).collect();
