@@ -173,8 +173,78 @@ fn autotests_build_and_test_on_buildbot_and_a_failure_there_fails_them_with_the_
     );
     let note = env.task("TASK-1").1.last().cloned().unwrap_or_default();
     assert!(note.contains(reason), "{note}");
+    // `logs --autotest` follows its local log with the end of the failed build's, fetched
+    // from the master.
+    let failed = a["id"].as_i64().unwrap().to_string();
+    let o = env.lockstep(&["logs", "--autotest", &failed, "--step", "test"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logs = stdout(&o);
+    assert!(
+        logs.contains("--- from runner `bb` (") && logs.contains("rows mismatch"),
+        "{logs}"
+    );
     assert_eq!(candidate_branches(&env, "web"), "");
     assert_eq!(env.masters(), before, "nothing merged");
+}
+
+#[test]
+fn a_restart_stops_the_buildbot_build_a_killed_worker_left_and_runs_the_autotest_again() {
+    let Some(url) = buildbot(
+        "a_restart_stops_the_buildbot_build_a_killed_worker_left_and_runs_the_autotest_again",
+    ) else {
+        return;
+    };
+    let env = sandbox(&url, "");
+    env.edit_config(|t| format!("{t}\n[autotest]\non_push = true\n"));
+    env.set_status(&[("TASK-1", "In Progress")]);
+    // The head's test build holds at a gate of this test's own.
+    let gate = env.root().join("gates").join("ci-test");
+    env.task_branch_with(
+        "api",
+        "feature/TASK-1-k",
+        &[("k.txt", "k\n"), ("HOLD", &gate.display().to_string())],
+        &[],
+    );
+    let first = wait_on_ci("the autotest", || {
+        env.autotests("TASK-1")
+            .first()
+            .and_then(|a| a["id"].as_i64())
+    });
+    wait_on_ci("its test build to run on a worker", || {
+        gate.with_extension("running").exists().then_some(())
+    });
+    // The worker that follows the build is killed outright.
+    let lock = std::fs::read_to_string(env.worker_lock()).unwrap();
+    let worker = nix::unistd::Pid::from_raw(lock.trim().parse().unwrap());
+    nix::sys::signal::kill(worker, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_on_ci("the worker to die", || {
+        std::fs::read_to_string(format!("/proc/{worker}/stat"))
+            .map_or(true, |s| s.contains(") Z"))
+            .then_some(())
+    });
+
+    // The next worker stops the build it left, and runs the autotest again.
+    let mut next = env.spawn("worker", &["work"]);
+    let stopped = wait_on_ci("the left build to be stopped", || {
+        builds_for(&env, &url, "autotest").into_iter().find(|b| {
+            prop(b, "buildername") == "test"
+                && prop(b, "branch") == format!("lockstep/autotest-{first}")
+                && b["complete"] == true
+        })
+    });
+    assert_eq!(stopped["results"], 6, "cancelled: {stopped}");
+    std::fs::write(gate.with_extension("open"), "").unwrap();
+    let again = wait_on_ci("the autotest asked for again to end", || {
+        env.autotests("TASK-1").into_iter().find(|a| {
+            a["id"] != first && !["queued", "running"].contains(&a["state"].as_str().unwrap_or(""))
+        })
+    });
+    assert_eq!(again["state"], "passed", "{again}");
+    let runs = env.autotests("TASK-1");
+    let cut = runs.iter().find(|a| a["id"] == first).unwrap();
+    assert_eq!(cut["state"], "interrupted", "{runs:?}");
+    assert!(next.wait().unwrap().success());
+    assert_eq!(candidate_branches(&env, "api"), "");
 }
 
 #[test]

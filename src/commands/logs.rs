@@ -106,8 +106,7 @@ struct AutotestStep {
     step: &'static str,
     path: PathBuf,
     /// The build of a CI runner the step ran as (`<runner> <build request> <sha>`), whose
-    /// end is fetched after the local log. Autotests record none yet: their steps run on
-    /// lockstep's host only; when one records its build, it goes here.
+    /// end is fetched after the local log.
     runner_build: Option<String>,
 }
 
@@ -135,7 +134,7 @@ async fn autotest(
         .map(|phase| AutotestStep {
             step: phase.as_str(),
             path: autotest::step_log(config, a.id, &a.repo, phase),
-            runner_build: None,
+            runner_build: runner_build_of(&a, phase.as_str()),
         })
         .filter(|s| s.path.exists())
         .collect();
@@ -164,6 +163,13 @@ async fn autotest(
         say!("no step logs for autotest #{id} with that filter");
     }
     Ok(Exit::Success)
+}
+
+/// The build of a runner that step `step` of autotest `a` ran as, when it is the one the
+/// autotest recorded (its last step on a runner): `<runner> <build request> <sha>`.
+fn runner_build_of(a: &AutotestRow, step: &str) -> Option<String> {
+    let (of, build) = a.runner_build.as_deref()?.split_once(' ')?;
+    (of == step).then(|| build.to_string())
 }
 
 /// An autotest in one line: what was tested and where it stands.

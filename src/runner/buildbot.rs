@@ -383,6 +383,17 @@ impl Buildbot {
         }
         Ok(Some((self.build_ref(id, number, builder), out)))
     }
+    /// Stops build request `request` wherever it stands, for a follower that is gone (a
+    /// killed worker): its build when a worker took it, else the request; nothing once it
+    /// is complete.
+    pub async fn stop_request(&self, request: i64, reason: &str) {
+        let build = match self.request(request).await {
+            Ok(r) if r.complete => return,
+            Ok(r) => r.build.map(|b| b.0),
+            Err(_) => None,
+        };
+        self.halt(request, build, reason).await;
+    }
 
     /// Stops the build, or cancels the request no worker took yet (best effort: the master
     /// may be gone).

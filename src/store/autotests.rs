@@ -36,6 +36,9 @@ pub struct AutotestRow {
     pub requested_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The build of a runner its step last ran as: `<step> <runner> <build request> <sha>`.
+    #[serde(skip)]
+    pub runner_build: Option<String>,
 }
 
 /// An autotest to request.
@@ -58,7 +61,8 @@ pub struct AutotestEnd {
 }
 
 const COLUMNS: &str = "id, task, repo, branch, sha, source, requester, state, rebased_on, \
-                       tested_sha, step, reason, log, pid, requested_at, started_at, finished_at";
+                       tested_sha, step, reason, log, pid, requested_at, started_at, finished_at, \
+                       runner_build";
 
 impl Store {
     /// Requests an autotest of a branch's head; returns its id and whether it is new (the
@@ -238,6 +242,20 @@ impl Store {
         Ok(())
     }
 
+    /// Records the build of a runner that a step of autotest `id` runs as (`<step> <runner>
+    /// <build request> <sha>`).
+    pub async fn autotest_runner_build(&self, id: i64, build: &str) -> anyhow::Result<()> {
+        on_pool!(self, |pool| sqlx::query(
+            "UPDATE autotests SET runner_build = $1 WHERE id = $2"
+        )
+        .bind(build)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected());
+        Ok(())
+    }
+
     /// Ends a running autotest; false when it was no longer running (superseded meanwhile),
     /// and then nothing changes but its log.
     pub async fn finish_autotest(
@@ -285,7 +303,7 @@ impl Store {
         for r in rows.iter().rev() {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO autotests ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17)"
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18)"
             )))
             .bind(r.id)
             .bind(&r.task)
@@ -304,6 +322,7 @@ impl Store {
             .bind(r.requested_at)
             .bind(r.started_at)
             .bind(r.finished_at)
+            .bind(&r.runner_build)
             .execute(&mut *tx)
             .await?;
         }

@@ -201,4 +201,5 @@ from_row!(AutotestRow {
     requested_at,
     started_at,
     finished_at,
+    runner_build,
 });

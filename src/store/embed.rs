@@ -32,6 +32,7 @@ macro_rules! migrations {
             "0011_autotests",
             "0012_showrooms",
             "0013_showrooms_task_status",
+            "0014_autotests_runner_build",
         )
     };
     ($dialect:literal: $($file:literal),* $(,)?) => {

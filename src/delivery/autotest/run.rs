@@ -96,9 +96,16 @@ fn work_dir(engine: &Engine, id: i64) -> PathBuf {
         .join(id.to_string())
 }
 
-/// What a killed worker left of autotest `a`: the candidate branch it may have pushed for a
-/// runner (deleted, as its own end would have) and its workspace (removed). Best effort.
+/// What a killed worker left of autotest `a`: the build it may have forced on a runner
+/// (stopped), the candidate branch it pushed for it (deleted, as its own end would have) and
+/// its workspace (removed). Best effort.
 pub(super) async fn clear_left(engine: &Engine, a: &AutotestRow) {
+    // `<step> <runner> <build request> <sha>`: the build its last step on a runner forced.
+    if let Some((_, build)) = a.runner_build.as_deref().and_then(|b| b.split_once(' ')) {
+        engine
+            .stop_recorded_build(build, "its autotest was interrupted")
+            .await;
+    }
     let work = work_dir(engine, a.id);
     let dir = work.join(a.repo.as_str());
     if engine

@@ -63,10 +63,22 @@ impl Engine {
                 }
             }
         };
-        if let Purpose::Delivery { step, .. } = r.purpose {
-            self.store
-                .step_runner_build(step, &format!("{} {request} {}", on.runner, job.revision))
-                .await?;
+        match &r.purpose {
+            Purpose::Delivery { step, .. } => {
+                self.store
+                    .step_runner_build(*step, &format!("{} {request} {}", on.runner, job.revision))
+                    .await?
+            }
+            // Stopped by the restart when a killed worker leaves it running; read by `logs`.
+            Purpose::Autotest(id) => {
+                self.store
+                    .autotest_runner_build(
+                        *id,
+                        &format!("{phase} {} {request} {}", on.runner, job.revision),
+                    )
+                    .await?
+            }
+            Purpose::Showroom(_) => {}
         }
         let request_url = bb.request_url(request);
         lines.push(format!("lockstep: build request {request}: {request_url}"));

@@ -120,7 +120,7 @@ impl Engine {
 }
 
 /// A recorded `<runner> <build request> <sha>`.
-fn parse_build(text: &str) -> Option<(&str, i64, &str)> {
+pub(super) fn parse_build(text: &str) -> Option<(&str, i64, &str)> {
     let mut parts = text.split(' ');
     let runner = parts.next()?;
     let request = parts.next()?.parse().ok()?;

@@ -247,6 +247,29 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Stops on its CI the build a killed worker left running, recorded as `<runner> <build
+    /// request> <sha>` (best effort: a runner no longer declared, or one that is not
+    /// Buildbot, is left alone; what goes wrong is logged).
+    pub(super) async fn stop_recorded_build(&self, recorded: &str, reason: &str) {
+        let Some((name, request, _)) = delivery::parse_build(recorded) else {
+            return;
+        };
+        let Some(runner) = self
+            .config
+            .runners
+            .get(name)
+            .filter(|r| r.kind == RunnerKind::Buildbot)
+        else {
+            return;
+        };
+        match crate::runner::Buildbot::new(name, runner) {
+            Ok(bb) => bb.stop_request(request, reason).await,
+            Err(e) => tracing::warn!("cannot stop build request {request} on `{name}`: {e:#}"),
+        }
+    }
+}
+
 /// The variables of an environment as the CI gets them: one JSON object of strings.
 fn vars_json(vars: &BTreeMap<String, String>) -> String {
     serde_json::to_string(vars).unwrap_or_else(|_| "{}".into())

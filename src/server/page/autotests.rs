@@ -82,6 +82,7 @@ mod tests {
             requested_at: 1_000,
             started_at: Some(2_000),
             finished_at: (state != AutotestState::Running).then_some(65_000),
+            runner_build: None,
         }
     }
 
