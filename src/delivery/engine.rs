@@ -195,6 +195,35 @@ impl Engine {
         git
     }
 
+    /// Clones `repo` as the bot into `work/<repo>`: its folder, or why it could not (`cannot
+    /// fetch …`, with git's answer) for the caller to report as its own failure.
+    pub(super) async fn clone_into(
+        &self,
+        work: &Path,
+        repo: &Repo,
+    ) -> anyhow::Result<Result<PathBuf, String>> {
+        let dir = work.join(repo.name.as_str());
+        let url = repo_url(&self.config, repo);
+        let git = self.bot_git(work);
+        let dir_s = dir.to_string_lossy().into_owned();
+        let (ok, _, err) = crate::runtime::blocking(move || {
+            git.try_run(&[
+                "clone",
+                "--quiet",
+                "--no-tags",
+                "--end-of-options",
+                &url,
+                &dir_s,
+            ])
+        })
+        .await?;
+        Ok(if ok {
+            Ok(dir)
+        } else {
+            Err(format!("cannot fetch `{}`: {}", repo.url, err.trim()))
+        })
+    }
+
     /// Whether `named` is the file this engine's config was read from.
     fn runs_config(&self, named: &std::ffi::OsStr) -> bool {
         let named = Path::new(named);

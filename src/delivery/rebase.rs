@@ -105,29 +105,10 @@ impl Engine {
         repo: &Repo,
         on: Option<&Checkout>,
     ) -> Result<Option<Checkout>, Stop> {
-        let dir = work.join(repo.name.as_str());
-        let url = repo_url(&self.config, repo);
-        let git = self.bot_git(work);
-        let dir_s = dir.to_string_lossy().into_owned();
-        let cloned = blocking(move || {
-            git.try_run(&[
-                "clone",
-                "--quiet",
-                "--no-tags",
-                "--end-of-options",
-                &url,
-                &dir_s,
-            ])
-        })
-        .await?;
-        if !cloned.0 {
-            return Err(Failure::new(
-                Phase::Rebase,
-                Some(&repo.name),
-                format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim()),
-            )
-            .into());
-        }
+        let dir = match self.clone_into(work, repo).await? {
+            Ok(dir) => dir,
+            Err(why) => return Err(Failure::new(Phase::Rebase, Some(&repo.name), why).into()),
+        };
         let git = self.bot_git(&dir);
         let g = git.clone();
         let branches = blocking(move || {

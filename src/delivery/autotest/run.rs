@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use super::super::engine::{Engine, repo_url};
+use super::super::engine::Engine;
 use super::super::rebase::{Rebased, conflicts, rebase_onto};
 use super::super::remote::{Purpose, RemoteStep};
 use super::super::steps::{self, StepOutcome, StepSpec};
@@ -139,27 +139,10 @@ async fn test(engine: &Engine, a: &AutotestRow, work: &Path) -> anyhow::Result<V
             .with_context(|| format!("cannot clear `{}`", work.display()))?;
     }
     std::fs::create_dir_all(work).with_context(|| format!("cannot create `{}`", work.display()))?;
-    let dir = work.join(repo.name.as_str());
-    let (url, dir_s) = (
-        repo_url(&engine.config, &repo),
-        dir.to_string_lossy().into_owned(),
-    );
-    let git = engine.bot_git(work);
-    let cloned = blocking(move || {
-        git.try_run(&[
-            "clone",
-            "--quiet",
-            "--no-tags",
-            "--end-of-options",
-            &url,
-            &dir_s,
-        ])
-    })
-    .await?;
-    if !cloned.0 {
-        let why = format!("cannot fetch `{}`: {}", repo.url, cloned.2.trim());
-        return Ok(Verdict::failed("rebase", why, String::new()));
-    }
+    let dir = match engine.clone_into(work, &repo).await? {
+        Ok(dir) => dir,
+        Err(why) => return Ok(Verdict::failed("rebase", why, String::new())),
+    };
     let git = engine.bot_git(&dir);
     let Some(base) = git.resolve(&format!("refs/remotes/origin/{}", repo.upstream))? else {
         let why = format!(

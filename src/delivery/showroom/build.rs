@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::super::confine::{self, CONFINE_VAR, WRITABLE_VAR};
-use super::super::engine::{Engine, repo_url};
+use super::super::engine::Engine;
 use super::super::remote::{Purpose, RemoteStep};
 use super::super::steps::{self, StepOutcome, StepSpec};
 use super::Label;
@@ -280,25 +280,10 @@ impl<'a> Room<'a> {
     async fn clone_repo(&self, repo: &Repo) -> anyhow::Result<PathBuf> {
         let work = self.work();
         std::fs::create_dir_all(&work)?;
-        let dir = work.join(repo.name.as_str());
-        let url = repo_url(&self.engine.config, repo);
-        let git = self.engine.bot_git(&work);
-        let dir_s = dir.to_string_lossy().into_owned();
-        let (ok, _, err) = blocking(move || {
-            git.try_run(&[
-                "clone",
-                "--quiet",
-                "--no-tags",
-                "--end-of-options",
-                &url,
-                &dir_s,
-            ])
-        })
-        .await?;
-        if !ok {
-            anyhow::bail!("cannot fetch `{}`: {}", repo.url, err.trim());
-        }
-        Ok(dir)
+        self.engine
+            .clone_into(&work, repo)
+            .await?
+            .map_err(anyhow::Error::msg)
     }
 
     /// A checkout of `repo` at `sha` (the upstream when the commit is gone), for a teardown.
